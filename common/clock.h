@@ -1,0 +1,53 @@
+#pragma once
+// Time is injected everywhere. Production code takes a Clock&; tests pass a FakeClock
+// and move time with Advance(), never with sleep. Tick functions take `now` and
+// return how long until their next deadline (as beanstalkd's prottick does).
+
+#include <chrono>
+#include <functional>
+#include <mutex>
+#include <vector>
+
+namespace shardq {
+
+// Wall-clock milliseconds since the Unix epoch: the unit stored in MySQL.
+using Duration = std::chrono::milliseconds;
+using Time = std::chrono::sys_time<std::chrono::milliseconds>;
+
+inline int64_t ToUnixMillis(Time t) { return t.time_since_epoch().count(); }
+inline Time FromUnixMillis(int64_t ms) { return Time(Duration(ms)); }
+
+class Clock {
+ public:
+  virtual ~Clock() = default;
+  virtual Time Now() const = 0;
+  // Called after the clock jumps (only a fake clock jumps), so that threads waiting
+  // for a deadline re-evaluate it at once. The listener must not block.
+  virtual void OnJump(std::function<void()> listener) {}
+};
+
+class SystemClock final : public Clock {
+ public:
+  Time Now() const override {
+    return std::chrono::time_point_cast<Duration>(std::chrono::system_clock::now());
+  }
+  static SystemClock& Instance();
+};
+
+class FakeClock final : public Clock {
+ public:
+  explicit FakeClock(Time start = FromUnixMillis(1'700'000'000'000)) : now_(start) {}
+  Time Now() const override {
+    std::lock_guard lock(mu_);
+    return now_;
+  }
+  void Advance(Duration d);
+  void OnJump(std::function<void()> listener) override;
+
+ private:
+  mutable std::mutex mu_;
+  Time now_;
+  std::vector<std::function<void()>> listeners_;
+};
+
+}  // namespace shardq

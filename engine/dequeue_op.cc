@@ -1,0 +1,124 @@
+#include "engine/dequeue_op.h"
+
+#include <algorithm>
+
+namespace shardq::engine {
+
+DequeueOp::DequeueOp(Engine& engine, std::string ns, std::vector<TopicAsk> asks,
+                     Time deadline, Engine::DequeueDone done)
+    : engine_(engine),
+      ns_(std::move(ns)),
+      start_(engine.clock_.Now()),
+      wait_deadline_(deadline),
+      done_(std::move(done)) {
+  for (TopicAsk& ask : asks) {
+    auto buffer = engine_.index_.GetOrCreate(ns_, ask.topic);
+    topics_.push_back({std::move(ask), std::move(buffer), {}});
+  }
+}
+
+size_t DequeueOp::GotLocked() const {
+  size_t n = 0;
+  for (const Topic& t : topics_) n += t.got.size();
+  return n;
+}
+
+void DequeueOp::Attempt() {
+  std::unique_lock lock(mu_);
+  if (finished_) return;
+  // A wake while claims are in flight is not lost: OnClaimed looks again.
+  if (claims_in_flight_ > 0) return;
+  auto self = shared_from_this();
+  // Register as a waiter before looking, so an item that arrives between the look and
+  // the park still wakes us (wakes are one-shot; a spurious one costs a look).
+  for (Topic& t : topics_) t.buffer->AddWaiter(weak_from_this());
+
+  bool blocked = false;
+  std::vector<std::pair<size_t, std::vector<prefetch::TopicBuffer::Taken>>> takes;
+  for (size_t i = 0; i < topics_.size(); ++i) {
+    Topic& t = topics_[i];
+    if (t.got.size() >= t.ask.count) continue;
+    std::vector<size_t> refill;
+    auto taken = t.buffer->Take(t.ask.count - t.got.size(), &refill, &blocked);
+    for (size_t shard : refill) engine_.workers_[shard]->Refill(t.buffer);
+    if (!taken.empty()) takes.emplace_back(i, std::move(taken));
+  }
+
+  // One claim per (topic, shard): each shard batches claims of all calls anyway.
+  for (auto& [topic, taken] : takes) {
+    std::vector<std::vector<ReadyKey>> per_shard(engine_.workers_.size());
+    for (const auto& tk : taken) per_shard[tk.shard].push_back(tk.key);
+    for (size_t s = 0; s < per_shard.size(); ++s) {
+      if (per_shard[s].empty()) continue;
+      ++claims_in_flight_;
+      ShardId shard = engine_.workers_[s]->id();
+      engine_.workers_[s]->Claim(topics_[topic].buffer, std::move(per_shard[s]),
+                                 [self, topic, shard](std::vector<LeasedItem> items) {
+                                   self->OnClaimed(topic, shard, std::move(items));
+                                 });
+    }
+  }
+  if (claims_in_flight_ > 0) return;
+
+  // A window still loading is "unknown", not "empty": wait for it (bounded), even
+  // when the caller asked for no wait.
+  Time deadline = blocked ? std::max(wait_deadline_, start_ + kMaxRefillWait) : wait_deadline_;
+  Time now = engine_.clock_.Now();
+  if (GotLocked() > 0 || expired_ || now >= deadline) {
+    FinishLocked(lock);
+    return;
+  }
+  if (deadline != parked_until_) {
+    if (parked_until_ == Time{}) engine_.parked_calls_.fetch_add(1);
+    parked_until_ = deadline;
+    lock.unlock();
+    engine_.waits_.Add(deadline, weak_from_this());
+  }
+}
+
+void DequeueOp::OnClaimed(size_t topic, ShardId shard, std::vector<LeasedItem> items) {
+  std::unique_lock lock(mu_);
+  for (LeasedItem& item : items) topics_[topic].got.push_back({shard, std::move(item)});
+  if (--claims_in_flight_ > 0) return;
+  if (GotLocked() > 0 || expired_ || finished_) {
+    FinishLocked(lock);
+    return;
+  }
+  // Every claim lost its race (items acked or leased meanwhile): look again.
+  lock.unlock();
+  Attempt();
+}
+
+void DequeueOp::Expire() {
+  std::unique_lock lock(mu_);
+  if (finished_) return;
+  if (engine_.clock_.Now() < parked_until_) return;  // a stale entry: re-parked later
+  expired_ = true;
+  if (claims_in_flight_ == 0) FinishLocked(lock);
+  // Otherwise the last claim to land finishes the call.
+}
+
+void DequeueOp::Cancel() {
+  std::unique_lock lock(mu_);
+  expired_ = true;
+  if (claims_in_flight_ == 0) FinishLocked(lock);
+}
+
+void DequeueOp::FinishLocked(std::unique_lock<std::mutex>& lock) {
+  if (finished_) return;
+  finished_ = true;
+  if (parked_until_ != Time{}) engine_.parked_calls_.fetch_sub(1);
+  std::vector<Delivered> out;
+  for (Topic& t : topics_) {
+    std::sort(t.got.begin(), t.got.end(), [](const Delivered& a, const Delivered& b) {
+      return OrderKey{a.item.priority, a.item.deliver_after, a.id()} <
+             OrderKey{b.item.priority, b.item.deliver_after, b.id()};
+    });
+    for (Delivered& d : t.got) out.push_back(std::move(d));
+  }
+  auto done = std::move(done_);
+  lock.unlock();
+  done(std::move(out));
+}
+
+}  // namespace shardq::engine

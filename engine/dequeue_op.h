@@ -1,0 +1,64 @@
+#pragma once
+// DequeueOp: one Dequeue call in flight. It takes the best items of each requested
+// topic from the prefetch index, has their shards persist the leases (claims), and
+// answers when it has at least one item or its wait runs out. While it waits it is
+// only an entry in the topic buffers' waiter lists and in the WaitList -- no thread.
+//
+// Threads: Attempt() runs on whichever thread woke it (a gRPC thread, a shard strand
+// after new items, the ticker at the deadline); its own mutex serialises them.
+
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "engine/engine.h"
+#include "engine/wait_list.h"
+#include "prefetch/topic_buffer.h"
+
+namespace shardq::engine {
+
+class DequeueOp final : public prefetch::Waiter,
+                        public Expirable,
+                        public Engine::DequeueHandle,
+                        public std::enable_shared_from_this<DequeueOp> {
+ public:
+  // How long a call with no wait may still wait for a window's first refill (so an
+  // empty answer means "nothing ready", not "not loaded yet").
+  static constexpr Duration kMaxRefillWait{5'000};
+
+  DequeueOp(Engine& engine, std::string ns, std::vector<TopicAsk> asks, Time deadline,
+            Engine::DequeueDone done);
+
+  // Takes what is available and claims it; parks the call if there is nothing.
+  void Attempt();
+  void Wake() override { Attempt(); }
+  void Expire() override;
+  void Cancel() override;
+
+ private:
+  struct Topic {
+    TopicAsk ask;
+    std::shared_ptr<prefetch::TopicBuffer> buffer;
+    std::vector<Delivered> got;
+  };
+  void OnClaimed(size_t topic, ShardId shard, std::vector<LeasedItem> items);
+  // Requires mu_. Answers the call (once).
+  void FinishLocked(std::unique_lock<std::mutex>& lock);
+  size_t GotLocked() const;
+
+  Engine& engine_;
+  const std::string ns_;
+  const Time start_;
+  const Time wait_deadline_;  // start + the caller's wait
+  Engine::DequeueDone done_;
+
+  std::mutex mu_;
+  std::vector<Topic> topics_;
+  size_t claims_in_flight_ = 0;
+  bool expired_ = false;
+  bool finished_ = false;
+  Time parked_until_{};  // the deadline last registered in the WaitList
+};
+
+}  // namespace shardq::engine

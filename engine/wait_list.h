@@ -1,0 +1,36 @@
+#pragma once
+// WaitList: the deadlines of parked long polls. The ticker calls Tick(); expired
+// entries are told to give up (Expire), which costs no thread while they wait.
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+
+#include "common/clock.h"
+#include "common/ticker.h"
+
+namespace shardq::engine {
+
+class Expirable {
+ public:
+  virtual ~Expirable() = default;
+  virtual void Expire() = 0;
+};
+
+class WaitList final : public Tickable {
+ public:
+  // The ticker to poke when a new deadline is earlier than any before.
+  void SetTicker(Ticker* ticker) { ticker_ = ticker; }
+  void Add(Time deadline, std::weak_ptr<Expirable> e);
+  Duration Tick(Time now) override;
+  // Expires everything (shutdown).
+  void ExpireAll();
+
+ private:
+  std::mutex mu_;
+  std::multimap<Time, std::weak_ptr<Expirable>> entries_;
+  Ticker* ticker_ = nullptr;
+};
+
+}  // namespace shardq::engine

@@ -1,0 +1,121 @@
+#include "frontend/config.h"
+
+#include <fmt/format.h>
+
+#include <cctype>
+#include <fstream>
+#include <limits>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+#include <stdexcept>
+
+namespace shardq::frontend {
+namespace {
+
+// nlohmann's get<unsigned>() wraps negatives, truncates out-of-range values and
+// floats, and accepts booleans. Config numbers are exact non-negative integers.
+template <typename T>
+T GetUnsigned(const nlohmann::json& v, const char* what, uint64_t lo,
+              uint64_t hi = std::numeric_limits<T>::max()) {
+  if (!v.is_number_unsigned() || v.get<uint64_t>() < lo || v.get<uint64_t>() > hi) {
+    throw std::invalid_argument(
+        fmt::format("{} must be an integer in [{}, {}], got {}", what, lo, hi, v.dump()));
+  }
+  return static_cast<T>(v.get<uint64_t>());
+}
+
+}  // namespace
+
+Result<ServerConfig> ParseConfig(const std::string& json_text) {
+  nlohmann::json j = nlohmann::json::parse(json_text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) {
+    return Status::InvalidArgument("config is not a JSON object");
+  }
+  ServerConfig c;
+  try {
+    c.listen = j.value("listen", c.listen);
+    if (j.contains("io_threads")) {
+      c.io_threads = GetUnsigned<size_t>(j.at("io_threads"), "io_threads", 1, 256);
+    }
+    if (j.contains("window_capacity")) {
+      c.window_capacity =
+          GetUnsigned<size_t>(j.at("window_capacity"), "window_capacity", 2);
+    }
+    for (const auto& s : j.value("mysql_servers", nlohmann::json::array())) {
+      MysqlServerConfig m;
+      m.name = s.at("name").get<std::string>();
+      m.endpoint.socket = s.value("socket", "");
+      m.endpoint.host = s.value("host", m.endpoint.host);
+      if (s.contains("port")) {
+        m.endpoint.port = GetUnsigned<int>(s.at("port"), "port", 1, 65535);
+      }
+      m.endpoint.user = s.value("user", m.endpoint.user);
+      m.endpoint.password = s.value("password", "");
+      c.mysql_servers.push_back(std::move(m));
+    }
+    for (const auto& s : j.value("shards", nlohmann::json::array())) {
+      c.shards.push_back({ShardId(GetUnsigned<uint32_t>(s.at("id"), "shard id", 0)),
+                          s.at("server").get<std::string>(),
+                          s.at("database").get<std::string>()});
+    }
+  } catch (const std::exception& e) {  // nlohmann::json::exception or GetUnsigned
+    return Status::InvalidArgument(std::string("config: ") + e.what());
+  }
+  SHARDQ_RETURN_IF_ERROR(ValidateConfig(c));
+  return c;
+}
+
+Result<ServerConfig> LoadConfig(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return Status::NotFound("cannot read config file " + path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ParseConfig(ss.str());
+}
+
+ServerConfig EmbeddedConfig(const std::string& socket, size_t shards) {
+  ServerConfig c;
+  MysqlServerConfig m;
+  m.name = "embedded";
+  m.endpoint.socket = socket;
+  c.mysql_servers.push_back(m);
+  for (size_t i = 0; i < shards; ++i) {
+    c.shards.push_back(
+        {ShardId(static_cast<uint32_t>(i)), "embedded", fmt::format("shardq_{}", i)});
+  }
+  return c;
+}
+
+Status ValidateConfig(const ServerConfig& config) {
+  if (config.shards.empty()) return Status::InvalidArgument("config has no shards");
+  if (config.io_threads == 0 || config.io_threads > 256) {
+    return Status::InvalidArgument("io_threads must be in [1, 256]");
+  }
+  if (config.window_capacity < 2) return Status::InvalidArgument("window_capacity must be >= 2");
+  std::set<std::string> servers;
+  for (const auto& s : config.mysql_servers) {
+    if (!servers.insert(s.name).second) {
+      return Status::InvalidArgument("mysql server '" + s.name + "' is listed twice");
+    }
+  }
+  std::set<ShardId> ids;
+  std::set<std::pair<std::string, std::string>> dbs;
+  for (const auto& s : config.shards) {
+    if (!ids.insert(s.id).second) {
+      return Status::InvalidArgument(fmt::format("shard id {} is listed twice", s.id.value()));
+    }
+    if (!servers.contains(s.server)) {
+      return Status::InvalidArgument("shard names unknown mysql server '" + s.server + "'");
+    }
+    bool ok = !s.database.empty() && s.database.size() <= 64;
+    for (char ch : s.database) ok = ok && (std::isalnum(static_cast<unsigned char>(ch)) || ch == '_');
+    if (!ok) return Status::InvalidArgument("bad database name '" + s.database + "'");
+    if (!dbs.insert({s.server, s.database}).second) {
+      return Status::InvalidArgument("database " + s.database + " is used by two shards");
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace shardq::frontend

@@ -1,0 +1,47 @@
+#pragma once
+// Server configuration: where the MySQL servers are and which shard databases live on
+// each. Shard ids are stable: an id names one database for ever (item ids carry it).
+//
+// JSON form (see docs/config.example.json):
+//   {"listen": "127.0.0.1:50051", "io_threads": 8, "window_capacity": 512,
+//    "mysql_servers": [{"name": "a", "socket": "/run/a.sock"},
+//                      {"name": "b", "host": "10.0.0.2", "port": 3306,
+//                       "user": "shardq", "password": "..."}],
+//    "shards": [{"id": 0, "server": "a", "database": "shardq_0"}, ...]}
+
+#include <string>
+#include <vector>
+
+#include "common/ids.h"
+#include "common/status.h"
+#include "store/mysql_store.h"
+
+namespace shardq::frontend {
+
+struct MysqlServerConfig {
+  std::string name;
+  store::MysqlEndpoint endpoint;
+};
+
+struct ShardConfig {
+  ShardId id;
+  std::string server;  // a MysqlServerConfig name
+  std::string database;
+};
+
+struct ServerConfig {
+  std::string listen = "127.0.0.1:50051";
+  size_t io_threads = 8;
+  size_t window_capacity = 512;
+  std::vector<MysqlServerConfig> mysql_servers;
+  std::vector<ShardConfig> shards;
+};
+
+Result<ServerConfig> ParseConfig(const std::string& json_text);
+Result<ServerConfig> LoadConfig(const std::string& path);
+// The embedded default: `shards` databases shardq_0.. on one MariaDB socket.
+ServerConfig EmbeddedConfig(const std::string& socket, size_t shards);
+// Checks ids unique, servers known, database names [A-Za-z0-9_]{1,64}.
+Status ValidateConfig(const ServerConfig& config);
+
+}  // namespace shardq::frontend

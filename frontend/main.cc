@@ -1,0 +1,71 @@
+// shardqd: the shardq server.
+//
+//   shardqd --config shardq.json
+//   shardqd --mysql-socket /tmp/shardq/mysql.sock --shards 4 --listen 127.0.0.1:50051
+//
+// Start-up is recovery: it opens every shard, applies schema migrations, and rebuilds
+// its in-memory index from MySQL. There is no separate recovery mode.
+
+#include <signal.h>
+#include <spdlog/spdlog.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <fstream>
+
+#include "common/clock.h"
+#include "frontend/config.h"
+#include "frontend/server.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"shardqd: durable priority queue on sharded MySQL"};
+  std::string config_path, socket, listen = "127.0.0.1:50051";
+  std::string port_file;
+  size_t shards = 4, io_threads = 8;
+  app.add_option("--config", config_path, "JSON config file (see docs/config.example.json)");
+  app.add_option("--mysql-socket", socket, "embedded default: one MariaDB socket");
+  app.add_option("--shards", shards, "embedded default: shard databases on that socket");
+  app.add_option("--listen", listen, "gRPC address (overrides the config)");
+  app.add_option("--io-threads", io_threads, "threads for MySQL I/O (all shards share them)");
+  app.add_option("--port-file", port_file,
+                 "write the bound port here once listening (for --listen host:0)");
+  CLI11_PARSE(app, argc, argv);
+
+  shardq::Result<shardq::frontend::ServerConfig> config =
+      !config_path.empty() ? shardq::frontend::LoadConfig(config_path)
+      : !socket.empty()    ? shardq::Result(shardq::frontend::EmbeddedConfig(socket, shards))
+                           : shardq::Result<shardq::frontend::ServerConfig>(
+                              shardq::Status::InvalidArgument(
+                                  "give --config FILE or --mysql-socket PATH"));
+  if (!config.ok()) {
+    spdlog::error("{}", config.status().ToString());
+    return 2;
+  }
+  if (app.count("--listen") || config_path.empty()) config->listen = listen;
+  if (app.count("--io-threads") || config_path.empty()) config->io_threads = io_threads;
+
+  // Block the stop signals in every thread; this one waits for them.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  auto server =
+      shardq::frontend::Server::Start(*config, shardq::SystemClock::Instance());
+  if (!server.ok()) {
+    spdlog::error("{}", server.status().ToString());
+    return 1;
+  }
+  if (!port_file.empty()) {
+    // Written to a temp name and renamed, so a reader never sees a partial file.
+    std::string tmp = port_file + ".tmp";
+    std::ofstream(tmp) << (*server)->port() << "\n";
+    std::rename(tmp.c_str(), port_file.c_str());
+  }
+  int sig = 0;
+  sigwait(&signals, &sig);
+  spdlog::info("signal {}: shutting down", sig);
+  (*server)->Shutdown();
+  return 0;
+}

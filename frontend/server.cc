@@ -1,0 +1,60 @@
+#include "frontend/server.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/server_builder.h>
+#include <spdlog/spdlog.h>
+
+#include <map>
+
+namespace shardq::frontend {
+
+Result<std::unique_ptr<Server>> Server::Start(const ServerConfig& config, Clock& clock,
+                                              Limits limits) {
+  SHARDQ_RETURN_IF_ERROR(ValidateConfig(config));
+  std::map<std::string, store::MysqlEndpoint> endpoints;
+  for (const auto& s : config.mysql_servers) endpoints[s.name] = s.endpoint;
+  std::vector<engine::ShardSpec> shards;
+  for (const auto& s : config.shards) {
+    shards.push_back({s.id, std::make_unique<store::MySqlShardStore>(endpoints.at(s.server),
+                                                                      s.database)});
+  }
+  engine::EngineOptions options;
+  options.io_threads = config.io_threads;
+  options.window_capacity = config.window_capacity;
+
+  std::unique_ptr<Server> server(new Server());
+  server->engine_ = std::make_unique<engine::Engine>(std::move(shards), clock, options);
+  server->engine_->Start();
+  server->service_ = std::make_unique<QueueService>(*server->engine_, clock, limits);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(config.listen, grpc::InsecureServerCredentials(), &server->port_);
+  builder.RegisterService(server->service_.get());
+  // 1000 items of 10 KiB fit; larger calls get RESOURCE_EXHAUSTED from gRPC itself.
+  builder.SetMaxReceiveMessageSize(16 * 1024 * 1024);
+  builder.SetMaxSendMessageSize(16 * 1024 * 1024);
+  server->grpc_ = builder.BuildAndStart();
+  if (!server->grpc_ || server->port_ == 0) {
+    return Status::Unavailable("cannot listen on " + config.listen);
+  }
+  spdlog::info("shardq listening on port {} with {} shards, {} I/O threads", server->port_,
+               config.shards.size(), config.io_threads);
+  return server;
+}
+
+Server::~Server() { Shutdown(); }
+
+void Server::Shutdown() {
+  if (shut_down_) return;
+  shut_down_ = true;
+  // Parked long polls answer now, so the gRPC shutdown below does not wait on them.
+  engine_->Shutdown();
+  grpc_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  engine_.reset();
+}
+
+}  // namespace shardq::frontend

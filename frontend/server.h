@@ -1,0 +1,40 @@
+#pragma once
+// Server: wires a config into running parts -- one MySQL store per shard, the
+// Engine, the gRPC service with health checking and reflection -- and tears them
+// down in order. Used by shardqd's main() and, in-process, by the end-to-end tests.
+
+#include <grpcpp/server.h>
+
+#include <memory>
+
+#include "common/clock.h"
+#include "engine/engine.h"
+#include "frontend/config.h"
+#include "frontend/queue_service.h"
+
+namespace shardq::frontend {
+
+class Server {
+ public:
+  // Starts listening at config.listen (port 0 picks a free port). Shards that cannot
+  // be reached yet are retried in the background; the server still starts.
+  static Result<std::unique_ptr<Server>> Start(const ServerConfig& config, Clock& clock,
+                                               Limits limits = {});
+  ~Server();
+
+  int port() const { return port_; }
+  engine::Engine& engine() { return *engine_; }
+  // Stops taking calls, answers parked long polls, stops the engine.
+  void Shutdown();
+  void Wait() { grpc_->Wait(); }
+
+ private:
+  Server() = default;
+  std::unique_ptr<engine::Engine> engine_;
+  std::unique_ptr<QueueService> service_;
+  std::unique_ptr<grpc::Server> grpc_;
+  int port_ = 0;
+  bool shut_down_ = false;
+};
+
+}  // namespace shardq::frontend

@@ -1,0 +1,56 @@
+#pragma once
+// Input validation: every rule a request must meet, checked before anything is
+// changed. Each function turns wire messages into engine structs or says exactly
+// what is wrong (kInvalidArgument), so bad input never reaches the shards.
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/clock.h"
+#include "common/item.h"
+#include "common/status.h"
+#include "engine/engine.h"
+#include "shardq/v1/queue.pb.h"
+
+namespace shardq::frontend {
+
+struct Limits {
+  size_t max_items_per_call = 1000;
+  size_t max_topics_per_dequeue = 100;
+  size_t max_count_per_topic = 1000;
+  Duration max_wait{60'000};
+  Duration max_delay{366LL * 24 * 3600 * 1000};
+  Duration max_lease{12LL * 3600 * 1000};
+  Duration default_lease{30'000};
+};
+
+// Namespace and topic names: 1..max chars of [A-Za-z0-9._-], first a letter or digit.
+Status ValidateName(std::string_view what, std::string_view name, size_t max_len);
+
+Result<NewItem> ToNewItem(const std::string& ns, const v1::EnqueueItem& item, Time now,
+                          const Limits& limits);
+Result<std::vector<engine::TopicAsk>> ToTopicAsks(const v1::DequeueRequest& req,
+                                                  const Limits& limits);
+Result<Duration> ToWait(const v1::DequeueRequest& req, const Limits& limits);
+
+// Parses an id + token; a malformed one is kInvalidArgument.
+Result<engine::LeaseOp> ToLeaseOp(const v1::LeaseRef& ref);
+Result<engine::NackOp> ToNackOp(const v1::NackItem& item, const Limits& limits);
+Result<engine::ExtendOp> ToExtendOp(const v1::ExtendItem& item, const Limits& limits);
+
+// The size of a batched call (1..max_items_per_call).
+Status ValidateBatchSize(int size, const Limits& limits);
+// Marks (sets to an error) every entry whose item id appears earlier in the call.
+template <typename Op>
+void RejectDuplicateIds(std::vector<Result<Op>>& ops);
+
+std::string EncodeLeaseToken(LeaseToken token);
+std::optional<LeaseToken> DecodeLeaseToken(std::string_view text);
+std::string EncodeMetadata(const v1::Metadata& m);
+void DecodeMetadata(const std::string& bytes, v1::Metadata* out);
+
+}  // namespace shardq::frontend
+
+#include "frontend/validation_inl.h"

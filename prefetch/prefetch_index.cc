@@ -1,0 +1,41 @@
+#include "prefetch/prefetch_index.h"
+
+#include <mutex>
+
+namespace shardq::prefetch {
+
+std::shared_ptr<TopicBuffer> PrefetchIndex::GetOrCreate(const std::string& ns,
+                                                        const std::string& topic) {
+  if (auto found = Find(ns, topic)) return found;
+  std::unique_lock lock(mu_);
+  auto& slot = buffers_[{ns, topic}];
+  if (!slot) slot = std::make_shared<TopicBuffer>(ns, topic, shards_, window_capacity_);
+  return slot;
+}
+
+std::shared_ptr<TopicBuffer> PrefetchIndex::Find(const std::string& ns,
+                                                 const std::string& topic) const {
+  std::shared_lock lock(mu_);
+  auto it = buffers_.find({ns, topic});
+  return it == buffers_.end() ? nullptr : it->second;
+}
+
+std::vector<std::shared_ptr<TopicBuffer>> PrefetchIndex::ForNamespace(
+    const std::string& ns) const {
+  std::vector<std::shared_ptr<TopicBuffer>> out;
+  std::shared_lock lock(mu_);
+  for (auto it = buffers_.lower_bound({ns, ""}); it != buffers_.end() && it->first.first == ns;
+       ++it) {
+    out.push_back(it->second);
+  }
+  return out;
+}
+
+std::vector<std::shared_ptr<TopicBuffer>> PrefetchIndex::All() const {
+  std::vector<std::shared_ptr<TopicBuffer>> out;
+  std::shared_lock lock(mu_);
+  for (auto& [key, buffer] : buffers_) out.push_back(buffer);
+  return out;
+}
+
+}  // namespace shardq::prefetch

@@ -1,0 +1,148 @@
+#include "prefetch/topic_buffer.h"
+
+#include "prefetch/kway_merge.h"
+
+namespace shardq::prefetch {
+
+TopicBuffer::TopicBuffer(std::string ns, std::string topic, size_t shards,
+                         size_t window_capacity)
+    : ns_(std::move(ns)),
+      topic_(std::move(topic)),
+      windows_(shards, ShardWindow(window_capacity)),
+      counts_(shards) {}
+
+std::vector<TopicBuffer::Taken> TopicBuffer::Take(size_t count, std::vector<size_t>* refill,
+                                                  bool* blocked) {
+  std::vector<Taken> out;
+  std::lock_guard lock(mu_);
+  auto blocked_now = [&] {
+    for (const ShardWindow& w : windows_) {
+      if (w.Blocking()) return true;
+    }
+    return false;
+  };
+  std::vector<ShardWindow*> sources;
+  sources.reserve(windows_.size());
+  for (ShardWindow& w : windows_) sources.push_back(&w);
+  KWayMerge merge(std::move(sources), ReadyKeyLess{});
+  bool stopped = false;
+  while (out.size() < count && !merge.Done() && !(stopped = blocked_now())) {
+    out.push_back({merge.TopSource(), merge.Top()});
+    merge.Pop();
+  }
+  if (out.size() < count && (stopped || blocked_now())) *blocked = true;
+  for (size_t s = 0; s < windows_.size(); ++s) {
+    if (windows_[s].WantsRefill() && !windows_[s].refill_pending) {
+      windows_[s].refill_pending = true;
+      refill->push_back(s);
+    }
+  }
+  return out;
+}
+
+std::vector<size_t> TopicBuffer::ClaimRefills() {
+  std::vector<size_t> out;
+  std::lock_guard lock(mu_);
+  for (size_t s = 0; s < windows_.size(); ++s) {
+    if (windows_[s].WantsRefill() && !windows_[s].refill_pending) {
+      windows_[s].refill_pending = true;
+      out.push_back(s);
+    }
+  }
+  return out;
+}
+
+bool TopicBuffer::ClaimRefill(size_t shard) {
+  std::lock_guard lock(mu_);
+  ShardWindow& w = windows_[shard];
+  if (!w.WantsRefill() || w.refill_pending) return false;
+  w.refill_pending = true;
+  return true;
+}
+
+void TopicBuffer::OnReady(size_t shard, std::span<const ReadyKey> keys) {
+  std::unique_lock lock(mu_);
+  bool any = false;
+  for (const ReadyKey& key : keys) any = windows_[shard].Offer(key) || any;
+  if (any) WakeAll(lock);
+}
+
+void TopicBuffer::OnRemoved(size_t shard, RowId row) {
+  std::lock_guard lock(mu_);
+  windows_[shard].Remove(row);
+}
+
+void TopicBuffer::ApplyRefill(size_t shard, const std::vector<ReadyKey>& keys) {
+  std::unique_lock lock(mu_);
+  windows_[shard].refill_pending = false;
+  windows_[shard].ApplyRefill(keys);
+  // Wake even when empty: a waiter blocked on this shard can now decide.
+  WakeAll(lock);
+}
+
+void TopicBuffer::RefillFailed(size_t shard) {
+  std::unique_lock lock(mu_);
+  windows_[shard].refill_pending = false;
+  windows_[shard].MarkUnavailable();
+  WakeAll(lock);
+}
+
+void TopicBuffer::Unreserve(size_t shard, RowId row) {
+  std::lock_guard lock(mu_);
+  windows_[shard].Unreserve(row);
+}
+
+namespace {
+void Bump(StateCounts& c, ItemState s, int64_t d) {
+  switch (s) {
+    case ItemState::kDelayed: c.delayed += d; break;
+    case ItemState::kReady: c.ready += d; break;
+    case ItemState::kLeased: c.leased += d; break;
+    case ItemState::kGone: break;
+  }
+}
+}  // namespace
+
+void TopicBuffer::CountTransition(size_t shard, ItemState from, ItemState to) {
+  std::lock_guard lock(mu_);
+  Bump(counts_[shard], from, -1);
+  Bump(counts_[shard], to, +1);
+}
+
+void TopicBuffer::SetCounts(size_t shard, StateCounts counts) {
+  std::lock_guard lock(mu_);
+  counts_[shard] = counts;
+}
+
+StateCounts TopicBuffer::Counts() const {
+  std::lock_guard lock(mu_);
+  StateCounts total;
+  for (const StateCounts& c : counts_) {
+    total.delayed += c.delayed;
+    total.ready += c.ready;
+    total.leased += c.leased;
+  }
+  return total;
+}
+
+size_t TopicBuffer::WindowSize(size_t shard) const {
+  std::lock_guard lock(mu_);
+  return windows_[shard].size();
+}
+
+void TopicBuffer::AddWaiter(std::weak_ptr<Waiter> w) {
+  std::lock_guard lock(mu_);
+  waiters_.push_back(std::move(w));
+}
+
+void TopicBuffer::WakeAll(std::unique_lock<std::mutex>& lock) {
+  if (waiters_.empty()) return;
+  std::vector<std::weak_ptr<Waiter>> waiters;
+  waiters.swap(waiters_);
+  lock.unlock();
+  for (auto& weak : waiters) {
+    if (auto w = weak.lock()) w->Wake();
+  }
+}
+
+}  // namespace shardq::prefetch

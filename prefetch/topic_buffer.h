@@ -1,0 +1,94 @@
+#pragma once
+// TopicBuffer: everything the process keeps in memory about one (namespace, topic):
+// one ShardWindow per shard, per-shard item counts by state, and the long-poll
+// waiters. Take() k-way-merges the windows so a dequeue gets the best items across
+// all shards without touching MySQL.
+//
+// Threads: shard-worker strands call the On*/Apply* methods; frontend (gRPC) threads
+// call Take(); the ticker reads counts. One mutex guards it all and is never held
+// across I/O or while calling a waiter.
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "common/item.h"
+#include "prefetch/shard_window.h"
+
+namespace shardq::prefetch {
+
+// Something waiting for items of this topic (a long-polling Dequeue).
+class Waiter {
+ public:
+  virtual ~Waiter() = default;
+  // Called without any TopicBuffer lock held; must not block.
+  virtual void Wake() = 0;
+};
+
+struct StateCounts {
+  int64_t delayed = 0;
+  int64_t ready = 0;
+  int64_t leased = 0;
+  int64_t total() const { return delayed + ready + leased; }
+};
+
+class TopicBuffer {
+ public:
+  TopicBuffer(std::string ns, std::string topic, size_t shards, size_t window_capacity);
+
+  const std::string& ns() const { return ns_; }
+  const std::string& topic() const { return topic_; }
+
+  struct Taken {
+    size_t shard;  // position in the engine's shard list
+    ReadyKey key;
+  };
+  // Removes and returns up to `count` items, best first across shards. Stops early
+  // rather than look past a shard whose window is empty but incomplete (that would
+  // break the ordering rule). Taken items are reserved until Unreserve().
+  // `refill` receives the shards whose window should be refilled now; they are
+  // marked pending, so the caller must request exactly those refills.
+  // `blocked` is set when fewer than `count` came back because a shard's window is
+  // still unknown (empty, incomplete); it is left alone otherwise.
+  std::vector<Taken> Take(size_t count, std::vector<size_t>* refill, bool* blocked);
+
+  // Shards whose windows want a refill (marked pending, as with Take).
+  std::vector<size_t> ClaimRefills();
+  // The same for one shard: true if its window wants a refill (now marked pending).
+  bool ClaimRefill(size_t shard);
+
+  // --- Called by the shard worker of `shard` (its strand) -------------------
+  // Items became READY. Wakes waiters (once) if the window took any.
+  void OnReady(size_t shard, const ReadyKey& key) { OnReady(shard, std::span(&key, 1)); }
+  void OnReady(size_t shard, std::span<const ReadyKey> keys);
+  // An item left READY other than through Take (ack of an expired lease, purge).
+  void OnRemoved(size_t shard, RowId row);
+  void ApplyRefill(size_t shard, const std::vector<ReadyKey>& keys);
+  void RefillFailed(size_t shard);
+  void Unreserve(size_t shard, RowId row);
+  // Moves one item between states in the counts (kGone = not counted).
+  void CountTransition(size_t shard, ItemState from, ItemState to);
+  void SetCounts(size_t shard, StateCounts counts);
+
+  // --- Observers --------------------------------------------------------------
+  StateCounts Counts() const;
+  size_t WindowSize(size_t shard) const;
+
+  // One-shot: the waiter is woken once (then dropped) at the next new item.
+  void AddWaiter(std::weak_ptr<Waiter> w);
+
+ private:
+  void WakeAll(std::unique_lock<std::mutex>& lock);
+
+  const std::string ns_;
+  const std::string topic_;
+  mutable std::mutex mu_;
+  std::vector<ShardWindow> windows_;
+  std::vector<StateCounts> counts_;
+  std::vector<std::weak_ptr<Waiter>> waiters_;
+};
+
+}  // namespace shardq::prefetch

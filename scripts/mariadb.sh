@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# A private MariaDB for shardq: its own data directory and unix socket, no TCP, no
+# systemd. InnoDB keeps its durable default (flush the log at every commit).
+#
+#   scripts/mariadb.sh start DIR   # initialises DIR on first use; prints the socket
+#   scripts/mariadb.sh stop DIR
+set -euo pipefail
+cmd=${1:?usage: mariadb.sh start|stop DIR}
+dir=$(realpath -m "${2:?usage: mariadb.sh start|stop DIR}")
+sock="$dir/mysql.sock"
+pidfile="$dir/mariadbd.pid"
+
+running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
+
+case "$cmd" in
+  start)
+    mkdir -p "$dir"
+    if [ ! -d "$dir/data/mysql" ]; then
+      mariadb-install-db --no-defaults --datadir="$dir/data" --user=root \
+        --auth-root-authentication-method=normal >"$dir/install.log" 2>&1
+    fi
+    if ! running; then
+      mariadbd --no-defaults --datadir="$dir/data" --socket="$sock" --skip-networking \
+        --user=root --pid-file="$pidfile" --log-error="$dir/error.log" \
+        --innodb-buffer-pool-size=256M &
+      for _ in $(seq 1 300); do
+        mariadb --no-defaults --socket="$sock" -uroot -e 'select 1' >/dev/null 2>&1 && break
+        sleep 0.1
+      done
+      mariadb --no-defaults --socket="$sock" -uroot -e 'select 1' >/dev/null 2>&1 || {
+        echo "MariaDB did not start; see $dir/error.log" >&2
+        exit 1
+      }
+    fi
+    echo "$sock"
+    ;;
+  stop)
+    if running; then
+      kill "$(cat "$pidfile")"
+      while running; do sleep 0.1; done
+    fi
+    ;;
+  *) echo "usage: mariadb.sh start|stop DIR" >&2; exit 2 ;;
+esac

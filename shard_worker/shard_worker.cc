@@ -1,0 +1,479 @@
+#include "shard_worker/shard_worker.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <chrono>
+#include <random>
+#include <thread>
+#include <unordered_map>
+
+namespace shardq::shard_worker {
+namespace {
+
+LeaseToken NewLeaseToken() {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  uint64_t v = 0;
+  while (v == 0) v = rng();
+  return LeaseToken(v);
+}
+
+// Calls fn and measures it with a steady clock (latency is for the breaker only).
+template <typename Fn>
+auto Timed(Fn fn, Duration* latency) {
+  auto start = std::chrono::steady_clock::now();
+  auto result = fn();
+  *latency = std::chrono::duration_cast<Duration>(std::chrono::steady_clock::now() - start);
+  return result;
+}
+
+}  // namespace
+
+// Collects the keys that became READY during one batch, per topic, so that each
+// topic's window is updated and its waiters are woken once per batch, not per item.
+class ShardWorker::ReadyBatch {
+ public:
+  void Add(const std::shared_ptr<prefetch::TopicBuffer>& buffer, const ReadyKey& key) {
+    auto& slot = keys_[buffer.get()];
+    if (!slot.first) slot.first = buffer;
+    slot.second.push_back(key);
+  }
+  void Flush(size_t position) {
+    for (auto& [raw, slot] : keys_) slot.first->OnReady(position, slot.second);
+    keys_.clear();
+  }
+
+ private:
+  std::unordered_map<prefetch::TopicBuffer*,
+                     std::pair<std::shared_ptr<prefetch::TopicBuffer>, std::vector<ReadyKey>>>
+      keys_;
+};
+
+ShardWorker::ShardWorker(size_t position, ShardId id, std::unique_ptr<store::ShardStore> store,
+                         Executor& io, Clock& clock, prefetch::PrefetchIndex& index,
+                         WorkerOptions options)
+    : position_(position),
+      id_(id),
+      store_(std::move(store)),
+      io_(io),
+      clock_(clock),
+      index_(index),
+      options_(options),
+      breaker_(clock, options.breaker) {}
+
+ShardWorker::~ShardWorker() {
+  // The strand may still be running on the pool; wait for it to let go of `this`.
+  std::unique_lock lock(mu_);
+  stopping_ = true;
+  while (running_) {
+    lock.unlock();
+    std::this_thread::yield();
+    lock.lock();
+  }
+}
+
+void ShardWorker::Start() {
+  std::lock_guard lock(mu_);
+  pending_.probe = true;  // the first "probe" opens the store and recovers
+  ScheduleLocked();
+}
+
+bool ShardWorker::AcceptsEnqueues() const {
+  std::lock_guard lock(mu_);
+  return recovered_ && breaker_.AllowsTraffic();
+}
+
+ShardHealth ShardWorker::Health() const {
+  std::lock_guard lock(mu_);
+  return {id_, breaker_.state(), recovered_, last_error_};
+}
+
+void ShardWorker::Enqueue(std::vector<NewItem> items, EnqueueDone done) {
+  std::unique_lock lock(mu_);
+  if (pending_enqueue_items_ + items.size() > options_.max_pending_enqueues) {
+    lock.unlock();
+    done(Status::ResourceExhausted("shard " + std::to_string(id_.value()) +
+                                   " enqueue buffer is full; retry later"),
+         false);
+    return;
+  }
+  pending_enqueue_items_ += items.size();
+  pending_.enqueues.push_back({std::move(items), std::move(done)});
+  ScheduleLocked();
+}
+
+void ShardWorker::Claim(std::shared_ptr<prefetch::TopicBuffer> buffer,
+                        std::vector<ReadyKey> keys, ClaimDone done) {
+  std::lock_guard lock(mu_);
+  pending_.claims.push_back({std::move(buffer), std::move(keys), std::move(done)});
+  ScheduleLocked();
+}
+
+void ShardWorker::Ack(std::vector<store::AckRequest> reqs, OutcomesDone done) {
+  std::lock_guard lock(mu_);
+  pending_.acks.push_back({std::move(reqs), std::move(done)});
+  ScheduleLocked();
+}
+
+void ShardWorker::Nack(std::vector<store::NackRequest> reqs, OutcomesDone done) {
+  std::lock_guard lock(mu_);
+  pending_.nacks.push_back({std::move(reqs), std::move(done)});
+  ScheduleLocked();
+}
+
+void ShardWorker::Extend(std::vector<store::ExtendRequest> reqs, OutcomesDone done) {
+  std::lock_guard lock(mu_);
+  pending_.extends.push_back({std::move(reqs), std::move(done)});
+  ScheduleLocked();
+}
+
+void ShardWorker::Refill(std::shared_ptr<prefetch::TopicBuffer> buffer) {
+  std::lock_guard lock(mu_);
+  pending_.refills.push_back(std::move(buffer));
+  ScheduleLocked();
+}
+
+Duration ShardWorker::Tick(Time now) {
+  if (breaker_.TakeProbe()) {
+    std::lock_guard lock(mu_);
+    pending_.probe = true;
+    ScheduleLocked();
+  }
+  std::lock_guard lock(mu_);
+  Duration next = std::min(breaker_.TimeToProbe(), Ticker::kMaxSleep);
+  if (!recovered_) return next;
+  if (next_due_ && *next_due_ <= now) {
+    next_due_.reset();  // RunPromote recomputes it from the store
+    pending_.promote = true;
+    ScheduleLocked();
+  } else if (next_due_) {
+    next = std::min(next, *next_due_ - now);
+  }
+  if (now >= next_purge_) {
+    next_purge_ = now + options_.purge_interval;
+    pending_.purge = true;
+    ScheduleLocked();
+  }
+  return std::min(next, next_purge_ - now);
+}
+
+void ShardWorker::ScheduleLocked() {
+  if (running_ || stopping_) return;
+  running_ = true;
+  io_.Post([this] { Run(); });
+}
+
+void ShardWorker::Run() {
+  Work work;
+  {
+    std::lock_guard lock(mu_);
+    std::swap(work, pending_);
+    pending_enqueue_items_ = 0;
+  }
+  RunWork(work);
+  std::lock_guard lock(mu_);
+  running_ = false;
+  // Re-post rather than loop, so that other shards' strands get a turn on the pool.
+  if (!pending_.empty()) ScheduleLocked();
+}
+
+void ShardWorker::RunWork(Work& work) {
+  if (work.probe) RunProbe();
+  bool up;
+  {
+    std::lock_guard lock(mu_);
+    up = recovered_ && breaker_.AllowsTraffic();
+  }
+  if (!up) {
+    FailAll(work, Status::Unavailable("shard " + std::to_string(id_.value()) +
+                                      " is unavailable (circuit open)"));
+    return;
+  }
+  // Claims first: a waiting consumer is the most latency-sensitive caller.
+  if (!work.claims.empty()) RunClaims(work.claims);
+  if (!work.enqueues.empty()) RunEnqueues(work.enqueues);
+  RunBatches(work.acks, [this](auto reqs) { return store_->Ack(reqs); });
+  RunBatches(work.nacks, [this](auto reqs) { return store_->Nack(reqs, clock_.Now()); });
+  RunBatches(work.extends, [this](auto reqs) { return store_->Extend(reqs, clock_.Now()); });
+  // A buffer may be queued for refill several times; once is enough.
+  std::sort(work.refills.begin(), work.refills.end());
+  work.refills.erase(std::unique(work.refills.begin(), work.refills.end()), work.refills.end());
+  for (const auto& buffer : work.refills) RunRefill(buffer);
+  if (work.promote) RunPromote();
+  if (work.purge) RunPurge();
+}
+
+bool ShardWorker::Recover() {
+  Status st = store_->Open();
+  if (!st.ok()) {
+    std::lock_guard lock(mu_);
+    last_error_ = st.ToString();
+    return false;
+  }
+  auto counts = store_->CountByTopic();
+  if (!counts.ok()) {
+    std::lock_guard lock(mu_);
+    last_error_ = counts.status().ToString();
+    return false;
+  }
+  for (const store::TopicCounts& c : *counts) {
+    index_.GetOrCreate(c.ns, c.topic)
+        ->SetCounts(position_, {static_cast<int64_t>(c.delayed), static_cast<int64_t>(c.ready),
+                                static_cast<int64_t>(c.leased)});
+  }
+  {
+    std::lock_guard lock(mu_);
+    recovered_ = true;
+    last_error_.clear();
+  }
+  NoteDeadline(clock_.Now());  // promote whatever fell due while we were away
+  spdlog::info("shard {}: open, {} topics", id_.value(), counts->size());
+  return true;
+}
+
+void ShardWorker::RunProbe() {
+  bool was_recovered;
+  {
+    std::lock_guard lock(mu_);
+    was_recovered = recovered_;
+  }
+  bool ok = was_recovered ? store_->Open().ok() && store_->Ping().ok() : Recover();
+  if (breaker_.state() == BreakerState::kHalfOpen) {
+    breaker_.ProbeResult(ok);
+  } else if (!ok) {
+    // Start-up failed: open the breaker so the ticker schedules probes.
+    for (size_t i = 0; i < options_.breaker.min_samples; ++i) breaker_.Record(false, {});
+  }
+  if (ok) {
+    OnShardUp();
+  } else {
+    spdlog::warn("shard {}: probe failed", id_.value());
+    OnShardDown();
+  }
+}
+
+void ShardWorker::RunEnqueues(std::vector<PendingEnqueue>& pending) {
+  // Group requests into batches of about max_batch rows; one transaction each.
+  size_t i = 0;
+  while (i < pending.size()) {
+    size_t j = i;
+    std::vector<NewItem> rows;
+    while (j < pending.size() && (rows.empty() || rows.size() + pending[j].items.size() <=
+                                                      options_.max_batch)) {
+      for (NewItem& item : pending[j].items) rows.push_back(std::move(item));
+      ++j;
+    }
+    Time now = clock_.Now();
+    Duration latency;
+    auto ids = Timed([&] { return store_->Insert(rows, now); }, &latency);
+    Observe(ids.status(), latency);
+    if (ids.ok()) {
+      ReadyBatch ready_keys;
+      std::shared_ptr<prefetch::TopicBuffer> buffer;
+      for (size_t k = 0; k < rows.size(); ++k) {
+        const NewItem& item = rows[k];
+        bool ready = item.deliver_after <= now;
+        // Batches are mostly one topic: skip the index lookup when it repeats.
+        if (!buffer || buffer->topic() != item.topic || buffer->ns() != item.ns) {
+          buffer = index_.GetOrCreate(item.ns, item.topic);
+        }
+        buffer->CountTransition(position_, ItemState::kGone,
+                                ready ? ItemState::kReady : ItemState::kDelayed);
+        if (ready) {
+          ready_keys.Add(buffer, {item.priority, item.deliver_after, (*ids)[k]});
+        } else {
+          NoteDeadline(item.deliver_after);
+        }
+      }
+      ready_keys.Flush(position_);
+    }
+    size_t offset = 0;
+    for (size_t r = i; r < j; ++r) {
+      size_t n = pending[r].items.size();
+      if (ids.ok()) {
+        pending[r].done(std::vector<RowId>(ids->begin() + offset, ids->begin() + offset + n),
+                        true);
+      } else {
+        pending[r].done(ids.status(), true);
+      }
+      offset += n;
+    }
+    i = j;
+  }
+}
+
+void ShardWorker::RunClaims(std::vector<PendingClaim>& pending) {
+  std::vector<RowId> rows;
+  for (const PendingClaim& c : pending) {
+    for (const ReadyKey& k : c.keys) rows.push_back(k.row);
+  }
+  Time now = clock_.Now();
+  Duration latency;
+  auto leased = Timed([&] { return store_->Claim(rows, NewLeaseToken(), now); }, &latency);
+  Observe(leased.status(), latency);
+  std::unordered_map<RowId, LeasedItem*> by_row;
+  if (leased.ok()) {
+    for (LeasedItem& item : *leased) by_row[item.row] = &item;
+  }
+  for (PendingClaim& c : pending) {
+    std::vector<LeasedItem> out;
+    for (const ReadyKey& k : c.keys) {
+      c.buffer->Unreserve(position_, k.row);
+      auto it = by_row.find(k.row);
+      if (it != by_row.end()) {
+        it->second->deliver_after = k.deliver_after;
+        NoteDeadline(it->second->lease_deadline);
+        c.buffer->CountTransition(position_, ItemState::kReady, ItemState::kLeased);
+        out.push_back(std::move(*it->second));
+      } else if (!leased.ok()) {
+        // Not leased because the store failed: still READY there, so put it back.
+        // (If the claim did commit after all, its CAS makes the next claim skip it.)
+        c.buffer->OnReady(position_, k);
+      }
+      // Otherwise the row was not READY any more (acked or purged): just drop it.
+    }
+    c.done(std::move(out));
+  }
+}
+
+template <typename Req, typename Fn>
+void ShardWorker::RunBatches(std::vector<PendingBatch<Req>>& pending, Fn call) {
+  if (pending.empty()) return;
+  std::vector<Req> reqs;
+  for (auto& p : pending) reqs.insert(reqs.end(), p.reqs.begin(), p.reqs.end());
+  Duration latency;
+  auto outcomes = Timed([&] { return call(std::span<const Req>(reqs)); }, &latency);
+  Observe(outcomes.status(), latency);
+  size_t offset = 0;
+  ReadyBatch ready_keys;
+  for (auto& p : pending) {
+    std::vector<store::ItemOutcome> out;
+    for (size_t k = 0; k < p.reqs.size(); ++k) {
+      if (outcomes.ok()) {
+        store::ItemOutcome& o = (*outcomes)[offset + k];
+        if (o.transition) ApplyTransition(*o.transition, ready_keys);
+        if (o.status.ok() && o.new_deadline != Time{}) NoteDeadline(o.new_deadline);
+        out.push_back(std::move(o));
+      } else {
+        out.push_back({outcomes.status(), std::nullopt, {}});
+      }
+    }
+    offset += p.reqs.size();
+    p.done(std::move(out));
+  }
+  ready_keys.Flush(position_);
+}
+
+void ShardWorker::RunRefill(const std::shared_ptr<prefetch::TopicBuffer>& buffer) {
+  Duration latency;
+  size_t capacity = index_.window_capacity();
+  auto keys =
+      Timed([&] { return store_->FetchReady(buffer->ns(), buffer->topic(), capacity); },
+            &latency);
+  Observe(keys.status(), latency);
+  if (keys.ok()) {
+    buffer->ApplyRefill(position_, *keys);
+  } else {
+    buffer->RefillFailed(position_);
+  }
+}
+
+void ShardWorker::RunPromote() {
+  Time now = clock_.Now();
+  Duration latency;
+  auto moved = Timed([&] { return store_->PromoteDue(now, options_.promote_batch); }, &latency);
+  Observe(moved.status(), latency);
+  if (!moved.ok()) {
+    NoteDeadline(now + Duration(100));  // try again soon
+    return;
+  }
+  ReadyBatch ready_keys;
+  for (const ItemTransition& t : *moved) ApplyTransition(t, ready_keys);
+  ready_keys.Flush(position_);
+  if (moved->size() >= options_.promote_batch) {
+    NoteDeadline(now);  // more are due right now
+    return;
+  }
+  auto next = store_->NextDue();
+  if (next.ok() && *next) NoteDeadline(**next);
+  if (!next.ok()) NoteDeadline(now + Duration(100));
+}
+
+void ShardWorker::RunPurge() {
+  auto purged = store_->PurgeExpired(clock_.Now(), options_.promote_batch);
+  Observe(purged.status(), {});
+  if (!purged.ok()) return;
+  ReadyBatch none;
+  for (const ItemTransition& t : *purged) ApplyTransition(t, none);
+}
+
+void ShardWorker::ApplyTransition(const ItemTransition& t, ReadyBatch& ready_keys) {
+  auto buffer = index_.GetOrCreate(t.ns, t.topic);
+  buffer->CountTransition(position_, t.from, t.to);
+  if (t.from == ItemState::kReady && t.to != ItemState::kReady) {
+    buffer->OnRemoved(position_, t.row);
+  }
+  if (t.to == ItemState::kReady) {
+    ready_keys.Add(buffer, {t.priority, t.deliver_after, t.row});
+  } else if (t.to == ItemState::kDelayed || t.to == ItemState::kLeased) {
+    NoteDeadline(t.deliver_after);
+  }
+}
+
+void ShardWorker::FailAll(Work& work, const Status& status) {
+  for (auto& e : work.enqueues) e.done(status, /*attempted=*/false);
+  for (auto& c : work.claims) {
+    for (const ReadyKey& k : c.keys) c.buffer->Unreserve(position_, k.row);
+    c.done({});
+  }
+  auto fail = [&](auto& batches) {
+    for (auto& b : batches) {
+      b.done(std::vector<store::ItemOutcome>(b.reqs.size(), {status, std::nullopt, {}}));
+    }
+  };
+  fail(work.acks);
+  fail(work.nacks);
+  fail(work.extends);
+  for (const auto& buffer : work.refills) buffer->RefillFailed(position_);
+}
+
+void ShardWorker::Observe(const Status& status, Duration latency) {
+  // Only infrastructure failures count against the shard; a per-item refusal is an
+  // answer, not a failure.
+  bool failed = status.code() == Code::kUnavailable || status.code() == Code::kInternal;
+  bool was_open = !breaker_.AllowsTraffic();
+  breaker_.Record(!failed, latency);
+  if (failed) {
+    std::lock_guard lock(mu_);
+    last_error_ = status.ToString();
+  }
+  if (!was_open && !breaker_.AllowsTraffic()) {
+    spdlog::warn("shard {}: circuit opened ({})", id_.value(), status.ToString());
+    OnShardDown();
+  }
+}
+
+void ShardWorker::OnShardDown() {
+  for (const auto& buffer : index_.All()) buffer->RefillFailed(position_);
+}
+
+void ShardWorker::OnShardUp() {
+  // Windows marked unavailable want a refill; do them now on this strand's next turn.
+  std::lock_guard lock(mu_);
+  for (const auto& buffer : index_.All()) {
+    if (buffer->ClaimRefill(position_)) pending_.refills.push_back(buffer);
+  }
+  if (!pending_.refills.empty()) ScheduleLocked();
+}
+
+void ShardWorker::NoteDeadline(Time t) {
+  {
+    std::lock_guard lock(mu_);
+    if (next_due_ && *next_due_ <= t) return;
+    next_due_ = t;
+  }
+  // An earlier deadline than the ticker knows of: let it re-plan its sleep.
+  if (ticker_ != nullptr) ticker_->Poke();
+}
+
+}  // namespace shardq::shard_worker

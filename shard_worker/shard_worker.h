@@ -1,0 +1,163 @@
+#pragma once
+// ShardWorker: the only code that talks to one shard's store. Requests from any
+// thread (enqueue, claim, ack, nack, extend, refill) go into its buffers; a strand
+// on the shared I/O pool drains them in batches -- one multi-row INSERT for all the
+// enqueues waiting, one claim for all the dequeues waiting, and so on -- so many
+// callers share one commit (group commit). Each callback runs on the strand after
+// its batch has committed (or failed).
+//
+// It also keeps the shard's part of the in-memory index true (prefetch windows and
+// counts), promotes due items (delays, expired leases) when the ticker says they are
+// due, purges TTL-expired items, and owns the shard's circuit breaker.
+//
+// Threads: public methods are thread-safe and never block on I/O. Store calls run on
+// at most one pool thread at a time per shard (the strand).
+
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/clock.h"
+#include "common/executor.h"
+#include "common/ids.h"
+#include "common/item.h"
+#include "common/status.h"
+#include "common/ticker.h"
+#include "prefetch/prefetch_index.h"
+#include "shard_worker/circuit_breaker.h"
+#include "store/store_api.h"
+
+namespace shardq::shard_worker {
+
+struct WorkerOptions {
+  size_t max_batch = 500;              // rows per statement batch
+  size_t max_pending_enqueues = 50'000;  // beyond this: RESOURCE_EXHAUSTED
+  size_t promote_batch = 1'000;        // due items moved per transaction
+  Duration purge_interval{1'000};      // how often TTL purge runs
+  BreakerOptions breaker;
+};
+
+// attempted == false means the shard did not try (breaker open): the caller may send
+// the same items to another shard without risk of duplicates.
+using EnqueueDone = std::function<void(Result<std::vector<RowId>>, bool attempted)>;
+using ClaimDone = std::function<void(std::vector<LeasedItem>)>;
+using OutcomesDone = std::function<void(std::vector<store::ItemOutcome>)>;
+
+struct ShardHealth {
+  ShardId id;
+  BreakerState breaker = BreakerState::kClosed;
+  bool open = false;  // the store is open and recovered
+  std::string last_error;
+};
+
+class ShardWorker final : public Tickable {
+ public:
+  ShardWorker(size_t position, ShardId id, std::unique_ptr<store::ShardStore> store,
+              Executor& io, Clock& clock, prefetch::PrefetchIndex& index,
+              WorkerOptions options = {});
+  ~ShardWorker() override;
+
+  ShardId id() const { return id_; }
+  size_t position() const { return position_; }
+
+  // Opens the store and rebuilds this shard's part of the index (crash recovery is
+  // just start-up). Asynchronous; failures are retried by the breaker's probes.
+  void Start();
+  // True when new enqueues should come here.
+  bool AcceptsEnqueues() const;
+  ShardHealth Health() const;
+
+  void Enqueue(std::vector<NewItem> items, EnqueueDone done);
+  // Leases the reserved items `keys` of `buffer`. The callback gets those that were
+  // leased; the rest are released (back into the window if still READY).
+  void Claim(std::shared_ptr<prefetch::TopicBuffer> buffer, std::vector<ReadyKey> keys,
+             ClaimDone done);
+  void Ack(std::vector<store::AckRequest> reqs, OutcomesDone done);
+  void Nack(std::vector<store::NackRequest> reqs, OutcomesDone done);
+  void Extend(std::vector<store::ExtendRequest> reqs, OutcomesDone done);
+  // Reloads this shard's window of `buffer` from the store.
+  void Refill(std::shared_ptr<prefetch::TopicBuffer> buffer);
+
+  // Ticker: requests promotion, purge and probes when due. The worker pokes the
+  // ticker when it learns of an earlier deadline.
+  Duration Tick(Time now) override;
+  void SetTicker(Ticker* ticker) { ticker_ = ticker; }
+
+ private:
+  struct PendingEnqueue {
+    std::vector<NewItem> items;
+    EnqueueDone done;
+  };
+  struct PendingClaim {
+    std::shared_ptr<prefetch::TopicBuffer> buffer;
+    std::vector<ReadyKey> keys;
+    ClaimDone done;
+  };
+  template <typename Req>
+  struct PendingBatch {
+    std::vector<Req> reqs;
+    OutcomesDone done;
+  };
+  struct Work {
+    std::vector<PendingEnqueue> enqueues;
+    std::vector<PendingClaim> claims;
+    std::vector<PendingBatch<store::AckRequest>> acks;
+    std::vector<PendingBatch<store::NackRequest>> nacks;
+    std::vector<PendingBatch<store::ExtendRequest>> extends;
+    std::vector<std::shared_ptr<prefetch::TopicBuffer>> refills;
+    bool promote = false;
+    bool purge = false;
+    bool probe = false;
+    bool empty() const {
+      return enqueues.empty() && claims.empty() && acks.empty() && nacks.empty() &&
+             extends.empty() && refills.empty() && !promote && !purge && !probe;
+    }
+  };
+
+  // Strand.
+  void ScheduleLocked();
+  void Run();
+  void RunWork(Work& work);
+  bool Recover();
+  void RunProbe();
+  void RunEnqueues(std::vector<PendingEnqueue>& pending);
+  void RunClaims(std::vector<PendingClaim>& pending);
+  template <typename Req, typename Fn>
+  void RunBatches(std::vector<PendingBatch<Req>>& pending, Fn call);
+  void RunRefill(const std::shared_ptr<prefetch::TopicBuffer>& buffer);
+  void RunPromote();
+  void RunPurge();
+  void FailAll(Work& work, const Status& status);
+  class ReadyBatch;
+  void ApplyTransition(const ItemTransition& t, ReadyBatch& ready_keys);
+  void OnShardDown();
+  void OnShardUp();
+  // Records an outcome in the breaker; on a trip, marks the shard's windows down.
+  void Observe(const Status& status, Duration latency);
+  void NoteDeadline(Time t);
+
+  const size_t position_;
+  const ShardId id_;
+  std::unique_ptr<store::ShardStore> store_;
+  Executor& io_;
+  Clock& clock_;
+  prefetch::PrefetchIndex& index_;
+  const WorkerOptions options_;
+  CircuitBreaker breaker_;
+  Ticker* ticker_ = nullptr;
+
+  mutable std::mutex mu_;
+  Work pending_;
+  size_t pending_enqueue_items_ = 0;
+  bool running_ = false;
+  bool recovered_ = false;
+  bool stopping_ = false;
+  std::optional<Time> next_due_;  // earliest known DELAYED/LEASED deadline
+  Time next_purge_{};
+  std::string last_error_;
+};
+
+}  // namespace shardq::shard_worker

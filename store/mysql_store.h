@@ -1,0 +1,90 @@
+#pragma once
+// ShardStore on one MySQL/MariaDB database (one shard). Every public call runs on one
+// connection as one explicit transaction (autocommit off, READ COMMITTED) and turns
+// every driver exception into a Status (see README.md for the mapping). The connection
+// is opened lazily and dropped after a connection-level error, so a store recovers by
+// itself once the server is back: each call re-opens it first if needed.
+//
+// Not thread-safe, like every ShardStore.
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+
+#include "store/store_api.h"
+
+namespace sql {
+class Connection;
+class PreparedStatement;
+class SQLException;
+}  // namespace sql
+
+namespace shardq::store {
+
+struct MysqlEndpoint {
+  std::string socket;  // unix socket path; when set, host and port are ignored
+  std::string host = "127.0.0.1";
+  int port = 3306;
+  std::string user = "root";
+  std::string password;
+  // Client-side timeouts (seconds). The read timeout bounds how long a call can hang
+  // on a server that stopped answering; it must exceed innodb_lock_wait_timeout
+  // (the store sets that to 10 s for its session).
+  int connect_timeout_s = 5;
+  int read_timeout_s = 30;
+  int write_timeout_s = 30;
+};
+
+class MySqlShardStore final : public ShardStore {
+ public:
+  // `database` is created if missing; it must be a plain identifier ([A-Za-z0-9_]).
+  MySqlShardStore(MysqlEndpoint ep, std::string database);
+  ~MySqlShardStore() override;
+  MySqlShardStore(const MySqlShardStore&) = delete;
+  MySqlShardStore& operator=(const MySqlShardStore&) = delete;
+
+  Status Open() override;
+  Status Ping() override;
+  Result<std::vector<RowId>> Insert(std::span<const NewItem> items, Time now) override;
+  Result<std::vector<ReadyKey>> FetchReady(const std::string& ns,
+                                           const std::string& topic,
+                                           size_t limit) override;
+  Result<std::vector<LeasedItem>> Claim(std::span<const RowId> rows, LeaseToken token,
+                                        Time now) override;
+  Result<std::vector<ItemOutcome>> Ack(std::span<const AckRequest> acks) override;
+  Result<std::vector<ItemOutcome>> Nack(std::span<const NackRequest> nacks,
+                                        Time now) override;
+  Result<std::vector<ItemOutcome>> Extend(std::span<const ExtendRequest> reqs,
+                                          Time now) override;
+  Result<std::vector<ItemTransition>> PromoteDue(Time now, size_t limit) override;
+  Result<std::vector<ItemTransition>> PurgeExpired(Time now, size_t limit) override;
+  Result<std::optional<Time>> NextDue() override;
+  Result<std::vector<TopicCounts>> CountByTopic() override;
+
+  // True while a connection is held (for tests of the reconnect path).
+  bool connected() const { return conn_ != nullptr; }
+  const std::string& database() const { return database_; }
+
+ private:
+  // Runs `body` (which returns Status or Result<T>) after EnsureOpen, converting
+  // driver exceptions with ErrorToStatus. Defined in mysql_store.cc.
+  template <typename R, typename F>
+  R Run(const char* op, F&& body);
+
+  Status EnsureOpen();
+  void Connect();          // throws sql::SQLException
+  void ApplyMigrations();  // throws sql::SQLException
+  void Disconnect();
+  Status ErrorToStatus(const char* op, const sql::SQLException& e);
+  // The cached prepared statement for `sql` (prepared on first use).
+  sql::PreparedStatement& Stmt(const std::string& sql);
+  void Commit();
+
+  MysqlEndpoint ep_;
+  std::string database_;
+  std::unique_ptr<sql::Connection> conn_;
+  std::unordered_map<std::string, std::unique_ptr<sql::PreparedStatement>> stmts_;
+};
+
+}  // namespace shardq::store

@@ -1,0 +1,119 @@
+#include "tests/e2e_support.h"
+
+#include <atomic>
+#include <chrono>
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+namespace shardq::testing {
+
+frontend::ServerConfig FreshConfig(const std::string& socket, size_t shards) {
+  static std::atomic<int> counter{0};
+  int n = counter.fetch_add(1);
+  frontend::ServerConfig config = frontend::EmbeddedConfig(socket, shards);
+  for (auto& s : config.shards) {
+    s.database = fmt::format("e2e_{}_{}_{}", getpid(), n, s.id.value());
+  }
+  config.listen = "127.0.0.1:0";
+  config.io_threads = 4;
+  return config;
+}
+
+void SetDeadline(grpc::ClientContext& ctx, int64_t ms) {
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(ms));
+}
+
+QueueClient::QueueClient(int port)
+    : stub_(v1::Queue::NewStub(grpc::CreateChannel(fmt::format("127.0.0.1:{}", port),
+                                                   grpc::InsecureChannelCredentials()))) {}
+
+Result<std::string> QueueClient::EnqueueOne(const std::string& ns, const std::string& topic,
+                                            EnqueueOptions options) {
+  v1::EnqueueRequest req;
+  req.set_namespace_(ns);
+  v1::EnqueueItem* item = req.add_items();
+  item->set_topic(topic);
+  item->set_priority(options.priority);
+  item->set_payload(options.payload);
+  if (options.delay_ms) item->set_delay_ms(options.delay_ms);
+  item->set_lease_ms(options.lease_ms);
+  v1::EnqueueResponse resp;
+  grpc::ClientContext ctx;
+  SetDeadline(ctx);
+  grpc::Status st = stub_->Enqueue(&ctx, req, &resp);
+  if (!st.ok()) return Status(Code::kUnavailable, "rpc: " + st.error_message());
+  if (resp.results_size() != 1) return Status::Internal("wrong result count");
+  const auto& r = resp.results(0);
+  if (r.status().code() != 0) {
+    return Status(Code::kInternal, fmt::format("item code {}: {}", r.status().code(),
+                                               r.status().message()));
+  }
+  return r.id();
+}
+
+std::vector<v1::DequeuedItem> QueueClient::Dequeue(const std::string& ns,
+                                                   const std::string& topic, int count,
+                                                   int64_t wait_ms, grpc::Status* status) {
+  v1::DequeueRequest req;
+  req.set_namespace_(ns);
+  auto* t = req.add_topics();
+  t->set_topic(topic);
+  t->set_count(count);
+  req.set_wait_ms(wait_ms);
+  v1::DequeueResponse resp;
+  grpc::ClientContext ctx;
+  SetDeadline(ctx);
+  grpc::Status st = stub_->Dequeue(&ctx, req, &resp);
+  if (status) *status = st;
+  return {resp.items().begin(), resp.items().end()};
+}
+
+namespace {
+template <typename Req>
+void FillRef(Req* ref, const std::string& id, const std::string& token) {
+  ref->set_id(id);
+  ref->set_lease_token(token);
+}
+}  // namespace
+
+grpc::StatusCode QueueClient::Ack(const std::string& id, const std::string& token) {
+  v1::AckRequest req;
+  FillRef(req.add_items(), id, token);
+  v1::AckResponse resp;
+  grpc::ClientContext ctx;
+  SetDeadline(ctx);
+  grpc::Status st = stub_->Ack(&ctx, req, &resp);
+  if (!st.ok()) return st.error_code();
+  return static_cast<grpc::StatusCode>(resp.results(0).code());
+}
+
+grpc::StatusCode QueueClient::Nack(const std::string& id, const std::string& token,
+                                   int64_t delay_ms) {
+  v1::NackRequest req;
+  auto* n = req.add_items();
+  FillRef(n->mutable_item(), id, token);
+  n->set_delay_ms(delay_ms);
+  v1::NackResponse resp;
+  grpc::ClientContext ctx;
+  SetDeadline(ctx);
+  grpc::Status st = stub_->Nack(&ctx, req, &resp);
+  if (!st.ok()) return st.error_code();
+  return static_cast<grpc::StatusCode>(resp.results(0).code());
+}
+
+grpc::StatusCode QueueClient::Extend(const std::string& id, const std::string& token,
+                                     int64_t extension_ms) {
+  v1::ExtendLeaseRequest req;
+  auto* e = req.add_items();
+  FillRef(e->mutable_item(), id, token);
+  e->set_extension_ms(extension_ms);
+  v1::ExtendLeaseResponse resp;
+  grpc::ClientContext ctx;
+  SetDeadline(ctx);
+  grpc::Status st = stub_->ExtendLease(&ctx, req, &resp);
+  if (!st.ok()) return st.error_code();
+  return static_cast<grpc::StatusCode>(resp.results(0).status().code());
+}
+
+}  // namespace shardq::testing

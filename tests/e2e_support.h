@@ -1,0 +1,56 @@
+#pragma once
+// Helpers for the end-to-end tests: a real shardq server (in-process, real gRPC on a
+// free port, real MariaDB, injected clock) and a small synchronous client.
+
+#include <grpcpp/grpcpp.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/clock.h"
+#include "frontend/config.h"
+#include "frontend/server.h"
+#include "shardq/v1/queue.grpc.pb.h"
+
+namespace shardq::testing {
+
+// A config of `shards` fresh databases (unique names per call) on one socket.
+frontend::ServerConfig FreshConfig(const std::string& socket, size_t shards);
+
+class QueueClient {
+ public:
+  explicit QueueClient(int port);
+  v1::Queue::Stub& stub() { return *stub_; }
+
+  struct EnqueueOptions {
+    int32_t priority = 0;
+    int64_t delay_ms = 0;
+    int64_t lease_ms = 0;
+    std::string payload = "x";
+  };
+  // Enqueues one item; the id, or the per-item / RPC error as a Status.
+  Result<std::string> EnqueueOne(const std::string& ns, const std::string& topic,
+                                 EnqueueOptions options);
+  Result<std::string> EnqueueOne(const std::string& ns, const std::string& topic,
+                                 int32_t priority = 0) {
+    return EnqueueOne(ns, topic, EnqueueOptions{.priority = priority});
+  }
+  std::vector<v1::DequeuedItem> Dequeue(const std::string& ns, const std::string& topic,
+                                        int count, int64_t wait_ms = 0,
+                                        grpc::Status* status = nullptr);
+  // Per-item status code of a one-item Ack / Nack / ExtendLease.
+  grpc::StatusCode Ack(const std::string& id, const std::string& token);
+  grpc::StatusCode Nack(const std::string& id, const std::string& token, int64_t delay_ms);
+  grpc::StatusCode Extend(const std::string& id, const std::string& token,
+                          int64_t extension_ms);
+
+ private:
+  std::unique_ptr<v1::Queue::Stub> stub_;
+};
+
+// Sets a generous real-time deadline on a context, so that a broken test fails
+// instead of hanging.
+void SetDeadline(grpc::ClientContext& ctx, int64_t ms = 20'000);
+
+}  // namespace shardq::testing

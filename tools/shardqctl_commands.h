@@ -1,0 +1,63 @@
+// The subcommands of shardqctl: each builds one request from already-parsed options,
+// makes one blocking RPC and prints the answer as text or as one JSON document.
+// Each returns the process exit code (see kExit* below).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace shardq::tools {
+
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitRpcFailed = 1;
+inline constexpr int kExitBadArgs = 2;
+inline constexpr int kExitItemFailed = 3;
+inline constexpr int kExitNotServing = 4;
+
+struct GlobalOptions {
+  std::string server = "127.0.0.1:50051";
+  std::string ns = "default";
+  bool json = false;
+  int64_t timeout_ms = 10000;
+};
+
+struct EnqueueOptions {
+  std::string topic;
+  std::string payload = "-";  // "-" = read stdin.
+  int32_t priority = 0;
+  int64_t delay_ms = -1;          // -1 = not given.
+  int64_t deliver_after_ms = -1;  // -1 = not given.
+  int64_t lease_ms = 0;
+  int64_t ttl_ms = 0;
+  std::vector<std::string> meta;  // key=value
+  int count = 1;
+};
+
+struct DequeueOptions {
+  std::string topic;
+  int count = 1;
+  int64_t wait_ms = 0;
+};
+
+struct NackOptions {
+  std::vector<std::string> refs;  // ID TOKEN ...
+  int64_t delay_ms = 0;
+  std::vector<std::string> meta;  // key=value
+  bool clear_meta = false;
+};
+
+struct ExtendOptions {
+  std::vector<std::string> refs;  // ID TOKEN ...
+  int64_t extension_ms = 0;
+};
+
+int RunEnqueue(const GlobalOptions& global, const EnqueueOptions& options);
+int RunDequeue(const GlobalOptions& global, const DequeueOptions& options);
+int RunAck(const GlobalOptions& global, const std::vector<std::string>& refs);
+int RunNack(const GlobalOptions& global, const NackOptions& options);
+int RunExtend(const GlobalOptions& global, const ExtendOptions& options);
+int RunTopics(const GlobalOptions& global);
+int RunHealth(const GlobalOptions& global, const std::string& service);
+
+}  // namespace shardq::tools
