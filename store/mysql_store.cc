@@ -246,9 +246,9 @@ void MySqlShardStore::ApplyMigrations() {
     rec->setInt(1, m.version);
     rec->setString(2, std::string(m.name));
     rec->executeUpdate();
-    conn_->commit();
+    Commit();
   }
-  conn_->commit();
+  Commit();
 }
 
 void MySqlShardStore::Disconnect() {
@@ -276,7 +276,7 @@ Status MySqlShardStore::ErrorToStatus(const char* op, const sql::SQLException& e
   }
   if (alive) {
     try {
-      conn_->rollback();
+      Rollback();
     } catch (...) {
       alive = false;
     }
@@ -298,7 +298,19 @@ sql::PreparedStatement& MySqlShardStore::Stmt(const std::string& sql) {
   return *it->second;
 }
 
-void MySqlShardStore::Commit() { conn_->commit(); }
+// Connector/C++ 1.1's Connection::commit() ignores the server's answer: a COMMIT that
+// failed because the server died would look committed, and we would acknowledge an
+// enqueue that is lost (the crash test caught exactly that). A plain statement throws
+// on any error, so the caller learns the outcome was not a commit.
+void MySqlShardStore::Commit() {
+  std::unique_ptr<sql::Statement> st(conn_->createStatement());
+  st->execute("COMMIT");
+}
+
+void MySqlShardStore::Rollback() {
+  std::unique_ptr<sql::Statement> st(conn_->createStatement());
+  st->execute("ROLLBACK");
+}
 
 Status MySqlShardStore::Ping() {
   return Run<Status>("ping", [&]() -> Status {
@@ -352,7 +364,7 @@ Result<std::vector<RowId>> MySqlShardStore::Insert(std::span<const NewItem> item
       while (rs->next()) ids.push_back(RowId(rs->getUInt64(1)));
     }
     if (ids.size() != items.size()) {
-      conn_->rollback();
+      Rollback();
       return Status::Internal("insert: got " + std::to_string(ids.size()) + " ids for " +
                               std::to_string(items.size()) + " rows");
     }
@@ -440,7 +452,7 @@ Result<std::vector<LeasedItem>> MySqlShardStore::Claim(std::span<const RowId> ro
       BindIds(upd, 3, locked);
       int changed = upd.executeUpdate();
       if (changed != static_cast<int>(locked.size())) {
-        conn_->rollback();
+        Rollback();
         return Status::Internal("claim: locked " + std::to_string(locked.size()) +
                                 " rows but updated " + std::to_string(changed));
       }

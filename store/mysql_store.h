@@ -80,6 +80,7 @@ class MySqlShardStore final : public ShardStore {
   // The cached prepared statement for `sql` (prepared on first use).
   sql::PreparedStatement& Stmt(const std::string& sql);
   void Commit();
+  void Rollback();
 
   MysqlEndpoint ep_;
   std::string database_;

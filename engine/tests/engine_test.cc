@@ -1,0 +1,817 @@
+// Engine over MemoryShardStores with a FakeClock: routing and re-routing of enqueues
+// under circuit breakers, the global dequeue order, long polls, leases and delays
+// driven by the ticker, bounded threads, ack/nack/extend routing, claim failures.
+//
+// Time only moves through FakeClock::Advance(); the tests never sleep. They wait (with
+// a generous real-time bound) for callbacks and for conditions such as ParkedCalls().
+
+#include "engine/engine.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <filesystem>
+#include <functional>
+#include <future>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/clock.h"
+#include "common/ordering.h"
+#include "store/memory_store.h"
+
+namespace shardq::engine {
+namespace {
+
+using shard_worker::BreakerState;
+using store::MemoryShardStore;
+
+constexpr auto kRealTimeout = std::chrono::seconds(20);
+// For answers that should come at once (inline): failing tests fail fast.
+constexpr auto kShortTimeout = std::chrono::seconds(3);
+constexpr Duration kLongWait{60'000};
+
+// A MemoryShardStore behind a mutex (shard strands and the test thread both touch it),
+// with a gate that can hold Insert calls until the test opens it.
+class TestStore final : public store::ShardStore {
+ public:
+  template <typename Fn>
+  auto With(Fn fn) {
+    std::lock_guard lock(mu_);
+    return fn(inner_);
+  }
+  void FailAll(Status s) {
+    With([&](MemoryShardStore& m) { m.FailAll(std::move(s)); });
+  }
+  void ClearFailures() {
+    With([](MemoryShardStore& m) { m.ClearFailures(); });
+  }
+  void FailNext(MemoryShardStore::Op op, Status s) {
+    With([&](MemoryShardStore& m) { m.FailNext(op, std::move(s)); });
+  }
+  size_t size() {
+    return With([](MemoryShardStore& m) { return m.size(); });
+  }
+  // Counts of one topic in this store (ignores injected failures: reads the rows).
+  store::TopicCounts Counts(const std::string& topic) {
+    return With([&](MemoryShardStore& m) {
+      auto all = m.CountByTopic();
+      store::TopicCounts out;
+      if (!all.ok()) return out;
+      for (const auto& c : *all) {
+        if (c.topic == topic) out = c;
+      }
+      return out;
+    });
+  }
+
+  void CloseInsertGate() {
+    std::lock_guard lock(gate_mu_);
+    gate_closed_ = true;
+  }
+  void OpenInsertGate() {
+    {
+      std::lock_guard lock(gate_mu_);
+      gate_closed_ = false;
+    }
+    gate_cv_.notify_all();
+  }
+  // True once an Insert is held at the gate.
+  bool AwaitInsertHeld() {
+    std::unique_lock lock(gate_mu_);
+    return gate_cv_.wait_for(lock, kRealTimeout, [&] { return held_ > 0; });
+  }
+
+  Status Open() override { return With([](auto& s) { return s.Open(); }); }
+  Status Ping() override { return With([](auto& s) { return s.Ping(); }); }
+  Result<std::vector<RowId>> Insert(std::span<const NewItem> items, Time now) override {
+    {
+      std::unique_lock lock(gate_mu_);
+      if (gate_closed_) {
+        ++held_;
+        gate_cv_.notify_all();
+        gate_cv_.wait(lock, [&] { return !gate_closed_; });
+        --held_;
+      }
+    }
+    return With([&](auto& s) { return s.Insert(items, now); });
+  }
+  Result<std::vector<ReadyKey>> FetchReady(const std::string& ns, const std::string& topic,
+                                           size_t limit) override {
+    return With([&](auto& s) { return s.FetchReady(ns, topic, limit); });
+  }
+  Result<std::vector<LeasedItem>> Claim(std::span<const RowId> rows, LeaseToken token,
+                                        Time now) override {
+    return With([&](auto& s) { return s.Claim(rows, token, now); });
+  }
+  Result<std::vector<store::ItemOutcome>> Ack(std::span<const store::AckRequest> acks) override {
+    return With([&](auto& s) { return s.Ack(acks); });
+  }
+  Result<std::vector<store::ItemOutcome>> Nack(std::span<const store::NackRequest> nacks,
+                                               Time now) override {
+    return With([&](auto& s) { return s.Nack(nacks, now); });
+  }
+  Result<std::vector<store::ItemOutcome>> Extend(std::span<const store::ExtendRequest> reqs,
+                                                 Time now) override {
+    return With([&](auto& s) { return s.Extend(reqs, now); });
+  }
+  Result<std::vector<ItemTransition>> PromoteDue(Time now, size_t limit) override {
+    return With([&](auto& s) { return s.PromoteDue(now, limit); });
+  }
+  Result<std::vector<ItemTransition>> PurgeExpired(Time now, size_t limit) override {
+    return With([&](auto& s) { return s.PurgeExpired(now, limit); });
+  }
+  Result<std::optional<Time>> NextDue() override {
+    return With([](auto& s) { return s.NextDue(); });
+  }
+  Result<std::vector<store::TopicCounts>> CountByTopic() override {
+    return With([](auto& s) { return s.CountByTopic(); });
+  }
+
+ private:
+  std::mutex mu_;
+  MemoryShardStore inner_;
+  std::mutex gate_mu_;
+  std::condition_variable gate_cv_;
+  bool gate_closed_ = false;
+  int held_ = 0;
+};
+
+NewItem Item(std::string topic, int32_t priority = 0, Time deliver_after = Time{},
+             Duration lease = Duration(30'000), std::string payload = "p") {
+  NewItem item;
+  item.ns = "ns";
+  item.topic = std::move(topic);
+  item.priority = priority;
+  item.payload = std::move(payload);
+  item.deliver_after = deliver_after;
+  item.lease = lease;
+  return item;
+}
+
+// Waits (real time, bounded) until pred() holds.
+template <typename Pred>
+bool WaitUntil(Pred pred, std::chrono::milliseconds timeout = kRealTimeout) {
+  auto until = std::chrono::steady_clock::now() + timeout;
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() >= until) return false;
+    std::this_thread::yield();
+  }
+  return true;
+}
+
+// A callback's answer, delivered once; waiting is bounded.
+template <typename T>
+class Answer {
+ public:
+  Answer() : state_(std::make_shared<State>()) {}
+  std::function<void(T)> Callback() {
+    return [s = state_](T value) {
+      std::lock_guard lock(s->mu);
+      ++s->calls;
+      if (!s->value) s->value.emplace(std::move(value));
+      s->cv.notify_all();
+    };
+  }
+  // The answer, or nullopt if none came within `timeout`.
+  std::optional<T> Get(std::chrono::milliseconds timeout = kRealTimeout) {
+    std::unique_lock lock(state_->mu);
+    if (!state_->cv.wait_for(lock, timeout, [&] { return state_->value.has_value(); })) {
+      return std::nullopt;
+    }
+    return state_->value;
+  }
+  bool ready() {
+    std::lock_guard lock(state_->mu);
+    return state_->value.has_value();
+  }
+  int calls() {
+    std::lock_guard lock(state_->mu);
+    return state_->calls;
+  }
+
+ private:
+  struct State {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::optional<T> value;
+    int calls = 0;
+  };
+  std::shared_ptr<State> state_;
+};
+
+using EnqueueAnswer = Answer<std::vector<Result<ItemId>>>;
+using DequeueAnswer = Answer<std::vector<Delivered>>;
+using StatusesAnswer = Answer<std::vector<Status>>;
+using ExtendAnswer = Answer<std::vector<Result<Time>>>;
+
+// An engine over `ids.size()` TestStores, started and open. The clock outlives it.
+class Harness {
+ public:
+  explicit Harness(std::vector<uint32_t> ids, EngineOptions options = DefaultOptions()) {
+    std::vector<ShardSpec> specs;
+    for (uint32_t id : ids) {
+      auto s = std::make_unique<TestStore>();
+      stores_[id] = s.get();
+      specs.push_back({ShardId(id), std::move(s)});
+    }
+    engine_ = std::make_unique<Engine>(std::move(specs), clock_, options);
+    engine_->Start();
+    EXPECT_TRUE(engine_->AwaitShardsOpen(kRealTimeout));
+  }
+  ~Harness() { engine_.reset(); }
+
+  static EngineOptions DefaultOptions() {
+    EngineOptions o;
+    o.io_threads = 2;
+    return o;
+  }
+
+  Engine& engine() { return *engine_; }
+  FakeClock& clock() { return clock_; }
+  TestStore& store(uint32_t id) { return *stores_.at(id); }
+
+  std::vector<Result<ItemId>> Enqueue(std::vector<NewItem> items) {
+    size_t n = items.size();
+    EnqueueAnswer a;
+    engine_->Enqueue(std::move(items), a.Callback());
+    auto got = a.Get();
+    if (!got) {
+      ADD_FAILURE() << "enqueue got no answer";
+      return {};
+    }
+    EXPECT_EQ(got->size(), n);
+    return *got;
+  }
+  // One item; fails the test if it was not stored.
+  ItemId EnqueueOk(NewItem item) {
+    auto r = Enqueue({std::move(item)});
+    if (r.size() != 1 || !r[0].ok()) {
+      ADD_FAILURE() << "enqueue failed: " << (r.empty() ? "" : r[0].status().ToString());
+      return {};
+    }
+    return *r[0];
+  }
+  std::vector<Delivered> Dequeue(std::vector<TopicAsk> asks, Duration wait = Duration(0)) {
+    DequeueAnswer a;
+    // The caller keeps the handle until the answer (as the frontend's reactor does).
+    auto handle = engine_->Dequeue("ns", std::move(asks), wait, a.Callback());
+    auto got = a.Get();
+    if (!got) {
+      ADD_FAILURE() << "dequeue got no answer";
+      handle->Cancel();
+      return {};
+    }
+    return *got;
+  }
+  std::vector<Delivered> Dequeue(const std::string& topic, size_t count,
+                                 Duration wait = Duration(0)) {
+    return Dequeue({{topic, count}}, wait);
+  }
+  std::vector<Status> Ack(std::vector<LeaseOp> ops) {
+    StatusesAnswer a;
+    engine_->Ack(std::move(ops), a.Callback());
+    auto got = a.Get();
+    if (!got) ADD_FAILURE() << "ack got no answer";
+    return got.value_or(std::vector<Status>{});
+  }
+  std::vector<Status> Nack(std::vector<NackOp> ops) {
+    StatusesAnswer a;
+    engine_->Nack(std::move(ops), a.Callback());
+    auto got = a.Get();
+    if (!got) ADD_FAILURE() << "nack got no answer";
+    return got.value_or(std::vector<Status>{});
+  }
+  std::vector<Result<Time>> Extend(std::vector<ExtendOp> ops) {
+    ExtendAnswer a;
+    engine_->Extend(std::move(ops), a.Callback());
+    auto got = a.Get();
+    if (!got) ADD_FAILURE() << "extend got no answer";
+    return got.value_or(std::vector<Result<Time>>{});
+  }
+  BreakerState Breaker(size_t position) { return engine_->Health().at(position).breaker; }
+
+ private:
+  FakeClock clock_;
+  std::map<uint32_t, TestStore*> stores_;
+  std::unique_ptr<Engine> engine_;
+};
+
+EngineOptions BreakerOptions(size_t min_samples, double ratio) {
+  EngineOptions o = Harness::DefaultOptions();
+  o.worker.breaker.min_samples = min_samples;
+  o.worker.breaker.failure_ratio = ratio;
+  o.worker.breaker.cooldown = Duration(500);
+  o.worker.breaker.window = Duration(10'000);
+  return o;
+}
+
+// ------------------------------------------------------------ circuit breaker
+
+TEST(EngineBreakerTest, FailingShardIsSkippedUntilItsProbeSucceeds) {
+  Harness h({1, 2}, BreakerOptions(2, 0.5));
+  TestStore& a = h.store(1);  // position 0
+  TestStore& b = h.store(2);  // position 1
+  a.FailAll(Status::Unavailable("shard A is down"));
+
+  int failures = 0, successes_after_open = 0;
+  bool opened = false;
+  for (int i = 0; i < 40; ++i) {
+    auto r = h.Enqueue({Item("t")});
+    ASSERT_EQ(r.size(), 1u);
+    if (!opened) {
+      if (!r[0].ok()) {
+        // Only an insert that A attempted fails; B is healthy.
+        EXPECT_EQ(r[0].status().code(), Code::kUnavailable);
+        ++failures;
+      } else {
+        EXPECT_EQ(r[0]->shard, ShardId(2));
+      }
+      opened = h.Breaker(0) == BreakerState::kOpen;
+      continue;
+    }
+    // Once A's breaker is open, every call succeeds and lands on B.
+    ASSERT_TRUE(r[0].ok()) << r[0].status().ToString();
+    EXPECT_EQ(r[0]->shard, ShardId(2));
+    ++successes_after_open;
+  }
+  ASSERT_TRUE(opened);
+  // Background promote/purge successes give at most 2 good samples before the trip.
+  EXPECT_LE(failures, 2);
+  EXPECT_GT(successes_after_open, 30);
+  auto health = h.engine().Health();
+  EXPECT_EQ(health[0].id, ShardId(1));
+  EXPECT_EQ(health[0].breaker, BreakerState::kOpen);
+  EXPECT_FALSE(health[0].last_error.empty());
+  EXPECT_EQ(health[1].breaker, BreakerState::kClosed);
+  EXPECT_EQ(a.size(), 0u);
+  EXPECT_EQ(b.size(), 40u - static_cast<size_t>(failures));
+
+  // A recovers; nothing happens until the cool-down passes on the fake clock.
+  a.ClearFailures();
+  EXPECT_EQ(h.Breaker(0), BreakerState::kOpen);
+  h.clock().Advance(Duration(500));  // the jump pokes the ticker: the probe runs
+  ASSERT_TRUE(WaitUntil([&] { return h.Breaker(0) == BreakerState::kClosed; }));
+
+  // Round robin again: two of four single-item calls reach A.
+  int on_a = 0;
+  for (int i = 0; i < 4; ++i) {
+    ItemId id = h.EnqueueOk(Item("t"));
+    if (id.shard == ShardId(1)) ++on_a;
+  }
+  EXPECT_EQ(on_a, 2);
+  EXPECT_EQ(a.size(), 2u);
+}
+
+TEST(EngineBreakerTest, NoShardAvailableIsUnavailable) {
+  Harness h({1, 2}, BreakerOptions(2, 0.5));
+  h.store(1).FailAll(Status::Unavailable("down"));
+  h.store(2).FailAll(Status::Unavailable("down"));
+  bool saw_no_shard = false;
+  for (int i = 0; i < 20 && !saw_no_shard; ++i) {
+    auto r = h.Enqueue({Item("t"), Item("t")});
+    ASSERT_EQ(r.size(), 2u);
+    for (const auto& x : r) {
+      ASSERT_FALSE(x.ok());
+      EXPECT_EQ(x.status().code(), Code::kUnavailable);
+    }
+    if (r[0].status().message().find("no shard is available") != std::string::npos) {
+      saw_no_shard = true;
+      EXPECT_EQ(r[1].status(), r[0].status());
+    }
+  }
+  EXPECT_TRUE(saw_no_shard);
+  EXPECT_EQ(h.Breaker(0), BreakerState::kOpen);
+  EXPECT_EQ(h.Breaker(1), BreakerState::kOpen);
+  // Once both are open, the answer comes without any store call: at once, every time.
+  auto r = h.Enqueue({Item("t")});
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(r[0].status().code(), Code::kUnavailable);
+  EXPECT_NE(r[0].status().message().find("no shard is available"), std::string::npos);
+  EXPECT_EQ(h.store(1).size() + h.store(2).size(), 0u);
+}
+
+TEST(EngineBreakerTest, ReroutedEnqueuesAreNotStoredTwice) {
+  // One failure opens the breaker.
+  Harness h({1, 2}, BreakerOptions(1, 0.25));
+  TestStore& a = h.store(1);
+  TestStore& b = h.store(2);
+
+  // Hold A's strand inside its first insert, so later calls for A queue up behind it
+  // while A still looks healthy.
+  a.CloseInsertGate();
+  std::vector<EnqueueAnswer> answers(10);
+  h.engine().Enqueue({Item("t", 0, Time{}, Duration(30'000), "item-0")},
+                     answers[0].Callback());
+  ASSERT_TRUE(a.AwaitInsertHeld());
+  for (int i = 1; i < 10; ++i) {
+    h.engine().Enqueue({Item("t", 0, Time{}, Duration(30'000), "item-" + std::to_string(i))},
+                       answers[i].Callback());
+  }
+  EXPECT_EQ(h.Breaker(0), BreakerState::kClosed);
+  // The held insert fails: A's breaker opens; the calls queued behind it were never
+  // attempted there and go to B.
+  a.FailAll(Status::Unavailable("A lost its connection"));
+  a.OpenInsertGate();
+
+  int ok = 0;
+  std::set<ItemId> ids;
+  for (int i = 0; i < 10; ++i) {
+    auto r = answers[i].Get();
+    ASSERT_TRUE(r.has_value()) << i;
+    ASSERT_EQ(r->size(), 1u);
+    if (i == 0) {
+      // Attempted on A and failed: the caller is told (no silent retry elsewhere).
+      EXPECT_EQ((*r)[0].status().code(), Code::kUnavailable);
+      continue;
+    }
+    ASSERT_TRUE((*r)[0].ok()) << i << ": " << (*r)[0].status().ToString();
+    EXPECT_EQ((*r)[0]->shard, ShardId(2)) << i;
+    ids.insert(*(*r)[0]);
+    ++ok;
+    EXPECT_EQ(answers[i].calls(), 1);
+  }
+  EXPECT_EQ(ok, 9);
+  EXPECT_EQ(ids.size(), 9u);
+  EXPECT_EQ(h.Breaker(0), BreakerState::kOpen);
+  // Every successful enqueue is stored exactly once, across both shards.
+  a.ClearFailures();
+  store::TopicCounts ca = a.Counts("t");
+  store::TopicCounts cb = b.Counts("t");
+  EXPECT_EQ(ca.ready + ca.delayed + ca.leased + cb.ready + cb.delayed + cb.leased,
+            static_cast<uint64_t>(ok));
+  EXPECT_EQ(a.size() + b.size(), static_cast<size_t>(ok));
+  // And each payload once.
+  auto got = h.Dequeue("t", 100);
+  std::multiset<std::string> payloads;
+  for (const auto& d : got) payloads.insert(d.item.payload);
+  EXPECT_EQ(payloads.size(), 9u);
+  EXPECT_EQ(std::set<std::string>(payloads.begin(), payloads.end()).size(), 9u);
+  EXPECT_EQ(payloads.count("item-0"), 0u);
+}
+
+// ------------------------------------------------------------ dequeue order
+
+TEST(EngineDequeueTest, GlobalOrderAcrossFourShards) {
+  Harness h({1, 2, 3, 4});
+  std::mt19937 rng(12345);
+  Time now = h.clock().Now();
+  std::vector<OrderKey> expected;
+  std::set<ItemId> others;
+  for (int i = 0; i < 120; ++i) {
+    int32_t priority = static_cast<int32_t>(rng() % 4);
+    Time due = now - Duration(rng() % 3);  // ties on both keys are common
+    if (i % 10 == 9) {
+      // Some calls carry several items (one shard, one transaction).
+      auto r = h.Enqueue({Item("orders", priority, due), Item("orders", priority, due)});
+      ASSERT_EQ(r.size(), 2u);
+      for (const auto& x : r) {
+        ASSERT_TRUE(x.ok());
+        expected.push_back({priority, due, *x});
+      }
+    } else {
+      ItemId id = h.EnqueueOk(Item("orders", priority, due));
+      expected.push_back({priority, due, id});
+    }
+    if (i % 4 == 0) others.insert(h.EnqueueOk(Item("other", 0)));
+  }
+  std::sort(expected.begin(), expected.end());
+  std::set<ShardId> shards_used;
+  for (const auto& k : expected) shards_used.insert(k.id.shard);
+  EXPECT_EQ(shards_used.size(), 4u);
+
+  std::vector<OrderKey> got;
+  for (int call = 0; call < 100; ++call) {
+    auto d = h.Dequeue("orders", 7);
+    size_t remaining = expected.size() - got.size();
+    EXPECT_EQ(d.size(), std::min<size_t>(7, remaining)) << "call " << call;
+    if (d.empty()) break;
+    for (const Delivered& x : d) {
+      EXPECT_EQ(x.item.topic, "orders");
+      EXPECT_EQ(x.item.attempts, 1u);
+      got.push_back({x.item.priority, x.item.deliver_after, x.id()});
+    }
+  }
+  ASSERT_EQ(got.size(), expected.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    EXPECT_EQ(got[i], expected[i]) << "position " << i;
+  }
+
+  // The other topic was untouched; one call can ask for several topics.
+  auto infos = h.engine().ActiveTopics("ns");
+  std::map<std::string, prefetch::StateCounts> counts;
+  for (const auto& ti : infos) counts[ti.topic] = ti.counts;
+  EXPECT_EQ(counts["orders"].leased, static_cast<int64_t>(expected.size()));
+  EXPECT_EQ(counts["orders"].ready, 0);
+  EXPECT_EQ(counts["other"].ready, static_cast<int64_t>(others.size()));
+  auto mixed = h.Dequeue({{"orders", 5}, {"other", 2}});
+  ASSERT_EQ(mixed.size(), 2u);
+  for (const auto& x : mixed) {
+    EXPECT_EQ(x.item.topic, "other");
+    EXPECT_TRUE(others.contains(x.id()));
+  }
+  EXPECT_TRUE(h.Dequeue("nothing-here", 3).empty());
+}
+
+// ------------------------------------------------------------ long polls
+
+TEST(EngineLongPollTest, ParkedCallIsWokenByEnqueue) {
+  Harness h({1, 2});
+  DequeueAnswer a;
+  auto handle = h.engine().Dequeue("ns", {{"lp", 5}}, kLongWait, a.Callback());
+  ASSERT_TRUE(WaitUntil([&] { return h.engine().ParkedCalls() == 1; }));
+  EXPECT_FALSE(a.ready());
+  ItemId id = h.EnqueueOk(Item("lp", 0, Time{}, Duration(30'000), "hello"));
+  auto got = a.Get();
+  ASSERT_TRUE(got.has_value());
+  ASSERT_EQ(got->size(), 1u);
+  EXPECT_EQ((*got)[0].id(), id);
+  EXPECT_EQ((*got)[0].item.payload, "hello");
+  EXPECT_TRUE(WaitUntil([&] { return h.engine().ParkedCalls() == 0; }));
+  EXPECT_EQ(a.calls(), 1);
+}
+
+TEST(EngineLongPollTest, WaitExpiresWhenTheFakeClockPassesIt) {
+  Harness h({1, 2});
+  ASSERT_TRUE(h.Dequeue("exp", 1).empty());  // loads the (empty) windows
+  DequeueAnswer a;
+  auto handle = h.engine().Dequeue("ns", {{"exp", 1}}, Duration(2'000), a.Callback());
+  ASSERT_TRUE(WaitUntil([&] { return h.engine().ParkedCalls() == 1; }));
+  h.clock().Advance(Duration(1'999));
+  EXPECT_FALSE(a.ready());
+  EXPECT_EQ(h.engine().ParkedCalls(), 1);
+  h.clock().Advance(Duration(1));
+  auto got = a.Get();
+  ASSERT_TRUE(got.has_value());
+  EXPECT_TRUE(got->empty());
+  EXPECT_TRUE(WaitUntil([&] { return h.engine().ParkedCalls() == 0; }));
+  EXPECT_EQ(a.calls(), 1);
+}
+
+TEST(EngineLongPollTest, CancelAnswersAtOnce) {
+  Harness h({1, 2});
+  DequeueAnswer a;
+  auto handle = h.engine().Dequeue("ns", {{"c", 1}}, kLongWait, a.Callback());
+  ASSERT_TRUE(WaitUntil([&] { return h.engine().ParkedCalls() == 1; }));
+  handle->Cancel();
+  ASSERT_TRUE(a.ready());  // inline, on the cancelling thread
+  EXPECT_TRUE(a.Get()->empty());
+  EXPECT_EQ(h.engine().ParkedCalls(), 0);
+  handle->Cancel();  // harmless
+  // An item arriving later does not answer the call again.
+  h.EnqueueOk(Item("c"));
+  EXPECT_EQ(h.Dequeue("c", 1).size(), 1u);
+  EXPECT_EQ(a.calls(), 1);
+}
+
+// A parked call whose handle the caller dropped is still answered: the handle is for
+// cancelling (engine.h), and `done` is the only way the caller learns the outcome.
+TEST(EngineLongPollTest, DroppedHandleStillAnswers) {
+  Harness h({1, 2});
+  ASSERT_TRUE(h.Dequeue("d", 1).empty());  // loads the (empty) windows
+  DequeueAnswer a;
+  h.engine().Dequeue("ns", {{"d", 1}}, kLongWait, a.Callback());  // handle dropped
+  ASSERT_TRUE(WaitUntil([&] { return h.engine().ParkedCalls() == 1; }));
+  ItemId id = h.EnqueueOk(Item("d"));
+  auto got = a.Get(kShortTimeout);
+  ASSERT_TRUE(got.has_value()) << "the call vanished with its handle";
+  ASSERT_EQ(got->size(), 1u);
+  EXPECT_EQ((*got)[0].id(), id);
+  EXPECT_TRUE(WaitUntil([&] { return h.engine().ParkedCalls() == 0; }));
+}
+
+TEST(EngineLongPollTest, ShutdownAnswersParkedCalls) {
+  Harness h({1, 2});
+  ASSERT_TRUE(h.Dequeue("s", 1).empty());  // loads the (empty) windows
+  DequeueAnswer a;
+  auto handle = h.engine().Dequeue("ns", {{"s", 1}}, kLongWait, a.Callback());
+  ASSERT_TRUE(WaitUntil([&] { return h.engine().ParkedCalls() == 1; }));
+  h.engine().Shutdown();
+  auto got = a.Get(kShortTimeout);
+  EXPECT_TRUE(got.has_value()) << "Shutdown() did not answer the parked call";
+  if (got) {
+    EXPECT_TRUE(got->empty());
+  }
+  EXPECT_EQ(h.engine().ParkedCalls(), 0);
+  handle->Cancel();  // (so that a failing run does not leave it parked)
+}
+
+TEST(EngineLongPollTest, NoNewLongPollsAfterShutdown) {
+  // engine.h: Shutdown() "answers every parked long poll ... and stops taking new ones".
+  Harness h({1, 2});
+  ASSERT_TRUE(h.Dequeue("s", 1).empty());
+  h.engine().Shutdown();
+  DequeueAnswer a;
+  auto handle = h.engine().Dequeue("ns", {{"s", 1}}, kLongWait, a.Callback());
+  auto got = a.Get(kShortTimeout);
+  EXPECT_TRUE(got.has_value()) << "a long poll after Shutdown() was parked";
+  EXPECT_EQ(h.engine().ParkedCalls(), 0);
+  handle->Cancel();
+}
+
+// ------------------------------------------------------------ leases and delays
+
+TEST(EngineTimeTest, ExpiredLeaseIsRedeliveredThroughTheTicker) {
+  Harness h({1, 2});
+  ItemId id = h.EnqueueOk(Item("lease", 0, Time{}, Duration(1'000)));
+  Time t0 = h.clock().Now();
+  auto first = h.Dequeue("lease", 1);
+  ASSERT_EQ(first.size(), 1u);
+  EXPECT_EQ(first[0].id(), id);
+  EXPECT_EQ(first[0].item.attempts, 1u);
+  EXPECT_EQ(first[0].item.lease_deadline, t0 + Duration(1'000));
+
+  h.clock().Advance(Duration(999));
+  EXPECT_TRUE(h.Dequeue("lease", 1).empty());
+  EXPECT_EQ(h.store(id.shard.value()).Counts("lease").leased, 1u);
+
+  h.clock().Advance(Duration(1));
+  // The ticker promotes the expired lease; the long poll is woken by it.
+  auto second = h.Dequeue("lease", 1, kLongWait);
+  ASSERT_EQ(second.size(), 1u);
+  EXPECT_EQ(second[0].id(), id);
+  EXPECT_EQ(second[0].item.attempts, 2u);
+  EXPECT_NE(second[0].item.token, first[0].item.token);
+  EXPECT_EQ(second[0].item.lease_deadline, t0 + Duration(2'000));
+
+  // The first consumer's token is stale now; the second one's works.
+  auto acks = h.Ack({{id, first[0].item.token}, {id, second[0].item.token}});
+  ASSERT_EQ(acks.size(), 2u);
+  EXPECT_EQ(acks[0].code(), Code::kFailedPrecondition);
+  EXPECT_TRUE(acks[1].ok()) << acks[1].ToString();
+  EXPECT_EQ(h.store(id.shard.value()).size(), 0u);
+}
+
+TEST(EngineTimeTest, DelayedItemBecomesReadyExactlyAtItsTime) {
+  Harness h({1, 2});
+  Time due = h.clock().Now() + Duration(500);
+  ItemId id = h.EnqueueOk(Item("later", 3, due));
+  auto infos = h.engine().ActiveTopics("ns");
+  ASSERT_EQ(infos.size(), 1u);
+  EXPECT_EQ(infos[0].counts.delayed, 1);
+
+  EXPECT_TRUE(h.Dequeue("later", 1).empty());
+  h.clock().Advance(Duration(499));
+  EXPECT_TRUE(h.Dequeue("later", 1).empty());
+  EXPECT_EQ(h.store(id.shard.value()).Counts("later").delayed, 1u);
+
+  h.clock().Advance(Duration(1));
+  auto got = h.Dequeue("later", 1, kLongWait);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].id(), id);
+  EXPECT_EQ(got[0].item.deliver_after, due);
+  EXPECT_EQ(got[0].item.priority, 3);
+}
+
+// ------------------------------------------------------------ threads
+
+size_t CountThreads() {
+  size_t n = 0;
+  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/proc/self/task")) {
+    ++n;
+  }
+  return n;
+}
+
+TEST(EngineThreadsTest, ThreadCountDoesNotDependOnShardsOrParkedCalls) {
+  constexpr size_t kIo = 3;
+  EngineOptions o;
+  o.io_threads = kIo;
+  const size_t base = CountThreads();
+
+  auto ids = [](uint32_t n) {
+    std::vector<uint32_t> v;
+    for (uint32_t i = 1; i <= n; ++i) v.push_back(i);
+    return v;
+  };
+  size_t added_4 = 0;
+  {
+    Harness h(ids(4), o);
+    EXPECT_EQ(h.engine().io_threads(), kIo);
+    added_4 = CountThreads() - base;
+  }
+  ASSERT_TRUE(WaitUntil([&] { return CountThreads() == base; }));
+  EXPECT_EQ(added_4, kIo + 1);  // the pool and the ticker
+
+  Harness h(ids(64), o);
+  EXPECT_EQ(h.engine().shard_count(), 64u);
+  EXPECT_EQ(CountThreads() - base, added_4);
+
+  // Many parked long polls cost no thread.
+  constexpr int kCalls = 2000;
+  std::atomic<int> answered{0};
+  std::vector<std::shared_ptr<Engine::DequeueHandle>> handles;
+  for (int i = 0; i < kCalls; ++i) {
+    handles.push_back(h.engine().Dequeue("ns", {{"topic-" + std::to_string(i % 20), 1}},
+                                         kLongWait,
+                                         [&answered](std::vector<Delivered>) { ++answered; }));
+  }
+  ASSERT_TRUE(WaitUntil([&] { return h.engine().ParkedCalls() == kCalls; }));
+  EXPECT_EQ(answered.load(), 0);
+  EXPECT_EQ(CountThreads() - base, added_4);
+  for (auto& handle : handles) handle->Cancel();
+  EXPECT_EQ(answered.load(), kCalls);
+  EXPECT_EQ(h.engine().ParkedCalls(), 0);
+}
+
+// ------------------------------------------------------------ ack / nack / extend
+
+TEST(EngineRoutingTest, AckNackExtendAreRoutedByShardInRequestOrder) {
+  Harness h({3, 7});  // ids that differ from positions
+  ItemId x = h.EnqueueOk(Item("r"));
+  ItemId y = h.EnqueueOk(Item("r"));
+  ASSERT_NE(x.shard, y.shard);
+  auto d = h.Dequeue("r", 2);
+  ASSERT_EQ(d.size(), 2u);
+  std::map<ItemId, LeaseToken> token;
+  for (const auto& v : d) token[v.id()] = v.item.token;
+  ASSERT_TRUE(token.contains(x) && token.contains(y));
+  const ItemId unknown{ShardId(99), RowId(1)};
+  const LeaseToken stale(token[x].value() + 1);
+
+  // Extend first (while leased): [x, unknown shard, y with a bad row].
+  Time now = h.clock().Now();
+  auto ext = h.Extend({{x, token[x], Duration(5'000)},
+                       {unknown, token[x], Duration(5'000)},
+                       {{y.shard, RowId(9'999)}, token[y], Duration(5'000)},
+                       {y, stale, Duration(5'000)}});
+  ASSERT_EQ(ext.size(), 4u);
+  ASSERT_TRUE(ext[0].ok()) << ext[0].status().ToString();
+  EXPECT_EQ(*ext[0], now + Duration(5'000));
+  EXPECT_EQ(ext[1].status().code(), Code::kNotFound);
+  EXPECT_EQ(ext[2].status().code(), Code::kNotFound);
+  EXPECT_EQ(ext[3].status().code(), Code::kFailedPrecondition);
+
+  // Ack: [y, unknown, x with a stale token].
+  auto acks = h.Ack({{y, token[y]}, {unknown, token[y]}, {x, stale}});
+  ASSERT_EQ(acks.size(), 3u);
+  EXPECT_TRUE(acks[0].ok()) << acks[0].ToString();
+  EXPECT_EQ(acks[1].code(), Code::kNotFound);
+  EXPECT_EQ(acks[2].code(), Code::kFailedPrecondition);
+  EXPECT_EQ(h.store(y.shard.value()).size(), 0u);
+  EXPECT_EQ(h.store(x.shard.value()).size(), 1u);
+
+  // Nack: [unknown, x with a stale token, x].
+  auto nacks = h.Nack({{unknown, token[x], Duration(0), std::nullopt},
+                       {x, stale, Duration(0), std::nullopt},
+                       {x, token[x], Duration(0), std::string("m2")}});
+  ASSERT_EQ(nacks.size(), 3u);
+  EXPECT_EQ(nacks[0].code(), Code::kNotFound);
+  EXPECT_EQ(nacks[1].code(), Code::kFailedPrecondition);
+  EXPECT_TRUE(nacks[2].ok()) << nacks[2].ToString();
+  // (A long poll: the nack's answer may come before the item is back in the window;
+  // see ShardWorkerTest.NackedItemIsInTheWindowWhenTheCallbackRuns.)
+  auto again = h.Dequeue("r", 2, kLongWait);
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].id(), x);
+  EXPECT_EQ(again[0].item.metadata, "m2");
+  EXPECT_EQ(again[0].item.attempts, 2u);
+
+  // Only unknown shards: answered without touching any shard.
+  auto only_unknown = h.Ack({{unknown, token[x]}, {ItemId{ShardId(0), RowId(5)}, token[x]}});
+  ASSERT_EQ(only_unknown.size(), 2u);
+  EXPECT_EQ(only_unknown[0].code(), Code::kNotFound);
+  EXPECT_EQ(only_unknown[1].code(), Code::kNotFound);
+  EXPECT_TRUE(h.Ack({}).empty());
+}
+
+// ------------------------------------------------------------ claim failure
+
+TEST(EngineClaimTest, FailedClaimPutsItemsBack) {
+  Harness h({1, 2});
+  std::set<ItemId> all;
+  for (int i = 0; i < 6; ++i) all.insert(h.EnqueueOk(Item("cf", i)));
+  ASSERT_EQ(all.size(), 6u);
+  // The next claim on each shard fails.
+  h.store(1).FailNext(MemoryShardStore::Op::kClaim, Status::Unavailable("lost connection"));
+  h.store(2).FailNext(MemoryShardStore::Op::kClaim, Status::Unavailable("lost connection"));
+
+  std::vector<ItemId> delivered;
+  auto first = h.Dequeue("cf", 6);
+  EXPECT_LE(first.size(), 6u);
+  for (const auto& d : first) delivered.push_back(d.id());
+  for (int i = 0; i < 10 && delivered.size() < all.size(); ++i) {
+    for (const auto& d : h.Dequeue("cf", 6)) delivered.push_back(d.id());
+  }
+  // Nothing lost, nothing delivered twice.
+  EXPECT_EQ(delivered.size(), all.size());
+  EXPECT_EQ(std::set<ItemId>(delivered.begin(), delivered.end()), all);
+  EXPECT_TRUE(h.Dequeue("cf", 6).empty());
+  EXPECT_EQ(h.store(1).Counts("cf").leased + h.store(2).Counts("cf").leased, 6u);
+  EXPECT_EQ(h.store(1).Counts("cf").ready + h.store(2).Counts("cf").ready, 0u);
+  EXPECT_EQ(h.Breaker(0), BreakerState::kClosed);
+  EXPECT_EQ(h.Breaker(1), BreakerState::kClosed);
+}
+
+}  // namespace
+}  // namespace shardq::engine
