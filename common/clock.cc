@@ -12,14 +12,21 @@ void FakeClock::Advance(Duration d) {
   {
     std::lock_guard lock(mu_);
     now_ += d;
-    listeners = listeners_;
+    for (auto& [id, l] : listeners_) listeners.push_back(l);
   }
   for (auto& l : listeners) l();
 }
 
-void FakeClock::OnJump(std::function<void()> listener) {
+int FakeClock::OnJump(std::function<void()> listener) {
   std::lock_guard lock(mu_);
-  listeners_.push_back(std::move(listener));
+  int id = next_listener_id_++;
+  listeners_[id] = std::move(listener);
+  return id;
+}
+
+void FakeClock::RemoveJumpListener(int id) {
+  std::lock_guard lock(mu_);
+  listeners_.erase(id);
 }
 
 }  // namespace shardq

@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <vector>
 
@@ -22,8 +23,10 @@ class Clock {
   virtual ~Clock() = default;
   virtual Time Now() const = 0;
   // Called after the clock jumps (only a fake clock jumps), so that threads waiting
-  // for a deadline re-evaluate it at once. The listener must not block.
-  virtual void OnJump(std::function<void()> listener) {}
+  // for a deadline re-evaluate it at once. The listener must not block. Returns an
+  // id for RemoveJumpListener (the listener's owner may die before the clock).
+  virtual int OnJump(std::function<void()> listener) { return 0; }
+  virtual void RemoveJumpListener(int id) {}
 };
 
 class SystemClock final : public Clock {
@@ -42,12 +45,14 @@ class FakeClock final : public Clock {
     return now_;
   }
   void Advance(Duration d);
-  void OnJump(std::function<void()> listener) override;
+  int OnJump(std::function<void()> listener) override;
+  void RemoveJumpListener(int id) override;
 
  private:
   mutable std::mutex mu_;
   Time now_;
-  std::vector<std::function<void()>> listeners_;
+  int next_listener_id_ = 1;
+  std::map<int, std::function<void()>> listeners_;
 };
 
 }  // namespace shardq

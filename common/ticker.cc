@@ -7,10 +7,13 @@
 namespace shardq {
 
 Ticker::Ticker(Clock& clock) : clock_(clock) {
-  clock_.OnJump([this] { Poke(); });
+  jump_listener_ = clock_.OnJump([this] { Poke(); });
 }
 
-Ticker::~Ticker() { Stop(); }
+Ticker::~Ticker() {
+  clock_.RemoveJumpListener(jump_listener_);
+  Stop();
+}
 
 void Ticker::Add(Tickable* t) {
   std::lock_guard lock(mu_);

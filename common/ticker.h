@@ -42,6 +42,7 @@ class Ticker {
   void Loop();
 
   Clock& clock_;
+  int jump_listener_ = 0;
   std::mutex mu_;
   std::condition_variable cv_;
   bool poked_ = false;

@@ -69,7 +69,10 @@ void DequeueOp::Attempt() {
     return;
   }
   if (deadline != parked_until_) {
-    if (parked_until_ == Time{}) engine_.parked_calls_.fetch_add(1);
+    if (parked_until_ == Time{}) {
+      engine_.parked_calls_.fetch_add(1);
+      keep_alive_ = self;
+    }
     parked_until_ = deadline;
     lock.unlock();
     engine_.waits_.Add(deadline, weak_from_this());
@@ -89,10 +92,11 @@ void DequeueOp::OnClaimed(size_t topic, ShardId shard, std::vector<LeasedItem> i
   Attempt();
 }
 
-void DequeueOp::Expire() {
+void DequeueOp::Expire(bool forced) {
   std::unique_lock lock(mu_);
   if (finished_) return;
-  if (engine_.clock_.Now() < parked_until_) return;  // a stale entry: re-parked later
+  // A stale entry (re-parked later) -- unless the engine is shutting down.
+  if (!forced && engine_.clock_.Now() < parked_until_) return;
   expired_ = true;
   if (claims_in_flight_ == 0) FinishLocked(lock);
   // Otherwise the last claim to land finishes the call.
@@ -117,6 +121,8 @@ void DequeueOp::FinishLocked(std::unique_lock<std::mutex>& lock) {
     for (Delivered& d : t.got) out.push_back(std::move(d));
   }
   auto done = std::move(done_);
+  // Released after the answer; every caller of FinishLocked holds its own reference.
+  auto keep_alive = std::move(keep_alive_);
   lock.unlock();
   done(std::move(out));
 }

@@ -33,7 +33,7 @@ class DequeueOp final : public prefetch::Waiter,
   // Takes what is available and claims it; parks the call if there is nothing.
   void Attempt();
   void Wake() override { Attempt(); }
-  void Expire() override;
+  void Expire(bool forced) override;
   void Cancel() override;
 
  private:
@@ -59,6 +59,9 @@ class DequeueOp final : public prefetch::Waiter,
   bool expired_ = false;
   bool finished_ = false;
   Time parked_until_{};  // the deadline last registered in the WaitList
+  // Set while parked: the call lives until it is answered, even if the caller dropped
+  // its handle (the WaitList and the topic buffers hold only weak references).
+  std::shared_ptr<DequeueOp> keep_alive_;
 };
 
 }  // namespace shardq::engine

@@ -65,7 +65,8 @@ void Engine::Enqueue(std::vector<NewItem> items, EnqueueDone done) {
 }
 
 void Engine::EnqueueOn(size_t attempt, size_t start, std::vector<NewItem> items,
-                       std::function<void(Result<std::vector<ItemId>>)> done) {
+                       std::function<void(Result<std::vector<ItemId>>)> done,
+                       Status last_refusal) {
   const size_t shards = workers_.size();
   for (size_t k = attempt; k < shards; ++k) {
     shard_worker::ShardWorker* w = workers_[(start + k) % shards].get();
@@ -76,8 +77,10 @@ void Engine::EnqueueOn(size_t attempt, size_t start, std::vector<NewItem> items,
     auto retry_items = std::make_shared<std::vector<NewItem>>(items);
     w->Enqueue(std::move(items), [this, k, start, shard, retry_items, done = std::move(done)](
                                      Result<std::vector<RowId>> rows, bool attempted) mutable {
-      if (!rows.ok() && !attempted && rows.status().code() == Code::kUnavailable) {
-        EnqueueOn(k + 1, start, std::move(*retry_items), std::move(done));
+      // Not attempted (breaker open, or its buffer full): nothing was written, so
+      // another shard may take the items without risk of a duplicate.
+      if (!rows.ok() && !attempted) {
+        EnqueueOn(k + 1, start, std::move(*retry_items), std::move(done), rows.status());
         return;
       }
       if (!rows.ok()) {
@@ -91,7 +94,13 @@ void Engine::EnqueueOn(size_t attempt, size_t start, std::vector<NewItem> items,
     });
     return;
   }
-  done(Status::Unavailable("no shard is available to take enqueues"));
+  // Every shard refused. Full buffers are back-pressure (retry later); otherwise
+  // nothing is up.
+  if (last_refusal.code() == Code::kResourceExhausted) {
+    done(std::move(last_refusal));
+  } else {
+    done(Status::Unavailable("no shard is available to take enqueues"));
+  }
 }
 
 // ---------------------------------------------------------------- Dequeue

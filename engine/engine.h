@@ -125,8 +125,10 @@ class Engine {
 
  private:
   friend class DequeueOp;
+  // Tries shards start+attempt, start+attempt+1, ... (mod n) that accept enqueues.
   void EnqueueOn(size_t attempt, size_t start, std::vector<NewItem> items,
-                 std::function<void(Result<std::vector<ItemId>>)> done);
+                 std::function<void(Result<std::vector<ItemId>>)> done,
+                 Status last_refusal = Status::Ok());
   // Groups per-item ops by shard, runs `send` once per shard and gathers the results.
   template <typename Op, typename Out, typename Send>
   void Route(std::vector<Op> ops, Out unknown_shard,

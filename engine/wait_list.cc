@@ -5,11 +5,20 @@
 namespace shardq::engine {
 
 void WaitList::Add(Time deadline, std::weak_ptr<Expirable> e) {
-  bool earliest;
+  bool earliest = false;
+  bool closed;
   {
     std::lock_guard lock(mu_);
-    earliest = entries_.empty() || deadline < entries_.begin()->first;
-    entries_.emplace(deadline, std::move(e));
+    closed = closed_;
+    if (!closed) {
+      earliest = entries_.empty() || deadline < entries_.begin()->first;
+      entries_.emplace(deadline, e);
+    }
+  }
+  if (closed) {
+    // Shut down: no new waits.
+    if (auto x = e.lock()) x->Expire(/*forced=*/true);
+    return;
   }
   if (earliest && ticker_ != nullptr) ticker_->Poke();
 }
@@ -29,7 +38,7 @@ Duration WaitList::Tick(Time now) {
     if (!entries_.empty()) next = entries_.begin()->first - now;
   }
   for (auto& weak : due) {
-    if (auto e = weak.lock()) e->Expire();
+    if (auto e = weak.lock()) e->Expire(/*forced=*/false);
   }
   return next;
 }
@@ -38,10 +47,11 @@ void WaitList::ExpireAll() {
   std::multimap<Time, std::weak_ptr<Expirable>> all;
   {
     std::lock_guard lock(mu_);
+    closed_ = true;
     all.swap(entries_);
   }
   for (auto& [t, weak] : all) {
-    if (auto e = weak.lock()) e->Expire();
+    if (auto e = weak.lock()) e->Expire(/*forced=*/true);
   }
 }
 

@@ -15,7 +15,9 @@ namespace shardq::engine {
 class Expirable {
  public:
   virtual ~Expirable() = default;
-  virtual void Expire() = 0;
+  // The deadline registered in the WaitList passed. `forced` (shutdown): give up now,
+  // whatever the deadline.
+  virtual void Expire(bool forced) = 0;
 };
 
 class WaitList final : public Tickable {
@@ -24,13 +26,14 @@ class WaitList final : public Tickable {
   void SetTicker(Ticker* ticker) { ticker_ = ticker; }
   void Add(Time deadline, std::weak_ptr<Expirable> e);
   Duration Tick(Time now) override;
-  // Expires everything (shutdown).
+  // Expires everything (shutdown); later Add() calls expire at once.
   void ExpireAll();
 
  private:
   std::mutex mu_;
   std::multimap<Time, std::weak_ptr<Expirable>> entries_;
   Ticker* ticker_ = nullptr;
+  bool closed_ = false;  // after ExpireAll()
 };
 
 }  // namespace shardq::engine

@@ -36,97 +36,119 @@ void Dispatch(std::vector<Result<Op>> parsed, Call call, Emit emit) {
   });
 }
 
-grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* ctx, const Status& status) {
-  auto* reactor = ctx->DefaultReactor();
-  reactor->Finish(ToGrpcStatus(status));
-  return reactor;
+// Parses the raw request and runs the typed handler; a request that does not parse
+// has already been answered by UnaryCall.
+template <typename Req, typename Resp, typename Handler>
+grpc::ServerUnaryReactor* Serve(const grpc::ByteBuffer* in, grpc::ByteBuffer* out,
+                                Handler handler) {
+  auto* call = new UnaryCall<Req, Resp>(in, out);
+  if (call->ok()) handler(call);
+  return call;
 }
 
-// A Dequeue that may park: its reactor tells the engine when the client goes away.
-class DequeueReactor final : public grpc::ServerUnaryReactor {
+// Holds a parked Dequeue's handle for a cancellation that may come before or after
+// the handle exists.
+class CancelSlot {
  public:
-  void Start(engine::Engine& engine, std::string ns, std::vector<engine::TopicAsk> asks,
-             Duration wait, v1::DequeueResponse* resp) {
-    auto handle = engine.Dequeue(std::move(ns), std::move(asks), wait,
-                                 [this, resp](std::vector<engine::Delivered> items) {
-                                   for (engine::Delivered& d : items) Encode(d, resp->add_items());
-                                   Finish(grpc::Status::OK);
-                                 });
-    std::lock_guard lock(mu_);
-    handle_ = std::move(handle);
-  }
-  void OnCancel() override {
-    std::shared_ptr<engine::Engine::DequeueHandle> handle;
-    {
-      std::lock_guard lock(mu_);
-      handle = handle_;
+  void Set(std::shared_ptr<engine::Engine::DequeueHandle> h) {
+    std::unique_lock lock(mu_);
+    handle_ = std::move(h);
+    if (cancelled_) {
+      auto handle = handle_;
+      lock.unlock();
+      handle->Cancel();
     }
+  }
+  void Cancel() {
+    std::unique_lock lock(mu_);
+    cancelled_ = true;
+    auto handle = handle_;
+    lock.unlock();
     if (handle) handle->Cancel();
   }
-  void OnDone() override { delete this; }
 
  private:
-  static void Encode(engine::Delivered& d, v1::DequeuedItem* out) {
-    LeasedItem& item = d.item;
-    out->set_id(d.id().ToString());
-    out->set_topic(std::move(item.topic));
-    out->set_priority(item.priority);
-    out->set_payload(std::move(item.payload));
-    DecodeMetadata(item.metadata, out->mutable_metadata());
-    out->set_lease_token(EncodeLeaseToken(item.token));
-    out->set_lease_deadline_ms(ToUnixMillis(item.lease_deadline));
-    out->set_attempts(item.attempts);
-    out->set_enqueued_at_ms(ToUnixMillis(item.enqueued_at));
-    out->set_deliver_after_ms(ToUnixMillis(item.deliver_after));
-  }
-
   std::mutex mu_;
+  bool cancelled_ = false;
   std::shared_ptr<engine::Engine::DequeueHandle> handle_;
 };
 
+void EncodeDelivered(engine::Delivered& d, v1::DequeuedItem* out) {
+  LeasedItem& item = d.item;
+  out->set_id(d.id().ToString());
+  out->set_topic(std::move(item.topic));
+  out->set_priority(item.priority);
+  out->set_payload(std::move(item.payload));
+  DecodeMetadata(item.metadata, out->mutable_metadata());
+  out->set_lease_token(EncodeLeaseToken(item.token));
+  out->set_lease_deadline_ms(ToUnixMillis(item.lease_deadline));
+  out->set_attempts(item.attempts);
+  out->set_enqueued_at_ms(ToUnixMillis(item.enqueued_at));
+  out->set_deliver_after_ms(ToUnixMillis(item.deliver_after));
+}
+
 }  // namespace
 
-grpc::ServerUnaryReactor* QueueService::Enqueue(grpc::CallbackServerContext* ctx,
-                                                const v1::EnqueueRequest* req,
-                                                v1::EnqueueResponse* resp) {
-  Status st = ValidateName("namespace", req->namespace_(), kMaxNamespaceLen);
-  if (st.ok()) st = ValidateBatchSize(req->items_size(), limits_);
-  if (!st.ok()) return FinishNow(ctx, st);
+#define SHARDQ_RAW_METHOD(Method, Req, Resp, Handler)                                  \
+  grpc::ServerUnaryReactor* QueueService::Method(grpc::CallbackServerContext*,           \
+                                                 const grpc::ByteBuffer* in,             \
+                                                 grpc::ByteBuffer* out) {                \
+    return Serve<v1::Req, v1::Resp>(in, out, [this](auto* call) { Handler(call); });    \
+  }
+SHARDQ_RAW_METHOD(Enqueue, EnqueueRequest, EnqueueResponse, HandleEnqueue)
+SHARDQ_RAW_METHOD(Dequeue, DequeueRequest, DequeueResponse, HandleDequeue)
+SHARDQ_RAW_METHOD(Ack, AckRequest, AckResponse, HandleAck)
+SHARDQ_RAW_METHOD(Nack, NackRequest, NackResponse, HandleNack)
+SHARDQ_RAW_METHOD(ExtendLease, ExtendLeaseRequest, ExtendLeaseResponse, HandleExtend)
+SHARDQ_RAW_METHOD(GetActiveTopics, GetActiveTopicsRequest, GetActiveTopicsResponse,
+                  HandleActiveTopics)
+#undef SHARDQ_RAW_METHOD
+
+void QueueService::HandleEnqueue(UnaryCall<v1::EnqueueRequest, v1::EnqueueResponse>* call) {
+  const v1::EnqueueRequest& req = call->request();
+  Status st = ValidateName("namespace", req.namespace_(), kMaxNamespaceLen);
+  if (st.ok()) st = ValidateBatchSize(req.items_size(), limits_);
+  if (!st.ok()) return call->Finish(st);
   Time now = clock_.Now();
   std::vector<Result<NewItem>> parsed;
-  parsed.reserve(req->items_size());
-  for (const v1::EnqueueItem& item : req->items()) {
-    parsed.push_back(ToNewItem(req->namespace_(), item, now, limits_));
+  parsed.reserve(req.items_size());
+  for (const v1::EnqueueItem& item : req.items()) {
+    parsed.push_back(ToNewItem(req.namespace_(), item, now, limits_));
   }
-  auto* reactor = ctx->DefaultReactor();
   Dispatch<Result<ItemId>>(
       std::move(parsed),
       [this](std::vector<NewItem> items, auto done) {
         engine_.Enqueue(std::move(items), std::move(done));
       },
-      [reactor, resp](std::vector<Result<ItemId>> results) {
+      [call](std::vector<Result<ItemId>> results) {
         for (const Result<ItemId>& r : results) {
-          v1::EnqueueResult* out = resp->add_results();
+          v1::EnqueueResult* out = call->response()->add_results();
           ToItemStatus(r.status(), out->mutable_status());
           if (r.ok()) out->set_id(r->ToString());
         }
-        reactor->Finish(grpc::Status::OK);
+        call->Finish(Status::Ok());
       });
-  return reactor;
 }
 
-grpc::ServerUnaryReactor* QueueService::Dequeue(grpc::CallbackServerContext* ctx,
-                                                const v1::DequeueRequest* req,
-                                                v1::DequeueResponse* resp) {
-  Status st = ValidateName("namespace", req->namespace_(), kMaxNamespaceLen);
-  if (!st.ok()) return FinishNow(ctx, st);
-  auto asks = ToTopicAsks(*req, limits_);
-  if (!asks.ok()) return FinishNow(ctx, asks.status());
-  auto wait = ToWait(*req, limits_);
-  if (!wait.ok()) return FinishNow(ctx, wait.status());
-  auto* reactor = new DequeueReactor();
-  reactor->Start(engine_, req->namespace_(), std::move(*asks), *wait, resp);
-  return reactor;
+void QueueService::HandleDequeue(UnaryCall<v1::DequeueRequest, v1::DequeueResponse>* call) {
+  const v1::DequeueRequest& req = call->request();
+  Status st = ValidateName("namespace", req.namespace_(), kMaxNamespaceLen);
+  if (!st.ok()) return call->Finish(st);
+  auto asks = ToTopicAsks(req, limits_);
+  if (!asks.ok()) return call->Finish(asks.status());
+  auto wait = ToWait(req, limits_);
+  if (!wait.ok()) return call->Finish(wait.status());
+  // A client that goes away frees its parked call at once. The slot outlives the
+  // call object (which may be gone as soon as the engine answers, even inline).
+  auto slot = std::make_shared<CancelSlot>();
+  call->OnCancelled([slot] { slot->Cancel(); });
+  slot->Set(engine_.Dequeue(req.namespace_(), std::move(*asks), *wait,
+                            [call](std::vector<engine::Delivered> items) {
+                              for (engine::Delivered& d : items) {
+                                EncodeDelivered(d, call->response()->add_items());
+                              }
+                              call->Finish(Status::Ok());
+                            }));
 }
 
 namespace {
@@ -139,81 +161,71 @@ auto ParseBatch(const google::protobuf::RepeatedPtrField<Item>& items, Parse par
   return parsed;
 }
 
-template <typename Resp>
-auto EmitStatuses(grpc::ServerUnaryReactor* reactor, Resp* resp) {
-  return [reactor, resp](std::vector<Status> results) {
-    for (const Status& s : results) ToItemStatus(s, resp->add_results());
-    reactor->Finish(grpc::Status::OK);
+template <typename Call>
+auto EmitStatuses(Call* call) {
+  return [call](std::vector<Status> results) {
+    for (const Status& s : results) ToItemStatus(s, call->response()->add_results());
+    call->Finish(Status::Ok());
   };
 }
 }  // namespace
 
-grpc::ServerUnaryReactor* QueueService::Ack(grpc::CallbackServerContext* ctx,
-                                            const v1::AckRequest* req, v1::AckResponse* resp) {
-  Status st = ValidateBatchSize(req->items_size(), limits_);
-  if (!st.ok()) return FinishNow(ctx, st);
-  auto* reactor = ctx->DefaultReactor();
+void QueueService::HandleAck(UnaryCall<v1::AckRequest, v1::AckResponse>* call) {
+  Status st = ValidateBatchSize(call->request().items_size(), limits_);
+  if (!st.ok()) return call->Finish(st);
   Dispatch<Status>(
-      ParseBatch(req->items(), [](const v1::LeaseRef& r) { return ToLeaseOp(r); }),
+      ParseBatch(call->request().items(), [](const v1::LeaseRef& r) { return ToLeaseOp(r); }),
       [this](std::vector<engine::LeaseOp> ops, auto done) {
         engine_.Ack(std::move(ops), std::move(done));
       },
-      EmitStatuses(reactor, resp));
-  return reactor;
+      EmitStatuses(call));
 }
 
-grpc::ServerUnaryReactor* QueueService::Nack(grpc::CallbackServerContext* ctx,
-                                             const v1::NackRequest* req,
-                                             v1::NackResponse* resp) {
-  Status st = ValidateBatchSize(req->items_size(), limits_);
-  if (!st.ok()) return FinishNow(ctx, st);
-  auto* reactor = ctx->DefaultReactor();
+void QueueService::HandleNack(UnaryCall<v1::NackRequest, v1::NackResponse>* call) {
+  Status st = ValidateBatchSize(call->request().items_size(), limits_);
+  if (!st.ok()) return call->Finish(st);
   Dispatch<Status>(
-      ParseBatch(req->items(),
+      ParseBatch(call->request().items(),
                  [this](const v1::NackItem& n) { return ToNackOp(n, limits_); }),
       [this](std::vector<engine::NackOp> ops, auto done) {
         engine_.Nack(std::move(ops), std::move(done));
       },
-      EmitStatuses(reactor, resp));
-  return reactor;
+      EmitStatuses(call));
 }
 
-grpc::ServerUnaryReactor* QueueService::ExtendLease(grpc::CallbackServerContext* ctx,
-                                                    const v1::ExtendLeaseRequest* req,
-                                                    v1::ExtendLeaseResponse* resp) {
-  Status st = ValidateBatchSize(req->items_size(), limits_);
-  if (!st.ok()) return FinishNow(ctx, st);
-  auto* reactor = ctx->DefaultReactor();
+void QueueService::HandleExtend(
+    UnaryCall<v1::ExtendLeaseRequest, v1::ExtendLeaseResponse>* call) {
+  Status st = ValidateBatchSize(call->request().items_size(), limits_);
+  if (!st.ok()) return call->Finish(st);
   Dispatch<Result<Time>>(
-      ParseBatch(req->items(),
+      ParseBatch(call->request().items(),
                  [this](const v1::ExtendItem& e) { return ToExtendOp(e, limits_); }),
       [this](std::vector<engine::ExtendOp> ops, auto done) {
         engine_.Extend(std::move(ops), std::move(done));
       },
-      [reactor, resp](std::vector<Result<Time>> results) {
+      [call](std::vector<Result<Time>> results) {
         for (const Result<Time>& r : results) {
-          v1::ExtendResult* out = resp->add_results();
+          v1::ExtendResult* out = call->response()->add_results();
           ToItemStatus(r.status(), out->mutable_status());
           if (r.ok()) out->set_lease_deadline_ms(ToUnixMillis(*r));
         }
-        reactor->Finish(grpc::Status::OK);
+        call->Finish(Status::Ok());
       });
-  return reactor;
 }
 
-grpc::ServerUnaryReactor* QueueService::GetActiveTopics(grpc::CallbackServerContext* ctx,
-                                                        const v1::GetActiveTopicsRequest* req,
-                                                        v1::GetActiveTopicsResponse* resp) {
-  Status st = ValidateName("namespace", req->namespace_(), kMaxNamespaceLen);
-  if (!st.ok()) return FinishNow(ctx, st);
-  for (const engine::TopicInfo& t : engine_.ActiveTopics(req->namespace_())) {
-    v1::TopicInfo* out = resp->add_topics();
+void QueueService::HandleActiveTopics(
+    UnaryCall<v1::GetActiveTopicsRequest, v1::GetActiveTopicsResponse>* call) {
+  const std::string& ns = call->request().namespace_();
+  Status st = ValidateName("namespace", ns, kMaxNamespaceLen);
+  if (!st.ok()) return call->Finish(st);
+  for (const engine::TopicInfo& t : engine_.ActiveTopics(ns)) {
+    v1::TopicInfo* out = call->response()->add_topics();
     out->set_topic(t.topic);
     out->set_ready(static_cast<uint64_t>(std::max<int64_t>(0, t.counts.ready)));
     out->set_delayed(static_cast<uint64_t>(std::max<int64_t>(0, t.counts.delayed)));
     out->set_leased(static_cast<uint64_t>(std::max<int64_t>(0, t.counts.leased)));
   }
-  return FinishNow(ctx, Status::Ok());
+  call->Finish(Status::Ok());
 }
 
 }  // namespace shardq::frontend

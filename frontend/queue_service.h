@@ -3,37 +3,52 @@
 // decodes and validates (validation.h), calls the Engine, and encodes the answer;
 // no queue logic lives here. No handler blocks: answers are sent from the engine's
 // callbacks, and a long poll holds no thread while it waits.
+//
+// The methods are registered raw (bytes in, bytes out) and parsed by UnaryCall, so a
+// request that does not parse gets INVALID_ARGUMENT with a reason.
 
 #include "common/clock.h"
 #include "engine/engine.h"
+#include "frontend/unary_call.h"
 #include "frontend/validation.h"
 #include "shardq/v1/queue.grpc.pb.h"
 
 namespace shardq::frontend {
 
-class QueueService final : public v1::Queue::CallbackService {
+using RawQueueService = v1::Queue::WithRawCallbackMethod_Enqueue<
+    v1::Queue::WithRawCallbackMethod_Dequeue<v1::Queue::WithRawCallbackMethod_Ack<
+        v1::Queue::WithRawCallbackMethod_Nack<v1::Queue::WithRawCallbackMethod_ExtendLease<
+            v1::Queue::WithRawCallbackMethod_GetActiveTopics<v1::Queue::Service>>>>>>;
+
+class QueueService final : public RawQueueService {
  public:
   QueueService(engine::Engine& engine, Clock& clock, Limits limits = {})
       : engine_(engine), clock_(clock), limits_(limits) {}
 
-  grpc::ServerUnaryReactor* Enqueue(grpc::CallbackServerContext* ctx,
-                                    const v1::EnqueueRequest* req,
-                                    v1::EnqueueResponse* resp) override;
-  grpc::ServerUnaryReactor* Dequeue(grpc::CallbackServerContext* ctx,
-                                    const v1::DequeueRequest* req,
-                                    v1::DequeueResponse* resp) override;
-  grpc::ServerUnaryReactor* Ack(grpc::CallbackServerContext* ctx, const v1::AckRequest* req,
-                                v1::AckResponse* resp) override;
-  grpc::ServerUnaryReactor* Nack(grpc::CallbackServerContext* ctx, const v1::NackRequest* req,
-                                 v1::NackResponse* resp) override;
-  grpc::ServerUnaryReactor* ExtendLease(grpc::CallbackServerContext* ctx,
-                                        const v1::ExtendLeaseRequest* req,
-                                        v1::ExtendLeaseResponse* resp) override;
-  grpc::ServerUnaryReactor* GetActiveTopics(grpc::CallbackServerContext* ctx,
-                                            const v1::GetActiveTopicsRequest* req,
-                                            v1::GetActiveTopicsResponse* resp) override;
+  using Raw = grpc::ServerUnaryReactor*;
+  Raw Enqueue(grpc::CallbackServerContext*, const grpc::ByteBuffer* in,
+              grpc::ByteBuffer* out) override;
+  Raw Dequeue(grpc::CallbackServerContext*, const grpc::ByteBuffer* in,
+              grpc::ByteBuffer* out) override;
+  Raw Ack(grpc::CallbackServerContext*, const grpc::ByteBuffer* in,
+          grpc::ByteBuffer* out) override;
+  Raw Nack(grpc::CallbackServerContext*, const grpc::ByteBuffer* in,
+           grpc::ByteBuffer* out) override;
+  Raw ExtendLease(grpc::CallbackServerContext*, const grpc::ByteBuffer* in,
+                  grpc::ByteBuffer* out) override;
+  Raw GetActiveTopics(grpc::CallbackServerContext*, const grpc::ByteBuffer* in,
+                      grpc::ByteBuffer* out) override;
 
  private:
+  // The typed handlers: each finishes its call exactly once.
+  void HandleEnqueue(UnaryCall<v1::EnqueueRequest, v1::EnqueueResponse>* call);
+  void HandleDequeue(UnaryCall<v1::DequeueRequest, v1::DequeueResponse>* call);
+  void HandleAck(UnaryCall<v1::AckRequest, v1::AckResponse>* call);
+  void HandleNack(UnaryCall<v1::NackRequest, v1::NackResponse>* call);
+  void HandleExtend(UnaryCall<v1::ExtendLeaseRequest, v1::ExtendLeaseResponse>* call);
+  void HandleActiveTopics(
+      UnaryCall<v1::GetActiveTopicsRequest, v1::GetActiveTopicsResponse>* call);
+
   engine::Engine& engine_;
   Clock& clock_;
   const Limits limits_;

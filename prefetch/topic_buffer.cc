@@ -132,6 +132,12 @@ size_t TopicBuffer::WindowSize(size_t shard) const {
 
 void TopicBuffer::AddWaiter(std::weak_ptr<Waiter> w) {
   std::lock_guard lock(mu_);
+  // Calls that finished while waiting leave dead entries; on an idle topic nothing
+  // else would clear them. Pruning when the list doubles keeps this amortised O(1).
+  if (waiters_.size() >= 2 * waiters_pruned_size_ + 16) {
+    std::erase_if(waiters_, [](const std::weak_ptr<Waiter>& x) { return x.expired(); });
+    waiters_pruned_size_ = waiters_.size();
+  }
   waiters_.push_back(std::move(w));
 }
 

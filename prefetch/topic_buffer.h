@@ -89,6 +89,7 @@ class TopicBuffer {
   std::vector<ShardWindow> windows_;
   std::vector<StateCounts> counts_;
   std::vector<std::weak_ptr<Waiter>> waiters_;
+  size_t waiters_pruned_size_ = 0;
 };
 
 }  // namespace shardq::prefetch

@@ -346,8 +346,10 @@ void ShardWorker::RunBatches(std::vector<PendingBatch<Req>>& pending, Fn call) {
   Observe(outcomes.status(), latency);
   size_t offset = 0;
   ReadyBatch ready_keys;
-  for (auto& p : pending) {
-    std::vector<store::ItemOutcome> out;
+  std::vector<std::vector<store::ItemOutcome>> outs(pending.size());
+  for (size_t i = 0; i < pending.size(); ++i) {
+    auto& p = pending[i];
+    std::vector<store::ItemOutcome>& out = outs[i];
     for (size_t k = 0; k < p.reqs.size(); ++k) {
       if (outcomes.ok()) {
         store::ItemOutcome& o = (*outcomes)[offset + k];
@@ -359,9 +361,11 @@ void ShardWorker::RunBatches(std::vector<PendingBatch<Req>>& pending, Fn call) {
       }
     }
     offset += p.reqs.size();
-    p.done(std::move(out));
   }
+  // Update the windows before answering, as RunEnqueues does: a caller told that its
+  // nack succeeded must find the item in a dequeue that follows.
   ready_keys.Flush(position_);
+  for (size_t i = 0; i < pending.size(); ++i) pending[i].done(std::move(outs[i]));
 }
 
 void ShardWorker::RunRefill(const std::shared_ptr<prefetch::TopicBuffer>& buffer) {
@@ -458,12 +462,17 @@ void ShardWorker::OnShardDown() {
 }
 
 void ShardWorker::OnShardUp() {
-  // Windows marked unavailable want a refill; do them now on this strand's next turn.
-  std::lock_guard lock(mu_);
-  for (const auto& buffer : index_.All()) {
-    if (buffer->ClaimRefill(position_)) pending_.refills.push_back(buffer);
+  {
+    // Windows marked unavailable want a refill; do them now on this strand's next turn.
+    std::lock_guard lock(mu_);
+    for (const auto& buffer : index_.All()) {
+      if (buffer->ClaimRefill(position_)) pending_.refills.push_back(buffer);
+    }
+    if (!pending_.refills.empty()) ScheduleLocked();
   }
-  if (!pending_.refills.empty()) ScheduleLocked();
+  // A promotion asked for while the shard was down was dropped (RunWork -> FailAll)
+  // and next_due_ was cleared: promote whatever fell due meanwhile, as Recover() does.
+  NoteDeadline(clock_.Now());
 }
 
 void ShardWorker::NoteDeadline(Time t) {

@@ -92,8 +92,12 @@ class TestStore final : public store::ShardStore {
     return gate_cv_.wait_for(lock, kRealTimeout, [&] { return held_ > 0; });
   }
 
-  Status Open() override { return With([](auto& s) { return s.Open(); }); }
-  Status Ping() override { return With([](auto& s) { return s.Ping(); }); }
+  Status Open() override {
+    return With([](auto& s) { return s.Open(); });
+  }
+  Status Ping() override {
+    return With([](auto& s) { return s.Ping(); });
+  }
   Result<std::vector<RowId>> Insert(std::span<const NewItem> items, Time now) override {
     {
       std::unique_lock lock(gate_mu_);
@@ -106,7 +110,8 @@ class TestStore final : public store::ShardStore {
     }
     return With([&](auto& s) { return s.Insert(items, now); });
   }
-  Result<std::vector<ReadyKey>> FetchReady(const std::string& ns, const std::string& topic,
+  Result<std::vector<ReadyKey>> FetchReady(const std::string& ns,
+                                           const std::string& topic,
                                            size_t limit) override {
     return With([&](auto& s) { return s.FetchReady(ns, topic, limit); });
   }
@@ -114,15 +119,16 @@ class TestStore final : public store::ShardStore {
                                         Time now) override {
     return With([&](auto& s) { return s.Claim(rows, token, now); });
   }
-  Result<std::vector<store::ItemOutcome>> Ack(std::span<const store::AckRequest> acks) override {
+  Result<std::vector<store::ItemOutcome>> Ack(
+      std::span<const store::AckRequest> acks) override {
     return With([&](auto& s) { return s.Ack(acks); });
   }
   Result<std::vector<store::ItemOutcome>> Nack(std::span<const store::NackRequest> nacks,
                                                Time now) override {
     return With([&](auto& s) { return s.Nack(nacks, now); });
   }
-  Result<std::vector<store::ItemOutcome>> Extend(std::span<const store::ExtendRequest> reqs,
-                                                 Time now) override {
+  Result<std::vector<store::ItemOutcome>> Extend(
+      std::span<const store::ExtendRequest> reqs, Time now) override {
     return With([&](auto& s) { return s.Extend(reqs, now); });
   }
   Result<std::vector<ItemTransition>> PromoteDue(Time now, size_t limit) override {
@@ -262,7 +268,8 @@ class Harness {
     }
     return *r[0];
   }
-  std::vector<Delivered> Dequeue(std::vector<TopicAsk> asks, Duration wait = Duration(0)) {
+  std::vector<Delivered> Dequeue(std::vector<TopicAsk> asks,
+                                 Duration wait = Duration(0)) {
     DequeueAnswer a;
     // The caller keeps the handle until the answer (as the frontend's reactor does).
     auto handle = engine_->Dequeue("ns", std::move(asks), wait, a.Callback());
@@ -415,8 +422,9 @@ TEST(EngineBreakerTest, ReroutedEnqueuesAreNotStoredTwice) {
                      answers[0].Callback());
   ASSERT_TRUE(a.AwaitInsertHeld());
   for (int i = 1; i < 10; ++i) {
-    h.engine().Enqueue({Item("t", 0, Time{}, Duration(30'000), "item-" + std::to_string(i))},
-                       answers[i].Callback());
+    h.engine().Enqueue(
+        {Item("t", 0, Time{}, Duration(30'000), "item-" + std::to_string(i))},
+        answers[i].Callback());
   }
   EXPECT_EQ(h.Breaker(0), BreakerState::kClosed);
   // The held insert fails: A's breaker opens; the calls queued behind it were never
@@ -677,7 +685,8 @@ TEST(EngineTimeTest, DelayedItemBecomesReadyExactlyAtItsTime) {
 
 size_t CountThreads() {
   size_t n = 0;
-  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/proc/self/task")) {
+  for ([[maybe_unused]] const auto& e :
+       std::filesystem::directory_iterator("/proc/self/task")) {
     ++n;
   }
   return n;
@@ -712,9 +721,9 @@ TEST(EngineThreadsTest, ThreadCountDoesNotDependOnShardsOrParkedCalls) {
   std::atomic<int> answered{0};
   std::vector<std::shared_ptr<Engine::DequeueHandle>> handles;
   for (int i = 0; i < kCalls; ++i) {
-    handles.push_back(h.engine().Dequeue("ns", {{"topic-" + std::to_string(i % 20), 1}},
-                                         kLongWait,
-                                         [&answered](std::vector<Delivered>) { ++answered; }));
+    handles.push_back(
+        h.engine().Dequeue("ns", {{"topic-" + std::to_string(i % 20), 1}}, kLongWait,
+                           [&answered](std::vector<Delivered>) { ++answered; }));
   }
   ASSERT_TRUE(WaitUntil([&] { return h.engine().ParkedCalls() == kCalls; }));
   EXPECT_EQ(answered.load(), 0);
@@ -778,7 +787,8 @@ TEST(EngineRoutingTest, AckNackExtendAreRoutedByShardInRequestOrder) {
   EXPECT_EQ(again[0].item.attempts, 2u);
 
   // Only unknown shards: answered without touching any shard.
-  auto only_unknown = h.Ack({{unknown, token[x]}, {ItemId{ShardId(0), RowId(5)}, token[x]}});
+  auto only_unknown =
+      h.Ack({{unknown, token[x]}, {ItemId{ShardId(0), RowId(5)}, token[x]}});
   ASSERT_EQ(only_unknown.size(), 2u);
   EXPECT_EQ(only_unknown[0].code(), Code::kNotFound);
   EXPECT_EQ(only_unknown[1].code(), Code::kNotFound);
@@ -793,8 +803,10 @@ TEST(EngineClaimTest, FailedClaimPutsItemsBack) {
   for (int i = 0; i < 6; ++i) all.insert(h.EnqueueOk(Item("cf", i)));
   ASSERT_EQ(all.size(), 6u);
   // The next claim on each shard fails.
-  h.store(1).FailNext(MemoryShardStore::Op::kClaim, Status::Unavailable("lost connection"));
-  h.store(2).FailNext(MemoryShardStore::Op::kClaim, Status::Unavailable("lost connection"));
+  h.store(1).FailNext(MemoryShardStore::Op::kClaim,
+                      Status::Unavailable("lost connection"));
+  h.store(2).FailNext(MemoryShardStore::Op::kClaim,
+                      Status::Unavailable("lost connection"));
 
   std::vector<ItemId> delivered;
   auto first = h.Dequeue("cf", 6);

@@ -80,13 +80,18 @@ class TestStore final : public store::ShardStore {
   int inserts() const { return inserts_.load(); }
   int claims() const { return claims_.load(); }
 
-  Status Open() override { return With([](auto& s) { return s.Open(); }); }
-  Status Ping() override { return With([](auto& s) { return s.Ping(); }); }
+  Status Open() override {
+    return With([](auto& s) { return s.Open(); });
+  }
+  Status Ping() override {
+    return With([](auto& s) { return s.Ping(); });
+  }
   Result<std::vector<RowId>> Insert(std::span<const NewItem> items, Time now) override {
     ++inserts_;
     return With([&](auto& s) { return s.Insert(items, now); });
   }
-  Result<std::vector<ReadyKey>> FetchReady(const std::string& ns, const std::string& topic,
+  Result<std::vector<ReadyKey>> FetchReady(const std::string& ns,
+                                           const std::string& topic,
                                            size_t limit) override {
     return With([&](auto& s) { return s.FetchReady(ns, topic, limit); });
   }
@@ -95,15 +100,16 @@ class TestStore final : public store::ShardStore {
     ++claims_;
     return With([&](auto& s) { return s.Claim(rows, token, now); });
   }
-  Result<std::vector<store::ItemOutcome>> Ack(std::span<const store::AckRequest> acks) override {
+  Result<std::vector<store::ItemOutcome>> Ack(
+      std::span<const store::AckRequest> acks) override {
     return With([&](auto& s) { return s.Ack(acks); });
   }
   Result<std::vector<store::ItemOutcome>> Nack(std::span<const store::NackRequest> nacks,
                                                Time now) override {
     return With([&](auto& s) { return s.Nack(nacks, now); });
   }
-  Result<std::vector<store::ItemOutcome>> Extend(std::span<const store::ExtendRequest> reqs,
-                                                 Time now) override {
+  Result<std::vector<store::ItemOutcome>> Extend(
+      std::span<const store::ExtendRequest> reqs, Time now) override {
     return With([&](auto& s) { return s.Extend(reqs, now); });
   }
   Result<std::vector<ItemTransition>> PromoteDue(Time now, size_t limit) override {
@@ -162,8 +168,8 @@ class ShardWorkerTest : public ::testing::Test {
   void MakeWorker(WorkerOptions options = QuietOptions()) {
     auto s = std::make_unique<TestStore>();
     store_ = s.get();
-    worker_ = std::make_unique<ShardWorker>(0, ShardId(1), std::move(s), io_, clock_, index_,
-                                            options);
+    worker_ = std::make_unique<ShardWorker>(0, ShardId(1), std::move(s), io_, clock_,
+                                            index_, options);
     worker_->SetTicker(&ticker_);
   }
 
@@ -179,11 +185,12 @@ class ShardWorkerTest : public ::testing::Test {
   // Enqueues without running the strand; the outcome fills in when it does.
   std::shared_ptr<EnqueueOutcome> EnqueueAsync(std::vector<NewItem> items) {
     auto out = std::make_shared<EnqueueOutcome>();
-    worker_->Enqueue(std::move(items), [out](Result<std::vector<RowId>> rows, bool attempted) {
-      out->rows = std::move(rows);
-      out->attempted = attempted;
-      ++out->calls;
-    });
+    worker_->Enqueue(std::move(items),
+                     [out](Result<std::vector<RowId>> rows, bool attempted) {
+                       out->rows = std::move(rows);
+                       out->attempted = attempted;
+                       ++out->calls;
+                     });
     return out;
   }
 
@@ -231,9 +238,10 @@ TEST_F(ShardWorkerTest, StartRecoversCountsFromTheStore) {
   Time now = clock_.Now();
   ASSERT_TRUE(store_
                   ->With([&](MemoryShardStore& s) {
-                    return s.Insert(std::vector<NewItem>{Item("t"), Item("t"),
-                                                         Item("t", 0, now + Duration(50))},
-                                    now);
+                    return s.Insert(
+                        std::vector<NewItem>{Item("t"), Item("t"),
+                                             Item("t", 0, now + Duration(50))},
+                        now);
                   })
                   .ok());
   EXPECT_FALSE(worker_->AcceptsEnqueues());  // not open yet
@@ -339,13 +347,15 @@ TEST_F(ShardWorkerTest, ConcurrentEnqueuesFromManyThreadsGetDistinctIds) {
   }
   for (auto& t : threads) t.join();
   std::unique_lock lock(mu);
-  ASSERT_TRUE(cv.wait_for(lock, kRealTimeout, [&] { return done == kThreads * kPerThread; }));
+  ASSERT_TRUE(
+      cv.wait_for(lock, kRealTimeout, [&] { return done == kThreads * kPerThread; }));
   EXPECT_EQ(failures, 0);
   std::set<RowId> distinct(all.begin(), all.end());
   EXPECT_EQ(distinct.size(), static_cast<size_t>(kThreads * kPerThread));
   EXPECT_EQ(st->With([](MemoryShardStore& m) { return m.size(); }),
             static_cast<size_t>(kThreads * kPerThread));
-  // Group commit: fewer inserts than calls is likely but not guaranteed; at most one each.
+  // Group commit: fewer inserts than calls is likely but not guaranteed; at most one
+  // each.
   EXPECT_LE(st->inserts(), kThreads * kPerThread);
   EXPECT_EQ(Buffer("t")->Counts().ready, kThreads * kPerThread);
 }
@@ -489,7 +499,7 @@ TEST_F(ShardWorkerTest, EnqueuedItemIsInTheWindowWhenTheCallbackRuns) {
 
 // The same for a nack. RunBatches calls `done` before ReadyBatch::Flush, so the item
 // is not in the window yet when the caller learns the nack succeeded.
-TEST_F(ShardWorkerTest, DISABLED_NackedItemIsInTheWindowWhenTheCallbackRuns) {
+TEST_F(ShardWorkerTest, NackedItemIsInTheWindowWhenTheCallbackRuns) {
   MakeWorker();
   StartWorker();
   auto out = EnqueueAsync({Item("t")});
@@ -516,7 +526,8 @@ TEST_F(ShardWorkerTest, TickPromotesDelayedItemExactlyAtItsTime) {
   MakeWorker();
   StartWorker();
   Time now = clock_.Now();
-  auto out = EnqueueAsync({Item("t", 0, now + Duration(300)), Item("t", 0, now + Duration(700))});
+  auto out = EnqueueAsync(
+      {Item("t", 0, now + Duration(300)), Item("t", 0, now + Duration(700))});
   io_.RunAll();
   ASSERT_TRUE(out->rows.ok());
   LoadWindow("t");
@@ -625,7 +636,7 @@ TEST_F(ShardWorkerTest, OpenBreakerRefusesEnqueuesWithoutAttemptingThem) {
 // Today Tick() clears next_due_ and asks for a promotion, RunWork() drops it (circuit
 // open) and nothing re-arms it after the probe succeeds: the item stays DELAYED until
 // some unrelated event notes a new deadline.
-TEST_F(ShardWorkerTest, DISABLED_PromotionDueDuringOutageRunsAfterRecovery) {
+TEST_F(ShardWorkerTest, PromotionDueDuringOutageRunsAfterRecovery) {
   WorkerOptions o = QuietOptions();
   o.breaker.min_samples = 1;
   o.breaker.failure_ratio = 0.1;
