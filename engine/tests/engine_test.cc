@@ -353,8 +353,9 @@ TEST(EngineBreakerTest, FailingShardIsSkippedUntilItsProbeSucceeds) {
     ++successes_after_open;
   }
   ASSERT_TRUE(opened);
-  // Background promote/purge successes give at most 2 good samples before the trip.
-  EXPECT_LE(failures, 2);
+  // Start-up promotions and the first purge may add a few good samples before the
+  // trip (min_samples 2, ratio 0.5): a handful of failures, not dozens.
+  EXPECT_LE(failures, 4);
   EXPECT_GT(successes_after_open, 30);
   auto health = h.engine().Health();
   EXPECT_EQ(health[0].id, ShardId(1));
