@@ -44,7 +44,9 @@ struct ReadyKey {
   Time deliver_after{};
   RowId row{};
 
-  OrderKey ToOrderKey(ShardId shard) const { return {priority, deliver_after, {shard, row}}; }
+  OrderKey ToOrderKey(ShardId shard) const {
+    return {priority, deliver_after, {shard, row}};
+  }
   friend bool operator==(const ReadyKey&, const ReadyKey&) = default;
 };
 

@@ -30,7 +30,9 @@ class [[nodiscard]] Status {
   Status(Code code, std::string message) : code_(code), message_(std::move(message)) {}
 
   static Status Ok() { return Status(); }
-  static Status InvalidArgument(std::string m) { return {Code::kInvalidArgument, std::move(m)}; }
+  static Status InvalidArgument(std::string m) {
+    return {Code::kInvalidArgument, std::move(m)};
+  }
   static Status NotFound(std::string m) { return {Code::kNotFound, std::move(m)}; }
   static Status FailedPrecondition(std::string m) {
     return {Code::kFailedPrecondition, std::move(m)};
@@ -59,7 +61,7 @@ class [[nodiscard]] Status {
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : v_(std::move(value)) {}  // NOLINT: implicit by design
+  Result(T value) : v_(std::move(value)) {}        // NOLINT: implicit by design
   Result(Status status) : v_(std::move(status)) {  // NOLINT
     assert(!std::get<Status>(v_).ok() && "Result needs a value or an error");
   }
@@ -83,8 +85,8 @@ class [[nodiscard]] Result {
 
 }  // namespace shardq
 
-#define SHARDQ_RETURN_IF_ERROR(expr)          \
-  do {                                        \
-    ::shardq::Status _st = (expr);            \
-    if (!_st.ok()) return _st;                \
+#define SHARDQ_RETURN_IF_ERROR(expr) \
+  do {                               \
+    ::shardq::Status _st = (expr);   \
+    if (!_st.ok()) return _st;       \
   } while (0)

@@ -62,7 +62,8 @@ void DequeueOp::Attempt() {
 
   // A window still loading is "unknown", not "empty": wait for it (bounded), even
   // when the caller asked for no wait.
-  Time deadline = blocked ? std::max(wait_deadline_, start_ + kMaxRefillWait) : wait_deadline_;
+  Time deadline =
+      blocked ? std::max(wait_deadline_, start_ + kMaxRefillWait) : wait_deadline_;
   Time now = engine_.clock_.Now();
   if (GotLocked() > 0 || expired_ || now >= deadline) {
     FinishLocked(lock);

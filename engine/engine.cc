@@ -22,7 +22,8 @@ Engine::Engine(std::vector<ShardSpec> shards, Clock& clock, EngineOptions option
   for (size_t i = 0; i < shards.size(); ++i) {
     position_[shards[i].id] = i;
     workers_.push_back(std::make_unique<shard_worker::ShardWorker>(
-        i, shards[i].id, std::move(shards[i].store), io_, clock_, index_, options_.worker));
+        i, shards[i].id, std::move(shards[i].store), io_, clock_, index_,
+        options_.worker));
     workers_.back()->SetTicker(&ticker_);
     ticker_.Add(workers_.back().get());
   }
@@ -75,8 +76,9 @@ void Engine::EnqueueOn(size_t attempt, size_t start, std::vector<NewItem> items,
     // The worker consumes the items; keep a copy only for the rare re-route, which
     // is safe because a worker that did not attempt the insert did not commit it.
     auto retry_items = std::make_shared<std::vector<NewItem>>(items);
-    w->Enqueue(std::move(items), [this, k, start, shard, retry_items, done = std::move(done)](
-                                     Result<std::vector<RowId>> rows, bool attempted) mutable {
+    w->Enqueue(std::move(items), [this, k, start, shard, retry_items,
+                                  done = std::move(done)](Result<std::vector<RowId>> rows,
+                                                          bool attempted) mutable {
       // Not attempted (breaker open, or its buffer full): nothing was written, so
       // another shard may take the items without risk of a duplicate.
       if (!rows.ok() && !attempted) {
@@ -177,25 +179,27 @@ void Engine::Route(std::vector<Op> ops, Out unknown_shard,
 }
 
 void Engine::Ack(std::vector<LeaseOp> ops, StatusesDone done) {
-  Route<LeaseOp, Status>(std::move(ops), UnknownShard(), std::move(done),
-                         [](shard_worker::ShardWorker& w, const std::vector<const LeaseOp*>& mine,
-                            shard_worker::OutcomesDone cb) {
-                           std::vector<store::AckRequest> reqs;
-                           for (const LeaseOp* op : mine) reqs.push_back({op->id.row, op->token});
-                           w.Ack(std::move(reqs), std::move(cb));
-                         });
+  Route<LeaseOp, Status>(
+      std::move(ops), UnknownShard(), std::move(done),
+      [](shard_worker::ShardWorker& w, const std::vector<const LeaseOp*>& mine,
+         shard_worker::OutcomesDone cb) {
+        std::vector<store::AckRequest> reqs;
+        for (const LeaseOp* op : mine) reqs.push_back({op->id.row, op->token});
+        w.Ack(std::move(reqs), std::move(cb));
+      });
 }
 
 void Engine::Nack(std::vector<NackOp> ops, StatusesDone done) {
-  Route<NackOp, Status>(std::move(ops), UnknownShard(), std::move(done),
-                        [](shard_worker::ShardWorker& w, const std::vector<const NackOp*>& mine,
-                           shard_worker::OutcomesDone cb) {
-                          std::vector<store::NackRequest> reqs;
-                          for (const NackOp* op : mine) {
-                            reqs.push_back({op->id.row, op->token, op->delay, op->metadata});
-                          }
-                          w.Nack(std::move(reqs), std::move(cb));
-                        });
+  Route<NackOp, Status>(
+      std::move(ops), UnknownShard(), std::move(done),
+      [](shard_worker::ShardWorker& w, const std::vector<const NackOp*>& mine,
+         shard_worker::OutcomesDone cb) {
+        std::vector<store::NackRequest> reqs;
+        for (const NackOp* op : mine) {
+          reqs.push_back({op->id.row, op->token, op->delay, op->metadata});
+        }
+        w.Nack(std::move(reqs), std::move(cb));
+      });
 }
 
 void Engine::Extend(std::vector<ExtendOp> ops, ExtendDone done) {
@@ -204,7 +208,8 @@ void Engine::Extend(std::vector<ExtendOp> ops, ExtendDone done) {
       [](shard_worker::ShardWorker& w, const std::vector<const ExtendOp*>& mine,
          shard_worker::OutcomesDone cb) {
         std::vector<store::ExtendRequest> reqs;
-        for (const ExtendOp* op : mine) reqs.push_back({op->id.row, op->token, op->extension});
+        for (const ExtendOp* op : mine)
+          reqs.push_back({op->id.row, op->token, op->extension});
         w.Extend(std::move(reqs), std::move(cb));
       });
 }

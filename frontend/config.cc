@@ -28,7 +28,8 @@ T GetUnsigned(const nlohmann::json& v, const char* what, uint64_t lo,
 }  // namespace
 
 Result<ServerConfig> ParseConfig(const std::string& json_text) {
-  nlohmann::json j = nlohmann::json::parse(json_text, nullptr, /*allow_exceptions=*/false);
+  nlohmann::json j =
+      nlohmann::json::parse(json_text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object()) {
     return Status::InvalidArgument("config is not a JSON object");
   }
@@ -92,7 +93,8 @@ Status ValidateConfig(const ServerConfig& config) {
   if (config.io_threads == 0 || config.io_threads > 256) {
     return Status::InvalidArgument("io_threads must be in [1, 256]");
   }
-  if (config.window_capacity < 2) return Status::InvalidArgument("window_capacity must be >= 2");
+  if (config.window_capacity < 2)
+    return Status::InvalidArgument("window_capacity must be >= 2");
   std::set<std::string> servers;
   for (const auto& s : config.mysql_servers) {
     if (!servers.insert(s.name).second) {
@@ -103,13 +105,16 @@ Status ValidateConfig(const ServerConfig& config) {
   std::set<std::pair<std::string, std::string>> dbs;
   for (const auto& s : config.shards) {
     if (!ids.insert(s.id).second) {
-      return Status::InvalidArgument(fmt::format("shard id {} is listed twice", s.id.value()));
+      return Status::InvalidArgument(
+          fmt::format("shard id {} is listed twice", s.id.value()));
     }
     if (!servers.contains(s.server)) {
-      return Status::InvalidArgument("shard names unknown mysql server '" + s.server + "'");
+      return Status::InvalidArgument("shard names unknown mysql server '" + s.server +
+                                     "'");
     }
     bool ok = !s.database.empty() && s.database.size() <= 64;
-    for (char ch : s.database) ok = ok && (std::isalnum(static_cast<unsigned char>(ch)) || ch == '_');
+    for (char ch : s.database)
+      ok = ok && (std::isalnum(static_cast<unsigned char>(ch)) || ch == '_');
     if (!ok) return Status::InvalidArgument("bad database name '" + s.database + "'");
     if (!dbs.insert({s.server, s.database}).second) {
       return Status::InvalidArgument("database " + s.database + " is used by two shards");

@@ -22,19 +22,21 @@ int main(int argc, char** argv) {
   std::string config_path, socket, listen = "127.0.0.1:50051";
   std::string port_file;
   size_t shards = 4, io_threads = 8;
-  app.add_option("--config", config_path, "JSON config file (see docs/config.example.json)");
+  app.add_option("--config", config_path,
+                 "JSON config file (see docs/config.example.json)");
   app.add_option("--mysql-socket", socket, "embedded default: one MariaDB socket");
   app.add_option("--shards", shards, "embedded default: shard databases on that socket");
   app.add_option("--listen", listen, "gRPC address (overrides the config)");
-  app.add_option("--io-threads", io_threads, "threads for MySQL I/O (all shards share them)");
+  app.add_option("--io-threads", io_threads,
+                 "threads for MySQL I/O (all shards share them)");
   app.add_option("--port-file", port_file,
                  "write the bound port here once listening (for --listen host:0)");
   CLI11_PARSE(app, argc, argv);
 
   shardq::Result<shardq::frontend::ServerConfig> config =
       !config_path.empty() ? shardq::frontend::LoadConfig(config_path)
-      : !socket.empty()    ? shardq::Result(shardq::frontend::EmbeddedConfig(socket, shards))
-                           : shardq::Result<shardq::frontend::ServerConfig>(
+      : !socket.empty() ? shardq::Result(shardq::frontend::EmbeddedConfig(socket, shards))
+                        : shardq::Result<shardq::frontend::ServerConfig>(
                               shardq::Status::InvalidArgument(
                                   "give --config FILE or --mysql-socket PATH"));
   if (!config.ok()) {
@@ -51,8 +53,7 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  auto server =
-      shardq::frontend::Server::Start(*config, shardq::SystemClock::Instance());
+  auto server = shardq::frontend::Server::Start(*config, shardq::SystemClock::Instance());
   if (!server.ok()) {
     spdlog::error("{}", server.status().ToString());
     return 1;

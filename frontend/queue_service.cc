@@ -89,11 +89,10 @@ void EncodeDelivered(engine::Delivered& d, v1::DequeuedItem* out) {
 
 }  // namespace
 
-#define SHARDQ_RAW_METHOD(Method, Req, Resp, Handler)                                  \
-  grpc::ServerUnaryReactor* QueueService::Method(grpc::CallbackServerContext*,           \
-                                                 const grpc::ByteBuffer* in,             \
-                                                 grpc::ByteBuffer* out) {                \
-    return Serve<v1::Req, v1::Resp>(in, out, [this](auto* call) { Handler(call); });    \
+#define SHARDQ_RAW_METHOD(Method, Req, Resp, Handler)                                    \
+  grpc::ServerUnaryReactor* QueueService::Method(                                        \
+      grpc::CallbackServerContext*, const grpc::ByteBuffer* in, grpc::ByteBuffer* out) { \
+    return Serve<v1::Req, v1::Resp>(in, out, [this](auto* call) { Handler(call); });     \
   }
 SHARDQ_RAW_METHOD(Enqueue, EnqueueRequest, EnqueueResponse, HandleEnqueue)
 SHARDQ_RAW_METHOD(Dequeue, DequeueRequest, DequeueResponse, HandleDequeue)
@@ -104,7 +103,8 @@ SHARDQ_RAW_METHOD(GetActiveTopics, GetActiveTopicsRequest, GetActiveTopicsRespon
                   HandleActiveTopics)
 #undef SHARDQ_RAW_METHOD
 
-void QueueService::HandleEnqueue(UnaryCall<v1::EnqueueRequest, v1::EnqueueResponse>* call) {
+void QueueService::HandleEnqueue(
+    UnaryCall<v1::EnqueueRequest, v1::EnqueueResponse>* call) {
   const v1::EnqueueRequest& req = call->request();
   Status st = ValidateName("namespace", req.namespace_(), kMaxNamespaceLen);
   if (st.ok()) st = ValidateBatchSize(req.items_size(), limits_);
@@ -130,7 +130,8 @@ void QueueService::HandleEnqueue(UnaryCall<v1::EnqueueRequest, v1::EnqueueRespon
       });
 }
 
-void QueueService::HandleDequeue(UnaryCall<v1::DequeueRequest, v1::DequeueResponse>* call) {
+void QueueService::HandleDequeue(
+    UnaryCall<v1::DequeueRequest, v1::DequeueResponse>* call) {
   const v1::DequeueRequest& req = call->request();
   Status st = ValidateName("namespace", req.namespace_(), kMaxNamespaceLen);
   if (!st.ok()) return call->Finish(st);
@@ -174,7 +175,8 @@ void QueueService::HandleAck(UnaryCall<v1::AckRequest, v1::AckResponse>* call) {
   Status st = ValidateBatchSize(call->request().items_size(), limits_);
   if (!st.ok()) return call->Finish(st);
   Dispatch<Status>(
-      ParseBatch(call->request().items(), [](const v1::LeaseRef& r) { return ToLeaseOp(r); }),
+      ParseBatch(call->request().items(),
+                 [](const v1::LeaseRef& r) { return ToLeaseOp(r); }),
       [this](std::vector<engine::LeaseOp> ops, auto done) {
         engine_.Ack(std::move(ops), std::move(done));
       },

@@ -15,10 +15,11 @@
 
 namespace shardq::frontend {
 
-using RawQueueService = v1::Queue::WithRawCallbackMethod_Enqueue<
-    v1::Queue::WithRawCallbackMethod_Dequeue<v1::Queue::WithRawCallbackMethod_Ack<
-        v1::Queue::WithRawCallbackMethod_Nack<v1::Queue::WithRawCallbackMethod_ExtendLease<
-            v1::Queue::WithRawCallbackMethod_GetActiveTopics<v1::Queue::Service>>>>>>;
+using RawQueueService =
+    v1::Queue::WithRawCallbackMethod_Enqueue<v1::Queue::WithRawCallbackMethod_Dequeue<
+        v1::Queue::WithRawCallbackMethod_Ack<v1::Queue::WithRawCallbackMethod_Nack<
+            v1::Queue::WithRawCallbackMethod_ExtendLease<
+                v1::Queue::WithRawCallbackMethod_GetActiveTopics<v1::Queue::Service>>>>>>;
 
 class QueueService final : public RawQueueService {
  public:

@@ -17,8 +17,8 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerConfig& config, Clock&
   for (const auto& s : config.mysql_servers) endpoints[s.name] = s.endpoint;
   std::vector<engine::ShardSpec> shards;
   for (const auto& s : config.shards) {
-    shards.push_back({s.id, std::make_unique<store::MySqlShardStore>(endpoints.at(s.server),
-                                                                      s.database)});
+    shards.push_back({s.id, std::make_unique<store::MySqlShardStore>(
+                                endpoints.at(s.server), s.database)});
   }
   engine::EngineOptions options;
   options.io_threads = config.io_threads;
@@ -32,7 +32,8 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerConfig& config, Clock&
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(config.listen, grpc::InsecureServerCredentials(), &server->port_);
+  builder.AddListeningPort(config.listen, grpc::InsecureServerCredentials(),
+                           &server->port_);
   builder.RegisterService(server->service_.get());
   // 1000 items of 10 KiB fit; larger calls get RESOURCE_EXHAUSTED from gRPC itself.
   builder.SetMaxReceiveMessageSize(16 * 1024 * 1024);
@@ -41,8 +42,8 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerConfig& config, Clock&
   if (!server->grpc_ || server->port_ == 0) {
     return Status::Unavailable("cannot listen on " + config.listen);
   }
-  spdlog::info("shardq listening on port {} with {} shards, {} I/O threads", server->port_,
-               config.shards.size(), config.io_threads);
+  spdlog::info("shardq listening on port {} with {} shards, {} I/O threads",
+               server->port_, config.shards.size(), config.io_threads);
   return server;
 }
 

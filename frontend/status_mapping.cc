@@ -4,14 +4,22 @@ namespace shardq::frontend {
 
 grpc::StatusCode ToGrpcCode(Code code) {
   switch (code) {
-    case Code::kOk: return grpc::StatusCode::OK;
-    case Code::kInvalidArgument: return grpc::StatusCode::INVALID_ARGUMENT;
-    case Code::kNotFound: return grpc::StatusCode::NOT_FOUND;
-    case Code::kFailedPrecondition: return grpc::StatusCode::FAILED_PRECONDITION;
-    case Code::kResourceExhausted: return grpc::StatusCode::RESOURCE_EXHAUSTED;
-    case Code::kUnavailable: return grpc::StatusCode::UNAVAILABLE;
-    case Code::kDeadlineExceeded: return grpc::StatusCode::DEADLINE_EXCEEDED;
-    case Code::kInternal: return grpc::StatusCode::INTERNAL;
+    case Code::kOk:
+      return grpc::StatusCode::OK;
+    case Code::kInvalidArgument:
+      return grpc::StatusCode::INVALID_ARGUMENT;
+    case Code::kNotFound:
+      return grpc::StatusCode::NOT_FOUND;
+    case Code::kFailedPrecondition:
+      return grpc::StatusCode::FAILED_PRECONDITION;
+    case Code::kResourceExhausted:
+      return grpc::StatusCode::RESOURCE_EXHAUSTED;
+    case Code::kUnavailable:
+      return grpc::StatusCode::UNAVAILABLE;
+    case Code::kDeadlineExceeded:
+      return grpc::StatusCode::DEADLINE_EXCEEDED;
+    case Code::kInternal:
+      return grpc::StatusCode::INTERNAL;
   }
   return grpc::StatusCode::UNKNOWN;
 }

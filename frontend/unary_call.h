@@ -6,8 +6,8 @@
 // request and response and deletes itself when gRPC is done with it.
 
 #include <grpcpp/grpcpp.h>
-#include <grpcpp/support/proto_buffer_reader.h>
 #include <grpcpp/impl/codegen/proto_utils.h>
+#include <grpcpp/support/proto_buffer_reader.h>
 
 #include <functional>
 #include <mutex>
@@ -27,10 +27,10 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
     grpc::ProtoBufferReader reader(&copy);
     parsed_ = request_.ParseFromZeroCopyStream(&reader);
     if (!parsed_) {
-      grpc::ServerUnaryReactor::Finish(grpc::Status(
-          grpc::StatusCode::INVALID_ARGUMENT,
-          "request is not a valid " + Req::descriptor()->full_name() +
-              " (malformed bytes, or a string field that is not UTF-8)"));
+      grpc::ServerUnaryReactor::Finish(
+          grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                       "request is not a valid " + Req::descriptor()->full_name() +
+                           " (malformed bytes, or a string field that is not UTF-8)"));
     }
   }
 

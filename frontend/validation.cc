@@ -1,13 +1,12 @@
 #include "frontend/validation.h"
 
-#include <charconv>
-#include <unordered_set>
-
 #include <fmt/format.h>
-
-#include <cctype>
 #include <google/protobuf/io/coded_stream.h>
 #include <google/protobuf/io/zero_copy_stream_impl_lite.h>
+
+#include <cctype>
+#include <charconv>
+#include <unordered_set>
 
 namespace shardq::frontend {
 namespace {
@@ -19,8 +18,8 @@ bool NameChar(char c) {
 
 Status Range(std::string_view what, int64_t v, int64_t lo, int64_t hi) {
   if (v < lo || v > hi) {
-    return Status::InvalidArgument(fmt::format("{} must be in [{}, {}] ms, got {}", what, lo,
-                                               hi, v));
+    return Status::InvalidArgument(
+        fmt::format("{} must be in [{}, {}] ms, got {}", what, lo, hi, v));
   }
   return Status::Ok();
 }
@@ -34,7 +33,8 @@ Status ValidateName(std::string_view what, std::string_view name, size_t max_len
         fmt::format("{} is longer than {} characters", what, max_len));
   }
   if (!std::isalnum(static_cast<unsigned char>(name[0]))) {
-    return Status::InvalidArgument(fmt::format("{} must start with a letter or digit", what));
+    return Status::InvalidArgument(
+        fmt::format("{} must start with a letter or digit", what));
   }
   for (char c : name) {
     if (!NameChar(c)) {
@@ -59,13 +59,15 @@ Result<NewItem> ToNewItem(const std::string& ns, const v1::EnqueueItem& item, Ti
   out.payload = item.payload();
   out.metadata = EncodeMetadata(item.metadata());
   if (out.metadata.size() > kMaxMetadataBytes) {
-    return Status::InvalidArgument(fmt::format("metadata is {} bytes encoded; the limit is {}",
-                                               out.metadata.size(), kMaxMetadataBytes));
+    return Status::InvalidArgument(
+        fmt::format("metadata is {} bytes encoded; the limit is {}", out.metadata.size(),
+                    kMaxMetadataBytes));
   }
   out.deliver_after = now;
   switch (item.schedule_case()) {
     case v1::EnqueueItem::kDelayMs:
-      SHARDQ_RETURN_IF_ERROR(Range("delay_ms", item.delay_ms(), 0, limits.max_delay.count()));
+      SHARDQ_RETURN_IF_ERROR(
+          Range("delay_ms", item.delay_ms(), 0, limits.max_delay.count()));
       out.deliver_after = now + Duration(item.delay_ms());
       break;
     case v1::EnqueueItem::kDeliverAfterMs:
@@ -83,7 +85,8 @@ Result<NewItem> ToNewItem(const std::string& ns, const v1::EnqueueItem& item, Ti
   if (item.lease_ms() == 0) {
     out.lease = limits.default_lease;
   } else {
-    SHARDQ_RETURN_IF_ERROR(Range("lease_ms", item.lease_ms(), 1, limits.max_lease.count()));
+    SHARDQ_RETURN_IF_ERROR(
+        Range("lease_ms", item.lease_ms(), 1, limits.max_lease.count()));
     out.lease = Duration(item.lease_ms());
   }
   if (item.ttl_ms() != 0) {
@@ -123,9 +126,11 @@ Result<Duration> ToWait(const v1::DequeueRequest& req, const Limits& limits) {
 
 Result<engine::LeaseOp> ToLeaseOp(const v1::LeaseRef& ref) {
   auto id = ItemId::Parse(ref.id());
-  if (!id) return Status::InvalidArgument("malformed item id '" + ref.id().substr(0, 64) + "'");
+  if (!id)
+    return Status::InvalidArgument("malformed item id '" + ref.id().substr(0, 64) + "'");
   auto token = DecodeLeaseToken(ref.lease_token());
-  if (!token) return Status::InvalidArgument("malformed lease token for item " + ref.id());
+  if (!token)
+    return Status::InvalidArgument("malformed lease token for item " + ref.id());
   return engine::LeaseOp{*id, *token};
 }
 
@@ -154,8 +159,8 @@ Result<engine::ExtendOp> ToExtendOp(const v1::ExtendItem& item, const Limits& li
 Status ValidateBatchSize(int size, const Limits& limits) {
   if (size <= 0) return Status::InvalidArgument("the call has no items");
   if (static_cast<size_t>(size) > limits.max_items_per_call) {
-    return Status::InvalidArgument(
-        fmt::format("at most {} items per call, got {}", limits.max_items_per_call, size));
+    return Status::InvalidArgument(fmt::format("at most {} items per call, got {}",
+                                               limits.max_items_per_call, size));
   }
   return Status::Ok();
 }
@@ -168,7 +173,8 @@ std::optional<LeaseToken> DecodeLeaseToken(std::string_view text) {
   if (text.size() != 16) return std::nullopt;
   uint64_t v = 0;
   auto r = std::from_chars(text.data(), text.data() + text.size(), v, 16);
-  if (r.ec != std::errc() || r.ptr != text.data() + text.size() || v == 0) return std::nullopt;
+  if (r.ec != std::errc() || r.ptr != text.data() + text.size() || v == 0)
+    return std::nullopt;
   return LeaseToken(v);
 }
 

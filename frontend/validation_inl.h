@@ -11,7 +11,8 @@ void RejectDuplicateIds(std::vector<Result<Op>>& ops) {
   for (auto& op : ops) {
     if (!op.ok()) continue;
     if (!seen.insert(op->id).second) {
-      op = Status::InvalidArgument("item " + op->id.ToString() + " appears twice in one call");
+      op = Status::InvalidArgument("item " + op->id.ToString() +
+                                   " appears twice in one call");
     }
   }
 }

@@ -24,8 +24,8 @@ std::vector<std::shared_ptr<TopicBuffer>> PrefetchIndex::ForNamespace(
     const std::string& ns) const {
   std::vector<std::shared_ptr<TopicBuffer>> out;
   std::shared_lock lock(mu_);
-  for (auto it = buffers_.lower_bound({ns, ""}); it != buffers_.end() && it->first.first == ns;
-       ++it) {
+  for (auto it = buffers_.lower_bound({ns, ""});
+       it != buffers_.end() && it->first.first == ns; ++it) {
     out.push_back(it->second);
   }
   return out;

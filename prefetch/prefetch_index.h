@@ -21,8 +21,10 @@ class PrefetchIndex {
   PrefetchIndex(size_t shards, size_t window_capacity)
       : shards_(shards), window_capacity_(window_capacity) {}
 
-  std::shared_ptr<TopicBuffer> GetOrCreate(const std::string& ns, const std::string& topic);
-  std::shared_ptr<TopicBuffer> Find(const std::string& ns, const std::string& topic) const;
+  std::shared_ptr<TopicBuffer> GetOrCreate(const std::string& ns,
+                                           const std::string& topic);
+  std::shared_ptr<TopicBuffer> Find(const std::string& ns,
+                                    const std::string& topic) const;
   // Every buffer of a namespace, sorted by topic.
   std::vector<std::shared_ptr<TopicBuffer>> ForNamespace(const std::string& ns) const;
   std::vector<std::shared_ptr<TopicBuffer>> All() const;

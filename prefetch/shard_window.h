@@ -58,7 +58,8 @@ class ShardWindow {
   bool Blocking() const { return available_ && keys_.empty() && !complete_; }
   // Low and incomplete: worth a refill.
   bool WantsRefill() const {
-    return available_ ? (!complete_ && (keys_.empty() || keys_.size() < capacity_ / 2)) : true;
+    return available_ ? (!complete_ && (keys_.empty() || keys_.size() < capacity_ / 2))
+                      : true;
   }
   bool refill_pending = false;  // set by whoever requests a refill
 

@@ -11,7 +11,8 @@ TopicBuffer::TopicBuffer(std::string ns, std::string topic, size_t shards,
       windows_(shards, ShardWindow(window_capacity)),
       counts_(shards) {}
 
-std::vector<TopicBuffer::Taken> TopicBuffer::Take(size_t count, std::vector<size_t>* refill,
+std::vector<TopicBuffer::Taken> TopicBuffer::Take(size_t count,
+                                                  std::vector<size_t>* refill,
                                                   bool* blocked) {
   std::vector<Taken> out;
   std::lock_guard lock(mu_);
@@ -95,10 +96,17 @@ void TopicBuffer::Unreserve(size_t shard, RowId row) {
 namespace {
 void Bump(StateCounts& c, ItemState s, int64_t d) {
   switch (s) {
-    case ItemState::kDelayed: c.delayed += d; break;
-    case ItemState::kReady: c.ready += d; break;
-    case ItemState::kLeased: c.leased += d; break;
-    case ItemState::kGone: break;
+    case ItemState::kDelayed:
+      c.delayed += d;
+      break;
+    case ItemState::kReady:
+      c.ready += d;
+      break;
+    case ItemState::kLeased:
+      c.leased += d;
+      break;
+    case ItemState::kGone:
+      break;
   }
 }
 }  // namespace

@@ -9,9 +9,9 @@
 namespace shardq::schema {
 
 struct Migration {
-  int version;             // NNNN of the file name; strictly increasing
-  std::string_view name;   // the file name
-  std::string_view sql;    // statements separated by ';' at the end of a line
+  int version;            // NNNN of the file name; strictly increasing
+  std::string_view name;  // the file name
+  std::string_view sql;   // statements separated by ';' at the end of a line
 };
 
 std::span<const Migration> AllMigrations();

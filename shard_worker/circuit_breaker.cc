@@ -6,9 +6,12 @@ namespace shardq::shard_worker {
 
 const char* BreakerStateName(BreakerState s) {
   switch (s) {
-    case BreakerState::kClosed: return "closed";
-    case BreakerState::kOpen: return "open";
-    case BreakerState::kHalfOpen: return "half-open";
+    case BreakerState::kClosed:
+      return "closed";
+    case BreakerState::kOpen:
+      return "open";
+    case BreakerState::kHalfOpen:
+      return "half-open";
   }
   return "?";
 }
@@ -39,7 +42,8 @@ void CircuitBreaker::Record(bool ok, Duration latency) {
   if (bad) ++bad_;
   Trim(now);
   if (samples_.size() >= options_.min_samples &&
-      static_cast<double>(bad_) >= options_.failure_ratio * static_cast<double>(samples_.size())) {
+      static_cast<double>(bad_) >=
+          options_.failure_ratio * static_cast<double>(samples_.size())) {
     Open(now);
   }
 }

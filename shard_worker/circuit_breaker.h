@@ -19,7 +19,8 @@ struct BreakerOptions {
   // The rolling window: outcomes older than this are forgotten.
   Duration window{10'000};
   // Opens when, within the window, at least min_samples outcomes were seen and the
-  // share of bad ones (errors, or calls taking slow_call or longer) reaches failure_ratio.
+  // share of bad ones (errors, or calls taking slow_call or longer) reaches
+  // failure_ratio.
   size_t min_samples = 5;
   double failure_ratio = 0.5;
   Duration slow_call{2'000};

@@ -23,7 +23,8 @@ template <typename Fn>
 auto Timed(Fn fn, Duration* latency) {
   auto start = std::chrono::steady_clock::now();
   auto result = fn();
-  *latency = std::chrono::duration_cast<Duration>(std::chrono::steady_clock::now() - start);
+  *latency =
+      std::chrono::duration_cast<Duration>(std::chrono::steady_clock::now() - start);
   return result;
 }
 
@@ -44,13 +45,15 @@ class ShardWorker::ReadyBatch {
   }
 
  private:
-  std::unordered_map<prefetch::TopicBuffer*,
-                     std::pair<std::shared_ptr<prefetch::TopicBuffer>, std::vector<ReadyKey>>>
+  std::unordered_map<
+      prefetch::TopicBuffer*,
+      std::pair<std::shared_ptr<prefetch::TopicBuffer>, std::vector<ReadyKey>>>
       keys_;
 };
 
-ShardWorker::ShardWorker(size_t position, ShardId id, std::unique_ptr<store::ShardStore> store,
-                         Executor& io, Clock& clock, prefetch::PrefetchIndex& index,
+ShardWorker::ShardWorker(size_t position, ShardId id,
+                         std::unique_ptr<store::ShardStore> store, Executor& io,
+                         Clock& clock, prefetch::PrefetchIndex& index,
                          WorkerOptions options)
     : position_(position),
       id_(id),
@@ -194,10 +197,12 @@ void ShardWorker::RunWork(Work& work) {
   if (!work.enqueues.empty()) RunEnqueues(work.enqueues);
   RunBatches(work.acks, [this](auto reqs) { return store_->Ack(reqs); });
   RunBatches(work.nacks, [this](auto reqs) { return store_->Nack(reqs, clock_.Now()); });
-  RunBatches(work.extends, [this](auto reqs) { return store_->Extend(reqs, clock_.Now()); });
+  RunBatches(work.extends,
+             [this](auto reqs) { return store_->Extend(reqs, clock_.Now()); });
   // A buffer may be queued for refill several times; once is enough.
   std::sort(work.refills.begin(), work.refills.end());
-  work.refills.erase(std::unique(work.refills.begin(), work.refills.end()), work.refills.end());
+  work.refills.erase(std::unique(work.refills.begin(), work.refills.end()),
+                     work.refills.end());
   for (const auto& buffer : work.refills) RunRefill(buffer);
   if (work.promote) RunPromote();
   if (work.purge) RunPurge();
@@ -218,8 +223,9 @@ bool ShardWorker::Recover() {
   }
   for (const store::TopicCounts& c : *counts) {
     index_.GetOrCreate(c.ns, c.topic)
-        ->SetCounts(position_, {static_cast<int64_t>(c.delayed), static_cast<int64_t>(c.ready),
-                                static_cast<int64_t>(c.leased)});
+        ->SetCounts(position_,
+                    {static_cast<int64_t>(c.delayed), static_cast<int64_t>(c.ready),
+                     static_cast<int64_t>(c.leased)});
   }
   {
     std::lock_guard lock(mu_);
@@ -291,8 +297,8 @@ void ShardWorker::RunEnqueues(std::vector<PendingEnqueue>& pending) {
     for (size_t r = i; r < j; ++r) {
       size_t n = pending[r].items.size();
       if (ids.ok()) {
-        pending[r].done(std::vector<RowId>(ids->begin() + offset, ids->begin() + offset + n),
-                        true);
+        pending[r].done(
+            std::vector<RowId>(ids->begin() + offset, ids->begin() + offset + n), true);
       } else {
         pending[r].done(ids.status(), true);
       }
@@ -309,7 +315,8 @@ void ShardWorker::RunClaims(std::vector<PendingClaim>& pending) {
   }
   Time now = clock_.Now();
   Duration latency;
-  auto leased = Timed([&] { return store_->Claim(rows, NewLeaseToken(), now); }, &latency);
+  auto leased =
+      Timed([&] { return store_->Claim(rows, NewLeaseToken(), now); }, &latency);
   Observe(leased.status(), latency);
   std::unordered_map<RowId, LeasedItem*> by_row;
   if (leased.ok()) {
@@ -385,7 +392,8 @@ void ShardWorker::RunRefill(const std::shared_ptr<prefetch::TopicBuffer>& buffer
 void ShardWorker::RunPromote() {
   Time now = clock_.Now();
   Duration latency;
-  auto moved = Timed([&] { return store_->PromoteDue(now, options_.promote_batch); }, &latency);
+  auto moved =
+      Timed([&] { return store_->PromoteDue(now, options_.promote_batch); }, &latency);
   Observe(moved.status(), latency);
   if (!moved.ok()) {
     NoteDeadline(now + Duration(100));  // try again soon

@@ -33,10 +33,10 @@
 namespace shardq::shard_worker {
 
 struct WorkerOptions {
-  size_t max_batch = 500;              // rows per statement batch
+  size_t max_batch = 500;                // rows per statement batch
   size_t max_pending_enqueues = 50'000;  // beyond this: RESOURCE_EXHAUSTED
-  size_t promote_batch = 1'000;        // due items moved per transaction
-  Duration purge_interval{1'000};      // how often TTL purge runs
+  size_t promote_batch = 1'000;          // due items moved per transaction
+  Duration purge_interval{1'000};        // how often TTL purge runs
   BreakerOptions breaker;
 };
 

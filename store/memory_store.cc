@@ -10,16 +10,19 @@
 namespace shardq::store {
 
 void MemoryShardStore::FailNext(Op op, Status s) {
+  std::lock_guard lock(mu_);
   assert(!s.ok());
   fail_next_[op] = std::move(s);
 }
 
 void MemoryShardStore::FailAll(Status s) {
+  std::lock_guard lock(mu_);
   assert(!s.ok());
   fail_all_ = std::move(s);
 }
 
 void MemoryShardStore::ClearFailures() {
+  std::lock_guard lock(mu_);
   fail_next_.clear();
   fail_all_.reset();
 }
@@ -38,12 +41,43 @@ ItemTransition MemoryShardStore::Transition(uint64_t id, const Row& r, ItemState
                         r.state,   to,   r.deliver_after};
 }
 
-Status MemoryShardStore::Open() { return TakeFailure(Op::kOpen); }
+Status MemoryShardStore::Open() {
+  std::lock_guard lock(mu_);
+  ++calls_[static_cast<size_t>(Op::kOpen)];
+  return TakeFailure(Op::kOpen);
+}
 
-Status MemoryShardStore::Ping() { return TakeFailure(Op::kPing); }
+Status MemoryShardStore::Ping() {
+  std::lock_guard lock(mu_);
+  ++calls_[static_cast<size_t>(Op::kPing)];
+  return TakeFailure(Op::kPing);
+}
+
+void MemoryShardStore::SetBeforeInsert(std::function<void()> hook) {
+  std::lock_guard lock(mu_);
+  before_insert_ = std::move(hook);
+}
+
+size_t MemoryShardStore::calls(Op op) const {
+  std::lock_guard lock(mu_);
+  return calls_[static_cast<size_t>(op)];
+}
+
+size_t MemoryShardStore::size() const {
+  std::lock_guard lock(mu_);
+  return rows_.size();
+}
 
 Result<std::vector<RowId>> MemoryShardStore::Insert(std::span<const NewItem> items,
                                                     Time now) {
+  std::function<void()> hook;
+  {
+    std::lock_guard lock(mu_);
+    hook = before_insert_;
+  }
+  if (hook) hook();  // outside the lock: a test may hold the caller here
+  std::lock_guard lock(mu_);
+  ++calls_[static_cast<size_t>(Op::kInsert)];
   SHARDQ_RETURN_IF_ERROR(TakeFailure(Op::kInsert));
   for (const NewItem& item : items) SHARDQ_RETURN_IF_ERROR(ValidateNewItem(item));
   std::vector<RowId> ids;
@@ -70,6 +104,8 @@ Result<std::vector<RowId>> MemoryShardStore::Insert(std::span<const NewItem> ite
 Result<std::vector<ReadyKey>> MemoryShardStore::FetchReady(const std::string& ns,
                                                            const std::string& topic,
                                                            size_t limit) {
+  std::lock_guard lock(mu_);
+  ++calls_[static_cast<size_t>(Op::kFetchReady)];
   SHARDQ_RETURN_IF_ERROR(TakeFailure(Op::kFetchReady));
   std::vector<ReadyKey> keys;
   for (const auto& [id, r] : rows_) {
@@ -88,6 +124,8 @@ Result<std::vector<ReadyKey>> MemoryShardStore::FetchReady(const std::string& ns
 
 Result<std::vector<LeasedItem>> MemoryShardStore::Claim(std::span<const RowId> rows,
                                                         LeaseToken token, Time now) {
+  std::lock_guard lock(mu_);
+  ++calls_[static_cast<size_t>(Op::kClaim)];
   SHARDQ_RETURN_IF_ERROR(TakeFailure(Op::kClaim));
   std::vector<LeasedItem> out;
   for (RowId id : rows) {
@@ -117,6 +155,8 @@ Result<std::vector<LeasedItem>> MemoryShardStore::Claim(std::span<const RowId> r
 }
 
 Result<std::vector<ItemOutcome>> MemoryShardStore::Ack(std::span<const AckRequest> acks) {
+  std::lock_guard lock(mu_);
+  ++calls_[static_cast<size_t>(Op::kAck)];
   SHARDQ_RETURN_IF_ERROR(TakeFailure(Op::kAck));
   std::vector<ItemOutcome> out(acks.size());
   for (size_t i = 0; i < acks.size(); ++i) {
@@ -158,6 +198,8 @@ Status CheckLease(const char* op, const Rows& rows, RowId row, LeaseToken token)
 
 Result<std::vector<ItemOutcome>> MemoryShardStore::Nack(
     std::span<const NackRequest> nacks, Time now) {
+  std::lock_guard lock(mu_);
+  ++calls_[static_cast<size_t>(Op::kNack)];
   SHARDQ_RETURN_IF_ERROR(TakeFailure(Op::kNack));
   for (const NackRequest& n : nacks) {
     if (n.metadata) SHARDQ_RETURN_IF_ERROR(ValidateMetadata(*n.metadata));
@@ -181,6 +223,8 @@ Result<std::vector<ItemOutcome>> MemoryShardStore::Nack(
 
 Result<std::vector<ItemOutcome>> MemoryShardStore::Extend(
     std::span<const ExtendRequest> reqs, Time now) {
+  std::lock_guard lock(mu_);
+  ++calls_[static_cast<size_t>(Op::kExtend)];
   SHARDQ_RETURN_IF_ERROR(TakeFailure(Op::kExtend));
   std::vector<ItemOutcome> out(reqs.size());
   for (size_t i = 0; i < reqs.size(); ++i) {
@@ -200,6 +244,8 @@ Result<std::vector<ItemOutcome>> MemoryShardStore::Extend(
 }
 
 Result<std::vector<ItemTransition>> MemoryShardStore::PromoteDue(Time now, size_t limit) {
+  std::lock_guard lock(mu_);
+  ++calls_[static_cast<size_t>(Op::kPromoteDue)];
   SHARDQ_RETURN_IF_ERROR(TakeFailure(Op::kPromoteDue));
   std::vector<std::pair<Time, uint64_t>> due;
   for (const auto& [id, r] : rows_) {
@@ -222,6 +268,8 @@ Result<std::vector<ItemTransition>> MemoryShardStore::PromoteDue(Time now, size_
 
 Result<std::vector<ItemTransition>> MemoryShardStore::PurgeExpired(Time now,
                                                                    size_t limit) {
+  std::lock_guard lock(mu_);
+  ++calls_[static_cast<size_t>(Op::kPurgeExpired)];
   SHARDQ_RETURN_IF_ERROR(TakeFailure(Op::kPurgeExpired));
   std::vector<std::pair<Time, uint64_t>> expired;
   for (const auto& [id, r] : rows_) {
@@ -239,6 +287,8 @@ Result<std::vector<ItemTransition>> MemoryShardStore::PurgeExpired(Time now,
 }
 
 Result<std::optional<Time>> MemoryShardStore::NextDue() {
+  std::lock_guard lock(mu_);
+  ++calls_[static_cast<size_t>(Op::kNextDue)];
   SHARDQ_RETURN_IF_ERROR(TakeFailure(Op::kNextDue));
   std::optional<Time> next;
   for (const auto& [id, r] : rows_) {
@@ -249,6 +299,8 @@ Result<std::optional<Time>> MemoryShardStore::NextDue() {
 }
 
 Result<std::vector<TopicCounts>> MemoryShardStore::CountByTopic() {
+  std::lock_guard lock(mu_);
+  ++calls_[static_cast<size_t>(Op::kCountByTopic)];
   SHARDQ_RETURN_IF_ERROR(TakeFailure(Op::kCountByTopic));
   std::map<std::pair<std::string, std::string>, TopicCounts> counts;
   for (const auto& [id, r] : rows_) {

@@ -3,10 +3,14 @@
 // against both) without any I/O. Used by tests of the layers above the store, which
 // can also inject failures to exercise retries and circuit breakers.
 //
-// Not thread-safe, like every ShardStore.
+// Unlike other stores it is thread-safe (one mutex), so that a test can inject
+// failures or read counters while a shard worker's strand uses it.
 
+#include <array>
 #include <cstdint>
+#include <functional>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <string>
 
@@ -30,6 +34,7 @@ class MemoryShardStore final : public ShardStore {
     kPurgeExpired,
     kNextDue,
     kCountByTopic,
+    kCount_,  // number of ops
   };
 
   // The next call of `op` returns `s` (must not be OK) and changes nothing.
@@ -56,8 +61,13 @@ class MemoryShardStore final : public ShardStore {
   Result<std::optional<Time>> NextDue() override;
   Result<std::vector<TopicCounts>> CountByTopic() override;
 
-  // Number of stored rows (for tests).
-  size_t size() const { return rows_.size(); }
+  // Number of stored rows.
+  size_t size() const;
+  // How many times `op` was called (failed calls included).
+  size_t calls(Op op) const;
+  // Runs `hook` at the start of every Insert, before the store's lock is taken (a
+  // test can block there to hold an insert in flight).
+  void SetBeforeInsert(std::function<void()> hook);
 
  private:
   // One row of the items table.
@@ -80,6 +90,9 @@ class MemoryShardStore final : public ShardStore {
   Status TakeFailure(Op op);
   static ItemTransition Transition(uint64_t id, const Row& r, ItemState to);
 
+  mutable std::mutex mu_;
+  std::array<size_t, static_cast<size_t>(Op::kCount_)> calls_{};
+  std::function<void()> before_insert_;
   std::map<uint64_t, Row> rows_;
   uint64_t next_id_ = 1;
   std::map<Op, Status> fail_next_;

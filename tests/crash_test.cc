@@ -5,6 +5,7 @@
 // The server runs as a child process with the real clock (it is killed, so it cannot
 // share our fake clock); waiting for leases uses the product's long poll.
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -12,8 +13,6 @@
 #include <mutex>
 #include <set>
 #include <thread>
-
-#include <fmt/format.h>
 
 #include "store/mysql_store.h"
 #include "tests/e2e_support.h"
@@ -73,7 +72,8 @@ class Producers {
 void WaitForAcked(Producers& p, size_t n) {
   // Waits on the producers' progress (bounded), not on time.
   auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  while (p.acked() < n && std::chrono::steady_clock::now() < until) std::this_thread::yield();
+  while (p.acked() < n && std::chrono::steady_clock::now() < until)
+    std::this_thread::yield();
   ASSERT_GE(p.acked(), n) << "the load did not make progress";
 }
 
@@ -118,7 +118,8 @@ TEST(CrashTest, KillDashNineOfTheServerLosesNothingAcknowledged) {
         acked_acks.insert(item.id());
       }
     }
-    for (const auto& item : client.Dequeue(kNs, kTopic, 20)) leased_before[item.id()] = item;
+    for (const auto& item : client.Dequeue(kNs, kTopic, 20))
+      leased_before[item.id()] = item;
     WaitForAcked(producers, producers.acked() + 500);
     server->Kill();  // mid-load: producers have calls in flight
     producers.Stop();
@@ -137,7 +138,8 @@ TEST(CrashTest, KillDashNineOfTheServerLosesNothingAcknowledged) {
     for (const auto& [id, item] : leased_before) {
       EXPECT_FALSE(seen.contains(id)) << id << " came back while its lease was valid";
     }
-    for (const auto& id : acked_acks) EXPECT_FALSE(seen.contains(id)) << "acked item returned";
+    for (const auto& id : acked_acks)
+      EXPECT_FALSE(seen.contains(id)) << "acked item returned";
     size_t missing = 0;
     for (const auto& id : must_come_back) {
       if (!seen.contains(id) && !leased_before.contains(id)) ++missing;
@@ -204,8 +206,8 @@ TEST(CrashTest, KillDashNineOfMariaDbLosesNothingAcknowledged) {
   size_t missing = 0;
   for (const auto& id : want) missing += seen.contains(id) ? 0 : 1;
   EXPECT_EQ(missing, 0u) << "of " << want.size() << " acknowledged enqueues";
-  std::cout << "acknowledged: " << want.size() << ", failed calls during the outage: "
-            << producers.failures() << "\n";
+  std::cout << "acknowledged: " << want.size()
+            << ", failed calls during the outage: " << producers.failures() << "\n";
 }
 
 }  // namespace
@@ -265,7 +267,8 @@ TEST(CrashTest, StoreInsertsThatReturnedOkSurviveAMariaDbKill) {
       std::set<uint64_t> stored;
       for (const ReadyKey& key : *rows) stored.insert(key.row.value());
       for (uint64_t id : acked[k]) {
-        EXPECT_TRUE(stored.contains(id)) << "round " << round << " shard " << k << " lost " << id;
+        EXPECT_TRUE(stored.contains(id))
+            << "round " << round << " shard " << k << " lost " << id;
       }
     }
   }

@@ -15,7 +15,8 @@ constexpr char kNs[] = "bad";
 class BadInputTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto server = frontend::Server::Start(FreshConfig(SharedMariaDb().socket(), 2), clock_);
+    auto server =
+        frontend::Server::Start(FreshConfig(SharedMariaDb().socket(), 2), clock_);
     ASSERT_TRUE(server.ok()) << server.status().ToString();
     server_ = std::move(*server);
     ASSERT_TRUE(server_->engine().AwaitShardsOpen(std::chrono::seconds(30)));
@@ -25,7 +26,8 @@ class BadInputTest : public ::testing::Test {
     // Whatever was sent, the server still answers and nothing was stored.
     if (!client_) return;
     EXPECT_TRUE(client_->EnqueueOne("alive", "check").ok());
-    EXPECT_TRUE(server_->engine().ActiveTopics(kNs).empty()) << "bad input changed something";
+    EXPECT_TRUE(server_->engine().ActiveTopics(kNs).empty())
+        << "bad input changed something";
   }
 
   grpc::StatusCode EnqueueCall(const v1::EnqueueRequest& req, v1::EnqueueResponse* resp) {
@@ -79,8 +81,9 @@ TEST_F(BadInputTest, PayloadOverTenKiBIsRefusedAtTheLimitAccepted) {
 
 TEST_F(BadInputTest, BadNamespacesFailTheWholeCall) {
   // The last is not UTF-8: the request does not even parse as a proto3 message.
-  for (std::string ns : {std::string(""), std::string(65, 'n'), std::string("a b"),
-                         std::string("-lead"), std::string("x/y"), std::string("\xff\xfe")}) {
+  for (std::string ns :
+       {std::string(""), std::string(65, 'n'), std::string("a b"), std::string("-lead"),
+        std::string("x/y"), std::string("\xff\xfe")}) {
     v1::EnqueueRequest req;
     req.set_namespace_(ns);
     *req.add_items() = Item();
@@ -167,12 +170,15 @@ TEST_F(BadInputTest, DequeueArgumentsOutOfRange) {
   };
   EXPECT_EQ(DequeueCall(request(0, 0, {"t"})), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_EQ(DequeueCall(request(-3, 0, {"t"})), grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_EQ(DequeueCall(request(1'000'000, 0, {"t"})), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(DequeueCall(request(1'000'000, 0, {"t"})),
+            grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_EQ(DequeueCall(request(1, -1, {"t"})), grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_EQ(DequeueCall(request(1, 3'600'000, {"t"})), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(DequeueCall(request(1, 3'600'000, {"t"})),
+            grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_EQ(DequeueCall(request(1, 0, {})), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_EQ(DequeueCall(request(1, 0, {"t", "t"})), grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_EQ(DequeueCall(request(1, 0, {"bad topic"})), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(DequeueCall(request(1, 0, {"bad topic"})),
+            grpc::StatusCode::INVALID_ARGUMENT);
 }
 
 TEST_F(BadInputTest, AckRefsMalformedUnknownOrDuplicated) {
@@ -209,8 +215,8 @@ TEST_F(BadInputTest, GarbageBytesAndOversizedMessages) {
   auto channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(server_->port()),
                                      grpc::InsecureChannelCredentials());
   grpc::GenericStub generic(channel);
-  for (const char* method : {"/shardq.v1.Queue/Enqueue", "/shardq.v1.Queue/Ack",
-                             "/shardq.v1.Queue/Dequeue"}) {
+  for (const char* method :
+       {"/shardq.v1.Queue/Enqueue", "/shardq.v1.Queue/Ack", "/shardq.v1.Queue/Dequeue"}) {
     std::string garbage = "\xff\xff\xff\xff\x0f garbage \x01\x02";
     grpc::Slice slice(garbage);
     grpc::ByteBuffer request(&slice, 1);

@@ -126,7 +126,8 @@ TEST_F(E2ETest, ExpiredLeaseIsRedeliveredAndTheOldTokenRefused) {
   EXPECT_EQ(second[0].attempts(), 2u);
   EXPECT_NE(second[0].lease_token(), first[0].lease_token());
 
-  EXPECT_EQ(client_->Ack(*id, first[0].lease_token()), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(client_->Ack(*id, first[0].lease_token()),
+            grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_EQ(client_->Nack(*id, first[0].lease_token(), 0),
             grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_EQ(client_->Extend(*id, first[0].lease_token(), 1000),
@@ -214,8 +215,10 @@ TEST_F(E2ETest, RestartRebuildsTheIndexAndKeepsLeases) {
 
   auto rest = client_->Dequeue(kNs, "restart", 100);
   EXPECT_EQ(rest.size(), 35u) << "leased items stay leased across a restart";
-  for (size_t i = 1; i < rest.size(); ++i) EXPECT_LE(rest[i - 1].priority(), rest[i].priority());
-  for (const auto& d : rest) ASSERT_EQ(client_->Ack(d.id(), d.lease_token()), grpc::StatusCode::OK);
+  for (size_t i = 1; i < rest.size(); ++i)
+    EXPECT_LE(rest[i - 1].priority(), rest[i].priority());
+  for (const auto& d : rest)
+    ASSERT_EQ(client_->Ack(d.id(), d.lease_token()), grpc::StatusCode::OK);
 
   auto waiting = DequeueAsync("restart", 100, 60'000);
   clock_.Advance(Duration(3000));

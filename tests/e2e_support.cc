@@ -1,10 +1,10 @@
 #include "tests/e2e_support.h"
 
-#include <atomic>
-#include <chrono>
-
 #include <fmt/format.h>
 #include <unistd.h>
+
+#include <atomic>
+#include <chrono>
 
 namespace shardq::testing {
 
@@ -25,10 +25,11 @@ void SetDeadline(grpc::ClientContext& ctx, int64_t ms) {
 }
 
 QueueClient::QueueClient(int port)
-    : stub_(v1::Queue::NewStub(grpc::CreateChannel(fmt::format("127.0.0.1:{}", port),
-                                                   grpc::InsecureChannelCredentials()))) {}
+    : stub_(v1::Queue::NewStub(grpc::CreateChannel(
+          fmt::format("127.0.0.1:{}", port), grpc::InsecureChannelCredentials()))) {}
 
-Result<std::string> QueueClient::EnqueueOne(const std::string& ns, const std::string& topic,
+Result<std::string> QueueClient::EnqueueOne(const std::string& ns,
+                                            const std::string& topic,
                                             EnqueueOptions options) {
   v1::EnqueueRequest req;
   req.set_namespace_(ns);
@@ -54,7 +55,8 @@ Result<std::string> QueueClient::EnqueueOne(const std::string& ns, const std::st
 
 std::vector<v1::DequeuedItem> QueueClient::Dequeue(const std::string& ns,
                                                    const std::string& topic, int count,
-                                                   int64_t wait_ms, grpc::Status* status) {
+                                                   int64_t wait_ms,
+                                                   grpc::Status* status) {
   v1::DequeueRequest req;
   req.set_namespace_(ns);
   auto* t = req.add_topics();

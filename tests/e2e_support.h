@@ -41,7 +41,8 @@ class QueueClient {
                                         grpc::Status* status = nullptr);
   // Per-item status code of a one-item Ack / Nack / ExtendLease.
   grpc::StatusCode Ack(const std::string& id, const std::string& token);
-  grpc::StatusCode Nack(const std::string& id, const std::string& token, int64_t delay_ms);
+  grpc::StatusCode Nack(const std::string& id, const std::string& token,
+                        int64_t delay_ms);
   grpc::StatusCode Extend(const std::string& id, const std::string& token,
                           int64_t extension_ms);
 

@@ -41,117 +41,54 @@ constexpr auto kRealTimeout = std::chrono::seconds(20);
 constexpr auto kShortTimeout = std::chrono::seconds(3);
 constexpr Duration kLongWait{60'000};
 
-// A MemoryShardStore behind a mutex (shard strands and the test thread both touch it),
-// with a gate that can hold Insert calls until the test opens it.
-class TestStore final : public store::ShardStore {
+// Holds Insert calls of one store (through MemoryShardStore's hook) until opened.
+class InsertGate {
  public:
-  template <typename Fn>
-  auto With(Fn fn) {
+  void Attach(MemoryShardStore& store) {
+    store.SetBeforeInsert([this] { Pass(); });
+  }
+  void Close() {
     std::lock_guard lock(mu_);
-    return fn(inner_);
+    closed_ = true;
   }
-  void FailAll(Status s) {
-    With([&](MemoryShardStore& m) { m.FailAll(std::move(s)); });
-  }
-  void ClearFailures() {
-    With([](MemoryShardStore& m) { m.ClearFailures(); });
-  }
-  void FailNext(MemoryShardStore::Op op, Status s) {
-    With([&](MemoryShardStore& m) { m.FailNext(op, std::move(s)); });
-  }
-  size_t size() {
-    return With([](MemoryShardStore& m) { return m.size(); });
-  }
-  // Counts of one topic in this store (ignores injected failures: reads the rows).
-  store::TopicCounts Counts(const std::string& topic) {
-    return With([&](MemoryShardStore& m) {
-      auto all = m.CountByTopic();
-      store::TopicCounts out;
-      if (!all.ok()) return out;
-      for (const auto& c : *all) {
-        if (c.topic == topic) out = c;
-      }
-      return out;
-    });
-  }
-
-  void CloseInsertGate() {
-    std::lock_guard lock(gate_mu_);
-    gate_closed_ = true;
-  }
-  void OpenInsertGate() {
+  void Open() {
     {
-      std::lock_guard lock(gate_mu_);
-      gate_closed_ = false;
+      std::lock_guard lock(mu_);
+      closed_ = false;
     }
-    gate_cv_.notify_all();
+    cv_.notify_all();
   }
   // True once an Insert is held at the gate.
-  bool AwaitInsertHeld() {
-    std::unique_lock lock(gate_mu_);
-    return gate_cv_.wait_for(lock, kRealTimeout, [&] { return held_ > 0; });
-  }
-
-  Status Open() override {
-    return With([](auto& s) { return s.Open(); });
-  }
-  Status Ping() override {
-    return With([](auto& s) { return s.Ping(); });
-  }
-  Result<std::vector<RowId>> Insert(std::span<const NewItem> items, Time now) override {
-    {
-      std::unique_lock lock(gate_mu_);
-      if (gate_closed_) {
-        ++held_;
-        gate_cv_.notify_all();
-        gate_cv_.wait(lock, [&] { return !gate_closed_; });
-        --held_;
-      }
-    }
-    return With([&](auto& s) { return s.Insert(items, now); });
-  }
-  Result<std::vector<ReadyKey>> FetchReady(const std::string& ns,
-                                           const std::string& topic,
-                                           size_t limit) override {
-    return With([&](auto& s) { return s.FetchReady(ns, topic, limit); });
-  }
-  Result<std::vector<LeasedItem>> Claim(std::span<const RowId> rows, LeaseToken token,
-                                        Time now) override {
-    return With([&](auto& s) { return s.Claim(rows, token, now); });
-  }
-  Result<std::vector<store::ItemOutcome>> Ack(
-      std::span<const store::AckRequest> acks) override {
-    return With([&](auto& s) { return s.Ack(acks); });
-  }
-  Result<std::vector<store::ItemOutcome>> Nack(std::span<const store::NackRequest> nacks,
-                                               Time now) override {
-    return With([&](auto& s) { return s.Nack(nacks, now); });
-  }
-  Result<std::vector<store::ItemOutcome>> Extend(
-      std::span<const store::ExtendRequest> reqs, Time now) override {
-    return With([&](auto& s) { return s.Extend(reqs, now); });
-  }
-  Result<std::vector<ItemTransition>> PromoteDue(Time now, size_t limit) override {
-    return With([&](auto& s) { return s.PromoteDue(now, limit); });
-  }
-  Result<std::vector<ItemTransition>> PurgeExpired(Time now, size_t limit) override {
-    return With([&](auto& s) { return s.PurgeExpired(now, limit); });
-  }
-  Result<std::optional<Time>> NextDue() override {
-    return With([](auto& s) { return s.NextDue(); });
-  }
-  Result<std::vector<store::TopicCounts>> CountByTopic() override {
-    return With([](auto& s) { return s.CountByTopic(); });
+  bool AwaitHeld() {
+    std::unique_lock lock(mu_);
+    return cv_.wait_for(lock, kRealTimeout, [&] { return held_ > 0; });
   }
 
  private:
+  void Pass() {
+    std::unique_lock lock(mu_);
+    if (!closed_) return;
+    ++held_;
+    cv_.notify_all();
+    cv_.wait(lock, [&] { return !closed_; });
+    --held_;
+  }
   std::mutex mu_;
-  MemoryShardStore inner_;
-  std::mutex gate_mu_;
-  std::condition_variable gate_cv_;
-  bool gate_closed_ = false;
+  std::condition_variable cv_;
+  bool closed_ = false;
   int held_ = 0;
 };
+
+// Counts of one topic in a store (empty if the store is set to fail).
+store::TopicCounts Counts(MemoryShardStore& m, const std::string& topic) {
+  auto all = m.CountByTopic();
+  store::TopicCounts out;
+  if (!all.ok()) return out;
+  for (const auto& c : *all) {
+    if (c.topic == topic) out = c;
+  }
+  return out;
+}
 
 NewItem Item(std::string topic, int32_t priority = 0, Time deliver_after = Time{},
              Duration lease = Duration(30'000), std::string payload = "p") {
@@ -221,14 +158,15 @@ using DequeueAnswer = Answer<std::vector<Delivered>>;
 using StatusesAnswer = Answer<std::vector<Status>>;
 using ExtendAnswer = Answer<std::vector<Result<Time>>>;
 
-// An engine over `ids.size()` TestStores, started and open. The clock outlives it.
+// An engine over `ids.size()` MemoryShardStores, started and open. The clock outlives it.
 class Harness {
  public:
   explicit Harness(std::vector<uint32_t> ids, EngineOptions options = DefaultOptions()) {
     std::vector<ShardSpec> specs;
     for (uint32_t id : ids) {
-      auto s = std::make_unique<TestStore>();
+      auto s = std::make_unique<MemoryShardStore>();
       stores_[id] = s.get();
+      gates_[id].Attach(*s);
       specs.push_back({ShardId(id), std::move(s)});
     }
     engine_ = std::make_unique<Engine>(std::move(specs), clock_, options);
@@ -245,7 +183,8 @@ class Harness {
 
   Engine& engine() { return *engine_; }
   FakeClock& clock() { return clock_; }
-  TestStore& store(uint32_t id) { return *stores_.at(id); }
+  MemoryShardStore& store(uint32_t id) { return *stores_.at(id); }
+  InsertGate& gate(uint32_t id) { return gates_.at(id); }
 
   std::vector<Result<ItemId>> Enqueue(std::vector<NewItem> items) {
     size_t n = items.size();
@@ -310,7 +249,8 @@ class Harness {
 
  private:
   FakeClock clock_;
-  std::map<uint32_t, TestStore*> stores_;
+  std::map<uint32_t, MemoryShardStore*> stores_;
+  std::map<uint32_t, InsertGate> gates_;  // before engine_: strands may be in Pass()
   std::unique_ptr<Engine> engine_;
 };
 
@@ -327,8 +267,8 @@ EngineOptions BreakerOptions(size_t min_samples, double ratio) {
 
 TEST(EngineBreakerTest, FailingShardIsSkippedUntilItsProbeSucceeds) {
   Harness h({1, 2}, BreakerOptions(2, 0.5));
-  TestStore& a = h.store(1);  // position 0
-  TestStore& b = h.store(2);  // position 1
+  MemoryShardStore& a = h.store(1);  // position 0
+  MemoryShardStore& b = h.store(2);  // position 1
   a.FailAll(Status::Unavailable("shard A is down"));
 
   int failures = 0, successes_after_open = 0;
@@ -412,16 +352,16 @@ TEST(EngineBreakerTest, NoShardAvailableIsUnavailable) {
 TEST(EngineBreakerTest, ReroutedEnqueuesAreNotStoredTwice) {
   // One failure opens the breaker.
   Harness h({1, 2}, BreakerOptions(1, 0.25));
-  TestStore& a = h.store(1);
-  TestStore& b = h.store(2);
+  MemoryShardStore& a = h.store(1);
+  MemoryShardStore& b = h.store(2);
 
   // Hold A's strand inside its first insert, so later calls for A queue up behind it
   // while A still looks healthy.
-  a.CloseInsertGate();
+  h.gate(1).Close();
   std::vector<EnqueueAnswer> answers(10);
   h.engine().Enqueue({Item("t", 0, Time{}, Duration(30'000), "item-0")},
                      answers[0].Callback());
-  ASSERT_TRUE(a.AwaitInsertHeld());
+  ASSERT_TRUE(h.gate(1).AwaitHeld());
   for (int i = 1; i < 10; ++i) {
     h.engine().Enqueue(
         {Item("t", 0, Time{}, Duration(30'000), "item-" + std::to_string(i))},
@@ -431,7 +371,7 @@ TEST(EngineBreakerTest, ReroutedEnqueuesAreNotStoredTwice) {
   // The held insert fails: A's breaker opens; the calls queued behind it were never
   // attempted there and go to B.
   a.FailAll(Status::Unavailable("A lost its connection"));
-  a.OpenInsertGate();
+  h.gate(1).Open();
 
   int ok = 0;
   std::set<ItemId> ids;
@@ -455,8 +395,8 @@ TEST(EngineBreakerTest, ReroutedEnqueuesAreNotStoredTwice) {
   EXPECT_EQ(h.Breaker(0), BreakerState::kOpen);
   // Every successful enqueue is stored exactly once, across both shards.
   a.ClearFailures();
-  store::TopicCounts ca = a.Counts("t");
-  store::TopicCounts cb = b.Counts("t");
+  store::TopicCounts ca = Counts(a, "t");
+  store::TopicCounts cb = Counts(b, "t");
   EXPECT_EQ(ca.ready + ca.delayed + ca.leased + cb.ready + cb.delayed + cb.leased,
             static_cast<uint64_t>(ok));
   EXPECT_EQ(a.size() + b.size(), static_cast<size_t>(ok));
@@ -642,7 +582,7 @@ TEST(EngineTimeTest, ExpiredLeaseIsRedeliveredThroughTheTicker) {
 
   h.clock().Advance(Duration(999));
   EXPECT_TRUE(h.Dequeue("lease", 1).empty());
-  EXPECT_EQ(h.store(id.shard.value()).Counts("lease").leased, 1u);
+  EXPECT_EQ(Counts(h.store(id.shard.value()), "lease").leased, 1u);
 
   h.clock().Advance(Duration(1));
   // The ticker promotes the expired lease; the long poll is woken by it.
@@ -672,7 +612,7 @@ TEST(EngineTimeTest, DelayedItemBecomesReadyExactlyAtItsTime) {
   EXPECT_TRUE(h.Dequeue("later", 1).empty());
   h.clock().Advance(Duration(499));
   EXPECT_TRUE(h.Dequeue("later", 1).empty());
-  EXPECT_EQ(h.store(id.shard.value()).Counts("later").delayed, 1u);
+  EXPECT_EQ(Counts(h.store(id.shard.value()), "later").delayed, 1u);
 
   h.clock().Advance(Duration(1));
   auto got = h.Dequeue("later", 1, kLongWait);
@@ -820,8 +760,8 @@ TEST(EngineClaimTest, FailedClaimPutsItemsBack) {
   EXPECT_EQ(delivered.size(), all.size());
   EXPECT_EQ(std::set<ItemId>(delivered.begin(), delivered.end()), all);
   EXPECT_TRUE(h.Dequeue("cf", 6).empty());
-  EXPECT_EQ(h.store(1).Counts("cf").leased + h.store(2).Counts("cf").leased, 6u);
-  EXPECT_EQ(h.store(1).Counts("cf").ready + h.store(2).Counts("cf").ready, 0u);
+  EXPECT_EQ(Counts(h.store(1), "cf").leased + Counts(h.store(2), "cf").leased, 6u);
+  EXPECT_EQ(Counts(h.store(1), "cf").ready + Counts(h.store(2), "cf").ready, 0u);
   EXPECT_EQ(h.Breaker(0), BreakerState::kClosed);
   EXPECT_EQ(h.Breaker(1), BreakerState::kClosed);
 }

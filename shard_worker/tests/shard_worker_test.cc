@@ -68,70 +68,6 @@ class ManualExecutor final : public Executor {
   std::deque<std::function<void()>> tasks_;
 };
 
-// A MemoryShardStore behind a mutex (the worker's strand and the test thread may both
-// touch it) that also counts Insert calls.
-class TestStore final : public store::ShardStore {
- public:
-  template <typename Fn>
-  auto With(Fn fn) {
-    std::lock_guard lock(mu_);
-    return fn(inner_);
-  }
-  int inserts() const { return inserts_.load(); }
-  int claims() const { return claims_.load(); }
-
-  Status Open() override {
-    return With([](auto& s) { return s.Open(); });
-  }
-  Status Ping() override {
-    return With([](auto& s) { return s.Ping(); });
-  }
-  Result<std::vector<RowId>> Insert(std::span<const NewItem> items, Time now) override {
-    ++inserts_;
-    return With([&](auto& s) { return s.Insert(items, now); });
-  }
-  Result<std::vector<ReadyKey>> FetchReady(const std::string& ns,
-                                           const std::string& topic,
-                                           size_t limit) override {
-    return With([&](auto& s) { return s.FetchReady(ns, topic, limit); });
-  }
-  Result<std::vector<LeasedItem>> Claim(std::span<const RowId> rows, LeaseToken token,
-                                        Time now) override {
-    ++claims_;
-    return With([&](auto& s) { return s.Claim(rows, token, now); });
-  }
-  Result<std::vector<store::ItemOutcome>> Ack(
-      std::span<const store::AckRequest> acks) override {
-    return With([&](auto& s) { return s.Ack(acks); });
-  }
-  Result<std::vector<store::ItemOutcome>> Nack(std::span<const store::NackRequest> nacks,
-                                               Time now) override {
-    return With([&](auto& s) { return s.Nack(nacks, now); });
-  }
-  Result<std::vector<store::ItemOutcome>> Extend(
-      std::span<const store::ExtendRequest> reqs, Time now) override {
-    return With([&](auto& s) { return s.Extend(reqs, now); });
-  }
-  Result<std::vector<ItemTransition>> PromoteDue(Time now, size_t limit) override {
-    return With([&](auto& s) { return s.PromoteDue(now, limit); });
-  }
-  Result<std::vector<ItemTransition>> PurgeExpired(Time now, size_t limit) override {
-    return With([&](auto& s) { return s.PurgeExpired(now, limit); });
-  }
-  Result<std::optional<Time>> NextDue() override {
-    return With([](auto& s) { return s.NextDue(); });
-  }
-  Result<std::vector<store::TopicCounts>> CountByTopic() override {
-    return With([](auto& s) { return s.CountByTopic(); });
-  }
-
- private:
-  std::mutex mu_;
-  MemoryShardStore inner_;
-  std::atomic<int> inserts_{0};
-  std::atomic<int> claims_{0};
-};
-
 NewItem Item(std::string topic, int32_t priority = 0, Time deliver_after = Time{},
              Duration lease = Duration(30'000), std::string payload = "p") {
   NewItem item;
@@ -166,7 +102,7 @@ class ShardWorkerTest : public ::testing::Test {
   }
 
   void MakeWorker(WorkerOptions options = QuietOptions()) {
-    auto s = std::make_unique<TestStore>();
+    auto s = std::make_unique<MemoryShardStore>();
     store_ = s.get();
     worker_ = std::make_unique<ShardWorker>(0, ShardId(1), std::move(s), io_, clock_,
                                             index_, options);
@@ -229,7 +165,7 @@ class ShardWorkerTest : public ::testing::Test {
   Ticker ticker_{clock_};  // never started: Poke() only raises a flag
   ManualExecutor io_;
   prefetch::PrefetchIndex index_{1, 64};
-  TestStore* store_ = nullptr;
+  MemoryShardStore* store_ = nullptr;
   std::unique_ptr<ShardWorker> worker_;
 };
 
@@ -237,12 +173,9 @@ TEST_F(ShardWorkerTest, StartRecoversCountsFromTheStore) {
   MakeWorker();
   Time now = clock_.Now();
   ASSERT_TRUE(store_
-                  ->With([&](MemoryShardStore& s) {
-                    return s.Insert(
-                        std::vector<NewItem>{Item("t"), Item("t"),
-                                             Item("t", 0, now + Duration(50))},
-                        now);
-                  })
+                  ->Insert(std::vector<NewItem>{Item("t"), Item("t"),
+                                                Item("t", 0, now + Duration(50))},
+                           now)
                   .ok());
   EXPECT_FALSE(worker_->AcceptsEnqueues());  // not open yet
   EXPECT_FALSE(worker_->Health().open);
@@ -264,9 +197,7 @@ TEST_F(ShardWorkerTest, StartFailureOpensBreakerAndProbeRecovers) {
   WorkerOptions o = QuietOptions();
   o.breaker.cooldown = Duration(500);
   MakeWorker(o);
-  store_->With([](MemoryShardStore& s) {
-    s.FailNext(MemoryShardStore::Op::kOpen, Status::Unavailable("down"));
-  });
+  store_->FailNext(MemoryShardStore::Op::kOpen, Status::Unavailable("down"));
   worker_->Start();
   io_.RunAll();
   EXPECT_FALSE(worker_->Health().open);
@@ -287,8 +218,8 @@ TEST_F(ShardWorkerTest, StartFailureOpensBreakerAndProbeRecovers) {
 
 TEST_F(ShardWorkerTest, EnqueueCallbackGetsRowIdsOnThreadPool) {
   ThreadPool pool(2, "test-io");
-  auto s = std::make_unique<TestStore>();
-  TestStore* st = s.get();
+  auto s = std::make_unique<MemoryShardStore>();
+  MemoryShardStore* st = s.get();
   ShardWorker worker(0, ShardId(4), std::move(s), pool, clock_, index_, QuietOptions());
   worker.Start();
   auto until = std::chrono::steady_clock::now() + kRealTimeout;
@@ -308,13 +239,13 @@ TEST_F(ShardWorkerTest, EnqueueCallbackGetsRowIdsOnThreadPool) {
   ASSERT_TRUE(rows.ok()) << rows.status().ToString();
   EXPECT_TRUE(attempted);
   EXPECT_EQ(*rows, (std::vector<RowId>{RowId(1), RowId(2), RowId(3)}));
-  EXPECT_EQ(st->With([](MemoryShardStore& m) { return m.size(); }), 3u);
+  EXPECT_EQ(st->size(), 3u);
 }
 
 TEST_F(ShardWorkerTest, ConcurrentEnqueuesFromManyThreadsGetDistinctIds) {
   ThreadPool pool(2, "test-io");
-  auto s = std::make_unique<TestStore>();
-  TestStore* st = s.get();
+  auto s = std::make_unique<MemoryShardStore>();
+  MemoryShardStore* st = s.get();
   ShardWorker worker(0, ShardId(4), std::move(s), pool, clock_, index_, QuietOptions());
   worker.Start();
   auto until = std::chrono::steady_clock::now() + kRealTimeout;
@@ -352,18 +283,17 @@ TEST_F(ShardWorkerTest, ConcurrentEnqueuesFromManyThreadsGetDistinctIds) {
   EXPECT_EQ(failures, 0);
   std::set<RowId> distinct(all.begin(), all.end());
   EXPECT_EQ(distinct.size(), static_cast<size_t>(kThreads * kPerThread));
-  EXPECT_EQ(st->With([](MemoryShardStore& m) { return m.size(); }),
-            static_cast<size_t>(kThreads * kPerThread));
+  EXPECT_EQ(st->size(), static_cast<size_t>(kThreads * kPerThread));
   // Group commit: fewer inserts than calls is likely but not guaranteed; at most one
   // each.
-  EXPECT_LE(st->inserts(), kThreads * kPerThread);
+  EXPECT_LE(st->calls(MemoryShardStore::Op::kInsert), kThreads * kPerThread);
   EXPECT_EQ(Buffer("t")->Counts().ready, kThreads * kPerThread);
 }
 
 TEST_F(ShardWorkerTest, ManyEnqueuesShareOneInsert) {
   MakeWorker();
   StartWorker();
-  int inserts_before = store_->inserts();
+  int inserts_before = store_->calls(MemoryShardStore::Op::kInsert);
   std::vector<std::shared_ptr<EnqueueOutcome>> outs;
   for (int i = 0; i < 10; ++i) {
     outs.push_back(EnqueueAsync({Item("t"), Item("t"), Item("t")}));
@@ -371,7 +301,7 @@ TEST_F(ShardWorkerTest, ManyEnqueuesShareOneInsert) {
   for (const auto& o : outs) EXPECT_EQ(o->calls, 0);  // nothing ran yet
   EXPECT_EQ(io_.queued(), 1u);                        // one strand turn for all of them
   EXPECT_EQ(io_.RunAll(), 1u);
-  EXPECT_EQ(store_->inserts() - inserts_before, 1);
+  EXPECT_EQ(store_->calls(MemoryShardStore::Op::kInsert) - inserts_before, 1);
   uint64_t expected = 1;
   for (const auto& o : outs) {
     EXPECT_EQ(o->calls, 1);
@@ -389,18 +319,18 @@ TEST_F(ShardWorkerTest, MaxBatchSplitsInserts) {
   o.max_batch = 5;
   MakeWorker(o);
   StartWorker();
-  int inserts_before = store_->inserts();
+  int inserts_before = store_->calls(MemoryShardStore::Op::kInsert);
   std::vector<std::shared_ptr<EnqueueOutcome>> outs;
   for (int i = 0; i < 4; ++i) outs.push_back(EnqueueAsync({Item("t"), Item("t")}));
   EXPECT_EQ(io_.RunAll(), 1u);
   // 2+2 fit in 5, a third call would not: two statements of 4 rows each.
-  EXPECT_EQ(store_->inserts() - inserts_before, 2);
+  EXPECT_EQ(store_->calls(MemoryShardStore::Op::kInsert) - inserts_before, 2);
   uint64_t expected = 1;
   for (const auto& out : outs) {
     ASSERT_TRUE(out->rows.ok());
     for (RowId r : *out->rows) EXPECT_EQ(r.value(), expected++);
   }
-  EXPECT_EQ(store_->With([](MemoryShardStore& m) { return m.size(); }), 8u);
+  EXPECT_EQ(store_->size(), 8u);
 }
 
 TEST_F(ShardWorkerTest, FullBufferIsResourceExhausted) {
@@ -419,13 +349,13 @@ TEST_F(ShardWorkerTest, FullBufferIsResourceExhausted) {
   io_.RunAll();
   ASSERT_TRUE(first->rows.ok());
   ASSERT_TRUE(fits->rows.ok());
-  EXPECT_EQ(store_->With([](MemoryShardStore& m) { return m.size(); }), 4u);
+  EXPECT_EQ(store_->size(), 4u);
   // Once the strand took the batch, the buffer has room again.
   auto again = EnqueueAsync({Item("t"), Item("t"), Item("t"), Item("t")});
   EXPECT_EQ(again->calls, 0);
   io_.RunAll();
   EXPECT_TRUE(again->rows.ok());
-  EXPECT_EQ(store_->With([](MemoryShardStore& m) { return m.size(); }), 8u);
+  EXPECT_EQ(store_->size(), 8u);
 }
 
 TEST_F(ShardWorkerTest, CountsFollowEnqueueClaimAckNack) {
@@ -602,7 +532,7 @@ TEST_F(ShardWorkerTest, OpenBreakerRefusesEnqueuesWithoutAttemptingThem) {
   MakeWorker(o);
   worker_->Start();
   io_.RunAll();  // recovery only: no samples in the breaker yet
-  store_->With([](MemoryShardStore& s) { s.FailAll(Status::Unavailable("db down")); });
+  store_->FailAll(Status::Unavailable("db down"));
 
   for (int i = 0; i < 2; ++i) {
     auto out = EnqueueAsync({Item("t")});
@@ -612,16 +542,16 @@ TEST_F(ShardWorkerTest, OpenBreakerRefusesEnqueuesWithoutAttemptingThem) {
   }
   EXPECT_EQ(worker_->Health().breaker, BreakerState::kOpen);
   EXPECT_FALSE(worker_->AcceptsEnqueues());
-  int inserts = store_->inserts();
+  int inserts = store_->calls(MemoryShardStore::Op::kInsert);
 
   // Queued before or after the trip, the strand now refuses without trying.
   auto out = EnqueueAsync({Item("t")});
   io_.RunAll();
   EXPECT_EQ(out->rows.status().code(), Code::kUnavailable);
   EXPECT_FALSE(out->attempted);
-  EXPECT_EQ(store_->inserts(), inserts);
+  EXPECT_EQ(store_->calls(MemoryShardStore::Op::kInsert), inserts);
 
-  store_->With([](MemoryShardStore& s) { s.ClearFailures(); });
+  store_->ClearFailures();
   clock_.Advance(Duration(500));
   worker_->Tick(clock_.Now());
   io_.RunAll();
@@ -629,7 +559,7 @@ TEST_F(ShardWorkerTest, OpenBreakerRefusesEnqueuesWithoutAttemptingThem) {
   auto ok = EnqueueAsync({Item("t")});
   io_.RunAll();
   EXPECT_TRUE(ok->rows.ok());
-  EXPECT_EQ(store_->With([](MemoryShardStore& m) { return m.size(); }), 1u);
+  EXPECT_EQ(store_->size(), 1u);
 }
 
 // An item that falls due while the breaker is open is promoted once the shard is back.
@@ -651,7 +581,7 @@ TEST_F(ShardWorkerTest, PromotionDueDuringOutageRunsAfterRecovery) {
   auto buffer = Buffer("t");
 
   // The shard goes down and the breaker opens.
-  store_->With([](MemoryShardStore& s) { s.FailAll(Status::Unavailable("db down")); });
+  store_->FailAll(Status::Unavailable("db down"));
   auto failed = EnqueueAsync({Item("t")});
   io_.RunAll();
   ASSERT_EQ(failed->rows.status().code(), Code::kUnavailable);
@@ -664,7 +594,7 @@ TEST_F(ShardWorkerTest, PromotionDueDuringOutageRunsAfterRecovery) {
   EXPECT_EQ(buffer->Counts().delayed, 1);
 
   // The shard comes back: probe after the cool-down.
-  store_->With([](MemoryShardStore& s) { s.ClearFailures(); });
+  store_->ClearFailures();
   clock_.Advance(Duration(500));
   worker_->Tick(clock_.Now());
   io_.RunAll();
@@ -690,9 +620,7 @@ TEST_F(ShardWorkerTest, FailedClaimPutsKeysBack) {
   auto buffer = Buffer("t");
   ASSERT_EQ(buffer->WindowSize(0), 2u);
 
-  store_->With([](MemoryShardStore& s) {
-    s.FailNext(MemoryShardStore::Op::kClaim, Status::Unavailable("lost connection"));
-  });
+  store_->FailNext(MemoryShardStore::Op::kClaim, Status::Unavailable("lost connection"));
   EXPECT_TRUE(TakeAndClaim("t", 2).empty());
   EXPECT_EQ(buffer->WindowSize(0), 2u);  // back in the window
   prefetch::StateCounts c = buffer->Counts();
