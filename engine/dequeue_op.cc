@@ -5,9 +5,10 @@
 namespace shardq::engine {
 
 DequeueOp::DequeueOp(Engine& engine, std::string ns, std::vector<TopicAsk> asks,
-                     Time deadline, Engine::DequeueDone done)
+                     std::string worker_id, Time deadline, Engine::DequeueDone done)
     : engine_(engine),
       ns_(std::move(ns)),
+      worker_id_(std::move(worker_id)),
       start_(engine.clock_.Now()),
       wait_deadline_(deadline),
       done_(std::move(done)) {
@@ -53,6 +54,7 @@ void DequeueOp::Attempt() {
       ++claims_in_flight_;
       ShardId shard = engine_.workers_[s]->id();
       engine_.workers_[s]->Claim(topics_[topic].buffer, std::move(per_shard[s]),
+                                 worker_id_,
                                  [self, topic, shard](std::vector<LeasedItem> items) {
                                    self->OnClaimed(topic, shard, std::move(items));
                                  });

@@ -27,8 +27,8 @@ class DequeueOp final : public prefetch::Waiter,
   // empty answer means "nothing ready", not "not loaded yet").
   static constexpr Duration kMaxRefillWait{5'000};
 
-  DequeueOp(Engine& engine, std::string ns, std::vector<TopicAsk> asks, Time deadline,
-            Engine::DequeueDone done);
+  DequeueOp(Engine& engine, std::string ns, std::vector<TopicAsk> asks,
+            std::string worker_id, Time deadline, Engine::DequeueDone done);
 
   // Takes what is available and claims it; parks the call if there is nothing.
   void Attempt();
@@ -49,6 +49,7 @@ class DequeueOp final : public prefetch::Waiter,
 
   Engine& engine_;
   const std::string ns_;
+  const std::string worker_id_;
   const Time start_;
   const Time wait_deadline_;  // start + the caller's wait
   Engine::DequeueDone done_;

@@ -21,6 +21,7 @@ Engine::Engine(std::vector<ShardSpec> shards, Clock& clock, EngineOptions option
             [](const ShardSpec& a, const ShardSpec& b) { return a.id < b.id; });
   for (size_t i = 0; i < shards.size(); ++i) {
     position_[shards[i].id] = i;
+    shards[i].store->SetPolicies(options_.policies);
     workers_.push_back(std::make_unique<shard_worker::ShardWorker>(
         i, shards[i].id, std::move(shards[i].store), io_, clock_, index_,
         options_.worker));
@@ -46,28 +47,92 @@ void Engine::Shutdown() { waits_.ExpireAll(); }
 
 // ---------------------------------------------------------------- Enqueue
 
-void Engine::Enqueue(std::vector<NewItem> items, EnqueueDone done) {
-  size_t n = items.size();
-  // One call's items go to one shard: one transaction, one commit for all of them.
-  // Calls are spread over the healthy shards round-robin.
-  EnqueueOn(0, next_shard_.fetch_add(1), std::move(items),
-            [n, done = std::move(done)](Result<std::vector<ItemId>> ids) {
-              std::vector<Result<ItemId>> out;
-              out.reserve(n);
-              for (size_t i = 0; i < n; ++i) {
-                if (ids.ok()) {
-                  out.emplace_back((*ids)[i]);
-                } else {
-                  out.emplace_back(ids.status());
-                }
-              }
-              done(std::move(out));
-            });
+namespace {
+
+// FNV-1a: a hash that is the same in every build, so a dedup key keeps its shard
+// across restarts and upgrades (as long as the shard list does not change).
+uint64_t StableHash(const std::string& ns, const std::string& key) {
+  uint64_t h = 1469598103934665603ull;
+  auto mix = [&](const std::string& s) {
+    for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+    h = (h ^ 0xff) * 1099511628211ull;  // separator: ("ab","c") != ("a","bc")
+  };
+  mix(ns);
+  mix(key);
+  return h;
 }
 
+}  // namespace
+
+void Engine::Enqueue(std::vector<NewItem> items, EnqueueDone done) {
+  // Group the call: unkeyed items travel together to one round-robin shard; keyed
+  // items to the shard their key hashes to. Each group is one transaction.
+  struct Group {
+    std::vector<size_t> positions;
+    std::vector<NewItem> items;
+  };
+  const size_t shards = workers_.size();
+  std::map<size_t, Group> keyed;  // by shard position
+  Group unkeyed;
+  for (size_t i = 0; i < items.size(); ++i) {
+    Group& g = items[i].dedup_key.empty()
+                   ? unkeyed
+                   : keyed[StableHash(items[i].ns, items[i].dedup_key) % shards];
+    g.positions.push_back(i);
+    g.items.push_back(std::move(items[i]));
+  }
+
+  struct Gather {
+    std::mutex mu;
+    std::vector<Result<EnqueueOutcome>> results;
+    size_t pending = 0;
+    EnqueueDone done;
+  };
+  auto g = std::make_shared<Gather>();
+  g->results.assign(items.size(), Status::Internal("unanswered"));
+  g->done = std::move(done);
+  g->pending = keyed.size() + (unkeyed.items.empty() ? 0 : 1);
+  auto answer = [g](std::vector<size_t> positions) {
+    return [g, positions = std::move(positions)](Result<std::vector<EnqueueOutcome>> r) {
+      std::unique_lock lock(g->mu);
+      for (size_t k = 0; k < positions.size(); ++k) {
+        if (r.ok()) {
+          g->results[positions[k]] = (*r)[k];
+        } else {
+          g->results[positions[k]] = r.status();
+        }
+      }
+      if (--g->pending == 0) {
+        lock.unlock();
+        g->done(std::move(g->results));
+      }
+    };
+  };
+  if (g->pending == 0) {
+    g->done({});
+    return;
+  }
+  if (!unkeyed.items.empty()) {
+    EnqueueOn(0, next_shard_.fetch_add(1), std::move(unkeyed.items),
+              answer(std::move(unkeyed.positions)));
+  }
+  for (auto& [position, group] : keyed) {
+    EnqueueFixed(position, std::move(group.items), answer(std::move(group.positions)));
+  }
+}
+
+namespace {
+Result<std::vector<EnqueueOutcome>> ToOutcomes(ShardId shard,
+                                               const std::vector<store::Inserted>& rows) {
+  std::vector<EnqueueOutcome> out;
+  out.reserve(rows.size());
+  for (const store::Inserted& r : rows) out.push_back({{shard, r.row}, r.deduplicated});
+  return out;
+}
+}  // namespace
+
 void Engine::EnqueueOn(size_t attempt, size_t start, std::vector<NewItem> items,
-                       std::function<void(Result<std::vector<ItemId>>)> done,
-                       Status last_refusal) {
+                       GroupDone done, Status last_refusal) {
   const size_t shards = workers_.size();
   for (size_t k = attempt; k < shards; ++k) {
     shard_worker::ShardWorker* w = workers_[(start + k) % shards].get();
@@ -76,24 +141,22 @@ void Engine::EnqueueOn(size_t attempt, size_t start, std::vector<NewItem> items,
     // The worker consumes the items; keep a copy only for the rare re-route, which
     // is safe because a worker that did not attempt the insert did not commit it.
     auto retry_items = std::make_shared<std::vector<NewItem>>(items);
-    w->Enqueue(std::move(items), [this, k, start, shard, retry_items,
-                                  done = std::move(done)](Result<std::vector<RowId>> rows,
-                                                          bool attempted) mutable {
-      // Not attempted (breaker open, or its buffer full): nothing was written, so
-      // another shard may take the items without risk of a duplicate.
-      if (!rows.ok() && !attempted) {
-        EnqueueOn(k + 1, start, std::move(*retry_items), std::move(done), rows.status());
-        return;
-      }
-      if (!rows.ok()) {
-        done(rows.status());
-        return;
-      }
-      std::vector<ItemId> ids;
-      ids.reserve(rows->size());
-      for (RowId r : *rows) ids.push_back({shard, r});
-      done(std::move(ids));
-    });
+    w->Enqueue(std::move(items),
+               [this, k, start, shard, retry_items, done = std::move(done)](
+                   Result<std::vector<store::Inserted>> rows, bool attempted) mutable {
+                 // Not attempted (breaker open, or its buffer full): nothing was written,
+                 // so another shard may take the items without risk of a duplicate.
+                 if (!rows.ok() && !attempted) {
+                   EnqueueOn(k + 1, start, std::move(*retry_items), std::move(done),
+                             rows.status());
+                   return;
+                 }
+                 if (!rows.ok()) {
+                   done(rows.status());
+                   return;
+                 }
+                 done(ToOutcomes(shard, *rows));
+               });
     return;
   }
   // Every shard refused. Full buffers are back-pressure (retry later); otherwise
@@ -105,13 +168,34 @@ void Engine::EnqueueOn(size_t attempt, size_t start, std::vector<NewItem> items,
   }
 }
 
+void Engine::EnqueueFixed(size_t position, std::vector<NewItem> items, GroupDone done) {
+  shard_worker::ShardWorker* w = workers_[position].get();
+  if (!w->AcceptsEnqueues()) {
+    done(Status::Unavailable("shard " + std::to_string(w->id().value()) +
+                             ", which holds this dedup key, is unavailable"));
+    return;
+  }
+  ShardId shard = w->id();
+  w->Enqueue(std::move(items), [shard, done = std::move(done)](
+                                   Result<std::vector<store::Inserted>> rows, bool) {
+    if (!rows.ok()) {
+      done(rows.status());
+      return;
+    }
+    done(ToOutcomes(shard, *rows));
+  });
+}
+
 // ---------------------------------------------------------------- Dequeue
 
 std::shared_ptr<Engine::DequeueHandle> Engine::Dequeue(std::string ns,
                                                        std::vector<TopicAsk> asks,
-                                                       Duration wait, DequeueDone done) {
+                                                       Duration wait,
+                                                       std::string worker_id,
+                                                       DequeueDone done) {
   auto op = std::make_shared<DequeueOp>(*this, std::move(ns), std::move(asks),
-                                        clock_.Now() + wait, std::move(done));
+                                        std::move(worker_id), clock_.Now() + wait,
+                                        std::move(done));
   op->Attempt();
   return op;
 }
@@ -127,9 +211,9 @@ Status ToOut<Status>(store::ItemOutcome o) {
   return std::move(o.status);
 }
 template <>
-Result<Time> ToOut<Result<Time>>(store::ItemOutcome o) {
+Result<ExtendOutcome> ToOut<Result<ExtendOutcome>>(store::ItemOutcome o) {
   if (!o.status.ok()) return std::move(o.status);
-  return o.new_deadline;
+  return ExtendOutcome{o.new_deadline, o.cancel_requested};
 }
 
 template <typename Op, typename Out, typename Send>
@@ -184,7 +268,8 @@ void Engine::Ack(std::vector<LeaseOp> ops, StatusesDone done) {
       [](shard_worker::ShardWorker& w, const std::vector<const LeaseOp*>& mine,
          shard_worker::OutcomesDone cb) {
         std::vector<store::AckRequest> reqs;
-        for (const LeaseOp* op : mine) reqs.push_back({op->id.row, op->token});
+        for (const LeaseOp* op : mine)
+          reqs.push_back({op->id.row, op->token, op->result});
         w.Ack(std::move(reqs), std::move(cb));
       });
 }
@@ -196,15 +281,16 @@ void Engine::Nack(std::vector<NackOp> ops, StatusesDone done) {
          shard_worker::OutcomesDone cb) {
         std::vector<store::NackRequest> reqs;
         for (const NackOp* op : mine) {
-          reqs.push_back({op->id.row, op->token, op->delay, op->metadata});
+          reqs.push_back(
+              {op->id.row, op->token, op->delay, op->metadata, op->error, op->fatal});
         }
         w.Nack(std::move(reqs), std::move(cb));
       });
 }
 
 void Engine::Extend(std::vector<ExtendOp> ops, ExtendDone done) {
-  Route<ExtendOp, Result<Time>>(
-      std::move(ops), Result<Time>(UnknownShard()), std::move(done),
+  Route<ExtendOp, Result<ExtendOutcome>>(
+      std::move(ops), Result<ExtendOutcome>(UnknownShard()), std::move(done),
       [](shard_worker::ShardWorker& w, const std::vector<const ExtendOp*>& mine,
          shard_worker::OutcomesDone cb) {
         std::vector<store::ExtendRequest> reqs;

@@ -14,6 +14,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -21,6 +22,7 @@
 #include "common/executor.h"
 #include "common/ids.h"
 #include "common/item.h"
+#include "common/namespace_policy.h"
 #include "common/status.h"
 #include "common/ticker.h"
 #include "engine/wait_list.h"
@@ -34,6 +36,10 @@ struct EngineOptions {
   size_t io_threads = 8;         // the shared pool that runs all shard strands
   size_t window_capacity = 512;  // ready keys kept per (shard, topic)
   shard_worker::WorkerOptions worker;
+  NamespacePolicies policies;  // retention (given to every store)
+  // Redrive/PurgeDead of a whole topic act on at most this many rows per shard per
+  // call (one transaction each); the answer's count tells whether to call again.
+  size_t bulk_limit = 10'000;
 };
 
 struct ShardSpec {
@@ -52,15 +58,23 @@ struct TopicAsk {
   size_t count = 0;
 };
 
+struct EnqueueOutcome {
+  ItemId id;
+  bool deduplicated = false;  // the dedup key matched: `id` is the existing item
+};
+
 struct LeaseOp {
   ItemId id;
   LeaseToken token;
+  std::string result;  // ack only
 };
 struct NackOp {
   ItemId id;
   LeaseToken token;
   Duration delay{};
   std::optional<std::string> metadata;
+  std::string error;
+  bool fatal = false;
 };
 struct ExtendOp {
   ItemId id;
@@ -68,9 +82,26 @@ struct ExtendOp {
   Duration extension{};
 };
 
+struct ExtendOutcome {
+  Time deadline{};
+  bool cancel_requested = false;
+};
+
 struct TopicInfo {
   std::string topic;
   prefetch::StateCounts counts;
+};
+
+// A task as operators see it: its shard and its stored record.
+struct ShardTask {
+  ShardId shard;
+  store::TaskRecord task;
+  ItemId id() const { return {shard, task.row}; }
+};
+
+struct BulkResult {
+  uint64_t count = 0;          // rows changed
+  std::vector<Status> per_id;  // when ids were given: one per id, in order
 };
 
 // Turns a shard's per-item outcome into what a caller of Engine sees.
@@ -79,10 +110,13 @@ Out ToOut(store::ItemOutcome o);
 
 class Engine {
  public:
-  using EnqueueDone = std::function<void(std::vector<Result<ItemId>>)>;
+  using EnqueueDone = std::function<void(std::vector<Result<EnqueueOutcome>>)>;
   using DequeueDone = std::function<void(std::vector<Delivered>)>;
   using StatusesDone = std::function<void(std::vector<Status>)>;
-  using ExtendDone = std::function<void(std::vector<Result<Time>>)>;
+  using ExtendDone = std::function<void(std::vector<Result<ExtendOutcome>>)>;
+  using TaskDone = std::function<void(Result<ShardTask>)>;
+  using TasksDone = std::function<void(Result<std::vector<ShardTask>>)>;
+  using BulkDone = std::function<void(Result<BulkResult>)>;
 
   Engine(std::vector<ShardSpec> shards, Clock& clock, EngineOptions options = {});
   ~Engine();
@@ -96,7 +130,10 @@ class Engine {
   void Shutdown();
 
   // Items must be valid (frontend/validation.h). One callback with one result per
-  // item, in order, once every item is committed or has failed.
+  // item, in order, once every item is committed or has failed. Items without a
+  // dedup key go, one call together, to a healthy shard (round-robin); an item with
+  // a key always goes to the shard its (namespace, key) hashes to, so that shard can
+  // tell a repeat.
   void Enqueue(std::vector<NewItem> items, EnqueueDone done);
 
   // A handle to cancel a parked long poll (e.g. the client went away).
@@ -106,12 +143,27 @@ class Engine {
     virtual void Cancel() = 0;
   };
   std::shared_ptr<DequeueHandle> Dequeue(std::string ns, std::vector<TopicAsk> asks,
-                                         Duration wait, DequeueDone done);
+                                         Duration wait, std::string worker_id,
+                                         DequeueDone done);
 
   void Ack(std::vector<LeaseOp> ops, StatusesDone done);
   void Nack(std::vector<NackOp> ops, StatusesDone done);
   void Extend(std::vector<ExtendOp> ops, ExtendDone done);
 
+  // --- Operators (engine/task_ops.cc) -----------------------------------------
+  void GetTask(ItemId id, bool include_payload, TaskDone done);
+  // Cancels, then answers the task as it is after the cancel.
+  void CancelTask(ItemId id, TaskDone done);
+  // The best `limit` dead letters of a topic across shards (ordering rule).
+  void ListDead(const std::string& ns, const std::string& topic, size_t limit,
+                TasksDone done);
+  // `ids` empty: up to bulk_limit per shard of the topic's dead letters.
+  void Redrive(const std::string& ns, const std::string& topic, std::vector<ItemId> ids,
+               BulkDone done);
+  void PurgeDead(const std::string& ns, const std::string& topic, std::vector<ItemId> ids,
+                 BulkDone done);
+
+  const NamespacePolicies& policies() const { return options_.policies; }
   std::vector<TopicInfo> ActiveTopics(const std::string& ns) const;
   // Waits (real time, at most `timeout`) until every shard has opened and recovered;
   // false on timeout. For start-up readiness checks and tests.
@@ -125,10 +177,21 @@ class Engine {
 
  private:
   friend class DequeueOp;
+  using GroupDone = std::function<void(Result<std::vector<EnqueueOutcome>>)>;
   // Tries shards start+attempt, start+attempt+1, ... (mod n) that accept enqueues.
-  void EnqueueOn(size_t attempt, size_t start, std::vector<NewItem> items,
-                 std::function<void(Result<std::vector<ItemId>>)> done,
+  void EnqueueOn(size_t attempt, size_t start, std::vector<NewItem> items, GroupDone done,
                  Status last_refusal = Status::Ok());
+  // Sends items to one given shard (dedup keys), or fails them if it is down.
+  void EnqueueFixed(size_t position, std::vector<NewItem> items, GroupDone done);
+  // Runs `fn` with the store of `id`'s shard on that shard's strand; kNotFound if the
+  // shard is unknown, kUnavailable (fn not run) if it is down.
+  using StoreCall = std::function<std::vector<ItemTransition>(store::ShardStore&)>;
+  Status OnShard(ShardId shard, std::function<void(const Status&)> failed, StoreCall fn);
+  // Bulk dead-letter operation (Redrive / PurgeDead) over ids or whole shards.
+  using BulkCall = std::function<Result<store::ShardStore::BulkOutcome>(
+      store::ShardStore&, std::span<const RowId>, size_t limit)>;
+  void Bulk(const std::string& ns, const std::string& topic, std::vector<ItemId> ids,
+            BulkCall call, BulkDone done);
   // Groups per-item ops by shard, runs `send` once per shard and gathers the results.
   template <typename Op, typename Out, typename Send>
   void Route(std::vector<Op> ops, Out unknown_shard,

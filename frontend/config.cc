@@ -25,6 +25,31 @@ T GetUnsigned(const nlohmann::json& v, const char* what, uint64_t lo,
   return static_cast<T>(v.get<uint64_t>());
 }
 
+// {"max_attempts": 5, "retention_ms": 604800000}, each key optional.
+NamespacePolicy ParsePolicy(const nlohmann::json& j, NamespacePolicy p) {
+  if (j.contains("max_attempts")) {
+    p.max_attempts =
+        GetUnsigned<uint32_t>(j.at("max_attempts"), "max_attempts", 1, kMaxAttemptsLimit);
+  }
+  if (j.contains("retention_ms")) {
+    p.retention = Duration(GetUnsigned<int64_t>(j.at("retention_ms"), "retention_ms", 1,
+                                                366LL * 24 * 3600 * 1000));
+  }
+  return p;
+}
+
+// "namespace_defaults": {...}, "namespaces": {"billing": {...}, ...}
+NamespacePolicies ParsePolicies(const nlohmann::json& j) {
+  NamespacePolicy defaults =
+      ParsePolicy(j.value("namespace_defaults", nlohmann::json::object()), {});
+  std::map<std::string, NamespacePolicy> by_ns;
+  for (const auto& [ns, policy] :
+       j.value("namespaces", nlohmann::json::object()).items()) {
+    by_ns[ns] = ParsePolicy(policy, defaults);
+  }
+  return NamespacePolicies(defaults, std::move(by_ns));
+}
+
 }  // namespace
 
 Result<ServerConfig> ParseConfig(const std::string& json_text) {
@@ -60,6 +85,7 @@ Result<ServerConfig> ParseConfig(const std::string& json_text) {
                           s.at("server").get<std::string>(),
                           s.at("database").get<std::string>()});
     }
+    c.policies = ParsePolicies(j);
   } catch (const std::exception& e) {  // nlohmann::json::exception or GetUnsigned
     return Status::InvalidArgument(std::string("config: ") + e.what());
   }

@@ -7,12 +7,15 @@
 //    "mysql_servers": [{"name": "a", "socket": "/run/a.sock"},
 //                      {"name": "b", "host": "10.0.0.2", "port": 3306,
 //                       "user": "shardq", "password": "..."}],
-//    "shards": [{"id": 0, "server": "a", "database": "shardq_0"}, ...]}
+//    "shards": [{"id": 0, "server": "a", "database": "shardq_0"}, ...],
+//    "namespace_defaults": {"max_attempts": 5, "retention_ms": 604800000},
+//    "namespaces": {"billing": {"max_attempts": 20}}}
 
 #include <string>
 #include <vector>
 
 #include "common/ids.h"
+#include "common/namespace_policy.h"
 #include "common/status.h"
 #include "store/mysql_store.h"
 
@@ -35,6 +38,8 @@ struct ServerConfig {
   size_t window_capacity = 512;
   std::vector<MysqlServerConfig> mysql_servers;
   std::vector<ShardConfig> shards;
+  // Task lifecycle settings per namespace (max attempts, retention).
+  NamespacePolicies policies;
 };
 
 Result<ServerConfig> ParseConfig(const std::string& json_text);

@@ -2,7 +2,9 @@
 
 #include <memory>
 #include <mutex>
+#include <unordered_set>
 
+#include "frontend/encoding.h"
 #include "frontend/status_mapping.h"
 
 namespace shardq::frontend {
@@ -73,20 +75,6 @@ class CancelSlot {
   std::shared_ptr<engine::Engine::DequeueHandle> handle_;
 };
 
-void EncodeDelivered(engine::Delivered& d, v1::DequeuedItem* out) {
-  LeasedItem& item = d.item;
-  out->set_id(d.id().ToString());
-  out->set_topic(std::move(item.topic));
-  out->set_priority(item.priority);
-  out->set_payload(std::move(item.payload));
-  DecodeMetadata(item.metadata, out->mutable_metadata());
-  out->set_lease_token(EncodeLeaseToken(item.token));
-  out->set_lease_deadline_ms(ToUnixMillis(item.lease_deadline));
-  out->set_attempts(item.attempts);
-  out->set_enqueued_at_ms(ToUnixMillis(item.enqueued_at));
-  out->set_deliver_after_ms(ToUnixMillis(item.deliver_after));
-}
-
 }  // namespace
 
 #define SHARDQ_RAW_METHOD(Method, Req, Resp, Handler)                                    \
@@ -101,6 +89,14 @@ SHARDQ_RAW_METHOD(Nack, NackRequest, NackResponse, HandleNack)
 SHARDQ_RAW_METHOD(ExtendLease, ExtendLeaseRequest, ExtendLeaseResponse, HandleExtend)
 SHARDQ_RAW_METHOD(GetActiveTopics, GetActiveTopicsRequest, GetActiveTopicsResponse,
                   HandleActiveTopics)
+SHARDQ_RAW_METHOD(GetTask, GetTaskRequest, GetTaskResponse, HandleGetTask)
+SHARDQ_RAW_METHOD(CancelTask, CancelTaskRequest, CancelTaskResponse, HandleCancelTask)
+SHARDQ_RAW_METHOD(ListDeadLetters, ListDeadLettersRequest, ListDeadLettersResponse,
+                  HandleListDead)
+SHARDQ_RAW_METHOD(RedriveDeadLetters, RedriveDeadLettersRequest,
+                  RedriveDeadLettersResponse, HandleRedrive)
+SHARDQ_RAW_METHOD(PurgeDeadLetters, PurgeDeadLettersRequest, PurgeDeadLettersResponse,
+                  HandlePurgeDead)
 #undef SHARDQ_RAW_METHOD
 
 void QueueService::HandleEnqueue(
@@ -112,19 +108,22 @@ void QueueService::HandleEnqueue(
   Time now = clock_.Now();
   std::vector<Result<NewItem>> parsed;
   parsed.reserve(req.items_size());
+  const NamespacePolicy& policy = engine_.policies().For(req.namespace_());
   for (const v1::EnqueueItem& item : req.items()) {
-    parsed.push_back(ToNewItem(req.namespace_(), item, now, limits_));
+    parsed.push_back(ToNewItem(req.namespace_(), item, now, limits_, policy));
   }
-  Dispatch<Result<ItemId>>(
+  Dispatch<Result<engine::EnqueueOutcome>>(
       std::move(parsed),
       [this](std::vector<NewItem> items, auto done) {
         engine_.Enqueue(std::move(items), std::move(done));
       },
-      [call](std::vector<Result<ItemId>> results) {
-        for (const Result<ItemId>& r : results) {
+      [call](std::vector<Result<engine::EnqueueOutcome>> results) {
+        for (const Result<engine::EnqueueOutcome>& r : results) {
           v1::EnqueueResult* out = call->response()->add_results();
           ToItemStatus(r.status(), out->mutable_status());
-          if (r.ok()) out->set_id(r->ToString());
+          if (!r.ok()) continue;
+          out->set_id(r->id.ToString());
+          out->set_deduplicated(r->deduplicated);
         }
         call->Finish(Status::Ok());
       });
@@ -139,11 +138,13 @@ void QueueService::HandleDequeue(
   if (!asks.ok()) return call->Finish(asks.status());
   auto wait = ToWait(req, limits_);
   if (!wait.ok()) return call->Finish(wait.status());
+  st = ValidateLength("worker_id", req.worker_id(), kMaxWorkerIdLen);
+  if (!st.ok()) return call->Finish(st);
   // A client that goes away frees its parked call at once. The slot outlives the
   // call object (which may be gone as soon as the engine answers, even inline).
   auto slot = std::make_shared<CancelSlot>();
   call->OnCancelled([slot] { slot->Cancel(); });
-  slot->Set(engine_.Dequeue(req.namespace_(), std::move(*asks), *wait,
+  slot->Set(engine_.Dequeue(req.namespace_(), std::move(*asks), *wait, req.worker_id(),
                             [call](std::vector<engine::Delivered> items) {
                               for (engine::Delivered& d : items) {
                                 EncodeDelivered(d, call->response()->add_items());
@@ -176,7 +177,7 @@ void QueueService::HandleAck(UnaryCall<v1::AckRequest, v1::AckResponse>* call) {
   if (!st.ok()) return call->Finish(st);
   Dispatch<Status>(
       ParseBatch(call->request().items(),
-                 [](const v1::LeaseRef& r) { return ToLeaseOp(r); }),
+                 [](const v1::AckItem& a) { return ToAckOp(a); }),
       [this](std::vector<engine::LeaseOp> ops, auto done) {
         engine_.Ack(std::move(ops), std::move(done));
       },
@@ -199,17 +200,19 @@ void QueueService::HandleExtend(
     UnaryCall<v1::ExtendLeaseRequest, v1::ExtendLeaseResponse>* call) {
   Status st = ValidateBatchSize(call->request().items_size(), limits_);
   if (!st.ok()) return call->Finish(st);
-  Dispatch<Result<Time>>(
+  Dispatch<Result<engine::ExtendOutcome>>(
       ParseBatch(call->request().items(),
                  [this](const v1::ExtendItem& e) { return ToExtendOp(e, limits_); }),
       [this](std::vector<engine::ExtendOp> ops, auto done) {
         engine_.Extend(std::move(ops), std::move(done));
       },
-      [call](std::vector<Result<Time>> results) {
-        for (const Result<Time>& r : results) {
+      [call](std::vector<Result<engine::ExtendOutcome>> results) {
+        for (const Result<engine::ExtendOutcome>& r : results) {
           v1::ExtendResult* out = call->response()->add_results();
           ToItemStatus(r.status(), out->mutable_status());
-          if (r.ok()) out->set_lease_deadline_ms(ToUnixMillis(*r));
+          if (!r.ok()) continue;
+          out->set_lease_deadline_ms(ToUnixMillis(r->deadline));
+          out->set_cancel_requested(r->cancel_requested);
         }
         call->Finish(Status::Ok());
       });
@@ -226,8 +229,115 @@ void QueueService::HandleActiveTopics(
     out->set_ready(static_cast<uint64_t>(std::max<int64_t>(0, t.counts.ready)));
     out->set_delayed(static_cast<uint64_t>(std::max<int64_t>(0, t.counts.delayed)));
     out->set_leased(static_cast<uint64_t>(std::max<int64_t>(0, t.counts.leased)));
+    out->set_succeeded(static_cast<uint64_t>(std::max<int64_t>(0, t.counts.succeeded)));
+    out->set_failed(static_cast<uint64_t>(std::max<int64_t>(0, t.counts.failed)));
+    out->set_dead(static_cast<uint64_t>(std::max<int64_t>(0, t.counts.dead)));
+    out->set_cancelled(static_cast<uint64_t>(std::max<int64_t>(0, t.counts.cancelled)));
   }
   call->Finish(Status::Ok());
+}
+
+void QueueService::HandleGetTask(
+    UnaryCall<v1::GetTaskRequest, v1::GetTaskResponse>* call) {
+  auto id = ToItemId(call->request().id());
+  if (!id.ok()) return call->Finish(id.status());
+  engine_.GetTask(*id, call->request().include_payload(),
+                  [call](Result<engine::ShardTask> task) {
+                    if (!task.ok()) return call->Finish(task.status());
+                    EncodeTask(*task, call->response()->mutable_task());
+                    call->Finish(Status::Ok());
+                  });
+}
+
+void QueueService::HandleCancelTask(
+    UnaryCall<v1::CancelTaskRequest, v1::CancelTaskResponse>* call) {
+  auto id = ToItemId(call->request().id());
+  if (!id.ok()) return call->Finish(id.status());
+  engine_.CancelTask(*id, [call](Result<engine::ShardTask> task) {
+    if (!task.ok()) return call->Finish(task.status());
+    EncodeTask(*task, call->response()->mutable_task());
+    call->Finish(Status::Ok());
+  });
+}
+
+namespace {
+// Namespace + topic of the dead-letter calls.
+Status ValidateTopicRef(const std::string& ns, const std::string& topic) {
+  SHARDQ_RETURN_IF_ERROR(ValidateName("namespace", ns, kMaxNamespaceLen));
+  return ValidateName("topic", topic, kMaxTopicLen);
+}
+
+// Dead-letter ids: all well formed, none twice, at most `max`.
+Result<std::vector<ItemId>> ToItemIds(
+    const google::protobuf::RepeatedPtrField<std::string>& ids, size_t max) {
+  if (static_cast<size_t>(ids.size()) > max) {
+    return Status::InvalidArgument("at most " + std::to_string(max) + " ids per call");
+  }
+  std::vector<ItemId> out;
+  std::unordered_set<ItemId> seen;
+  for (const std::string& text : ids) {
+    auto id = ToItemId(text);
+    if (!id.ok()) return id.status();
+    if (!seen.insert(*id).second) {
+      return Status::InvalidArgument("id " + text + " appears twice in one call");
+    }
+    out.push_back(*id);
+  }
+  return out;
+}
+
+template <typename Call>
+auto EmitBulk(Call* call) {
+  return [call](Result<engine::BulkResult> r) {
+    if (!r.ok()) return call->Finish(r.status());
+    for (const Status& s : r->per_id) ToItemStatus(s, call->response()->add_results());
+    if constexpr (requires { call->response()->set_redriven(0); }) {
+      call->response()->set_redriven(r->count);
+    } else {
+      call->response()->set_purged(r->count);
+    }
+    call->Finish(Status::Ok());
+  };
+}
+}  // namespace
+
+void QueueService::HandleListDead(
+    UnaryCall<v1::ListDeadLettersRequest, v1::ListDeadLettersResponse>* call) {
+  const auto& req = call->request();
+  Status st = ValidateTopicRef(req.namespace_(), req.topic());
+  if (!st.ok()) return call->Finish(st);
+  if (req.limit() < 0 || req.limit() > 1000) {
+    return call->Finish(Status::InvalidArgument("limit must be in [0, 1000]"));
+  }
+  size_t limit = req.limit() == 0 ? 100 : static_cast<size_t>(req.limit());
+  engine_.ListDead(req.namespace_(), req.topic(), limit,
+                   [call](Result<std::vector<engine::ShardTask>> tasks) {
+                     if (!tasks.ok()) return call->Finish(tasks.status());
+                     for (engine::ShardTask& t : *tasks) {
+                       EncodeTask(t, call->response()->add_tasks());
+                     }
+                     call->Finish(Status::Ok());
+                   });
+}
+
+void QueueService::HandleRedrive(
+    UnaryCall<v1::RedriveDeadLettersRequest, v1::RedriveDeadLettersResponse>* call) {
+  const auto& req = call->request();
+  Status st = ValidateTopicRef(req.namespace_(), req.topic());
+  if (!st.ok()) return call->Finish(st);
+  auto ids = ToItemIds(req.ids(), limits_.max_items_per_call);
+  if (!ids.ok()) return call->Finish(ids.status());
+  engine_.Redrive(req.namespace_(), req.topic(), std::move(*ids), EmitBulk(call));
+}
+
+void QueueService::HandlePurgeDead(
+    UnaryCall<v1::PurgeDeadLettersRequest, v1::PurgeDeadLettersResponse>* call) {
+  const auto& req = call->request();
+  Status st = ValidateTopicRef(req.namespace_(), req.topic());
+  if (!st.ok()) return call->Finish(st);
+  auto ids = ToItemIds(req.ids(), limits_.max_items_per_call);
+  if (!ids.ok()) return call->Finish(ids.status());
+  engine_.PurgeDead(req.namespace_(), req.topic(), std::move(*ids), EmitBulk(call));
 }
 
 }  // namespace shardq::frontend

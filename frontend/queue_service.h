@@ -15,11 +15,18 @@
 
 namespace shardq::frontend {
 
+// Every method raw (bytes in, bytes out), in the proto's order.
 using RawQueueService =
     v1::Queue::WithRawCallbackMethod_Enqueue<v1::Queue::WithRawCallbackMethod_Dequeue<
         v1::Queue::WithRawCallbackMethod_Ack<v1::Queue::WithRawCallbackMethod_Nack<
             v1::Queue::WithRawCallbackMethod_ExtendLease<
-                v1::Queue::WithRawCallbackMethod_GetActiveTopics<v1::Queue::Service>>>>>>;
+                v1::Queue::WithRawCallbackMethod_GetActiveTopics<
+                    v1::Queue::WithRawCallbackMethod_GetTask<
+                        v1::Queue::WithRawCallbackMethod_CancelTask<
+                            v1::Queue::WithRawCallbackMethod_ListDeadLetters<
+                                v1::Queue::WithRawCallbackMethod_RedriveDeadLetters<
+                                    v1::Queue::WithRawCallbackMethod_PurgeDeadLetters<
+                                        v1::Queue::Service>>>>>>>>>>>;
 
 class QueueService final : public RawQueueService {
  public:
@@ -39,6 +46,16 @@ class QueueService final : public RawQueueService {
                   grpc::ByteBuffer* out) override;
   Raw GetActiveTopics(grpc::CallbackServerContext*, const grpc::ByteBuffer* in,
                       grpc::ByteBuffer* out) override;
+  Raw GetTask(grpc::CallbackServerContext*, const grpc::ByteBuffer* in,
+              grpc::ByteBuffer* out) override;
+  Raw CancelTask(grpc::CallbackServerContext*, const grpc::ByteBuffer* in,
+                 grpc::ByteBuffer* out) override;
+  Raw ListDeadLetters(grpc::CallbackServerContext*, const grpc::ByteBuffer* in,
+                      grpc::ByteBuffer* out) override;
+  Raw RedriveDeadLetters(grpc::CallbackServerContext*, const grpc::ByteBuffer* in,
+                         grpc::ByteBuffer* out) override;
+  Raw PurgeDeadLetters(grpc::CallbackServerContext*, const grpc::ByteBuffer* in,
+                       grpc::ByteBuffer* out) override;
 
  private:
   // The typed handlers: each finishes its call exactly once.
@@ -49,6 +66,14 @@ class QueueService final : public RawQueueService {
   void HandleExtend(UnaryCall<v1::ExtendLeaseRequest, v1::ExtendLeaseResponse>* call);
   void HandleActiveTopics(
       UnaryCall<v1::GetActiveTopicsRequest, v1::GetActiveTopicsResponse>* call);
+  void HandleGetTask(UnaryCall<v1::GetTaskRequest, v1::GetTaskResponse>* call);
+  void HandleCancelTask(UnaryCall<v1::CancelTaskRequest, v1::CancelTaskResponse>* call);
+  void HandleListDead(
+      UnaryCall<v1::ListDeadLettersRequest, v1::ListDeadLettersResponse>* call);
+  void HandleRedrive(
+      UnaryCall<v1::RedriveDeadLettersRequest, v1::RedriveDeadLettersResponse>* call);
+  void HandlePurgeDead(
+      UnaryCall<v1::PurgeDeadLettersRequest, v1::PurgeDeadLettersResponse>* call);
 
   engine::Engine& engine_;
   Clock& clock_;

@@ -23,6 +23,7 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerConfig& config, Clock&
   engine::EngineOptions options;
   options.io_threads = config.io_threads;
   options.window_capacity = config.window_capacity;
+  options.policies = config.policies;
 
   std::unique_ptr<Server> server(new Server());
   server->engine_ = std::make_unique<engine::Engine>(std::move(shards), clock, options);

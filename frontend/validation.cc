@@ -45,9 +45,26 @@ Status ValidateName(std::string_view what, std::string_view name, size_t max_len
   return Status::Ok();
 }
 
+Status ValidateLength(std::string_view what, std::string_view value, size_t max_len) {
+  if (value.size() > max_len) {
+    return Status::InvalidArgument(
+        fmt::format("{} is longer than {} bytes", what, max_len));
+  }
+  return Status::Ok();
+}
+
 Result<NewItem> ToNewItem(const std::string& ns, const v1::EnqueueItem& item, Time now,
-                          const Limits& limits) {
+                          const Limits& limits, const NamespacePolicy& policy) {
   SHARDQ_RETURN_IF_ERROR(ValidateName("topic", item.topic(), kMaxTopicLen));
+  if (!item.task_type().empty()) {
+    SHARDQ_RETURN_IF_ERROR(ValidateName("task_type", item.task_type(), kMaxTaskTypeLen));
+  }
+  SHARDQ_RETURN_IF_ERROR(ValidateLength("dedup_key", item.dedup_key(), kMaxDedupKeyLen));
+  if (item.max_attempts() < 0 ||
+      static_cast<uint32_t>(item.max_attempts()) > kMaxAttemptsLimit) {
+    return Status::InvalidArgument(fmt::format("max_attempts must be in [0, {}], got {}",
+                                               kMaxAttemptsLimit, item.max_attempts()));
+  }
   if (item.payload().size() > kMaxPayloadBytes) {
     return Status::InvalidArgument(fmt::format("payload is {} bytes; the limit is {}",
                                                item.payload().size(), kMaxPayloadBytes));
@@ -55,6 +72,11 @@ Result<NewItem> ToNewItem(const std::string& ns, const v1::EnqueueItem& item, Ti
   NewItem out;
   out.ns = ns;
   out.topic = item.topic();
+  out.task_type = item.task_type();
+  out.dedup_key = item.dedup_key();
+  out.max_attempts = item.max_attempts() == 0
+                         ? policy.max_attempts
+                         : static_cast<uint32_t>(item.max_attempts());
   out.priority = item.priority();
   out.payload = item.payload();
   out.metadata = EncodeMetadata(item.metadata());
@@ -125,20 +147,41 @@ Result<Duration> ToWait(const v1::DequeueRequest& req, const Limits& limits) {
 }
 
 Result<engine::LeaseOp> ToLeaseOp(const v1::LeaseRef& ref) {
-  auto id = ItemId::Parse(ref.id());
-  if (!id)
-    return Status::InvalidArgument("malformed item id '" + ref.id().substr(0, 64) + "'");
+  auto id = ToItemId(ref.id());
+  if (!id.ok()) return id.status();
   auto token = DecodeLeaseToken(ref.lease_token());
   if (!token)
     return Status::InvalidArgument("malformed lease token for item " + ref.id());
-  return engine::LeaseOp{*id, *token};
+  return engine::LeaseOp{*id, *token, {}};
+}
+
+Result<ItemId> ToItemId(const std::string& text) {
+  auto id = ItemId::Parse(text);
+  if (!id)
+    return Status::InvalidArgument("malformed item id '" + text.substr(0, 64) + "'");
+  return *id;
+}
+
+Result<engine::LeaseOp> ToAckOp(const v1::AckItem& item) {
+  v1::LeaseRef ref;
+  ref.set_id(item.id());
+  ref.set_lease_token(item.lease_token());
+  auto op = ToLeaseOp(ref);
+  if (!op.ok()) return op.status();
+  SHARDQ_RETURN_IF_ERROR(ValidateLength("result", item.result(), kMaxResultBytes));
+  op->result = item.result();
+  return op;
 }
 
 Result<engine::NackOp> ToNackOp(const v1::NackItem& item, const Limits& limits) {
   auto ref = ToLeaseOp(item.item());
   if (!ref.ok()) return ref.status();
   SHARDQ_RETURN_IF_ERROR(Range("delay_ms", item.delay_ms(), 0, limits.max_delay.count()));
-  engine::NackOp op{ref->id, ref->token, Duration(item.delay_ms()), std::nullopt};
+  engine::NackOp op{ref->id,      ref->token, Duration(item.delay_ms()),
+                    std::nullopt, {},         false};
+  // Error text comes from exceptions and logs: cut it rather than refuse the nack.
+  op.error = item.error().substr(0, kMaxErrorBytes);
+  op.fatal = item.fatal();
   if (item.has_metadata()) {
     op.metadata = EncodeMetadata(item.metadata());
     if (op.metadata->size() > kMaxMetadataBytes) {

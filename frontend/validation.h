@@ -10,6 +10,7 @@
 
 #include "common/clock.h"
 #include "common/item.h"
+#include "common/namespace_policy.h"
 #include "common/status.h"
 #include "engine/engine.h"
 #include "shardq/v1/queue.pb.h"
@@ -29,14 +30,19 @@ struct Limits {
 // Namespace and topic names: 1..max chars of [A-Za-z0-9._-], first a letter or digit.
 Status ValidateName(std::string_view what, std::string_view name, size_t max_len);
 
+// `policy` is the namespace's (for the default max_attempts).
 Result<NewItem> ToNewItem(const std::string& ns, const v1::EnqueueItem& item, Time now,
-                          const Limits& limits);
+                          const Limits& limits, const NamespacePolicy& policy);
+// Optional free-form identifiers (worker ids): at most `max_len` bytes.
+Status ValidateLength(std::string_view what, std::string_view value, size_t max_len);
 Result<std::vector<engine::TopicAsk>> ToTopicAsks(const v1::DequeueRequest& req,
                                                   const Limits& limits);
 Result<Duration> ToWait(const v1::DequeueRequest& req, const Limits& limits);
 
 // Parses an id + token; a malformed one is kInvalidArgument.
 Result<engine::LeaseOp> ToLeaseOp(const v1::LeaseRef& ref);
+Result<engine::LeaseOp> ToAckOp(const v1::AckItem& item);
+Result<ItemId> ToItemId(const std::string& text);
 Result<engine::NackOp> ToNackOp(const v1::NackItem& item, const Limits& limits);
 Result<engine::ExtendOp> ToExtendOp(const v1::ExtendItem& item, const Limits& limits);
 

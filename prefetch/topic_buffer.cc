@@ -93,28 +93,43 @@ void TopicBuffer::Unreserve(size_t shard, RowId row) {
   windows_[shard].Unreserve(row);
 }
 
-namespace {
-void Bump(StateCounts& c, ItemState s, int64_t d) {
+int64_t* StateCounts::Of(ItemState s) {
   switch (s) {
     case ItemState::kDelayed:
-      c.delayed += d;
-      break;
+      return &delayed;
     case ItemState::kReady:
-      c.ready += d;
-      break;
+      return &ready;
     case ItemState::kLeased:
-      c.leased += d;
-      break;
+      return &leased;
+    case ItemState::kSucceeded:
+      return &succeeded;
+    case ItemState::kFailed:
+      return &failed;
+    case ItemState::kDead:
+      return &dead;
+    case ItemState::kCancelled:
+      return &cancelled;
     case ItemState::kGone:
-      break;
+      return nullptr;
   }
+  return nullptr;
 }
-}  // namespace
+
+StateCounts& StateCounts::operator+=(const StateCounts& o) {
+  delayed += o.delayed;
+  ready += o.ready;
+  leased += o.leased;
+  succeeded += o.succeeded;
+  failed += o.failed;
+  dead += o.dead;
+  cancelled += o.cancelled;
+  return *this;
+}
 
 void TopicBuffer::CountTransition(size_t shard, ItemState from, ItemState to) {
   std::lock_guard lock(mu_);
-  Bump(counts_[shard], from, -1);
-  Bump(counts_[shard], to, +1);
+  if (int64_t* c = counts_[shard].Of(from)) --*c;
+  if (int64_t* c = counts_[shard].Of(to)) ++*c;
 }
 
 void TopicBuffer::SetCounts(size_t shard, StateCounts counts) {
@@ -125,11 +140,7 @@ void TopicBuffer::SetCounts(size_t shard, StateCounts counts) {
 StateCounts TopicBuffer::Counts() const {
   std::lock_guard lock(mu_);
   StateCounts total;
-  for (const StateCounts& c : counts_) {
-    total.delayed += c.delayed;
-    total.ready += c.ready;
-    total.leased += c.leased;
-  }
+  for (const StateCounts& c : counts_) total += c;
   return total;
 }
 

@@ -28,11 +28,21 @@ class Waiter {
   virtual void Wake() = 0;
 };
 
+// Items of one topic by state. Final states count rows kept for retention.
 struct StateCounts {
   int64_t delayed = 0;
   int64_t ready = 0;
   int64_t leased = 0;
-  int64_t total() const { return delayed + ready + leased; }
+  int64_t succeeded = 0;
+  int64_t failed = 0;
+  int64_t dead = 0;
+  int64_t cancelled = 0;
+  int64_t total() const {
+    return delayed + ready + leased + succeeded + failed + dead + cancelled;
+  }
+  // The counter of `s` (nullptr for kGone).
+  int64_t* Of(ItemState s);
+  StateCounts& operator+=(const StateCounts& o);
 };
 
 class TopicBuffer {

@@ -106,9 +106,17 @@ void ShardWorker::Enqueue(std::vector<NewItem> items, EnqueueDone done) {
 }
 
 void ShardWorker::Claim(std::shared_ptr<prefetch::TopicBuffer> buffer,
-                        std::vector<ReadyKey> keys, ClaimDone done) {
+                        std::vector<ReadyKey> keys, std::string worker_id,
+                        ClaimDone done) {
   std::lock_guard lock(mu_);
-  pending_.claims.push_back({std::move(buffer), std::move(keys), std::move(done)});
+  pending_.claims.push_back(
+      {std::move(buffer), std::move(keys), std::move(worker_id), std::move(done)});
+  ScheduleLocked();
+}
+
+void ShardWorker::RunExclusive(StoreFn fn) {
+  std::lock_guard lock(mu_);
+  pending_.exclusive.push_back(std::move(fn));
   ScheduleLocked();
 }
 
@@ -195,7 +203,7 @@ void ShardWorker::RunWork(Work& work) {
   // Claims first: a waiting consumer is the most latency-sensitive caller.
   if (!work.claims.empty()) RunClaims(work.claims);
   if (!work.enqueues.empty()) RunEnqueues(work.enqueues);
-  RunBatches(work.acks, [this](auto reqs) { return store_->Ack(reqs); });
+  RunBatches(work.acks, [this](auto reqs) { return store_->Ack(reqs, clock_.Now()); });
   RunBatches(work.nacks, [this](auto reqs) { return store_->Nack(reqs, clock_.Now()); });
   RunBatches(work.extends,
              [this](auto reqs) { return store_->Extend(reqs, clock_.Now()); });
@@ -204,6 +212,11 @@ void ShardWorker::RunWork(Work& work) {
   work.refills.erase(std::unique(work.refills.begin(), work.refills.end()),
                      work.refills.end());
   for (const auto& buffer : work.refills) RunRefill(buffer);
+  for (StoreFn& fn : work.exclusive) {
+    ReadyBatch ready_keys;
+    for (const ItemTransition& t : fn(store_.get())) ApplyTransition(t, ready_keys);
+    ready_keys.Flush(position_);
+  }
   if (work.promote) RunPromote();
   if (work.purge) RunPurge();
 }
@@ -278,6 +291,7 @@ void ShardWorker::RunEnqueues(std::vector<PendingEnqueue>& pending) {
       std::shared_ptr<prefetch::TopicBuffer> buffer;
       for (size_t k = 0; k < rows.size(); ++k) {
         const NewItem& item = rows[k];
+        if ((*ids)[k].deduplicated) continue;  // nothing new was stored
         bool ready = item.deliver_after <= now;
         // Batches are mostly one topic: skip the index lookup when it repeats.
         if (!buffer || buffer->topic() != item.topic || buffer->ns() != item.ns) {
@@ -286,7 +300,7 @@ void ShardWorker::RunEnqueues(std::vector<PendingEnqueue>& pending) {
         buffer->CountTransition(position_, ItemState::kGone,
                                 ready ? ItemState::kReady : ItemState::kDelayed);
         if (ready) {
-          ready_keys.Add(buffer, {item.priority, item.deliver_after, (*ids)[k]});
+          ready_keys.Add(buffer, {item.priority, item.deliver_after, (*ids)[k].row});
         } else {
           NoteDeadline(item.deliver_after);
         }
@@ -297,8 +311,9 @@ void ShardWorker::RunEnqueues(std::vector<PendingEnqueue>& pending) {
     for (size_t r = i; r < j; ++r) {
       size_t n = pending[r].items.size();
       if (ids.ok()) {
-        pending[r].done(
-            std::vector<RowId>(ids->begin() + offset, ids->begin() + offset + n), true);
+        pending[r].done(std::vector<store::Inserted>(ids->begin() + offset,
+                                                     ids->begin() + offset + n),
+                        true);
       } else {
         pending[r].done(ids.status(), true);
       }
@@ -309,9 +324,9 @@ void ShardWorker::RunEnqueues(std::vector<PendingEnqueue>& pending) {
 }
 
 void ShardWorker::RunClaims(std::vector<PendingClaim>& pending) {
-  std::vector<RowId> rows;
+  std::vector<store::ClaimRequest> rows;
   for (const PendingClaim& c : pending) {
-    for (const ReadyKey& k : c.keys) rows.push_back(k.row);
+    for (const ReadyKey& k : c.keys) rows.push_back({k.row, c.worker_id});
   }
   Time now = clock_.Now();
   Duration latency;
@@ -447,6 +462,7 @@ void ShardWorker::FailAll(Work& work, const Status& status) {
   fail(work.nacks);
   fail(work.extends);
   for (const auto& buffer : work.refills) buffer->RefillFailed(position_);
+  for (StoreFn& fn : work.exclusive) fn(nullptr);
 }
 
 void ShardWorker::Observe(const Status& status, Duration latency) {

@@ -42,7 +42,8 @@ struct WorkerOptions {
 
 // attempted == false means the shard did not try (breaker open): the caller may send
 // the same items to another shard without risk of duplicates.
-using EnqueueDone = std::function<void(Result<std::vector<RowId>>, bool attempted)>;
+using EnqueueDone =
+    std::function<void(Result<std::vector<store::Inserted>>, bool attempted)>;
 using ClaimDone = std::function<void(std::vector<LeasedItem>)>;
 using OutcomesDone = std::function<void(std::vector<store::ItemOutcome>)>;
 
@@ -71,15 +72,22 @@ class ShardWorker final : public Tickable {
   ShardHealth Health() const;
 
   void Enqueue(std::vector<NewItem> items, EnqueueDone done);
-  // Leases the reserved items `keys` of `buffer`. The callback gets those that were
-  // leased; the rest are released (back into the window if still READY).
+  // Leases the reserved items `keys` of `buffer` for `worker_id`. The callback gets
+  // those that were leased; the rest are released (back into the window if still
+  // READY).
   void Claim(std::shared_ptr<prefetch::TopicBuffer> buffer, std::vector<ReadyKey> keys,
-             ClaimDone done);
+             std::string worker_id, ClaimDone done);
   void Ack(std::vector<store::AckRequest> reqs, OutcomesDone done);
   void Nack(std::vector<store::NackRequest> reqs, OutcomesDone done);
   void Extend(std::vector<store::ExtendRequest> reqs, OutcomesDone done);
   // Reloads this shard's window of `buffer` from the store.
   void Refill(std::shared_ptr<prefetch::TopicBuffer> buffer);
+
+  // Runs `fn` on the strand with the store (operators' calls: GetTask, Cancel, dead
+  // letters). `fn` answers its own caller and returns the transitions it made, which
+  // the worker then applies to the index. If the shard is down, `fn` gets nullptr.
+  using StoreFn = std::function<std::vector<ItemTransition>(store::ShardStore*)>;
+  void RunExclusive(StoreFn fn);
 
   // Ticker: requests promotion, purge and probes when due. The worker pokes the
   // ticker when it learns of an earlier deadline.
@@ -94,6 +102,7 @@ class ShardWorker final : public Tickable {
   struct PendingClaim {
     std::shared_ptr<prefetch::TopicBuffer> buffer;
     std::vector<ReadyKey> keys;
+    std::string worker_id;
     ClaimDone done;
   };
   template <typename Req>
@@ -108,12 +117,14 @@ class ShardWorker final : public Tickable {
     std::vector<PendingBatch<store::NackRequest>> nacks;
     std::vector<PendingBatch<store::ExtendRequest>> extends;
     std::vector<std::shared_ptr<prefetch::TopicBuffer>> refills;
+    std::vector<StoreFn> exclusive;
     bool promote = false;
     bool purge = false;
     bool probe = false;
     bool empty() const {
       return enqueues.empty() && claims.empty() && acks.empty() && nacks.empty() &&
-             extends.empty() && refills.empty() && !promote && !purge && !probe;
+             extends.empty() && refills.empty() && exclusive.empty() && !promote &&
+             !purge && !probe;
     }
   };
 

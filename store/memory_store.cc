@@ -8,6 +8,34 @@
 #include "store/validation.h"
 
 namespace shardq::store {
+namespace {
+
+// How many events GetTask returns (the newest ones).
+constexpr size_t kMaxHistory = 100;
+
+const char* StateName(ItemState s) {
+  switch (s) {
+    case ItemState::kDelayed:
+      return "delayed";
+    case ItemState::kReady:
+      return "ready";
+    case ItemState::kLeased:
+      return "leased";
+    case ItemState::kSucceeded:
+      return "succeeded";
+    case ItemState::kFailed:
+      return "failed";
+    case ItemState::kDead:
+      return "dead";
+    case ItemState::kCancelled:
+      return "cancelled";
+    case ItemState::kGone:
+      return "gone";
+  }
+  return "?";
+}
+
+}  // namespace
 
 void MemoryShardStore::FailNext(Op op, Status s) {
   std::lock_guard lock(mu_);
@@ -36,9 +64,68 @@ Status MemoryShardStore::TakeFailure(Op op) {
   return s;
 }
 
-ItemTransition MemoryShardStore::Transition(uint64_t id, const Row& r, ItemState to) {
-  return ItemTransition{RowId(id), r.ns, r.topic,        r.priority,
-                        r.state,   to,   r.deliver_after};
+ItemTransition MemoryShardStore::Changed(uint64_t id, const Row& r, ItemState from) {
+  return ItemTransition{RowId(id), r.ns,    r.topic,        r.priority,
+                        from,      r.state, r.deliver_after};
+}
+
+ItemTransition MemoryShardStore::Deleted(uint64_t id, const Row& r) {
+  return ItemTransition{RowId(id),        r.ns,           r.topic, r.priority, r.state,
+                        ItemState::kGone, r.deliver_after};
+}
+
+void MemoryShardStore::Finish(Row& r, ItemState to, Time now) const {
+  r.state = to;
+  r.finished_at = now;
+  r.deliver_after = now + policies_.For(r.ns).retention;
+  // Retention, not the TTL, decides when a final row goes (see mysql_store.cc).
+  r.expires_at.reset();
+}
+
+void MemoryShardStore::AddEvent(Row& r, Time at, std::string kind, std::string detail) {
+  r.events.push_back(
+      TaskEvent{at, std::move(kind), r.attempts, r.worker_id, std::move(detail)});
+}
+
+void MemoryShardStore::Erase(std::map<uint64_t, Row>::iterator it) {
+  if (!it->second.dedup_key.empty()) dedup_.erase({it->second.ns, it->second.dedup_key});
+  rows_.erase(it);
+}
+
+TaskRecord MemoryShardStore::Record(uint64_t id, const Row& r,
+                                    bool with_payload_and_history) {
+  TaskRecord t;
+  t.row = RowId(id);
+  t.ns = r.ns;
+  t.topic = r.topic;
+  t.task_type = r.task_type;
+  t.priority = r.priority;
+  t.state = r.state;
+  t.attempts = r.attempts;
+  t.max_attempts = r.max_attempts;
+  t.enqueued_at = r.enqueued_at;
+  t.first_delivered_at = r.first_delivered_at;
+  t.last_delivered_at = r.last_delivered_at;
+  t.finished_at = r.finished_at;
+  t.deliver_after = r.deliver_after;
+  t.token = LeaseToken(r.lease_token);
+  t.worker_id = r.worker_id;
+  t.last_error = r.last_error;
+  t.result = r.result;
+  t.metadata = r.metadata;
+  t.cancel_requested = r.cancel_requested;
+  if (with_payload_and_history) {
+    t.payload = r.payload;
+    const size_t skip = r.events.size() > kMaxHistory ? r.events.size() - kMaxHistory : 0;
+    t.history.assign(r.events.begin() + static_cast<ptrdiff_t>(skip), r.events.end());
+  }
+  return t;
+}
+
+void MemoryShardStore::SetPolicies(NamespacePolicies policies) {
+  std::lock_guard lock(mu_);
+  ++calls_[static_cast<size_t>(Op::kSetPolicies)];
+  policies_ = std::move(policies);
 }
 
 Status MemoryShardStore::Open() {
@@ -68,8 +155,8 @@ size_t MemoryShardStore::size() const {
   return rows_.size();
 }
 
-Result<std::vector<RowId>> MemoryShardStore::Insert(std::span<const NewItem> items,
-                                                    Time now) {
+Result<std::vector<Inserted>> MemoryShardStore::Insert(std::span<const NewItem> items,
+                                                       Time now) {
   std::function<void()> hook;
   {
     std::lock_guard lock(mu_);
@@ -80,9 +167,17 @@ Result<std::vector<RowId>> MemoryShardStore::Insert(std::span<const NewItem> ite
   ++calls_[static_cast<size_t>(Op::kInsert)];
   SHARDQ_RETURN_IF_ERROR(TakeFailure(Op::kInsert));
   for (const NewItem& item : items) SHARDQ_RETURN_IF_ERROR(ValidateNewItem(item));
-  std::vector<RowId> ids;
-  ids.reserve(items.size());
+  std::vector<Inserted> out;
+  out.reserve(items.size());
   for (const NewItem& item : items) {
+    if (!item.dedup_key.empty()) {
+      // Covers earlier items of this call too: they are in dedup_ already.
+      auto dup = dedup_.find({item.ns, item.dedup_key});
+      if (dup != dedup_.end()) {
+        out.push_back({RowId(dup->second), true});
+        continue;
+      }
+    }
     Row r;
     r.ns = item.ns;
     r.topic = item.topic;
@@ -94,11 +189,15 @@ Result<std::vector<RowId>> MemoryShardStore::Insert(std::span<const NewItem> ite
     r.expires_at = item.expires_at;
     r.payload = item.payload;
     r.metadata = item.metadata;
+    r.task_type = item.task_type;
+    r.max_attempts = item.max_attempts;
+    r.dedup_key = item.dedup_key;
     const uint64_t id = next_id_++;
+    if (!item.dedup_key.empty()) dedup_[{item.ns, item.dedup_key}] = id;
     rows_.emplace(id, std::move(r));
-    ids.push_back(RowId(id));
+    out.push_back({RowId(id), false});
   }
-  return ids;
+  return out;
 }
 
 Result<std::vector<ReadyKey>> MemoryShardStore::FetchReady(const std::string& ns,
@@ -122,17 +221,19 @@ Result<std::vector<ReadyKey>> MemoryShardStore::FetchReady(const std::string& ns
   return keys;
 }
 
-Result<std::vector<LeasedItem>> MemoryShardStore::Claim(std::span<const RowId> rows,
-                                                        LeaseToken token, Time now) {
+Result<std::vector<LeasedItem>> MemoryShardStore::Claim(
+    std::span<const ClaimRequest> rows, LeaseToken token, Time now) {
   std::lock_guard lock(mu_);
   ++calls_[static_cast<size_t>(Op::kClaim)];
   SHARDQ_RETURN_IF_ERROR(TakeFailure(Op::kClaim));
   std::vector<LeasedItem> out;
-  for (RowId id : rows) {
+  for (const ClaimRequest& req : rows) {
+    const RowId id = req.row;
     auto it = rows_.find(id.value());
     if (it == rows_.end()) continue;
     Row& r = it->second;
-    if (r.state != ItemState::kReady) continue;  // also skips a duplicate in `rows`
+    // Also skips a duplicate in `rows`: the first one leased it.
+    if (r.state != ItemState::kReady) continue;
     if (r.expires_at && *r.expires_at <= now) continue;
     LeasedItem item;
     item.row = id;
@@ -146,30 +247,57 @@ Result<std::vector<LeasedItem>> MemoryShardStore::Claim(std::span<const RowId> r
     item.attempts = ++r.attempts;
     item.enqueued_at = r.enqueued_at;
     item.deliver_after = r.deliver_after;
+    item.task_type = r.task_type;
+    item.max_attempts = r.max_attempts;
     r.state = ItemState::kLeased;
     r.lease_token = token.value();
     r.deliver_after = item.lease_deadline;
+    r.worker_id = TruncateTo(req.worker_id, kMaxWorkerIdLen);
+    if (r.first_delivered_at == Time{}) r.first_delivered_at = now;
+    r.last_delivered_at = now;
+    AddEvent(r, now, "leased");
     out.push_back(std::move(item));
   }
   return out;
 }
 
-Result<std::vector<ItemOutcome>> MemoryShardStore::Ack(std::span<const AckRequest> acks) {
+Result<std::vector<ItemOutcome>> MemoryShardStore::Ack(std::span<const AckRequest> acks,
+                                                       Time now) {
   std::lock_guard lock(mu_);
   ++calls_[static_cast<size_t>(Op::kAck)];
   SHARDQ_RETURN_IF_ERROR(TakeFailure(Op::kAck));
   std::vector<ItemOutcome> out(acks.size());
   for (size_t i = 0; i < acks.size(); ++i) {
+    const std::string row = std::to_string(acks[i].row.value());
     auto it = rows_.find(acks[i].row.value());
-    if (it == rows_.end()) continue;  // already gone: acks are idempotent
-    // Token 0 means "never leased" and never matches.
-    if (acks[i].token.value() == 0 || it->second.lease_token != acks[i].token.value()) {
-      out[i].status = Status::FailedPrecondition(
-          "ack of row " + std::to_string(acks[i].row.value()) + ": stale lease token");
+    if (it == rows_.end()) {
+      out[i].status = Status::NotFound("ack: no row " + row);
       continue;
     }
-    out[i].transition = Transition(it->first, it->second, ItemState::kGone);
-    rows_.erase(it);
+    Row& r = it->second;
+    // Token 0 means "never leased" and never matches.
+    const bool token_ok =
+        acks[i].token.value() != 0 && r.lease_token == acks[i].token.value();
+    if (r.state == ItemState::kSucceeded && token_ok) continue;  // a repeated ack
+    if (IsFinal(r.state)) {
+      out[i].status = Status::FailedPrecondition("ack of row " + row + ": already " +
+                                                 StateName(r.state));
+      continue;
+    }
+    if (!token_ok) {
+      out[i].status =
+          Status::FailedPrecondition("ack of row " + row + ": stale lease token");
+      continue;
+    }
+    if (r.state != ItemState::kLeased && r.state != ItemState::kReady) {
+      out[i].status = Status::FailedPrecondition("ack of row " + row + ": not leased");
+      continue;
+    }
+    const ItemState from = r.state;
+    r.result = TruncateTo(acks[i].result, kMaxResultBytes);
+    Finish(r, ItemState::kSucceeded, now);
+    AddEvent(r, now, "succeeded");
+    out[i].transition = Changed(it->first, r, from);
   }
   return out;
 }
@@ -210,13 +338,25 @@ Result<std::vector<ItemOutcome>> MemoryShardStore::Nack(
     out[i].status = CheckLease("nack", rows_, n.row, n.token);
     if (!out[i].status.ok()) continue;
     Row& r = rows_[n.row.value()];
-    const Time due = now + std::max(n.delay, Duration(0));
-    const ItemState to = due <= now ? ItemState::kReady : ItemState::kDelayed;
-    r.state = to;
-    r.deliver_after = due;
+    std::string error = TruncateTo(n.error, kMaxErrorBytes);
+    r.last_error = error;
     if (n.metadata) r.metadata = *n.metadata;
-    out[i].transition =
-        ItemTransition{n.row, r.ns, r.topic, r.priority, ItemState::kLeased, to, due};
+    if (r.cancel_requested) {
+      Finish(r, ItemState::kCancelled, now);
+      AddEvent(r, now, "cancelled", std::move(error));
+    } else if (n.fatal) {
+      Finish(r, ItemState::kFailed, now);
+      AddEvent(r, now, "failed", std::move(error));
+    } else if (r.attempts >= r.max_attempts) {
+      Finish(r, ItemState::kDead, now);
+      AddEvent(r, now, "dead_lettered", std::move(error));
+    } else {
+      const Time due = now + std::max(n.delay, Duration(0));
+      r.state = due <= now ? ItemState::kReady : ItemState::kDelayed;
+      r.deliver_after = due;
+      AddEvent(r, now, "retry", std::move(error));
+    }
+    out[i].transition = Changed(n.row.value(), r, ItemState::kLeased);
   }
   return out;
 }
@@ -239,6 +379,7 @@ Result<std::vector<ItemOutcome>> MemoryShardStore::Extend(
     }
     r.deliver_after = now + std::max(e.extension, Duration(0));
     out[i].new_deadline = r.deliver_after;
+    out[i].cancel_requested = r.cancel_requested;
   }
   return out;
 }
@@ -259,9 +400,24 @@ Result<std::vector<ItemTransition>> MemoryShardStore::PromoteDue(Time now, size_
   std::vector<ItemTransition> out;
   for (const auto& [when, id] : due) {
     Row& r = rows_[id];
-    out.push_back(Transition(id, r, ItemState::kReady));
-    // deliver_after and the lease token stay (see store_api.h).
-    r.state = ItemState::kReady;
+    const ItemState from = r.state;
+    if (from == ItemState::kDelayed) {
+      r.state = ItemState::kReady;  // deliver_after stays: the time it became due
+    } else {
+      // An expired lease. The lease token stays (see store_api.h).
+      r.last_error = "lease expired";
+      if (r.cancel_requested) {
+        Finish(r, ItemState::kCancelled, now);
+        AddEvent(r, now, "lease_expired", "cancelled");
+      } else if (r.attempts >= r.max_attempts) {
+        Finish(r, ItemState::kDead, now);
+        AddEvent(r, now, "lease_expired", "dead_lettered");
+      } else {
+        r.state = ItemState::kReady;
+        AddEvent(r, now, "lease_expired");
+      }
+    }
+    out.push_back(Changed(id, r, from));
   }
   return out;
 }
@@ -273,15 +429,19 @@ Result<std::vector<ItemTransition>> MemoryShardStore::PurgeExpired(Time now,
   SHARDQ_RETURN_IF_ERROR(TakeFailure(Op::kPurgeExpired));
   std::vector<std::pair<Time, uint64_t>> expired;
   for (const auto& [id, r] : rows_) {
-    if (r.expires_at && *r.expires_at <= now) expired.emplace_back(*r.expires_at, id);
+    if (IsFinal(r.state)) {
+      if (r.deliver_after <= now) expired.emplace_back(r.deliver_after, id);
+    } else if (r.expires_at && *r.expires_at <= now) {
+      expired.emplace_back(*r.expires_at, id);
+    }
   }
   std::sort(expired.begin(), expired.end());
   if (expired.size() > limit) expired.resize(limit);
   std::vector<ItemTransition> out;
   for (const auto& [when, id] : expired) {
     auto it = rows_.find(id);
-    out.push_back(Transition(id, it->second, ItemState::kGone));
-    rows_.erase(it);
+    out.push_back(Deleted(id, it->second));
+    Erase(it);
   }
   return out;
 }
@@ -317,12 +477,174 @@ Result<std::vector<TopicCounts>> MemoryShardStore::CountByTopic() {
       case ItemState::kLeased:
         ++c.leased;
         break;
+      case ItemState::kSucceeded:
+        ++c.succeeded;
+        break;
+      case ItemState::kFailed:
+        ++c.failed;
+        break;
+      case ItemState::kDead:
+        ++c.dead;
+        break;
+      case ItemState::kCancelled:
+        ++c.cancelled;
+        break;
       case ItemState::kGone:
         break;
     }
   }
   std::vector<TopicCounts> out;
   for (auto& [key, c] : counts) out.push_back(std::move(c));
+  return out;
+}
+
+Result<TaskRecord> MemoryShardStore::GetTask(RowId row, bool include_payload) {
+  std::lock_guard lock(mu_);
+  ++calls_[static_cast<size_t>(Op::kGetTask)];
+  SHARDQ_RETURN_IF_ERROR(TakeFailure(Op::kGetTask));
+  auto it = rows_.find(row.value());
+  if (it == rows_.end()) {
+    return Status::NotFound("get_task: no row " + std::to_string(row.value()));
+  }
+  TaskRecord t = Record(it->first, it->second, true);
+  if (!include_payload) t.payload.clear();
+  return t;
+}
+
+Result<ItemOutcome> MemoryShardStore::Cancel(RowId row, Time now) {
+  std::lock_guard lock(mu_);
+  ++calls_[static_cast<size_t>(Op::kCancel)];
+  SHARDQ_RETURN_IF_ERROR(TakeFailure(Op::kCancel));
+  ItemOutcome out;
+  auto it = rows_.find(row.value());
+  if (it == rows_.end()) {
+    out.status = Status::NotFound("cancel: no row " + std::to_string(row.value()));
+    return out;
+  }
+  Row& r = it->second;
+  switch (r.state) {
+    case ItemState::kDelayed:
+    case ItemState::kReady: {
+      const ItemState from = r.state;
+      Finish(r, ItemState::kCancelled, now);
+      AddEvent(r, now, "cancelled");
+      out.transition = Changed(it->first, r, from);
+      break;
+    }
+    case ItemState::kLeased:
+      if (!r.cancel_requested) {
+        r.cancel_requested = true;
+        AddEvent(r, now, "cancel_requested");
+      }
+      out.cancel_requested = true;
+      break;
+    case ItemState::kCancelled:
+      break;
+    default:
+      out.status =
+          Status::FailedPrecondition("cancel of row " + std::to_string(row.value()) +
+                                     ": already " + StateName(r.state));
+      break;
+  }
+  return out;
+}
+
+std::vector<uint64_t> MemoryShardStore::DeadInOrder(const std::string& ns,
+                                                    const std::string& topic,
+                                                    size_t limit) const {
+  std::vector<std::tuple<int32_t, Time, uint64_t>> keys;
+  for (const auto& [id, r] : rows_) {
+    if (r.state == ItemState::kDead && r.ns == ns && r.topic == topic)
+      keys.emplace_back(r.priority, r.deliver_after, id);
+  }
+  std::sort(keys.begin(), keys.end());
+  if (keys.size() > limit) keys.resize(limit);
+  std::vector<uint64_t> ids;
+  for (const auto& k : keys) ids.push_back(std::get<2>(k));
+  return ids;
+}
+
+Result<std::vector<TaskRecord>> MemoryShardStore::ListDead(const std::string& ns,
+                                                           const std::string& topic,
+                                                           size_t limit) {
+  std::lock_guard lock(mu_);
+  ++calls_[static_cast<size_t>(Op::kListDead)];
+  SHARDQ_RETURN_IF_ERROR(TakeFailure(Op::kListDead));
+  std::vector<TaskRecord> out;
+  for (uint64_t id : DeadInOrder(ns, topic, limit)) {
+    out.push_back(Record(id, rows_.at(id), false));
+  }
+  return out;
+}
+
+template <typename F>
+void MemoryShardStore::ForGivenDead(const std::string& ns, const std::string& topic,
+                                    std::span<const RowId> rows, BulkOutcome& out,
+                                    F&& apply) {
+  for (RowId row : rows) {
+    ItemOutcome o;
+    auto it = rows_.find(row.value());
+    if (it == rows_.end() || it->second.ns != ns || it->second.topic != topic) {
+      o.status = Status::NotFound("no row " + std::to_string(row.value()) + " in " + ns +
+                                  "/" + topic);
+    } else if (it->second.state != ItemState::kDead) {
+      o.status =
+          Status::FailedPrecondition("row " + std::to_string(row.value()) + " is " +
+                                     StateName(it->second.state) + ", not dead");
+    } else {
+      o.transition = apply(it);
+      out.transitions.push_back(*o.transition);
+    }
+    out.per_row.push_back(std::move(o));
+  }
+}
+
+Result<ShardStore::BulkOutcome> MemoryShardStore::Redrive(const std::string& ns,
+                                                          const std::string& topic,
+                                                          std::span<const RowId> rows,
+                                                          size_t limit, Time now) {
+  std::lock_guard lock(mu_);
+  ++calls_[static_cast<size_t>(Op::kRedrive)];
+  SHARDQ_RETURN_IF_ERROR(TakeFailure(Op::kRedrive));
+  auto redrive = [&](std::map<uint64_t, Row>::iterator it) {
+    Row& r = it->second;
+    r.state = ItemState::kReady;
+    r.attempts = 0;
+    r.deliver_after = now;
+    r.finished_at = Time{};
+    r.cancel_requested = false;
+    AddEvent(r, now, "redriven");
+    return Changed(it->first, r, ItemState::kDead);
+  };
+  BulkOutcome out;
+  if (rows.empty()) {
+    for (uint64_t id : DeadInOrder(ns, topic, limit))
+      out.transitions.push_back(redrive(rows_.find(id)));
+  } else {
+    ForGivenDead(ns, topic, rows, out, redrive);
+  }
+  return out;
+}
+
+Result<ShardStore::BulkOutcome> MemoryShardStore::PurgeDead(const std::string& ns,
+                                                            const std::string& topic,
+                                                            std::span<const RowId> rows,
+                                                            size_t limit) {
+  std::lock_guard lock(mu_);
+  ++calls_[static_cast<size_t>(Op::kPurgeDead)];
+  SHARDQ_RETURN_IF_ERROR(TakeFailure(Op::kPurgeDead));
+  auto purge = [&](std::map<uint64_t, Row>::iterator it) {
+    ItemTransition t = Deleted(it->first, it->second);
+    Erase(it);
+    return t;
+  };
+  BulkOutcome out;
+  if (rows.empty()) {
+    for (uint64_t id : DeadInOrder(ns, topic, limit))
+      out.transitions.push_back(purge(rows_.find(id)));
+  } else {
+    ForGivenDead(ns, topic, rows, out, purge);
+  }
   return out;
 }
 

@@ -13,6 +13,8 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "store/store_api.h"
 
@@ -34,6 +36,12 @@ class MemoryShardStore final : public ShardStore {
     kPurgeExpired,
     kNextDue,
     kCountByTopic,
+    kSetPolicies,  // counted only: it cannot fail
+    kGetTask,
+    kCancel,
+    kListDead,
+    kRedrive,
+    kPurgeDead,
     kCount_,  // number of ops
   };
 
@@ -43,15 +51,17 @@ class MemoryShardStore final : public ShardStore {
   void FailAll(Status s);
   void ClearFailures();
 
+  void SetPolicies(NamespacePolicies policies) override;
   Status Open() override;
   Status Ping() override;
-  Result<std::vector<RowId>> Insert(std::span<const NewItem> items, Time now) override;
+  Result<std::vector<Inserted>> Insert(std::span<const NewItem> items, Time now) override;
   Result<std::vector<ReadyKey>> FetchReady(const std::string& ns,
                                            const std::string& topic,
                                            size_t limit) override;
-  Result<std::vector<LeasedItem>> Claim(std::span<const RowId> rows, LeaseToken token,
-                                        Time now) override;
-  Result<std::vector<ItemOutcome>> Ack(std::span<const AckRequest> acks) override;
+  Result<std::vector<LeasedItem>> Claim(std::span<const ClaimRequest> rows,
+                                        LeaseToken token, Time now) override;
+  Result<std::vector<ItemOutcome>> Ack(std::span<const AckRequest> acks,
+                                       Time now) override;
   Result<std::vector<ItemOutcome>> Nack(std::span<const NackRequest> nacks,
                                         Time now) override;
   Result<std::vector<ItemOutcome>> Extend(std::span<const ExtendRequest> reqs,
@@ -60,6 +70,16 @@ class MemoryShardStore final : public ShardStore {
   Result<std::vector<ItemTransition>> PurgeExpired(Time now, size_t limit) override;
   Result<std::optional<Time>> NextDue() override;
   Result<std::vector<TopicCounts>> CountByTopic() override;
+  Result<TaskRecord> GetTask(RowId row, bool include_payload) override;
+  Result<ItemOutcome> Cancel(RowId row, Time now) override;
+  Result<std::vector<TaskRecord>> ListDead(const std::string& ns,
+                                           const std::string& topic,
+                                           size_t limit) override;
+  Result<BulkOutcome> Redrive(const std::string& ns, const std::string& topic,
+                              std::span<const RowId> rows, size_t limit,
+                              Time now) override;
+  Result<BulkOutcome> PurgeDead(const std::string& ns, const std::string& topic,
+                                std::span<const RowId> rows, size_t limit) override;
 
   // Number of stored rows.
   size_t size() const;
@@ -84,16 +104,46 @@ class MemoryShardStore final : public ShardStore {
     std::optional<Time> expires_at;
     std::string payload;
     std::string metadata;
+    std::string task_type;
+    uint32_t max_attempts = 5;
+    std::string dedup_key;  // empty = none
+    std::string worker_id;
+    Time first_delivered_at{};
+    Time last_delivered_at{};
+    Time finished_at{};
+    std::string last_error;
+    std::string result;
+    bool cancel_requested = false;
+    std::vector<TaskEvent> events;  // oldest first
   };
 
   // The injected failure for `op`, or OK.
   Status TakeFailure(Op op);
-  static ItemTransition Transition(uint64_t id, const Row& r, ItemState to);
+  // The transition of a row that was in `from` and is now as `r` says.
+  static ItemTransition Changed(uint64_t id, const Row& r, ItemState from);
+  // The transition of a row about to be deleted.
+  static ItemTransition Deleted(uint64_t id, const Row& r);
+  // Moves `r` to the final state `to` at `now` (finished_at, purge time, no TTL).
+  void Finish(Row& r, ItemState to, Time now) const;
+  static void AddEvent(Row& r, Time at, std::string kind, std::string detail = "");
+  // Deletes the row (and its history, and frees its dedup key).
+  void Erase(std::map<uint64_t, Row>::iterator it);
+  static TaskRecord Record(uint64_t id, const Row& r, bool with_payload_and_history);
+  // The first `limit` DEAD rows of ns/topic in ordering-rule order.
+  std::vector<uint64_t> DeadInOrder(const std::string& ns, const std::string& topic,
+                                    size_t limit) const;
+  // Redrive/PurgeDead of the given rows: kNotFound / kFailedPrecondition for a row
+  // that is not a DEAD row of ns/topic, else `apply` (which fills the transition).
+  template <typename F>
+  void ForGivenDead(const std::string& ns, const std::string& topic,
+                    std::span<const RowId> rows, BulkOutcome& out, F&& apply);
 
   mutable std::mutex mu_;
   std::array<size_t, static_cast<size_t>(Op::kCount_)> calls_{};
   std::function<void()> before_insert_;
+  NamespacePolicies policies_;
   std::map<uint64_t, Row> rows_;
+  std::map<std::pair<std::string, std::string>, uint64_t> dedup_;  // (ns, key) -> id
   uint64_t next_id_ = 1;
   std::map<Op, Status> fail_next_;
   std::optional<Status> fail_all_;

@@ -321,28 +321,316 @@ Status MySqlShardStore::Ping() {
   });
 }
 
-Result<std::vector<RowId>> MySqlShardStore::Insert(std::span<const NewItem> items,
-                                                   Time now) {
-  using R = Result<std::vector<RowId>>;
+// --- helpers of the task lifecycle ---------------------------------------------------
+
+namespace detail {
+
+// One task_events row.
+struct PendingEvent {
+  uint64_t item = 0;
+  int64_t at_ms = 0;
+  std::string_view kind;  // a literal
+  uint32_t attempt = 0;
+  std::string worker_id;
+  std::string detail;
+};
+
+// The fields of a locked row that the per-item calls classify in memory. Calls update
+// it as they go, so that a later request for the same row in a batch sees the change.
+struct LockedRow {
+  std::string ns;
+  std::string topic;
+  int32_t priority = 0;
+  int state = 0;
+  uint64_t token = 0;
+  int64_t deliver_after = 0;
+  uint32_t attempts = 0;
+  uint32_t max_attempts = 0;
+  bool cancel_requested = false;
+  std::string worker_id;
+};
+
+struct DeadRow {
+  size_t index = 0;  // in the given rows; npos when selected by the topic
+  uint64_t id = 0;
+  LockedRow row;
+};
+
+}  // namespace detail
+
+namespace {
+
+using detail::DeadRow;
+using detail::LockedRow;
+using detail::PendingEvent;
+
+constexpr int kSucceeded = static_cast<int>(ItemState::kSucceeded);
+constexpr int kCancelled = static_cast<int>(ItemState::kCancelled);
+constexpr int kDead = static_cast<int>(ItemState::kDead);
+constexpr size_t kNpos = static_cast<size_t>(-1);
+// Id lists longer than this are split over several statements of one transaction.
+constexpr size_t kMaxIdsPerStatement = 1024;
+// How many events GetTask returns (the newest ones).
+constexpr int kMaxHistory = 100;
+
+// The columns LockRows and SelectDead read, in ReadLocked's order.
+const std::string kLockCols =
+    "id, ns, topic, priority, state, lease_token, deliver_after, attempts, max_attempts, "
+    "cancel_requested, worker_id";
+
+uint64_t ReadLocked(const sql::ResultSet& rs, LockedRow& r) {
+  r.ns = Str(rs, 2);
+  r.topic = Str(rs, 3);
+  r.priority = rs.getInt(4);
+  r.state = static_cast<int>(rs.getUInt(5));
+  r.token = rs.getUInt64(6);
+  r.deliver_after = rs.getInt64(7);
+  r.attempts = rs.getUInt(8);
+  r.max_attempts = rs.getUInt(9);
+  r.cancel_requested = rs.getUInt(10) != 0;
+  r.worker_id = Str(rs, 11);
+  return rs.getUInt64(1);
+}
+
+// The columns of a TaskRecord, in ReadRecord's order (payload, when read, follows).
+const std::string kRecordCols =
+    "id, ns, topic, task_type, priority, state, attempts, max_attempts, enqueued_at, "
+    "first_delivered_at, last_delivered_at, finished_at, deliver_after, lease_token, "
+    "worker_id, last_error, result, metadata, cancel_requested";
+
+TaskRecord ReadRecord(const sql::ResultSet& rs) {
+  TaskRecord t;
+  t.row = RowId(rs.getUInt64(1));
+  t.ns = Str(rs, 2);
+  t.topic = Str(rs, 3);
+  t.task_type = Str(rs, 4);
+  t.priority = rs.getInt(5);
+  t.state = static_cast<ItemState>(rs.getUInt(6));
+  t.attempts = rs.getUInt(7);
+  t.max_attempts = rs.getUInt(8);
+  t.enqueued_at = FromUnixMillis(rs.getInt64(9));
+  t.first_delivered_at = FromUnixMillis(rs.getInt64(10));
+  t.last_delivered_at = FromUnixMillis(rs.getInt64(11));
+  t.finished_at = FromUnixMillis(rs.getInt64(12));
+  t.deliver_after = FromUnixMillis(rs.getInt64(13));
+  t.token = LeaseToken(rs.getUInt64(14));
+  t.worker_id = Str(rs, 15);
+  t.last_error = Str(rs, 16);
+  t.result = Str(rs, 17);  // NULL reads as ""
+  t.metadata = Str(rs, 18);
+  t.cancel_requested = rs.getUInt(19) != 0;
+  return t;
+}
+
+PendingEvent Event(uint64_t id, const LockedRow& r, int64_t at_ms, std::string_view kind,
+                   std::string detail = "") {
+  return PendingEvent{id, at_ms, kind, r.attempts, r.worker_id, std::move(detail)};
+}
+
+ItemTransition MakeTransition(uint64_t id, const LockedRow& r, ItemState from,
+                              ItemState to, int64_t deliver_after) {
+  return ItemTransition{
+      RowId(id), r.ns, r.topic, r.priority, from, to, FromUnixMillis(deliver_after)};
+}
+
+const char* StateName(int s) {
+  switch (static_cast<ItemState>(s)) {
+    case ItemState::kDelayed:
+      return "delayed";
+    case ItemState::kReady:
+      return "ready";
+    case ItemState::kLeased:
+      return "leased";
+    case ItemState::kSucceeded:
+      return "succeeded";
+    case ItemState::kFailed:
+      return "failed";
+    case ItemState::kDead:
+      return "dead";
+    case ItemState::kCancelled:
+      return "cancelled";
+    case ItemState::kGone:
+      return "gone";
+  }
+  return "?";
+}
+
+// "CASE id WHEN ? THEN ? ... ELSE <col> END" with n pairs: a per-row value in one
+// UPDATE. Bound with BindCase.
+std::string CaseById(size_t n, const std::string& col) {
+  std::string s = "CASE id";
+  for (size_t i = 0; i < n; ++i) s += " WHEN ? THEN ?";
+  return s + " ELSE " + col + " END";
+}
+
+// Binds PaddedCount(n) (id, value) pairs, repeating the last as padding.
+template <typename SetValue>
+unsigned BindCase(sql::PreparedStatement& st, unsigned p, size_t n,
+                  const std::function<uint64_t(size_t)>& id, SetValue&& set_value) {
+  const size_t padded = PaddedCount(n);
+  for (size_t i = 0; i < padded; ++i) {
+    const size_t k = std::min(i, n - 1);
+    st.setUInt64(p++, id(k));
+    set_value(p++, k);
+  }
+  return p;
+}
+
+// Checks a nack/extend request against the locked row; OK if it may proceed.
+Status CheckLease(const char* op, uint64_t row, uint64_t token,
+                  const std::map<uint64_t, LockedRow>& rows) {
+  auto it = rows.find(row);
+  if (it == rows.end()) {
+    return Status::NotFound(std::string(op) + ": no row " + std::to_string(row));
+  }
+  if (it->second.token != token || token == 0) {
+    return Status::FailedPrecondition(std::string(op) + " of row " + std::to_string(row) +
+                                      ": stale lease token");
+  }
+  if (it->second.state != kLeased) {
+    return Status::FailedPrecondition(std::string(op) + " of row " + std::to_string(row) +
+                                      ": not leased");
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+void MySqlShardStore::SetPolicies(NamespacePolicies policies) {
+  policies_ = std::move(policies);
+}
+
+int64_t MySqlShardStore::PurgeTime(const std::string& ns, int64_t now_ms) const {
+  return now_ms + policies_.For(ns).retention.count();
+}
+
+void MySqlShardStore::AppendEvents(const std::vector<PendingEvent>& events) {
+  for (size_t begin = 0; begin < events.size(); begin += kMaxRowsPerInsert) {
+    const size_t n = std::min(kMaxRowsPerInsert, events.size() - begin);
+    std::string sql =
+        "INSERT INTO task_events (item_id, at_ms, kind, attempt, worker_id, detail) "
+        "VALUES ";
+    for (size_t i = 0; i < n; ++i) sql += i == 0 ? "(?,?,?,?,?,?)" : ",(?,?,?,?,?,?)";
+    sql::PreparedStatement& st = Stmt(sql);
+    unsigned p = 1;
+    for (size_t i = begin; i < begin + n; ++i) {
+      const PendingEvent& e = events[i];
+      st.setUInt64(p++, e.item);
+      st.setInt64(p++, e.at_ms);
+      st.setString(p++, std::string(e.kind));
+      st.setUInt(p++, e.attempt);
+      st.setString(p++, e.worker_id);
+      st.setString(p++, e.detail);
+    }
+    st.executeUpdate();
+  }
+}
+
+int MySqlShardStore::ExecuteForIds(
+    const std::string& sql_head, const std::vector<uint64_t>& ids,
+    const std::function<unsigned(sql::PreparedStatement&)>& bind) {
+  int changed = 0;
+  for (size_t begin = 0; begin < ids.size(); begin += kMaxIdsPerStatement) {
+    std::vector<uint64_t> chunk(
+        ids.begin() + static_cast<ptrdiff_t>(begin),
+        ids.begin() +
+            static_cast<ptrdiff_t>(std::min(ids.size(), begin + kMaxIdsPerStatement)));
+    sql::PreparedStatement& st =
+        Stmt(sql_head + "(" + Placeholders(PaddedCount(chunk.size())) + ")");
+    const unsigned p = bind ? bind(st) : 1;
+    BindIds(st, p, chunk);
+    changed += st.executeUpdate();
+  }
+  return changed;
+}
+
+std::map<uint64_t, LockedRow> MySqlShardStore::LockRows(
+    const std::vector<uint64_t>& ids) {
+  std::map<uint64_t, LockedRow> rows;
+  for (size_t begin = 0; begin < ids.size(); begin += kMaxIdsPerStatement) {
+    std::vector<uint64_t> chunk(
+        ids.begin() + static_cast<ptrdiff_t>(begin),
+        ids.begin() +
+            static_cast<ptrdiff_t>(std::min(ids.size(), begin + kMaxIdsPerStatement)));
+    sql::PreparedStatement& st =
+        Stmt("SELECT " + kLockCols + " FROM items WHERE id IN (" +
+             Placeholders(PaddedCount(chunk.size())) + ") FOR UPDATE");
+    BindIds(st, 1, chunk);
+    std::unique_ptr<sql::ResultSet> rs(st.executeQuery());
+    while (rs->next()) {
+      LockedRow r;
+      const uint64_t id = ReadLocked(*rs, r);
+      rows.emplace(id, std::move(r));
+    }
+  }
+  return rows;
+}
+
+// --- the queue ----------------------------------------------------------------------
+
+Result<std::vector<Inserted>> MySqlShardStore::Insert(std::span<const NewItem> items,
+                                                      Time now) {
+  using R = Result<std::vector<Inserted>>;
   for (const NewItem& item : items) SHARDQ_RETURN_IF_ERROR(ValidateNewItem(item));
-  if (items.empty()) return std::vector<RowId>{};
+  if (items.empty()) return std::vector<Inserted>{};
   return Run<R>("insert", [&]() -> R {
-    std::vector<RowId> ids;
-    ids.reserve(items.size());
     const int64_t now_ms = ToUnixMillis(now);
-    for (size_t begin = 0; begin < items.size(); begin += kMaxRowsPerInsert) {
-      const size_t n = std::min(kMaxRowsPerInsert, items.size() - begin);
+    std::vector<Inserted> out(items.size());
+    // Dedup keys: the first item of this call with each (ns, key), and the rows that
+    // already hold one. Without keys (the common case) there is no SELECT at all.
+    using Key = std::pair<std::string, std::string>;
+    std::map<Key, size_t> first;
+    std::vector<const Key*> lookup;
+    for (size_t i = 0; i < items.size(); ++i) {
+      if (items[i].dedup_key.empty()) continue;
+      auto [it, added] = first.emplace(Key(items[i].ns, items[i].dedup_key), i);
+      if (added) lookup.push_back(&it->first);
+    }
+    std::map<Key, uint64_t> owner;
+    for (size_t begin = 0; begin < lookup.size(); begin += kMaxRowsPerInsert) {
+      // The single writer of a shard is this store, so nothing can take a key between
+      // this read and the INSERT; the unique key `dedup` would refuse it anyway.
+      const size_t n = std::min(kMaxRowsPerInsert, lookup.size() - begin);
+      const size_t padded = PaddedCount(n);
+      std::string sql = "SELECT id, ns, dedup_key FROM items WHERE ";
+      for (size_t i = 0; i < padded; ++i)
+        sql += i == 0 ? "(ns = ? AND dedup_key = ?)" : " OR (ns = ? AND dedup_key = ?)";
+      sql::PreparedStatement& st = Stmt(sql);
+      unsigned p = 1;
+      for (size_t i = 0; i < padded; ++i) {
+        const Key& k = *lookup[begin + std::min(i, n - 1)];
+        st.setString(p++, k.first);
+        st.setString(p++, k.second);
+      }
+      std::unique_ptr<sql::ResultSet> rs(st.executeQuery());
+      while (rs->next()) owner[Key(Str(*rs, 2), Str(*rs, 3))] = rs->getUInt64(1);
+    }
+    std::vector<size_t> fresh;  // the items to insert, in input order
+    fresh.reserve(items.size());
+    for (size_t i = 0; i < items.size(); ++i) {
+      if (items[i].dedup_key.empty()) {
+        fresh.push_back(i);
+        continue;
+      }
+      const Key key(items[i].ns, items[i].dedup_key);
+      if (first[key] == i && !owner.count(key)) fresh.push_back(i);
+    }
+    size_t got = 0;
+    for (size_t begin = 0; begin < fresh.size(); begin += kMaxRowsPerInsert) {
+      const size_t n = std::min(kMaxRowsPerInsert, fresh.size() - begin);
       std::string sql =
           "INSERT INTO items (ns, topic, priority, state, deliver_after, lease_ms, "
-          "enqueued_at, expires_at, payload, metadata) VALUES ";
+          "enqueued_at, expires_at, payload, metadata, task_type, max_attempts, "
+          "dedup_key) VALUES ";
       for (size_t i = 0; i < n; ++i)
-        sql += i == 0 ? "(?,?,?,?,?,?,?,?,?,?)" : ",(?,?,?,?,?,?,?,?,?,?)";
-      // RETURNING gives the ids in one round trip (no SELECT LAST_INSERT_ID()).
+        sql += i == 0 ? "(?,?,?,?,?,?,?,?,?,?,?,?,?)" : ",(?,?,?,?,?,?,?,?,?,?,?,?,?)";
+      // RETURNING gives the ids in one round trip (no SELECT LAST_INSERT_ID()), in
+      // the order of the VALUES.
       sql += " RETURNING id";
       sql::PreparedStatement& st = Stmt(sql);
       unsigned p = 1;
-      for (size_t i = begin; i < begin + n; ++i) {
-        const NewItem& it = items[i];
+      for (size_t j = begin; j < begin + n; ++j) {
+        const NewItem& it = items[fresh[j]];
         const int64_t due = ToUnixMillis(it.deliver_after);
         st.setString(p++, it.ns);
         st.setString(p++, it.topic);
@@ -359,17 +647,37 @@ Result<std::vector<RowId>> MySqlShardStore::Insert(std::span<const NewItem> item
         // std::string carries its length: NUL and high bytes are sent as they are.
         st.setString(p++, it.payload);
         st.setString(p++, it.metadata);
+        st.setString(p++, it.task_type);
+        st.setUInt(p++, it.max_attempts);
+        // NULL, not '', when there is no key: the unique key ignores NULLs.
+        if (it.dedup_key.empty()) {
+          st.setNull(p++, sql::DataType::VARBINARY);
+        } else {
+          st.setString(p++, it.dedup_key);
+        }
       }
       std::unique_ptr<sql::ResultSet> rs(st.executeQuery());
-      while (rs->next()) ids.push_back(RowId(rs->getUInt64(1)));
+      while (rs->next()) {
+        if (got < fresh.size()) out[fresh[got]] = {RowId(rs->getUInt64(1)), false};
+        ++got;
+      }
     }
-    if (ids.size() != items.size()) {
+    if (got != fresh.size()) {
       Rollback();
-      return Status::Internal("insert: got " + std::to_string(ids.size()) + " ids for " +
-                              std::to_string(items.size()) + " rows");
+      return Status::Internal("insert: got " + std::to_string(got) + " ids for " +
+                              std::to_string(fresh.size()) + " rows");
+    }
+    for (size_t i = 0; i < items.size(); ++i) {
+      if (items[i].dedup_key.empty()) continue;
+      const Key key(items[i].ns, items[i].dedup_key);
+      if (auto o = owner.find(key); o != owner.end()) {
+        out[i] = {RowId(o->second), true};
+      } else if (size_t f = first[key]; f != i) {
+        out[i] = {out[f].row, true};
+      }
     }
     Commit();
-    return ids;
+    return out;
   });
 }
 
@@ -400,13 +708,16 @@ Result<std::vector<ReadyKey>> MySqlShardStore::FetchReady(const std::string& ns,
   });
 }
 
-Result<std::vector<LeasedItem>> MySqlShardStore::Claim(std::span<const RowId> rows,
+Result<std::vector<LeasedItem>> MySqlShardStore::Claim(std::span<const ClaimRequest> rows,
                                                        LeaseToken token, Time now) {
   using R = Result<std::vector<LeasedItem>>;
+  // The first request for a row wins (a repeated row is skipped, as not READY).
+  std::map<uint64_t, std::string> worker;
+  for (const ClaimRequest& r : rows)
+    worker.emplace(r.row.value(), TruncateTo(r.worker_id, kMaxWorkerIdLen));
+  if (worker.empty()) return std::vector<LeasedItem>{};
   std::vector<uint64_t> ids;
-  for (RowId r : rows) ids.push_back(r.value());
-  ids = UniqueIds(std::move(ids));
-  if (ids.empty()) return std::vector<LeasedItem>{};
+  for (const auto& [id, w] : worker) ids.push_back(id);
   return Run<R>("claim", [&]() -> R {
     const int64_t now_ms = ToUnixMillis(now);
     const std::string in = "(" + Placeholders(PaddedCount(ids.size())) + ")";
@@ -416,12 +727,13 @@ Result<std::vector<LeasedItem>> MySqlShardStore::Claim(std::span<const RowId> ro
     // not kept locked.
     sql::PreparedStatement& sel = Stmt(
         "SELECT id, ns, topic, priority, deliver_after, lease_ms, attempts, enqueued_at, "
-        "payload, metadata FROM items WHERE id IN " +
+        "payload, metadata, task_type, max_attempts FROM items WHERE id IN " +
         in + " AND state = 1 AND (expires_at IS NULL OR expires_at > ?) FOR UPDATE");
     unsigned p = BindIds(sel, 1, ids);
     sel.setInt64(p, now_ms);
     std::vector<LeasedItem> out;
     std::vector<uint64_t> locked;
+    std::vector<PendingEvent> events;
     {
       std::unique_ptr<sql::ResultSet> rs(sel.executeQuery());
       while (rs->next()) {
@@ -436,147 +748,144 @@ Result<std::vector<LeasedItem>> MySqlShardStore::Claim(std::span<const RowId> ro
         item.enqueued_at = FromUnixMillis(rs->getInt64(8));
         item.payload = Str(*rs, 9);
         item.metadata = Str(*rs, 10);
+        item.task_type = Str(*rs, 11);
+        item.max_attempts = rs->getUInt(12);
         item.token = token;
         locked.push_back(item.row.value());
+        events.push_back(PendingEvent{item.row.value(), now_ms, "leased", item.attempts,
+                                      worker[item.row.value()], ""});
         out.push_back(std::move(item));
       }
     }
     if (!locked.empty()) {
-      const std::string lin = "(" + Placeholders(PaddedCount(locked.size())) + ")";
+      const size_t n = locked.size();
+      const bool one_worker = std::all_of(locked.begin(), locked.end(), [&](uint64_t id) {
+        return worker[id] == worker[locked[0]];
+      });
       sql::PreparedStatement& upd = Stmt(
           "UPDATE items SET state = 2, lease_token = ?, deliver_after = ? + lease_ms, "
-          "attempts = attempts + 1 WHERE id IN " +
-          lin);
-      upd.setUInt64(1, token.value());
-      upd.setInt64(2, now_ms);
-      BindIds(upd, 3, locked);
+          "attempts = attempts + 1, worker_id = " +
+          (one_worker ? std::string("?") : CaseById(PaddedCount(n), "worker_id")) +
+          ", first_delivered_at = IF(first_delivered_at = 0, ?, first_delivered_at), "
+          "last_delivered_at = ? WHERE id IN (" +
+          Placeholders(PaddedCount(n)) + ")");
+      unsigned q = 1;
+      upd.setUInt64(q++, token.value());
+      upd.setInt64(q++, now_ms);
+      if (one_worker) {
+        upd.setString(q++, worker[locked[0]]);
+      } else {
+        q = BindCase(
+            upd, q, n, [&](size_t k) { return locked[k]; },
+            [&](unsigned at, size_t k) { upd.setString(at, worker[locked[k]]); });
+      }
+      upd.setInt64(q++, now_ms);
+      upd.setInt64(q++, now_ms);
+      BindIds(upd, q, locked);
       int changed = upd.executeUpdate();
-      if (changed != static_cast<int>(locked.size())) {
+      if (changed != static_cast<int>(n)) {
         Rollback();
-        return Status::Internal("claim: locked " + std::to_string(locked.size()) +
+        return Status::Internal("claim: locked " + std::to_string(n) +
                                 " rows but updated " + std::to_string(changed));
       }
+      AppendEvents(events);
     }
     Commit();
     return out;
   });
 }
 
-Result<std::vector<ItemOutcome>> MySqlShardStore::Ack(std::span<const AckRequest> acks) {
+Result<std::vector<ItemOutcome>> MySqlShardStore::Ack(std::span<const AckRequest> acks,
+                                                      Time now) {
   using R = Result<std::vector<ItemOutcome>>;
   if (acks.empty()) return std::vector<ItemOutcome>{};
+  std::vector<uint64_t> ids;
+  for (const AckRequest& a : acks) ids.push_back(a.row.value());
+  ids = UniqueIds(std::move(ids));
   return Run<R>("ack", [&]() -> R {
-    // Token 0 is "never leased": it must never match, so it is not sent to the DELETE.
-    std::vector<const AckRequest*> live;
-    for (const AckRequest& a : acks) {
-      if (a.token.value() != 0) live.push_back(&a);
-    }
-    // (row, token) -> transition of the deleted row, consumed by the first request.
-    std::map<std::pair<uint64_t, uint64_t>, ItemTransition> deleted;
-    if (!live.empty()) {
-      const size_t padded = PaddedCount(live.size());
-      std::string sql = "DELETE FROM items WHERE ";
-      for (size_t i = 0; i < padded; ++i) {
-        sql +=
-            i == 0 ? "(id = ? AND lease_token = ?)" : " OR (id = ? AND lease_token = ?)";
-      }
-      sql += " RETURNING id, ns, topic, priority, state, deliver_after, lease_token";
-      sql::PreparedStatement& st = Stmt(sql);
-      for (size_t i = 0; i < padded; ++i) {
-        const AckRequest& a = *live[std::min(i, live.size() - 1)];
-        st.setUInt64(static_cast<unsigned>(2 * i + 1), a.row.value());
-        st.setUInt64(static_cast<unsigned>(2 * i + 2), a.token.value());
-      }
-      std::unique_ptr<sql::ResultSet> rs(st.executeQuery());
-      while (rs->next()) {
-        ItemTransition t = TransitionFromRow(*rs, ItemState::kGone);
-        deleted.emplace(std::make_pair(t.row.value(), rs->getUInt64(7)), std::move(t));
-      }
-    }
+    const int64_t now_ms = ToUnixMillis(now);
+    std::map<uint64_t, LockedRow> rows = LockRows(ids);
+    struct Done {
+      uint64_t id;
+      int64_t purge_at;
+      std::string result;
+    };
+    std::vector<Done> done;
+    std::vector<PendingEvent> events;
     std::vector<ItemOutcome> out(acks.size());
-    std::vector<uint64_t> unresolved;
     for (size_t i = 0; i < acks.size(); ++i) {
-      auto it = deleted.find({acks[i].row.value(), acks[i].token.value()});
-      if (it != deleted.end()) {
-        out[i].transition = std::move(it->second);
-        deleted.erase(it);
+      const uint64_t id = acks[i].row.value();
+      const std::string what = "ack of row " + std::to_string(id);
+      auto it = rows.find(id);
+      if (it == rows.end()) {
+        out[i].status = Status::NotFound("ack: no row " + std::to_string(id));
+        continue;
+      }
+      LockedRow& r = it->second;
+      // Token 0 means "never leased" and never matches.
+      const bool token_ok =
+          acks[i].token.value() != 0 && r.token == acks[i].token.value();
+      if (r.state == kSucceeded && token_ok) continue;  // a repeated ack: OK, no change
+      if (r.state >= kSucceeded) {
+        out[i].status =
+            Status::FailedPrecondition(what + ": already " + StateName(r.state));
+      } else if (!token_ok) {
+        out[i].status = Status::FailedPrecondition(what + ": stale lease token");
+      } else if (r.state != kLeased && r.state != kReady) {
+        out[i].status = Status::FailedPrecondition(what + ": not leased");
       } else {
-        unresolved.push_back(acks[i].row.value());
+        const ItemState from = static_cast<ItemState>(r.state);
+        r.state = kSucceeded;
+        r.deliver_after = PurgeTime(r.ns, now_ms);
+        done.push_back(
+            {id, r.deliver_after, TruncateTo(acks[i].result, kMaxResultBytes)});
+        events.push_back(Event(id, r, now_ms, "succeeded"));
+        out[i].transition =
+            MakeTransition(id, r, from, ItemState::kSucceeded, r.deliver_after);
       }
     }
-    if (!unresolved.empty()) {
-      // Not deleted: either gone already (acks are idempotent) or another token.
-      std::vector<uint64_t> ids = UniqueIds(unresolved);
-      sql::PreparedStatement& st = Stmt("SELECT id FROM items WHERE id IN (" +
-                                        Placeholders(PaddedCount(ids.size())) + ")");
-      BindIds(st, 1, ids);
-      std::set<uint64_t> present;
-      {
-        std::unique_ptr<sql::ResultSet> rs(st.executeQuery());
-        while (rs->next()) present.insert(rs->getUInt64(1));
+    if (!done.empty()) {
+      // One UPDATE; per-row values (purge time per namespace, result) only when they
+      // differ between the rows.
+      const size_t n = done.size();
+      const bool one_purge = std::all_of(done.begin(), done.end(), [&](const Done& d) {
+        return d.purge_at == done[0].purge_at;
+      });
+      const bool one_result = std::all_of(done.begin(), done.end(), [&](const Done& d) {
+        return d.result == done[0].result;
+      });
+      sql::PreparedStatement& st = Stmt(
+          "UPDATE items SET state = 3, finished_at = ?, expires_at = NULL, "
+          "deliver_after = " +
+          (one_purge ? std::string("?") : CaseById(PaddedCount(n), "deliver_after")) +
+          ", result = " +
+          (one_result ? std::string("?") : CaseById(PaddedCount(n), "result")) +
+          " WHERE id IN (" + Placeholders(PaddedCount(n)) + ")");
+      auto id_of = [&](size_t k) { return done[k].id; };
+      unsigned p = 1;
+      st.setInt64(p++, now_ms);
+      if (one_purge) {
+        st.setInt64(p++, done[0].purge_at);
+      } else {
+        p = BindCase(st, p, n, id_of,
+                     [&](unsigned at, size_t k) { st.setInt64(at, done[k].purge_at); });
       }
-      for (size_t i = 0; i < acks.size(); ++i) {
-        if (!out[i].transition && present.count(acks[i].row.value())) {
-          out[i].status = Status::FailedPrecondition("ack of row " +
-                                                     std::to_string(acks[i].row.value()) +
-                                                     ": stale lease token");
-        }
+      if (one_result) {
+        st.setString(p++, done[0].result);
+      } else {
+        p = BindCase(st, p, n, id_of,
+                     [&](unsigned at, size_t k) { st.setString(at, done[k].result); });
       }
+      std::vector<uint64_t> done_ids;
+      for (const Done& d : done) done_ids.push_back(d.id);
+      BindIds(st, p, done_ids);
+      st.executeUpdate();
+      AppendEvents(events);
     }
     Commit();
     return out;
   });
 }
-
-namespace {
-
-// The fields of a row that Nack and Extend classify in memory.
-struct LockedRow {
-  std::string ns;
-  std::string topic;
-  int32_t priority = 0;
-  int state = 0;
-  uint64_t token = 0;
-  int64_t deliver_after = 0;
-};
-
-// Checks a nack/extend request against the locked row; OK if it may proceed.
-Status CheckLease(const char* op, uint64_t row, uint64_t token,
-                  const std::map<uint64_t, LockedRow>& rows) {
-  auto it = rows.find(row);
-  if (it == rows.end()) {
-    return Status::NotFound(std::string(op) + ": no row " + std::to_string(row));
-  }
-  if (it->second.token != token || token == 0) {
-    return Status::FailedPrecondition(std::string(op) + " of row " + std::to_string(row) +
-                                      ": stale lease token");
-  }
-  if (it->second.state != kLeased) {
-    return Status::FailedPrecondition(std::string(op) + " of row " + std::to_string(row) +
-                                      ": not leased");
-  }
-  return Status::Ok();
-}
-
-// Locks the rows of `ids` and reads what Nack/Extend classify.
-std::map<uint64_t, LockedRow> LockRows(sql::PreparedStatement& st,
-                                       const std::vector<uint64_t>& ids) {
-  BindIds(st, 1, ids);
-  std::map<uint64_t, LockedRow> rows;
-  std::unique_ptr<sql::ResultSet> rs(st.executeQuery());
-  while (rs->next()) {
-    LockedRow& r = rows[rs->getUInt64(1)];
-    r.ns = Str(*rs, 2);
-    r.topic = Str(*rs, 3);
-    r.priority = rs->getInt(4);
-    r.state = static_cast<int>(rs->getUInt(5));
-    r.token = rs->getUInt64(6);
-    r.deliver_after = rs->getInt64(7);
-  }
-  return rows;
-}
-
-}  // namespace
 
 Result<std::vector<ItemOutcome>> MySqlShardStore::Nack(std::span<const NackRequest> nacks,
                                                        Time now) {
@@ -585,41 +894,64 @@ Result<std::vector<ItemOutcome>> MySqlShardStore::Nack(std::span<const NackReque
     if (n.metadata) SHARDQ_RETURN_IF_ERROR(ValidateMetadata(*n.metadata));
   }
   if (nacks.empty()) return std::vector<ItemOutcome>{};
+  std::vector<uint64_t> ids;
+  for (const NackRequest& n : nacks) ids.push_back(n.row.value());
+  ids = UniqueIds(std::move(ids));
   return Run<R>("nack", [&]() -> R {
-    std::vector<uint64_t> ids;
-    for (const NackRequest& n : nacks) ids.push_back(n.row.value());
-    ids = UniqueIds(std::move(ids));
-    std::map<uint64_t, LockedRow> rows =
-        LockRows(Stmt("SELECT id, ns, topic, priority, state, lease_token, deliver_after "
-                      "FROM items "
-                      "WHERE id IN (" +
-                      Placeholders(PaddedCount(ids.size())) + ") FOR UPDATE"),
-                 ids);
+    const int64_t now_ms = ToUnixMillis(now);
+    std::map<uint64_t, LockedRow> rows = LockRows(ids);
+    std::vector<PendingEvent> events;
     std::vector<ItemOutcome> out(nacks.size());
     for (size_t i = 0; i < nacks.size(); ++i) {
       const NackRequest& n = nacks[i];
       out[i].status = CheckLease("nack", n.row.value(), n.token.value(), rows);
       if (!out[i].status.ok()) continue;
       LockedRow& r = rows[n.row.value()];
-      const Time due = now + std::max(n.delay, Duration(0));
-      const ItemState to = due <= now ? ItemState::kReady : ItemState::kDelayed;
+      ItemState to;
+      std::string_view kind;
+      if (r.cancel_requested) {
+        to = ItemState::kCancelled;
+        kind = "cancelled";
+      } else if (n.fatal) {
+        to = ItemState::kFailed;
+        kind = "failed";
+      } else if (r.attempts >= r.max_attempts) {
+        to = ItemState::kDead;
+        kind = "dead_lettered";
+      } else {
+        const Time due = now + std::max(n.delay, Duration(0));
+        to = due <= now ? ItemState::kReady : ItemState::kDelayed;
+        kind = "retry";
+      }
+      const bool final = IsFinal(to);
+      const int64_t due = final ? PurgeTime(r.ns, now_ms)
+                                : ToUnixMillis(now + std::max(n.delay, Duration(0)));
+      std::string error = TruncateTo(n.error, kMaxErrorBytes);
       sql::PreparedStatement& st =
-          n.metadata ? Stmt(
-                           "UPDATE items SET state = ?, deliver_after = ?, metadata = ? "
-                           "WHERE id = ?")
-                     : Stmt("UPDATE items SET state = ?, deliver_after = ? WHERE id = ?");
+          n.metadata
+              ? Stmt(
+                    "UPDATE items SET state = ?, deliver_after = ?, finished_at = ?, "
+                    "expires_at = IF(?, NULL, expires_at), last_error = ?, metadata = ? "
+                    "WHERE id = ?")
+              : Stmt(
+                    "UPDATE items SET state = ?, deliver_after = ?, finished_at = ?, "
+                    "expires_at = IF(?, NULL, expires_at), last_error = ? WHERE id = ?");
       unsigned p = 1;
       st.setInt(p++, static_cast<int>(to));
-      st.setInt64(p++, ToUnixMillis(due));
+      st.setInt64(p++, due);
+      st.setInt64(p++, final ? now_ms : 0);
+      st.setInt(p++, final ? 1 : 0);
+      st.setString(p++, error);
       if (n.metadata) st.setString(p++, *n.metadata);
       st.setUInt64(p++, n.row.value());
       st.executeUpdate();
       // Later requests for the same row in this batch see the new state.
       r.state = static_cast<int>(to);
-      r.deliver_after = ToUnixMillis(due);
-      out[i].transition =
-          ItemTransition{n.row, r.ns, r.topic, r.priority, ItemState::kLeased, to, due};
+      r.deliver_after = due;
+      events.push_back(Event(n.row.value(), r, now_ms, kind, std::move(error)));
+      out[i].transition = MakeTransition(n.row.value(), r, ItemState::kLeased, to, due);
     }
+    AppendEvents(events);
     Commit();
     return out;
   });
@@ -629,16 +961,11 @@ Result<std::vector<ItemOutcome>> MySqlShardStore::Extend(
     std::span<const ExtendRequest> reqs, Time now) {
   using R = Result<std::vector<ItemOutcome>>;
   if (reqs.empty()) return std::vector<ItemOutcome>{};
+  std::vector<uint64_t> ids;
+  for (const ExtendRequest& e : reqs) ids.push_back(e.row.value());
+  ids = UniqueIds(std::move(ids));
   return Run<R>("extend", [&]() -> R {
-    std::vector<uint64_t> ids;
-    for (const ExtendRequest& e : reqs) ids.push_back(e.row.value());
-    ids = UniqueIds(std::move(ids));
-    std::map<uint64_t, LockedRow> rows =
-        LockRows(Stmt("SELECT id, ns, topic, priority, state, lease_token, deliver_after "
-                      "FROM items "
-                      "WHERE id IN (" +
-                      Placeholders(PaddedCount(ids.size())) + ") FOR UPDATE"),
-                 ids);
+    std::map<uint64_t, LockedRow> rows = LockRows(ids);
     const int64_t now_ms = ToUnixMillis(now);
     std::vector<ItemOutcome> out(reqs.size());
     for (size_t i = 0; i < reqs.size(); ++i) {
@@ -659,6 +986,7 @@ Result<std::vector<ItemOutcome>> MySqlShardStore::Extend(
       st.executeUpdate();
       r.deliver_after = ToUnixMillis(deadline);
       out[i].new_deadline = deadline;
+      out[i].cancel_requested = r.cancel_requested;
     }
     Commit();
     return out;
@@ -669,36 +997,78 @@ Result<std::vector<ItemTransition>> MySqlShardStore::PromoteDue(Time now, size_t
   using R = Result<std::vector<ItemTransition>>;
   if (limit == 0) return std::vector<ItemTransition>{};
   return Run<R>("promote_due", [&]() -> R {
+    const int64_t now_ms = ToUnixMillis(now);
     // One index range of `due` per state, merged: earliest first overall.
-    sql::PreparedStatement& sel = Stmt(
-        "SELECT id, ns, topic, priority, state, deliver_after FROM items WHERE state = ? "
-        "AND "
-        "deliver_after <= ? ORDER BY deliver_after, id LIMIT ? FOR UPDATE");
-    std::vector<ItemTransition> due;
+    sql::PreparedStatement& sel =
+        Stmt("SELECT " + kLockCols +
+             " FROM items WHERE state = ? AND deliver_after <= ? "
+             "ORDER BY deliver_after, id LIMIT ? FOR UPDATE");
+    std::vector<std::pair<uint64_t, LockedRow>> due;
     for (int state : {kDelayed, kLeased}) {
       sel.setInt(1, state);
-      sel.setInt64(2, ToUnixMillis(now));
+      sel.setInt64(2, now_ms);
       sel.setUInt64(3, limit);
       std::unique_ptr<sql::ResultSet> rs(sel.executeQuery());
-      while (rs->next()) due.push_back(TransitionFromRow(*rs, ItemState::kReady));
+      while (rs->next()) {
+        LockedRow r;
+        const uint64_t id = ReadLocked(*rs, r);
+        due.emplace_back(id, std::move(r));
+      }
     }
-    std::sort(
-        due.begin(), due.end(), [](const ItemTransition& a, const ItemTransition& b) {
-          return std::tie(a.deliver_after, a.row) < std::tie(b.deliver_after, b.row);
-        });
+    std::sort(due.begin(), due.end(), [](const auto& a, const auto& b) {
+      return std::tie(a.second.deliver_after, a.first) <
+             std::tie(b.second.deliver_after, b.first);
+    });
     if (due.size() > limit) due.resize(limit);
-    if (!due.empty()) {
-      std::vector<uint64_t> ids;
-      for (const ItemTransition& t : due) ids.push_back(t.row.value());
-      // deliver_after stays: for READY it is the time the item became due. The lease
-      // token stays too, so a late ack of an expired lease still matches.
-      sql::PreparedStatement& upd = Stmt("UPDATE items SET state = 1 WHERE id IN (" +
-                                         Placeholders(PaddedCount(ids.size())) + ")");
-      BindIds(upd, 1, ids);
-      upd.executeUpdate();
+    std::vector<ItemTransition> out;
+    std::vector<uint64_t> delayed_ids, expired_ids;
+    std::map<std::pair<int, int64_t>, std::vector<uint64_t>> finished;  // (state, purge)
+    std::vector<PendingEvent> events;
+    for (const auto& [id, r] : due) {
+      if (r.state == kDelayed) {
+        // deliver_after stays: for READY it is the time the item became due.
+        delayed_ids.push_back(id);
+        out.push_back(MakeTransition(id, r, ItemState::kDelayed, ItemState::kReady,
+                                     r.deliver_after));
+        continue;
+      }
+      // An expired lease. The token stays, so a late ack of done work still matches.
+      ItemState to = ItemState::kReady;
+      std::string detail;
+      if (r.cancel_requested) {
+        to = ItemState::kCancelled;
+        detail = "cancelled";
+      } else if (r.attempts >= r.max_attempts) {
+        to = ItemState::kDead;
+        detail = "dead_lettered";
+      }
+      events.push_back(Event(id, r, now_ms, "lease_expired", std::move(detail)));
+      if (to == ItemState::kReady) {
+        expired_ids.push_back(id);
+        out.push_back(MakeTransition(id, r, ItemState::kLeased, to, r.deliver_after));
+      } else {
+        const int64_t purge_at = PurgeTime(r.ns, now_ms);
+        finished[{static_cast<int>(to), purge_at}].push_back(id);
+        out.push_back(MakeTransition(id, r, ItemState::kLeased, to, purge_at));
+      }
     }
+    ExecuteForIds("UPDATE items SET state = 1 WHERE id IN ", delayed_ids, nullptr);
+    ExecuteForIds("UPDATE items SET state = 1, last_error = 'lease expired' WHERE id IN ",
+                  expired_ids, nullptr);
+    for (const auto& [key, group] : finished) {
+      ExecuteForIds(
+          "UPDATE items SET state = ?, finished_at = ?, deliver_after = ?, "
+          "expires_at = NULL, last_error = 'lease expired' WHERE id IN ",
+          group, [&](sql::PreparedStatement& st) {
+            st.setInt(1, key.first);
+            st.setInt64(2, now_ms);
+            st.setInt64(3, key.second);
+            return 4u;
+          });
+    }
+    AppendEvents(events);
     Commit();
-    return due;
+    return out;
   });
 }
 
@@ -707,16 +1077,57 @@ Result<std::vector<ItemTransition>> MySqlShardStore::PurgeExpired(Time now,
   using R = Result<std::vector<ItemTransition>>;
   if (limit == 0) return std::vector<ItemTransition>{};
   return Run<R>("purge_expired", [&]() -> R {
-    // One statement on the `expiry` index.
-    sql::PreparedStatement& st = Stmt(
-        "DELETE FROM items WHERE expires_at <= ? ORDER BY expires_at, id LIMIT ? "
-        "RETURNING id, ns, topic, priority, state, deliver_after");
-    st.setInt64(1, ToUnixMillis(now));
-    st.setUInt64(2, limit);
-    std::vector<ItemTransition> out;
+    const int64_t now_ms = ToUnixMillis(now);
+    // The earliest `limit` candidates in one round trip: TTL-expired live rows from the
+    // `expiry` index (final rows have no TTL: it is cleared when they finish), and
+    // each final state's purge-time range of the `due` index.
+    std::string sql =
+        "(SELECT id, expires_at AS t FROM items WHERE expires_at <= ? AND state < 3 "
+        "ORDER BY expires_at, id LIMIT ?)";
+    for (int s = kSucceeded; s <= kCancelled; ++s) {
+      sql += " UNION ALL (SELECT id, deliver_after FROM items WHERE state = " +
+             std::to_string(s) +
+             " AND deliver_after <= ? ORDER BY deliver_after, id LIMIT ?)";
+    }
+    sql += " ORDER BY t, id LIMIT ?";
+    sql::PreparedStatement& sel = Stmt(sql);
+    unsigned p = 1;
+    for (int part = 0; part < 5; ++part) {
+      sel.setInt64(p++, now_ms);
+      sel.setUInt64(p++, limit);
+    }
+    sel.setUInt64(p, limit);
+    std::vector<uint64_t> chosen;
     {
-      std::unique_ptr<sql::ResultSet> rs(st.executeQuery());
-      while (rs->next()) out.push_back(TransitionFromRow(*rs, ItemState::kGone));
+      std::unique_ptr<sql::ResultSet> rs(sel.executeQuery());
+      while (rs->next()) chosen.push_back(rs->getUInt64(1));
+    }
+    std::vector<ItemTransition> out;
+    if (!chosen.empty()) {
+      // The DELETE re-checks the condition: what it returns is what was purged.
+      sql::PreparedStatement& del = Stmt(
+          "DELETE FROM items WHERE id IN (" + Placeholders(PaddedCount(chosen.size())) +
+          ") AND ((state < 3 AND expires_at <= ?) OR (state >= 3 AND deliver_after <= "
+          "?)) RETURNING id, ns, topic, priority, state, deliver_after");
+      unsigned q = BindIds(del, 1, chosen);
+      del.setInt64(q++, now_ms);
+      del.setInt64(q++, now_ms);
+      std::map<uint64_t, ItemTransition> deleted;
+      {
+        std::unique_ptr<sql::ResultSet> rs(del.executeQuery());
+        while (rs->next()) {
+          ItemTransition t = TransitionFromRow(*rs, ItemState::kGone);
+          deleted.emplace(t.row.value(), std::move(t));
+        }
+      }
+      std::vector<uint64_t> gone;
+      for (uint64_t id : chosen) {
+        auto it = deleted.find(id);
+        if (it == deleted.end()) continue;
+        gone.push_back(id);
+        out.push_back(std::move(it->second));
+      }
+      ExecuteForIds("DELETE FROM task_events WHERE item_id IN ", gone, nullptr);
     }
     Commit();
     return out;
@@ -762,21 +1173,252 @@ Result<std::vector<TopicCounts>> MySqlShardStore::CountByTopic() {
           out.push_back(TopicCounts{std::move(ns), std::move(topic)});
         }
         const uint64_t n = rs->getUInt64(4);
-        switch (static_cast<int>(rs->getUInt(3))) {
-          case kDelayed:
-            out.back().delayed += n;
+        TopicCounts& c = out.back();
+        switch (static_cast<ItemState>(rs->getUInt(3))) {
+          case ItemState::kDelayed:
+            c.delayed += n;
             break;
-          case kReady:
-            out.back().ready += n;
+          case ItemState::kReady:
+            c.ready += n;
             break;
-          case kLeased:
-            out.back().leased += n;
+          case ItemState::kLeased:
+            c.leased += n;
             break;
-          default:
+          case ItemState::kSucceeded:
+            c.succeeded += n;
+            break;
+          case ItemState::kFailed:
+            c.failed += n;
+            break;
+          case ItemState::kDead:
+            c.dead += n;
+            break;
+          case ItemState::kCancelled:
+            c.cancelled += n;
+            break;
+          case ItemState::kGone:
             break;
         }
       }
     }
+    Commit();
+    return out;
+  });
+}
+
+// --- operators' calls ---------------------------------------------------------------
+
+Result<TaskRecord> MySqlShardStore::GetTask(RowId row, bool include_payload) {
+  using R = Result<TaskRecord>;
+  return Run<R>("get_task", [&]() -> R {
+    sql::PreparedStatement& st =
+        Stmt("SELECT " + kRecordCols + (include_payload ? ", payload" : "") +
+             " FROM items WHERE id = ?");
+    st.setUInt64(1, row.value());
+    std::optional<TaskRecord> t;
+    {
+      std::unique_ptr<sql::ResultSet> rs(st.executeQuery());
+      if (rs->next()) {
+        t = ReadRecord(*rs);
+        if (include_payload) t->payload = Str(*rs, 20);
+      }
+    }
+    if (!t) {
+      Commit();
+      return Status::NotFound("get_task: no row " + std::to_string(row.value()));
+    }
+    // The newest kMaxHistory events (primary key (item_id, seq)), oldest first.
+    sql::PreparedStatement& ev = Stmt(
+        "SELECT at_ms, kind, attempt, worker_id, detail FROM (SELECT seq, at_ms, kind, "
+        "attempt, worker_id, detail FROM task_events WHERE item_id = ? ORDER BY seq DESC "
+        "LIMIT " +
+        std::to_string(kMaxHistory) + ") AS newest ORDER BY seq");
+    ev.setUInt64(1, row.value());
+    {
+      std::unique_ptr<sql::ResultSet> rs(ev.executeQuery());
+      while (rs->next()) {
+        t->history.push_back(TaskEvent{FromUnixMillis(rs->getInt64(1)), Str(*rs, 2),
+                                       rs->getUInt(3), Str(*rs, 4), Str(*rs, 5)});
+      }
+    }
+    Commit();
+    return std::move(*t);
+  });
+}
+
+Result<ItemOutcome> MySqlShardStore::Cancel(RowId row, Time now) {
+  using R = Result<ItemOutcome>;
+  return Run<R>("cancel", [&]() -> R {
+    const int64_t now_ms = ToUnixMillis(now);
+    const uint64_t id = row.value();
+    std::map<uint64_t, LockedRow> rows = LockRows({id});
+    ItemOutcome out;
+    auto it = rows.find(id);
+    if (it == rows.end()) {
+      out.status = Status::NotFound("cancel: no row " + std::to_string(id));
+      Commit();
+      return out;
+    }
+    LockedRow& r = it->second;
+    std::vector<PendingEvent> events;
+    if (r.state == kDelayed || r.state == kReady) {
+      const int64_t purge_at = PurgeTime(r.ns, now_ms);
+      sql::PreparedStatement& st = Stmt(
+          "UPDATE items SET state = 6, finished_at = ?, deliver_after = ?, "
+          "expires_at = NULL WHERE id = ?");
+      st.setInt64(1, now_ms);
+      st.setInt64(2, purge_at);
+      st.setUInt64(3, id);
+      st.executeUpdate();
+      events.push_back(Event(id, r, now_ms, "cancelled"));
+      out.transition = MakeTransition(id, r, static_cast<ItemState>(r.state),
+                                      ItemState::kCancelled, purge_at);
+    } else if (r.state == kLeased) {
+      // The holder learns it from Extend; its Nack (or the lease's expiry) ends it.
+      if (!r.cancel_requested) {
+        sql::PreparedStatement& st =
+            Stmt("UPDATE items SET cancel_requested = 1 WHERE id = ?");
+        st.setUInt64(1, id);
+        st.executeUpdate();
+        events.push_back(Event(id, r, now_ms, "cancel_requested"));
+      }
+      out.cancel_requested = true;
+    } else if (r.state != kCancelled) {
+      out.status = Status::FailedPrecondition("cancel of row " + std::to_string(id) +
+                                              ": already " + StateName(r.state));
+    }
+    AppendEvents(events);
+    Commit();
+    return out;
+  });
+}
+
+Result<std::vector<TaskRecord>> MySqlShardStore::ListDead(const std::string& ns,
+                                                          const std::string& topic,
+                                                          size_t limit) {
+  using R = Result<std::vector<TaskRecord>>;
+  if (limit == 0) return std::vector<TaskRecord>{};
+  return Run<R>("list_dead", [&]() -> R {
+    // An exact prefix (ns, topic, state) of the ready_order index, read in order.
+    sql::PreparedStatement& st =
+        Stmt("SELECT " + kRecordCols +
+             " FROM items WHERE ns = ? AND topic = ? AND state = 5 ORDER BY " +
+             std::string(kSqlOrderBy) + " LIMIT ?");
+    st.setString(1, ns);
+    st.setString(2, topic);
+    st.setUInt64(3, limit);
+    std::vector<TaskRecord> out;
+    {
+      std::unique_ptr<sql::ResultSet> rs(st.executeQuery());
+      while (rs->next()) out.push_back(ReadRecord(*rs));
+    }
+    Commit();
+    return out;
+  });
+}
+
+std::vector<DeadRow> MySqlShardStore::SelectDead(const std::string& ns,
+                                                 const std::string& topic,
+                                                 std::span<const RowId> rows,
+                                                 size_t limit, bool deleting,
+                                                 std::vector<ItemOutcome>& per_row) {
+  std::vector<DeadRow> out;
+  if (rows.empty()) {
+    if (limit == 0) return out;
+    sql::PreparedStatement& st =
+        Stmt("SELECT " + kLockCols +
+             " FROM items WHERE ns = ? AND topic = ? AND state = 5 ORDER BY " +
+             std::string(kSqlOrderBy) + " LIMIT ? FOR UPDATE");
+    st.setString(1, ns);
+    st.setString(2, topic);
+    st.setUInt64(3, limit);
+    std::unique_ptr<sql::ResultSet> rs(st.executeQuery());
+    while (rs->next()) {
+      DeadRow d;
+      d.index = kNpos;
+      d.id = ReadLocked(*rs, d.row);
+      out.push_back(std::move(d));
+    }
+    return out;
+  }
+  std::vector<uint64_t> ids;
+  for (RowId r : rows) ids.push_back(r.value());
+  std::map<uint64_t, LockedRow> locked = LockRows(UniqueIds(std::move(ids)));
+  per_row.resize(rows.size());
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const uint64_t id = rows[i].value();
+    auto it = locked.find(id);
+    if (it == locked.end() || it->second.ns != ns || it->second.topic != topic) {
+      per_row[i].status =
+          Status::NotFound("no row " + std::to_string(id) + " in " + ns + "/" + topic);
+    } else if (it->second.state != kDead) {
+      per_row[i].status =
+          Status::FailedPrecondition("row " + std::to_string(id) + " is " +
+                                     StateName(it->second.state) + ", not dead");
+    } else {
+      out.push_back(DeadRow{i, id, it->second});
+      // A repeat of this row sees what this call does to it.
+      if (deleting) {
+        locked.erase(it);
+      } else {
+        it->second.state = kReady;
+      }
+    }
+  }
+  return out;
+}
+
+Result<ShardStore::BulkOutcome> MySqlShardStore::Redrive(const std::string& ns,
+                                                         const std::string& topic,
+                                                         std::span<const RowId> rows,
+                                                         size_t limit, Time now) {
+  using R = Result<BulkOutcome>;
+  return Run<R>("redrive", [&]() -> R {
+    const int64_t now_ms = ToUnixMillis(now);
+    BulkOutcome out;
+    std::vector<DeadRow> dead = SelectDead(ns, topic, rows, limit, false, out.per_row);
+    std::vector<uint64_t> ids;
+    std::vector<PendingEvent> events;
+    for (DeadRow& d : dead) {
+      ids.push_back(d.id);
+      d.row.attempts = 0;
+      events.push_back(Event(d.id, d.row, now_ms, "redriven"));
+      ItemTransition t =
+          MakeTransition(d.id, d.row, ItemState::kDead, ItemState::kReady, now_ms);
+      if (d.index != kNpos) out.per_row[d.index].transition = t;
+      out.transitions.push_back(std::move(t));
+    }
+    ExecuteForIds(
+        "UPDATE items SET state = 1, attempts = 0, deliver_after = ?, finished_at = 0, "
+        "cancel_requested = 0 WHERE id IN ",
+        ids, [&](sql::PreparedStatement& st) {
+          st.setInt64(1, now_ms);
+          return 2u;
+        });
+    AppendEvents(events);
+    Commit();
+    return out;
+  });
+}
+
+Result<ShardStore::BulkOutcome> MySqlShardStore::PurgeDead(const std::string& ns,
+                                                           const std::string& topic,
+                                                           std::span<const RowId> rows,
+                                                           size_t limit) {
+  using R = Result<BulkOutcome>;
+  return Run<R>("purge_dead", [&]() -> R {
+    BulkOutcome out;
+    std::vector<DeadRow> dead = SelectDead(ns, topic, rows, limit, true, out.per_row);
+    std::vector<uint64_t> ids;
+    for (const DeadRow& d : dead) {
+      ids.push_back(d.id);
+      ItemTransition t = MakeTransition(d.id, d.row, ItemState::kDead, ItemState::kGone,
+                                        d.row.deliver_after);
+      if (d.index != kNpos) out.per_row[d.index].transition = t;
+      out.transitions.push_back(std::move(t));
+    }
+    ExecuteForIds("DELETE FROM items WHERE id IN ", ids, nullptr);
+    ExecuteForIds("DELETE FROM task_events WHERE item_id IN ", ids, nullptr);
     Commit();
     return out;
   });

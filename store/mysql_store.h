@@ -8,9 +8,12 @@
 // Not thread-safe, like every ShardStore.
 
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "store/store_api.h"
 
@@ -21,6 +24,12 @@ class SQLException;
 }  // namespace sql
 
 namespace shardq::store {
+
+namespace detail {
+struct PendingEvent;  // defined in mysql_store.cc
+struct LockedRow;
+struct DeadRow;
+}  // namespace detail
 
 struct MysqlEndpoint {
   std::string socket;  // unix socket path; when set, host and port are ignored
@@ -44,15 +53,17 @@ class MySqlShardStore final : public ShardStore {
   MySqlShardStore(const MySqlShardStore&) = delete;
   MySqlShardStore& operator=(const MySqlShardStore&) = delete;
 
+  void SetPolicies(NamespacePolicies policies) override;
   Status Open() override;
   Status Ping() override;
-  Result<std::vector<RowId>> Insert(std::span<const NewItem> items, Time now) override;
+  Result<std::vector<Inserted>> Insert(std::span<const NewItem> items, Time now) override;
   Result<std::vector<ReadyKey>> FetchReady(const std::string& ns,
                                            const std::string& topic,
                                            size_t limit) override;
-  Result<std::vector<LeasedItem>> Claim(std::span<const RowId> rows, LeaseToken token,
-                                        Time now) override;
-  Result<std::vector<ItemOutcome>> Ack(std::span<const AckRequest> acks) override;
+  Result<std::vector<LeasedItem>> Claim(std::span<const ClaimRequest> rows,
+                                        LeaseToken token, Time now) override;
+  Result<std::vector<ItemOutcome>> Ack(std::span<const AckRequest> acks,
+                                       Time now) override;
   Result<std::vector<ItemOutcome>> Nack(std::span<const NackRequest> nacks,
                                         Time now) override;
   Result<std::vector<ItemOutcome>> Extend(std::span<const ExtendRequest> reqs,
@@ -61,6 +72,16 @@ class MySqlShardStore final : public ShardStore {
   Result<std::vector<ItemTransition>> PurgeExpired(Time now, size_t limit) override;
   Result<std::optional<Time>> NextDue() override;
   Result<std::vector<TopicCounts>> CountByTopic() override;
+  Result<TaskRecord> GetTask(RowId row, bool include_payload) override;
+  Result<ItemOutcome> Cancel(RowId row, Time now) override;
+  Result<std::vector<TaskRecord>> ListDead(const std::string& ns,
+                                           const std::string& topic,
+                                           size_t limit) override;
+  Result<BulkOutcome> Redrive(const std::string& ns, const std::string& topic,
+                              std::span<const RowId> rows, size_t limit,
+                              Time now) override;
+  Result<BulkOutcome> PurgeDead(const std::string& ns, const std::string& topic,
+                                std::span<const RowId> rows, size_t limit) override;
 
   // True while a connection is held (for tests of the reconnect path).
   bool connected() const { return conn_ != nullptr; }
@@ -82,10 +103,30 @@ class MySqlShardStore final : public ShardStore {
   void Commit();
   void Rollback();
 
+  // Appends `events` to task_events with multi-row INSERTs (kMaxRowsPerInsert each).
+  void AppendEvents(const std::vector<detail::PendingEvent>& events);
+  // Locks (SELECT ... FOR UPDATE) those of the rows `ids` that exist.
+  std::map<uint64_t, detail::LockedRow> LockRows(const std::vector<uint64_t>& ids);
+  // The rows Redrive/PurgeDead act on, locked: the given ones (each gets an outcome in
+  // `per_row`: kNotFound if it is not in ns/topic, kFailedPrecondition if it is not
+  // DEAD) or, when `rows` is empty, the first `limit` DEAD rows in ordering-rule
+  // order. `deleting`: a repeated row is then kNotFound, else kFailedPrecondition.
+  std::vector<detail::DeadRow> SelectDead(const std::string& ns, const std::string& topic,
+                                          std::span<const RowId> rows, size_t limit,
+                                          bool deleting,
+                                          std::vector<ItemOutcome>& per_row);
+  // Runs `sql_head` + "(ids...)" for each chunk of ids, with `bind` binding the
+  // parameters before the id list (it returns the next parameter index).
+  int ExecuteForIds(const std::string& sql_head, const std::vector<uint64_t>& ids,
+                    const std::function<unsigned(sql::PreparedStatement&)>& bind);
+  // The purge time of a row of `ns` that reaches a final state at `now_ms`.
+  int64_t PurgeTime(const std::string& ns, int64_t now_ms) const;
+
   MysqlEndpoint ep_;
   std::string database_;
   std::unique_ptr<sql::Connection> conn_;
   std::unordered_map<std::string, std::unique_ptr<sql::PreparedStatement>> stmts_;
+  NamespacePolicies policies_;
 };
 
 }  // namespace shardq::store

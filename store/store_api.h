@@ -19,6 +19,7 @@
 #include "common/clock.h"
 #include "common/ids.h"
 #include "common/item.h"
+#include "common/namespace_policy.h"
 #include "common/status.h"
 
 namespace shardq::store {
@@ -26,6 +27,7 @@ namespace shardq::store {
 struct AckRequest {
   RowId row;
   LeaseToken token;
+  std::string result;  // kept for GetTask; may be empty
 };
 
 struct NackRequest {
@@ -33,6 +35,55 @@ struct NackRequest {
   LeaseToken token;
   Duration delay{};                     // redeliver after now + delay (0 = at once)
   std::optional<std::string> metadata;  // replaces the metadata when set
+  std::string error;                    // becomes last_error; may be empty
+  bool fatal = false;                   // FAILED for good instead of a retry
+};
+
+// One row to lease, and who leases it.
+struct ClaimRequest {
+  RowId row;
+  std::string worker_id;  // may be empty
+};
+
+// One row's result of Insert, in input order.
+struct Inserted {
+  RowId row;
+  bool deduplicated = false;  // dedup_key matched an existing row: `row` is that one
+};
+
+// What happened to a task, for its history (task_events).
+struct TaskEvent {
+  Time at{};
+  std::string kind;  // "leased", "succeeded", "retry", "failed", "lease_expired",
+                     // "dead_lettered", "cancelled", "cancel_requested", "redriven"
+  uint32_t attempt = 0;
+  std::string worker_id;
+  std::string detail;
+};
+
+// Everything stored about one item (GetTask, dead-letter listings).
+struct TaskRecord {
+  RowId row;
+  std::string ns;
+  std::string topic;
+  std::string task_type;
+  int32_t priority = 0;
+  ItemState state = ItemState::kReady;
+  uint32_t attempts = 0;
+  uint32_t max_attempts = 0;
+  Time enqueued_at{};
+  Time first_delivered_at{};  // epoch = never
+  Time last_delivered_at{};
+  Time finished_at{};
+  Time deliver_after{};  // see schema/0001_items.sql and 0002
+  LeaseToken token;
+  std::string worker_id;
+  std::string last_error;
+  std::string result;
+  std::string metadata;
+  std::string payload;  // only when asked for
+  bool cancel_requested = false;
+  std::vector<TaskEvent> history;  // oldest first, at most the last 100; only when asked
 };
 
 struct ExtendRequest {
@@ -41,15 +92,18 @@ struct ExtendRequest {
   Duration extension{};  // the new deadline is now + extension
 };
 
-// Per-item outcome of Ack/Nack/Extend:
-//  - OK: done. Ack of a row that no longer exists is OK too (acks are idempotent).
-//  - kFailedPrecondition: the token is not the item's current one, or (nack/extend)
-//    the item is not leased any more.
-//  - kNotFound (nack/extend only): no such row.
+// Per-item outcome of Ack/Nack/Extend (and Cancel, Redrive, PurgeDead):
+//  - OK: done. A repeated ack of a SUCCEEDED row with its token is OK (no transition).
+//  - kFailedPrecondition: the token is not the item's current one, or the item is not
+//    in a state the call applies to (nack/extend: not leased; ack: another final
+//    state, or DELAYED).
+//  - kNotFound: no such row (for an ack: it was purged).
+// Per-item refusals are in `status`; the call's Result fails only as a whole.
 struct ItemOutcome {
   Status status;
   std::optional<ItemTransition> transition;  // set when the item changed state
   Time new_deadline{};                       // extend: the new lease deadline
+  bool cancel_requested = false;             // extend: CancelTask was called
 };
 
 struct TopicCounts {
@@ -58,11 +112,26 @@ struct TopicCounts {
   uint64_t delayed = 0;
   uint64_t ready = 0;
   uint64_t leased = 0;
+  uint64_t succeeded = 0;
+  uint64_t failed = 0;
+  uint64_t dead = 0;
+  uint64_t cancelled = 0;
 };
 
+// Every transition below appends a TaskEvent to the item's history in the same
+// transaction (task_events). Final states set finished_at = now and deliver_after =
+// now + the namespace's retention (the purge time), from `policies`.
+// Also: Insert and the promotion DELAYED -> READY record no event (enqueued_at and
+// deliver_after are the record). A row that reaches a final state drops its TTL
+// (expires_at): retention decides when it goes, and a redriven row has no TTL.
+// Texts that only describe an outcome (Nack.error, Ack.result, worker ids) are
+// truncated to their limits (kMaxErrorBytes, ...), never refused.
 class ShardStore {
  public:
   virtual ~ShardStore() = default;
+
+  // The namespace settings used for retention (set once, before Open()).
+  virtual void SetPolicies(NamespacePolicies policies) = 0;
 
   // Connects if needed and applies the schema migrations (idempotent). Called at
   // start-up and again after a failure; cheap when already open.
@@ -72,7 +141,11 @@ class ShardStore {
 
   // Inserts the items in one transaction; returns their row ids in input order.
   // An item whose deliver_after <= now is stored READY, otherwise DELAYED.
-  virtual Result<std::vector<RowId>> Insert(std::span<const NewItem> items, Time now) = 0;
+  // Dedup: an item whose non-empty dedup_key is already used by a row of the same
+  // namespace in this shard (or by an earlier item of the same call) is not inserted;
+  // its result is that row's id with deduplicated = true.
+  virtual Result<std::vector<Inserted>> Insert(std::span<const NewItem> items,
+                                               Time now) = 0;
 
   // The best `limit` READY items of a topic, in ordering-rule order.
   virtual Result<std::vector<ReadyKey>> FetchReady(const std::string& ns,
@@ -81,27 +154,43 @@ class ShardStore {
 
   // Leases the given rows if they are still READY (compare-and-swap) and not expired
   // by TTL: state LEASED, lease_token = token, deliver_after = now + the item's lease
-  // duration, attempts + 1. Returns the rows that were leased (others are skipped),
-  // in any order, with payload and metadata.
-  virtual Result<std::vector<LeasedItem>> Claim(std::span<const RowId> rows,
+  // duration, attempts + 1, worker_id, first (if unset) and last delivered = now;
+  // event "leased". Returns the rows that were leased (others are skipped), in any
+  // order, with payload and metadata.
+  // (Each row carries its own worker_id: one batch serves many callers.)
+  virtual Result<std::vector<LeasedItem>> Claim(std::span<const ClaimRequest> rows,
                                                 LeaseToken token, Time now) = 0;
 
-  // One outcome per request, in request order. A Nack moves the item to READY
-  // (delay 0) or DELAYED.
-  virtual Result<std::vector<ItemOutcome>> Ack(std::span<const AckRequest> acks) = 0;
+  // One outcome per request, in request order.
+  // Ack: LEASED (or READY after an expired lease, token still matching) -> SUCCEEDED
+  // with the result; event "succeeded". Acking a SUCCEEDED row with its token again
+  // is OK (idempotent). A row that is gone: kNotFound.
+  virtual Result<std::vector<ItemOutcome>> Ack(std::span<const AckRequest> acks,
+                                               Time now) = 0;
+  // Nack of a LEASED row (token must match):
+  //  - cancel_requested -> CANCELLED (event "cancelled");
+  //  - fatal -> FAILED (event "failed");
+  //  - attempts >= max_attempts -> DEAD (event "dead_lettered");
+  //  - otherwise READY (delay 0) or DELAYED until now + delay (event "retry").
+  // The error text becomes last_error in every case.
   virtual Result<std::vector<ItemOutcome>> Nack(std::span<const NackRequest> nacks,
                                                 Time now) = 0;
-  // Refused (kFailedPrecondition) if the lease has already expired at `now`.
+  // Refused (kFailedPrecondition) if the lease has already expired at `now`. The
+  // outcome carries cancel_requested.
   virtual Result<std::vector<ItemOutcome>> Extend(std::span<const ExtendRequest> reqs,
                                                   Time now) = 0;
 
-  // Moves up to `limit` items that are due at `now` to READY: DELAYED items whose
-  // deliver_after <= now and LEASED items whose lease expired (deliver_after <= now).
-  // Earliest first. The lease token of an expired lease is kept until the next claim,
-  // so a late ack of work that was in fact done still succeeds.
+  // Moves up to `limit` items that are due at `now`, earliest first:
+  //  - DELAYED with deliver_after <= now -> READY;
+  //  - LEASED whose lease expired (deliver_after <= now), event "lease_expired" and
+  //    last_error "lease expired": -> CANCELLED if cancel_requested, else DEAD if
+  //    attempts >= max_attempts, else READY. The lease token is kept until the next
+  //    claim, so a late ack of work that was in fact done still succeeds.
   virtual Result<std::vector<ItemTransition>> PromoteDue(Time now, size_t limit) = 0;
 
-  // Deletes up to `limit` items whose TTL (expires_at) is <= now, in any state.
+  // Deletes (with their history) up to `limit` items whose TTL (expires_at) is
+  // <= now in a non-final state, or that are final with deliver_after (the purge
+  // time) <= now.
   virtual Result<std::vector<ItemTransition>> PurgeExpired(Time now, size_t limit) = 0;
 
   // The earliest deliver_after among DELAYED and LEASED items, or nullopt if none:
@@ -111,6 +200,36 @@ class ShardStore {
   // Item counts per (namespace, topic, state); used once at start-up to seed the
   // in-memory counters, and by tests.
   virtual Result<std::vector<TopicCounts>> CountByTopic() = 0;
+
+  // --- Operators' calls -------------------------------------------------------
+  // One row with its history (and payload if asked); kNotFound if there is none.
+  virtual Result<TaskRecord> GetTask(RowId row, bool include_payload) = 0;
+  // DELAYED/READY -> CANCELLED (transition set); LEASED -> cancel_requested = 1
+  // (event "cancel_requested", no transition); CANCELLED: OK, nothing changes;
+  // another final state: kFailedPrecondition; no row: kNotFound.
+  virtual Result<ItemOutcome> Cancel(RowId row, Time now) = 0;
+  // DEAD rows of a topic in ordering-rule order (no payload, no history).
+  virtual Result<std::vector<TaskRecord>> ListDead(const std::string& ns,
+                                                   const std::string& topic,
+                                                   size_t limit) = 0;
+  // DEAD -> READY with attempts = 0, deliver_after = now, event "redriven": the given
+  // rows (each must be a DEAD row of that ns/topic, else kFailedPrecondition /
+  // kNotFound for it), or when `rows` is empty all of the topic's (up to `limit`).
+  // One outcome per given row (empty when `rows` was empty); transitions for all.
+  // A given row that does not exist or is in another ns/topic: kNotFound; one that is
+  // there but not DEAD (e.g. redriven by an earlier entry of `rows`):
+  // kFailedPrecondition. `limit` applies only when `rows` is empty.
+  struct BulkOutcome {
+    std::vector<ItemOutcome> per_row;
+    std::vector<ItemTransition> transitions;
+  };
+  virtual Result<BulkOutcome> Redrive(const std::string& ns, const std::string& topic,
+                                      std::span<const RowId> rows, size_t limit,
+                                      Time now) = 0;
+  // Deletes DEAD rows (with their history), with the same selection rules as Redrive
+  // (a row repeated in `rows` is kNotFound the second time: it is gone).
+  virtual Result<BulkOutcome> PurgeDead(const std::string& ns, const std::string& topic,
+                                        std::span<const RowId> rows, size_t limit) = 0;
 };
 
 }  // namespace shardq::store

@@ -1,12 +1,17 @@
 #pragma once
 // Checks shared by both stores so that they refuse the same inputs: the column limits
-// of schema/0001_items.sql. Product limits (kMaxPayloadBytes, ...) are the frontend's
-// job; the store only refuses what the table cannot hold, with kInvalidArgument
-// instead of a storage error.
+// of schema/0001_items.sql and 0002_task_lifecycle.sql. Product limits
+// (kMaxPayloadBytes, ...) are the frontend's job; the store only refuses what the table
+// cannot hold, with kInvalidArgument instead of a storage error.
+//
+// Free-form texts that only describe an outcome (Nack's error, Ack's result, the
+// worker id of a claim) are never refused: both stores truncate them to their limits
+// (TruncateTo) -- an ack must not fail because its result is too long.
 
 #include <cstdint>
 #include <limits>
 #include <string>
+#include <string_view>
 
 #include "common/item.h"
 #include "common/status.h"
@@ -14,6 +19,11 @@
 namespace shardq::store {
 
 inline constexpr size_t kMaxBlobBytes = 65535;  // BLOB column
+
+// The first `max` bytes of `s` (bytes, not characters: the columns are binary).
+inline std::string TruncateTo(std::string_view s, size_t max) {
+  return std::string(s.substr(0, max));
+}
 
 inline Status ValidateMetadata(const std::string& metadata) {
   if (metadata.size() > kMaxBlobBytes) {
@@ -34,6 +44,14 @@ inline Status ValidateNewItem(const NewItem& item) {
   if (item.lease.count() < 0 ||
       item.lease.count() > std::numeric_limits<uint32_t>::max()) {
     return Status::InvalidArgument("lease out of range");
+  }
+  if (item.task_type.size() > kMaxTaskTypeLen)
+    return Status::InvalidArgument("task_type too long");
+  if (item.dedup_key.size() > kMaxDedupKeyLen)
+    return Status::InvalidArgument("dedup_key too long");
+  if (item.max_attempts < 1 || item.max_attempts > kMaxAttemptsLimit) {
+    return Status::InvalidArgument("max_attempts must be in 1.." +
+                                   std::to_string(kMaxAttemptsLimit));
   }
   return ValidateMetadata(item.metadata);
 }

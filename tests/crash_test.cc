@@ -241,7 +241,7 @@ TEST(CrashTest, StoreInsertsThatReturnedOkSurviveAMariaDbKill) {
           auto ids = store.Insert(std::span(&item, 1), FromUnixMillis(0));
           if (ids.ok()) {
             std::lock_guard lock(mu);
-            acked[k].insert((*ids)[0].value());
+            acked[k].insert((*ids)[0].row.value());
           } else {
             failures.fetch_add(1);
           }

@@ -199,7 +199,9 @@ int PrintItemStatuses(const GlobalOptions& global, const LeaseRefs& refs,
   return exit_code;
 }
 
-void FillLeaseRef(const std::pair<std::string, std::string>& ref, v1::LeaseRef& out) {
+// LeaseRef and AckItem share their id and lease_token fields.
+template <typename Ref>
+void FillLeaseRef(const std::pair<std::string, std::string>& ref, Ref& out) {
   out.set_id(ref.first);
   out.set_lease_token(ref.second);
 }

@@ -153,10 +153,10 @@ class Answer {
   std::shared_ptr<State> state_;
 };
 
-using EnqueueAnswer = Answer<std::vector<Result<ItemId>>>;
+using EnqueueAnswer = Answer<std::vector<Result<EnqueueOutcome>>>;
 using DequeueAnswer = Answer<std::vector<Delivered>>;
 using StatusesAnswer = Answer<std::vector<Status>>;
-using ExtendAnswer = Answer<std::vector<Result<Time>>>;
+using ExtendAnswer = Answer<std::vector<Result<ExtendOutcome>>>;
 
 // An engine over `ids.size()` MemoryShardStores, started and open. The clock outlives it.
 class Harness {
@@ -196,7 +196,19 @@ class Harness {
       return {};
     }
     EXPECT_EQ(got->size(), n);
-    return *got;
+    return Ids(*got);
+  }
+  // The ids of enqueue outcomes (errors stay errors).
+  static std::vector<Result<ItemId>> Ids(const std::vector<Result<EnqueueOutcome>>& got) {
+    std::vector<Result<ItemId>> out;
+    for (const auto& r : got) {
+      if (r.ok()) {
+        out.emplace_back(r->id);
+      } else {
+        out.emplace_back(r.status());
+      }
+    }
+    return out;
   }
   // One item; fails the test if it was not stored.
   ItemId EnqueueOk(NewItem item) {
@@ -211,7 +223,8 @@ class Harness {
                                  Duration wait = Duration(0)) {
     DequeueAnswer a;
     // The caller keeps the handle until the answer (as the frontend's reactor does).
-    auto handle = engine_->Dequeue("ns", std::move(asks), wait, a.Callback());
+    auto handle =
+        engine_->Dequeue("ns", std::move(asks), wait, "test-worker", a.Callback());
     auto got = a.Get();
     if (!got) {
       ADD_FAILURE() << "dequeue got no answer";
@@ -242,8 +255,19 @@ class Harness {
     ExtendAnswer a;
     engine_->Extend(std::move(ops), a.Callback());
     auto got = a.Get();
-    if (!got) ADD_FAILURE() << "extend got no answer";
-    return got.value_or(std::vector<Result<Time>>{});
+    if (!got) {
+      ADD_FAILURE() << "extend got no answer";
+      return {};
+    }
+    std::vector<Result<Time>> out;
+    for (const auto& r : *got) {
+      if (r.ok()) {
+        out.emplace_back(r->deadline);
+      } else {
+        out.emplace_back(r.status());
+      }
+    }
+    return out;
   }
   BreakerState Breaker(size_t position) { return engine_->Health().at(position).breaker; }
 
@@ -376,7 +400,9 @@ TEST(EngineBreakerTest, ReroutedEnqueuesAreNotStoredTwice) {
   int ok = 0;
   std::set<ItemId> ids;
   for (int i = 0; i < 10; ++i) {
-    auto r = answers[i].Get();
+    auto got = answers[i].Get();
+    std::optional<std::vector<Result<ItemId>>> r;
+    if (got) r = Harness::Ids(*got);
     ASSERT_TRUE(r.has_value()) << i;
     ASSERT_EQ(r->size(), 1u);
     if (i == 0) {
@@ -477,7 +503,8 @@ TEST(EngineDequeueTest, GlobalOrderAcrossFourShards) {
 TEST(EngineLongPollTest, ParkedCallIsWokenByEnqueue) {
   Harness h({1, 2});
   DequeueAnswer a;
-  auto handle = h.engine().Dequeue("ns", {{"lp", 5}}, kLongWait, a.Callback());
+  auto handle =
+      h.engine().Dequeue("ns", {{"lp", 5}}, kLongWait, "test-worker", a.Callback());
   ASSERT_TRUE(WaitUntil([&] { return h.engine().ParkedCalls() == 1; }));
   EXPECT_FALSE(a.ready());
   ItemId id = h.EnqueueOk(Item("lp", 0, Time{}, Duration(30'000), "hello"));
@@ -494,7 +521,8 @@ TEST(EngineLongPollTest, WaitExpiresWhenTheFakeClockPassesIt) {
   Harness h({1, 2});
   ASSERT_TRUE(h.Dequeue("exp", 1).empty());  // loads the (empty) windows
   DequeueAnswer a;
-  auto handle = h.engine().Dequeue("ns", {{"exp", 1}}, Duration(2'000), a.Callback());
+  auto handle = h.engine().Dequeue("ns", {{"exp", 1}}, Duration(2'000), "test-worker",
+                                   a.Callback());
   ASSERT_TRUE(WaitUntil([&] { return h.engine().ParkedCalls() == 1; }));
   h.clock().Advance(Duration(1'999));
   EXPECT_FALSE(a.ready());
@@ -510,7 +538,8 @@ TEST(EngineLongPollTest, WaitExpiresWhenTheFakeClockPassesIt) {
 TEST(EngineLongPollTest, CancelAnswersAtOnce) {
   Harness h({1, 2});
   DequeueAnswer a;
-  auto handle = h.engine().Dequeue("ns", {{"c", 1}}, kLongWait, a.Callback());
+  auto handle =
+      h.engine().Dequeue("ns", {{"c", 1}}, kLongWait, "test-worker", a.Callback());
   ASSERT_TRUE(WaitUntil([&] { return h.engine().ParkedCalls() == 1; }));
   handle->Cancel();
   ASSERT_TRUE(a.ready());  // inline, on the cancelling thread
@@ -529,7 +558,8 @@ TEST(EngineLongPollTest, DroppedHandleStillAnswers) {
   Harness h({1, 2});
   ASSERT_TRUE(h.Dequeue("d", 1).empty());  // loads the (empty) windows
   DequeueAnswer a;
-  h.engine().Dequeue("ns", {{"d", 1}}, kLongWait, a.Callback());  // handle dropped
+  h.engine().Dequeue("ns", {{"d", 1}}, kLongWait, "test-worker",
+                     a.Callback());  // handle dropped
   ASSERT_TRUE(WaitUntil([&] { return h.engine().ParkedCalls() == 1; }));
   ItemId id = h.EnqueueOk(Item("d"));
   auto got = a.Get(kShortTimeout);
@@ -543,7 +573,8 @@ TEST(EngineLongPollTest, ShutdownAnswersParkedCalls) {
   Harness h({1, 2});
   ASSERT_TRUE(h.Dequeue("s", 1).empty());  // loads the (empty) windows
   DequeueAnswer a;
-  auto handle = h.engine().Dequeue("ns", {{"s", 1}}, kLongWait, a.Callback());
+  auto handle =
+      h.engine().Dequeue("ns", {{"s", 1}}, kLongWait, "test-worker", a.Callback());
   ASSERT_TRUE(WaitUntil([&] { return h.engine().ParkedCalls() == 1; }));
   h.engine().Shutdown();
   auto got = a.Get(kShortTimeout);
@@ -561,7 +592,8 @@ TEST(EngineLongPollTest, NoNewLongPollsAfterShutdown) {
   ASSERT_TRUE(h.Dequeue("s", 1).empty());
   h.engine().Shutdown();
   DequeueAnswer a;
-  auto handle = h.engine().Dequeue("ns", {{"s", 1}}, kLongWait, a.Callback());
+  auto handle =
+      h.engine().Dequeue("ns", {{"s", 1}}, kLongWait, "test-worker", a.Callback());
   auto got = a.Get(kShortTimeout);
   EXPECT_TRUE(got.has_value()) << "a long poll after Shutdown() was parked";
   EXPECT_EQ(h.engine().ParkedCalls(), 0);
@@ -598,7 +630,7 @@ TEST(EngineTimeTest, ExpiredLeaseIsRedeliveredThroughTheTicker) {
   ASSERT_EQ(acks.size(), 2u);
   EXPECT_EQ(acks[0].code(), Code::kFailedPrecondition);
   EXPECT_TRUE(acks[1].ok()) << acks[1].ToString();
-  EXPECT_EQ(h.store(id.shard.value()).size(), 0u);
+  EXPECT_EQ(Counts(h.store(id.shard.value()), "lease").succeeded, 1u);
 }
 
 TEST(EngineTimeTest, DelayedItemBecomesReadyExactlyAtItsTime) {
@@ -663,7 +695,7 @@ TEST(EngineThreadsTest, ThreadCountDoesNotDependOnShardsOrParkedCalls) {
   std::vector<std::shared_ptr<Engine::DequeueHandle>> handles;
   for (int i = 0; i < kCalls; ++i) {
     handles.push_back(
-        h.engine().Dequeue("ns", {{"topic-" + std::to_string(i % 20), 1}}, kLongWait,
+        h.engine().Dequeue("ns", {{"topic-" + std::to_string(i % 20), 1}}, kLongWait, "w",
                            [&answered](std::vector<Delivered>) { ++answered; }));
   }
   ASSERT_TRUE(WaitUntil([&] { return h.engine().ParkedCalls() == kCalls; }));
@@ -708,8 +740,9 @@ TEST(EngineRoutingTest, AckNackExtendAreRoutedByShardInRequestOrder) {
   EXPECT_TRUE(acks[0].ok()) << acks[0].ToString();
   EXPECT_EQ(acks[1].code(), Code::kNotFound);
   EXPECT_EQ(acks[2].code(), Code::kFailedPrecondition);
-  EXPECT_EQ(h.store(y.shard.value()).size(), 0u);
-  EXPECT_EQ(h.store(x.shard.value()).size(), 1u);
+  // Acked rows are kept (SUCCEEDED) for the retention period.
+  EXPECT_EQ(h.store(y.shard.value()).GetTask(y.row, false)->state, ItemState::kSucceeded);
+  EXPECT_EQ(h.store(x.shard.value()).GetTask(x.row, false)->state, ItemState::kLeased);
 
   // Nack: [unknown, x with a stale token, x].
   auto nacks = h.Nack({{unknown, token[x], Duration(0), std::nullopt},

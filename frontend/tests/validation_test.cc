@@ -35,7 +35,7 @@ v1::EnqueueItem Item(std::string topic = "t") {
 }
 
 Result<NewItem> Convert(const v1::EnqueueItem& item) {
-  return ToNewItem("ns", item, kNow, kLimits);
+  return ToNewItem("ns", item, kNow, kLimits, NamespacePolicy{});
 }
 
 // A metadata message whose encoding is exactly `size` bytes (size >= ~200).
@@ -109,7 +109,7 @@ TEST(ToNewItemTest, PlainItemGetsDefaults) {
   v1::EnqueueItem item = Item("orders");
   item.set_priority(-7);
   item.set_payload("hello");
-  auto r = ToNewItem("tenant", item, kNow, kLimits);
+  auto r = ToNewItem("tenant", item, kNow, kLimits, NamespacePolicy{});
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   EXPECT_EQ(r->ns, "tenant");
   EXPECT_EQ(r->topic, "orders");
@@ -257,7 +257,7 @@ TEST(ToNewItemTest, LeaseZeroMeansDefault30s) {
 
   Limits custom;
   custom.default_lease = Duration(1'234);
-  r = ToNewItem("ns", item, kNow, custom);
+  r = ToNewItem("ns", item, kNow, custom, NamespacePolicy{});
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->lease, Duration(1'234));
 }

@@ -68,6 +68,13 @@ class ManualExecutor final : public Executor {
   std::deque<std::function<void()>> tasks_;
 };
 
+// The row ids of an Insert's results.
+std::vector<RowId> Rows(const std::vector<store::Inserted>& inserted) {
+  std::vector<RowId> out;
+  for (const store::Inserted& i : inserted) out.push_back(i.row);
+  return out;
+}
+
 NewItem Item(std::string topic, int32_t priority = 0, Time deliver_after = Time{},
              Duration lease = Duration(30'000), std::string payload = "p") {
   NewItem item;
@@ -81,7 +88,7 @@ NewItem Item(std::string topic, int32_t priority = 0, Time deliver_after = Time{
 }
 
 struct EnqueueOutcome {
-  Result<std::vector<RowId>> rows = Status::Internal("not called");
+  Result<std::vector<store::Inserted>> rows = Status::Internal("not called");
   bool attempted = false;
   int calls = 0;
 };
@@ -122,7 +129,7 @@ class ShardWorkerTest : public ::testing::Test {
   std::shared_ptr<EnqueueOutcome> EnqueueAsync(std::vector<NewItem> items) {
     auto out = std::make_shared<EnqueueOutcome>();
     worker_->Enqueue(std::move(items),
-                     [out](Result<std::vector<RowId>> rows, bool attempted) {
+                     [out](Result<std::vector<store::Inserted>> rows, bool attempted) {
                        out->rows = std::move(rows);
                        out->attempted = attempted;
                        ++out->calls;
@@ -152,7 +159,7 @@ class ShardWorkerTest : public ::testing::Test {
     for (const auto& t : taken) keys.push_back(t.key);
     std::vector<LeasedItem> got;
     int calls = 0;
-    worker_->Claim(buffer, keys, [&](std::vector<LeasedItem> items) {
+    worker_->Claim(buffer, keys, "test-worker", [&](std::vector<LeasedItem> items) {
       got = std::move(items);
       ++calls;
     });
@@ -228,17 +235,17 @@ TEST_F(ShardWorkerTest, EnqueueCallbackGetsRowIdsOnThreadPool) {
   }
   ASSERT_TRUE(worker.Health().open);
 
-  std::promise<std::pair<Result<std::vector<RowId>>, bool>> p;
+  std::promise<std::pair<Result<std::vector<store::Inserted>>, bool>> p;
   auto f = p.get_future();
   worker.Enqueue({Item("t"), Item("t"), Item("t")},
-                 [&p](Result<std::vector<RowId>> rows, bool attempted) {
+                 [&p](Result<std::vector<store::Inserted>> rows, bool attempted) {
                    p.set_value({std::move(rows), attempted});
                  });
   ASSERT_EQ(f.wait_for(kRealTimeout), std::future_status::ready);
   auto [rows, attempted] = f.get();
   ASSERT_TRUE(rows.ok()) << rows.status().ToString();
   EXPECT_TRUE(attempted);
-  EXPECT_EQ(*rows, (std::vector<RowId>{RowId(1), RowId(2), RowId(3)}));
+  EXPECT_EQ(Rows(*rows), (std::vector<RowId>{RowId(1), RowId(2), RowId(3)}));
   EXPECT_EQ(st->size(), 3u);
 }
 
@@ -263,10 +270,10 @@ TEST_F(ShardWorkerTest, ConcurrentEnqueuesFromManyThreadsGetDistinctIds) {
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&] {
       for (int i = 0; i < kPerThread; ++i) {
-        worker.Enqueue({Item("t")}, [&](Result<std::vector<RowId>> rows, bool) {
+        worker.Enqueue({Item("t")}, [&](Result<std::vector<store::Inserted>> rows, bool) {
           std::lock_guard lock(mu);
           if (rows.ok() && rows->size() == 1) {
-            all.push_back((*rows)[0]);
+            all.push_back((*rows)[0].row);
           } else {
             ++failures;
           }
@@ -309,7 +316,7 @@ TEST_F(ShardWorkerTest, ManyEnqueuesShareOneInsert) {
     ASSERT_TRUE(o->rows.ok()) << o->rows.status().ToString();
     ASSERT_EQ(o->rows->size(), 3u);
     // One batch: consecutive ids, handed back in call order.
-    for (RowId r : *o->rows) EXPECT_EQ(r.value(), expected++);
+    for (RowId r : Rows(*o->rows)) EXPECT_EQ(r.value(), expected++);
   }
   EXPECT_EQ(Buffer("t")->Counts().ready, 30);
 }
@@ -328,7 +335,7 @@ TEST_F(ShardWorkerTest, MaxBatchSplitsInserts) {
   uint64_t expected = 1;
   for (const auto& out : outs) {
     ASSERT_TRUE(out->rows.ok());
-    for (RowId r : *out->rows) EXPECT_EQ(r.value(), expected++);
+    for (RowId r : Rows(*out->rows)) EXPECT_EQ(r.value(), expected++);
   }
   EXPECT_EQ(store_->size(), 8u);
 }
@@ -419,7 +426,7 @@ TEST_F(ShardWorkerTest, EnqueuedItemIsInTheWindowWhenTheCallbackRuns) {
   LoadWindow("t");  // complete (and empty): new items go straight in
   auto buffer = Buffer("t");
   size_t window_in_callback = 99;
-  worker_->Enqueue({Item("t")}, [&](Result<std::vector<RowId>> rows, bool) {
+  worker_->Enqueue({Item("t")}, [&](Result<std::vector<store::Inserted>> rows, bool) {
     EXPECT_TRUE(rows.ok());
     window_in_callback = buffer->WindowSize(0);
   });

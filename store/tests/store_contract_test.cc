@@ -1,10 +1,14 @@
 // The contract of store/store_api.h, run against both stores (typed tests), plus a few
-// tests of what only one store has: the memory store's fault injection and the MySQL
-// store's recovery after the server is killed.
+// tests of what only one store has: the memory store's fault injection, and the MySQL
+// store's recovery after the server is killed, its schema upgrade and its history rows.
 //
 // Time is given explicitly to every call; nothing here sleeps.
 
+#include <cppconn/resultset.h>
+#include <cppconn/statement.h>
 #include <gtest/gtest.h>
+#include <mysql_connection.h>
+#include <mysql_driver.h>
 
 #include <algorithm>
 #include <atomic>
@@ -19,6 +23,8 @@
 
 #include "common/clock.h"
 #include "common/item.h"
+#include "common/namespace_policy.h"
+#include "schema/migrations.h"
 #include "store/memory_store.h"
 #include "store/mysql_store.h"
 #include "store/store_api.h"
@@ -30,6 +36,15 @@ namespace {
 using namespace std::chrono_literals;
 
 const Time kT0 = FromUnixMillis(1'700'000'000'000);
+// Retention of finished rows: kRetention by default, kShortRetention in namespace
+// "short" (SetPolicies in SetUp).
+constexpr Duration kRetention = std::chrono::hours(1);
+constexpr Duration kShortRetention = std::chrono::seconds(10);
+
+NamespacePolicies TestPolicies() {
+  return NamespacePolicies(NamespacePolicy{5, kRetention},
+                           {{"short", NamespacePolicy{5, kShortRetention}}});
+}
 
 // The value of a Result, or a test failure (thrown so the test stops at once).
 template <typename T>
@@ -50,7 +65,7 @@ void MustOk(const Status& s) {
 
 NewItem Item(std::string topic, int32_t priority, Time due, std::string payload = "p",
              Duration lease = 30s, std::optional<Time> expires_at = std::nullopt,
-             std::string ns = "ns") {
+             std::string ns = "ns", uint32_t max_attempts = 5) {
   NewItem item;
   item.ns = std::move(ns);
   item.topic = std::move(topic);
@@ -60,7 +75,27 @@ NewItem Item(std::string topic, int32_t priority, Time due, std::string payload 
   item.deliver_after = due;
   item.lease = lease;
   item.expires_at = expires_at;
+  item.max_attempts = max_attempts;
   return item;
+}
+
+NewItem Keyed(std::string key, std::string payload = "p", std::string ns = "ns") {
+  NewItem item = Item("t", 0, kT0, std::move(payload), std::chrono::seconds(30),
+                      std::nullopt, std::move(ns));
+  item.dedup_key = std::move(key);
+  return item;
+}
+
+// An item that is dead-lettered by its first failed delivery.
+NewItem OneShot(std::string topic = "t", int32_t priority = 0) {
+  return Item(std::move(topic), priority, kT0, "p", std::chrono::seconds(30),
+              std::nullopt, "ns", 1);
+}
+
+std::vector<std::string> Kinds(const std::vector<TaskEvent>& history) {
+  std::vector<std::string> kinds;
+  for (const TaskEvent& e : history) kinds.push_back(e.kind);
+  return kinds;
 }
 
 std::string RandomBytes(size_t n, uint32_t seed) {
@@ -99,6 +134,7 @@ class StoreContractTest : public ::testing::Test {
  protected:
   void SetUp() override {
     store_ = env_.Make();
+    store_->SetPolicies(TestPolicies());
     ASSERT_TRUE(store_->Open().ok());
   }
 
@@ -110,34 +146,64 @@ class StoreContractTest : public ::testing::Test {
     if constexpr (Env::kSeparateReopen) {
       store_.reset();
       store_ = env_.Make();
+      store_->SetPolicies(TestPolicies());
     }
     MustOk(store_->Open());
   }
 
-  std::vector<RowId> Insert(std::vector<NewItem> items, Time now = kT0) {
+  std::vector<Inserted> InsertFull(std::vector<NewItem> items, Time now = kT0) {
     return Must(store().Insert(items, now));
+  }
+  std::vector<RowId> Insert(std::vector<NewItem> items, Time now = kT0) {
+    std::vector<RowId> rows;
+    for (const Inserted& i : InsertFull(std::move(items), now)) {
+      EXPECT_FALSE(i.deduplicated);
+      rows.push_back(i.row);
+    }
+    return rows;
   }
   RowId InsertOne(NewItem item, Time now = kT0) {
     return Insert({std::move(item)}, now)[0];
   }
 
-  std::vector<LeasedItem> Claim(std::vector<RowId> rows, uint64_t token, Time now = kT0) {
-    return Must(store().Claim(rows, LeaseToken(token), now));
+  std::vector<LeasedItem> Claim(std::vector<RowId> rows, uint64_t token, Time now = kT0,
+                                const std::string& worker = "w1") {
+    std::vector<ClaimRequest> reqs;
+    for (RowId r : rows) reqs.push_back({r, worker});
+    return Must(store().Claim(reqs, LeaseToken(token), now));
   }
-  LeasedItem ClaimOne(RowId row, uint64_t token, Time now = kT0) {
-    std::vector<LeasedItem> got = Claim({row}, token, now);
+  LeasedItem ClaimOne(RowId row, uint64_t token, Time now = kT0,
+                      const std::string& worker = "w1") {
+    std::vector<LeasedItem> got = Claim({row}, token, now, worker);
     if (got.size() != 1) throw std::runtime_error("claim did not lease the row");
     return got[0];
   }
 
-  ItemOutcome AckOne(RowId row, uint64_t token) {
-    std::vector<AckRequest> req{{row, LeaseToken(token)}};
-    return Must(store().Ack(req)).at(0);
+  ItemOutcome AckOne(RowId row, uint64_t token, Time now = kT0, std::string result = "") {
+    std::vector<AckRequest> req{{row, LeaseToken(token), std::move(result)}};
+    return Must(store().Ack(req, now)).at(0);
   }
   ItemOutcome NackOne(RowId row, uint64_t token, Duration delay, Time now,
-                      std::optional<std::string> metadata = std::nullopt) {
-    std::vector<NackRequest> req{{row, LeaseToken(token), delay, std::move(metadata)}};
+                      std::optional<std::string> metadata = std::nullopt,
+                      std::string error = "", bool fatal = false) {
+    std::vector<NackRequest> req{
+        {row, LeaseToken(token), delay, std::move(metadata), std::move(error), fatal}};
     return Must(store().Nack(req, now)).at(0);
+  }
+  TaskRecord Task(RowId row, bool include_payload = false) {
+    return Must(store().GetTask(row, include_payload));
+  }
+  ItemOutcome CancelOne(RowId row, Time now = kT0) {
+    return Must(store().Cancel(row, now));
+  }
+  // Inserts a OneShot item, claims and nacks it: a DEAD row at `now`.
+  RowId MakeDead(std::string topic = "t", int32_t priority = 0, Time now = kT0) {
+    RowId id = InsertOne(OneShot(std::move(topic), priority), now);
+    ClaimOne(id, 1000 + id.value(), now);
+    ItemOutcome out = NackOne(id, 1000 + id.value(), Duration(0), now);
+    if (!out.transition || out.transition->to != ItemState::kDead)
+      throw std::runtime_error("not dead-lettered");
+    return id;
   }
   ItemOutcome ExtendOne(RowId row, uint64_t token, Duration ext, Time now) {
     std::vector<ExtendRequest> req{{row, LeaseToken(token), ext}};
@@ -243,7 +309,7 @@ TYPED_TEST(StoreContractTest, InsertLargeBatchIsOneOrderedBatch) {
 }
 
 TYPED_TEST(StoreContractTest, InsertRefusesWhatTheTableCannotHoldAndStoresNothing) {
-  Result<std::vector<RowId>> r = this->store().Insert(
+  Result<std::vector<Inserted>> r = this->store().Insert(
       std::vector<NewItem>{Item("ok", 0, kT0), Item(std::string(129, 't'), 0, kT0)}, kT0);
   EXPECT_EQ(r.status().code(), Code::kInvalidArgument);
   EXPECT_TRUE(Must(this->store().CountByTopic()).empty());
@@ -384,10 +450,10 @@ TYPED_TEST(StoreContractTest, PayloadAndMetadataAreBinarySafe) {
 
 // --- Ack ----------------------------------------------------------------------------
 
-TYPED_TEST(StoreContractTest, AckDeletesAndReportsTheTransition) {
+TYPED_TEST(StoreContractTest, AckMakesTheRowSucceededAndReportsTheTransition) {
   RowId id = this->InsertOne(Item("t", 7, kT0));
   this->ClaimOne(id, 11);
-  ItemOutcome out = this->AckOne(id, 11);
+  ItemOutcome out = this->AckOne(id, 11, kT0 + 2s, "the result");
   EXPECT_TRUE(out.status.ok());
   ASSERT_TRUE(out.transition.has_value());
   EXPECT_EQ(out.transition->row, id);
@@ -395,20 +461,42 @@ TYPED_TEST(StoreContractTest, AckDeletesAndReportsTheTransition) {
   EXPECT_EQ(out.transition->topic, "t");
   EXPECT_EQ(out.transition->priority, 7);
   EXPECT_EQ(out.transition->from, ItemState::kLeased);
-  EXPECT_EQ(out.transition->to, ItemState::kGone);
-  EXPECT_TRUE(Must(this->store().CountByTopic()).empty());
+  EXPECT_EQ(out.transition->to, ItemState::kSucceeded);
+  EXPECT_EQ(out.transition->deliver_after, kT0 + 2s + kRetention);  // the purge time
+  TopicCounts c = this->Counts("t");
+  EXPECT_EQ(c.succeeded, 1u);
+  EXPECT_EQ(c.leased + c.ready + c.delayed, 0u);
+  EXPECT_TRUE(this->ReadyRows("t").empty());
+  EXPECT_EQ(Must(this->store().NextDue()), std::nullopt);
   EXPECT_TRUE(this->Claim({id}, 12).empty());
+
+  TaskRecord t = this->Task(id);
+  EXPECT_EQ(t.state, ItemState::kSucceeded);
+  EXPECT_EQ(t.result, "the result");
+  EXPECT_EQ(t.finished_at, kT0 + 2s);
+  EXPECT_EQ(t.deliver_after, kT0 + 2s + kRetention);
+  EXPECT_EQ(Kinds(t.history), (std::vector<std::string>{"leased", "succeeded"}));
+  EXPECT_EQ(t.history[1].at, kT0 + 2s);
+  EXPECT_EQ(t.history[1].attempt, 1u);
+  EXPECT_EQ(t.history[1].worker_id, "w1");
 }
 
 TYPED_TEST(StoreContractTest, AckIsIdempotent) {
   RowId id = this->InsertOne(Item("t", 0, kT0));
   this->ClaimOne(id, 11);
   ASSERT_TRUE(this->AckOne(id, 11).status.ok());
-  ItemOutcome again = this->AckOne(id, 11);
+  ItemOutcome again = this->AckOne(id, 11, kT0 + 1s, "other result");
   EXPECT_TRUE(again.status.ok());
   EXPECT_FALSE(again.transition.has_value());
+  // Nothing changed: no second event, the first ack's time and result.
+  TaskRecord t = this->Task(id);
+  EXPECT_EQ(Kinds(t.history), (std::vector<std::string>{"leased", "succeeded"}));
+  EXPECT_EQ(t.finished_at, kT0);
+  EXPECT_EQ(t.result, "");
+  // Another token on the succeeded row is refused; a row that never existed is not found.
+  EXPECT_EQ(this->AckOne(id, 12).status.code(), Code::kFailedPrecondition);
   ItemOutcome never = this->AckOne(RowId(424242), 3);
-  EXPECT_TRUE(never.status.ok());
+  EXPECT_EQ(never.status.code(), Code::kNotFound);
   EXPECT_FALSE(never.transition.has_value());
 }
 
@@ -430,18 +518,18 @@ TYPED_TEST(StoreContractTest, AckBatchAnswersInRequestOrder) {
   std::vector<RowId> ids =
       this->Insert({Item("t", 0, kT0), Item("t", 0, kT0), Item("t", 0, kT0)});
   this->Claim(ids, 21);
-  std::vector<AckRequest> reqs = {{ids[2], LeaseToken(21)},
-                                  {ids[0], LeaseToken(99)},
-                                  {RowId(777777), LeaseToken(21)},
-                                  {ids[1], LeaseToken(21)},
-                                  {ids[2], LeaseToken(21)}};
-  std::vector<ItemOutcome> out = Must(this->store().Ack(reqs));
+  std::vector<AckRequest> reqs = {{ids[2], LeaseToken(21), ""},
+                                  {ids[0], LeaseToken(99), ""},
+                                  {RowId(777777), LeaseToken(21), ""},
+                                  {ids[1], LeaseToken(21), ""},
+                                  {ids[2], LeaseToken(21), ""}};
+  std::vector<ItemOutcome> out = Must(this->store().Ack(reqs, kT0));
   ASSERT_EQ(out.size(), 5u);
   EXPECT_TRUE(out[0].status.ok());
   ASSERT_TRUE(out[0].transition.has_value());
   EXPECT_EQ(out[0].transition->row, ids[2]);
   EXPECT_EQ(out[1].status.code(), Code::kFailedPrecondition);
-  EXPECT_TRUE(out[2].status.ok());
+  EXPECT_EQ(out[2].status.code(), Code::kNotFound);
   EXPECT_FALSE(out[2].transition.has_value());
   EXPECT_TRUE(out[3].status.ok());
   ASSERT_TRUE(out[3].transition.has_value());
@@ -449,7 +537,8 @@ TYPED_TEST(StoreContractTest, AckBatchAnswersInRequestOrder) {
   EXPECT_TRUE(out[4].status.ok());  // a duplicate of an ack that just succeeded
   EXPECT_FALSE(out[4].transition.has_value());
   EXPECT_EQ(this->Counts("t").leased, 1u);
-  EXPECT_TRUE(Must(this->store().Ack({})).empty());
+  EXPECT_EQ(this->Counts("t").succeeded, 2u);
+  EXPECT_TRUE(Must(this->store().Ack({}, kT0)).empty());
 }
 
 // --- Nack ---------------------------------------------------------------------------
@@ -502,11 +591,12 @@ TYPED_TEST(StoreContractTest, NackIsRefusedForStaleTokensUnleasedAndMissingRows)
   RowId ready = this->InsertOne(Item("t", 1, kT0));
   this->ClaimOne(id, 1);
 
-  std::vector<NackRequest> reqs = {{id, LeaseToken(2), 0ms, "x"},
-                                   {ready, LeaseToken(0), 0ms, std::nullopt},
-                                   {RowId(555555), LeaseToken(1), 0ms, std::nullopt},
-                                   {id, LeaseToken(1), 1s, std::nullopt},
-                                   {id, LeaseToken(1), 0ms, std::nullopt}};
+  std::vector<NackRequest> reqs = {
+      {id, LeaseToken(2), 0ms, "x", "", false},
+      {ready, LeaseToken(0), 0ms, std::nullopt, "", false},
+      {RowId(555555), LeaseToken(1), 0ms, std::nullopt, "", false},
+      {id, LeaseToken(1), 1s, std::nullopt, "", false},
+      {id, LeaseToken(1), 0ms, std::nullopt, "", false}};
   std::vector<ItemOutcome> out = Must(this->store().Nack(reqs, kT0));
   ASSERT_EQ(out.size(), 5u);
   EXPECT_EQ(out[0].status.code(), Code::kFailedPrecondition);
@@ -606,6 +696,7 @@ TYPED_TEST(StoreContractTest, ExpiredLeaseBecomesReadyAndKeepsItsTokenForALateAc
   EXPECT_TRUE(ack.status.ok());
   ASSERT_TRUE(ack.transition.has_value());
   EXPECT_EQ(ack.transition->from, ItemState::kReady);
+  EXPECT_EQ(ack.transition->to, ItemState::kSucceeded);
   EXPECT_TRUE(this->ReadyRows("t").empty());
 }
 
@@ -620,7 +711,7 @@ TYPED_TEST(StoreContractTest, ANewClaimRetiresTheOldToken) {
 
 // --- PurgeExpired -------------------------------------------------------------------
 
-TYPED_TEST(StoreContractTest, PurgeExpiredDeletesExpiredItemsInAnyState) {
+TYPED_TEST(StoreContractTest, PurgeExpiredDeletesExpiredItemsInAnyLiveState) {
   RowId ready = this->InsertOne(Item("t", 0, kT0, "p", 30s, kT0 + 3s));
   RowId leased = this->InsertOne(Item("t", 1, kT0, "p", 30s, kT0 + 1s));
   RowId delayed = this->InsertOne(Item("t", 2, kT0 + 1h, "p", 30s, kT0 + 2s));
@@ -648,8 +739,9 @@ TYPED_TEST(StoreContractTest, PurgeExpiredDeletesExpiredItemsInAnyState) {
   std::vector<RowId> left = this->ReadyRows("t");
   std::sort(left.begin(), left.end());
   EXPECT_EQ(left, (std::vector<RowId>{later, never}));
-  // A purged lease cannot be acked as stale: it is simply gone.
-  EXPECT_TRUE(this->AckOne(leased, 5).status.ok());
+  // A purged lease cannot be acked: it is gone.
+  EXPECT_EQ(this->AckOne(leased, 5).status.code(), Code::kNotFound);
+  EXPECT_EQ(this->store().GetTask(leased, false).status().code(), Code::kNotFound);
 }
 
 // --- NextDue and CountByTopic -------------------------------------------------------
@@ -686,6 +778,652 @@ TYPED_TEST(StoreContractTest, CountByTopicCountsEachState) {
   EXPECT_EQ(as_tuple(counts[2]), std::make_tuple("ns2", "a", 0u, 1u, 0u));
 }
 
+// --- Insert: dedup keys -------------------------------------------------------------
+
+TYPED_TEST(StoreContractTest, DedupKeyMatchesAnEarlierCallAndChangesNothing) {
+  std::vector<Inserted> first = this->InsertFull({Keyed("k1", "first")});
+  ASSERT_EQ(first.size(), 1u);
+  EXPECT_FALSE(first[0].deduplicated);
+  NewItem again = Keyed("k1", "second");
+  again.priority = -5;
+  again.topic = "other";
+  std::vector<Inserted> second = this->InsertFull({again, Keyed("k2")}, kT0 + 1s);
+  ASSERT_EQ(second.size(), 2u);
+  EXPECT_TRUE(second[0].deduplicated);
+  EXPECT_EQ(second[0].row, first[0].row);
+  EXPECT_FALSE(second[1].deduplicated);
+  EXPECT_NE(second[1].row, first[0].row);
+  // The repeat changed nothing: one row per key, the first one's content.
+  EXPECT_EQ(this->Counts("t").ready, 2u);
+  EXPECT_EQ(this->Counts("other").ready, 0u);
+  TaskRecord t = this->Task(first[0].row, true);
+  EXPECT_EQ(t.payload, "first");
+  EXPECT_EQ(t.enqueued_at, kT0);
+  // The key stays taken while the row lives, whatever its state.
+  this->ClaimOne(first[0].row, 1);
+  ASSERT_TRUE(this->AckOne(first[0].row, 1).status.ok());
+  std::vector<Inserted> third = this->InsertFull({Keyed("k1")});
+  EXPECT_TRUE(third[0].deduplicated);
+  EXPECT_EQ(third[0].row, first[0].row);
+}
+
+TYPED_TEST(StoreContractTest, DedupKeyRepeatedWithinOneCallMapsToTheFirstItem) {
+  std::vector<Inserted> got =
+      this->InsertFull({Keyed("a", "a1"), Item("t", 0, kT0), Keyed("a", "a2"), Keyed("b"),
+                        Keyed("b"), Item("t", 0, kT0), Keyed("a", "a3")});
+  ASSERT_EQ(got.size(), 7u);
+  EXPECT_FALSE(got[0].deduplicated);
+  EXPECT_FALSE(got[1].deduplicated);
+  EXPECT_TRUE(got[2].deduplicated);
+  EXPECT_EQ(got[2].row, got[0].row);
+  EXPECT_FALSE(got[3].deduplicated);
+  EXPECT_TRUE(got[4].deduplicated);
+  EXPECT_EQ(got[4].row, got[3].row);
+  EXPECT_FALSE(got[5].deduplicated);
+  EXPECT_TRUE(got[6].deduplicated);
+  EXPECT_EQ(got[6].row, got[0].row);
+  EXPECT_LT(got[0].row, got[1].row);
+  EXPECT_LT(got[3].row, got[5].row);
+  EXPECT_EQ(this->Counts("t").ready, 4u);
+  EXPECT_EQ(this->Task(got[0].row, true).payload, "a1");
+  // Items without a key never collide.
+  std::vector<Inserted> plain = this->InsertFull({Item("t", 0, kT0), Item("t", 0, kT0)});
+  EXPECT_FALSE(plain[0].deduplicated);
+  EXPECT_FALSE(plain[1].deduplicated);
+  EXPECT_NE(plain[0].row, plain[1].row);
+}
+
+TYPED_TEST(StoreContractTest, DedupKeysOfDifferentNamespacesDoNotCollide) {
+  std::vector<Inserted> got =
+      this->InsertFull({Keyed("k", "p", "ns"), Keyed("k", "p", "other_ns")});
+  EXPECT_FALSE(got[0].deduplicated);
+  EXPECT_FALSE(got[1].deduplicated);
+  EXPECT_NE(got[0].row, got[1].row);
+  std::vector<Inserted> again = this->InsertFull({Keyed("k", "p", "other_ns")});
+  EXPECT_TRUE(again[0].deduplicated);
+  EXPECT_EQ(again[0].row, got[1].row);
+}
+
+TYPED_TEST(StoreContractTest, DedupKeyIsFreeAgainOnceTheRowIsPurged) {
+  NewItem ttl = Keyed("k");
+  ttl.expires_at = kT0 + 5s;
+  RowId first = this->InsertOne(ttl);
+  ASSERT_EQ(Must(this->store().PurgeExpired(kT0 + 5s, 10)).size(), 1u);
+  std::vector<Inserted> second = this->InsertFull({Keyed("k")}, kT0 + 6s);
+  EXPECT_FALSE(second[0].deduplicated);
+  EXPECT_NE(second[0].row, first);
+  // After a finished row's retention too.
+  this->ClaimOne(second[0].row, 1, kT0 + 6s);
+  ASSERT_TRUE(this->AckOne(second[0].row, 1, kT0 + 6s).status.ok());
+  EXPECT_TRUE(this->InsertFull({Keyed("k")}, kT0 + 7s)[0].deduplicated);
+  ASSERT_EQ(Must(this->store().PurgeExpired(kT0 + 6s + kRetention, 10)).size(), 1u);
+  std::vector<Inserted> third = this->InsertFull({Keyed("k")}, kT0 + 8s + kRetention);
+  EXPECT_FALSE(third[0].deduplicated);
+}
+
+TYPED_TEST(StoreContractTest, InsertRefusesBadLifecycleFields) {
+  auto refused = [&](NewItem item) {
+    return this->store().Insert(std::vector<NewItem>{item}, kT0).status().code() ==
+           Code::kInvalidArgument;
+  };
+  NewItem item = Item("t", 0, kT0);
+  item.task_type = std::string(kMaxTaskTypeLen + 1, 'x');
+  EXPECT_TRUE(refused(item));
+  item = Keyed(std::string(kMaxDedupKeyLen + 1, 'k'));
+  EXPECT_TRUE(refused(item));
+  item = Item("t", 0, kT0);
+  item.max_attempts = 0;
+  EXPECT_TRUE(refused(item));
+  item.max_attempts = kMaxAttemptsLimit + 1;
+  EXPECT_TRUE(refused(item));
+  EXPECT_TRUE(Must(this->store().CountByTopic()).empty());
+  // The limits themselves fit.
+  item.max_attempts = kMaxAttemptsLimit;
+  item.task_type = std::string(kMaxTaskTypeLen, 'x');
+  item.dedup_key = std::string(kMaxDedupKeyLen, '\xff');
+  RowId id = this->InsertOne(item);
+  TaskRecord t = this->Task(id);
+  EXPECT_EQ(t.max_attempts, kMaxAttemptsLimit);
+  EXPECT_EQ(t.task_type, item.task_type);
+}
+
+// --- Claim: who and when ------------------------------------------------------------
+
+TYPED_TEST(StoreContractTest, ClaimRecordsTheWorkerTheDeliveriesAndAnEvent) {
+  NewItem item = Item("t", 0, kT0, "p", 30s, std::nullopt, "ns", 7);
+  item.task_type = "resize";
+  RowId id = this->InsertOne(item);
+  TaskRecord before = this->Task(id);
+  EXPECT_EQ(before.first_delivered_at, Time{});
+  EXPECT_EQ(before.worker_id, "");
+  EXPECT_TRUE(before.history.empty());  // Insert writes no event
+
+  LeasedItem got = this->ClaimOne(id, 1, kT0 + 1s, "worker-a");
+  EXPECT_EQ(got.task_type, "resize");
+  EXPECT_EQ(got.max_attempts, 7u);
+  TaskRecord t = this->Task(id);
+  EXPECT_EQ(t.state, ItemState::kLeased);
+  EXPECT_EQ(t.worker_id, "worker-a");
+  EXPECT_EQ(t.first_delivered_at, kT0 + 1s);
+  EXPECT_EQ(t.last_delivered_at, kT0 + 1s);
+  EXPECT_EQ(t.token, LeaseToken(1));
+  EXPECT_EQ(t.attempts, 1u);
+  ASSERT_EQ(t.history.size(), 1u);
+  EXPECT_EQ(t.history[0].kind, "leased");
+  EXPECT_EQ(t.history[0].at, kT0 + 1s);
+  EXPECT_EQ(t.history[0].attempt, 1u);
+  EXPECT_EQ(t.history[0].worker_id, "worker-a");
+
+  ASSERT_TRUE(this->NackOne(id, 1, 0ms, kT0 + 2s).status.ok());
+  this->ClaimOne(id, 2, kT0 + 5s, "worker-b");
+  t = this->Task(id);
+  EXPECT_EQ(t.worker_id, "worker-b");
+  EXPECT_EQ(t.first_delivered_at, kT0 + 1s);
+  EXPECT_EQ(t.last_delivered_at, kT0 + 5s);
+  EXPECT_EQ(Kinds(t.history), (std::vector<std::string>{"leased", "retry", "leased"}));
+  EXPECT_EQ(t.history[2].attempt, 2u);
+  EXPECT_EQ(t.history[2].worker_id, "worker-b");
+}
+
+TYPED_TEST(StoreContractTest, ClaimOfOneBatchForSeveralWorkers) {
+  std::vector<RowId> ids =
+      this->Insert({Item("t", 0, kT0), Item("t", 0, kT0), Item("t", 0, kT0)});
+  std::vector<ClaimRequest> reqs = {
+      {ids[0], "a"}, {ids[1], "b"}, {ids[0], "c"}, {ids[2], "a"}};
+  std::vector<LeasedItem> got = Must(this->store().Claim(reqs, LeaseToken(9), kT0));
+  EXPECT_EQ(got.size(), 3u);
+  EXPECT_EQ(this->Task(ids[0]).worker_id, "a");  // the first request for a row wins
+  EXPECT_EQ(this->Task(ids[1]).worker_id, "b");
+  EXPECT_EQ(this->Task(ids[2]).worker_id, "a");
+  EXPECT_EQ(this->Task(ids[1]).history.at(0).worker_id, "b");
+  EXPECT_EQ(this->Task(ids[0]).history.size(), 1u);
+}
+
+// --- Ack: results and final states --------------------------------------------------
+
+TYPED_TEST(StoreContractTest, AckKeepsPerRowResultsAndPerNamespaceRetention) {
+  std::vector<RowId> ids =
+      this->Insert({Item("t", 0, kT0), Item("t", 0, kT0, "p", 30s, std::nullopt, "short"),
+                    Item("t", 0, kT0)});
+  this->Claim(ids, 3);
+  std::vector<AckRequest> reqs = {{ids[0], LeaseToken(3), "r0"},
+                                  {ids[1], LeaseToken(3), "r1"},
+                                  {ids[2], LeaseToken(3), std::string(5000, 'x')}};
+  std::vector<ItemOutcome> out = Must(this->store().Ack(reqs, kT0 + 1s));
+  for (const ItemOutcome& o : out) EXPECT_TRUE(o.status.ok()) << o.status.ToString();
+  EXPECT_EQ(out[0].transition->deliver_after, kT0 + 1s + kRetention);
+  EXPECT_EQ(out[1].transition->deliver_after, kT0 + 1s + kShortRetention);
+  EXPECT_EQ(this->Task(ids[0]).result, "r0");
+  EXPECT_EQ(this->Task(ids[1]).result, "r1");
+  EXPECT_EQ(this->Task(ids[1]).deliver_after, kT0 + 1s + kShortRetention);
+  EXPECT_EQ(this->Task(ids[0]).deliver_after, kT0 + 1s + kRetention);
+  // Too long a result is truncated, not refused (store/validation.h).
+  EXPECT_EQ(this->Task(ids[2]).result, std::string(kMaxResultBytes, 'x'));
+  // The same result and retention for all: the single-value form of the UPDATE.
+  std::vector<RowId> more = this->Insert({Item("u", 0, kT0), Item("u", 0, kT0)});
+  this->Claim(more, 4);
+  std::vector<AckRequest> same = {{more[0], LeaseToken(4), "ok"},
+                                  {more[1], LeaseToken(4), "ok"}};
+  out = Must(this->store().Ack(same, kT0 + 2s));
+  EXPECT_TRUE(out[0].status.ok() && out[1].status.ok());
+  EXPECT_EQ(this->Task(more[1]).result, "ok");
+  EXPECT_EQ(this->Counts("u").succeeded, 2u);
+}
+
+TYPED_TEST(StoreContractTest, AckIsRefusedInOtherFinalStatesAndWhileDelayed) {
+  RowId failed = this->InsertOne(Item("t", 0, kT0));
+  this->ClaimOne(failed, 1);
+  ASSERT_TRUE(this->NackOne(failed, 1, 0ms, kT0, std::nullopt, "bad", true).status.ok());
+  EXPECT_EQ(this->AckOne(failed, 1).status.code(), Code::kFailedPrecondition);
+  RowId dead = this->MakeDead();
+  EXPECT_EQ(this->AckOne(dead, 1000 + dead.value()).status.code(),
+            Code::kFailedPrecondition);
+  RowId cancelled = this->InsertOne(Item("t", 0, kT0));
+  ASSERT_TRUE(this->CancelOne(cancelled).status.ok());
+  EXPECT_EQ(this->AckOne(cancelled, 0).status.code(), Code::kFailedPrecondition);
+  // Nacked with a delay: the token matches but the item is waiting for its retry.
+  RowId delayed = this->InsertOne(Item("t", 0, kT0));
+  this->ClaimOne(delayed, 2);
+  ASSERT_TRUE(this->NackOne(delayed, 2, 10s, kT0).status.ok());
+  EXPECT_EQ(this->AckOne(delayed, 2).status.code(), Code::kFailedPrecondition);
+  TopicCounts c = this->Counts("t");
+  EXPECT_EQ(c.failed, 1u);
+  EXPECT_EQ(c.dead, 1u);
+  EXPECT_EQ(c.cancelled, 1u);
+  EXPECT_EQ(c.delayed, 1u);
+  EXPECT_EQ(c.succeeded, 0u);
+}
+
+// --- Nack: retry, fail, dead letter, cancel -----------------------------------------
+
+TYPED_TEST(StoreContractTest, NackRetryRecordsTheErrorAndAnEvent) {
+  RowId id = this->InsertOne(Item("t", 0, kT0));
+  this->ClaimOne(id, 1, kT0, "w");
+  ItemOutcome out = this->NackOne(id, 1, 3s, kT0 + 1s, std::nullopt, "timeout");
+  ASSERT_TRUE(out.status.ok());
+  EXPECT_EQ(out.transition->to, ItemState::kDelayed);
+  TaskRecord t = this->Task(id);
+  EXPECT_EQ(t.state, ItemState::kDelayed);
+  EXPECT_EQ(t.last_error, "timeout");
+  EXPECT_EQ(t.finished_at, Time{});
+  ASSERT_EQ(t.history.size(), 2u);
+  EXPECT_EQ(t.history[1].kind, "retry");
+  EXPECT_EQ(t.history[1].detail, "timeout");
+  EXPECT_EQ(t.history[1].attempt, 1u);
+  EXPECT_EQ(t.history[1].worker_id, "w");
+  EXPECT_EQ(t.history[1].at, kT0 + 1s);
+  // Too long an error is truncated, not refused.
+  Must(this->store().PromoteDue(kT0 + 4s, 10));
+  this->ClaimOne(id, 2, kT0 + 4s);
+  ASSERT_TRUE(this->NackOne(id, 2, 0ms, kT0 + 4s, std::nullopt, std::string(5000, 'e'))
+                  .status.ok());
+  EXPECT_EQ(this->Task(id).last_error, std::string(kMaxErrorBytes, 'e'));
+}
+
+TYPED_TEST(StoreContractTest, FatalNackFailsTheTask) {
+  RowId id = this->InsertOne(Item("t", 4, kT0, "p", 30s, std::nullopt, "short"));
+  this->ClaimOne(id, 1);
+  ItemOutcome out = this->NackOne(id, 1, 5s, kT0 + 1s, std::nullopt, "bad input", true);
+  ASSERT_TRUE(out.status.ok());
+  ASSERT_TRUE(out.transition.has_value());
+  EXPECT_EQ(out.transition->from, ItemState::kLeased);
+  EXPECT_EQ(out.transition->to, ItemState::kFailed);
+  EXPECT_EQ(out.transition->deliver_after, kT0 + 1s + kShortRetention);
+  TaskRecord t = this->Task(id);
+  EXPECT_EQ(t.state, ItemState::kFailed);
+  EXPECT_EQ(t.finished_at, kT0 + 1s);
+  EXPECT_EQ(t.last_error, "bad input");
+  EXPECT_EQ(Kinds(t.history), (std::vector<std::string>{"leased", "failed"}));
+  EXPECT_EQ(Must(this->store().NextDue()), std::nullopt);
+  EXPECT_EQ(this->Counts("t", "short").failed, 1u);
+  // Final: no more nacks.
+  EXPECT_EQ(this->NackOne(id, 1, 0ms, kT0 + 2s).status.code(), Code::kFailedPrecondition);
+}
+
+TYPED_TEST(StoreContractTest, NackAfterTheLastAttemptDeadLetters) {
+  RowId id = this->InsertOne(Item("t", 0, kT0, "p", 30s, std::nullopt, "ns", 2));
+  this->ClaimOne(id, 1);
+  ItemOutcome first = this->NackOne(id, 1, 0ms, kT0, std::nullopt, "e1");
+  EXPECT_EQ(first.transition->to, ItemState::kReady);
+  this->ClaimOne(id, 2, kT0 + 1s);
+  ItemOutcome second = this->NackOne(id, 2, 0ms, kT0 + 2s, std::nullopt, "e2");
+  ASSERT_TRUE(second.status.ok());
+  EXPECT_EQ(second.transition->to, ItemState::kDead);
+  EXPECT_EQ(second.transition->deliver_after, kT0 + 2s + kRetention);
+  TaskRecord t = this->Task(id);
+  EXPECT_EQ(t.state, ItemState::kDead);
+  EXPECT_EQ(t.attempts, 2u);
+  EXPECT_EQ(t.last_error, "e2");
+  EXPECT_EQ(t.finished_at, kT0 + 2s);
+  EXPECT_EQ(Kinds(t.history),
+            (std::vector<std::string>{"leased", "retry", "leased", "dead_lettered"}));
+  EXPECT_EQ(this->Counts("t").dead, 1u);
+  EXPECT_TRUE(this->ReadyRows("t").empty());
+}
+
+TYPED_TEST(StoreContractTest, CancelOfALeaseIsReportedByExtendAndEndsWithTheNack) {
+  RowId id = this->InsertOne(Item("t", 0, kT0));
+  this->ClaimOne(id, 1);
+  ItemOutcome c = this->CancelOne(id, kT0 + 1s);
+  EXPECT_TRUE(c.status.ok());
+  EXPECT_TRUE(c.cancel_requested);
+  EXPECT_FALSE(c.transition.has_value());
+  EXPECT_EQ(this->Counts("t").leased, 1u);
+  // Asking again changes nothing (no second event).
+  EXPECT_TRUE(this->CancelOne(id, kT0 + 2s).status.ok());
+  ItemOutcome ext = this->ExtendOne(id, 1, 30s, kT0 + 3s);
+  EXPECT_TRUE(ext.status.ok());
+  EXPECT_TRUE(ext.cancel_requested);
+  // Even a retry request ends it as cancelled.
+  ItemOutcome out = this->NackOne(id, 1, 0ms, kT0 + 4s, std::nullopt, "stopping");
+  ASSERT_TRUE(out.status.ok());
+  EXPECT_EQ(out.transition->to, ItemState::kCancelled);
+  EXPECT_EQ(out.transition->deliver_after, kT0 + 4s + kRetention);
+  TaskRecord t = this->Task(id);
+  EXPECT_EQ(t.state, ItemState::kCancelled);
+  EXPECT_TRUE(t.cancel_requested);
+  EXPECT_EQ(t.last_error, "stopping");
+  EXPECT_EQ(Kinds(t.history),
+            (std::vector<std::string>{"leased", "cancel_requested", "cancelled"}));
+  EXPECT_EQ(t.history[1].at, kT0 + 1s);
+  // Extend of a lease that was not cancelled says so.
+  RowId other = this->InsertOne(Item("t", 0, kT0));
+  this->ClaimOne(other, 2);
+  EXPECT_FALSE(this->ExtendOne(other, 2, 30s, kT0 + 1s).cancel_requested);
+}
+
+// --- PromoteDue: expired leases -----------------------------------------------------
+
+TYPED_TEST(StoreContractTest, ExpiredLeasesRetryDeadLetterOrCancel) {
+  RowId retry = this->InsertOne(Item("t", 0, kT0, "p", 10s));
+  RowId last = this->InsertOne(Item("t", 0, kT0, "p", 11s, std::nullopt, "ns", 1));
+  RowId cancel = this->InsertOne(Item("t", 0, kT0, "p", 12s, std::nullopt, "short"));
+  this->Claim({retry, last, cancel}, 5, kT0, "w");
+  ASSERT_TRUE(this->CancelOne(cancel, kT0 + 1s).status.ok());
+
+  std::vector<ItemTransition> moved = Must(this->store().PromoteDue(kT0 + 20s, 10));
+  ASSERT_EQ(moved.size(), 3u);
+  EXPECT_EQ(moved[0].row, retry);
+  EXPECT_EQ(moved[0].from, ItemState::kLeased);
+  EXPECT_EQ(moved[0].to, ItemState::kReady);
+  EXPECT_EQ(moved[0].deliver_after, kT0 + 10s);
+  EXPECT_EQ(moved[1].row, last);
+  EXPECT_EQ(moved[1].to, ItemState::kDead);
+  EXPECT_EQ(moved[1].deliver_after, kT0 + 20s + kRetention);
+  EXPECT_EQ(moved[2].row, cancel);
+  EXPECT_EQ(moved[2].to, ItemState::kCancelled);
+  EXPECT_EQ(moved[2].deliver_after, kT0 + 20s + kShortRetention);
+
+  for (RowId id : {retry, last, cancel}) {
+    TaskRecord t = this->Task(id);
+    EXPECT_EQ(t.last_error, "lease expired");
+    ASSERT_FALSE(t.history.empty());
+    EXPECT_EQ(t.history.back().kind, "lease_expired");
+    EXPECT_EQ(t.history.back().at, kT0 + 20s);
+    EXPECT_EQ(t.history.back().attempt, 1u);
+    EXPECT_EQ(t.history.back().worker_id, "w");
+  }
+  EXPECT_EQ(this->Task(retry).state, ItemState::kReady);
+  EXPECT_EQ(this->Task(retry).finished_at, Time{});
+  EXPECT_EQ(this->Task(last).state, ItemState::kDead);
+  EXPECT_EQ(this->Task(last).finished_at, kT0 + 20s);
+  EXPECT_EQ(this->Task(cancel).state, ItemState::kCancelled);
+  EXPECT_EQ(this->ReadyRows("t"), std::vector<RowId>{retry});
+  EXPECT_EQ(Must(this->store().NextDue()), std::nullopt);
+  // Final rows are never "due" work.
+  EXPECT_TRUE(Must(this->store().PromoteDue(kT0 + 10 * kRetention, 10)).empty());
+}
+
+// --- PurgeExpired: retention --------------------------------------------------------
+
+TYPED_TEST(StoreContractTest, PurgeExpiredRemovesFinalRowsOnlyAfterRetention) {
+  RowId acked = this->InsertOne(Item("t", 0, kT0, "p", 30s, kT0 + 5s));  // with a TTL
+  RowId failed = this->InsertOne(Item("t", 1, kT0, "p", 30s, std::nullopt, "short"));
+  RowId ttl = this->InsertOne(Item("t", 2, kT0, "p", 30s, kT0 + 20s));
+  this->Claim({acked, failed}, 1);
+  ASSERT_TRUE(this->AckOne(acked, 1, kT0 + 1s).status.ok());
+  ASSERT_TRUE(
+      this->NackOne(failed, 1, 0ms, kT0 + 2s, std::nullopt, "x", true).status.ok());
+
+  // The finished row's TTL no longer applies: retention does.
+  EXPECT_TRUE(Must(this->store().PurgeExpired(kT0 + 10s, 10)).empty());
+  EXPECT_EQ(this->Task(acked).state, ItemState::kSucceeded);
+  // Earliest first: failed (kT0+12s), ttl (kT0+20s), then acked (kT0+1s+1h).
+  std::vector<ItemTransition> first = Must(this->store().PurgeExpired(kT0 + 1h, 1));
+  ASSERT_EQ(first.size(), 1u);
+  EXPECT_EQ(first[0].row, failed);
+  EXPECT_EQ(first[0].from, ItemState::kFailed);
+  EXPECT_EQ(first[0].to, ItemState::kGone);
+  EXPECT_EQ(first[0].ns, "short");
+  std::vector<ItemTransition> second = Must(this->store().PurgeExpired(kT0 + 1h, 10));
+  ASSERT_EQ(second.size(), 1u);
+  EXPECT_EQ(second[0].row, ttl);
+  EXPECT_EQ(second[0].from, ItemState::kReady);
+  EXPECT_TRUE(Must(this->store().PurgeExpired(kT0 + 1s + kRetention - 1ms, 10)).empty());
+  std::vector<ItemTransition> last =
+      Must(this->store().PurgeExpired(kT0 + 1s + kRetention, 10));
+  ASSERT_EQ(last.size(), 1u);
+  EXPECT_EQ(last[0].row, acked);
+  EXPECT_EQ(last[0].from, ItemState::kSucceeded);
+  EXPECT_EQ(last[0].deliver_after, kT0 + 1s + kRetention);
+  for (RowId id : {acked, failed, ttl}) {
+    EXPECT_EQ(this->store().GetTask(id, true).status().code(), Code::kNotFound);
+  }
+  EXPECT_EQ(this->AckOne(acked, 1).status.code(), Code::kNotFound);
+  EXPECT_TRUE(Must(this->store().CountByTopic()).empty());
+}
+
+// --- GetTask ------------------------------------------------------------------------
+
+TYPED_TEST(StoreContractTest, GetTaskReturnsTheRowWithItsHistory) {
+  NewItem item =
+      Item("topic", -2, kT0 + 5s, std::string("pay\0load", 8), 30s, kT0 + 1h, "ns", 3);
+  item.task_type = "email";
+  item.metadata = std::string("m\0", 2);
+  RowId id = this->InsertOne(item);
+  TaskRecord t = this->Task(id);
+  EXPECT_EQ(t.row, id);
+  EXPECT_EQ(t.ns, "ns");
+  EXPECT_EQ(t.topic, "topic");
+  EXPECT_EQ(t.task_type, "email");
+  EXPECT_EQ(t.priority, -2);
+  EXPECT_EQ(t.state, ItemState::kDelayed);
+  EXPECT_EQ(t.attempts, 0u);
+  EXPECT_EQ(t.max_attempts, 3u);
+  EXPECT_EQ(t.enqueued_at, kT0);
+  EXPECT_EQ(t.deliver_after, kT0 + 5s);
+  EXPECT_EQ(t.finished_at, Time{});
+  EXPECT_EQ(t.token, LeaseToken(0));
+  EXPECT_EQ(t.metadata, std::string("m\0", 2));
+  EXPECT_EQ(t.payload, "");  // not asked for
+  EXPECT_FALSE(t.cancel_requested);
+  EXPECT_TRUE(t.history.empty());
+  EXPECT_EQ(this->Task(id, true).payload, std::string("pay\0load", 8));
+
+  Must(this->store().PromoteDue(kT0 + 5s, 10));
+  this->ClaimOne(id, 7, kT0 + 6s, "w1");
+  ASSERT_TRUE(this->NackOne(id, 7, 0ms, kT0 + 7s, std::nullopt, "oops").status.ok());
+  this->ClaimOne(id, 8, kT0 + 8s, "w2");
+  ASSERT_TRUE(this->AckOne(id, 8, kT0 + 9s, "done").status.ok());
+  t = this->Task(id, true);
+  EXPECT_EQ(t.state, ItemState::kSucceeded);
+  EXPECT_EQ(t.attempts, 2u);
+  EXPECT_EQ(t.token, LeaseToken(8));
+  EXPECT_EQ(t.result, "done");
+  EXPECT_EQ(t.last_error, "oops");
+  ASSERT_EQ(t.history.size(), 4u);
+  EXPECT_EQ(Kinds(t.history),
+            (std::vector<std::string>{"leased", "retry", "leased", "succeeded"}));
+  std::vector<Time> at;
+  for (const TaskEvent& e : t.history) at.push_back(e.at);
+  EXPECT_EQ(at, (std::vector<Time>{kT0 + 6s, kT0 + 7s, kT0 + 8s, kT0 + 9s}));
+  EXPECT_EQ(t.history[3].worker_id, "w2");
+  EXPECT_EQ(t.history[3].attempt, 2u);
+
+  EXPECT_EQ(this->store().GetTask(RowId(987654), false).status().code(), Code::kNotFound);
+}
+
+TYPED_TEST(StoreContractTest, GetTaskReturnsTheLastHundredEvents) {
+  RowId id = this->InsertOne(Item("t", 0, kT0, "p", 30s, std::nullopt, "ns", 1000));
+  for (uint64_t n = 1; n <= 51; ++n) {  // 102 events
+    this->ClaimOne(id, n);
+    ASSERT_TRUE(this->NackOne(id, n, 0ms, kT0).status.ok());
+  }
+  TaskRecord t = this->Task(id);
+  ASSERT_EQ(t.history.size(), 100u);
+  EXPECT_EQ(t.history.front().kind, "leased");
+  EXPECT_EQ(t.history.front().attempt, 2u);
+  EXPECT_EQ(t.history.back().kind, "retry");
+  EXPECT_EQ(t.history.back().attempt, 51u);
+}
+
+// --- Cancel -------------------------------------------------------------------------
+
+TYPED_TEST(StoreContractTest, CancelInEachState) {
+  RowId delayed = this->InsertOne(Item("t", 0, kT0 + 1h));
+  RowId ready = this->InsertOne(Item("t", 3, kT0));
+  ItemOutcome d = this->CancelOne(delayed, kT0 + 1s);
+  EXPECT_TRUE(d.status.ok());
+  ASSERT_TRUE(d.transition.has_value());
+  EXPECT_EQ(d.transition->from, ItemState::kDelayed);
+  EXPECT_EQ(d.transition->to, ItemState::kCancelled);
+  EXPECT_EQ(d.transition->deliver_after, kT0 + 1s + kRetention);
+  EXPECT_FALSE(d.cancel_requested);
+  ItemOutcome r = this->CancelOne(ready, kT0 + 1s);
+  ASSERT_TRUE(r.transition.has_value());
+  EXPECT_EQ(r.transition->from, ItemState::kReady);
+  EXPECT_EQ(r.transition->priority, 3);
+  EXPECT_TRUE(this->ReadyRows("t").empty());
+  EXPECT_EQ(Must(this->store().NextDue()), std::nullopt);
+  EXPECT_TRUE(this->Claim({ready}, 1).empty());
+  TaskRecord t = this->Task(ready);
+  EXPECT_EQ(t.state, ItemState::kCancelled);
+  EXPECT_EQ(t.finished_at, kT0 + 1s);
+  EXPECT_EQ(Kinds(t.history), std::vector<std::string>{"cancelled"});
+
+  // Cancelled again: OK, nothing changes.
+  ItemOutcome again = this->CancelOne(ready, kT0 + 2s);
+  EXPECT_TRUE(again.status.ok());
+  EXPECT_FALSE(again.transition.has_value());
+  EXPECT_EQ(this->Task(ready).history.size(), 1u);
+  // Another final state: refused.
+  RowId acked = this->InsertOne(Item("t", 0, kT0));
+  this->ClaimOne(acked, 2);
+  ASSERT_TRUE(this->AckOne(acked, 2).status.ok());
+  ItemOutcome s = this->CancelOne(acked, kT0 + 1s);
+  EXPECT_EQ(s.status.code(), Code::kFailedPrecondition);
+  EXPECT_FALSE(s.transition.has_value());
+  EXPECT_EQ(this->Task(acked).state, ItemState::kSucceeded);
+  EXPECT_EQ(this->CancelOne(this->MakeDead()).status.code(), Code::kFailedPrecondition);
+  // No such row.
+  EXPECT_EQ(this->CancelOne(RowId(999999)).status.code(), Code::kNotFound);
+  TopicCounts c = this->Counts("t");
+  EXPECT_EQ(c.cancelled, 2u);
+  EXPECT_EQ(c.succeeded, 1u);
+  EXPECT_EQ(c.dead, 1u);
+}
+
+// --- Dead letters: ListDead, Redrive, PurgeDead -------------------------------------
+
+TYPED_TEST(StoreContractTest, ListDeadFollowsTheOrderingRule) {
+  RowId a = this->MakeDead("t", 5, kT0);
+  RowId b = this->MakeDead("t", 1, kT0 + 2s);
+  RowId c = this->MakeDead("t", 1, kT0 + 1s);
+  RowId d = this->MakeDead("t", 1, kT0 + 1s);
+  this->MakeDead("other", 0);
+  this->InsertOne(Item("t", 0, kT0));  // live
+  std::vector<TaskRecord> dead = Must(this->store().ListDead("ns", "t", 10));
+  std::vector<RowId> rows;
+  for (const TaskRecord& t : dead) rows.push_back(t.row);
+  EXPECT_EQ(rows, (std::vector<RowId>{c, d, b, a}));
+  EXPECT_EQ(dead[0].state, ItemState::kDead);
+  EXPECT_EQ(dead[0].attempts, 1u);
+  EXPECT_EQ(dead[0].max_attempts, 1u);
+  EXPECT_EQ(dead[0].finished_at, kT0 + 1s);
+  EXPECT_EQ(dead[0].topic, "t");
+  EXPECT_EQ(dead[0].payload, "");
+  EXPECT_TRUE(dead[0].history.empty());
+  std::vector<TaskRecord> two = Must(this->store().ListDead("ns", "t", 2));
+  ASSERT_EQ(two.size(), 2u);
+  EXPECT_EQ(two[1].row, d);
+  EXPECT_TRUE(Must(this->store().ListDead("ns", "t", 0)).empty());
+  EXPECT_TRUE(Must(this->store().ListDead("ns", "nope", 10)).empty());
+  EXPECT_TRUE(Must(this->store().ListDead("other_ns", "t", 10)).empty());
+}
+
+TYPED_TEST(StoreContractTest, RedriveOfGivenRows) {
+  RowId a = this->MakeDead("t", 0);
+  RowId b = this->MakeDead("t", 0);
+  RowId live = this->InsertOne(Item("t", 0, kT0));
+  RowId elsewhere = this->MakeDead("other", 0);
+  std::vector<RowId> rows = {a, live, elsewhere, RowId(999999), a};
+  ShardStore::BulkOutcome out = Must(this->store().Redrive("ns", "t", rows, 1, kT0 + 5s));
+  ASSERT_EQ(out.per_row.size(), 5u);
+  EXPECT_TRUE(out.per_row[0].status.ok());
+  ASSERT_TRUE(out.per_row[0].transition.has_value());
+  EXPECT_EQ(out.per_row[0].transition->from, ItemState::kDead);
+  EXPECT_EQ(out.per_row[0].transition->to, ItemState::kReady);
+  EXPECT_EQ(out.per_row[0].transition->deliver_after, kT0 + 5s);
+  EXPECT_EQ(out.per_row[1].status.code(), Code::kFailedPrecondition);  // not dead
+  EXPECT_EQ(out.per_row[2].status.code(), Code::kNotFound);            // other topic
+  EXPECT_EQ(out.per_row[3].status.code(), Code::kNotFound);            // no row
+  EXPECT_EQ(out.per_row[4].status.code(),
+            Code::kFailedPrecondition);  // redriven just now
+  EXPECT_FALSE(out.per_row[4].transition.has_value());
+  ASSERT_EQ(out.transitions.size(), 1u);
+  EXPECT_EQ(out.transitions[0].row, a);
+
+  TaskRecord t = this->Task(a);
+  EXPECT_EQ(t.state, ItemState::kReady);
+  EXPECT_EQ(t.attempts, 0u);
+  EXPECT_EQ(t.deliver_after, kT0 + 5s);
+  EXPECT_EQ(t.finished_at, Time{});
+  EXPECT_EQ(t.history.back().kind, "redriven");
+  EXPECT_EQ(t.history.back().attempt, 0u);
+  EXPECT_EQ(t.history.back().at, kT0 + 5s);
+  EXPECT_EQ(this->Task(b).state, ItemState::kDead);
+  EXPECT_EQ(this->Task(elsewhere).state, ItemState::kDead);
+  // A fresh life: attempts count from 1 again, up to max_attempts.
+  std::vector<RowId> ready = this->ReadyRows("t");
+  EXPECT_EQ(std::count(ready.begin(), ready.end(), a), 1);
+  EXPECT_EQ(this->ClaimOne(a, 77, kT0 + 6s).attempts, 1u);
+  EXPECT_EQ(this->NackOne(a, 77, 0ms, kT0 + 7s).transition->to, ItemState::kDead);
+}
+
+TYPED_TEST(StoreContractTest, RedriveOfAllDeadRowsOfATopicUpToTheLimit) {
+  RowId a = this->MakeDead("t", 2);
+  RowId b = this->MakeDead("t", 1);
+  RowId c = this->MakeDead("t", 3);
+  RowId other = this->MakeDead("u", 0);
+  ShardStore::BulkOutcome first = Must(this->store().Redrive("ns", "t", {}, 2, kT0 + 1s));
+  EXPECT_TRUE(first.per_row.empty());
+  ASSERT_EQ(first.transitions.size(), 2u);
+  EXPECT_EQ(first.transitions[0].row, b);
+  EXPECT_EQ(first.transitions[1].row, a);
+  TopicCounts counts = this->Counts("t");
+  EXPECT_EQ(counts.ready, 2u);
+  EXPECT_EQ(counts.dead, 1u);
+  ShardStore::BulkOutcome rest = Must(this->store().Redrive("ns", "t", {}, 10, kT0 + 2s));
+  ASSERT_EQ(rest.transitions.size(), 1u);
+  EXPECT_EQ(rest.transitions[0].row, c);
+  EXPECT_TRUE(
+      Must(this->store().Redrive("ns", "t", {}, 10, kT0 + 3s)).transitions.empty());
+  EXPECT_EQ(this->ReadyRows("t"), (std::vector<RowId>{b, a, c}));
+  EXPECT_EQ(this->Task(other).state, ItemState::kDead);
+}
+
+TYPED_TEST(StoreContractTest, PurgeDeadDeletesGivenOrAllDeadRows) {
+  RowId a = this->MakeDead("t", 0);
+  RowId b = this->MakeDead("t", 1);
+  RowId c = this->MakeDead("t", 2);
+  RowId live = this->InsertOne(Item("t", 0, kT0));
+  std::vector<RowId> rows = {b, live, RowId(999999), b};
+  ShardStore::BulkOutcome out = Must(this->store().PurgeDead("ns", "t", rows, 10));
+  ASSERT_EQ(out.per_row.size(), 4u);
+  EXPECT_TRUE(out.per_row[0].status.ok());
+  ASSERT_TRUE(out.per_row[0].transition.has_value());
+  EXPECT_EQ(out.per_row[0].transition->from, ItemState::kDead);
+  EXPECT_EQ(out.per_row[0].transition->to, ItemState::kGone);
+  EXPECT_EQ(out.per_row[1].status.code(), Code::kFailedPrecondition);
+  EXPECT_EQ(out.per_row[2].status.code(), Code::kNotFound);
+  EXPECT_EQ(out.per_row[3].status.code(), Code::kNotFound);  // purged just now
+  ASSERT_EQ(out.transitions.size(), 1u);
+  EXPECT_EQ(this->store().GetTask(b, false).status().code(), Code::kNotFound);
+
+  ShardStore::BulkOutcome all = Must(this->store().PurgeDead("ns", "t", {}, 1));
+  ASSERT_EQ(all.transitions.size(), 1u);
+  EXPECT_EQ(all.transitions[0].row, a);
+  all = Must(this->store().PurgeDead("ns", "t", {}, 10));
+  ASSERT_EQ(all.transitions.size(), 1u);
+  EXPECT_EQ(all.transitions[0].row, c);
+  TopicCounts counts = this->Counts("t");
+  EXPECT_EQ(counts.dead, 0u);
+  EXPECT_EQ(counts.ready, 1u);
+  EXPECT_EQ(this->Task(live).state, ItemState::kReady);
+}
+
+TYPED_TEST(StoreContractTest, CountByTopicCountsFinalStates) {
+  std::vector<RowId> ids = this->Insert(
+      {Item("t", 0, kT0), Item("t", 0, kT0), Item("t", 0, kT0), Item("t", 0, kT0 + 1h)});
+  this->Claim({ids[0], ids[1]}, 1);
+  ASSERT_TRUE(this->AckOne(ids[0], 1).status.ok());
+  ASSERT_TRUE(this->NackOne(ids[1], 1, 0ms, kT0, std::nullopt, "", true).status.ok());
+  ASSERT_TRUE(this->CancelOne(ids[2]).status.ok());
+  this->MakeDead("t");
+  this->MakeDead("t");
+  RowId ready = this->InsertOne(Item("t", 0, kT0));
+  this->ClaimOne(this->InsertOne(Item("t", 0, kT0)), 3);
+  TopicCounts c = this->Counts("t");
+  EXPECT_EQ(c.delayed, 1u);
+  EXPECT_EQ(c.ready, 1u);
+  EXPECT_EQ(c.leased, 1u);
+  EXPECT_EQ(c.succeeded, 1u);
+  EXPECT_EQ(c.failed, 1u);
+  EXPECT_EQ(c.dead, 2u);
+  EXPECT_EQ(c.cancelled, 1u);
+  EXPECT_EQ(this->ReadyRows("t"), std::vector<RowId>{ready});
+}
+
 // --- memory store only: fault injection ---------------------------------------------
 
 TEST(MemoryShardStoreTest, FailNextFailsOneCallAndChangesNothing) {
@@ -694,26 +1432,38 @@ TEST(MemoryShardStoreTest, FailNextFailsOneCallAndChangesNothing) {
   store.FailNext(MemoryShardStore::Op::kInsert, Status::Unavailable("injected"));
   EXPECT_EQ(store.Insert(items, kT0).status().code(), Code::kUnavailable);
   EXPECT_EQ(store.size(), 0u);
-  std::vector<RowId> ids = Must(store.Insert(items, kT0));
+  std::vector<Inserted> ids = Must(store.Insert(items, kT0));
   ASSERT_EQ(ids.size(), 1u);
+  std::vector<ClaimRequest> claim{{ids[0].row, "w"}};
 
   store.FailNext(MemoryShardStore::Op::kClaim, Status::Internal("boom"));
-  EXPECT_EQ(store.Claim(ids, LeaseToken(1), kT0).status().code(), Code::kInternal);
+  EXPECT_EQ(store.Claim(claim, LeaseToken(1), kT0).status().code(), Code::kInternal);
   EXPECT_EQ(Must(store.CountByTopic())[0].ready, 1u);  // other ops unaffected
-  EXPECT_EQ(Must(store.Claim(ids, LeaseToken(1), kT0)).size(), 1u);
+  EXPECT_EQ(Must(store.Claim(claim, LeaseToken(1), kT0)).size(), 1u);
+
+  store.FailNext(MemoryShardStore::Op::kCancel, Status::Unavailable("injected"));
+  EXPECT_EQ(store.Cancel(ids[0].row, kT0).status().code(), Code::kUnavailable);
+  EXPECT_FALSE(Must(store.GetTask(ids[0].row, false)).cancel_requested);
+  EXPECT_TRUE(Must(store.Cancel(ids[0].row, kT0)).cancel_requested);
+  EXPECT_EQ(store.calls(MemoryShardStore::Op::kCancel), 2u);
+  EXPECT_EQ(store.calls(MemoryShardStore::Op::kGetTask), 1u);
 }
 
 TEST(MemoryShardStoreTest, FailAllFailsEveryCallUntilCleared) {
   MemoryShardStore store;
-  RowId id = Must(store.Insert(std::vector<NewItem>{Item("t", 0, kT0)}, kT0))[0];
+  RowId id = Must(store.Insert(std::vector<NewItem>{Item("t", 0, kT0)}, kT0))[0].row;
   store.FailAll(Status::Unavailable("down"));
   EXPECT_EQ(store.Open().code(), Code::kUnavailable);
   EXPECT_EQ(store.Ping().code(), Code::kUnavailable);
   EXPECT_EQ(store.FetchReady("ns", "t", 10).status().code(), Code::kUnavailable);
-  std::vector<RowId> rows{id};
+  std::vector<ClaimRequest> rows{{id, "w"}};
   EXPECT_EQ(store.Claim(rows, LeaseToken(1), kT0).status().code(), Code::kUnavailable);
   EXPECT_EQ(store.PromoteDue(kT0, 10).status().code(), Code::kUnavailable);
   EXPECT_EQ(store.NextDue().status().code(), Code::kUnavailable);
+  EXPECT_EQ(store.GetTask(id, true).status().code(), Code::kUnavailable);
+  EXPECT_EQ(store.ListDead("ns", "t", 10).status().code(), Code::kUnavailable);
+  EXPECT_EQ(store.Redrive("ns", "t", {}, 10, kT0).status().code(), Code::kUnavailable);
+  EXPECT_EQ(store.PurgeDead("ns", "t", {}, 10).status().code(), Code::kUnavailable);
   store.ClearFailures();
   EXPECT_TRUE(store.Ping().ok());
   EXPECT_EQ(Must(store.Claim(rows, LeaseToken(1), kT0)).size(), 1u);
@@ -739,9 +1489,9 @@ TEST(MySqlShardStoreTest, RecoversByItselfAfterTheServerIsKilled) {
   auto db = Must(testing::MariaDbInstance::Start());
   MySqlShardStore store(db->endpoint(), "recovery");
   ASSERT_TRUE(store.Open().ok());
-  std::vector<RowId> ids =
+  std::vector<Inserted> ids =
       Must(store.Insert(std::vector<NewItem>{Item("t", 0, kT0), Item("t", 0, kT0)}, kT0));
-  std::vector<RowId> first{ids[0]};
+  std::vector<ClaimRequest> first{{ids[0].row, "w"}};
   ASSERT_EQ(Must(store.Claim(first, LeaseToken(8), kT0)).size(), 1u);
 
   ASSERT_TRUE(db->Kill().ok());
@@ -756,8 +1506,8 @@ TEST(MySqlShardStoreTest, RecoversByItselfAfterTheServerIsKilled) {
   ASSERT_EQ(counts.size(), 1u);
   EXPECT_EQ(counts[0].ready, 1u);
   EXPECT_EQ(counts[0].leased, 1u);
-  std::vector<AckRequest> ack{{ids[0], LeaseToken(8)}};
-  EXPECT_TRUE(Must(store.Ack(ack))[0].status.ok());
+  std::vector<AckRequest> ack{{ids[0].row, LeaseToken(8), ""}};
+  EXPECT_TRUE(Must(store.Ack(ack, kT0))[0].status.ok());
 
   // A clean restart too.
   ASSERT_TRUE(db->Stop().ok());
@@ -774,6 +1524,131 @@ TEST(MySqlShardStoreTest, RefusesInterleavedAutoincLockMode) {
   EXPECT_NE(s.message().find("innodb_autoinc_lock_mode"), std::string::npos)
       << s.message();
   EXPECT_FALSE(store.connected());
+}
+
+// A plain connection to the shared server, for what the store does not expose.
+std::unique_ptr<sql::Connection> RawConnection() {
+  MysqlEndpoint ep = testing::SharedMariaDb().endpoint();
+  sql::ConnectOptionsMap opts;
+  opts["hostName"] = sql::SQLString("unix://" + ep.socket);
+  opts["userName"] = sql::SQLString(ep.user);
+  opts["password"] = sql::SQLString(ep.password);
+  return std::unique_ptr<sql::Connection>(
+      sql::mysql::get_mysql_driver_instance()->connect(opts));
+}
+
+int64_t QueryInt(sql::Connection& conn, const std::string& query) {
+  std::unique_ptr<sql::Statement> st(conn.createStatement());
+  std::unique_ptr<sql::ResultSet> rs(st->executeQuery(query));
+  if (!rs->next()) throw std::runtime_error("no row: " + query);
+  return rs->getInt64(1);
+}
+
+TEST(MySqlShardStoreTest, OpenUpgradesADatabaseOfMigrationOne) {
+  const std::string db = FreshDbName("upgrade");
+  {
+    // What a shard looked like before migration 2: the items table of 0001 only.
+    std::unique_ptr<sql::Connection> conn = RawConnection();
+    std::unique_ptr<sql::Statement> st(conn->createStatement());
+    st->execute("CREATE DATABASE `" + db + "`");
+    st->execute("USE `" + db + "`");
+    st->execute(std::string(schema::kMigrationsTableDdl));
+    const schema::Migration& m1 = schema::AllMigrations()[0];
+    ASSERT_EQ(m1.version, 1);
+    std::string ddl(m1.sql);
+    st->execute(ddl.substr(0, ddl.rfind(';')));  // one statement
+    st->execute("INSERT INTO schema_migrations (version, name) VALUES (1, '" +
+                std::string(m1.name) + "')");
+    const std::string t0 = std::to_string(ToUnixMillis(kT0));
+    st->execute(
+        "INSERT INTO items (ns, topic, priority, state, deliver_after, lease_ms, "
+        "attempts, enqueued_at, payload, metadata) VALUES "
+        "('ns', 't', 0, 1, " +
+        t0 + ", 30000, 0, " + t0 +
+        ", 'old', 'm'), "
+        "('ns', 't', 1, 2, " +
+        t0 + ", 30000, 1, " + t0 + ", 'leased', 'm')");
+    st->execute("UPDATE items SET lease_token = 5 WHERE state = 2");
+    st->execute("COMMIT");
+  }
+  MySqlShardStore store(testing::SharedMariaDb().endpoint(), db);
+  store.SetPolicies(TestPolicies());
+  ASSERT_TRUE(store.Open().ok());
+  {
+    std::unique_ptr<sql::Connection> conn = RawConnection();
+    EXPECT_EQ(QueryInt(*conn, "SELECT MAX(version) FROM `" + db + "`.schema_migrations"),
+              static_cast<int64_t>(schema::AllMigrations().back().version));
+  }
+  // The old rows are there, with the defaults of the new columns.
+  std::vector<ReadyKey> ready = Must(store.FetchReady("ns", "t", 10));
+  ASSERT_EQ(ready.size(), 1u);
+  TaskRecord old = Must(store.GetTask(ready[0].row, true));
+  EXPECT_EQ(old.payload, "old");
+  EXPECT_EQ(old.state, ItemState::kReady);
+  EXPECT_EQ(old.max_attempts, 5u);
+  EXPECT_EQ(old.task_type, "");
+  EXPECT_TRUE(old.history.empty());
+  // And they live on under the new rules: the old lease acks into SUCCEEDED.
+  std::vector<AckRequest> ack{{RowId(ready[0].row.value() + 1), LeaseToken(5), "r"}};
+  std::vector<ItemOutcome> acked = Must(store.Ack(ack, kT0));
+  ASSERT_TRUE(acked[0].status.ok()) << acked[0].status.ToString();
+  EXPECT_EQ(acked[0].transition->to, ItemState::kSucceeded);
+  std::vector<ClaimRequest> claim{{ready[0].row, "w"}};
+  ASSERT_EQ(Must(store.Claim(claim, LeaseToken(6), kT0)).size(), 1u);
+  EXPECT_EQ(Must(store.GetTask(ready[0].row, false)).history.size(), 1u);
+  // Dedup works on the upgraded table.
+  std::vector<NewItem> keyed{Keyed("k"), Keyed("k")};
+  std::vector<Inserted> ins = Must(store.Insert(keyed, kT0));
+  EXPECT_TRUE(ins[1].deduplicated);
+  // A second Open (a restart) applies nothing again.
+  MySqlShardStore again(testing::SharedMariaDb().endpoint(), db);
+  ASSERT_TRUE(again.Open().ok());
+}
+
+TEST(MySqlShardStoreTest, PurgesDeleteTheHistoryRows) {
+  const std::string db = FreshDbName("history");
+  MySqlShardStore store(testing::SharedMariaDb().endpoint(), db);
+  store.SetPolicies(TestPolicies());
+  ASSERT_TRUE(store.Open().ok());
+  std::vector<NewItem> items{Item("t", 0, kT0), OneShot(), OneShot(), Item("t", 0, kT0)};
+  std::vector<Inserted> ins = Must(store.Insert(items, kT0));
+  std::vector<ClaimRequest> claim;
+  for (const Inserted& i : ins) claim.push_back({i.row, "w"});
+  ASSERT_EQ(Must(store.Claim(claim, LeaseToken(1), kT0)).size(), 4u);
+  std::vector<AckRequest> ack{{ins[0].row, LeaseToken(1), ""}};
+  ASSERT_TRUE(Must(store.Ack(ack, kT0))[0].status.ok());
+  std::vector<NackRequest> nack{
+      {ins[1].row, LeaseToken(1), Duration(0), std::nullopt, "", false},
+      {ins[2].row, LeaseToken(1), Duration(0), std::nullopt, "", false}};
+  ASSERT_EQ(Must(store.Nack(nack, kT0))[1].transition->to, ItemState::kDead);
+
+  std::unique_ptr<sql::Connection> conn = RawConnection();
+  auto events = [&](RowId row) {
+    return QueryInt(*conn,
+                    "SELECT COUNT(*) FROM `" + db +
+                        "`.task_events WHERE item_id = " + std::to_string(row.value()));
+  };
+  EXPECT_EQ(events(ins[0].row), 2);
+  EXPECT_EQ(events(ins[1].row), 2);
+  ASSERT_EQ(Must(store.PurgeExpired(kT0 + kRetention, 10)).size(), 3u);
+  EXPECT_EQ(events(ins[0].row), 0);
+  EXPECT_EQ(events(ins[1].row), 0);
+  EXPECT_EQ(events(ins[2].row), 0);
+  EXPECT_EQ(events(ins[3].row), 1);  // still leased... until it expires
+  std::vector<RowId> none;
+  Must(store.PromoteDue(kT0 + kRetention, 10));
+  ASSERT_TRUE(Must(store.Redrive("ns", "t", none, 10, kT0)).transitions.empty());
+  // A dead letter purged by PurgeDead takes its history along too.
+  std::vector<NewItem> one{OneShot()};
+  RowId dead = Must(store.Insert(one, kT0))[0].row;
+  std::vector<ClaimRequest> c2{{dead, "w"}};
+  ASSERT_EQ(Must(store.Claim(c2, LeaseToken(2), kT0)).size(), 1u);
+  std::vector<NackRequest> n2{
+      {dead, LeaseToken(2), Duration(0), std::nullopt, "", false}};
+  ASSERT_TRUE(Must(store.Nack(n2, kT0))[0].status.ok());
+  EXPECT_EQ(events(dead), 2);
+  ASSERT_EQ(Must(store.PurgeDead("ns", "t", none, 10)).transitions.size(), 1u);
+  EXPECT_EQ(events(dead), 0);
 }
 
 // Not a benchmark, a smoke measurement printed for the record: 100 rows of 1 KiB per
