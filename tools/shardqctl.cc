@@ -22,9 +22,15 @@ struct CommandLine {
   GlobalOptions global;
   EnqueueOptions enqueue;
   DequeueOptions dequeue;
-  std::vector<std::string> ack_refs;
+  AckOptions ack;
   NackOptions nack;
   ExtendOptions extend;
+  StatusOptions status;
+  HistoryOptions history;
+  std::string cancel_id;
+  DeadListOptions dead_list;
+  DeadOptions dead_redrive;
+  DeadOptions dead_purge;
   std::string health_service;
   // The subcommands, each with what runs it; exactly one gets parsed.
   std::vector<std::pair<CLI::App*, std::function<int()>>> commands;
@@ -89,6 +95,13 @@ void AddEnqueue(CLI::App& app, CommandLine& cl) {
   cmd->add_option("--count", o.count, "Enqueue this many copies in one call")
       ->check(CLI::Range(1, 1000))
       ->capture_default_str();
+  cmd->add_option("--task-type", o.task_type, "Task type, routes it to a handler");
+  cmd->add_option("--dedup-key", o.dedup_key,
+                  "Idempotency key: if already used in the namespace, the existing "
+                  "item's id is returned and nothing is created");
+  cmd->add_option("--max-attempts", o.max_attempts,
+                  "Deliveries allowed before dead-lettering (0 = namespace default)")
+      ->check(CLI::Range(0, 1000));
   cl.commands.emplace_back(cmd, [&cl] { return RunEnqueue(cl.global, cl.enqueue); });
 }
 
@@ -102,13 +115,19 @@ void AddDequeue(CLI::App& app, CommandLine& cl) {
   cmd->add_option("--wait-ms", o.wait_ms, "Long poll: wait up to this for an item")
       ->check(CLI::Range(0, 60000))
       ->capture_default_str();
+  cmd->add_option("--worker-id", o.worker_id,
+                  "Who is asking (recorded with the lease, shown by status)");
   cl.commands.emplace_back(cmd, [&cl] { return RunDequeue(cl.global, cl.dequeue); });
 }
 
 void AddAck(CLI::App& app, CommandLine& cl) {
-  auto* cmd = app.add_subcommand("ack", "Finish leased items (they are deleted)");
-  cmd->add_option("ID_TOKEN", cl.ack_refs, "ID TOKEN [ID TOKEN ...]")->required();
-  cl.commands.emplace_back(cmd, [&cl] { return RunAck(cl.global, cl.ack_refs); });
+  auto* cmd = app.add_subcommand(
+      "ack", "Finish leased items (SUCCEEDED; kept for status until retention ends)");
+  cmd->add_option("ID_TOKEN", cl.ack.refs, "ID TOKEN [ID TOKEN ...]")->required();
+  cmd->add_option("--result", cl.ack.result,
+                  "What the handler produced (for every given item; at most 4 KiB)")
+      ->allow_extra_args(false);
+  cl.commands.emplace_back(cmd, [&cl] { return RunAck(cl.global, cl.ack); });
 }
 
 void AddNack(CLI::App& app, CommandLine& cl) {
@@ -123,6 +142,10 @@ void AddNack(CLI::App& app, CommandLine& cl) {
                              "(repeatable)");
   cmd->add_flag("--clear-meta", o.clear_meta, "Replace the metadata with none")
       ->excludes(meta);
+  cmd->add_option("--error", o.error, "Why the attempt failed (kept as last_error)")
+      ->allow_extra_args(false);
+  cmd->add_flag("--fatal", o.fatal,
+                "Permanent failure: the task becomes FAILED and is not retried");
   cl.commands.emplace_back(cmd, [&cl] { return RunNack(cl.global, cl.nack); });
 }
 
@@ -139,6 +162,56 @@ void AddExtend(CLI::App& app, CommandLine& cl) {
 void AddTopics(CLI::App& app, CommandLine& cl) {
   auto* cmd = app.add_subcommand("topics", "List the namespace's active topics");
   cl.commands.emplace_back(cmd, [&cl] { return RunTopics(cl.global); });
+}
+
+void AddStatus(CLI::App& app, CommandLine& cl) {
+  auto* cmd = app.add_subcommand(
+      "status", "Show a task: state, attempts, times, worker, last error, result");
+  cmd->add_option("ID", cl.status.id, "Task id")->required();
+  cmd->add_flag("--payload", cl.status.payload, "Also show the payload");
+  cl.commands.emplace_back(cmd, [&cl] { return RunStatus(cl.global, cl.status); });
+}
+
+void AddHistory(CLI::App& app, CommandLine& cl) {
+  auto* cmd = app.add_subcommand(
+      "history", "Show a task's history events, oldest first (the server keeps 100)");
+  cmd->add_option("ID", cl.history.id, "Task id")->required();
+  cmd->add_option("--tail", cl.history.tail, "Only the last N events")->check(AtLeast(1));
+  cl.commands.emplace_back(cmd, [&cl] { return RunHistory(cl.global, cl.history); });
+}
+
+void AddCancel(CLI::App& app, CommandLine& cl) {
+  auto* cmd = app.add_subcommand(
+      "cancel", "Cancel a task (a running one is asked to stop); prints its state");
+  cmd->add_option("ID", cl.cancel_id, "Task id")->required();
+  cl.commands.emplace_back(cmd, [&cl] { return RunCancel(cl.global, cl.cancel_id); });
+}
+
+void AddDead(CLI::App& app, CommandLine& cl) {
+  auto* dead = app.add_subcommand("dead", "Dead letters: list, redrive, purge");
+  dead->require_subcommand(1);
+
+  auto* list = dead->add_subcommand("list", "List a topic's dead letters, best first");
+  list->add_option("TOPIC", cl.dead_list.topic, "Topic")->required();
+  list->add_option("--limit", cl.dead_list.limit, "At most this many (default 100)")
+      ->check(CLI::Range(1, 1000));
+  cl.commands.emplace_back(list, [&cl] { return RunDeadList(cl.global, cl.dead_list); });
+
+  auto* redrive = dead->add_subcommand(
+      "redrive", "Move dead letters back to READY with fresh attempts (no ids = all)");
+  redrive->add_option("TOPIC", cl.dead_redrive.topic, "Topic")->required();
+  redrive->add_option("ID", cl.dead_redrive.ids, "Dead letter ids (none = all)");
+  cl.commands.emplace_back(redrive,
+                           [&cl] { return RunDeadRedrive(cl.global, cl.dead_redrive); });
+
+  auto* purge = dead->add_subcommand(
+      "purge", "Delete dead letters for good: the given ids, or --all of the topic's");
+  purge->add_option("TOPIC", cl.dead_purge.topic, "Topic")->required();
+  auto* ids = purge->add_option("ID", cl.dead_purge.ids, "Dead letter ids");
+  purge->add_flag("--all", cl.dead_purge.all, "Every dead letter of the topic")
+      ->excludes(ids);
+  cl.commands.emplace_back(purge,
+                           [&cl] { return RunDeadPurge(cl.global, cl.dead_purge); });
 }
 
 void AddHealth(CLI::App& app, CommandLine& cl) {
@@ -167,6 +240,10 @@ int Main(int argc, char** argv) {
   AddNack(app, cl);
   AddExtend(app, cl);
   AddTopics(app, cl);
+  AddStatus(app, cl);
+  AddHistory(app, cl);
+  AddCancel(app, cl);
+  AddDead(app, cl);
   AddHealth(app, cl);
 
   try {

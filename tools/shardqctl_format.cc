@@ -117,6 +117,55 @@ std::string FormatUnixMs(int64_t ms) {
                      fmt::gmtime(static_cast<std::time_t>(seconds)), millis);
 }
 
+std::string FormatRelativeMs(int64_t at_ms, int64_t now_ms) {
+  const int64_t diff = at_ms - now_ms;
+  const int64_t abs = diff < 0 ? -diff : diff;
+  std::string amount;
+  if (abs < 1000) {
+    amount = fmt::format("{}ms", abs);
+  } else if (abs < 60'000) {
+    amount = fmt::format("{:.1f}s", static_cast<double>(abs) / 1000.0);
+  } else if (abs < 3'600'000) {
+    amount = fmt::format("{}m{}s", abs / 60'000, abs / 1000 % 60);
+  } else if (abs < 86'400'000) {
+    amount = fmt::format("{}h{}m", abs / 3'600'000, abs / 60'000 % 60);
+  } else {
+    amount = fmt::format("{}d{}h", abs / 86'400'000, abs / 3'600'000 % 24);
+  }
+  if (diff == 0) return "now";
+  return diff > 0 ? "in " + amount : amount + " ago";
+}
+
+std::string OneLine(std::string_view text, size_t max_bytes) {
+  bool cut = false;
+  if (text.size() > max_bytes) {
+    size_t end = max_bytes;
+    // Back up over continuation bytes, so a multi-byte character is not split.
+    while (end > 0 && (static_cast<unsigned char>(text[end]) & 0xC0) == 0x80) --end;
+    text = text.substr(0, end);
+    cut = true;
+  }
+  std::string out;
+  out.reserve(text.size() + 3);
+  for (const char c : text) {
+    switch (c) {
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      default:
+        out += c;
+    }
+  }
+  if (cut) out += "...";
+  return out;
+}
+
 std::map<std::string, std::string> ParseMeta(const std::vector<std::string>& args) {
   std::map<std::string, std::string> entries;
   for (const auto& arg : args) {

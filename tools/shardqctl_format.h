@@ -34,6 +34,13 @@ std::string Base64Encode(std::string_view bytes);
 // "2024-05-01T12:00:00.123Z" for a unix epoch millisecond time; "-" for 0 (unset).
 std::string FormatUnixMs(int64_t ms);
 
+// How far `at_ms` is from `now_ms`, for people: "in 29.9s", "3m12s ago", "now".
+std::string FormatRelativeMs(int64_t at_ms, int64_t now_ms);
+
+// `text` on one line, for tables and logs: CR, LF and tab become \r, \n and \t, and
+// text longer than `max_bytes` is cut (at a UTF-8 boundary) and ends in "...".
+std::string OneLine(std::string_view text, size_t max_bytes);
+
 // Parses repeated "key=value" arguments. The key must be non-empty and appear once;
 // the value may be empty or hold further '='.
 std::map<std::string, std::string> ParseMeta(const std::vector<std::string>& args);

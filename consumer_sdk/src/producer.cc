@@ -1,0 +1,309 @@
+#include "shardq/producer.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include <map>
+#include <thread>
+#include <utility>
+
+#include "shardq/v1/queue.grpc.pb.h"
+
+namespace shardq::sdk {
+namespace {
+
+// Codes worth another attempt: the server could not take the item now.
+bool Retriable(int code) {
+  return code == grpc::StatusCode::UNAVAILABLE ||
+         code == grpc::StatusCode::RESOURCE_EXHAUSTED;
+}
+
+v1::EnqueueItem ToProto(const NewTask& task) {
+  v1::EnqueueItem item;
+  item.set_topic(task.topic);
+  item.set_priority(task.priority);
+  item.set_payload(task.payload);
+  for (const auto& [k, v] : task.metadata)
+    (*item.mutable_metadata()->mutable_entries())[k] = v;
+  if (task.deliver_after_ms) {
+    item.set_deliver_after_ms(*task.deliver_after_ms);
+  } else if (task.delay.count() > 0) {
+    item.set_delay_ms(task.delay.count());
+  }
+  item.set_lease_ms(task.lease.count());
+  item.set_ttl_ms(task.ttl.count());
+  item.set_task_type(task.task_type);
+  item.set_dedup_key(task.dedup_key);
+  item.set_max_attempts(task.max_attempts);
+  return item;
+}
+
+}  // namespace
+
+// One asynchronous Enqueue call and its retries.
+struct BatchOp {
+  std::vector<v1::EnqueueItem> items;
+  std::vector<EnqueueResult> results;
+  std::vector<size_t> pending;  // indices of items still to send
+  int attempt = 0;
+  int max_attempts = 1;
+  Millis clock_deadline{0};                        // on the producer's clock
+  std::chrono::system_clock::time_point deadline;  // real time, for gRPC
+  std::function<void(std::vector<EnqueueResult>)> done;
+  // One RPC. Kept until the op ends: a context is never destroyed while gRPC may
+  // still be running its completion callback on another thread.
+  struct Attempt {
+    grpc::ClientContext ctx;
+    v1::EnqueueRequest request;
+    v1::EnqueueResponse response;
+  };
+  std::vector<std::unique_ptr<Attempt>> calls;
+};
+
+class Producer::Impl : public std::enable_shared_from_this<Impl> {
+ public:
+  explicit Impl(ProducerOptions options)
+      : options_(std::move(options)),
+        clock_(options_.clock ? *options_.clock : RealClock::Instance()),
+        jitter_(options_.seed) {}
+
+  void Init() {
+    channel_ = MakeChannel(options_.connection);
+    stub_ = v1::Queue::NewStub(channel_);
+    std::weak_ptr<Impl> weak = weak_from_this();
+    listener_id_ = clock_.AddListener([weak] {
+      if (auto self = weak.lock()) {
+        { std::lock_guard lock(self->mu_); }
+        self->cv_.notify_all();
+      }
+    });
+    timer_ = std::thread([this] { TimerLoop(); });
+  }
+
+  // Ends pending retries with CANCELLED and waits for calls in flight.
+  void Close() {
+    {
+      std::lock_guard lock(mu_);
+      closing_ = true;
+    }
+    cv_.notify_all();
+    timer_.join();
+    clock_.RemoveListener(listener_id_);
+    std::unique_lock lock(mu_);
+    done_cv_.wait(lock, [&] { return in_flight_ == 0 && callbacks_ == 0; });
+  }
+
+  void Submit(const std::vector<NewTask>& tasks, const CallOptions& call,
+              std::function<void(std::vector<EnqueueResult>)> done) {
+    auto op = std::make_shared<BatchOp>();
+    op->max_attempts =
+        std::max(1, call.max_attempts.value_or(options_.retry.max_attempts));
+    Millis deadline = call.deadline.value_or(options_.deadline);
+    op->clock_deadline = clock_.Now() + deadline;
+    op->deadline = std::chrono::system_clock::now() + deadline;
+    op->done = std::move(done);
+    op->results.resize(tasks.size());
+    for (size_t i = 0; i < tasks.size(); ++i) {
+      op->items.push_back(ToProto(tasks[i]));
+      if (op->max_attempts > 1 && tasks[i].dedup_key.empty()) {
+        op->items.back().set_dedup_key(jitter_.RandomHex128());
+      }
+      op->results[i].dedup_key = op->items.back().dedup_key();
+      op->pending.push_back(i);
+    }
+    {
+      std::lock_guard lock(mu_);
+      ++in_flight_;
+    }
+    if (tasks.empty()) {
+      Finish(op);
+      return;
+    }
+    Send(op);
+  }
+
+ private:
+  // Counts the completion callbacks gRPC still holds.
+  struct CallGuard {
+    explicit CallGuard(Impl* impl) : impl(impl) {
+      std::lock_guard lock(impl->mu_);
+      ++impl->callbacks_;
+    }
+    ~CallGuard() {
+      std::lock_guard lock(impl->mu_);
+      if (--impl->callbacks_ == 0) impl->done_cv_.notify_all();
+    }
+    Impl* impl;
+  };
+
+  void Send(const std::shared_ptr<BatchOp>& op) {
+    ++op->attempt;
+    auto* call = op->calls.emplace_back(std::make_unique<BatchOp::Attempt>()).get();
+    call->request.set_namespace_(options_.ns);
+    for (size_t i : op->pending) {
+      *call->request.add_items() = op->items[i];
+      op->results[i].attempts = op->attempt;
+    }
+    call->ctx.set_deadline(op->deadline);
+    // The guard lives as long as gRPC keeps the callback; Close() waits for it, so the
+    // Impl (and the channel) is never destroyed on a gRPC thread.
+    auto guard = std::make_shared<CallGuard>(this);
+    stub_->async()->Enqueue(&call->ctx, &call->request, &call->response,
+                            [this, guard, op, call](grpc::Status status) {
+                              OnReply(op, call->response, status);
+                            });
+  }
+
+  void OnReply(const std::shared_ptr<BatchOp>& op, const v1::EnqueueResponse& response,
+               const grpc::Status& status) {
+    std::vector<size_t> again;
+    if (!status.ok()) {
+      for (size_t i : op->pending) op->results[i].status = status;
+      if (status.error_code() == grpc::StatusCode::UNAVAILABLE) again = op->pending;
+    } else if (static_cast<size_t>(response.results_size()) != op->pending.size()) {
+      for (size_t i : op->pending) {
+        op->results[i].status = grpc::Status(grpc::StatusCode::INTERNAL,
+                                             "server answered a wrong result count");
+      }
+    } else {
+      for (size_t k = 0; k < op->pending.size(); ++k) {
+        size_t i = op->pending[k];
+        const v1::EnqueueResult& r = response.results(static_cast<int>(k));
+        EnqueueResult& out = op->results[i];
+        if (r.status().code() == 0) {
+          out.status = grpc::Status::OK;
+          out.id = r.id();
+          out.deduplicated = r.deduplicated();
+        } else {
+          out.status = grpc::Status(static_cast<grpc::StatusCode>(r.status().code()),
+                                    r.status().message());
+          if (Retriable(r.status().code())) again.push_back(i);
+        }
+      }
+    }
+    op->pending = std::move(again);
+    if (op->pending.empty() || op->attempt >= op->max_attempts) {
+      Finish(op);
+      return;
+    }
+    Millis wait =
+        jitter_.Delay(options_.retry.backoff, static_cast<uint32_t>(op->attempt));
+    Millis due = clock_.Now() + wait;
+    bool in_time = due < op->clock_deadline &&
+                   std::chrono::system_clock::now() + wait < op->deadline;
+    {
+      std::lock_guard lock(mu_);
+      if (in_time && !closing_) {
+        timers_.emplace(due, op);
+        cv_.notify_all();
+        return;
+      }
+    }
+    Finish(op);
+  }
+
+  // Runs the callback, then lets Close() proceed.
+  void Finish(const std::shared_ptr<BatchOp>& op) {
+    auto done = std::move(op->done);
+    if (done) done(std::move(op->results));
+    std::lock_guard lock(mu_);
+    if (--in_flight_ == 0) done_cv_.notify_all();
+  }
+
+  void TimerLoop() {
+    std::unique_lock lock(mu_);
+    while (!closing_) {
+      if (timers_.empty()) {
+        cv_.wait(lock);
+        continue;
+      }
+      auto first = timers_.begin();
+      if (first->first > clock_.Now()) {
+        clock_.WaitUntil(cv_, lock, first->first);
+        continue;
+      }
+      auto op = first->second;
+      timers_.erase(first);
+      lock.unlock();
+      Send(op);
+      lock.lock();
+    }
+    auto left = std::move(timers_);
+    timers_.clear();
+    lock.unlock();
+    for (auto& [due, op] : left) {
+      for (size_t i : op->pending) {
+        op->results[i].status =
+            grpc::Status(grpc::StatusCode::CANCELLED, "producer closed before a retry");
+      }
+      Finish(op);
+    }
+  }
+
+  ProducerOptions options_;
+  Clock& clock_;
+  Jitter jitter_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::Queue::Stub> stub_;
+  int listener_id_ = 0;
+
+  std::mutex mu_;
+  std::condition_variable cv_;       // the timer thread
+  std::condition_variable done_cv_;  // Close() waiting for in_flight_ == 0
+  bool closing_ = false;
+  int in_flight_ = 0;  // calls not finished
+  int callbacks_ = 0;  // completion callbacks gRPC still holds
+  std::multimap<Millis, std::shared_ptr<BatchOp>> timers_;
+  std::thread timer_;
+};
+
+Producer::Producer(ProducerOptions options)
+    : impl_(std::make_shared<Impl>(std::move(options))) {
+  impl_->Init();
+}
+
+Producer::~Producer() { impl_->Close(); }
+
+std::vector<EnqueueResult> Producer::EnqueueBatch(const std::vector<NewTask>& tasks,
+                                                  const CallOptions& call) {
+  return EnqueueBatchAsync(tasks, call).get();
+}
+
+EnqueueResult Producer::Enqueue(const NewTask& task, const CallOptions& call) {
+  return EnqueueAsync(task, call).get();
+}
+
+std::future<std::vector<EnqueueResult>> Producer::EnqueueBatchAsync(
+    const std::vector<NewTask>& tasks, const CallOptions& call) {
+  auto promise = std::make_shared<std::promise<std::vector<EnqueueResult>>>();
+  auto future = promise->get_future();
+  impl_->Submit(tasks, call, [promise](std::vector<EnqueueResult> results) {
+    promise->set_value(std::move(results));
+  });
+  return future;
+}
+
+std::future<EnqueueResult> Producer::EnqueueAsync(const NewTask& task,
+                                                  const CallOptions& call) {
+  auto promise = std::make_shared<std::promise<EnqueueResult>>();
+  auto future = promise->get_future();
+  impl_->Submit({task}, call, [promise](std::vector<EnqueueResult> results) {
+    promise->set_value(std::move(results.at(0)));
+  });
+  return future;
+}
+
+void Producer::EnqueueAsync(const NewTask& task, std::function<void(EnqueueResult)> done,
+                            const CallOptions& call) {
+  impl_->Submit({task}, call,
+                [done = std::move(done)](std::vector<EnqueueResult> results) {
+                  done(std::move(results.at(0)));
+                });
+}
+
+void Producer::EnqueueBatchAsync(const std::vector<NewTask>& tasks,
+                                 std::function<void(std::vector<EnqueueResult>)> done,
+                                 const CallOptions& call) {
+  impl_->Submit(tasks, call, std::move(done));
+}
+
+}  // namespace shardq::sdk

@@ -1,0 +1,625 @@
+#include "shardq/worker.h"
+
+#include <grpcpp/grpcpp.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <condition_variable>
+#include <deque>
+#include <exception>
+#include <mutex>
+#include <set>
+#include <thread>
+#include <utility>
+
+#include "shardq/v1/queue.grpc.pb.h"
+
+namespace shardq::sdk {
+
+namespace {
+
+constexpr int kMaxBatch = 1000;  // items per Ack / Nack / ExtendLease call
+
+std::string DefaultWorkerId(Jitter& jitter) {
+  char host[256] = {};
+  if (gethostname(host, sizeof(host) - 1) != 0) host[0] = '\0';
+  return std::string(host[0] ? host : "worker") + "-" + std::to_string(getpid()) + "-" +
+         jitter.RandomHex128().substr(0, 8);
+}
+
+// Per-item codes that mean "the item is no longer ours".
+bool LeaseGone(int code) {
+  return code == grpc::StatusCode::FAILED_PRECONDITION ||
+         code == grpc::StatusCode::NOT_FOUND;
+}
+
+bool RetriableRpc(grpc::StatusCode code) {
+  return code == grpc::StatusCode::UNAVAILABLE ||
+         code == grpc::StatusCode::DEADLINE_EXCEEDED ||
+         code == grpc::StatusCode::RESOURCE_EXHAUSTED;
+}
+
+}  // namespace
+
+const char* StopReasonName(StopReason reason) {
+  switch (reason) {
+    case StopReason::kNone:
+      return "none";
+    case StopReason::kCancelRequested:
+      return "cancel_requested";
+    case StopReason::kLeaseLost:
+      return "lease_lost";
+    case StopReason::kShutdown:
+      return "shutdown";
+  }
+  return "unknown";
+}
+
+Outcome Outcome::Success(std::string result) {
+  return Outcome(Kind::kSuccess, std::move(result), std::nullopt);
+}
+Outcome Outcome::Retry(std::string error, std::optional<Millis> delay) {
+  return Outcome(Kind::kRetry, std::move(error), delay);
+}
+Outcome Outcome::Fatal(std::string error) {
+  return Outcome(Kind::kFatal, std::move(error), std::nullopt);
+}
+
+// One delivery held by the worker (buffered or running). Fields other than `item`
+// are guarded by Worker::Impl::mu_ (stop is atomic for cheap polling).
+struct TaskContext::State {
+  v1::DequeuedItem item;
+  std::atomic<StopReason> stop{StopReason::kNone};
+  bool reporting = false;  // its Ack/Nack is being sent: heartbeat answers are moot
+  std::optional<std::map<std::string, std::string>> retry_metadata;
+};
+using State = TaskContext::State;
+
+struct HandlerEntry {
+  Handler handler;
+  HandlerOptions options;
+};
+
+class Worker::Impl : public std::enable_shared_from_this<Impl> {
+ public:
+  explicit Impl(WorkerOptions options)
+      : options_(std::move(options)),
+        clock_(options_.clock ? *options_.clock : RealClock::Instance()),
+        jitter_(options_.seed) {
+    options_.concurrency = std::max(1, options_.concurrency);
+    if (options_.buffer_size <= 0) options_.buffer_size = options_.concurrency;
+    if (options_.heartbeat_interval <= Millis(0)) {
+      options_.heartbeat_interval = std::max(Millis(1), options_.lease_extension / 3);
+    }
+    options_.poll_wait = std::clamp(options_.poll_wait, Millis(0), Millis(60'000));
+    if (options_.worker_id.empty()) options_.worker_id = DefaultWorkerId(jitter_);
+    if (options_.worker_id.size() > 128)
+      options_.worker_id.resize(128);  // the API's limit
+  }
+
+  // ---- registration and lifecycle (called by Worker) ----
+
+  void Handle(const std::string& type, Handler h, std::optional<HandlerOptions> o) {
+    handlers_[type] =
+        HandlerEntry{std::move(h), o.value_or(options_.default_handler_options)};
+  }
+  void HandleOther(Handler h, std::optional<HandlerOptions> o) {
+    other_ = HandlerEntry{std::move(h), o.value_or(options_.default_handler_options)};
+  }
+
+  void Start() {
+    {
+      std::lock_guard lock(mu_);
+      if (started_) return;
+      started_ = true;
+    }
+    stub_ = v1::Queue::NewStub(MakeChannel(options_.connection));
+    std::weak_ptr<Impl> weak = weak_from_this();
+    listener_id_ = clock_.AddListener([weak] {
+      if (auto self = weak.lock()) self->Wake();
+    });
+    controller_ = std::thread([this] { ControllerLoop(); });
+    heartbeat_ = std::thread([this] { HeartbeatLoop(); });
+    for (int i = 0; i < options_.concurrency; ++i) {
+      executors_.emplace_back([this] { ExecutorLoop(); });
+    }
+  }
+
+  void Stop(Millis timeout) {
+    {
+      std::lock_guard lock(mu_);
+      if (stopping_) return;
+      stopping_ = true;
+      if (!started_) {
+        stopped_ = true;
+        cv_.notify_all();
+        return;
+      }
+      if (dequeue_ctx_) dequeue_ctx_->TryCancel();
+    }
+    cv_.notify_all();
+    controller_.join();
+
+    // Buffered tasks never started: give them back at once.
+    std::deque<std::shared_ptr<State>> buffered;
+    {
+      std::lock_guard lock(mu_);
+      buffered.swap(buffer_);
+      stats_.buffered = 0;
+    }
+    HandBack(buffered);
+
+    // Running handlers get `timeout` to finish, then are asked to stop.
+    {
+      std::unique_lock lock(mu_);
+      Millis until = clock_.Now() + timeout;
+      while (!running_.empty() && clock_.Now() < until)
+        clock_.WaitUntil(cv_, lock, until);
+      if (!running_.empty()) {
+        for (const auto& st : running_) {
+          StopReason none = StopReason::kNone;
+          st->stop.compare_exchange_strong(none, StopReason::kShutdown);
+        }
+        abort_reports_ = true;
+      }
+    }
+    cv_.notify_all();
+    for (auto& t : executors_) t.join();
+    {
+      std::lock_guard lock(mu_);
+      stop_heartbeat_ = true;
+    }
+    cv_.notify_all();
+    heartbeat_.join();
+    clock_.RemoveListener(listener_id_);
+    {
+      std::lock_guard lock(mu_);
+      stopped_ = true;
+    }
+    cv_.notify_all();
+  }
+
+  void Wait() {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [&] { return stopped_; });
+  }
+
+  WorkerStats stats() const {
+    std::lock_guard lock(mu_);
+    WorkerStats s = stats_;
+    s.buffered = buffer_.size();
+    s.running = running_.size();
+    return s;
+  }
+
+  const std::string& worker_id() const { return options_.worker_id; }
+
+  // ---- used by TaskContext ----
+
+  bool WaitCancelled(const State& st, Millis timeout) {
+    std::unique_lock lock(mu_);
+    Millis until = clock_.Now() + timeout;
+    while (st.stop.load() == StopReason::kNone && clock_.Now() < until) {
+      clock_.WaitUntil(cv_, lock, until);
+    }
+    return st.stop.load() != StopReason::kNone;
+  }
+
+  void SetRetryMetadata(State& st, std::map<std::string, std::string> m) {
+    std::lock_guard lock(mu_);
+    st.retry_metadata = std::move(m);
+  }
+
+ private:
+  void Wake() {
+    { std::lock_guard lock(mu_); }
+    cv_.notify_all();
+  }
+
+  void Prepare(grpc::ClientContext& ctx, Millis deadline) {
+    ctx.set_deadline(std::chrono::system_clock::now() + deadline);
+  }
+
+  // Waits `wait` on the worker's clock unless `interrupted()` (under mu_) turns true.
+  // Returns false if interrupted.
+  template <typename Pred>
+  bool BackoffWait(std::unique_lock<std::mutex>& lock, Millis wait, Pred interrupted) {
+    Millis until = clock_.Now() + wait;
+    while (!interrupted() && clock_.Now() < until) clock_.WaitUntil(cv_, lock, until);
+    return !interrupted();
+  }
+
+  // ---- controller: fetches into the buffer ----
+
+  void ControllerLoop() {
+    uint32_t failures = 0;
+    const size_t capacity = static_cast<size_t>(options_.buffer_size);
+    std::unique_lock lock(mu_);
+    while (!stopping_) {
+      if (buffer_.size() >= capacity) {
+        cv_.wait(lock, [&] { return stopping_ || buffer_.size() < capacity; });
+        continue;
+      }
+      v1::DequeueRequest request = BuildDequeue(capacity - buffer_.size());
+      v1::DequeueResponse response;
+      grpc::ClientContext ctx;
+      Prepare(ctx, options_.poll_wait + options_.rpc_deadline);
+      dequeue_ctx_ = &ctx;
+      lock.unlock();
+      grpc::Status status = stub_->Dequeue(&ctx, request, &response);
+      lock.lock();
+      dequeue_ctx_ = nullptr;
+      if (status.ok()) {
+        failures = 0;
+        for (auto& item : *response.mutable_items()) {
+          // A new lease of an item we still hold: the old lease ran out.
+          MarkSupersededLost(item.id());
+          auto st = std::make_shared<State>();
+          st->item = std::move(item);
+          buffer_.push_back(std::move(st));
+          ++stats_.fetched;
+        }
+        cv_.notify_all();
+        if (response.items_size() == 0 && options_.poll_wait == Millis(0)) {
+          // No long poll: do not spin on an empty queue.
+          BackoffWait(lock, options_.reconnect_backoff.base, [&] { return stopping_; });
+        }
+        continue;
+      }
+      if (stopping_) break;
+      if (status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+        // The long poll outlived its real-time deadline (the server's clock is slower
+        // than ours, e.g. a test's fake clock): just poll again.
+        continue;
+      }
+      ++failures;
+      ++stats_.dequeue_errors;
+      stats_.backing_off = true;
+      BackoffWait(lock, jitter_.Delay(options_.reconnect_backoff, failures),
+                  [&] { return stopping_; });
+      stats_.backing_off = false;
+    }
+  }
+
+  // Under mu_: flags held deliveries of `id` as lost (it was delivered again).
+  void MarkSupersededLost(const std::string& id) {
+    auto mark = [&](const std::shared_ptr<State>& st) {
+      if (st->item.id() == id && st->stop.load() != StopReason::kLeaseLost) {
+        st->stop.store(StopReason::kLeaseLost);
+        ++stats_.lease_lost;
+      }
+    };
+    for (const auto& st : buffer_) mark(st);
+    for (const auto& st : running_) {
+      if (!st->reporting) mark(st);
+    }
+  }
+
+  // Asks for `free` items in all, spread over at most `free` topics (rotating).
+  v1::DequeueRequest BuildDequeue(size_t free) {
+    v1::DequeueRequest request;
+    request.set_namespace_(options_.ns);
+    request.set_wait_ms(options_.poll_wait.count());
+    request.set_worker_id(options_.worker_id);
+    const size_t n = options_.topics.size();
+    if (n == 0) return request;
+    size_t k = std::min(n, free);
+    for (size_t j = 0; j < k; ++j) {
+      auto* t = request.add_topics();
+      t->set_topic(options_.topics[(topic_offset_ + j) % n]);
+      size_t count = free / k + (j < free % k ? 1 : 0);
+      t->set_count(static_cast<int32_t>(std::min<size_t>(count, 1000)));
+    }
+    topic_offset_ = (topic_offset_ + k) % n;
+    return request;
+  }
+
+  // ---- executors: run handlers, report outcomes ----
+
+  void ExecutorLoop() {
+    std::unique_lock lock(mu_);
+    for (;;) {
+      cv_.wait(lock, [&] { return stopping_ || !buffer_.empty(); });
+      if (stopping_) return;
+      auto st = buffer_.front();
+      buffer_.pop_front();
+      cv_.notify_all();  // room in the buffer: the controller may fetch
+      if (st->stop.load() == StopReason::kLeaseLost) continue;
+      running_.insert(st);
+      ++stats_.started;
+      lock.unlock();
+      Outcome outcome = Run(st);
+      Report(st, outcome);
+      lock.lock();
+      running_.erase(st);
+      cv_.notify_all();
+    }
+  }
+
+  const HandlerEntry* Find(const std::string& type) const {
+    auto it = handlers_.find(type);
+    if (it != handlers_.end()) return &it->second;
+    return other_ ? &*other_ : nullptr;
+  }
+
+  Outcome Run(const std::shared_ptr<State>& st) {
+    const HandlerEntry* entry = Find(st->item.task_type());
+    if (!entry)
+      return Outcome::Retry("no handler for task type '" + st->item.task_type() + "'");
+    TaskContext ctx(st, owner_);
+    try {
+      return entry->handler(ctx);
+    } catch (const std::exception& e) {
+      return Outcome::Retry(e.what());
+    } catch (...) {
+      return Outcome::Retry("handler threw a non-standard exception");
+    }
+  }
+
+  void Report(const std::shared_ptr<State>& st, const Outcome& outcome) {
+    std::optional<std::map<std::string, std::string>> metadata;
+    {
+      std::lock_guard lock(mu_);
+      if (st->stop.load() == StopReason::kLeaseLost) return;  // someone else has it now
+      st->reporting = true;
+      metadata = st->retry_metadata;
+    }
+    const v1::DequeuedItem& item = st->item;
+    int code;
+    if (outcome.kind() == Outcome::Kind::kSuccess) {
+      v1::AckRequest req;
+      auto* a = req.add_items();
+      a->set_id(item.id());
+      a->set_lease_token(item.lease_token());
+      a->set_result(outcome.result());
+      code = SendWithRetries<v1::AckResponse>(
+          [&](grpc::ClientContext* c, v1::AckResponse* r) {
+            return stub_->Ack(c, req, r);
+          });
+    } else {
+      v1::NackRequest req;
+      auto* n = req.add_items();
+      n->mutable_item()->set_id(item.id());
+      n->mutable_item()->set_lease_token(item.lease_token());
+      n->set_error(outcome.error());
+      if (outcome.kind() == Outcome::Kind::kFatal) {
+        n->set_fatal(true);
+      } else {
+        const HandlerEntry* entry = Find(item.task_type());
+        const Backoff& b = entry ? entry->options.retry_backoff
+                                 : options_.default_handler_options.retry_backoff;
+        Millis delay = outcome.delay().value_or(
+            jitter_.Delay(b, std::max<uint32_t>(1, item.attempts())));
+        n->set_delay_ms(delay.count());
+      }
+      if (metadata) {
+        for (const auto& [k, v] : *metadata)
+          (*n->mutable_metadata()->mutable_entries())[k] = v;
+      }
+      code = SendWithRetries<v1::NackResponse>(
+          [&](grpc::ClientContext* c, v1::NackResponse* r) {
+            return stub_->Nack(c, req, r);
+          });
+    }
+    std::lock_guard lock(mu_);
+    if (code == 0) {
+      if (outcome.kind() == Outcome::Kind::kSuccess) {
+        ++stats_.succeeded;
+      } else if (outcome.kind() == Outcome::Kind::kFatal) {
+        ++stats_.failed;
+      } else {
+        ++stats_.retried;
+      }
+    } else if (LeaseGone(code)) {
+      st->stop.store(StopReason::kLeaseLost);
+      ++stats_.lease_lost;
+    } else {
+      ++stats_.report_errors;
+    }
+  }
+
+  // Sends a one-item Ack/Nack, retrying unreachable-server failures with backoff for
+  // up to report_budget (cut short once Stop's timeout ran out). Returns the item's
+  // code (or the last RPC error's).
+  template <typename Resp, typename Call>
+  int SendWithRetries(Call call) {
+    Millis give_up = clock_.Now() + options_.report_budget;
+    for (uint32_t attempt = 1;; ++attempt) {
+      Resp resp;
+      grpc::ClientContext ctx;
+      Prepare(ctx, options_.rpc_deadline);
+      grpc::Status s = call(&ctx, &resp);
+      int code;
+      if (s.ok()) {
+        code = resp.results_size() == 1 ? resp.results(0).code()
+                                        : static_cast<int>(grpc::StatusCode::INTERNAL);
+        if (code != grpc::StatusCode::UNAVAILABLE &&
+            code != grpc::StatusCode::RESOURCE_EXHAUSTED) {
+          return code;
+        }
+      } else {
+        code = s.error_code();
+        if (!RetriableRpc(s.error_code())) return code;
+      }
+      std::unique_lock lock(mu_);
+      Millis wait = jitter_.Delay(options_.reconnect_backoff, attempt);
+      if (abort_reports_ || clock_.Now() + wait >= give_up) return code;
+      if (!BackoffWait(lock, wait, [&] { return abort_reports_; })) return code;
+    }
+  }
+
+  // Nacks buffered, never started tasks with delay 0 so they are redelivered at once.
+  void HandBack(const std::deque<std::shared_ptr<State>>& tasks) {
+    std::vector<std::shared_ptr<State>> live;
+    for (const auto& st : tasks) {
+      if (st->stop.load() != StopReason::kLeaseLost) live.push_back(st);
+    }
+    for (size_t from = 0; from < live.size(); from += kMaxBatch) {
+      size_t to = std::min(live.size(), from + kMaxBatch);
+      v1::NackRequest req;
+      for (size_t i = from; i < to; ++i) {
+        auto* n = req.add_items();
+        n->mutable_item()->set_id(live[i]->item.id());
+        n->mutable_item()->set_lease_token(live[i]->item.lease_token());
+        n->set_delay_ms(0);
+        n->set_error("handed back unstarted: worker " + options_.worker_id + " stopping");
+      }
+      v1::NackResponse resp;
+      grpc::ClientContext ctx;
+      Prepare(ctx, options_.rpc_deadline);
+      grpc::Status s = stub_->Nack(&ctx, req, &resp);
+      std::lock_guard lock(mu_);
+      for (size_t i = from; i < to; ++i) {
+        bool ok = s.ok() && resp.results_size() == static_cast<int>(to - from) &&
+                  resp.results(static_cast<int>(i - from)).code() == 0;
+        if (ok) {
+          ++stats_.handed_back;
+        } else {
+          ++stats_.report_errors;  // it comes back when its lease runs out
+        }
+      }
+    }
+  }
+
+  // ---- heartbeat: extends every held lease ----
+
+  void HeartbeatLoop() {
+    std::unique_lock lock(mu_);
+    Millis next = clock_.Now() + options_.heartbeat_interval;
+    while (!stop_heartbeat_) {
+      if (clock_.Now() < next) {
+        clock_.WaitUntil(cv_, lock, next);
+        continue;
+      }
+      next = clock_.Now() + options_.heartbeat_interval;
+      std::vector<std::shared_ptr<State>> held;
+      for (const auto& st : buffer_) held.push_back(st);
+      for (const auto& st : running_) held.push_back(st);
+      std::erase_if(
+          held, [](const auto& st) { return st->stop.load() == StopReason::kLeaseLost; });
+      if (held.empty()) continue;
+      lock.unlock();
+      for (size_t from = 0; from < held.size(); from += kMaxBatch) {
+        size_t to = std::min(held.size(), from + kMaxBatch);
+        Extend(
+            std::vector<std::shared_ptr<State>>(held.begin() + from, held.begin() + to));
+      }
+      lock.lock();
+    }
+  }
+
+  void Extend(const std::vector<std::shared_ptr<State>>& batch) {
+    v1::ExtendLeaseRequest req;
+    for (const auto& st : batch) {
+      auto* e = req.add_items();
+      e->mutable_item()->set_id(st->item.id());
+      e->mutable_item()->set_lease_token(st->item.lease_token());
+      e->set_extension_ms(options_.lease_extension.count());
+    }
+    v1::ExtendLeaseResponse resp;
+    grpc::ClientContext ctx;
+    Prepare(ctx, options_.rpc_deadline);
+    grpc::Status s = stub_->ExtendLease(&ctx, req, &resp);
+    if (!s.ok() || resp.results_size() != static_cast<int>(batch.size()))
+      return;  // next beat
+    bool changed = false;
+    {
+      std::lock_guard lock(mu_);
+      for (size_t i = 0; i < batch.size(); ++i) {
+        const v1::ExtendResult& r = resp.results(static_cast<int>(i));
+        State& st = *batch[i];
+        if (r.status().code() == 0) {
+          ++stats_.extends_ok;
+          if (r.cancel_requested()) {
+            StopReason none = StopReason::kNone;
+            if (st.stop.compare_exchange_strong(none, StopReason::kCancelRequested)) {
+              ++stats_.cancel_requested;
+              changed = true;
+            }
+          }
+        } else if (LeaseGone(r.status().code()) && !st.reporting &&
+                   st.stop.load() != StopReason::kLeaseLost) {
+          st.stop.store(StopReason::kLeaseLost);
+          ++stats_.lease_lost;
+          changed = true;
+        }
+      }
+    }
+    if (changed) cv_.notify_all();
+  }
+
+ public:
+  Worker* owner_ = nullptr;
+
+ private:
+  WorkerOptions options_;
+  Clock& clock_;
+  Jitter jitter_;
+  std::unique_ptr<v1::Queue::Stub> stub_;
+  std::map<std::string, HandlerEntry> handlers_;
+  std::optional<HandlerEntry> other_;
+  int listener_id_ = 0;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;  // every wait of every thread (few threads: notify_all)
+  std::deque<std::shared_ptr<State>> buffer_;
+  std::set<std::shared_ptr<State>> running_;
+  grpc::ClientContext* dequeue_ctx_ = nullptr;  // the Dequeue in flight, for Stop
+  size_t topic_offset_ = 0;
+  bool started_ = false;
+  bool stopping_ = false;
+  bool abort_reports_ = false;
+  bool stop_heartbeat_ = false;
+  bool stopped_ = false;
+  WorkerStats stats_;
+
+  std::thread controller_;
+  std::thread heartbeat_;
+  std::vector<std::thread> executors_;
+};
+
+// ---- TaskContext ----
+
+TaskContext::TaskContext(std::shared_ptr<State> state, Worker* worker)
+    : state_(std::move(state)), worker_(worker) {
+  for (const auto& [k, v] : state_->item.metadata().entries()) metadata_[k] = v;
+}
+const std::string& TaskContext::id() const { return state_->item.id(); }
+const std::string& TaskContext::topic() const { return state_->item.topic(); }
+const std::string& TaskContext::task_type() const { return state_->item.task_type(); }
+const std::string& TaskContext::payload() const { return state_->item.payload(); }
+int32_t TaskContext::priority() const { return state_->item.priority(); }
+uint32_t TaskContext::attempt() const { return state_->item.attempts(); }
+uint32_t TaskContext::max_attempts() const { return state_->item.max_attempts(); }
+int64_t TaskContext::enqueued_at_ms() const { return state_->item.enqueued_at_ms(); }
+StopReason TaskContext::stop_reason() const { return state_->stop.load(); }
+bool TaskContext::WaitCancelled(Millis timeout) const {
+  return worker_->impl_->WaitCancelled(*state_, timeout);
+}
+void TaskContext::SetRetryMetadata(std::map<std::string, std::string> metadata) {
+  worker_->impl_->SetRetryMetadata(*state_, std::move(metadata));
+}
+
+// ---- Worker ----
+
+Worker::Worker(WorkerOptions options)
+    : impl_(std::make_shared<Impl>(std::move(options))) {
+  impl_->owner_ = this;
+}
+Worker::~Worker() { impl_->Stop(Millis(30'000)); }
+Worker& Worker::Handle(const std::string& task_type, Handler handler,
+                       std::optional<HandlerOptions> options) {
+  impl_->Handle(task_type, std::move(handler), options);
+  return *this;
+}
+Worker& Worker::HandleOther(Handler handler, std::optional<HandlerOptions> options) {
+  impl_->HandleOther(std::move(handler), options);
+  return *this;
+}
+void Worker::Start() { impl_->Start(); }
+void Worker::Stop(Millis timeout) { impl_->Stop(timeout); }
+void Worker::Wait() { impl_->Wait(); }
+const std::string& Worker::worker_id() const { return impl_->worker_id(); }
+WorkerStats Worker::stats() const { return impl_->stats(); }
+
+}  // namespace shardq::sdk

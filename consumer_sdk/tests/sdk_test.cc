@@ -1,0 +1,827 @@
+// The client SDK against a real shardq server: in-process, real gRPC on a free port,
+// real MariaDB. The server's time is a FakeClock and the SDK's a ManualClock; tests
+// move them with Advance(), never with sleep. Waiting for a condition (with a
+// real-time bound) is the only real-time waiting here.
+
+#include "shardq/sdk.h"
+
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <fstream>
+#include <future>
+#include <map>
+#include <mutex>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "tests/e2e_support.h"
+#include "tests/support/mariadb_instance.h"
+
+namespace shardq::testing {
+namespace {
+
+using namespace std::chrono_literals;
+using sdk::Millis;
+using sdk::Outcome;
+using sdk::TaskContext;
+
+constexpr char kNs[] = "sdk";
+
+// Polls `pred` until it holds or `bound` (real time) ran out.
+template <typename Pred>
+bool Eventually(Pred pred, std::chrono::milliseconds bound = 30s) {
+  auto until = std::chrono::steady_clock::now() + bound;
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > until) return false;
+    std::this_thread::sleep_for(1ms);
+  }
+  return true;
+}
+
+// A one-shot gate a handler can block on until the test opens it.
+class Gate {
+ public:
+  void Open() {
+    {
+      std::lock_guard lock(mu_);
+      open_ = true;
+    }
+    cv_.notify_all();
+  }
+  // False if the gate stayed shut for 60 s (a broken test, not a timing assumption).
+  bool Pass() {
+    std::unique_lock lock(mu_);
+    return cv_.wait_for(lock, 60s, [&] { return open_; });
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool open_ = false;
+};
+
+class SdkTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    config_ = FreshConfig(SharedMariaDb().socket(), 2);
+    StartServer();
+  }
+
+  void StartServer() {
+    auto server = frontend::Server::Start(config_, server_clock_);
+    ASSERT_TRUE(server.ok()) << server.status().ToString();
+    server_ = std::move(*server);
+    ASSERT_TRUE(server_->engine().AwaitShardsOpen(std::chrono::seconds(30)));
+    if (port_ == 0) {
+      port_ = server_->port();
+      config_.listen = Address();  // a restart listens where the SDK connects
+    }
+    client_ = std::make_unique<QueueClient>(port_);
+  }
+
+  void StopServer() {
+    client_.reset();
+    server_.reset();
+  }
+
+  std::string Address() const { return "127.0.0.1:" + std::to_string(port_); }
+
+  // Moves the server's and the SDK's time together.
+  void Advance(Millis d) {
+    server_clock_.Advance(Duration(d.count()));
+    sdk_clock_.Advance(d);
+  }
+
+  sdk::ProducerOptions ProducerOptions() {
+    sdk::ProducerOptions o;
+    o.connection.server = Address();
+    o.connection.max_reconnect_backoff = Millis(100);
+    o.ns = kNs;
+    o.clock = &sdk_clock_;
+    o.seed = 1;
+    return o;
+  }
+
+  sdk::WorkerOptions WorkerOptions(std::vector<std::string> topics) {
+    sdk::WorkerOptions o;
+    o.connection.server = Address();
+    o.connection.max_reconnect_backoff = Millis(100);
+    o.ns = kNs;
+    o.topics = std::move(topics);
+    o.poll_wait = Millis(60'000);  // server time: a parked poll waits for items
+    o.rpc_deadline = Millis(20'000);
+    o.clock = &sdk_clock_;
+    o.seed = 2;
+    return o;
+  }
+
+  // Dequeues everything ready on `topic` now (no wait).
+  std::vector<v1::DequeuedItem> DrainNow(const std::string& topic) {
+    std::vector<v1::DequeuedItem> all;
+    for (;;) {
+      auto got = client_->Dequeue(kNs, topic, 100);
+      if (got.empty()) return all;
+      all.insert(all.end(), got.begin(), got.end());
+    }
+  }
+
+  FakeClock server_clock_;
+  sdk::ManualClock sdk_clock_;
+  frontend::ServerConfig config_;
+  std::unique_ptr<frontend::Server> server_;
+  std::unique_ptr<QueueClient> client_;
+  int port_ = 0;
+};
+
+// ---- no server needed ----
+
+TEST(BackoffTest, CeilingDoublesUpToTheCapAndJitterStaysBelowIt) {
+  sdk::Backoff b{.base = Millis(100), .cap = Millis(1000)};
+  EXPECT_EQ(b.Ceiling(1), Millis(100));
+  EXPECT_EQ(b.Ceiling(2), Millis(200));
+  EXPECT_EQ(b.Ceiling(4), Millis(800));
+  EXPECT_EQ(b.Ceiling(5), Millis(1000));
+  EXPECT_EQ(b.Ceiling(1'000'000), Millis(1000)) << "no overflow";
+  sdk::Jitter jitter(42);
+  std::set<int64_t> seen;
+  for (int i = 0; i < 2000; ++i) {
+    Millis d = jitter.Delay(b, 3);
+    ASSERT_GE(d, Millis(0));
+    ASSERT_LE(d, Millis(400));
+    seen.insert(d.count());
+  }
+  EXPECT_GT(seen.size(), 100u) << "full jitter spreads the waits";
+  std::string key = jitter.RandomHex128();
+  EXPECT_EQ(key.size(), 32u);
+  EXPECT_EQ(key.find_first_not_of("0123456789abcdef"), std::string::npos);
+  EXPECT_NE(key, jitter.RandomHex128());
+}
+
+TEST(ManualClockTest, WaitsEndOnlyWhenAdvancedPastTheDeadline) {
+  sdk::ManualClock clock;
+  std::mutex mu;
+  std::condition_variable cv;
+  int id = clock.AddListener([&] {
+    { std::lock_guard lock(mu); }
+    cv.notify_all();
+  });
+  std::atomic<bool> done{false};
+  std::thread waiter([&] {
+    std::unique_lock lock(mu);
+    while (clock.Now() < Millis(500)) clock.WaitUntil(cv, lock, Millis(500));
+    done = true;
+  });
+  clock.Advance(Millis(499));
+  EXPECT_FALSE(done.load());
+  clock.Advance(Millis(1));
+  waiter.join();
+  EXPECT_TRUE(done.load());
+  clock.RemoveListener(id);
+}
+
+// ---- producer ----
+
+TEST_F(SdkTest, ProducerEnqueuesSyncAsyncAndBatches) {
+  sdk::Producer producer(ProducerOptions());
+  auto one = producer.Enqueue({.topic = "p", .payload = "sync"});
+  ASSERT_TRUE(one.ok()) << one.status.error_message();
+  EXPECT_FALSE(one.id.empty());
+  EXPECT_EQ(one.dedup_key.size(), 32u) << "retries on: a generated dedup key";
+  EXPECT_EQ(one.attempts, 1);
+
+  auto future = producer.EnqueueAsync({.topic = "p", .payload = "future"});
+  std::promise<sdk::EnqueueResult> cb;
+  producer.EnqueueAsync({.topic = "p", .payload = "callback"},
+                        [&](sdk::EnqueueResult r) { cb.set_value(std::move(r)); });
+  auto no_retry =
+      producer.Enqueue({.topic = "p", .payload = "no-retry"}, {.max_attempts = 1});
+  ASSERT_TRUE(no_retry.ok());
+  EXPECT_TRUE(no_retry.dedup_key.empty()) << "no retries: no key needed";
+
+  std::vector<sdk::NewTask> batch;
+  for (int i = 0; i < 4; ++i) {
+    batch.push_back(
+        {.topic = "p", .payload = "batch" + std::to_string(i), .priority = i});
+  }
+  batch.push_back({.topic = "bad topic!", .payload = "rejected"});
+  auto results = producer.EnqueueBatch(batch);
+  ASSERT_EQ(results.size(), 5u);
+  for (int i = 0; i < 4; ++i) EXPECT_TRUE(results[i].ok()) << i;
+  EXPECT_EQ(results[4].status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(results[4].attempts, 1) << "not retried";
+
+  auto async_batch = producer.EnqueueBatchAsync(
+      {{.topic = "p", .payload = "ab1"}, {.topic = "p", .payload = "ab2"}});
+  std::promise<std::vector<sdk::EnqueueResult>> batch_cb;
+  producer.EnqueueBatchAsync(
+      {{.topic = "p", .payload = "abc"}},
+      [&](std::vector<sdk::EnqueueResult> r) { batch_cb.set_value(std::move(r)); });
+  ASSERT_TRUE(future.get().ok());
+  ASSERT_TRUE(cb.get_future().get().ok());
+  for (const auto& r : async_batch.get()) ASSERT_TRUE(r.ok());
+  for (const auto& r : batch_cb.get_future().get()) ASSERT_TRUE(r.ok());
+
+  std::multiset<std::string> payloads;
+  for (const auto& d : DrainNow("p")) payloads.insert(d.payload());
+  EXPECT_EQ(payloads, (std::multiset<std::string>{
+                          "sync", "future", "callback", "no-retry", "batch0", "batch1",
+                          "batch2", "batch3", "ab1", "ab2", "abc"}));
+}
+
+TEST_F(SdkTest, ProducerGivesUpAfterItsAttemptsWhenTheServerIsDown) {
+  StopServer();
+  auto options = ProducerOptions();
+  options.retry.backoff = {.base = Millis(0), .cap = Millis(0)};  // retry at once
+  options.retry.max_attempts = 3;
+  sdk::Producer producer(options);
+  auto r =
+      producer.Enqueue({.topic = "down", .payload = "x"}, {.deadline = Millis(2000)});
+  EXPECT_FALSE(r.ok());
+  EXPECT_TRUE(r.status.error_code() == grpc::StatusCode::UNAVAILABLE ||
+              r.status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED)
+      << r.status.error_message();
+}
+
+// Turns the status of the first `n` Enqueue replies into UNAVAILABLE after the server
+// committed them: a reply lost on the way back.
+class LoseEnqueueReplies : public grpc::experimental::ClientInterceptorFactoryInterface {
+ public:
+  explicit LoseEnqueueReplies(std::atomic<int>* left) : left_(left) {}
+  grpc::experimental::Interceptor* CreateClientInterceptor(
+      grpc::experimental::ClientRpcInfo* info) override {
+    return new Lose(std::string(info->method()) == "/shardq.v1.Queue/Enqueue", left_);
+  }
+
+ private:
+  class Lose : public grpc::experimental::Interceptor {
+   public:
+    Lose(bool enqueue, std::atomic<int>* left) : enqueue_(enqueue), left_(left) {}
+    void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+      if (enqueue_ && methods->QueryInterceptionHookPoint(
+                          grpc::experimental::InterceptionHookPoints::POST_RECV_STATUS)) {
+        if (left_->fetch_sub(1) > 0) {
+          *methods->GetRecvStatus() =
+              grpc::Status(grpc::StatusCode::UNAVAILABLE, "injected: reply lost");
+        }
+      }
+      methods->Proceed();
+    }
+
+   private:
+    bool enqueue_;
+    std::atomic<int>* left_;
+  };
+  std::atomic<int>* left_;
+};
+
+// Needs the server's dedup_key support (issue #3, the task lifecycle).
+TEST_F(SdkTest, ProducerRetriesDoNotDuplicateACommittedEnqueue) {
+  std::atomic<int> lose{1};
+  std::vector<std::unique_ptr<grpc::experimental::ClientInterceptorFactoryInterface>> f;
+  f.push_back(std::make_unique<LoseEnqueueReplies>(&lose));
+  auto options = ProducerOptions();
+  options.connection.channel = grpc::experimental::CreateCustomChannelWithInterceptors(
+      Address(), grpc::InsecureChannelCredentials(), grpc::ChannelArguments(),
+      std::move(f));
+  options.retry.backoff = {.base = Millis(0), .cap = Millis(0)};  // no clock needed
+  sdk::Producer producer(options);
+
+  auto r = producer.Enqueue({.topic = "dedup", .payload = "once"});
+  ASSERT_TRUE(r.ok()) << r.status.error_message();
+  EXPECT_EQ(r.attempts, 2) << "the lost reply was retried";
+  EXPECT_TRUE(r.deduplicated) << "the retry found the committed item";
+
+  // The same caller-given key twice: one task.
+  auto a =
+      producer.Enqueue({.topic = "dedup", .payload = "mine", .dedup_key = "order-17"});
+  auto b =
+      producer.Enqueue({.topic = "dedup", .payload = "mine", .dedup_key = "order-17"});
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_FALSE(a.deduplicated);
+  EXPECT_TRUE(b.deduplicated);
+  EXPECT_EQ(a.id, b.id);
+
+  EXPECT_EQ(DrainNow("dedup").size(), 2u) << "one task per dedup key";
+}
+
+// ---- worker ----
+
+TEST_F(SdkTest, WorkerRunsHandlersAtConcurrencyNNeverTheSameTaskTwiceAtOnce) {
+  constexpr int kTasks = 40, kConcurrency = 4;
+  {
+    sdk::Producer producer(ProducerOptions());
+    std::vector<sdk::NewTask> batch;
+    for (int i = 0; i < kTasks; ++i) {
+      batch.push_back({.topic = "work", .payload = std::to_string(i)});
+    }
+    for (const auto& r : producer.EnqueueBatch(batch)) ASSERT_TRUE(r.ok());
+  }
+  std::mutex mu;
+  std::condition_variable cv;
+  std::set<std::string> running;
+  std::multiset<std::string> done;
+  size_t max_running = 0;
+  bool overlap = false;
+
+  auto options = WorkerOptions({"work"});
+  options.concurrency = kConcurrency;
+  sdk::Worker worker(options);
+  worker.Handle("", [&](TaskContext& task) {
+    std::unique_lock lock(mu);
+    if (!running.insert(task.id()).second) overlap = true;
+    max_running = std::max(max_running, running.size());
+    cv.notify_all();
+    // The first handlers wait for each other, so all N really run at once.
+    cv.wait_for(lock, 20s, [&] { return max_running >= kConcurrency; });
+    running.erase(task.id());
+    done.insert(task.id());
+    return Outcome::Success("ok " + task.payload());
+  });
+  worker.Start();
+  ASSERT_TRUE(Eventually([&] { return worker.stats().succeeded == kTasks; }))
+      << worker.stats().succeeded;
+  worker.Stop();
+  std::lock_guard lock(mu);
+  EXPECT_FALSE(overlap);
+  EXPECT_EQ(max_running, static_cast<size_t>(kConcurrency));
+  EXPECT_EQ(done.size(), static_cast<size_t>(kTasks));
+  EXPECT_EQ(std::set<std::string>(done.begin(), done.end()).size(),
+            static_cast<size_t>(kTasks))
+      << "each task ran once";
+  EXPECT_EQ(worker.stats().fetched, static_cast<uint64_t>(kTasks));
+  EXPECT_TRUE(DrainNow("work").empty()) << "all acked";
+}
+
+TEST_F(SdkTest, HeartbeatsKeepATaskThatRunsLongerThanItsLease) {
+  ASSERT_TRUE(client_->EnqueueOne(kNs, "long", {.lease_ms = 3000}).ok());
+  auto options = WorkerOptions({"long"});
+  options.concurrency = 1;
+  options.lease_extension = Millis(3000);
+  options.heartbeat_interval = Millis(1000);
+  sdk::Worker worker(options);
+  Gate started, release;
+  std::atomic<int> runs{0};
+  std::atomic<bool> was_cancelled{false};
+  worker.Handle("", [&](TaskContext& task) {
+    ++runs;
+    started.Open();
+    EXPECT_TRUE(release.Pass());
+    was_cancelled = task.cancelled();
+    return Outcome::Success();
+  });
+  worker.Start();
+  ASSERT_TRUE(started.Pass());
+
+  // 12 s of server time: four times the original lease.
+  for (uint64_t beat = 1; beat <= 12; ++beat) {
+    Advance(Millis(1000));
+    ASSERT_TRUE(Eventually([&] { return worker.stats().extends_ok >= beat; }))
+        << "heartbeat " << beat;
+  }
+  EXPECT_TRUE(client_->Dequeue(kNs, "long", 10).empty()) << "still leased to the worker";
+  release.Open();
+  ASSERT_TRUE(Eventually([&] { return worker.stats().succeeded == 1; }));
+  worker.Stop();
+  EXPECT_EQ(runs.load(), 1);
+  EXPECT_FALSE(was_cancelled.load());
+  EXPECT_EQ(worker.stats().lease_lost, 0u);
+}
+
+TEST_F(SdkTest, ARedeliveryToTheSameWorkerFlagsTheOldDeliveryLost) {
+  ASSERT_TRUE(client_->EnqueueOne(kNs, "lost", {.lease_ms = 3000}).ok());
+  auto options = WorkerOptions({"lost"});
+  options.concurrency = 1;
+  options.lease_extension = Millis(3000);
+  options.heartbeat_interval = Millis(1000);
+  sdk::Worker worker(options);
+  Gate started;
+  std::promise<sdk::StopReason> reason;
+  worker.Handle("", [&](TaskContext& task) {
+    if (task.attempt() > 1) return Outcome::Success("second delivery");
+    started.Open();
+    task.WaitCancelled(Millis(3'600'000));  // an hour on the SDK clock
+    reason.set_value(task.stop_reason());
+    return Outcome::Success("too late");
+  });
+  worker.Start();
+  ASSERT_TRUE(started.Pass());
+  // Only the server's time moves: the lease runs out before any heartbeat, and the
+  // item is delivered again -- to this worker's own parked long poll.
+  server_clock_.Advance(Duration(3000));
+  ASSERT_TRUE(Eventually([&] { return worker.stats().fetched == 2; }));
+  auto f = reason.get_future();
+  ASSERT_EQ(f.wait_for(30s), std::future_status::ready);
+  EXPECT_EQ(f.get(), sdk::StopReason::kLeaseLost);
+  ASSERT_TRUE(Eventually([&] { return worker.stats().succeeded == 1; }))
+      << "the second delivery ran and was acked";
+  worker.Stop();
+  auto stats = worker.stats();
+  EXPECT_EQ(stats.succeeded, 1u) << "no ack with the lost lease";
+  EXPECT_EQ(stats.lease_lost, 1u);
+  EXPECT_EQ(stats.started, 2u);
+}
+
+TEST_F(SdkTest, HeartbeatFindsALostLeaseAndFlagsTheRunningTask) {
+  ASSERT_TRUE(client_->EnqueueOne(kNs, "lost", {.priority = 0, .lease_ms = 3000}).ok());
+  ASSERT_TRUE(client_->EnqueueOne(kNs, "lost", {.priority = 1, .lease_ms = 60'000}).ok());
+  auto options = WorkerOptions({"lost"});
+  options.concurrency = 1;
+  options.buffer_size = 1;  // the second item fills the buffer: no poll is parked
+  options.lease_extension = Millis(60'000);
+  options.heartbeat_interval = Millis(1000);
+  sdk::Worker worker(options);
+  Gate started;
+  std::promise<sdk::StopReason> reason;
+  worker.Handle("", [&](TaskContext& task) {
+    if (task.priority() == 1) return Outcome::Success("the buffered one");
+    started.Open();
+    task.WaitCancelled(Millis(3'600'000));  // an hour on the SDK clock
+    reason.set_value(task.stop_reason());
+    return Outcome::Success("too late");
+  });
+  worker.Start();
+  ASSERT_TRUE(started.Pass());
+  ASSERT_TRUE(Eventually([&] { return worker.stats().buffered == 1; }));
+  // Only the server's time moves: the first lease runs out before any heartbeat and
+  // someone else takes the item.
+  server_clock_.Advance(Duration(3000));
+  std::vector<v1::DequeuedItem> stolen;
+  ASSERT_TRUE(Eventually([&] {
+    stolen = client_->Dequeue(kNs, "lost", 1);
+    return !stolen.empty();
+  }));
+  EXPECT_EQ(stolen[0].attempts(), 2u);
+  EXPECT_EQ(stolen[0].priority(), 0);
+  sdk_clock_.Advance(Millis(1000));  // the next heartbeat learns the lease is gone
+  auto f = reason.get_future();
+  ASSERT_EQ(f.wait_for(30s), std::future_status::ready);
+  EXPECT_EQ(f.get(), sdk::StopReason::kLeaseLost);
+  ASSERT_TRUE(Eventually([&] { return worker.stats().succeeded == 1; }));
+  worker.Stop();
+  auto stats = worker.stats();
+  EXPECT_EQ(stats.succeeded, 1u) << "only the buffered one: no ack with a lost lease";
+  EXPECT_EQ(stats.lease_lost, 1u);
+  EXPECT_EQ(client_->Ack(stolen[0].id(), stolen[0].lease_token()), grpc::StatusCode::OK)
+      << "the new holder is unaffected";
+}
+
+TEST_F(SdkTest, RetriesWithBackoffThenSucceeds) {
+  ASSERT_TRUE(client_->EnqueueOne(kNs, "retry", 0).ok());
+  auto options = WorkerOptions({"retry"});
+  options.concurrency = 1;
+  sdk::Worker worker(options);
+  std::mutex mu;
+  std::vector<uint32_t> attempts;
+  worker.Handle(
+      "",
+      [&](TaskContext& task) {
+        {
+          std::lock_guard lock(mu);
+          attempts.push_back(task.attempt());
+        }
+        if (task.attempt() == 1) return Outcome::Retry("first try fails");
+        if (task.attempt() == 2) throw std::runtime_error("second try throws");
+        return Outcome::Success("third time lucky");
+      },
+      sdk::HandlerOptions{.retry_backoff = {.base = Millis(1000), .cap = Millis(1000)}});
+  worker.Start();
+  for (uint64_t n = 1; n <= 2; ++n) {
+    ASSERT_TRUE(Eventually([&] { return worker.stats().retried == n; })) << n;
+    // The delay is uniform in [0, 1000]: after 1000 ms the item is due again.
+    Advance(Millis(1000));
+  }
+  ASSERT_TRUE(Eventually([&] { return worker.stats().succeeded == 1; }));
+  worker.Stop();
+  std::lock_guard lock(mu);
+  EXPECT_EQ(attempts, (std::vector<uint32_t>{1, 2, 3}));
+  EXPECT_TRUE(DrainNow("retry").empty());
+}
+
+TEST_F(SdkTest, FatalOutcomeIsNotRetried) {
+  ASSERT_TRUE(client_->EnqueueOne(kNs, "fatal", 0).ok());
+  auto options = WorkerOptions({"fatal"});
+  sdk::Worker worker(options);
+  std::atomic<int> runs{0};
+  worker.Handle("", [&](TaskContext&) {
+    ++runs;
+    return Outcome::Fatal("bad payload");
+  });
+  worker.Start();
+  ASSERT_TRUE(Eventually([&] { return worker.stats().failed == 1; }));
+  Advance(Millis(10 * 60'000));  // well past any retry backoff
+  worker.Stop();
+  EXPECT_EQ(runs.load(), 1);
+}
+
+TEST_F(SdkTest, RoutesByTaskType) {
+  sdk::Producer producer(ProducerOptions());
+  for (const char* type : {"resize", "email", "", "unknown"}) {
+    ASSERT_TRUE(
+        producer.Enqueue({.topic = "types", .payload = type, .task_type = type}).ok());
+  }
+  std::mutex mu;
+  std::map<std::string, std::string> ran;  // payload -> handler
+  auto record = [&](const char* handler) {
+    return [&, handler](TaskContext& task) {
+      std::lock_guard lock(mu);
+      EXPECT_EQ(task.task_type(), task.payload());
+      ran[task.payload()] = handler;
+      return Outcome::Success();
+    };
+  };
+  sdk::Worker worker(WorkerOptions({"types"}));
+  worker.Handle("resize", record("resize"))
+      .Handle("email", record("email"))
+      .Handle("", record("untyped"))
+      .HandleOther(record("other"));
+  worker.Start();
+  ASSERT_TRUE(Eventually([&] { return worker.stats().succeeded == 4; }));
+  worker.Stop();
+  std::lock_guard lock(mu);
+  EXPECT_EQ(ran, (std::map<std::string, std::string>{{"resize", "resize"},
+                                                     {"email", "email"},
+                                                     {"", "untyped"},
+                                                     {"unknown", "other"}}));
+}
+
+TEST_F(SdkTest, GracefulStopHandsBackBufferedTasksAtOnce) {
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(client_->EnqueueOne(kNs, "stop", i).ok());
+  auto options = WorkerOptions({"stop"});
+  options.concurrency = 1;
+  options.buffer_size = 3;
+  sdk::Worker worker(options);
+  Gate started, release;
+  std::atomic<int> runs{0};
+  worker.Handle("", [&](TaskContext&) {
+    ++runs;
+    started.Open();
+    EXPECT_TRUE(release.Pass());
+    return Outcome::Success();
+  });
+  worker.Start();
+  ASSERT_TRUE(started.Pass());
+  ASSERT_TRUE(Eventually([&] {
+    auto s = worker.stats();
+    return s.running == 1 && s.buffered == 3;
+  }));
+
+  auto stopped = std::async(std::launch::async, [&] { worker.Stop(Millis(60'000)); });
+  ASSERT_TRUE(Eventually([&] { return worker.stats().handed_back == 3; }));
+  // No time moved: the handed-back tasks are ready again right away.
+  auto back = client_->Dequeue(kNs, "stop", 10);
+  EXPECT_EQ(back.size(), 3u);
+  for (const auto& d : back) EXPECT_EQ(d.attempts(), 2u);
+  EXPECT_EQ(stopped.wait_for(0s), std::future_status::timeout)
+      << "Stop waits for the running handler";
+  release.Open();
+  stopped.get();
+  EXPECT_EQ(runs.load(), 1);
+  EXPECT_EQ(worker.stats().succeeded, 1u) << "the running task's outcome was reported";
+}
+
+TEST_F(SdkTest, StopTimeoutCancelsRunningHandlersAndReportsThem) {
+  ASSERT_TRUE(client_->EnqueueOne(kNs, "slow", 0).ok());
+  auto options = WorkerOptions({"slow"});
+  options.concurrency = 1;
+  sdk::Worker worker(options);
+  Gate started;
+  std::atomic<sdk::StopReason> reason{sdk::StopReason::kNone};
+  worker.Handle("", [&](TaskContext& task) {
+    started.Open();
+    task.WaitCancelled(Millis(3'600'000));
+    reason = task.stop_reason();
+    return Outcome::Retry("interrupted", Millis(0));
+  });
+  worker.Start();
+  ASSERT_TRUE(started.Pass());
+  auto stopped = std::async(std::launch::async, [&] { worker.Stop(Millis(5000)); });
+  // Stop's timeout runs on the SDK clock.
+  ASSERT_TRUE(Eventually([&] {
+    sdk_clock_.Advance(Millis(5000));
+    return stopped.wait_for(1ms) == std::future_status::ready;
+  }));
+  EXPECT_EQ(reason.load(), sdk::StopReason::kShutdown);
+  EXPECT_EQ(worker.stats().retried, 1u);
+  EXPECT_EQ(client_->Dequeue(kNs, "slow", 10).size(), 1u) << "nacked with delay 0";
+}
+
+TEST_F(SdkTest, WorkerResumesByItselfAfterAServerRestart) {
+  auto options = WorkerOptions({"restart"});
+  options.reconnect_backoff = {.base = Millis(100), .cap = Millis(1000)};
+  sdk::Worker worker(options);
+  std::atomic<int> handled{0};
+  worker.Handle("", [&](TaskContext&) {
+    ++handled;
+    return Outcome::Success();
+  });
+  worker.Start();
+  ASSERT_TRUE(client_->EnqueueOne(kNs, "restart", 0).ok());
+  ASSERT_TRUE(Eventually([&] { return worker.stats().succeeded == 1; }));
+
+  StopServer();
+  ASSERT_TRUE(Eventually([&] { return worker.stats().backing_off; }))
+      << "the worker noticed the server is gone";
+  uint64_t errors = worker.stats().dequeue_errors;
+  // While it is down, the worker retries only when its backoff (SDK clock) says so.
+  for (int i = 0; i < 3; ++i) {
+    sdk_clock_.Advance(Millis(1000));
+    ASSERT_TRUE(Eventually([&] {
+      auto s = worker.stats();
+      return s.backing_off && s.dequeue_errors > errors;
+    }));
+    errors = worker.stats().dequeue_errors;
+  }
+
+  StartServer();
+  ASSERT_TRUE(client_->EnqueueOne(kNs, "restart", 0).ok());
+  ASSERT_TRUE(Eventually([&] {
+    if (worker.stats().backing_off) sdk_clock_.Advance(Millis(1000));
+    return worker.stats().succeeded == 2;
+  })) << "resumed without help";
+  worker.Stop();
+  EXPECT_EQ(handled.load(), 2);
+}
+
+// Needs the server's task lifecycle (issue #3): GetTask, results, errors, worker ids,
+// CancelTask's cancel_requested.
+TEST_F(SdkTest, LifecycleResultErrorWorkerIdAndCancellationReachTheServer) {
+  sdk::Producer producer(ProducerOptions());
+  auto ok = producer.Enqueue({.topic = "life", .payload = "ok", .task_type = "t"});
+  auto bad = producer.Enqueue({.topic = "life", .payload = "bad", .task_type = "t"});
+  auto slow = producer.Enqueue({.topic = "life", .payload = "slow", .task_type = "t"});
+  ASSERT_TRUE(ok.ok() && bad.ok() && slow.ok());
+
+  auto options = WorkerOptions({"life"});
+  options.worker_id = "sdk-test-worker";
+  options.concurrency = 3;
+  options.heartbeat_interval = Millis(1000);
+  sdk::Worker worker(options);
+  Gate slow_started;
+  std::promise<sdk::StopReason> slow_reason;
+  worker.Handle("t", [&](TaskContext& task) {
+    if (task.payload() == "ok") return Outcome::Success("the result");
+    if (task.payload() == "bad") return Outcome::Fatal("cannot parse");
+    slow_started.Open();
+    task.WaitCancelled(Millis(3'600'000));
+    slow_reason.set_value(task.stop_reason());
+    return Outcome::Retry("cancelled by request", Millis(0));
+  });
+  worker.Start();
+  ASSERT_TRUE(slow_started.Pass());
+  ASSERT_TRUE(Eventually([&] {
+    auto s = worker.stats();
+    return s.succeeded == 1 && s.failed == 1;
+  }));
+
+  auto get = [&](const std::string& id) {
+    v1::GetTaskRequest req;
+    req.set_id(id);
+    v1::GetTaskResponse resp;
+    grpc::ClientContext ctx;
+    SetDeadline(ctx);
+    grpc::Status st = client_->stub().GetTask(&ctx, req, &resp);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    return resp.task();
+  };
+  v1::Task t = get(ok.id);
+  EXPECT_EQ(t.state(), v1::SUCCEEDED);
+  EXPECT_EQ(t.result(), "the result");
+  EXPECT_EQ(t.worker_id(), "sdk-test-worker");
+  EXPECT_EQ(t.task_type(), "t");
+  t = get(bad.id);
+  EXPECT_EQ(t.state(), v1::FAILED);
+  EXPECT_EQ(t.last_error(), "cannot parse");
+
+  v1::CancelTaskRequest cancel;
+  cancel.set_id(slow.id);
+  v1::CancelTaskResponse cancelled;
+  grpc::ClientContext ctx;
+  SetDeadline(ctx);
+  ASSERT_TRUE(client_->stub().CancelTask(&ctx, cancel, &cancelled).ok());
+  Advance(Millis(1000));  // a heartbeat brings the request to the handler
+  auto f = slow_reason.get_future();
+  ASSERT_EQ(f.wait_for(30s), std::future_status::ready);
+  EXPECT_EQ(f.get(), sdk::StopReason::kCancelRequested);
+  ASSERT_TRUE(Eventually([&] { return worker.stats().running == 0; }));
+  worker.Stop();
+  EXPECT_EQ(worker.stats().cancel_requested, 1u);
+  EXPECT_EQ(get(slow.id).state(), v1::CANCELLED);
+}
+
+// ---- the examples, as child processes ----
+
+// Runs `argv` with stdout to a file; its exit code and output (-1: no exit in 60 s).
+std::pair<int, std::string> RunChild(std::vector<std::string> args) {
+  char path[] = "/tmp/shardq_sdk_example_XXXXXX";
+  int fd = mkstemp(path);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, fd, 1);
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t pid = -1;
+  int rc = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  close(fd);
+  if (rc != 0) return {-2, "spawn failed"};
+  int status = 0;
+  bool exited = Eventually([&] { return waitpid(pid, &status, WNOHANG) == pid; }, 60s);
+  if (!exited) {
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+  }
+  std::ifstream in(path);
+  std::stringstream out;
+  out << in.rdbuf();
+  unlink(path);
+  return {exited && WIFEXITED(status) ? WEXITSTATUS(status) : -1, out.str()};
+}
+
+TEST_F(SdkTest, ExamplesProduceAndConsume) {
+  auto [produced, pout] =
+      RunChild({EXAMPLE_PRODUCER_PATH, "--server", Address(), "--namespace", kNs,
+                "--topic", "hello", "--count", "5"});
+  ASSERT_EQ(produced, 0) << pout;
+  EXPECT_EQ(std::count(pout.begin(), pout.end(), '\n'), 5) << pout;
+  auto [consumed, wout] =
+      RunChild({EXAMPLE_WORKER_PATH, "--server", Address(), "--namespace", kNs, "--topic",
+                "hello", "--count", "5", "--concurrency", "2"});
+  ASSERT_EQ(consumed, 0) << wout;
+  EXPECT_NE(wout.find("done: 5 tasks"), std::string::npos) << wout;
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_NE(wout.find("world #" + std::to_string(i)), std::string::npos) << wout;
+  }
+  EXPECT_TRUE(DrainNow("hello").empty()) << "all acked";
+}
+
+// A worker process killed with kill -9 in the middle of a task: the task comes back
+// after its lease (the lost attempt counts, and GetTask's history shows it).
+TEST_F(SdkTest, TaskOfAWorkerProcessKilledMidTaskIsRedeliveredAfterItsLease) {
+  v1::EnqueueRequest req;
+  req.set_namespace_(kNs);
+  auto* item = req.add_items();
+  item->set_topic("reports");
+  item->set_task_type("report");
+  item->set_lease_ms(5'000);
+  v1::EnqueueResponse resp;
+  {
+    grpc::ClientContext ctx;
+    SetDeadline(ctx);
+    ASSERT_TRUE(client_->stub().Enqueue(&ctx, req, &resp).ok());
+  }
+  const std::string id = resp.results(0).id();
+
+  std::vector<std::string> args = {EXAMPLE_WORKER_PATH, "--server",  Address(),
+                                   "--namespace",       kNs,         "--topic",
+                                   "reports",           "--work-ms", "600000"};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t pid = -1;
+  ASSERT_EQ(posix_spawn(&pid, argv[0], nullptr, nullptr, argv.data(), environ), 0);
+  auto running = [&] {
+    v1::GetTaskRequest get;
+    get.set_id(id);
+    v1::GetTaskResponse task;
+    grpc::ClientContext ctx;
+    SetDeadline(ctx);
+    return client_->stub().GetTask(&ctx, get, &task).ok() &&
+           task.task().state() == v1::RUNNING;
+  };
+  bool started = Eventually(running, 60s);
+  kill(pid, SIGKILL);  // mid-task, without a chance to nack
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(started) << "the worker never leased the task";
+
+  // Its heartbeats may have extended the lease (by the SDK's default 30 s) before it
+  // died; past that, the lease is gone and the task is ready again.
+  server_clock_.Advance(Millis(31'000));
+  auto again = client_->Dequeue(kNs, "reports", 1, 60'000);
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].id(), id);
+  EXPECT_EQ(again[0].attempts(), 2u) << "the lost attempt counts";
+
+  v1::GetTaskRequest get;
+  get.set_id(id);
+  v1::GetTaskResponse task;
+  grpc::ClientContext ctx;
+  SetDeadline(ctx);
+  ASSERT_TRUE(client_->stub().GetTask(&ctx, get, &task).ok());
+  std::vector<std::string> kinds;
+  for (const auto& e : task.task().history()) kinds.push_back(e.kind());
+  EXPECT_EQ(kinds, (std::vector<std::string>{"leased", "lease_expired", "leased"}));
+  EXPECT_EQ(task.task().last_error(), "lease expired");
+}
+
+}  // namespace
+}  // namespace shardq::testing
