@@ -326,7 +326,9 @@ void ShardWorker::RunEnqueues(std::vector<PendingEnqueue>& pending) {
 void ShardWorker::RunClaims(std::vector<PendingClaim>& pending) {
   std::vector<store::ClaimRequest> rows;
   for (const PendingClaim& c : pending) {
-    for (const ReadyKey& k : c.keys) rows.push_back({k.row, c.worker_id});
+    // A token per item: no consumer's token fits another consumer's item.
+    for (const ReadyKey& k : c.keys)
+      rows.push_back({k.row, c.worker_id, NewLeaseToken()});
   }
   Time now = clock_.Now();
   Duration latency;

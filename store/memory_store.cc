@@ -242,7 +242,8 @@ Result<std::vector<LeasedItem>> MemoryShardStore::Claim(
     item.priority = r.priority;
     item.payload = r.payload;
     item.metadata = r.metadata;
-    item.token = token;
+    const LeaseToken row_token = req.token.value() != 0 ? req.token : token;
+    item.token = row_token;
     item.lease_deadline = now + r.lease;
     item.attempts = ++r.attempts;
     item.enqueued_at = r.enqueued_at;
@@ -250,7 +251,7 @@ Result<std::vector<LeasedItem>> MemoryShardStore::Claim(
     item.task_type = r.task_type;
     item.max_attempts = r.max_attempts;
     r.state = ItemState::kLeased;
-    r.lease_token = token.value();
+    r.lease_token = row_token.value();
     r.deliver_after = item.lease_deadline;
     r.worker_id = TruncateTo(req.worker_id, kMaxWorkerIdLen);
     if (r.first_delivered_at == Time{}) r.first_delivered_at = now;

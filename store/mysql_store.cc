@@ -713,8 +713,12 @@ Result<std::vector<LeasedItem>> MySqlShardStore::Claim(std::span<const ClaimRequ
   using R = Result<std::vector<LeasedItem>>;
   // The first request for a row wins (a repeated row is skipped, as not READY).
   std::map<uint64_t, std::string> worker;
-  for (const ClaimRequest& r : rows)
+  std::map<uint64_t, uint64_t> token_of;
+  for (const ClaimRequest& r : rows) {
     worker.emplace(r.row.value(), TruncateTo(r.worker_id, kMaxWorkerIdLen));
+    token_of.emplace(r.row.value(),
+                     r.token.value() != 0 ? r.token.value() : token.value());
+  }
   if (worker.empty()) return std::vector<LeasedItem>{};
   std::vector<uint64_t> ids;
   for (const auto& [id, w] : worker) ids.push_back(id);
@@ -750,7 +754,7 @@ Result<std::vector<LeasedItem>> MySqlShardStore::Claim(std::span<const ClaimRequ
         item.metadata = Str(*rs, 10);
         item.task_type = Str(*rs, 11);
         item.max_attempts = rs->getUInt(12);
-        item.token = token;
+        item.token = LeaseToken(token_of[item.row.value()]);
         locked.push_back(item.row.value());
         events.push_back(PendingEvent{item.row.value(), now_ms, "leased", item.attempts,
                                       worker[item.row.value()], ""});
@@ -762,15 +766,26 @@ Result<std::vector<LeasedItem>> MySqlShardStore::Claim(std::span<const ClaimRequ
       const bool one_worker = std::all_of(locked.begin(), locked.end(), [&](uint64_t id) {
         return worker[id] == worker[locked[0]];
       });
+      const bool one_token = std::all_of(locked.begin(), locked.end(), [&](uint64_t id) {
+        return token_of[id] == token_of[locked[0]];
+      });
       sql::PreparedStatement& upd = Stmt(
-          "UPDATE items SET state = 2, lease_token = ?, deliver_after = ? + lease_ms, "
+          "UPDATE items SET state = 2, lease_token = " +
+          (one_token ? std::string("?") : CaseById(PaddedCount(n), "lease_token")) +
+          ", deliver_after = ? + lease_ms, "
           "attempts = attempts + 1, worker_id = " +
           (one_worker ? std::string("?") : CaseById(PaddedCount(n), "worker_id")) +
           ", first_delivered_at = IF(first_delivered_at = 0, ?, first_delivered_at), "
           "last_delivered_at = ? WHERE id IN (" +
           Placeholders(PaddedCount(n)) + ")");
       unsigned q = 1;
-      upd.setUInt64(q++, token.value());
+      if (one_token) {
+        upd.setUInt64(q++, token_of[locked[0]]);
+      } else {
+        q = BindCase(
+            upd, q, n, [&](size_t k) { return locked[k]; },
+            [&](unsigned at, size_t k) { upd.setUInt64(at, token_of[locked[k]]); });
+      }
       upd.setInt64(q++, now_ms);
       if (one_worker) {
         upd.setString(q++, worker[locked[0]]);

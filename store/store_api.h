@@ -43,6 +43,10 @@ struct NackRequest {
 struct ClaimRequest {
   RowId row;
   std::string worker_id;  // may be empty
+  // This row's new lease token; 0 = the call's `token`. Callers batching several
+  // consumers' claims give each row its own, so no consumer can present a token
+  // that also fits another consumer's item.
+  LeaseToken token{};
 };
 
 // One row's result of Insert, in input order.

@@ -31,8 +31,9 @@ class LifecycleTest : public ::testing::Test {
     client_ = std::make_unique<QueueClient>(server_->port());
   }
 
-  std::string Enqueue(const std::string& topic, int max_attempts = 0, int64_t delay_ms = 0,
-                      const std::string& dedup_key = "", int64_t lease_ms = 0) {
+  std::string Enqueue(const std::string& topic, int max_attempts = 0,
+                      int64_t delay_ms = 0, const std::string& dedup_key = "",
+                      int64_t lease_ms = 0) {
     v1::EnqueueRequest req;
     req.set_namespace_(kNs);
     v1::EnqueueItem* item = req.add_items();
@@ -67,8 +68,8 @@ class LifecycleTest : public ::testing::Test {
     return resp.items_size() ? resp.items(0) : v1::DequeuedItem{};
   }
 
-  grpc::StatusCode Nack(const v1::DequeuedItem& d, int64_t delay_ms, const std::string& error,
-                        bool fatal = false) {
+  grpc::StatusCode Nack(const v1::DequeuedItem& d, int64_t delay_ms,
+                        const std::string& error, bool fatal = false) {
     v1::NackRequest req;
     auto* n = req.add_items();
     n->mutable_item()->set_id(d.id());
@@ -175,8 +176,8 @@ TEST_F(LifecycleTest, StatusFollowsScheduledReadyRunningRetryingSucceeded) {
   EXPECT_EQ(t.attempts(), 3u);
   EXPECT_EQ(t.finished_at_ms(), ToUnixMillis(clock_.Now()));
   EXPECT_EQ(t.next_at_ms(), ToUnixMillis(clock_.Now() + kRetention)) << "purge time";
-  EXPECT_EQ(Kinds(t), (std::vector<std::string>{"leased", "retry", "leased", "retry", "leased",
-                                                "succeeded"}));
+  EXPECT_EQ(Kinds(t), (std::vector<std::string>{"leased", "retry", "leased", "retry",
+                                                "leased", "succeeded"}));
 }
 
 TEST_F(LifecycleTest, MaxAttemptsThenDeadLetterThenRedriveThenSuccess) {
@@ -327,7 +328,8 @@ TEST_F(LifecycleTest, RedriveAndPurgeRefuseTasksThatAreNotDead) {
   SetDeadline(ctx);
   ASSERT_TRUE(client_->stub().RedriveDeadLetters(&ctx, redrive, &resp).ok());
   ASSERT_EQ(resp.results_size(), 1);
-  EXPECT_EQ(resp.results(0).code(), static_cast<int>(grpc::StatusCode::FAILED_PRECONDITION));
+  EXPECT_EQ(resp.results(0).code(),
+            static_cast<int>(grpc::StatusCode::FAILED_PRECONDITION));
   EXPECT_EQ(resp.redriven(), 0u);
 
   v1::PurgeDeadLettersRequest purge;

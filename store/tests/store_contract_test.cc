@@ -939,6 +939,22 @@ TYPED_TEST(StoreContractTest, ClaimOfOneBatchForSeveralWorkers) {
   EXPECT_EQ(this->Task(ids[0]).history.size(), 1u);
 }
 
+TYPED_TEST(StoreContractTest, ClaimGivesEachRowItsOwnTokenWhenAsked) {
+  std::vector<RowId> ids = this->Insert({Item("t", 0, kT0), Item("t", 0, kT0)});
+  std::vector<ClaimRequest> reqs = {{ids[0], "a", LeaseToken(101)},
+                                    {ids[1], "b", LeaseToken(202)}};
+  std::vector<LeasedItem> got = Must(this->store().Claim(reqs, LeaseToken(9), kT0));
+  ASSERT_EQ(got.size(), 2u);
+  for (const LeasedItem& item : got) {
+    EXPECT_EQ(item.token, item.row == ids[0] ? LeaseToken(101) : LeaseToken(202));
+  }
+  // One consumer's token does not fit the other consumer's item.
+  EXPECT_EQ(this->AckOne(ids[1], 101).status.code(), Code::kFailedPrecondition);
+  EXPECT_EQ(this->AckOne(ids[0], 9).status.code(), Code::kFailedPrecondition);
+  EXPECT_TRUE(this->AckOne(ids[0], 101).status.ok());
+  EXPECT_TRUE(this->AckOne(ids[1], 202).status.ok());
+}
+
 // --- Ack: results and final states --------------------------------------------------
 
 TYPED_TEST(StoreContractTest, AckKeepsPerRowResultsAndPerNamespaceRetention) {
