@@ -26,6 +26,9 @@ enum class ItemState : uint8_t {
   kGone = 255,     // never stored: the row was deleted (purge)
 };
 
+// "delayed", "ready", ... (for messages and logs).
+const char* ItemStateName(ItemState s);
+
 inline bool IsFinal(ItemState s) {
   return s == ItemState::kSucceeded || s == ItemState::kFailed || s == ItemState::kDead ||
          s == ItemState::kCancelled;

@@ -13,28 +13,6 @@ namespace {
 // How many events GetTask returns (the newest ones).
 constexpr size_t kMaxHistory = 100;
 
-const char* StateName(ItemState s) {
-  switch (s) {
-    case ItemState::kDelayed:
-      return "delayed";
-    case ItemState::kReady:
-      return "ready";
-    case ItemState::kLeased:
-      return "leased";
-    case ItemState::kSucceeded:
-      return "succeeded";
-    case ItemState::kFailed:
-      return "failed";
-    case ItemState::kDead:
-      return "dead";
-    case ItemState::kCancelled:
-      return "cancelled";
-    case ItemState::kGone:
-      return "gone";
-  }
-  return "?";
-}
-
 }  // namespace
 
 void MemoryShardStore::FailNext(Op op, Status s) {
@@ -282,7 +260,7 @@ Result<std::vector<ItemOutcome>> MemoryShardStore::Ack(std::span<const AckReques
     if (r.state == ItemState::kSucceeded && token_ok) continue;  // a repeated ack
     if (IsFinal(r.state)) {
       out[i].status = Status::FailedPrecondition("ack of row " + row + ": already " +
-                                                 StateName(r.state));
+                                                 ItemStateName(r.state));
       continue;
     }
     if (!token_ok) {
@@ -468,31 +446,7 @@ Result<std::vector<TopicCounts>> MemoryShardStore::CountByTopic() {
     TopicCounts& c = counts[{r.ns, r.topic}];
     c.ns = r.ns;
     c.topic = r.topic;
-    switch (r.state) {
-      case ItemState::kDelayed:
-        ++c.delayed;
-        break;
-      case ItemState::kReady:
-        ++c.ready;
-        break;
-      case ItemState::kLeased:
-        ++c.leased;
-        break;
-      case ItemState::kSucceeded:
-        ++c.succeeded;
-        break;
-      case ItemState::kFailed:
-        ++c.failed;
-        break;
-      case ItemState::kDead:
-        ++c.dead;
-        break;
-      case ItemState::kCancelled:
-        ++c.cancelled;
-        break;
-      case ItemState::kGone:
-        break;
-    }
+    c.Add(r.state, 1);
   }
   std::vector<TopicCounts> out;
   for (auto& [key, c] : counts) out.push_back(std::move(c));
@@ -544,7 +498,7 @@ Result<ItemOutcome> MemoryShardStore::Cancel(RowId row, Time now) {
     default:
       out.status =
           Status::FailedPrecondition("cancel of row " + std::to_string(row.value()) +
-                                     ": already " + StateName(r.state));
+                                     ": already " + ItemStateName(r.state));
       break;
   }
   return out;
@@ -591,7 +545,7 @@ void MemoryShardStore::ForGivenDead(const std::string& ns, const std::string& to
     } else if (it->second.state != ItemState::kDead) {
       o.status =
           Status::FailedPrecondition("row " + std::to_string(row.value()) + " is " +
-                                     StateName(it->second.state) + ", not dead");
+                                     ItemStateName(it->second.state) + ", not dead");
     } else {
       o.transition = apply(it);
       out.transitions.push_back(*o.transition);

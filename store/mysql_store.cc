@@ -433,28 +433,6 @@ ItemTransition MakeTransition(uint64_t id, const LockedRow& r, ItemState from,
       RowId(id), r.ns, r.topic, r.priority, from, to, FromUnixMillis(deliver_after)};
 }
 
-const char* StateName(int s) {
-  switch (static_cast<ItemState>(s)) {
-    case ItemState::kDelayed:
-      return "delayed";
-    case ItemState::kReady:
-      return "ready";
-    case ItemState::kLeased:
-      return "leased";
-    case ItemState::kSucceeded:
-      return "succeeded";
-    case ItemState::kFailed:
-      return "failed";
-    case ItemState::kDead:
-      return "dead";
-    case ItemState::kCancelled:
-      return "cancelled";
-    case ItemState::kGone:
-      return "gone";
-  }
-  return "?";
-}
-
 // "CASE id WHEN ? THEN ? ... ELSE <col> END" with n pairs: a per-row value in one
 // UPDATE. Bound with BindCase.
 std::string CaseById(size_t n, const std::string& col) {
@@ -842,8 +820,8 @@ Result<std::vector<ItemOutcome>> MySqlShardStore::Ack(std::span<const AckRequest
           acks[i].token.value() != 0 && r.token == acks[i].token.value();
       if (r.state == kSucceeded && token_ok) continue;  // a repeated ack: OK, no change
       if (r.state >= kSucceeded) {
-        out[i].status =
-            Status::FailedPrecondition(what + ": already " + StateName(r.state));
+        out[i].status = Status::FailedPrecondition(
+            what + ": already " + ItemStateName(static_cast<ItemState>(r.state)));
       } else if (!token_ok) {
         out[i].status = Status::FailedPrecondition(what + ": stale lease token");
       } else if (r.state != kLeased && r.state != kReady) {
@@ -1189,31 +1167,7 @@ Result<std::vector<TopicCounts>> MySqlShardStore::CountByTopic() {
         }
         const uint64_t n = rs->getUInt64(4);
         TopicCounts& c = out.back();
-        switch (static_cast<ItemState>(rs->getUInt(3))) {
-          case ItemState::kDelayed:
-            c.delayed += n;
-            break;
-          case ItemState::kReady:
-            c.ready += n;
-            break;
-          case ItemState::kLeased:
-            c.leased += n;
-            break;
-          case ItemState::kSucceeded:
-            c.succeeded += n;
-            break;
-          case ItemState::kFailed:
-            c.failed += n;
-            break;
-          case ItemState::kDead:
-            c.dead += n;
-            break;
-          case ItemState::kCancelled:
-            c.cancelled += n;
-            break;
-          case ItemState::kGone:
-            break;
-        }
+        c.Add(static_cast<ItemState>(rs->getUInt(3)), n);
       }
     }
     Commit();
@@ -1299,8 +1253,9 @@ Result<ItemOutcome> MySqlShardStore::Cancel(RowId row, Time now) {
       }
       out.cancel_requested = true;
     } else if (r.state != kCancelled) {
-      out.status = Status::FailedPrecondition("cancel of row " + std::to_string(id) +
-                                              ": already " + StateName(r.state));
+      out.status = Status::FailedPrecondition(
+          "cancel of row " + std::to_string(id) + ": already " +
+          ItemStateName(static_cast<ItemState>(r.state)));
     }
     AppendEvents(events);
     Commit();
@@ -1367,9 +1322,9 @@ std::vector<DeadRow> MySqlShardStore::SelectDead(const std::string& ns,
       per_row[i].status =
           Status::NotFound("no row " + std::to_string(id) + " in " + ns + "/" + topic);
     } else if (it->second.state != kDead) {
-      per_row[i].status =
-          Status::FailedPrecondition("row " + std::to_string(id) + " is " +
-                                     StateName(it->second.state) + ", not dead");
+      per_row[i].status = Status::FailedPrecondition(
+          "row " + std::to_string(id) + " is " +
+          ItemStateName(static_cast<ItemState>(it->second.state)) + ", not dead");
     } else {
       out.push_back(DeadRow{i, id, it->second});
       // A repeat of this row sees what this call does to it.

@@ -11,6 +11,7 @@
 // kUnavailable after a lost connection -- the outcome is unknown.
 
 #include <cstddef>
+#include <iterator>
 #include <optional>
 #include <span>
 #include <string>
@@ -120,6 +121,14 @@ struct TopicCounts {
   uint64_t failed = 0;
   uint64_t dead = 0;
   uint64_t cancelled = 0;
+
+  // Counts `n` more items in state `s` (kGone: none).
+  void Add(ItemState s, uint64_t n) {
+    uint64_t* slots[] = {&delayed, &ready, &leased,   &succeeded,
+                         &failed,  &dead,  &cancelled};
+    auto i = static_cast<size_t>(s);
+    if (i < std::size(slots)) *slots[i] += n;
+  }
 };
 
 // Every transition below appends a TaskEvent to the item's history in the same
