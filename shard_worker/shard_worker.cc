@@ -235,10 +235,10 @@ bool ShardWorker::Recover() {
     return false;
   }
   for (const store::TopicCounts& c : *counts) {
-    index_.GetOrCreate(c.ns, c.topic)
-        ->SetCounts(position_,
-                    {static_cast<int64_t>(c.delayed), static_cast<int64_t>(c.ready),
-                     static_cast<int64_t>(c.leased)});
+    auto n = [](uint64_t v) { return static_cast<int64_t>(v); };
+    prefetch::StateCounts counts{n(c.delayed), n(c.ready), n(c.leased),   n(c.succeeded),
+                                 n(c.failed),  n(c.dead),  n(c.cancelled)};
+    index_.GetOrCreate(c.ns, c.topic)->SetCounts(position_, counts);
   }
   {
     std::lock_guard lock(mu_);

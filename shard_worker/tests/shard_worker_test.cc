@@ -179,11 +179,16 @@ class ShardWorkerTest : public ::testing::Test {
 TEST_F(ShardWorkerTest, StartRecoversCountsFromTheStore) {
   MakeWorker();
   Time now = clock_.Now();
-  ASSERT_TRUE(store_
-                  ->Insert(std::vector<NewItem>{Item("t"), Item("t"),
-                                                Item("t", 0, now + Duration(50))},
-                           now)
-                  .ok());
+  auto ids =
+      store_->Insert(std::vector<NewItem>{Item("t"), Item("t"),
+                                          Item("t", 0, now + Duration(50)), Item("t")},
+                     now);
+  ASSERT_TRUE(ids.ok());
+  // One finished task: final states are counted too.
+  store::ClaimRequest claim{(*ids)[3].row, "w", LeaseToken(5)};
+  ASSERT_EQ(store_->Claim({&claim, 1}, LeaseToken(5), now)->size(), 1u);
+  store::AckRequest ack{(*ids)[3].row, LeaseToken(5), "done"};
+  ASSERT_TRUE(store_->Ack({&ack, 1}, now).ok());
   EXPECT_FALSE(worker_->AcceptsEnqueues());  // not open yet
   EXPECT_FALSE(worker_->Health().open);
   worker_->Start();
@@ -198,6 +203,7 @@ TEST_F(ShardWorkerTest, StartRecoversCountsFromTheStore) {
   EXPECT_EQ(c.ready, 2);
   EXPECT_EQ(c.delayed, 1);
   EXPECT_EQ(c.leased, 0);
+  EXPECT_EQ(c.succeeded, 1);
 }
 
 TEST_F(ShardWorkerTest, StartFailureOpensBreakerAndProbeRecovers) {
