@@ -14,13 +14,13 @@ running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
 
 case "$cmd" in
   start)
-    mkdir -p "$dir"
+    mkdir -p "$dir/tmp"
     if [ ! -d "$dir/data/mysql" ]; then
-      mariadb-install-db --no-defaults --datadir="$dir/data" --user=root \
+      mariadb-install-db --no-defaults --datadir="$dir/data" --tmpdir="$dir/tmp" --user=root \
         --auth-root-authentication-method=normal >"$dir/install.log" 2>&1
     fi
     if ! running; then
-      mariadbd --no-defaults --datadir="$dir/data" --socket="$sock" --skip-networking \
+      mariadbd --no-defaults --datadir="$dir/data" --tmpdir="$dir/tmp" --socket="$sock" --skip-networking \
         --user=root --pid-file="$pidfile" --log-error="$dir/error.log" \
         --innodb-buffer-pool-size=256M &
       for _ in $(seq 1 300); do

@@ -159,16 +159,20 @@ TEST(CrashTest, LeasesTakenBeforeTheCrashExpireAndRedeliverAfterIt) {
   std::set<std::string> ids;
   for (int i = 0; i < 10; ++i) {
     Result<std::string> id = Status::Unavailable("not yet");
-    // The server may still be opening its shards; retry until it takes the item.
-    while (!(id = client.EnqueueOne(kNs, kTopic, {.lease_ms = 1500})).ok()) {
+    // The server may still be opening its shards; retry (bounded) until it takes it.
+    auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (!(id = client.EnqueueOne(kNs, kTopic, {.lease_ms = 1500})).ok() &&
+           std::chrono::steady_clock::now() < until) {
       std::this_thread::yield();
     }
+    ASSERT_TRUE(id.ok()) << id.status().ToString();
     ids.insert(*id);
   }
   std::map<std::string, v1::DequeuedItem> leased;
-  while (leased.size() < 10) {
+  for (int round = 0; round < 60 && leased.size() < 10; ++round) {
     for (auto& item : client.Dequeue(kNs, kTopic, 10, 1000)) leased[item.id()] = item;
   }
+  ASSERT_EQ(leased.size(), 10u);
   server->Kill();
 
   auto restarted = ServerProcess::Start((*db)->socket(), 2);
@@ -252,13 +256,21 @@ TEST(CrashTest, StoreInsertsThatReturnedOkSurviveAMariaDbKill) {
       std::lock_guard lock(mu);
       return acked[0].size() + acked[1].size() + acked[2].size() + acked[3].size();
     };
-    while (total() < 400u + 300u * round) std::this_thread::yield();
+    // Waits for the writers' progress, bounded: a stuck load fails, never hangs.
+    auto reach = [&](size_t n) {
+      auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+      while (total() < n && std::chrono::steady_clock::now() < until) {
+        std::this_thread::yield();
+      }
+      return total() >= n;
+    };
+    bool loaded = reach(400u + 300u * round);
     ASSERT_TRUE((*db)->Kill().ok());
     ASSERT_TRUE((*db)->StartAgain().ok());
-    size_t at_restart = total();
-    while (total() < at_restart + 200) std::this_thread::yield();
+    bool resumed = loaded && reach(total() + 200);
     stop = true;
     for (auto& w : writers) w.join();
+    ASSERT_TRUE(loaded && resumed) << "the writers made no progress";
     EXPECT_GT(failures.load(), 0) << "the kill was not noticed";
     for (int k = 0; k < 4; ++k) {
       store::MySqlShardStore store((*db)->endpoint(), database(k));

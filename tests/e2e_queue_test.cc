@@ -103,7 +103,12 @@ TEST_F(E2ETest, LongPollAnswersEmptyWhenTheWaitRunsOut) {
   auto waiting = DequeueAsync("quiet", 5, 2000);
   // Let the call park (its first refill must finish) before time moves; an answer
   // before the advance would also be a failure, which get() below would show.
-  while (server_->engine().ParkedCalls() == 0) std::this_thread::yield();
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (server_->engine().ParkedCalls() == 0 &&
+         std::chrono::steady_clock::now() < until) {
+    std::this_thread::yield();
+  }
+  ASSERT_EQ(server_->engine().ParkedCalls(), 1);
   clock_.Advance(Duration(2000));
   EXPECT_TRUE(waiting.get().empty());
 }

@@ -108,12 +108,16 @@ class Template {
     dir_ = *dir;
     const std::string datadir = dir_ + "/data";
     const std::string log = dir_ + "/install.log";
+    // A private tmpdir: bootstraps running at once (test binaries in parallel) clash
+    // on temporary table files in a shared /tmp.
+    const std::string tmpdir = dir_ + "/tmp";
+    fs::create_directories(tmpdir);
     // The redo log size must match what the server is started with.
-    Result<pid_t> pid =
-        SpawnProcess({install, "--no-defaults", "--datadir=" + datadir, "--user=root",
-                      "--auth-root-authentication-method=normal",
-                      "--innodb-buffer-pool-size=64M", "--innodb-log-file-size=48M"},
-                     log);
+    Result<pid_t> pid = SpawnProcess(
+        {install, "--no-defaults", "--datadir=" + datadir, "--tmpdir=" + tmpdir,
+         "--user=root", "--auth-root-authentication-method=normal",
+         "--innodb-buffer-pool-size=64M", "--innodb-log-file-size=48M"},
+        log);
     if (!pid.ok()) return pid.status();
     int status = 0;
     if (waitpid(*pid, &status, 0) != *pid || !WIFEXITED(status) ||
@@ -180,9 +184,11 @@ Status MariaDbInstance::Spawn() {
   unlink(socket_.c_str());
   unlink((dir_ + "/mariadbd.pid").c_str());
   // Flush settings are left at their defaults: commits are durable, as in production.
+  fs::create_directories(dir_ + "/tmp");
   std::vector<std::string> argv = {server,
                                    "--no-defaults",
                                    "--datadir=" + datadir_,
+                                   "--tmpdir=" + dir_ + "/tmp",
                                    "--socket=" + socket_,
                                    "--skip-networking",
                                    "--user=root",
