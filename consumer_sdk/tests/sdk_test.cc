@@ -505,6 +505,53 @@ TEST_F(SdkTest, RetriesWithBackoffThenSucceeds) {
   EXPECT_TRUE(DrainNow("retry").empty());
 }
 
+// Max attempts, then a dead letter; an operator redrives it and it then succeeds.
+TEST_F(SdkTest, MaxAttemptsThenDeadLetterThenRedriveThenSuccess) {
+  sdk::Producer producer(ProducerOptions());
+  auto enqueued = producer.Enqueue({.topic = "dlq", .payload = "x", .max_attempts = 2});
+  ASSERT_TRUE(enqueued.ok()) << enqueued.status.error_message();
+  auto options = WorkerOptions({"dlq"});
+  options.concurrency = 1;
+  sdk::Worker worker(options);
+  std::atomic<bool> fixed{false};
+  worker.Handle(
+      "",
+      [&](TaskContext&) {
+        return fixed ? Outcome::Success("ok") : Outcome::Retry("downstream is down");
+      },
+      sdk::HandlerOptions{.retry_backoff = {.base = Millis(1000), .cap = Millis(1000)}});
+  worker.Start();
+  ASSERT_TRUE(Eventually([&] { return worker.stats().retried == 1; }));
+  Advance(Millis(1000));  // the backoff passes; the second (last) attempt runs
+  ASSERT_TRUE(Eventually([&] { return worker.stats().retried == 2; }));
+
+  auto task = [&] {
+    v1::GetTaskRequest get;
+    get.set_id(enqueued.id);
+    v1::GetTaskResponse resp;
+    grpc::ClientContext ctx;
+    SetDeadline(ctx);
+    EXPECT_TRUE(client_->stub().GetTask(&ctx, get, &resp).ok());
+    return resp.task();
+  };
+  ASSERT_TRUE(Eventually([&] { return task().state() == v1::DEAD_LETTERED; }));
+  EXPECT_EQ(task().last_error(), "downstream is down");
+
+  fixed = true;
+  v1::RedriveDeadLettersRequest redrive;
+  redrive.set_namespace_(kNs);
+  redrive.set_topic("dlq");
+  v1::RedriveDeadLettersResponse redriven;
+  grpc::ClientContext ctx;
+  SetDeadline(ctx);
+  ASSERT_TRUE(client_->stub().RedriveDeadLetters(&ctx, redrive, &redriven).ok());
+  EXPECT_EQ(redriven.redriven(), 1u);
+  ASSERT_TRUE(Eventually([&] { return worker.stats().succeeded == 1; }));
+  worker.Stop();
+  EXPECT_EQ(task().state(), v1::SUCCEEDED);
+  EXPECT_EQ(task().result(), "ok");
+}
+
 TEST_F(SdkTest, FatalOutcomeIsNotRetried) {
   ASSERT_TRUE(client_->EnqueueOne(kNs, "fatal", 0).ok());
   auto options = WorkerOptions({"fatal"});
