@@ -30,10 +30,20 @@ auto Timed(Fn fn, Duration* latency) {
 
 }  // namespace
 
-// Collects the keys that became READY during one batch, per topic, so that each
-// topic's window is updated and its waiters are woken once per batch, not per item.
+// One batch's view of the prefetch index. Collects the keys that became READY, per
+// topic, so that each topic's window is updated and its waiters are woken once per
+// batch, not per item; and remembers the last topic looked up, since a batch is
+// mostly one topic (an index lookup builds a key and takes a shared lock).
 class ShardWorker::ReadyBatch {
  public:
+  std::shared_ptr<prefetch::TopicBuffer> Buffer(prefetch::PrefetchIndex& index,
+                                                const std::string& ns,
+                                                const std::string& topic) {
+    if (!last_ || last_->topic() != topic || last_->ns() != ns) {
+      last_ = index.GetOrCreate(ns, topic);
+    }
+    return last_;
+  }
   void Add(const std::shared_ptr<prefetch::TopicBuffer>& buffer, const ReadyKey& key) {
     auto& slot = keys_[buffer.get()];
     if (!slot.first) slot.first = buffer;
@@ -49,6 +59,7 @@ class ShardWorker::ReadyBatch {
       prefetch::TopicBuffer*,
       std::pair<std::shared_ptr<prefetch::TopicBuffer>, std::vector<ReadyKey>>>
       keys_;
+  std::shared_ptr<prefetch::TopicBuffer> last_;
 };
 
 ShardWorker::ShardWorker(size_t position, ShardId id,
@@ -68,11 +79,7 @@ ShardWorker::~ShardWorker() {
   // The strand may still be running on the pool; wait for it to let go of `this`.
   std::unique_lock lock(mu_);
   stopping_ = true;
-  while (running_) {
-    lock.unlock();
-    std::this_thread::yield();
-    lock.lock();
-  }
+  idle_.wait(lock, [this] { return !running_; });
 }
 
 void ShardWorker::Start() {
@@ -186,6 +193,7 @@ void ShardWorker::Run() {
   running_ = false;
   // Re-post rather than loop, so that other shards' strands get a turn on the pool.
   if (!pending_.empty()) ScheduleLocked();
+  if (!running_) idle_.notify_all();
 }
 
 void ShardWorker::RunWork(Work& work) {
@@ -288,15 +296,11 @@ void ShardWorker::RunEnqueues(std::vector<PendingEnqueue>& pending) {
     Observe(ids.status(), latency);
     if (ids.ok()) {
       ReadyBatch ready_keys;
-      std::shared_ptr<prefetch::TopicBuffer> buffer;
       for (size_t k = 0; k < rows.size(); ++k) {
         const NewItem& item = rows[k];
         if ((*ids)[k].deduplicated) continue;  // nothing new was stored
         bool ready = item.deliver_after <= now;
-        // Batches are mostly one topic: skip the index lookup when it repeats.
-        if (!buffer || buffer->topic() != item.topic || buffer->ns() != item.ns) {
-          buffer = index_.GetOrCreate(item.ns, item.topic);
-        }
+        auto buffer = ready_keys.Buffer(index_, item.ns, item.topic);
         buffer->CountTransition(position_, ItemState::kGone,
                                 ready ? ItemState::kReady : ItemState::kDelayed);
         if (ready) {
@@ -437,7 +441,7 @@ void ShardWorker::RunPurge() {
 }
 
 void ShardWorker::ApplyTransition(const ItemTransition& t, ReadyBatch& ready_keys) {
-  auto buffer = index_.GetOrCreate(t.ns, t.topic);
+  auto buffer = ready_keys.Buffer(index_, t.ns, t.topic);
   buffer->CountTransition(position_, t.from, t.to);
   if (t.from == ItemState::kReady && t.to != ItemState::kReady) {
     buffer->OnRemoved(position_, t.row);

@@ -13,6 +13,7 @@
 // Threads: public methods are thread-safe and never block on I/O. Store calls run on
 // at most one pool thread at a time per shard (the strand).
 
+#include <condition_variable>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -161,6 +162,7 @@ class ShardWorker final : public Tickable {
   Ticker* ticker_ = nullptr;
 
   mutable std::mutex mu_;
+  std::condition_variable idle_;  // signalled when the strand stops running
   Work pending_;
   size_t pending_enqueue_items_ = 0;
   bool running_ = false;

@@ -254,6 +254,7 @@ void MySqlShardStore::ApplyMigrations() {
 void MySqlShardStore::Disconnect() {
   // Statements belong to the connection: free them first.
   stmts_.clear();
+  control_.reset();
   if (!conn_) return;
   try {
     conn_->close();
@@ -302,14 +303,15 @@ sql::PreparedStatement& MySqlShardStore::Stmt(const std::string& sql) {
 // failed because the server died would look committed, and we would acknowledge an
 // enqueue that is lost (the crash test caught exactly that). A plain statement throws
 // on any error, so the caller learns the outcome was not a commit.
-void MySqlShardStore::Commit() {
-  std::unique_ptr<sql::Statement> st(conn_->createStatement());
-  st->execute("COMMIT");
-}
+void MySqlShardStore::Commit() { Control().execute("COMMIT"); }
 
-void MySqlShardStore::Rollback() {
-  std::unique_ptr<sql::Statement> st(conn_->createStatement());
-  st->execute("ROLLBACK");
+void MySqlShardStore::Rollback() { Control().execute("ROLLBACK"); }
+
+sql::Statement& MySqlShardStore::Control() {
+  // One plain statement per connection for COMMIT/ROLLBACK: every transaction ends
+  // with one, so it is not re-created each time.
+  if (!control_) control_.reset(conn_->createStatement());
+  return *control_;
 }
 
 Status MySqlShardStore::Ping() {

@@ -20,6 +20,7 @@
 namespace sql {
 class Connection;
 class PreparedStatement;
+class Statement;
 class SQLException;
 }  // namespace sql
 
@@ -102,6 +103,7 @@ class MySqlShardStore final : public ShardStore {
   sql::PreparedStatement& Stmt(const std::string& sql);
   void Commit();
   void Rollback();
+  sql::Statement& Control();
 
   // Appends `events` to task_events with multi-row INSERTs (kMaxRowsPerInsert each).
   void AppendEvents(const std::vector<detail::PendingEvent>& events);
@@ -126,6 +128,7 @@ class MySqlShardStore final : public ShardStore {
   std::string database_;
   std::unique_ptr<sql::Connection> conn_;
   std::unordered_map<std::string, std::unique_ptr<sql::PreparedStatement>> stmts_;
+  std::unique_ptr<sql::Statement> control_;  // COMMIT / ROLLBACK
   NamespacePolicies policies_;
 };
 

@@ -99,17 +99,13 @@ class LifecycleTest : public ::testing::Test {
 
   // GetTask; the gRPC status code through `code`.
   v1::Task GetTask(const std::string& id, grpc::StatusCode* code = nullptr) {
-    v1::GetTaskRequest req;
-    req.set_id(id);
-    v1::GetTaskResponse resp;
-    grpc::ClientContext ctx;
-    SetDeadline(ctx);
-    grpc::Status st = client_->stub().GetTask(&ctx, req, &resp);
+    grpc::Status st;
+    v1::Task task = client_->GetTask(id, &st);
     if (code) *code = st.error_code();
     if (!code) {
       EXPECT_TRUE(st.ok()) << st.error_message();
     }
-    return resp.task();
+    return task;
   }
 
   grpc::Status Cancel(const std::string& id, v1::Task* out = nullptr) {

@@ -118,4 +118,15 @@ grpc::StatusCode QueueClient::Extend(const std::string& id, const std::string& t
   return static_cast<grpc::StatusCode>(resp.results(0).status().code());
 }
 
+v1::Task QueueClient::GetTask(const std::string& id, grpc::Status* status) {
+  v1::GetTaskRequest req;
+  req.set_id(id);
+  v1::GetTaskResponse resp;
+  grpc::ClientContext ctx;
+  SetDeadline(ctx);
+  grpc::Status st = stub_->GetTask(&ctx, req, &resp);
+  if (status) *status = st;
+  return resp.task();
+}
+
 }  // namespace shardq::testing

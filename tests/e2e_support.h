@@ -45,6 +45,9 @@ class QueueClient {
                         int64_t delay_ms);
   grpc::StatusCode Extend(const std::string& id, const std::string& token,
                           int64_t extension_ms);
+  // GetTask; an empty Task (state UNSPECIFIED) if the call failed, its status in
+  // `status` when given.
+  v1::Task GetTask(const std::string& id, grpc::Status* status = nullptr);
 
  private:
   std::unique_ptr<v1::Queue::Stub> stub_;

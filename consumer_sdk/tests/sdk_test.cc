@@ -525,15 +525,7 @@ TEST_F(SdkTest, MaxAttemptsThenDeadLetterThenRedriveThenSuccess) {
   Advance(Millis(1000));  // the backoff passes; the second (last) attempt runs
   ASSERT_TRUE(Eventually([&] { return worker.stats().retried == 2; }));
 
-  auto task = [&] {
-    v1::GetTaskRequest get;
-    get.set_id(enqueued.id);
-    v1::GetTaskResponse resp;
-    grpc::ClientContext ctx;
-    SetDeadline(ctx);
-    EXPECT_TRUE(client_->stub().GetTask(&ctx, get, &resp).ok());
-    return resp.task();
-  };
+  auto task = [&] { return client_->GetTask(enqueued.id); };
   ASSERT_TRUE(Eventually([&] { return task().state() == v1::DEAD_LETTERED; }));
   EXPECT_EQ(task().last_error(), "downstream is down");
 
@@ -728,16 +720,7 @@ TEST_F(SdkTest, LifecycleResultErrorWorkerIdAndCancellationReachTheServer) {
     return s.succeeded == 1 && s.failed == 1;
   }));
 
-  auto get = [&](const std::string& id) {
-    v1::GetTaskRequest req;
-    req.set_id(id);
-    v1::GetTaskResponse resp;
-    grpc::ClientContext ctx;
-    SetDeadline(ctx);
-    grpc::Status st = client_->stub().GetTask(&ctx, req, &resp);
-    EXPECT_TRUE(st.ok()) << st.error_message();
-    return resp.task();
-  };
+  auto get = [&](const std::string& id) { return client_->GetTask(id); };
   v1::Task t = get(ok.id);
   EXPECT_EQ(t.state(), v1::SUCCEEDED);
   EXPECT_EQ(t.result(), "the result");
@@ -835,15 +818,7 @@ TEST_F(SdkTest, TaskOfAWorkerProcessKilledMidTaskIsRedeliveredAfterItsLease) {
   argv.push_back(nullptr);
   pid_t pid = -1;
   ASSERT_EQ(posix_spawn(&pid, argv[0], nullptr, nullptr, argv.data(), environ), 0);
-  auto running = [&] {
-    v1::GetTaskRequest get;
-    get.set_id(id);
-    v1::GetTaskResponse task;
-    grpc::ClientContext ctx;
-    SetDeadline(ctx);
-    return client_->stub().GetTask(&ctx, get, &task).ok() &&
-           task.task().state() == v1::RUNNING;
-  };
+  auto running = [&] { return client_->GetTask(id).state() == v1::RUNNING; };
   bool started = Eventually(running, 60s);
   kill(pid, SIGKILL);  // mid-task, without a chance to nack
   int status = 0;
@@ -858,16 +833,11 @@ TEST_F(SdkTest, TaskOfAWorkerProcessKilledMidTaskIsRedeliveredAfterItsLease) {
   EXPECT_EQ(again[0].id(), id);
   EXPECT_EQ(again[0].attempts(), 2u) << "the lost attempt counts";
 
-  v1::GetTaskRequest get;
-  get.set_id(id);
-  v1::GetTaskResponse task;
-  grpc::ClientContext ctx;
-  SetDeadline(ctx);
-  ASSERT_TRUE(client_->stub().GetTask(&ctx, get, &task).ok());
+  v1::Task task = client_->GetTask(id);
   std::vector<std::string> kinds;
-  for (const auto& e : task.task().history()) kinds.push_back(e.kind());
+  for (const auto& e : task.history()) kinds.push_back(e.kind());
   EXPECT_EQ(kinds, (std::vector<std::string>{"leased", "lease_expired", "leased"}));
-  EXPECT_EQ(task.task().last_error(), "lease expired");
+  EXPECT_EQ(task.last_error(), "lease expired");
 }
 
 }  // namespace

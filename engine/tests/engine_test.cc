@@ -29,6 +29,7 @@
 #include "common/clock.h"
 #include "common/ordering.h"
 #include "store/memory_store.h"
+#include "tests/support/new_item.h"
 
 namespace shardq::engine {
 namespace {
@@ -90,17 +91,7 @@ store::TopicCounts Counts(MemoryShardStore& m, const std::string& topic) {
   return out;
 }
 
-NewItem Item(std::string topic, int32_t priority = 0, Time deliver_after = Time{},
-             Duration lease = Duration(30'000), std::string payload = "p") {
-  NewItem item;
-  item.ns = "ns";
-  item.topic = std::move(topic);
-  item.priority = priority;
-  item.payload = std::move(payload);
-  item.deliver_after = deliver_after;
-  item.lease = lease;
-  return item;
-}
+using ::shardq::testing::Item;
 
 // Waits (real time, bounded) until pred() holds.
 template <typename Pred>

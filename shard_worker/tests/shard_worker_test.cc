@@ -25,6 +25,7 @@
 #include "common/ticker.h"
 #include "prefetch/prefetch_index.h"
 #include "store/memory_store.h"
+#include "tests/support/new_item.h"
 
 namespace shardq::shard_worker {
 namespace {
@@ -75,16 +76,16 @@ std::vector<RowId> Rows(const std::vector<store::Inserted>& inserted) {
   return out;
 }
 
-NewItem Item(std::string topic, int32_t priority = 0, Time deliver_after = Time{},
-             Duration lease = Duration(30'000), std::string payload = "p") {
-  NewItem item;
-  item.ns = "ns";
-  item.topic = std::move(topic);
-  item.priority = priority;
-  item.payload = std::move(payload);
-  item.deliver_after = deliver_after;
-  item.lease = lease;
-  return item;
+using ::shardq::testing::Item;
+
+// Starts a worker that runs on a real pool; true once it has opened (bounded wait).
+bool StartAndAwaitOpen(ShardWorker& worker) {
+  worker.Start();
+  auto until = std::chrono::steady_clock::now() + kRealTimeout;
+  while (!worker.Health().open && std::chrono::steady_clock::now() < until) {
+    std::this_thread::yield();
+  }
+  return worker.Health().open;
 }
 
 struct EnqueueOutcome {
@@ -234,12 +235,7 @@ TEST_F(ShardWorkerTest, EnqueueCallbackGetsRowIdsOnThreadPool) {
   auto s = std::make_unique<MemoryShardStore>();
   MemoryShardStore* st = s.get();
   ShardWorker worker(0, ShardId(4), std::move(s), pool, clock_, index_, QuietOptions());
-  worker.Start();
-  auto until = std::chrono::steady_clock::now() + kRealTimeout;
-  while (!worker.Health().open && std::chrono::steady_clock::now() < until) {
-    std::this_thread::yield();
-  }
-  ASSERT_TRUE(worker.Health().open);
+  ASSERT_TRUE(StartAndAwaitOpen(worker));
 
   std::promise<std::pair<Result<std::vector<store::Inserted>>, bool>> p;
   auto f = p.get_future();
@@ -260,12 +256,7 @@ TEST_F(ShardWorkerTest, ConcurrentEnqueuesFromManyThreadsGetDistinctIds) {
   auto s = std::make_unique<MemoryShardStore>();
   MemoryShardStore* st = s.get();
   ShardWorker worker(0, ShardId(4), std::move(s), pool, clock_, index_, QuietOptions());
-  worker.Start();
-  auto until = std::chrono::steady_clock::now() + kRealTimeout;
-  while (!worker.Health().open && std::chrono::steady_clock::now() < until) {
-    std::this_thread::yield();
-  }
-  ASSERT_TRUE(worker.Health().open);
+  ASSERT_TRUE(StartAndAwaitOpen(worker));
 
   constexpr int kThreads = 4, kPerThread = 50;
   std::mutex mu;
