@@ -16,11 +16,16 @@
 
 #include "store/mysql_store.h"
 #include "tests/e2e_support.h"
-#include "tests/server_process.h"
 #include "tests/support/mariadb_instance.h"
+#include "tests/support/server_process.h"
 
 namespace shardq::testing {
 namespace {
+
+Result<ServerProcess> StartShardqd(const std::string& socket, int shards) {
+  return ServerProcess::Start(
+      {.binary = SHARDQD_PATH, .socket = socket, .shards = shards});
+}
 
 constexpr char kNs[] = "crash";
 constexpr char kTopic[] = "load";
@@ -103,7 +108,7 @@ std::map<std::string, v1::DequeuedItem> DrainUntil(QueueClient& client,
 TEST(CrashTest, KillDashNineOfTheServerLosesNothingAcknowledged) {
   auto db = MariaDbInstance::Start();
   ASSERT_TRUE(db.ok()) << db.status().ToString();
-  auto server = ServerProcess::Start((*db)->socket(), 4);
+  auto server = StartShardqd((*db)->socket(), 4);
   ASSERT_TRUE(server.ok()) << server.status().ToString();
 
   std::set<std::string> acked_acks;
@@ -129,7 +134,7 @@ TEST(CrashTest, KillDashNineOfTheServerLosesNothingAcknowledged) {
     ASSERT_EQ(acked_acks.size(), 50u);
     ASSERT_EQ(leased_before.size(), 20u);
 
-    auto restarted = ServerProcess::Start((*db)->socket(), 4);
+    auto restarted = StartShardqd((*db)->socket(), 4);
     ASSERT_TRUE(restarted.ok()) << restarted.status().ToString();
     QueueClient after(restarted->port());
     // Default lease is 30 s; the leased-before items were leased for that long, so
@@ -153,7 +158,7 @@ TEST(CrashTest, KillDashNineOfTheServerLosesNothingAcknowledged) {
 TEST(CrashTest, LeasesTakenBeforeTheCrashExpireAndRedeliverAfterIt) {
   auto db = MariaDbInstance::Start();
   ASSERT_TRUE(db.ok()) << db.status().ToString();
-  auto server = ServerProcess::Start((*db)->socket(), 2);
+  auto server = StartShardqd((*db)->socket(), 2);
   ASSERT_TRUE(server.ok()) << server.status().ToString();
   QueueClient client(server->port());
   std::set<std::string> ids;
@@ -175,7 +180,7 @@ TEST(CrashTest, LeasesTakenBeforeTheCrashExpireAndRedeliverAfterIt) {
   ASSERT_EQ(leased.size(), 10u);
   server->Kill();
 
-  auto restarted = ServerProcess::Start((*db)->socket(), 2);
+  auto restarted = StartShardqd((*db)->socket(), 2);
   ASSERT_TRUE(restarted.ok()) << restarted.status().ToString();
   QueueClient after(restarted->port());
   std::set<std::string> want(ids.begin(), ids.end());
@@ -192,7 +197,7 @@ TEST(CrashTest, LeasesTakenBeforeTheCrashExpireAndRedeliverAfterIt) {
 TEST(CrashTest, KillDashNineOfMariaDbLosesNothingAcknowledged) {
   auto db = MariaDbInstance::Start();
   ASSERT_TRUE(db.ok()) << db.status().ToString();
-  auto server = ServerProcess::Start((*db)->socket(), 4);
+  auto server = StartShardqd((*db)->socket(), 4);
   ASSERT_TRUE(server.ok()) << server.status().ToString();
 
   Producers producers(server->port(), 4);

@@ -1,4 +1,4 @@
-#include "tests/server_process.h"
+#include "tests/support/server_process.h"
 
 #include <signal.h>
 #include <sys/prctl.h>
@@ -10,17 +10,32 @@
 #include <filesystem>
 #include <fstream>
 #include <thread>
+#include <vector>
 
 namespace shardq::testing {
 
-Result<ServerProcess> ServerProcess::Start(const std::string& socket, int shards) {
+Result<ServerProcess> ServerProcess::Start(const ServerProcessOptions& options) {
   ServerProcess p;
   char tmpl[] = "/tmp/shardqd-test-XXXXXX";
   if (mkdtemp(tmpl) == nullptr) return Status::Internal("mkdtemp failed");
   p.dir_ = tmpl;
   std::string port_file = p.dir_ + "/port";
   std::string log = p.dir_ + "/shardqd.log";
-  std::string shards_arg = std::to_string(shards);
+  std::vector<std::string> args = {options.binary,
+                                   "--mysql-socket",
+                                   options.socket,
+                                   "--shards",
+                                   std::to_string(options.shards),
+                                   "--listen",
+                                   "127.0.0.1:0",
+                                   "--port-file",
+                                   port_file,
+                                   "--io-threads",
+                                   std::to_string(options.io_threads)};
+  args.insert(args.end(), options.extra_args.begin(), options.extra_args.end());
+  std::vector<char*> argv;
+  for (std::string& arg : args) argv.push_back(arg.data());
+  argv.push_back(nullptr);
   pid_t parent = getpid();
   pid_t pid = fork();
   if (pid < 0) return Status::Internal("fork failed");
@@ -31,15 +46,13 @@ Result<ServerProcess> ServerProcess::Start(const std::string& socket, int shards
     FILE* err = freopen(log.c_str(), "a", stderr);
     (void)out;
     (void)err;
-    execl(SHARDQD_PATH, SHARDQD_PATH, "--mysql-socket", socket.c_str(), "--shards",
-          shards_arg.c_str(), "--listen", "127.0.0.1:0", "--port-file", port_file.c_str(),
-          "--io-threads", "4", static_cast<char*>(nullptr));
+    execv(argv[0], argv.data());
     _exit(126);
   }
   p.pid_ = pid;
   // Wait for the process to say it listens (bounded): this waits for a process, not
   // for time to pass.
-  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   while (std::chrono::steady_clock::now() < until) {
     std::ifstream in(port_file);
     if (in >> p.port_ && p.port_ > 0) return p;
@@ -53,9 +66,13 @@ Result<ServerProcess> ServerProcess::Start(const std::string& socket, int shards
   return Status::Internal("shardqd did not start listening; see " + log);
 }
 
-void ServerProcess::Kill() {
+void ServerProcess::Kill() { Signal(SIGKILL); }
+
+void ServerProcess::Stop() { Signal(SIGTERM); }
+
+void ServerProcess::Signal(int signal) {
   if (pid_ <= 0) return;
-  ::kill(pid_, SIGKILL);
+  ::kill(pid_, signal);
   int status = 0;
   waitpid(pid_, &status, 0);
   pid_ = -1;

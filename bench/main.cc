@@ -1,0 +1,176 @@
+// shardq_bench: workload W1 against shardq and against the storage limit and the naive
+// MySQL queue, measured in the same run on the same MariaDB. See bench/README.md.
+//
+//   shardq_bench --runs 3              # starts its own MariaDB and shardqd
+//   shardq_bench --runs 1 --scale 0.05 # a smoke run
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "bench/mysql_reference.h"
+#include "bench/report.h"
+#include "bench/shardq_client.h"
+#include "tests/support/mariadb_instance.h"
+#include "tests/support/server_process.h"
+
+namespace shardq::bench {
+namespace {
+
+struct Options {
+  int runs = 3;
+  double scale = 1.0;
+  std::string shardqd = SHARDQD_PATH;
+  int shards = 4;
+  int io_threads = 8;
+  bool references = true;
+  bool backlog = true;
+  bool threads = true;
+  std::string json;
+};
+
+// A field of /proc/<pid>/status ("VmHWM", "Threads"), as a number (kB for sizes).
+double ProcStatus(pid_t pid, const std::string& field) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(field + ":", 0) == 0) {
+      std::istringstream rest(line.substr(field.size() + 1));
+      double v = 0;
+      rest >> v;
+      return v;
+    }
+  }
+  return std::nan("");
+}
+
+Result<testing::ServerProcess> StartServer(const Options& o, const std::string& socket,
+                                           int shards) {
+  DropDatabases(socket);
+  return testing::ServerProcess::Start({.binary = o.shardqd,
+                                        .socket = socket,
+                                        .shards = shards,
+                                        .io_threads = o.io_threads});
+}
+
+std::string Address(const testing::ServerProcess& server) {
+  return "127.0.0.1:" + std::to_string(server.port());
+}
+
+Figures OneRun(const Options& o, const W1& w, const std::string& socket) {
+  Figures f;
+  auto server = StartServer(o, socket, o.shards);
+  if (!server.ok()) throw std::runtime_error(server.status().ToString());
+  ShardqClient client(Address(*server), w, "bench");
+  std::cerr << "  A1, B1\n";
+  f["A1 enqueue, single (items/s)"] = client.Enqueue("a", w.items, 1);
+  f["B1 drain, SDK workers (items/s)"] = client.DrainWithWorkers("a", w.items);
+  std::cerr << "  A2, B2\n";
+  f["A2 enqueue, batch (items/s)"] = client.Enqueue("b", w.items, w.batch);
+  f["B2 drain, batch ack (items/s)"] = client.DrainBatched("b", w.items, w.consumers);
+  std::cerr << "  C\n";
+  client.Latency("c", &f);
+  std::cerr << "  D\n";
+  client.Priority("d", &f);
+  std::cerr << "  E\n";
+  client.Delay("e", &f);
+  f["server peak RSS, empty queue (MiB)"] = ProcStatus(server->pid(), "VmHWM") / 1024;
+  f["server threads"] = ProcStatus(server->pid(), "Threads");
+  if (o.backlog) {
+    std::cerr << "  F: backlog of " << w.backlog << "\n";
+    // The backlog sorts after every W1 item (priorities 100..109), so the phases below
+    // run against a topic holding `backlog` more rows.
+    f["F backlog fill, batch (items/s)"] = client.Enqueue("f", w.backlog, w.batch, 100);
+    f["F A1 enqueue, single (items/s)"] = client.Enqueue("f", w.items, 1);
+    f["F B1 drain, SDK workers (items/s)"] = client.DrainWithWorkers("f", w.items);
+    f["F A2 enqueue, batch (items/s)"] = client.Enqueue("f", w.items, w.batch);
+    f["F B2 drain, batch ack (items/s)"] = client.DrainBatched("f", w.items, w.consumers);
+    f["F server peak RSS (MiB)"] = ProcStatus(server->pid(), "VmHWM") / 1024;
+  }
+  server->Stop();
+  if (o.references) {
+    std::cerr << "  references\n";
+    MysqlReference ref(socket, w);
+    ref.Raw(&f);
+    ref.Naive(&f);
+  }
+  return f;
+}
+
+// The server's thread count after the same load with 4 and with 64 shards.
+void ThreadCounts(const Options& o, const W1& w, const std::string& socket, Figures* f) {
+  for (int shards : {4, 64}) {
+    auto server = StartServer(o, socket, shards);
+    if (!server.ok()) throw std::runtime_error(server.status().ToString());
+    ShardqClient client(Address(*server), w, "bench");
+    client.Enqueue("t", w.items / 4, w.batch);
+    client.DrainBatched("t", w.items / 4, w.consumers);
+    (*f)[fmt::format("T threads, {} shards", shards)] =
+        ProcStatus(server->pid(), "Threads");
+    server->Stop();
+  }
+}
+
+int Main(int argc, char** argv) {
+  Options o;
+  std::string socket;
+  CLI::App app{"shardq_bench: workload W1 against shardq and the MySQL references"};
+  app.add_option("--runs", o.runs, "runs (the table shows medians)");
+  app.add_option("--scale", o.scale,
+                 "scales item counts and C's duration (0.05 = smoke)");
+  app.add_option("--shardqd", o.shardqd, "the shardqd binary");
+  app.add_option("--shards", o.shards, "shards of the server under test");
+  app.add_option("--io-threads", o.io_threads, "shardqd --io-threads");
+  app.add_option("--mysql-socket", socket,
+                 "use this MariaDB (default: start a private one)");
+  app.add_flag("!--no-references", o.references, "skip the MySQL references");
+  app.add_flag("!--no-backlog", o.backlog, "skip phase F (1M backlog)");
+  app.add_flag("!--no-threads", o.threads, "skip the 4 vs 64 shards thread count");
+  app.add_option("--json", o.json, "also write every run's figures here");
+  CLI11_PARSE(app, argc, argv);
+
+  W1 w = W1().Scaled(o.scale);
+  std::unique_ptr<testing::MariaDbInstance> db;
+  if (socket.empty()) {
+    auto started = testing::MariaDbInstance::Start();
+    if (!started.ok()) {
+      std::cerr << started.status().ToString() << "\n";
+      return 1;
+    }
+    db = std::move(*started);
+    socket = db->socket();
+  }
+  std::vector<Figures> runs;
+  for (int r = 0; r < o.runs; ++r) {
+    std::cerr << "run " << r + 1 << " of " << o.runs << "\n";
+    runs.push_back(OneRun(o, w, socket));
+  }
+  if (o.threads) ThreadCounts(o, w, socket, &runs.back());
+  std::cout << "\n## W1, " << o.shards << " shards, scale " << o.scale << ", " << o.runs
+            << " runs\n\n";
+  PrintRuns(std::cout, runs);
+  std::cout << "\n## Targets (medians)\n\n";
+  PrintTargets(std::cout, Medians(runs));
+  if (!o.json.empty()) {
+    nlohmann::json j = runs;
+    std::ofstream(o.json) << j.dump(2) << "\n";
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace shardq::bench
+
+int main(int argc, char** argv) {
+  try {
+    return shardq::bench::Main(argc, argv);
+  } catch (const std::exception& e) {
+    std::cerr << "shardq_bench: " << e.what() << "\n";
+    return 1;
+  }
+}
