@@ -11,6 +11,7 @@
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 
 #include "bench/mysql_reference.h"
@@ -29,9 +30,14 @@ struct Options {
   int shards = 4;
   int io_threads = 8;
   bool references = true;
-  bool backlog = true;
   bool threads = true;
   std::string json;
+  int fetch = 50;
+  // Phases to run (A1 A2 B1 B2 C D E F); a drain whose enqueue phase is skipped fills
+  // its topic with batch enqueues first.
+  std::set<std::string> phases = {"A1", "A2", "B1", "B2", "C", "D", "E", "F"};
+
+  bool Runs(const std::string& phase) const { return phases.count(phase) > 0; }
 };
 
 // A field of /proc/<pid>/status ("VmHWM", "Threads"), as a number (kB for sizes).
@@ -67,21 +73,31 @@ Figures OneRun(const Options& o, const W1& w, const std::string& socket) {
   auto server = StartServer(o, socket, o.shards);
   if (!server.ok()) throw std::runtime_error(server.status().ToString());
   ShardqClient client(Address(*server), w, "bench");
-  std::cerr << "  A1, B1\n";
-  f["A1 enqueue, single (items/s)"] = client.Enqueue("a", w.items, 1);
-  f["B1 drain, SDK workers (items/s)"] = client.DrainWithWorkers("a", w.items);
-  std::cerr << "  A2, B2\n";
-  f["A2 enqueue, batch (items/s)"] = client.Enqueue("b", w.items, w.batch);
-  f["B2 drain, batch ack (items/s)"] = client.DrainBatched("b", w.items, w.consumers);
-  std::cerr << "  C\n";
-  client.Latency("c", &f);
-  std::cerr << "  D\n";
-  client.Priority("d", &f);
-  std::cerr << "  E\n";
-  client.Delay("e", &f);
+  auto phase = [&](const std::string& name) {
+    if (o.Runs(name)) std::cerr << "  " << name << "\n";
+    return o.Runs(name);
+  };
+  if (phase("A1")) {
+    f["A1 enqueue, single (items/s)"] = client.Enqueue("a", w.items, 1);
+  } else if (o.Runs("B1")) {
+    client.Enqueue("a", w.items, w.batch);
+  }
+  if (phase("B1"))
+    f["B1 drain, SDK workers (items/s)"] = client.DrainWithWorkers("a", w.items);
+  if (phase("A2")) {
+    f["A2 enqueue, batch (items/s)"] = client.Enqueue("b", w.items, w.batch);
+  } else if (o.Runs("B2")) {
+    client.Enqueue("b", w.items, w.batch);
+  }
+  if (phase("B2")) {
+    f["B2 drain, batch ack (items/s)"] = client.DrainBatched("b", w.items, w.consumers);
+  }
+  if (phase("C")) client.Latency("c", &f);
+  if (phase("D")) client.Priority("d", &f);
+  if (phase("E")) client.Delay("e", &f);
   f["server peak RSS, empty queue (MiB)"] = ProcStatus(server->pid(), "VmHWM") / 1024;
   f["server threads"] = ProcStatus(server->pid(), "Threads");
-  if (o.backlog) {
+  if (phase("F")) {
     std::cerr << "  F: backlog of " << w.backlog << "\n";
     // The backlog sorts after every W1 item (priorities 100..109), so the phases below
     // run against a topic holding `backlog` more rows.
@@ -129,12 +145,14 @@ int Main(int argc, char** argv) {
   app.add_option("--mysql-socket", socket,
                  "use this MariaDB (default: start a private one)");
   app.add_flag("!--no-references", o.references, "skip the MySQL references");
-  app.add_flag("!--no-backlog", o.backlog, "skip phase F (1M backlog)");
+  app.add_option("--phases", o.phases, "phases to run (default: all)")->delimiter(',');
   app.add_flag("!--no-threads", o.threads, "skip the 4 vs 64 shards thread count");
+  app.add_option("--fetch", o.fetch, "items per Dequeue in B2 and D (10..100)");
   app.add_option("--json", o.json, "also write every run's figures here");
   CLI11_PARSE(app, argc, argv);
 
   W1 w = W1().Scaled(o.scale);
+  w.fetch = o.fetch;
   std::unique_ptr<testing::MariaDbInstance> db;
   if (socket.empty()) {
     auto started = testing::MariaDbInstance::Start();

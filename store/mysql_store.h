@@ -107,6 +107,15 @@ class MySqlShardStore final : public ShardStore {
 
   // Appends `events` to task_events with multi-row INSERTs (kMaxRowsPerInsert each).
   void AppendEvents(const std::vector<detail::PendingEvent>& events);
+  // A lease's "leased" event is not written when it is granted (that would be an
+  // event row per delivery): the item row holds it (attempts, last_delivered_at,
+  // worker_id) and GetTask shows it from there, as it shows "succeeded" from
+  // finished_at. When a lease ends other than by an ack, or an event is recorded
+  // during it, this returns `events` preceded by the "leased" events of `rows` (id
+  // and row as locked, before the change) that are not written yet.
+  std::vector<detail::PendingEvent> LeaseEventsToWrite(
+      const std::vector<std::pair<uint64_t, detail::LockedRow>>& rows,
+      std::vector<detail::PendingEvent> events);
   // Locks (SELECT ... FOR UPDATE) those of the rows `ids` that exist.
   std::map<uint64_t, detail::LockedRow> LockRows(const std::vector<uint64_t>& ids);
   // The rows Redrive/PurgeDead act on, locked: the given ones (each gets an outcome in

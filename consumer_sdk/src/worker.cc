@@ -367,15 +367,11 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
     const v1::DequeuedItem& item = st->item;
     int code;
     if (outcome.kind() == Outcome::Kind::kSuccess) {
-      v1::AckRequest req;
-      auto* a = req.add_items();
-      a->set_id(item.id());
-      a->set_lease_token(item.lease_token());
-      a->set_result(outcome.result());
-      code = SendWithRetries<v1::AckResponse>(
-          [&](grpc::ClientContext* c, v1::AckResponse* r) {
-            return stub_->Ack(c, req, r);
-          });
+      v1::AckItem a;
+      a.set_id(item.id());
+      a.set_lease_token(item.lease_token());
+      a.set_result(outcome.result());
+      code = AckShared(std::move(a));
     } else {
       v1::NackRequest req;
       auto* n = req.add_items();
@@ -415,6 +411,77 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
       ++stats_.lease_lost;
     } else {
       ++stats_.report_errors;
+    }
+  }
+
+  // An ack waiting in AckShared, and its result.
+  struct QueuedAck {
+    v1::AckItem item;
+    int code = static_cast<int>(grpc::StatusCode::INTERNAL);
+    bool done = false;
+  };
+
+  // Acks of executors that finish at about the same time share one Ack call: the
+  // first to arrive while no Ack is in flight sends every ack queued by then and
+  // hands each its result; the others wait for theirs. Returns this ack's code.
+  int AckShared(v1::AckItem item) {
+    auto mine = std::make_shared<QueuedAck>();
+    mine->item = std::move(item);
+    std::unique_lock lock(ack_mu_);
+    ack_queue_.push_back(mine);
+    while (!mine->done) {
+      if (ack_in_flight_) {
+        ack_cv_.wait(lock);
+        continue;
+      }
+      ack_in_flight_ = true;
+      std::vector<std::shared_ptr<QueuedAck>> batch;
+      batch.swap(ack_queue_);
+      if (batch.size() > static_cast<size_t>(kMaxBatch)) {
+        ack_queue_.assign(batch.begin() + kMaxBatch, batch.end());
+        batch.resize(kMaxBatch);
+      }
+      lock.unlock();
+      SendAcks(batch);
+      lock.lock();
+      for (auto& a : batch) a->done = true;
+      ack_in_flight_ = false;
+      ack_cv_.notify_all();
+    }
+    return mine->code;
+  }
+
+  // One Ack call for `batch` (setting each code), retried like SendWithRetries for
+  // the items whose answer was UNAVAILABLE / RESOURCE_EXHAUSTED.
+  void SendAcks(const std::vector<std::shared_ptr<QueuedAck>>& batch) {
+    std::vector<QueuedAck*> left;
+    for (const auto& a : batch) left.push_back(a.get());
+    Millis give_up = clock_.Now() + options_.report_budget;
+    for (uint32_t attempt = 1; !left.empty(); ++attempt) {
+      v1::AckRequest req;
+      for (QueuedAck* a : left) *req.add_items() = a->item;
+      v1::AckResponse resp;
+      grpc::ClientContext ctx;
+      Prepare(ctx, options_.rpc_deadline);
+      grpc::Status s = stub_->Ack(&ctx, req, &resp);
+      std::vector<QueuedAck*> again;
+      for (size_t i = 0; i < left.size(); ++i) {
+        int code = !s.ok() ? s.error_code()
+                   : resp.results_size() == static_cast<int>(left.size())
+                       ? resp.results(static_cast<int>(i)).code()
+                       : static_cast<int>(grpc::StatusCode::INTERNAL);
+        left[i]->code = code;
+        bool retriable = s.ok() ? code == grpc::StatusCode::UNAVAILABLE ||
+                                      code == grpc::StatusCode::RESOURCE_EXHAUSTED
+                                : RetriableRpc(s.error_code());
+        if (retriable) again.push_back(left[i]);
+      }
+      left.swap(again);
+      if (left.empty()) return;
+      std::unique_lock lock(mu_);
+      Millis wait = jitter_.Delay(options_.reconnect_backoff, attempt);
+      if (abort_reports_ || clock_.Now() + wait >= give_up) return;
+      if (!BackoffWait(lock, wait, [&] { return abort_reports_; })) return;
     }
   }
 
@@ -561,6 +628,11 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
   int listener_id_ = 0;
 
   mutable std::mutex mu_;
+  // Acks waiting to share one call (AckShared).
+  std::mutex ack_mu_;
+  std::condition_variable ack_cv_;
+  std::vector<std::shared_ptr<QueuedAck>> ack_queue_;
+  bool ack_in_flight_ = false;
   std::condition_variable cv_;  // every wait of every thread (few threads: notify_all)
   std::deque<std::shared_ptr<State>> buffer_;
   std::set<std::shared_ptr<State>> running_;

@@ -1327,6 +1327,42 @@ TYPED_TEST(StoreContractTest, ListDeadFollowsTheOrderingRule) {
   EXPECT_TRUE(Must(this->store().ListDead("other_ns", "t", 10)).empty());
 }
 
+// The MySQL store keeps a lease's "leased" event (and "succeeded") in the item row
+// until something else happens to the lease; the history reads the same either way.
+TYPED_TEST(StoreContractTest, HistoryOfARedrivenTaskThatSucceeds) {
+  RowId id = this->MakeDead("t", 0);  // leased (attempt 1), dead_lettered
+  ASSERT_EQ(Must(this->store().Redrive("ns", "t", std::vector<RowId>{id}, 1, kT0 + 1s))
+                .transitions.size(),
+            1u);
+  this->ClaimOne(id, 7, kT0 + 2s, "w2");  // attempt 1 again
+  ASSERT_TRUE(this->AckOne(id, 7, kT0 + 3s).status.ok());
+  TaskRecord t = this->Task(id);
+  EXPECT_EQ(Kinds(t.history),
+            (std::vector<std::string>{"leased", "dead_lettered", "redriven", "leased",
+                                      "succeeded"}));
+  ASSERT_EQ(t.history.size(), 5u);
+  EXPECT_EQ(t.history[3].attempt, 1u);
+  EXPECT_EQ(t.history[3].worker_id, "w2");
+  EXPECT_EQ(t.history[3].at, kT0 + 2s);
+  EXPECT_EQ(t.history[4].at, kT0 + 3s);
+}
+
+TYPED_TEST(StoreContractTest, HistoryOfATaskWhoseLeaseExpiredThenSucceeded) {
+  RowId id = this->InsertOne(Item("t", 0, kT0));
+  this->ClaimOne(id, 7, kT0, "w1");
+  Must(this->store().PromoteDue(kT0 + 60s, 10));  // the lease expires
+  this->ClaimOne(id, 8, kT0 + 61s, "w2");
+  ASSERT_TRUE(this->AckOne(id, 8, kT0 + 62s).status.ok());
+  TaskRecord t = this->Task(id);
+  EXPECT_EQ(Kinds(t.history),
+            (std::vector<std::string>{"leased", "lease_expired", "leased", "succeeded"}));
+  ASSERT_EQ(t.history.size(), 4u);
+  EXPECT_EQ(t.history[0].worker_id, "w1");
+  EXPECT_EQ(t.history[0].at, kT0);
+  EXPECT_EQ(t.history[2].attempt, 2u);
+  EXPECT_EQ(t.history[2].worker_id, "w2");
+}
+
 TYPED_TEST(StoreContractTest, RedriveOfGivenRows) {
   RowId a = this->MakeDead("t", 0);
   RowId b = this->MakeDead("t", 0);
@@ -1644,15 +1680,18 @@ TEST(MySqlShardStoreTest, PurgesDeleteTheHistoryRows) {
                     "SELECT COUNT(*) FROM `" + db +
                         "`.task_events WHERE item_id = " + std::to_string(row.value()));
   };
-  EXPECT_EQ(events(ins[0].row), 2);
+  // An acked delivery keeps its "leased" and "succeeded" events in the row (no
+  // event rows); a nacked one writes both.
+  EXPECT_EQ(events(ins[0].row), 0);
   EXPECT_EQ(events(ins[1].row), 2);
   ASSERT_EQ(Must(store.PurgeExpired(kT0 + kRetention, 10)).size(), 3u);
   EXPECT_EQ(events(ins[0].row), 0);
   EXPECT_EQ(events(ins[1].row), 0);
   EXPECT_EQ(events(ins[2].row), 0);
-  EXPECT_EQ(events(ins[3].row), 1);  // still leased... until it expires
-  std::vector<RowId> none;
+  EXPECT_EQ(events(ins[3].row), 0);  // still leased: its "leased" is in the row
   Must(store.PromoteDue(kT0 + kRetention, 10));
+  EXPECT_EQ(events(ins[3].row), 2);  // expired: "leased" and "lease_expired" written
+  std::vector<RowId> none;
   ASSERT_TRUE(Must(store.Redrive("ns", "t", none, 10, kT0)).transitions.empty());
   // A dead letter purged by PurgeDead takes its history along too.
   std::vector<NewItem> one{OneShot()};
