@@ -22,8 +22,10 @@ ALTER TABLE items
   ADD UNIQUE KEY IF NOT EXISTS dedup (ns, dedup_key);
 
 -- task_events: each item's history, appended in the same transaction as the change
--- it records (claim, ack, nack, lease expiry, cancel, redrive) by the shard's owner;
--- deleted with the item when it is purged.
+-- it records (nack, lease expiry, cancel, redrive) by the shard's owner; deleted with
+-- the item when it is purged. A delivery's "leased" event and "succeeded" are kept in
+-- the items row (attempts, last_delivered_at, worker_id, finished_at) and written here
+-- only when the lease ends otherwise (store/mysql_store.cc, LeaseEventsToWrite).
 CREATE TABLE IF NOT EXISTS task_events (
   item_id  BIGINT UNSIGNED NOT NULL,
   seq      BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,

@@ -21,12 +21,12 @@
 namespace shardq::store {
 namespace {
 
-// A multi-row INSERT carries at most this many rows; larger batches are split into
-// several statements inside the same transaction.
-constexpr size_t kMaxRowsPerInsert = 500;
-// Prepared statements are cached per SQL text. Id lists are padded to a power of two
-// so only a few shapes exist, but multi-row INSERTs are per batch size: past this many
-// the cache is dropped (at the start of an operation, never in the middle of one).
+// A multi-row INSERT carries a power of two rows, at most this many (see InsertChunk);
+// a batch is split into several statements inside the same transaction.
+constexpr size_t kMaxRowsPerInsert = 256;
+// Prepared statements are cached per SQL text. Id lists are padded and INSERTs split to
+// powers of two, so only a few shapes exist; past this many (a backstop) the cache is
+// dropped (at the start of an operation, never in the middle of one).
 constexpr size_t kMaxCachedStatements = 256;
 
 constexpr int kDelayed = static_cast<int>(ItemState::kDelayed);
@@ -61,6 +61,16 @@ size_t PaddedCount(size_t n) {
   size_t p = 1;
   while (p < n) p <<= 1;
   return p;
+}
+
+// Rows for the next multi-row INSERT of `remaining`: the largest power of two up to
+// kMaxRowsPerInsert. Each row count is a distinct prepared statement, and a cached
+// statement keeps parameter metadata for all its placeholders (hundreds of bytes
+// each): with any count allowed, the cache grew to about a gigabyte under a bulk load.
+size_t InsertChunk(size_t remaining) {
+  size_t n = 1;
+  while (n * 2 <= std::min(remaining, kMaxRowsPerInsert)) n *= 2;
+  return n;
 }
 
 // "?,?,?" with n placeholders.
@@ -149,7 +159,17 @@ template <typename R, typename F>
 R MySqlShardStore::Run(const char* op, F&& body) {
   Status open = EnsureOpen();
   if (!open.ok()) return open;
-  if (stmts_.size() > kMaxCachedStatements) stmts_.clear();
+  if (stmts_.size() > kMaxCachedStatements) {
+    used_.clear();
+    stmts_.clear();
+  }
+  // A cached statement keeps copies of its bound values (1 KiB payloads times the
+  // rows of a multi-row INSERT) until they are cleared: without this, the cache held
+  // about a gigabyte under a bulk load.
+  struct ClearBinds {
+    MySqlShardStore* store;
+    ~ClearBinds() { store->ClearBoundValues(); }
+  } clear_binds{this};
   try {
     return body();
   } catch (const sql::SQLException& e) {
@@ -251,8 +271,19 @@ void MySqlShardStore::ApplyMigrations() {
   Commit();
 }
 
+void MySqlShardStore::ClearBoundValues() {
+  for (sql::PreparedStatement* st : used_) {
+    try {
+      st->clearParameters();
+    } catch (...) {
+    }
+  }
+  used_.clear();
+}
+
 void MySqlShardStore::Disconnect() {
   // Statements belong to the connection: free them first.
+  used_.clear();
   stmts_.clear();
   control_.reset();
   if (!conn_) return;
@@ -296,6 +327,7 @@ sql::PreparedStatement& MySqlShardStore::Stmt(const std::string& sql) {
     std::unique_ptr<sql::PreparedStatement> st(conn_->prepareStatement(sql));
     it = stmts_.emplace(sql, std::move(st)).first;
   }
+  used_.push_back(it->second.get());
   return *it->second;
 }
 
@@ -489,8 +521,8 @@ int64_t MySqlShardStore::PurgeTime(const std::string& ns, int64_t now_ms) const 
 }
 
 void MySqlShardStore::AppendEvents(const std::vector<PendingEvent>& events) {
-  for (size_t begin = 0; begin < events.size(); begin += kMaxRowsPerInsert) {
-    const size_t n = std::min(kMaxRowsPerInsert, events.size() - begin);
+  for (size_t begin = 0, n = 0; begin < events.size(); begin += n) {
+    n = InsertChunk(events.size() - begin);
     std::string sql =
         "INSERT INTO task_events (item_id, at_ms, kind, attempt, worker_id, detail) "
         "VALUES ";
@@ -648,8 +680,8 @@ Result<std::vector<Inserted>> MySqlShardStore::Insert(std::span<const NewItem> i
       if (first[key] == i && !owner.count(key)) fresh.push_back(i);
     }
     size_t got = 0;
-    for (size_t begin = 0; begin < fresh.size(); begin += kMaxRowsPerInsert) {
-      const size_t n = std::min(kMaxRowsPerInsert, fresh.size() - begin);
+    for (size_t begin = 0, n = 0; begin < fresh.size(); begin += n) {
+      n = InsertChunk(fresh.size() - begin);
       std::string sql =
           "INSERT INTO items (ns, topic, priority, state, deliver_after, lease_ms, "
           "enqueued_at, expires_at, payload, metadata, task_type, max_attempts, "

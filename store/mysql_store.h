@@ -101,6 +101,9 @@ class MySqlShardStore final : public ShardStore {
   Status ErrorToStatus(const char* op, const sql::SQLException& e);
   // The cached prepared statement for `sql` (prepared on first use).
   sql::PreparedStatement& Stmt(const std::string& sql);
+  // Frees the values bound to the statements used since the last call (Run does it
+  // after each call).
+  void ClearBoundValues();
   void Commit();
   void Rollback();
   sql::Statement& Control();
@@ -137,6 +140,7 @@ class MySqlShardStore final : public ShardStore {
   std::string database_;
   std::unique_ptr<sql::Connection> conn_;
   std::unordered_map<std::string, std::unique_ptr<sql::PreparedStatement>> stmts_;
+  std::vector<sql::PreparedStatement*> used_;  // by Stmt() since ClearBoundValues()
   std::unique_ptr<sql::Statement> control_;  // COMMIT / ROLLBACK
   NamespacePolicies policies_;
 };

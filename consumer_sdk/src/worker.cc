@@ -235,9 +235,13 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
     uint32_t failures = 0;
     const size_t capacity = static_cast<size_t>(options_.buffer_size);
     std::unique_lock lock(mu_);
+    // Refill once the buffer is down to half (not at every free slot): one Dequeue
+    // (one lease transaction per shard) then brings many tasks, while the executors
+    // still have the other half to run.
+    const size_t refill_at = capacity / 2;
     while (!stopping_) {
-      if (buffer_.size() >= capacity) {
-        cv_.wait(lock, [&] { return stopping_ || buffer_.size() < capacity; });
+      if (buffer_.size() > refill_at) {
+        cv_.wait(lock, [&] { return stopping_ || buffer_.size() <= refill_at; });
         continue;
       }
       v1::DequeueRequest request = BuildDequeue(capacity - buffer_.size());

@@ -2,11 +2,12 @@
 // Worker: runs handlers for the tasks of one namespace's topics.
 //
 //   controller thread: long-poll Dequeue (with worker_id) into a small local buffer,
-//                      keeping buffer <= buffer_size; backs off (capped, jittered) while
+//                      refilling it to buffer_size once it is down to half; backs off (capped, jittered) while
 //                      the server is unreachable, and resumes by itself.
 //   executor threads (concurrency): take buffered tasks, run the handler of their
 //                      task_type, then Ack (with the result) or Nack (retry with
-//                      full-jitter backoff, or fatal).
+//                      full-jitter backoff, or fatal). Acks of executors that finish
+//                      while an Ack call is in flight go together in the next call.
 //   heartbeat thread:  every heartbeat_interval, one batched ExtendLease for every task
 //                      the worker holds; a lost lease or cancel_requested flags the
 //                      task's TaskContext so its handler can stop.
