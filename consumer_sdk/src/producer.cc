@@ -2,6 +2,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <chrono>
 #include <map>
 #include <thread>
 #include <utility>
@@ -105,7 +106,10 @@ class Producer::Impl : public std::enable_shared_from_this<Impl> {
     for (size_t i = 0; i < tasks.size(); ++i) {
       op->items.push_back(ToProto(tasks[i]));
       if (op->max_attempts > 1 && tasks[i].dedup_key.empty()) {
-        op->items.back().set_dedup_key(jitter_.RandomHex128());
+        op->items.back().set_dedup_key(jitter_.TimeOrderedKey(
+            std::chrono::duration_cast<std::chrono::milliseconds>(
+                std::chrono::system_clock::now().time_since_epoch())
+                .count()));
       }
       op->results[i].dedup_key = op->items.back().dedup_key();
       op->pending.push_back(i);

@@ -35,8 +35,13 @@ class Jitter {
   Millis Delay(const Backoff& backoff, uint32_t attempt) {
     return Uniform(backoff.Ceiling(attempt));
   }
-  // 128 random bits as 32 lowercase hex characters (e.g. a dedup key).
+  // 128 random bits as 32 lowercase hex characters.
   std::string RandomHex128();
+  // A dedup key: 32 lowercase hex characters, `unix_ms` (48 bits) then 80 random bits.
+  // Keys made later sort later, so the server's unique index on them grows at its
+  // right edge (like UUIDv7) instead of at random pages: random keys made enqueues
+  // into a table much larger than the buffer pool read a page per key.
+  std::string TimeOrderedKey(int64_t unix_ms);
 
  private:
   std::mutex mu_;

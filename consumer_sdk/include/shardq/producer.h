@@ -2,8 +2,9 @@
 // Producer: enqueues tasks, one or a batch per call, synchronously or asynchronously
 // (std::future or a callback). Each call has a deadline that bounds all its attempts;
 // UNAVAILABLE / RESOURCE_EXHAUSTED answers are retried with capped full-jitter
-// exponential backoff. With retries on, every item carries a dedup_key (a random
-// 128-bit hex string unless the caller gave one), so a retry of an enqueue that did
+// exponential backoff. With retries on, every item carries a dedup_key (unless the
+// caller gave one: 32 hex characters, a millisecond timestamp then 80 random bits,
+// see Jitter::TimeOrderedKey), so a retry of an enqueue that did
 // commit is deduplicated by the server instead of creating a second task.
 //
 // Threads: one timer thread per Producer runs the retries of asynchronous calls; gRPC
