@@ -8,7 +8,9 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <filesystem>
 #include <fstream>
+#include <map>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -33,6 +35,10 @@ struct Options {
   bool threads = true;
   std::string json;
   int fetch = 50;
+  // The private MariaDB's InnoDB sizes: MariaDB's own defaults (as in the peer
+  // harness), not the small ones the tests start with.
+  std::string buffer_pool = "128M";
+  std::string log_file_size = "96M";
   // Phases to run (A1 A2 B1 B2 C D E F); a drain whose enqueue phase is skipped fills
   // its topic with batch enqueues first.
   std::set<std::string> phases = {"A1", "A2", "B1", "B2", "C", "D", "E", "F"};
@@ -53,6 +59,20 @@ double ProcStatus(pid_t pid, const std::string& field) {
     }
   }
   return std::nan("");
+}
+
+// The process's threads by name (/proc/<pid>/task/*/comm).
+std::map<std::string, int> ThreadNames(pid_t pid) {
+  std::map<std::string, int> names;
+  std::error_code ec;
+  for (const auto& task :
+       std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/task", ec)) {
+    std::ifstream in(task.path() / "comm");
+    std::string name;
+    std::getline(in, name);
+    ++names[name];
+  }
+  return names;
 }
 
 Result<testing::ServerProcess> StartServer(const Options& o, const std::string& socket,
@@ -128,6 +148,14 @@ void ThreadCounts(const Options& o, const W1& w, const std::string& socket, Figu
     client.DrainBatched("t", w.items / 4, w.consumers);
     (*f)[fmt::format("T threads, {} shards", shards)] =
         ProcStatus(server->pid(), "Threads");
+    std::cerr << "  threads with " << shards << " shards:";
+    int own = 0;  // shardq's threads (gRPC's are named by gRPC)
+    for (const auto& [name, count] : ThreadNames(server->pid())) {
+      std::cerr << " " << name << " x" << count;
+      if (name.rfind("shardq", 0) == 0) own += count;
+    }
+    (*f)[fmt::format("T shardq's own threads, {} shards", shards)] = own;
+    std::cerr << "\n";
     server->Stop();
   }
 }
@@ -148,6 +176,10 @@ int Main(int argc, char** argv) {
   app.add_option("--phases", o.phases, "phases to run (default: all)")->delimiter(',');
   app.add_flag("!--no-threads", o.threads, "skip the 4 vs 64 shards thread count");
   app.add_option("--fetch", o.fetch, "items per Dequeue in B2 and D (10..100)");
+  app.add_option("--buffer-pool", o.buffer_pool,
+                 "innodb-buffer-pool-size of the private MariaDB (default 128M)");
+  app.add_option("--log-file-size", o.log_file_size,
+                 "innodb-log-file-size of the private MariaDB (default 96M)");
   app.add_option("--json", o.json, "also write every run's figures here");
   CLI11_PARSE(app, argc, argv);
 
@@ -155,7 +187,9 @@ int Main(int argc, char** argv) {
   w.fetch = o.fetch;
   std::unique_ptr<testing::MariaDbInstance> db;
   if (socket.empty()) {
-    auto started = testing::MariaDbInstance::Start();
+    std::vector<std::string> args = {"--innodb-buffer-pool-size=" + o.buffer_pool,
+                                     "--innodb-log-file-size=" + o.log_file_size};
+    auto started = testing::MariaDbInstance::Start(args);
     if (!started.ok()) {
       std::cerr << started.status().ToString() << "\n";
       return 1;
