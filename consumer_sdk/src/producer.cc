@@ -3,6 +3,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
+#include <deque>
 #include <map>
 #include <thread>
 #include <utility>
@@ -58,6 +59,14 @@ struct BatchOp {
     v1::EnqueueResponse response;
   };
   std::vector<std::unique_ptr<Attempt>> calls;
+};
+
+// One Enqueue RPC carrying the first attempts of several ops (Impl::SendFirst).
+struct SharedCall {
+  grpc::ClientContext ctx;
+  v1::EnqueueRequest request;
+  v1::EnqueueResponse response;
+  std::vector<std::shared_ptr<BatchOp>> ops;  // in request order; cleared on reply
 };
 
 class Producer::Impl : public std::enable_shared_from_this<Impl> {
@@ -122,7 +131,7 @@ class Producer::Impl : public std::enable_shared_from_this<Impl> {
       Finish(op);
       return;
     }
-    Send(op);
+    SendFirst(op);
   }
 
  private:
@@ -138,6 +147,98 @@ class Producer::Impl : public std::enable_shared_from_this<Impl> {
     }
     Impl* impl;
   };
+
+  // A first attempt made while kMaxSharedCalls Enqueue RPCs are on their way waits
+  // for one of them to return, then goes out with every other waiting op in one RPC
+  // (up to kMaxItemsPerCall items and kMaxBytesPerCall bytes, so a shared call stays
+  // well under the server's 16 MiB message limit). So concurrent one-item calls travel as
+  // batches -- one gRPC call and a bigger commit on the server for many items -- without
+  // any added wait when the producer is idle. Retries go out alone (Send).
+  static constexpr int kMaxSharedCalls = 2;
+  static constexpr size_t kMaxItemsPerCall = 1000;
+  static constexpr size_t kMaxBytesPerCall = 4 << 20;
+
+  // The request bytes of an op's pending items (about: payload and metadata).
+  static size_t PendingBytes(const BatchOp& op) {
+    size_t bytes = 0;
+    for (size_t i : op.pending) bytes += op.items[i].ByteSizeLong();
+    return bytes;
+  }
+
+  void SendFirst(const std::shared_ptr<BatchOp>& op) {
+    {
+      std::lock_guard lock(mu_);
+      if (shared_calls_ >= kMaxSharedCalls) {
+        waiting_.push_back(op);
+        return;
+      }
+      ++shared_calls_;
+    }
+    SendShared({op});
+  }
+
+  void SendShared(std::vector<std::shared_ptr<BatchOp>> ops) {
+    auto call = std::make_shared<SharedCall>();
+    call->request.set_namespace_(options_.ns);
+    // The earliest deadline of the ops: a later op loses at most the few
+    // milliseconds by which it was made after the first.
+    auto deadline = ops[0]->deadline;
+    for (const auto& op : ops) {
+      ++op->attempt;
+      for (size_t i : op->pending) {
+        *call->request.add_items() = op->items[i];
+        op->results[i].attempts = op->attempt;
+      }
+      deadline = std::min(deadline, op->deadline);
+    }
+    call->ops = std::move(ops);
+    call->ctx.set_deadline(deadline);
+    auto guard = std::make_shared<CallGuard>(this);
+    // The callback holds `call` too: its context outlives the callback.
+    stub_->async()->Enqueue(
+        &call->ctx, &call->request, &call->response,
+        [this, guard, call](grpc::Status status) { OnSharedReply(call.get(), status); });
+  }
+
+  void OnSharedReply(SharedCall* call, const grpc::Status& status) {
+    // First put the next shared call on its way: the ops that waited meanwhile.
+    std::vector<std::shared_ptr<BatchOp>> next;
+    {
+      std::lock_guard lock(mu_);
+      size_t items = 0, bytes = 0;
+      while (!waiting_.empty()) {
+        const size_t n = waiting_.front()->pending.size();
+        const size_t b = PendingBytes(*waiting_.front());
+        if (!next.empty() &&
+            (items + n > kMaxItemsPerCall || bytes + b > kMaxBytesPerCall)) {
+          break;
+        }
+        items += n;
+        bytes += b;
+        next.push_back(std::move(waiting_.front()));
+        waiting_.pop_front();
+      }
+      if (next.empty()) --shared_calls_;
+    }
+    if (!next.empty()) SendShared(std::move(next));
+    // Then each op gets its slice of the answer.
+    std::vector<std::shared_ptr<BatchOp>> ops;
+    ops.swap(call->ops);
+    size_t total = 0;
+    for (const auto& op : ops) total += op->pending.size();
+    const bool counts_match =
+        status.ok() && static_cast<size_t>(call->response.results_size()) == total;
+    int offset = 0;
+    for (const auto& op : ops) {
+      v1::EnqueueResponse part;  // a wrong count makes OnReply answer INTERNAL
+      const int n = static_cast<int>(op->pending.size());
+      for (int k = 0; counts_match && k < n; ++k) {
+        *part.add_results() = call->response.results(offset + k);
+      }
+      offset += n;
+      OnReply(op, part, status);
+    }
+  }
 
   void Send(const std::shared_ptr<BatchOp>& op) {
     ++op->attempt;
@@ -257,6 +358,8 @@ class Producer::Impl : public std::enable_shared_from_this<Impl> {
   int in_flight_ = 0;  // calls not finished
   int callbacks_ = 0;  // completion callbacks gRPC still holds
   std::multimap<Millis, std::shared_ptr<BatchOp>> timers_;
+  int shared_calls_ = 0;                          // SharedCalls in flight
+  std::deque<std::shared_ptr<BatchOp>> waiting_;  // first attempts waiting for one
   std::thread timer_;
 };
 

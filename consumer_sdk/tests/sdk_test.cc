@@ -18,6 +18,7 @@
 #include <future>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -241,6 +242,44 @@ TEST_F(SdkTest, ProducerEnqueuesSyncAsyncAndBatches) {
   EXPECT_EQ(payloads, (std::multiset<std::string>{
                           "sync", "future", "callback", "no-retry", "batch0", "batch1",
                           "batch2", "batch3", "ab1", "ab2", "abc"}));
+}
+
+// Concurrent first attempts share Enqueue calls (Producer::Impl::SendFirst); each
+// caller still gets its own item's answer.
+TEST_F(SdkTest, ConcurrentEnqueuesShareCallsAndEachGetsItsOwnAnswer) {
+  sdk::Producer producer(ProducerOptions());
+  constexpr int kTasks = 300;
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<std::optional<sdk::EnqueueResult>> results(kTasks);
+  int answered = 0;
+  for (int i = 0; i < kTasks; ++i) {
+    // Every 7th is invalid: its neighbours in a shared call must still succeed.
+    sdk::NewTask task{.topic = i % 7 == 0 ? "bad topic!" : "shared",
+                      .payload = "task-" + std::to_string(i)};
+    producer.EnqueueAsync(task, [&, i](sdk::EnqueueResult r) {
+      std::lock_guard lock(mu);
+      results[static_cast<size_t>(i)] = std::move(r);
+      ++answered;
+      cv.notify_all();
+    });
+  }
+  {
+    std::unique_lock lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, 20s, [&] { return answered == kTasks; }));
+  }
+  std::map<std::string, std::string> payload_of;  // id -> payload, as stored
+  for (const auto& d : DrainNow("shared")) payload_of[d.id()] = d.payload();
+  EXPECT_EQ(payload_of.size(), static_cast<size_t>(kTasks - (kTasks + 6) / 7));
+  for (int i = 0; i < kTasks; ++i) {
+    const sdk::EnqueueResult& r = *results[static_cast<size_t>(i)];
+    if (i % 7 == 0) {
+      EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << i;
+      continue;
+    }
+    ASSERT_TRUE(r.ok()) << i << ": " << r.status.error_message();
+    EXPECT_EQ(payload_of[r.id], "task-" + std::to_string(i)) << "answer of task " << i;
+  }
 }
 
 TEST_F(SdkTest, ProducerGivesUpAfterItsAttemptsWhenTheServerIsDown) {
