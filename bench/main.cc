@@ -10,8 +10,8 @@
 #include <CLI/CLI.hpp>
 #include <filesystem>
 #include <fstream>
-#include <map>
 #include <iostream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
@@ -65,8 +65,8 @@ double ProcStatus(pid_t pid, const std::string& field) {
 std::map<std::string, int> ThreadNames(pid_t pid) {
   std::map<std::string, int> names;
   std::error_code ec;
-  for (const auto& task :
-       std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/task", ec)) {
+  for (const auto& task : std::filesystem::directory_iterator(
+           "/proc/" + std::to_string(pid) + "/task", ec)) {
     std::ifstream in(task.path() / "comm");
     std::string name;
     std::getline(in, name);
@@ -93,6 +93,7 @@ Figures OneRun(const Options& o, const W1& w, const std::string& socket) {
   auto server = StartServer(o, socket, o.shards);
   if (!server.ok()) throw std::runtime_error(server.status().ToString());
   ShardqClient client(Address(*server), w, "bench");
+  if (!client.AwaitReady()) throw std::runtime_error("shardqd's shards did not open");
   auto phase = [&](const std::string& name) {
     if (o.Runs(name)) std::cerr << "  " << name << "\n";
     return o.Runs(name);
@@ -144,6 +145,7 @@ void ThreadCounts(const Options& o, const W1& w, const std::string& socket, Figu
     auto server = StartServer(o, socket, shards);
     if (!server.ok()) throw std::runtime_error(server.status().ToString());
     ShardqClient client(Address(*server), w, "bench");
+    if (!client.AwaitReady()) throw std::runtime_error("shardqd's shards did not open");
     client.Enqueue("t", w.items / 4, w.batch);
     client.DrainBatched("t", w.items / 4, w.consumers);
     (*f)[fmt::format("T threads, {} shards", shards)] =

@@ -98,7 +98,8 @@ void PrintTargets(std::ostream& out, const Figures& m) {
   if (m.count("T shardq's own threads, 4 shards")) {
     const double a = Get(m, "T shardq's own threads, 4 shards"),
                  b = Get(m, "T shardq's own threads, 64 shards");
-    targets.push_back({"shardq's own threads, 64 shards - 4 shards", b - a, "= 0", a == b});
+    targets.push_back(
+        {"shardq's own threads, 64 shards - 4 shards", b - a, "= 0", a == b});
   }
   if (m.count("T threads, 4 shards")) {
     targets.push_back({"threads 64 shards - 4 shards",

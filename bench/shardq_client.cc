@@ -97,6 +97,29 @@ std::shared_ptr<grpc::Channel> ShardqClient::NewChannel() {
   return grpc::CreateCustomChannel(address_, grpc::InsecureChannelCredentials(), args);
 }
 
+bool ShardqClient::AwaitReady() {
+  sdk::ProducerOptions options;
+  options.connection.channel = NewChannel();
+  options.ns = ns_;
+  sdk::Producer producer(std::move(options));
+  auto give_up = Clock::now() + std::chrono::seconds(120);
+  int enqueued = 0;
+  bool ready = false;
+  while (!ready && Clock::now() < give_up) {
+    // 512 random keys reach every shard of up to 64 with near certainty.
+    std::vector<sdk::NewTask> probes(512,
+                                     sdk::NewTask{.topic = "warmup", .payload = "p"});
+    ready = true;
+    for (const auto& r : producer.EnqueueBatch(probes)) {
+      enqueued += r.ok() ? 1 : 0;
+      ready = ready && r.ok();
+    }
+    if (!ready) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  DrainBatched("warmup", enqueued, 1);
+  return ready;
+}
+
 double ShardqClient::Enqueue(const std::string& topic, int items, int batch,
                              int priority_base) {
   std::vector<std::unique_ptr<sdk::Producer>> producers;
@@ -208,7 +231,8 @@ double ShardqClient::DrainBatched(const std::string& topic, int items, int consu
   for (int c = 0; c < consumers; ++c) {
     threads.emplace_back([&, channel = NewChannel()] {
       auto stub = v1::Queue::NewStub(channel);
-      while (acked.load() < items) {
+      int empty_polls = 0;  // in a row; 25 (5 s of nothing) ends a drain that stalled
+      while (acked.load() < items && empty_polls < 25) {
         v1::DequeueRequest req;
         req.set_namespace_(ns_);
         v1::TopicRequest* t = req.add_topics();
@@ -221,7 +245,11 @@ double ShardqClient::DrainBatched(const std::string& topic, int items, int consu
           ++errors;
           continue;
         }
-        if (resp.items_size() == 0) continue;
+        if (resp.items_size() == 0) {
+          ++empty_polls;
+          continue;
+        }
+        empty_polls = 0;
         v1::AckRequest ack;
         for (const auto& item : resp.items()) {
           v1::AckItem* a = ack.add_items();
@@ -245,6 +273,11 @@ double ShardqClient::DrainBatched(const std::string& topic, int items, int consu
   }
   for (auto& t : threads) t.join();
   if (errors > 0) std::cerr << "  drain " << topic << ": " << errors << " failed calls\n";
+  if (acked.load() < items) {
+    std::cerr << "  drain " << topic << ": stalled after " << acked.load() << " of "
+              << items << "\n";
+    last_us = NowUs();
+  }
   return static_cast<double>(acked.load()) / Seconds(t0, last_us.load());
 }
 

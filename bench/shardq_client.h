@@ -16,6 +16,11 @@ class ShardqClient {
  public:
   ShardqClient(std::string address, W1 w1, std::string ns);
 
+  // Waits until every shard takes enqueues: keyed items (the SDK's default) are
+  // pinned to their key's shard, and a cold start of many shards can outlast the
+  // SDK's retries. Enqueues and drains probe items in topic `warmup`; false after
+  // 120 s.
+  bool AwaitReady();
   // A1/A2: `items` items in one call each (batch = 1) or in calls of `batch`, from
   // w1.producers producers with w1.lanes calls in flight each. Items/s confirmed.
   double Enqueue(const std::string& topic, int items, int batch, int priority_base = 0);
