@@ -84,13 +84,14 @@ ShardWorker::~ShardWorker() {
 
 void ShardWorker::Start() {
   std::lock_guard lock(mu_);
+  starting_ = true;
   pending_.probe = true;  // the first "probe" opens the store and recovers
   ScheduleLocked();
 }
 
 bool ShardWorker::AcceptsEnqueues() const {
   std::lock_guard lock(mu_);
-  return recovered_ && breaker_.AllowsTraffic();
+  return (recovered_ || starting_) && breaker_.AllowsTraffic();
 }
 
 ShardHealth ShardWorker::Health() const {
@@ -210,7 +211,24 @@ void ShardWorker::RunWork(Work& work) {
   }
   // Claims first: a waiting consumer is the most latency-sensitive caller.
   if (!work.claims.empty()) RunClaims(work.claims);
-  if (!work.enqueues.empty()) RunEnqueues(work.enqueues);
+  if (!work.enqueues.empty()) {
+    bool open;
+    {
+      std::lock_guard lock(mu_);
+      open = recovered_;
+    }
+    if (open) {
+      RunEnqueues(work.enqueues);
+    } else {
+      // Taken while the shard was starting, and the start-up open failed: nothing was
+      // written, so the engine may send them to another shard.
+      for (PendingEnqueue& p : work.enqueues) {
+        p.done(Status::Unavailable("shard " + std::to_string(id_.value()) +
+                                   " could not be opened"),
+               false);
+      }
+    }
+  }
   RunBatches(work.acks, [this](auto reqs) { return store_->Ack(reqs, clock_.Now()); });
   RunBatches(work.nacks, [this](auto reqs) { return store_->Nack(reqs, clock_.Now()); });
   RunBatches(work.extends,
@@ -277,6 +295,8 @@ void ShardWorker::RunProbe() {
     spdlog::warn("shard {}: probe failed", id_.value());
     OnShardDown();
   }
+  std::lock_guard lock(mu_);
+  starting_ = false;
 }
 
 void ShardWorker::RunEnqueues(std::vector<PendingEnqueue>& pending) {

@@ -68,7 +68,9 @@ class ShardWorker final : public Tickable {
   // Opens the store and rebuilds this shard's part of the index (crash recovery is
   // just start-up). Asynchronous; failures are retried by the breaker's probes.
   void Start();
-  // True when new enqueues should come here.
+  // True when new enqueues should come here: the shard is open and its breaker lets
+  // traffic through, or it is still starting (the enqueues wait in its buffer for the
+  // first open, instead of failing while a cold start of many shards runs).
   bool AcceptsEnqueues() const;
   ShardHealth Health() const;
 
@@ -167,6 +169,7 @@ class ShardWorker final : public Tickable {
   size_t pending_enqueue_items_ = 0;
   bool running_ = false;
   bool recovered_ = false;
+  bool starting_ = false;  // Start() was called, its first open has not run yet
   bool stopping_ = false;
   std::optional<Time> next_due_;  // earliest known DELAYED/LEASED deadline
   Time next_purge_{};

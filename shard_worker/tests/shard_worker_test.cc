@@ -528,6 +528,37 @@ TEST_F(ShardWorkerTest, ExpiredLeaseIsPromotedAndRedelivered) {
   EXPECT_NE(second[0].token, first[0].token);
 }
 
+// A cold start of many shards takes a while; enqueues pinned to a starting shard (by
+// their dedup key) wait for its first open instead of failing.
+TEST_F(ShardWorkerTest, EnqueuesTakenWhileStartingWaitForTheFirstOpen) {
+  MakeWorker();
+  worker_->Start();  // the open has not run yet
+  EXPECT_FALSE(worker_->Health().open);
+  EXPECT_TRUE(worker_->AcceptsEnqueues());
+  auto out = EnqueueAsync({Item("t"), Item("t")});
+  EXPECT_EQ(out->calls, 0);
+  io_.RunAll();
+  EXPECT_TRUE(worker_->Health().open);
+  ASSERT_EQ(out->calls, 1);
+  ASSERT_TRUE(out->rows.ok()) << out->rows.status().ToString();
+  EXPECT_EQ(out->rows->size(), 2u);
+  EXPECT_EQ(store_->calls(MemoryShardStore::Op::kInsert), 1);
+}
+
+TEST_F(ShardWorkerTest, EnqueuesTakenWhileStartingAreNotAttemptedIfTheOpenFails) {
+  MakeWorker();
+  store_->FailAll(Status::Unavailable("db down"));
+  worker_->Start();
+  auto out = EnqueueAsync({Item("t")});
+  io_.RunAll();
+  EXPECT_FALSE(worker_->Health().open);
+  ASSERT_EQ(out->calls, 1);
+  EXPECT_EQ(out->rows.status().code(), Code::kUnavailable);
+  EXPECT_FALSE(out->attempted) << "nothing written: the engine may use another shard";
+  EXPECT_EQ(store_->calls(MemoryShardStore::Op::kInsert), 0);
+  EXPECT_FALSE(worker_->AcceptsEnqueues()) << "started, and down";
+}
+
 TEST_F(ShardWorkerTest, OpenBreakerRefusesEnqueuesWithoutAttemptingThem) {
   WorkerOptions o = QuietOptions();
   o.breaker.min_samples = 2;
