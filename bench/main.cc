@@ -41,7 +41,7 @@ struct Options {
   std::string log_file_size = "96M";
   // Phases to run (A1 A2 B1 B2 C D E F); a drain whose enqueue phase is skipped fills
   // its topic with batch enqueues first.
-  std::set<std::string> phases = {"A1", "A2", "B1", "B2", "C", "D", "E", "F"};
+  std::set<std::string> phases = {"A1", "A2", "B1", "B2", "C", "D", "E", "F", "R"};
 
   bool Runs(const std::string& phase) const { return phases.count(phase) > 0; }
 };
@@ -76,12 +76,14 @@ std::map<std::string, int> ThreadNames(pid_t pid) {
 }
 
 Result<testing::ServerProcess> StartServer(const Options& o, const std::string& socket,
-                                           int shards) {
+                                           int shards,
+                                           std::vector<std::string> extra_args = {}) {
   DropDatabases(socket);
   return testing::ServerProcess::Start({.binary = o.shardqd,
                                         .socket = socket,
                                         .shards = shards,
-                                        .io_threads = o.io_threads});
+                                        .io_threads = o.io_threads,
+                                        .extra_args = std::move(extra_args)});
 }
 
 std::string Address(const testing::ServerProcess& server) {
@@ -130,6 +132,17 @@ Figures OneRun(const Options& o, const W1& w, const std::string& socket) {
     f["F server peak RSS (MiB)"] = ProcStatus(server->pid(), "VmHWM") / 1024;
   }
   server->Stop();
+  if (phase("R")) {
+    // B2 again on a server that keeps no finished tasks (retention 0: an ack deletes
+    // the row), as the naive queue and BullMQ's removeOnComplete do.
+    auto r = StartServer(o, socket, o.shards, {"--retention-ms", "0"});
+    if (!r.ok()) throw std::runtime_error(r.status().ToString());
+    ShardqClient rc(Address(*r), w, "bench");
+    if (!rc.AwaitReady()) throw std::runtime_error("shardqd's shards did not open");
+    rc.Enqueue("r", w.items, w.batch);
+    f["R B2 drain, retention 0 (items/s)"] = rc.DrainBatched("r", w.items, w.consumers);
+    r->Stop();
+  }
   if (o.references) {
     std::cerr << "  references\n";
     MysqlReference ref(socket, w);

@@ -32,7 +32,7 @@ NamespacePolicy ParsePolicy(const nlohmann::json& j, NamespacePolicy p) {
         GetUnsigned<uint32_t>(j.at("max_attempts"), "max_attempts", 1, kMaxAttemptsLimit);
   }
   if (j.contains("retention_ms")) {
-    p.retention = Duration(GetUnsigned<int64_t>(j.at("retention_ms"), "retention_ms", 1,
+    p.retention = Duration(GetUnsigned<int64_t>(j.at("retention_ms"), "retention_ms", 0,
                                                 366LL * 24 * 3600 * 1000));
   }
   return p;

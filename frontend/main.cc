@@ -29,6 +29,11 @@ int main(int argc, char** argv) {
   app.add_option("--listen", listen, "gRPC address (overrides the config)");
   app.add_option("--io-threads", io_threads,
                  "threads for MySQL I/O (all shards share them)");
+  int64_t retention_ms = -1;
+  app.add_option("--retention-ms", retention_ms,
+                 "embedded default: how long finished tasks are kept (0 = none: an ack "
+                 "deletes the task)")
+      ->check(CLI::Range(int64_t{0}, int64_t{366LL * 24 * 3600 * 1000}));
   app.add_option("--port-file", port_file,
                  "write the bound port here once listening (for --listen host:0)");
   CLI11_PARSE(app, argc, argv);
@@ -45,6 +50,17 @@ int main(int argc, char** argv) {
   }
   if (app.count("--listen") || config_path.empty()) config->listen = listen;
   if (app.count("--io-threads") || config_path.empty()) config->io_threads = io_threads;
+  if (retention_ms >= 0 && !config_path.empty()) {
+    spdlog::error(
+        "--retention-ms is for the embedded default; with --config set "
+        "namespace_defaults.retention_ms in the file");
+    return 2;
+  }
+  if (retention_ms >= 0) {
+    shardq::NamespacePolicy defaults = config->policies.defaults();
+    defaults.retention = shardq::Duration(retention_ms);
+    config->policies = shardq::NamespacePolicies(defaults, {});
+  }
 
   // Block the stop signals in every thread; this one waits for them.
   sigset_t signals;

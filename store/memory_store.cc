@@ -272,6 +272,12 @@ Result<std::vector<ItemOutcome>> MemoryShardStore::Ack(std::span<const AckReques
       out[i].status = Status::FailedPrecondition("ack of row " + row + ": not leased");
       continue;
     }
+    if (policies_.For(r.ns).retention <= Duration(0)) {
+      // Retention 0: nothing of a finished task is kept, so it goes at once.
+      out[i].transition = Deleted(it->first, r);
+      Erase(it);
+      continue;
+    }
     const ItemState from = r.state;
     r.result = TruncateTo(acks[i].result, kMaxResultBytes);
     Finish(r, ItemState::kSucceeded, now);

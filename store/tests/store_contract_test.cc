@@ -43,7 +43,8 @@ constexpr Duration kShortRetention = std::chrono::seconds(10);
 
 NamespacePolicies TestPolicies() {
   return NamespacePolicies(NamespacePolicy{5, kRetention},
-                           {{"short", NamespacePolicy{5, kShortRetention}}});
+                           {{"short", NamespacePolicy{5, kShortRetention}},
+                            {"ephemeral", NamespacePolicy{5, Duration(0)}}});
 }
 
 // The value of a Result, or a test failure (thrown so the test stops at once).
@@ -1325,6 +1326,29 @@ TYPED_TEST(StoreContractTest, ListDeadFollowsTheOrderingRule) {
   EXPECT_TRUE(Must(this->store().ListDead("ns", "t", 0)).empty());
   EXPECT_TRUE(Must(this->store().ListDead("ns", "nope", 10)).empty());
   EXPECT_TRUE(Must(this->store().ListDead("other_ns", "t", 10)).empty());
+}
+
+// Retention 0: a finished task is not kept, so an ack deletes the row at once.
+TYPED_TEST(StoreContractTest, RetentionZeroDeletesATaskWhenItIsAcked) {
+  NewItem item = Item("t", 0, kT0);
+  item.ns = "ephemeral";
+  RowId id = this->InsertOne(item);
+  RowId other = this->InsertOne(item);
+  this->Claim({id, other}, 7, kT0);
+  // A nack first: its history rows go with the row too.
+  ASSERT_TRUE(this->NackOne(other, 7, Duration(0), kT0).status.ok());
+  this->ClaimOne(other, 8, kT0);
+  ItemOutcome out = this->AckOne(id, 7, kT0 + 1s);
+  ASSERT_TRUE(out.status.ok()) << out.status.ToString();
+  ASSERT_TRUE(out.transition.has_value());
+  EXPECT_EQ(out.transition->from, ItemState::kLeased);
+  EXPECT_EQ(out.transition->to, ItemState::kGone);
+  EXPECT_EQ(this->store().GetTask(id, false).status().code(), Code::kNotFound);
+  EXPECT_EQ(this->AckOne(id, 7, kT0 + 2s).status.code(), Code::kNotFound)
+      << "nothing is kept that a repeated ack could match";
+  ASSERT_TRUE(this->AckOne(other, 8, kT0 + 2s).status.ok());
+  EXPECT_EQ(this->store().GetTask(other, false).status().code(), Code::kNotFound);
+  EXPECT_TRUE(Must(this->store().CountByTopic()).empty());
 }
 
 // The MySQL store keeps a lease's "leased" event (and "succeeded") in the item row
