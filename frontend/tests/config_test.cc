@@ -228,6 +228,21 @@ TEST(ParseConfigTest, RejectsNonIntegerOrOutOfRangeNumbers) {
             Code::kInvalidArgument);
 }
 
+TEST(ParseConfigTest, NamespaceRetentionMayBeZeroButNotNegative) {
+  auto with = [](const std::string& policies) {
+    return R"({"mysql_servers": [{"name": "a", "socket": "/s"}],
+              "shards": [{"id": 0, "server": "a", "database": "d"}], )" +
+           policies + "}";
+  };
+  auto r = ParseConfig(with(R"("namespace_defaults": {"retention_ms": 0},
+                               "namespaces": {"keep": {"retention_ms": 60000}})"));
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->policies.For("other").retention, Duration(0));  // an ack deletes
+  EXPECT_EQ(r->policies.For("keep").retention, Duration(60'000));
+  EXPECT_EQ(ParseCode(with(R"("namespace_defaults": {"retention_ms": -1})")),
+            Code::kInvalidArgument);
+}
+
 TEST(EmbeddedConfigTest, FourShardsOnOneSocket) {
   ServerConfig c = EmbeddedConfig("/tmp/mariadb.sock", 4);
   ASSERT_EQ(c.mysql_servers.size(), 1u);
