@@ -40,11 +40,20 @@ NamespacePolicy ParsePolicy(const nlohmann::json& j, NamespacePolicy p) {
 
 // "namespace_defaults": {...}, "namespaces": {"billing": {...}, ...}
 NamespacePolicies ParsePolicies(const nlohmann::json& j) {
-  NamespacePolicy defaults =
-      ParsePolicy(j.value("namespace_defaults", nlohmann::json::object()), {});
+  // Named locals: iterating items() of the temporary that value() returns would
+  // read a destroyed object (it crashed the parser).
+  const nlohmann::json defaults_json =
+      j.value("namespace_defaults", nlohmann::json::object());
+  const nlohmann::json namespaces = j.value("namespaces", nlohmann::json::object());
+  if (!defaults_json.is_object() || !namespaces.is_object()) {
+    throw std::invalid_argument("namespace_defaults and namespaces must be objects");
+  }
+  NamespacePolicy defaults = ParsePolicy(defaults_json, {});
   std::map<std::string, NamespacePolicy> by_ns;
-  for (const auto& [ns, policy] :
-       j.value("namespaces", nlohmann::json::object()).items()) {
+  for (const auto& [ns, policy] : namespaces.items()) {
+    if (!policy.is_object()) {
+      throw std::invalid_argument("namespaces." + ns + " must be an object");
+    }
     by_ns[ns] = ParsePolicy(policy, defaults);
   }
   return NamespacePolicies(defaults, std::move(by_ns));

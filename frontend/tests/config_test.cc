@@ -241,6 +241,9 @@ TEST(ParseConfigTest, NamespaceRetentionMayBeZeroButNotNegative) {
   EXPECT_EQ(r->policies.For("keep").retention, Duration(60'000));
   EXPECT_EQ(ParseCode(with(R"("namespace_defaults": {"retention_ms": -1})")),
             Code::kInvalidArgument);
+  EXPECT_EQ(ParseCode(with(R"("namespaces": 5)")), Code::kInvalidArgument);
+  EXPECT_EQ(ParseCode(with(R"("namespaces": {"x": 5})")), Code::kInvalidArgument);
+  EXPECT_EQ(ParseCode(with(R"("namespace_defaults": [])")), Code::kInvalidArgument);
 }
 
 TEST(EmbeddedConfigTest, FourShardsOnOneSocket) {
