@@ -405,6 +405,17 @@ constexpr int kDead = static_cast<int>(ItemState::kDead);
 constexpr size_t kNpos = static_cast<size_t>(-1);
 // Id lists longer than this are split over several statements of one transaction.
 constexpr size_t kMaxIdsPerStatement = 1024;
+// `ids` in slices of at most kMaxIdsPerStatement: one statement each.
+std::vector<std::vector<uint64_t>> IdChunks(const std::vector<uint64_t>& ids) {
+  std::vector<std::vector<uint64_t>> chunks;
+  for (size_t begin = 0; begin < ids.size(); begin += kMaxIdsPerStatement) {
+    const size_t end = std::min(ids.size(), begin + kMaxIdsPerStatement);
+    chunks.emplace_back(ids.begin() + static_cast<ptrdiff_t>(begin),
+                        ids.begin() + static_cast<ptrdiff_t>(end));
+  }
+  return chunks;
+}
+
 // ER_DUP_ENTRY: a unique key refused a row.
 constexpr int kErDupEntry = 1062;
 // How many events GetTask returns (the newest ones).
@@ -553,11 +564,7 @@ std::vector<PendingEvent> MySqlShardStore::LeaseEventsToWrite(
   // Written already: a "leased" event of the current attempt since the last
   // "redriven" (a redrive restarts the attempt count).
   std::set<uint64_t> written;
-  for (size_t begin = 0; begin < ids.size(); begin += kMaxIdsPerStatement) {
-    std::vector<uint64_t> chunk(
-        ids.begin() + static_cast<ptrdiff_t>(begin),
-        ids.begin() +
-            static_cast<ptrdiff_t>(std::min(ids.size(), begin + kMaxIdsPerStatement)));
+  for (const std::vector<uint64_t>& chunk : IdChunks(ids)) {
     sql::PreparedStatement& st =
         Stmt("SELECT item_id, kind, attempt FROM task_events WHERE item_id IN (" +
              Placeholders(PaddedCount(chunk.size())) + ") ORDER BY item_id, seq");
@@ -588,11 +595,7 @@ int MySqlShardStore::ExecuteForIds(
     const std::string& sql_head, const std::vector<uint64_t>& ids,
     const std::function<unsigned(sql::PreparedStatement&)>& bind) {
   int changed = 0;
-  for (size_t begin = 0; begin < ids.size(); begin += kMaxIdsPerStatement) {
-    std::vector<uint64_t> chunk(
-        ids.begin() + static_cast<ptrdiff_t>(begin),
-        ids.begin() +
-            static_cast<ptrdiff_t>(std::min(ids.size(), begin + kMaxIdsPerStatement)));
+  for (const std::vector<uint64_t>& chunk : IdChunks(ids)) {
     sql::PreparedStatement& st =
         Stmt(sql_head + "(" + Placeholders(PaddedCount(chunk.size())) + ")");
     const unsigned p = bind ? bind(st) : 1;
@@ -605,11 +608,7 @@ int MySqlShardStore::ExecuteForIds(
 std::map<uint64_t, LockedRow> MySqlShardStore::LockRows(
     const std::vector<uint64_t>& ids) {
   std::map<uint64_t, LockedRow> rows;
-  for (size_t begin = 0; begin < ids.size(); begin += kMaxIdsPerStatement) {
-    std::vector<uint64_t> chunk(
-        ids.begin() + static_cast<ptrdiff_t>(begin),
-        ids.begin() +
-            static_cast<ptrdiff_t>(std::min(ids.size(), begin + kMaxIdsPerStatement)));
+  for (const std::vector<uint64_t>& chunk : IdChunks(ids)) {
     sql::PreparedStatement& st =
         Stmt("SELECT " + kLockCols + " FROM items WHERE id IN (" +
              Placeholders(PaddedCount(chunk.size())) + ") FOR UPDATE");
