@@ -97,11 +97,15 @@ std::shared_ptr<grpc::Channel> ShardqClient::NewChannel() {
   return grpc::CreateCustomChannel(address_, grpc::InsecureChannelCredentials(), args);
 }
 
-bool ShardqClient::AwaitReady() {
+std::unique_ptr<sdk::Producer> ShardqClient::NewProducer() {
   sdk::ProducerOptions options;
   options.connection.channel = NewChannel();
   options.ns = ns_;
-  sdk::Producer producer(std::move(options));
+  return std::make_unique<sdk::Producer>(std::move(options));
+}
+
+bool ShardqClient::AwaitReady() {
+  auto producer = NewProducer();
   auto give_up = Clock::now() + std::chrono::seconds(120);
   int enqueued = 0;
   bool ready = false;
@@ -110,7 +114,7 @@ bool ShardqClient::AwaitReady() {
     std::vector<sdk::NewTask> probes(512,
                                      sdk::NewTask{.topic = "warmup", .payload = "p"});
     ready = true;
-    for (const auto& r : producer.EnqueueBatch(probes)) {
+    for (const auto& r : producer->EnqueueBatch(probes)) {
       enqueued += r.ok() ? 1 : 0;
       ready = ready && r.ok();
     }
@@ -120,15 +124,9 @@ bool ShardqClient::AwaitReady() {
   return ready;
 }
 
-double ShardqClient::Enqueue(const std::string& topic, int items, int batch,
-                             int priority_base) {
+ShardqClient::Lanes ShardqClient::RunLanes(int items, int batch, const MakeTask& make) {
   std::vector<std::unique_ptr<sdk::Producer>> producers;
-  for (int p = 0; p < w1_.producers; ++p) {
-    sdk::ProducerOptions options;
-    options.connection.channel = NewChannel();
-    options.ns = ns_;
-    producers.push_back(std::make_unique<sdk::Producer>(std::move(options)));
-  }
+  for (int p = 0; p < w1_.producers; ++p) producers.push_back(NewProducer());
   std::atomic<int64_t> next{0};
   Progress progress;
   // Each lane issues its next call from the completion of the previous one.
@@ -136,17 +134,11 @@ double ShardqClient::Enqueue(const std::string& topic, int items, int batch,
     int64_t first = next.fetch_add(batch);
     if (first >= items) return;
     int64_t n = std::min<int64_t>(batch, items - first);
-    std::vector<sdk::NewTask> tasks(static_cast<size_t>(n));
+    std::vector<sdk::NewTask> tasks;
     int64_t start = NowUs();
-    for (int64_t i = 0; i < n; ++i) {
-      sdk::NewTask& t = tasks[static_cast<size_t>(i)];
-      t.topic = topic;
-      t.priority = priority_base + PriorityOf(first + i);
-      t.payload =
-          MakePayload({.seq = first + i, .priority = t.priority, .start_us = start});
-    }
+    for (int64_t seq = first; seq < first + n; ++seq) tasks.push_back(make(seq, start));
     progress.Begin();
-    if (n == 1 && batch == 1) {
+    if (batch == 1) {
       producer->EnqueueAsync(tasks[0], [&, producer](sdk::EnqueueResult r) {
         issue(producer);
         progress.End(1, r.ok() ? 0 : 1);
@@ -167,11 +159,19 @@ double ShardqClient::Enqueue(const std::string& topic, int items, int batch,
   }
   progress.AwaitIdle();
   if (progress.failed > 0) {
-    std::cerr << "  enqueue " << topic << ": " << progress.failed << " of " << items
-              << " failed\n";
+    std::cerr << "  enqueue: " << progress.failed << " of " << items << " failed\n";
   }
-  return static_cast<double>(progress.settled - progress.failed) /
-         Seconds(t0, progress.last_us);
+  return {progress.settled - progress.failed, Seconds(t0, progress.last_us)};
+}
+
+double ShardqClient::Enqueue(const std::string& topic, int items, int batch,
+                             int priority_base) {
+  Lanes lanes = RunLanes(items, batch, [&](int64_t seq, int64_t start_us) {
+    sdk::NewTask t{.topic = topic, .priority = priority_base + PriorityOf(seq)};
+    t.payload = MakePayload({.seq = seq, .priority = t.priority, .start_us = start_us});
+    return t;
+  });
+  return static_cast<double>(lanes.confirmed) / lanes.seconds;
 }
 
 namespace {
@@ -196,6 +196,52 @@ std::vector<std::unique_ptr<sdk::Worker>> StartWorkers(
     workers.push_back(std::move(worker));
   }
   return workers;
+}
+
+// SDK workers whose handler records, per task, now minus the payload's `since` field
+// (start_us or due_us) in ms.
+std::vector<std::unique_ptr<sdk::Worker>> StartRecorders(
+    const W1& w1, const std::string& ns, const std::string& topic,
+    const std::function<std::shared_ptr<grpc::Channel>()>& channel, Samples& samples,
+    int64_t PayloadHeader::*since) {
+  return StartWorkers(w1.consumers, w1.worker_concurrency, ns, topic, channel,
+                      [&samples, since](sdk::TaskContext& t) {
+                        PayloadHeader h;
+                        if (ParsePayload(t.payload(), &h)) {
+                          samples.Add(static_cast<double>(NowUs() - h.*since) / 1e3);
+                        }
+                        return sdk::Outcome::Success();
+                      });
+}
+
+// One Dequeue of up to `count` items of `topic` (long poll of 200 ms); false if the
+// call failed.
+bool Fetch(v1::Queue::Stub& stub, const std::string& ns, const std::string& topic,
+           int count, v1::DequeueResponse* resp) {
+  v1::DequeueRequest req;
+  req.set_namespace_(ns);
+  v1::TopicRequest* t = req.add_topics();
+  t->set_topic(topic);
+  t->set_count(count);
+  req.set_wait_ms(200);
+  grpc::ClientContext ctx;
+  return stub.Dequeue(&ctx, req, resp).ok();
+}
+
+// Acks all of `items` in one call; the number acked, or -1 if the call failed.
+int64_t AckAll(v1::Queue::Stub& stub, const v1::DequeueResponse& items) {
+  v1::AckRequest ack;
+  for (const auto& item : items.items()) {
+    v1::AckItem* a = ack.add_items();
+    a->set_id(item.id());
+    a->set_lease_token(item.lease_token());
+  }
+  v1::AckResponse resp;
+  grpc::ClientContext ctx;
+  if (!stub.Ack(&ctx, ack, &resp).ok()) return -1;
+  int64_t ok = 0;
+  for (const auto& r : resp.results()) ok += r.code() == 0 ? 1 : 0;
+  return ok;
 }
 
 uint64_t Succeeded(const std::vector<std::unique_ptr<sdk::Worker>>& workers) {
@@ -233,15 +279,8 @@ double ShardqClient::DrainBatched(const std::string& topic, int items, int consu
       auto stub = v1::Queue::NewStub(channel);
       int empty_polls = 0;  // in a row; 25 (5 s of nothing) ends a drain that stalled
       while (acked.load() < items && empty_polls < 25) {
-        v1::DequeueRequest req;
-        req.set_namespace_(ns_);
-        v1::TopicRequest* t = req.add_topics();
-        t->set_topic(topic);
-        t->set_count(w1_.fetch);
-        req.set_wait_ms(200);
         v1::DequeueResponse resp;
-        grpc::ClientContext ctx;
-        if (!stub->Dequeue(&ctx, req, &resp).ok()) {
+        if (!Fetch(*stub, ns_, topic, w1_.fetch, &resp)) {
           ++errors;
           continue;
         }
@@ -250,20 +289,11 @@ double ShardqClient::DrainBatched(const std::string& topic, int items, int consu
           continue;
         }
         empty_polls = 0;
-        v1::AckRequest ack;
-        for (const auto& item : resp.items()) {
-          v1::AckItem* a = ack.add_items();
-          a->set_id(item.id());
-          a->set_lease_token(item.lease_token());
-        }
-        v1::AckResponse ack_resp;
-        grpc::ClientContext ack_ctx;
-        if (!stub->Ack(&ack_ctx, ack, &ack_resp).ok()) {
+        const int64_t ok = AckAll(*stub, resp);
+        if (ok < 0) {
           ++errors;
           continue;
         }
-        int64_t ok = 0;
-        for (const auto& r : ack_resp.results()) ok += r.code() == 0 ? 1 : 0;
         if (acked.fetch_add(ok) + ok >= items) {
           int64_t expected = 0;
           last_us.compare_exchange_strong(expected, NowUs());
@@ -283,15 +313,9 @@ double ShardqClient::DrainBatched(const std::string& topic, int items, int consu
 
 void ShardqClient::Latency(const std::string& topic, Figures* out) {
   Samples latency;
-  auto workers = StartWorkers(
-      w1_.consumers, w1_.worker_concurrency, ns_, topic, [this] { return NewChannel(); },
-      [&](sdk::TaskContext& t) {
-        PayloadHeader h;
-        if (ParsePayload(t.payload(), &h)) {
-          latency.Add(static_cast<double>(NowUs() - h.start_us) / 1e3);
-        }
-        return sdk::Outcome::Success();
-      });
+  auto workers = StartRecorders(
+      w1_, ns_, topic, [this] { return NewChannel(); }, latency,
+      &PayloadHeader::start_us);
   const int per_producer = w1_.c_rate * w1_.c_seconds / w1_.producers;
   const auto period =
       std::chrono::nanoseconds(1'000'000'000LL * w1_.producers / w1_.c_rate);
@@ -301,11 +325,7 @@ void ShardqClient::Latency(const std::string& topic, Figures* out) {
   std::vector<std::thread> threads;
   int64_t t0 = NowUs();
   for (int p = 0; p < w1_.producers; ++p) {
-    sdk::ProducerOptions options;
-    options.connection.channel = NewChannel();
-    options.ns = ns_;
-    threads.emplace_back([&, p, options]() mutable {
-      sdk::Producer producer(std::move(options));
+    threads.emplace_back([&, p, producer = NewProducer()] {
       std::atomic<int> outstanding{0};
       auto start = Clock::now();
       for (int k = 0; k < per_producer; ++k) {
@@ -325,7 +345,7 @@ void ShardqClient::Latency(const std::string& topic, Figures* out) {
             MakePayload({.seq = seq, .priority = task.priority, .start_us = NowUs()});
         ++outstanding;
         progress.Begin();
-        producer.EnqueueAsync(task, [&](sdk::EnqueueResult r) {
+        producer->EnqueueAsync(task, [&](sdk::EnqueueResult r) {
           --outstanding;
           progress.End(1, r.ok() ? 0 : 1);
         });
@@ -370,15 +390,8 @@ void ShardqClient::Priority(const std::string& topic, Figures* out) {
   int64_t t0 = NowUs();
   int empty_polls = 0;
   while (delivered < w1_.d_items && empty_polls < 20) {
-    v1::DequeueRequest req;
-    req.set_namespace_(ns_);
-    v1::TopicRequest* t = req.add_topics();
-    t->set_topic(topic);
-    t->set_count(w1_.fetch);
-    req.set_wait_ms(200);
     v1::DequeueResponse resp;
-    grpc::ClientContext ctx;
-    if (!stub->Dequeue(&ctx, req, &resp).ok() || resp.items_size() == 0) {
+    if (!Fetch(*stub, ns_, topic, w1_.fetch, &resp) || resp.items_size() == 0) {
       ++empty_polls;
       continue;
     }
@@ -391,15 +404,7 @@ void ShardqClient::Priority(const std::string& topic, Figures* out) {
     for (const auto& item : resp.items())
       batch_level += more_urgent_queued(item.priority()) ? 1 : 0;
     delivered += resp.items_size();
-    v1::AckRequest ack;
-    for (const auto& item : resp.items()) {
-      v1::AckItem* a = ack.add_items();
-      a->set_id(item.id());
-      a->set_lease_token(item.lease_token());
-    }
-    v1::AckResponse ack_resp;
-    grpc::ClientContext ack_ctx;
-    stub->Ack(&ack_ctx, ack, &ack_resp);
+    AckAll(*stub, resp);
   }
   int64_t t1 = NowUs();
   (*out)["D inversions per item (%)"] =
@@ -415,48 +420,20 @@ void ShardqClient::Priority(const std::string& topic, Figures* out) {
 
 void ShardqClient::Delay(const std::string& topic, Figures* out) {
   Samples lateness;
-  auto workers = StartWorkers(
-      w1_.consumers, w1_.worker_concurrency, ns_, topic, [this] { return NewChannel(); },
-      [&](sdk::TaskContext& t) {
-        PayloadHeader h;
-        if (ParsePayload(t.payload(), &h)) {
-          lateness.Add(static_cast<double>(NowUs() - h.due_us) / 1e3);
-        }
-        return sdk::Outcome::Success();
-      });
-  std::vector<std::unique_ptr<sdk::Producer>> producers;
-  for (int p = 0; p < w1_.producers; ++p) {
-    sdk::ProducerOptions options;
-    options.connection.channel = NewChannel();
-    options.ns = ns_;
-    producers.push_back(std::make_unique<sdk::Producer>(std::move(options)));
-  }
-  std::atomic<int64_t> next{0};
-  Progress progress;
+  auto workers = StartRecorders(
+      w1_, ns_, topic, [this] { return NewChannel(); }, lateness, &PayloadHeader::due_us);
   const int64_t delay_us = int64_t{w1_.e_delay_ms} * 1000;
-  std::function<void(sdk::Producer*)> issue = [&](sdk::Producer* producer) {
-    int64_t seq = next.fetch_add(1);
-    if (seq >= w1_.e_items) return;
-    sdk::NewTask task;
-    task.topic = topic;
-    task.priority = PriorityOf(seq);
-    task.delay = sdk::Millis(w1_.e_delay_ms);
-    int64_t start = NowUs();
-    task.payload = MakePayload({.seq = seq,
-                                .priority = task.priority,
-                                .start_us = start,
-                                .due_us = start + delay_us});
-    progress.Begin();
-    producer->EnqueueAsync(task, [&, producer](sdk::EnqueueResult r) {
-      issue(producer);
-      progress.End(1, r.ok() ? 0 : 1);
-    });
-  };
-  for (auto& producer : producers) {
-    for (int lane = 0; lane < w1_.lanes; ++lane) issue(producer.get());
-  }
-  progress.AwaitIdle();
-  size_t confirmed = static_cast<size_t>(progress.settled - progress.failed);
+  Lanes lanes = RunLanes(w1_.e_items, 1, [&](int64_t seq, int64_t start_us) {
+    sdk::NewTask t{.topic = topic,
+                   .priority = PriorityOf(seq),
+                   .delay = sdk::Millis(w1_.e_delay_ms)};
+    t.payload = MakePayload({.seq = seq,
+                             .priority = t.priority,
+                             .start_us = start_us,
+                             .due_us = start_us + delay_us});
+    return t;
+  });
+  size_t confirmed = static_cast<size_t>(lanes.confirmed);
   size_t received = lateness.AwaitCount(confirmed, std::chrono::seconds(60));
   for (auto& w : workers) w->Stop(sdk::Millis(10'000));
   std::vector<double> l = lateness.Take();

@@ -5,10 +5,12 @@
 
 #include <grpcpp/channel.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 
 #include "bench/workload.h"
+#include "shardq/producer.h"
 
 namespace shardq::bench {
 
@@ -40,8 +42,22 @@ class ShardqClient {
   void Delay(const std::string& topic, Figures* out);
 
  private:
+  // Items confirmed by RunLanes, and the time from go to the last answer.
+  struct Lanes {
+    int64_t confirmed = 0;
+    double seconds = 0;
+  };
+  // The task with sequence number `seq`, its enqueue call starting at `start_us`.
+  using MakeTask = std::function<sdk::NewTask(int64_t seq, int64_t start_us)>;
+
+  // `items` tasks from w1.producers producers with w1.lanes calls in flight each, one
+  // task per call (batch 1) or `batch` per call; each lane issues its next call from
+  // the answer to the previous one.
+  Lanes RunLanes(int items, int batch, const MakeTask& make);
   // A channel of its own (its own TCP connection), like one client process.
   std::shared_ptr<grpc::Channel> NewChannel();
+  // A Producer in ns on a channel of its own.
+  std::unique_ptr<sdk::Producer> NewProducer();
 
   std::string address_;
   W1 w1_;
