@@ -377,8 +377,8 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
       a.set_result(outcome.result());
       code = AckShared(std::move(a));
     } else {
-      v1::NackRequest req;
-      auto* n = req.add_items();
+      v1::NackItem nack;
+      v1::NackItem* n = &nack;
       n->mutable_item()->set_id(item.id());
       n->mutable_item()->set_lease_token(item.lease_token());
       n->set_error(outcome.error());
@@ -396,10 +396,11 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
         for (const auto& [k, v] : *metadata)
           (*n->mutable_metadata()->mutable_entries())[k] = v;
       }
-      code = SendWithRetries<v1::NackResponse>(
-          [&](grpc::ClientContext* c, v1::NackResponse* r) {
-            return stub_->Nack(c, req, r);
-          });
+      code = SendWithRetries<v1::NackRequest, v1::NackResponse>(
+          1, [&](v1::NackRequest& r, size_t) { *r.add_items() = nack; },
+          [&](grpc::ClientContext* c, const v1::NackRequest& r, v1::NackResponse* resp) {
+            return stub_->Nack(c, r, resp);
+          })[0];
     }
     std::lock_guard lock(mu_);
     if (code == 0) {
@@ -455,68 +456,55 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
     return mine->code;
   }
 
-  // One Ack call for `batch` (setting each code), retried like SendWithRetries for
-  // the items whose answer was UNAVAILABLE / RESOURCE_EXHAUSTED.
+  // One Ack call for `batch`, setting each entry's code.
   void SendAcks(const std::vector<std::shared_ptr<QueuedAck>>& batch) {
-    std::vector<QueuedAck*> left;
-    for (const auto& a : batch) left.push_back(a.get());
-    Millis give_up = clock_.Now() + options_.report_budget;
-    for (uint32_t attempt = 1; !left.empty(); ++attempt) {
-      v1::AckRequest req;
-      for (QueuedAck* a : left) *req.add_items() = a->item;
-      v1::AckResponse resp;
-      grpc::ClientContext ctx;
-      Prepare(ctx, options_.rpc_deadline);
-      grpc::Status s = stub_->Ack(&ctx, req, &resp);
-      std::vector<QueuedAck*> again;
-      for (size_t i = 0; i < left.size(); ++i) {
-        int code = !s.ok() ? s.error_code()
-                   : resp.results_size() == static_cast<int>(left.size())
-                       ? resp.results(static_cast<int>(i)).code()
-                       : static_cast<int>(grpc::StatusCode::INTERNAL);
-        left[i]->code = code;
-        bool retriable = s.ok() ? code == grpc::StatusCode::UNAVAILABLE ||
-                                      code == grpc::StatusCode::RESOURCE_EXHAUSTED
-                                : RetriableRpc(s.error_code());
-        if (retriable) again.push_back(left[i]);
-      }
-      left.swap(again);
-      if (left.empty()) return;
-      std::unique_lock lock(mu_);
-      Millis wait = jitter_.Delay(options_.reconnect_backoff, attempt);
-      if (abort_reports_ || clock_.Now() + wait >= give_up) return;
-      if (!BackoffWait(lock, wait, [&] { return abort_reports_; })) return;
-    }
+    std::vector<int> codes = SendWithRetries<v1::AckRequest, v1::AckResponse>(
+        batch.size(),
+        [&](v1::AckRequest& req, size_t i) { *req.add_items() = batch[i]->item; },
+        [&](grpc::ClientContext* c, const v1::AckRequest& req, v1::AckResponse* r) {
+          return stub_->Ack(c, req, r);
+        });
+    for (size_t i = 0; i < batch.size(); ++i) batch[i]->code = codes[i];
   }
 
-  // Sends a one-item Ack/Nack, retrying unreachable-server failures with backoff for
-  // up to report_budget (cut short once Stop's timeout ran out). Returns the item's
-  // code (or the last RPC error's).
-  template <typename Resp, typename Call>
-  int SendWithRetries(Call call) {
-    Millis give_up = clock_.Now() + options_.report_budget;
-    for (uint32_t attempt = 1;; ++attempt) {
+  // Sends `n` items in one call (`add(request, i)` adds item i) and sends again the
+  // ones that could not be taken (UNAVAILABLE / RESOURCE_EXHAUSTED, or a retriable
+  // RPC failure), with backoff, for up to report_budget (cut short once Stop's timeout
+  // ran out). Returns each item's code (or the last RPC error's).
+  template <typename Req, typename Resp, typename Add, typename Rpc>
+  std::vector<int> SendWithRetries(size_t n, const Add& add, const Rpc& rpc) {
+    std::vector<int> codes(n, static_cast<int>(grpc::StatusCode::INTERNAL));
+    std::vector<size_t> left;
+    for (size_t i = 0; i < n; ++i) left.push_back(i);
+    const Millis give_up = clock_.Now() + options_.report_budget;
+    for (uint32_t attempt = 1; !left.empty(); ++attempt) {
+      Req req;
+      for (size_t i : left) add(req, i);
       Resp resp;
       grpc::ClientContext ctx;
       Prepare(ctx, options_.rpc_deadline);
-      grpc::Status s = call(&ctx, &resp);
-      int code;
-      if (s.ok()) {
-        code = resp.results_size() == 1 ? resp.results(0).code()
-                                        : static_cast<int>(grpc::StatusCode::INTERNAL);
-        if (code != grpc::StatusCode::UNAVAILABLE &&
-            code != grpc::StatusCode::RESOURCE_EXHAUSTED) {
-          return code;
-        }
-      } else {
-        code = s.error_code();
-        if (!RetriableRpc(s.error_code())) return code;
+      grpc::Status s = rpc(&ctx, req, &resp);
+      const bool answered =
+          s.ok() && resp.results_size() == static_cast<int>(left.size());
+      std::vector<size_t> again;
+      for (size_t k = 0; k < left.size(); ++k) {
+        int code = !s.ok()    ? s.error_code()
+                   : answered ? resp.results(static_cast<int>(k)).code()
+                              : static_cast<int>(grpc::StatusCode::INTERNAL);
+        codes[left[k]] = code;
+        bool retry = s.ok() ? code == grpc::StatusCode::UNAVAILABLE ||
+                                  code == grpc::StatusCode::RESOURCE_EXHAUSTED
+                            : RetriableRpc(s.error_code());
+        if (retry) again.push_back(left[k]);
       }
+      left.swap(again);
+      if (left.empty()) break;
       std::unique_lock lock(mu_);
       Millis wait = jitter_.Delay(options_.reconnect_backoff, attempt);
-      if (abort_reports_ || clock_.Now() + wait >= give_up) return code;
-      if (!BackoffWait(lock, wait, [&] { return abort_reports_; })) return code;
+      if (abort_reports_ || clock_.Now() + wait >= give_up) break;
+      if (!BackoffWait(lock, wait, [&] { return abort_reports_; })) break;
     }
+    return codes;
   }
 
   // Nacks buffered, never started tasks with delay 0 so they are redelivered at once.
