@@ -378,23 +378,22 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
       code = AckShared(std::move(a));
     } else {
       v1::NackItem nack;
-      v1::NackItem* n = &nack;
-      n->mutable_item()->set_id(item.id());
-      n->mutable_item()->set_lease_token(item.lease_token());
-      n->set_error(outcome.error());
+      nack.mutable_item()->set_id(item.id());
+      nack.mutable_item()->set_lease_token(item.lease_token());
+      nack.set_error(outcome.error());
       if (outcome.kind() == Outcome::Kind::kFatal) {
-        n->set_fatal(true);
+        nack.set_fatal(true);
       } else {
         const HandlerEntry* entry = Find(item.task_type());
         const Backoff& b = entry ? entry->options.retry_backoff
                                  : options_.default_handler_options.retry_backoff;
         Millis delay = outcome.delay().value_or(
             jitter_.Delay(b, std::max<uint32_t>(1, item.attempts())));
-        n->set_delay_ms(delay.count());
+        nack.set_delay_ms(delay.count());
       }
       if (metadata) {
         for (const auto& [k, v] : *metadata)
-          (*n->mutable_metadata()->mutable_entries())[k] = v;
+          (*nack.mutable_metadata()->mutable_entries())[k] = v;
       }
       code = SendWithRetries<v1::NackRequest, v1::NackResponse>(
           1, [&](v1::NackRequest& r, size_t) { *r.add_items() = nack; },
