@@ -51,17 +51,9 @@ struct BatchOp {
   Millis clock_deadline{0};                        // on the producer's clock
   std::chrono::system_clock::time_point deadline;  // real time, for gRPC
   std::function<void(std::vector<EnqueueResult>)> done;
-  // One RPC. Kept until the op ends: a context is never destroyed while gRPC may
-  // still be running its completion callback on another thread.
-  struct Attempt {
-    grpc::ClientContext ctx;
-    v1::EnqueueRequest request;
-    v1::EnqueueResponse response;
-  };
-  std::vector<std::unique_ptr<Attempt>> calls;
 };
 
-// One Enqueue RPC carrying the first attempts of several ops (Impl::SendFirst).
+// One Enqueue RPC carrying attempts of several ops (Impl::Dispatch).
 struct SharedCall {
   grpc::ClientContext ctx;
   v1::EnqueueRequest request;
@@ -131,7 +123,7 @@ class Producer::Impl : public std::enable_shared_from_this<Impl> {
       Finish(op);
       return;
     }
-    SendFirst(op);
+    Dispatch(op);
   }
 
  private:
@@ -148,12 +140,12 @@ class Producer::Impl : public std::enable_shared_from_this<Impl> {
     Impl* impl;
   };
 
-  // A first attempt made while kMaxSharedCalls Enqueue RPCs are on their way waits
+  // An attempt made while kMaxSharedCalls Enqueue RPCs are on their way waits
   // for one of them to return, then goes out with every other waiting op in one RPC
   // (up to kMaxItemsPerCall items and kMaxBytesPerCall bytes, so a shared call stays
   // well under the server's 16 MiB message limit). So concurrent one-item calls travel as
   // batches -- one gRPC call and a bigger commit on the server for many items -- without
-  // any added wait when the producer is idle. Retries go out alone (Send).
+  // any added wait when the producer is idle. Retries take the same way.
   static constexpr int kMaxSharedCalls = 2;
   static constexpr size_t kMaxItemsPerCall = 1000;
   static constexpr size_t kMaxBytesPerCall = 4 << 20;
@@ -165,7 +157,7 @@ class Producer::Impl : public std::enable_shared_from_this<Impl> {
     return bytes;
   }
 
-  void SendFirst(const std::shared_ptr<BatchOp>& op) {
+  void Dispatch(const std::shared_ptr<BatchOp>& op) {
     {
       std::lock_guard lock(mu_);
       if (shared_calls_ >= kMaxSharedCalls) {
@@ -193,8 +185,10 @@ class Producer::Impl : public std::enable_shared_from_this<Impl> {
     }
     call->ops = std::move(ops);
     call->ctx.set_deadline(deadline);
+    // The guard lives as long as gRPC keeps the callback; Close() waits for it, so the
+    // Impl (and the channel) is never destroyed on a gRPC thread. The callback holds
+    // `call` too: its context outlives the callback.
     auto guard = std::make_shared<CallGuard>(this);
-    // The callback holds `call` too: its context outlives the callback.
     stub_->async()->Enqueue(
         &call->ctx, &call->request, &call->response,
         [this, guard, call](grpc::Status status) { OnSharedReply(call.get(), status); });
@@ -238,24 +232,6 @@ class Producer::Impl : public std::enable_shared_from_this<Impl> {
       offset += n;
       OnReply(op, part, status);
     }
-  }
-
-  void Send(const std::shared_ptr<BatchOp>& op) {
-    ++op->attempt;
-    auto* call = op->calls.emplace_back(std::make_unique<BatchOp::Attempt>()).get();
-    call->request.set_namespace_(options_.ns);
-    for (size_t i : op->pending) {
-      *call->request.add_items() = op->items[i];
-      op->results[i].attempts = op->attempt;
-    }
-    call->ctx.set_deadline(op->deadline);
-    // The guard lives as long as gRPC keeps the callback; Close() waits for it, so the
-    // Impl (and the channel) is never destroyed on a gRPC thread.
-    auto guard = std::make_shared<CallGuard>(this);
-    stub_->async()->Enqueue(&call->ctx, &call->request, &call->response,
-                            [this, guard, op, call](grpc::Status status) {
-                              OnReply(op, call->response, status);
-                            });
   }
 
   void OnReply(const std::shared_ptr<BatchOp>& op, const v1::EnqueueResponse& response,
@@ -329,7 +305,7 @@ class Producer::Impl : public std::enable_shared_from_this<Impl> {
       auto op = first->second;
       timers_.erase(first);
       lock.unlock();
-      Send(op);
+      Dispatch(op);
       lock.lock();
     }
     auto left = std::move(timers_);

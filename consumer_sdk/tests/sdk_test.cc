@@ -244,7 +244,7 @@ TEST_F(SdkTest, ProducerEnqueuesSyncAsyncAndBatches) {
                           "batch2", "batch3", "ab1", "ab2", "abc"}));
 }
 
-// Concurrent first attempts share Enqueue calls (Producer::Impl::SendFirst); each
+// Concurrent enqueues share Enqueue calls (Producer::Impl::Dispatch); each
 // caller still gets its own item's answer.
 TEST_F(SdkTest, ConcurrentEnqueuesShareCallsAndEachGetsItsOwnAnswer) {
   sdk::Producer producer(ProducerOptions());

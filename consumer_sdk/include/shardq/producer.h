@@ -10,7 +10,7 @@
 // Calls made while two Enqueue RPCs of this Producer are already in flight wait for one
 // of them to return and then travel together in one RPC (each caller still gets its
 // own items' answers): concurrent single enqueues become batches, with no added wait
-// when the producer is idle. Retries travel alone.
+// when the producer is idle. Retries take the same way.
 //
 // Threads: one timer thread per Producer runs the retries of asynchronous calls; gRPC
 // runs the completion callbacks on its own threads.
