@@ -28,6 +28,8 @@ constexpr size_t kMaxRowsPerInsert = 256;
 // powers of two, so only a few shapes exist; past this many (a backstop) the cache is
 // dropped (at the start of an operation, never in the middle of one).
 constexpr size_t kMaxCachedStatements = 256;
+// Worker name -> workers.id entries kept in memory; past this many the cache restarts.
+constexpr size_t kMaxCachedWorkers = 10'000;
 
 constexpr int kDelayed = static_cast<int>(ItemState::kDelayed);
 constexpr int kReady = static_cast<int>(ItemState::kReady);
@@ -286,6 +288,7 @@ void MySqlShardStore::Disconnect() {
   used_.clear();
   stmts_.clear();
   control_.reset();
+  worker_refs_.clear();  // the next connection may see another database
   if (!conn_) return;
   try {
     conn_->close();
@@ -421,10 +424,15 @@ constexpr int kErDupEntry = 1062;
 // How many events GetTask returns (the newest ones).
 constexpr int kMaxHistory = 100;
 
+// The last lessee's name, read through the row's reference (migration 3).
+const std::string kWorkerName =
+    "COALESCE((SELECT name FROM workers WHERE workers.id = items.worker), '')";
+
 // The columns LockRows and SelectDead read, in ReadLocked's order.
 const std::string kLockCols =
     "id, ns, topic, priority, state, lease_token, deliver_after, attempts, max_attempts, "
-    "cancel_requested, worker_id, last_delivered_at";
+    "cancel_requested, " +
+    kWorkerName + ", last_delivered_at";
 
 uint64_t ReadLocked(const sql::ResultSet& rs, LockedRow& r) {
   r.ns = Str(rs, 2);
@@ -444,8 +452,8 @@ uint64_t ReadLocked(const sql::ResultSet& rs, LockedRow& r) {
 // The columns of a TaskRecord, in ReadRecord's order (payload, when read, follows).
 const std::string kRecordCols =
     "id, ns, topic, task_type, priority, state, attempts, max_attempts, enqueued_at, "
-    "first_delivered_at, last_delivered_at, finished_at, deliver_after, lease_token, "
-    "worker_id, last_error, result, metadata, cancel_requested";
+    "first_delivered_at, last_delivered_at, finished_at, deliver_after, lease_token, " +
+    kWorkerName + ", last_error, result, metadata, cancel_requested";
 
 TaskRecord ReadRecord(const sql::ResultSet& rs) {
   TaskRecord t;
@@ -621,6 +629,52 @@ std::map<uint64_t, LockedRow> MySqlShardStore::LockRows(
     }
   }
   return rows;
+}
+
+std::map<std::string, uint32_t> MySqlShardStore::WorkerRefs(
+    const std::map<uint64_t, std::string>& names) {
+  std::map<std::string, uint32_t> refs;
+  std::vector<std::string> missing;
+  for (const auto& [row, name] : names) {
+    if (refs.count(name)) continue;
+    auto it = worker_refs_.find(name);
+    if (name.empty()) {
+      refs[name] = 0;
+    } else if (it != worker_refs_.end()) {
+      refs[name] = it->second;
+    } else {
+      refs[name] = 0;
+      missing.push_back(name);
+    }
+  }
+  if (missing.empty()) return refs;
+  if (worker_refs_.size() + missing.size() > kMaxCachedWorkers) worker_refs_.clear();
+  // A new name is registered in a transaction of its own, committed before the claim
+  // that uses it, so a cached id always names a committed row.
+  for (size_t begin = 0, n = 0; begin < missing.size(); begin += n) {
+    n = InsertChunk(missing.size() - begin);
+    std::string sql = "INSERT IGNORE INTO workers (name) VALUES (?)";
+    for (size_t i = 1; i < n; ++i) sql += ",(?)";
+    sql::PreparedStatement& ins = Stmt(sql);
+    for (size_t i = 0; i < n; ++i) {
+      ins.setString(static_cast<unsigned>(i + 1), missing[begin + i]);
+    }
+    ins.executeUpdate();
+  }
+  for (size_t begin = 0; begin < missing.size(); begin += kMaxIdsPerStatement) {
+    const size_t n = std::min(kMaxIdsPerStatement, missing.size() - begin);
+    const size_t padded = PaddedCount(n);
+    sql::PreparedStatement& sel =
+        Stmt("SELECT id, name FROM workers WHERE name IN (" + Placeholders(padded) + ")");
+    for (size_t i = 0; i < padded; ++i) {
+      sel.setString(static_cast<unsigned>(i + 1), missing[begin + std::min(i, n - 1)]);
+    }
+    std::unique_ptr<sql::ResultSet> rs(sel.executeQuery());
+    while (rs->next()) refs[Str(*rs, 2)] = rs->getUInt(1);
+  }
+  Commit();
+  for (const std::string& name : missing) worker_refs_[name] = refs[name];
+  return refs;
 }
 
 // --- the queue ----------------------------------------------------------------------
@@ -804,6 +858,13 @@ Result<std::vector<LeasedItem>> MySqlShardStore::Claim(std::span<const ClaimRequ
   for (const auto& [id, w] : worker) ids.push_back(id);
   return Run<R>("claim", [&]() -> R {
     const int64_t now_ms = ToUnixMillis(now);
+    // Every field the claim writes has a fixed size, so InnoDB updates the row in
+    // place: the lessee is a reference, its name is in `workers`.
+    std::map<uint64_t, uint32_t> worker_ref;
+    {
+      const std::map<std::string, uint32_t> refs = WorkerRefs(worker);
+      for (const auto& [id, name] : worker) worker_ref[id] = refs.at(name);
+    }
     const std::string in = "(" + Placeholders(PaddedCount(ids.size())) + ")";
     // Lock the rows that are still claimable. The SELECT comes first (not an UPDATE
     // then a SELECT) because LeasedItem.deliver_after is the pre-claim due time,
@@ -841,7 +902,7 @@ Result<std::vector<LeasedItem>> MySqlShardStore::Claim(std::span<const ClaimRequ
     if (!locked.empty()) {
       const size_t n = locked.size();
       const bool one_worker = std::all_of(locked.begin(), locked.end(), [&](uint64_t id) {
-        return worker[id] == worker[locked[0]];
+        return worker_ref[id] == worker_ref[locked[0]];
       });
       const bool one_token = std::all_of(locked.begin(), locked.end(), [&](uint64_t id) {
         return token_of[id] == token_of[locked[0]];
@@ -850,8 +911,8 @@ Result<std::vector<LeasedItem>> MySqlShardStore::Claim(std::span<const ClaimRequ
           "UPDATE items SET state = 2, lease_token = " +
           (one_token ? std::string("?") : CaseById(PaddedCount(n), "lease_token")) +
           ", deliver_after = ? + lease_ms, "
-          "attempts = attempts + 1, worker_id = " +
-          (one_worker ? std::string("?") : CaseById(PaddedCount(n), "worker_id")) +
+          "attempts = attempts + 1, worker = " +
+          (one_worker ? std::string("?") : CaseById(PaddedCount(n), "worker")) +
           ", first_delivered_at = IF(first_delivered_at = 0, ?, first_delivered_at), "
           "last_delivered_at = ? WHERE id IN (" +
           Placeholders(PaddedCount(n)) + ")");
@@ -865,11 +926,11 @@ Result<std::vector<LeasedItem>> MySqlShardStore::Claim(std::span<const ClaimRequ
       }
       upd.setInt64(q++, now_ms);
       if (one_worker) {
-        upd.setString(q++, worker[locked[0]]);
+        upd.setUInt(q++, worker_ref[locked[0]]);
       } else {
         q = BindCase(
             upd, q, n, [&](size_t k) { return locked[k]; },
-            [&](unsigned at, size_t k) { upd.setString(at, worker[locked[k]]); });
+            [&](unsigned at, size_t k) { upd.setUInt(at, worker_ref[locked[k]]); });
       }
       upd.setInt64(q++, now_ms);
       upd.setInt64(q++, now_ms);
@@ -953,13 +1014,19 @@ Result<std::vector<ItemOutcome>> MySqlShardStore::Ack(std::span<const AckRequest
       const bool one_result = std::all_of(done.begin(), done.end(), [&](const Done& d) {
         return d.result == done[0].result;
       });
+      // An empty result is left NULL (it reads as ""): writing '' would lengthen the
+      // row, and a row that changes length is not updated in place (migration 3).
+      const bool no_result = one_result && done[0].result.empty();
+      std::string set_result;
+      if (!no_result) {
+        set_result = ", result = " + (one_result ? std::string("?")
+                                                 : CaseById(PaddedCount(n), "result"));
+      }
       sql::PreparedStatement& st = Stmt(
           "UPDATE items SET state = 3, finished_at = ?, expires_at = NULL, "
           "deliver_after = " +
           (one_purge ? std::string("?") : CaseById(PaddedCount(n), "deliver_after")) +
-          ", result = " +
-          (one_result ? std::string("?") : CaseById(PaddedCount(n), "result")) +
-          " WHERE id IN (" + Placeholders(PaddedCount(n)) + ")");
+          set_result + " WHERE id IN (" + Placeholders(PaddedCount(n)) + ")");
       auto id_of = [&](size_t k) { return done[k].id; };
       unsigned p = 1;
       st.setInt64(p++, now_ms);
@@ -970,10 +1037,15 @@ Result<std::vector<ItemOutcome>> MySqlShardStore::Ack(std::span<const AckRequest
                      [&](unsigned at, size_t k) { st.setInt64(at, done[k].purge_at); });
       }
       if (one_result) {
-        st.setString(p++, done[0].result);
+        if (!no_result) st.setString(p++, done[0].result);
       } else {
-        p = BindCase(st, p, n, id_of,
-                     [&](unsigned at, size_t k) { st.setString(at, done[k].result); });
+        p = BindCase(st, p, n, id_of, [&](unsigned at, size_t k) {
+          if (done[k].result.empty()) {
+            st.setNull(at, sql::DataType::VARBINARY);
+          } else {
+            st.setString(at, done[k].result);
+          }
+        });
       }
       std::vector<uint64_t> done_ids;
       for (const Done& d : done) done_ids.push_back(d.id);

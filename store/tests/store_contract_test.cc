@@ -985,6 +985,15 @@ TYPED_TEST(StoreContractTest, AckKeepsPerRowResultsAndPerNamespaceRetention) {
   EXPECT_TRUE(out[0].status.ok() && out[1].status.ok());
   EXPECT_EQ(this->Task(more[1]).result, "ok");
   EXPECT_EQ(this->Counts("u").succeeded, 2u);
+  // Empty and non-empty results in one call (MySQL leaves an empty one NULL).
+  std::vector<RowId> mixed = this->Insert({Item("v", 0, kT0), Item("v", 0, kT0)});
+  this->Claim(mixed, 5);
+  std::vector<AckRequest> some = {{mixed[0], LeaseToken(5), ""},
+                                  {mixed[1], LeaseToken(5), "kept"}};
+  out = Must(this->store().Ack(some, kT0 + 3s));
+  EXPECT_TRUE(out[0].status.ok() && out[1].status.ok());
+  EXPECT_EQ(this->Task(mixed[0]).result, "");
+  EXPECT_EQ(this->Task(mixed[1]).result, "kept");
 }
 
 TYPED_TEST(StoreContractTest, AckIsRefusedInOtherFinalStatesAndWhileDelayed) {
@@ -1679,6 +1688,62 @@ TEST(MySqlShardStoreTest, OpenUpgradesADatabaseOfMigrationOne) {
   // A second Open (a restart) applies nothing again.
   MySqlShardStore again(testing::SharedMariaDb().endpoint(), db);
   ASSERT_TRUE(again.Open().ok());
+}
+
+TEST(MySqlShardStoreTest, OpenMovesLesseeNamesIntoWorkers) {
+  const std::string db = FreshDbName("workers");
+  {
+    // A shard at migration 2, where items.worker_id held the lessee's name.
+    std::unique_ptr<sql::Connection> conn = RawConnection();
+    std::unique_ptr<sql::Statement> st(conn->createStatement());
+    st->execute("CREATE DATABASE `" + db + "`");
+    st->execute("USE `" + db + "`");
+    st->execute(std::string(schema::kMigrationsTableDdl));
+    for (const schema::Migration& m : schema::AllMigrations()) {
+      if (m.version > 2) break;
+      std::string sql(m.sql);
+      for (size_t end; (end = sql.find(";\n")) != std::string::npos;
+           sql.erase(0, end + 2)) {
+        st->execute(sql.substr(0, end));
+      }
+      st->execute("INSERT INTO schema_migrations (version, name) VALUES (" +
+                  std::to_string(m.version) + ", '" + std::string(m.name) + "')");
+    }
+    const std::string t0 = std::to_string(ToUnixMillis(kT0));
+    st->execute(
+        "INSERT INTO items (ns, topic, priority, state, deliver_after, lease_ms, "
+        "attempts, enqueued_at, payload, metadata, lease_token, worker_id, "
+        "last_delivered_at) VALUES "
+        "('ns', 't', 0, 2, " + t0 + ", 30000, 1, " + t0 + ", 'p', 'm', 7, 'old-w', " +
+        t0 + "), ('ns', 't', 0, 1, " + t0 + ", 30000, 0, " + t0 + ", 'p', 'm', 0, '', 0)");
+    st->execute("COMMIT");
+  }
+  MySqlShardStore store(testing::SharedMariaDb().endpoint(), db);
+  store.SetPolicies(TestPolicies());
+  ASSERT_TRUE(store.Open().ok());
+  std::unique_ptr<sql::Connection> conn = RawConnection();
+  EXPECT_EQ(QueryInt(*conn, "SELECT COUNT(*) FROM information_schema.columns WHERE "
+                            "table_schema = '" + db + "' AND column_name = 'worker_id' "
+                            "AND table_name = 'items'"),
+            0);
+  std::vector<ReadyKey> ready = Must(store.FetchReady("ns", "t", 10));
+  ASSERT_EQ(ready.size(), 1u);
+  const RowId leased(ready[0].row.value() - 1);
+  EXPECT_EQ(Must(store.GetTask(leased, false)).worker_id, "old-w");
+  EXPECT_EQ(Must(store.GetTask(ready[0].row, false)).worker_id, "");
+  // The old lease's "leased" event is written with its name when the lease ends.
+  std::vector<NackRequest> nack{{leased, LeaseToken(7), Duration(0), std::nullopt, "", false}};
+  ASSERT_TRUE(Must(store.Nack(nack, kT0))[0].status.ok());
+  TaskRecord t = Must(store.GetTask(leased, false));
+  ASSERT_FALSE(t.history.empty());
+  EXPECT_EQ(t.history[0].kind, "leased");
+  EXPECT_EQ(t.history[0].worker_id, "old-w");
+  // A known name is reused, a new one registered; one row per name.
+  std::vector<ClaimRequest> claim{{leased, "old-w"}, {ready[0].row, "new-w"}};
+  ASSERT_EQ(Must(store.Claim(claim, LeaseToken(8), kT0)).size(), 2u);
+  EXPECT_EQ(Must(store.GetTask(ready[0].row, false)).worker_id, "new-w");
+  EXPECT_EQ(Must(store.GetTask(leased, false)).worker_id, "old-w");
+  EXPECT_EQ(QueryInt(*conn, "SELECT COUNT(*) FROM `" + db + "`.workers"), 2);
 }
 
 TEST(MySqlShardStoreTest, PurgesDeleteTheHistoryRows) {
