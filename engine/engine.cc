@@ -26,6 +26,7 @@ Engine::Engine(std::vector<ShardSpec> shards, Clock& clock, EngineOptions option
         i, shards[i].id, std::move(shards[i].store), io_, clock_, index_,
         options_.worker));
     workers_.back()->SetTicker(&ticker_);
+    workers_.back()->SetHealthListener([this] { UpdateReadiness(); });
     ticker_.Add(workers_.back().get());
   }
   waits_.SetTicker(&ticker_);
@@ -33,6 +34,10 @@ Engine::Engine(std::vector<ShardSpec> shards, Clock& clock, EngineOptions option
 }
 
 Engine::~Engine() {
+  {
+    std::lock_guard lock(readiness_mu_);
+    destroying_ = true;
+  }
   Shutdown();
   ticker_.Stop();
   workers_.clear();  // each waits for its strand to finish
@@ -320,6 +325,26 @@ bool Engine::AwaitShardsOpen(std::chrono::milliseconds timeout) const {
     if (std::chrono::steady_clock::now() >= until) return false;
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
+}
+
+bool Engine::Ready() const {
+  bool any_up = false;
+  for (const auto& w : workers_) {
+    shard_worker::ShardHealth h = w->Health();
+    if (h.starting) return false;
+    any_up = any_up || (h.open && h.breaker == shard_worker::BreakerState::kClosed);
+  }
+  return any_up;
+}
+
+void Engine::UpdateReadiness() {
+  std::lock_guard lock(readiness_mu_);
+  if (destroying_) return;  // workers_ is being torn down
+  const bool ready = Ready();
+  if (ready == ready_) return;
+  ready_ = ready;
+  spdlog::info("shardq is {}", ready ? "ready" : "not ready (no shard is up)");
+  if (options_.on_readiness) options_.on_readiness(ready);
 }
 
 std::vector<shard_worker::ShardHealth> Engine::Health() const {

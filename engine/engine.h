@@ -14,6 +14,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <vector>
@@ -40,6 +41,9 @@ struct EngineOptions {
   // Redrive/PurgeDead of a whole topic act on at most this many rows per shard per
   // call (one transaction each); the answer's count tells whether to call again.
   size_t bulk_limit = 10'000;
+  // Called when Ready() changes (first with true once the server becomes ready), on a
+  // shard strand; calls are serialized. For the gRPC health service.
+  std::function<void(bool ready)> on_readiness;
 };
 
 struct ShardSpec {
@@ -168,6 +172,10 @@ class Engine {
   // Waits (real time, at most `timeout`) until every shard has opened and recovered;
   // false on timeout. For start-up readiness checks and tests.
   bool AwaitShardsOpen(std::chrono::milliseconds timeout) const;
+  // Ready to serve: every shard has finished its first open attempt, and at least one
+  // is open with its breaker closed. (A shard still opening would make enqueues wait,
+  // and keyed ones pinned to a shard that failed to open are refused.)
+  bool Ready() const;
   // Dequeue calls parked right now (waiting for items).
   int ParkedCalls() const { return parked_calls_.load(); }
   std::vector<shard_worker::ShardHealth> Health() const;
@@ -207,6 +215,11 @@ class Engine {
   Ticker ticker_;
   std::atomic<size_t> next_shard_{0};
   std::atomic<int> parked_calls_{0};
+  // Last readiness told to options_.on_readiness (guarded: strands race to report).
+  std::mutex readiness_mu_;
+  bool ready_ = false;
+  bool destroying_ = false;
+  void UpdateReadiness();
 };
 
 }  // namespace shardq::engine

@@ -26,6 +26,8 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerConfig& config, Clock&
   options.policies = config.policies;
 
   std::unique_ptr<Server> server(new Server());
+  Server* raw = server.get();  // outlives the engine (Shutdown resets it first)
+  options.on_readiness = [raw](bool ready) { raw->SetReady(ready); };
   server->engine_ = std::make_unique<engine::Engine>(std::move(shards), clock, options);
   server->engine_->Start();
   server->service_ = std::make_unique<QueueService>(*server->engine_, clock, limits);
@@ -43,9 +45,22 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerConfig& config, Clock&
   if (!server->grpc_ || server->port_ == 0) {
     return Status::Unavailable("cannot listen on " + config.listen);
   }
+  {
+    std::lock_guard lock(server->health_mu_);
+    server->health_ = server->grpc_->GetHealthCheckService();
+  }
+  server->SetReady(server->engine_->Ready());
   spdlog::info("shardq listening on port {} with {} shards, {} I/O threads",
                server->port_, config.shards.size(), config.io_threads);
   return server;
+}
+
+void Server::SetReady(bool ready) {
+  std::lock_guard lock(health_mu_);
+  ready_ = ready;
+  if (health_ == nullptr) return;
+  health_->SetServingStatus("", ready_);
+  health_->SetServingStatus(std::string(v1::Queue::service_full_name()), ready_);
 }
 
 Server::~Server() { Shutdown(); }

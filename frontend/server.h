@@ -3,9 +3,11 @@
 // Engine, the gRPC service with health checking and reflection -- and tears them
 // down in order. Used by shardqd's main() and, in-process, by the end-to-end tests.
 
+#include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/server.h>
 
 #include <memory>
+#include <mutex>
 
 #include "common/clock.h"
 #include "engine/engine.h"
@@ -32,6 +34,14 @@ class Server {
   Server() = default;
   std::unique_ptr<engine::Engine> engine_;
   std::unique_ptr<QueueService> service_;
+  // The engine's readiness, as the gRPC health service reports it ("" and
+  // shardq.v1.Queue: NOT_SERVING until ready). The engine may report before the gRPC
+  // server exists; the status is applied once it does.
+  void SetReady(bool ready);
+  std::mutex health_mu_;
+  bool ready_ = false;
+  grpc::HealthCheckServiceInterface* health_ = nullptr;
+
   std::unique_ptr<grpc::Server> grpc_;
   int port_ = 0;
   bool shut_down_ = false;

@@ -96,7 +96,7 @@ bool ShardWorker::AcceptsEnqueues() const {
 
 ShardHealth ShardWorker::Health() const {
   std::lock_guard lock(mu_);
-  return {id_, breaker_.state(), recovered_, last_error_};
+  return {id_, breaker_.state(), recovered_, starting_, last_error_};
 }
 
 void ShardWorker::Enqueue(std::vector<NewItem> items, EnqueueDone done) {
@@ -295,8 +295,11 @@ void ShardWorker::RunProbe() {
     spdlog::warn("shard {}: probe failed", id_.value());
     OnShardDown();
   }
-  std::lock_guard lock(mu_);
-  starting_ = false;
+  {
+    std::lock_guard lock(mu_);
+    starting_ = false;
+  }
+  if (health_listener_) health_listener_();
 }
 
 void ShardWorker::RunEnqueues(std::vector<PendingEnqueue>& pending) {
@@ -504,6 +507,7 @@ void ShardWorker::Observe(const Status& status, Duration latency) {
   if (!was_open && !breaker_.AllowsTraffic()) {
     spdlog::warn("shard {}: circuit opened ({})", id_.value(), status.ToString());
     OnShardDown();
+    if (health_listener_) health_listener_();
   }
 }
 

@@ -51,7 +51,8 @@ using OutcomesDone = std::function<void(std::vector<store::ItemOutcome>)>;
 struct ShardHealth {
   ShardId id;
   BreakerState breaker = BreakerState::kClosed;
-  bool open = false;  // the store is open and recovered
+  bool open = false;      // the store is open and recovered
+  bool starting = false;  // Start() was called and its first open has not finished
   std::string last_error;
 };
 
@@ -96,6 +97,11 @@ class ShardWorker final : public Tickable {
   // ticker when it learns of an earlier deadline.
   Duration Tick(Time now) override;
   void SetTicker(Ticker* ticker) { ticker_ = ticker; }
+  // Called (on the strand, no lock held) after each open attempt or probe and when the
+  // breaker opens: Health() may have changed. Set before Start().
+  void SetHealthListener(std::function<void()> listener) {
+    health_listener_ = std::move(listener);
+  }
 
  private:
   struct PendingEnqueue {
@@ -162,6 +168,7 @@ class ShardWorker final : public Tickable {
   const WorkerOptions options_;
   CircuitBreaker breaker_;
   Ticker* ticker_ = nullptr;
+  std::function<void()> health_listener_;
 
   mutable std::mutex mu_;
   std::condition_variable idle_;  // signalled when the strand stops running

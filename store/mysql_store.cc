@@ -1019,8 +1019,8 @@ Result<std::vector<ItemOutcome>> MySqlShardStore::Ack(std::span<const AckRequest
       const bool no_result = one_result && done[0].result.empty();
       std::string set_result;
       if (!no_result) {
-        set_result = ", result = " + (one_result ? std::string("?")
-                                                 : CaseById(PaddedCount(n), "result"));
+        set_result = ", result = " +
+                     (one_result ? std::string("?") : CaseById(PaddedCount(n), "result"));
       }
       sql::PreparedStatement& st = Stmt(
           "UPDATE items SET state = 3, finished_at = ?, expires_at = NULL, "

@@ -121,7 +121,8 @@ class MySqlShardStore final : public ShardStore {
       std::vector<detail::PendingEvent> events);
   // The workers.id of each name in `names` (0 for ""), registering new names in a
   // transaction of their own (committed on return).
-  std::map<std::string, uint32_t> WorkerRefs(const std::map<uint64_t, std::string>& names);
+  std::map<std::string, uint32_t> WorkerRefs(
+      const std::map<uint64_t, std::string>& names);
   // Locks (SELECT ... FOR UPDATE) those of the rows `ids` that exist.
   std::map<uint64_t, detail::LockedRow> LockRows(const std::vector<uint64_t>& ids);
   // The rows Redrive/PurgeDead act on, locked: the given ones (each gets an outcome in
@@ -144,7 +145,7 @@ class MySqlShardStore final : public ShardStore {
   std::unique_ptr<sql::Connection> conn_;
   std::unordered_map<std::string, std::unique_ptr<sql::PreparedStatement>> stmts_;
   std::vector<sql::PreparedStatement*> used_;  // by Stmt() since ClearBoundValues()
-  std::unique_ptr<sql::Statement> control_;  // COMMIT / ROLLBACK
+  std::unique_ptr<sql::Statement> control_;    // COMMIT / ROLLBACK
   std::unordered_map<std::string, uint32_t> worker_refs_;  // committed workers rows
   NamespacePolicies policies_;
 };

@@ -336,6 +336,60 @@ TEST(EngineBreakerTest, FailingShardIsSkippedUntilItsProbeSucceeds) {
   EXPECT_EQ(a.size(), 2u);
 }
 
+// Readiness, which the gRPC health service reports: not before every shard has tried
+// to open, then for as long as one shard is up; each change told once, in order.
+TEST(EngineBreakerTest, ReadyOnceEveryShardTriedAndWhileOneIsUp) {
+  FakeClock clock;
+  auto a = std::make_unique<MemoryShardStore>();
+  auto b = std::make_unique<MemoryShardStore>();
+  MemoryShardStore* down = a.get();
+  MemoryShardStore* up = b.get();
+  down->FailAll(Status::Unavailable("A is down"));
+  std::mutex mu;
+  std::vector<bool> told;
+  auto last_told = [&]() -> std::optional<bool> {
+    std::lock_guard lock(mu);
+    if (told.empty()) return std::nullopt;
+    return told.back();
+  };
+  EngineOptions options = BreakerOptions(2, 0.5);
+  options.on_readiness = [&](bool ready) {
+    std::lock_guard lock(mu);
+    told.push_back(ready);
+  };
+  std::vector<ShardSpec> specs;
+  specs.push_back({ShardId(1), std::move(a)});
+  specs.push_back({ShardId(2), std::move(b)});
+  Engine engine(std::move(specs), clock, options);
+  EXPECT_FALSE(engine.Ready()) << "not started";
+
+  engine.Start();
+  ASSERT_TRUE(WaitUntil([&] { return last_told() == true; }));
+  EXPECT_TRUE(engine.Ready());
+  std::vector<shard_worker::ShardHealth> health = engine.Health();
+  EXPECT_FALSE(health[0].open);
+  EXPECT_FALSE(health[0].starting) << "its first open failed: done trying";
+  EXPECT_TRUE(health[1].open);
+
+  // The last shard that was up goes down: its breaker trips under traffic.
+  up->FailAll(Status::Unavailable("B is down too"));
+  for (int i = 0; i < 20 && engine.Health()[1].breaker == BreakerState::kClosed; ++i) {
+    EnqueueAnswer answer;
+    engine.Enqueue({Item("t")}, answer.Callback());
+    ASSERT_TRUE(answer.Get().has_value());
+  }
+  // The strand that tripped the breaker tells the engine right after.
+  ASSERT_TRUE(WaitUntil([&] { return last_told() == false; }));
+  EXPECT_FALSE(engine.Ready());
+
+  // A comes back: its probe after the cool-down makes the server ready again.
+  down->ClearFailures();
+  clock.Advance(Duration(500));
+  ASSERT_TRUE(WaitUntil([&] { return last_told() == true; }));
+  std::lock_guard lock(mu);
+  EXPECT_EQ(told, (std::vector<bool>{true, false, true}));
+}
+
 TEST(EngineBreakerTest, NoShardAvailableIsUnavailable) {
   Harness h({1, 2}, BreakerOptions(2, 0.5));
   h.store(1).FailAll(Status::Unavailable("down"));

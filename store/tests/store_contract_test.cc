@@ -1714,17 +1714,21 @@ TEST(MySqlShardStoreTest, OpenMovesLesseeNamesIntoWorkers) {
         "INSERT INTO items (ns, topic, priority, state, deliver_after, lease_ms, "
         "attempts, enqueued_at, payload, metadata, lease_token, worker_id, "
         "last_delivered_at) VALUES "
-        "('ns', 't', 0, 2, " + t0 + ", 30000, 1, " + t0 + ", 'p', 'm', 7, 'old-w', " +
-        t0 + "), ('ns', 't', 0, 1, " + t0 + ", 30000, 0, " + t0 + ", 'p', 'm', 0, '', 0)");
+        "('ns', 't', 0, 2, " +
+        t0 + ", 30000, 1, " + t0 + ", 'p', 'm', 7, 'old-w', " + t0 +
+        "), ('ns', 't', 0, 1, " + t0 + ", 30000, 0, " + t0 + ", 'p', 'm', 0, '', 0)");
     st->execute("COMMIT");
   }
   MySqlShardStore store(testing::SharedMariaDb().endpoint(), db);
   store.SetPolicies(TestPolicies());
   ASSERT_TRUE(store.Open().ok());
   std::unique_ptr<sql::Connection> conn = RawConnection();
-  EXPECT_EQ(QueryInt(*conn, "SELECT COUNT(*) FROM information_schema.columns WHERE "
-                            "table_schema = '" + db + "' AND column_name = 'worker_id' "
-                            "AND table_name = 'items'"),
+  EXPECT_EQ(QueryInt(*conn,
+                     "SELECT COUNT(*) FROM information_schema.columns WHERE "
+                     "table_schema = '" +
+                         db +
+                         "' AND column_name = 'worker_id' "
+                         "AND table_name = 'items'"),
             0);
   std::vector<ReadyKey> ready = Must(store.FetchReady("ns", "t", 10));
   ASSERT_EQ(ready.size(), 1u);
@@ -1732,7 +1736,8 @@ TEST(MySqlShardStoreTest, OpenMovesLesseeNamesIntoWorkers) {
   EXPECT_EQ(Must(store.GetTask(leased, false)).worker_id, "old-w");
   EXPECT_EQ(Must(store.GetTask(ready[0].row, false)).worker_id, "");
   // The old lease's "leased" event is written with its name when the lease ends.
-  std::vector<NackRequest> nack{{leased, LeaseToken(7), Duration(0), std::nullopt, "", false}};
+  std::vector<NackRequest> nack{
+      {leased, LeaseToken(7), Duration(0), std::nullopt, "", false}};
   ASSERT_TRUE(Must(store.Nack(nack, kT0))[0].status.ok());
   TaskRecord t = Must(store.GetTask(leased, false));
   ASSERT_FALSE(t.history.empty());
