@@ -105,7 +105,7 @@ void PrintTargets(std::ostream& out, const Figures& m) {
         {"shardq's own threads, 64 shards - 4 shards", b - a, "= 0", a == b});
   }
   if (m.count("T threads, 4 shards")) {
-    targets.push_back({"threads 64 shards - 4 shards",
+    targets.push_back({"steady threads 64 shards - 4 shards",
                        Get(m, "T threads, 64 shards") - Get(m, "T threads, 4 shards"),
                        "= 0",
                        Get(m, "T threads, 64 shards") == Get(m, "T threads, 4 shards")});
