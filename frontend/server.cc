@@ -70,7 +70,8 @@ void Server::Shutdown() {
   shut_down_ = true;
   // Parked long polls answer now, so the gRPC shutdown below does not wait on them.
   engine_->Shutdown();
-  grpc_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  // Null when Start failed to listen.
+  if (grpc_) grpc_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   engine_.reset();
 }
 

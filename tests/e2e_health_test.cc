@@ -66,5 +66,16 @@ TEST(E2EHealthTest, ServingOnceTheShardsAreOpen) {
   EXPECT_EQ(Check(port, "shardq.v1.Queue"), HealthCheckResponse::SERVING);
 }
 
+// Not health, but the same start-up path: a listen address gRPC cannot bind is an
+// error value, not a crash in the tear-down of the half-started server.
+TEST(E2EHealthTest, AnAddressThatCannotBeBoundIsAnError) {
+  FakeClock clock;
+  frontend::ServerConfig config = FreshConfig(SharedMariaDb().socket(), 1);
+  config.listen = "256.0.0.1:1";
+  auto server = frontend::Server::Start(config, clock);
+  ASSERT_FALSE(server.ok());
+  EXPECT_EQ(server.status().code(), Code::kUnavailable);
+}
+
 }  // namespace
 }  // namespace shardq::testing
