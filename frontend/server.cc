@@ -46,10 +46,11 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerConfig& config, Clock&
     return Status::Unavailable("cannot listen on " + config.listen);
   }
   {
+    // What the engine reported so far (it reports each change, from "not ready").
     std::lock_guard lock(server->health_mu_);
     server->health_ = server->grpc_->GetHealthCheckService();
+    server->ApplyHealthLocked();
   }
-  server->SetReady(server->engine_->Ready());
   spdlog::info("shardq listening on port {} with {} shards, {} I/O threads",
                server->port_, config.shards.size(), config.io_threads);
   return server;
@@ -58,7 +59,10 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerConfig& config, Clock&
 void Server::SetReady(bool ready) {
   std::lock_guard lock(health_mu_);
   ready_ = ready;
-  if (health_ == nullptr) return;
+  if (health_ != nullptr) ApplyHealthLocked();
+}
+
+void Server::ApplyHealthLocked() {
   health_->SetServingStatus("", ready_);
   health_->SetServingStatus(std::string(v1::Queue::service_full_name()), ready_);
 }

@@ -38,6 +38,7 @@ class Server {
   // shardq.v1.Queue: NOT_SERVING until ready). The engine may report before the gRPC
   // server exists; the status is applied once it does.
   void SetReady(bool ready);
+  void ApplyHealthLocked();  // health_mu_ held, health_ set
   std::mutex health_mu_;
   bool ready_ = false;
   grpc::HealthCheckServiceInterface* health_ = nullptr;
