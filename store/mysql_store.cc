@@ -30,6 +30,9 @@ constexpr size_t kMaxRowsPerInsert = 256;
 constexpr size_t kMaxCachedStatements = 256;
 // Worker name -> workers.id entries kept in memory; past this many the cache restarts.
 constexpr size_t kMaxCachedWorkers = 10'000;
+// Rows leased through this store whose topic and priority it remembers for the acks'
+// fast path (a few MiB at most); past this many it starts afresh.
+constexpr size_t kMaxRememberedLeases = 65'536;
 
 constexpr int kDelayed = static_cast<int>(ItemState::kDelayed);
 constexpr int kReady = static_cast<int>(ItemState::kReady);
@@ -289,6 +292,7 @@ void MySqlShardStore::Disconnect() {
   stmts_.clear();
   control_.reset();
   worker_refs_.clear();  // the next connection may see another database
+  leased_.clear();
   if (!conn_) return;
   try {
     conn_->close();
@@ -677,6 +681,96 @@ std::map<std::string, uint32_t> MySqlShardStore::WorkerRefs(
   return refs;
 }
 
+int MySqlShardStore::MarkSucceeded(const std::vector<SucceededRow>& done, int64_t now_ms,
+                                   bool cas) {
+  // One UPDATE; per-row values (purge time per namespace, result) only when they
+  // differ between the rows.
+  const size_t n = done.size();
+  const bool one_purge =
+      std::all_of(done.begin(), done.end(),
+                  [&](const SucceededRow& d) { return d.purge_at == done[0].purge_at; });
+  const bool one_result =
+      std::all_of(done.begin(), done.end(),
+                  [&](const SucceededRow& d) { return d.result == done[0].result; });
+  // An empty result is left NULL (it reads as ""): writing '' would lengthen the row,
+  // and a row that changes length is not updated in place (migration 3).
+  const bool no_result = one_result && done[0].result.empty();
+  std::string set_result;
+  if (!no_result) {
+    set_result = ", result = " +
+                 (one_result ? std::string("?") : CaseById(PaddedCount(n), "result"));
+  }
+  // The compare-and-swap form changes only rows still LEASED with the given token.
+  const std::string cas_where =
+      cas ? " AND state = 2 AND lease_token = " + CaseById(PaddedCount(n), "0") : "";
+  sql::PreparedStatement& st = Stmt(
+      "UPDATE items SET state = 3, finished_at = ?, expires_at = NULL, deliver_after = " +
+      (one_purge ? std::string("?") : CaseById(PaddedCount(n), "deliver_after")) +
+      set_result + " WHERE id IN (" + Placeholders(PaddedCount(n)) + ")" + cas_where);
+  auto id_of = [&](size_t k) { return done[k].id; };
+  unsigned p = 1;
+  st.setInt64(p++, now_ms);
+  if (one_purge) {
+    st.setInt64(p++, done[0].purge_at);
+  } else {
+    p = BindCase(st, p, n, id_of,
+                 [&](unsigned at, size_t k) { st.setInt64(at, done[k].purge_at); });
+  }
+  if (one_result) {
+    if (!no_result) st.setString(p++, done[0].result);
+  } else {
+    p = BindCase(st, p, n, id_of, [&](unsigned at, size_t k) {
+      if (done[k].result.empty()) {
+        st.setNull(at, sql::DataType::VARBINARY);
+      } else {
+        st.setString(at, done[k].result);
+      }
+    });
+  }
+  std::vector<uint64_t> done_ids;
+  for (const SucceededRow& d : done) done_ids.push_back(d.id);
+  p = BindIds(st, p, done_ids);
+  if (cas) {
+    BindCase(st, p, n, id_of,
+             [&](unsigned at, size_t k) { st.setUInt64(at, done[k].token); });
+  }
+  return st.executeUpdate();
+}
+
+std::optional<std::vector<ItemOutcome>> MySqlShardStore::AckLeased(
+    std::span<const AckRequest> acks, const std::vector<uint64_t>& unique_ids,
+    int64_t now_ms) {
+  // Only for the common case: every row was leased through this store (so its topic
+  // and priority are known without reading it), none twice, none with retention 0.
+  if (unique_ids.size() != acks.size()) return std::nullopt;
+  std::vector<SucceededRow> done;
+  std::vector<ItemOutcome> out(acks.size());
+  for (size_t i = 0; i < acks.size(); ++i) {
+    const uint64_t id = acks[i].row.value();
+    auto it = leased_.find(id);
+    if (it == leased_.end() || acks[i].token.value() == 0) return std::nullopt;
+    const int64_t purge_at = PurgeTime(it->second.ns, now_ms);
+    if (purge_at <= now_ms) return std::nullopt;
+    done.push_back({id, purge_at, TruncateTo(acks[i].result, kMaxResultBytes),
+                    acks[i].token.value()});
+    out[i].transition = ItemTransition{acks[i].row,
+                                       it->second.ns,
+                                       it->second.topic,
+                                       it->second.priority,
+                                       ItemState::kLeased,
+                                       ItemState::kSucceeded,
+                                       FromUnixMillis(purge_at)};
+  }
+  if (MarkSucceeded(done, now_ms, /*cas=*/true) != static_cast<int>(done.size())) {
+    // Some row is not LEASED with that token any more (a stale token, an expired lease,
+    // a repeated ack): undo, and let the general path tell each request its outcome.
+    Rollback();
+    return std::nullopt;
+  }
+  for (const SucceededRow& d : done) leased_.erase(d.id);
+  return out;
+}
+
 // --- the queue ----------------------------------------------------------------------
 
 Result<std::vector<Inserted>> MySqlShardStore::Insert(std::span<const NewItem> items,
@@ -944,6 +1038,10 @@ Result<std::vector<LeasedItem>> MySqlShardStore::Claim(std::span<const ClaimRequ
       // No "leased" event row here: the row holds it (see LeaseEventsToWrite).
     }
     Commit();
+    if (leased_.size() + out.size() > kMaxRememberedLeases) leased_.clear();
+    for (const LeasedItem& item : out) {
+      leased_[item.row.value()] = {item.ns, item.topic, item.priority};
+    }
     return out;
   });
 }
@@ -957,13 +1055,12 @@ Result<std::vector<ItemOutcome>> MySqlShardStore::Ack(std::span<const AckRequest
   ids = UniqueIds(std::move(ids));
   return Run<R>("ack", [&]() -> R {
     const int64_t now_ms = ToUnixMillis(now);
+    if (auto fast = AckLeased(acks, ids, now_ms)) {
+      Commit();
+      return std::move(*fast);
+    }
     std::map<uint64_t, LockedRow> rows = LockRows(ids);
-    struct Done {
-      uint64_t id;
-      int64_t purge_at;
-      std::string result;
-    };
-    std::vector<Done> done;
+    std::vector<SucceededRow> done;
     std::vector<uint64_t> gone;  // deleted at once (retention 0)
     std::vector<ItemOutcome> out(acks.size());
     for (size_t i = 0; i < acks.size(); ++i) {
@@ -998,60 +1095,13 @@ Result<std::vector<ItemOutcome>> MySqlShardStore::Ack(std::span<const AckRequest
         r.state = kSucceeded;
         r.deliver_after = PurgeTime(r.ns, now_ms);
         done.push_back(
-            {id, r.deliver_after, TruncateTo(acks[i].result, kMaxResultBytes)});
+            {id, r.deliver_after, TruncateTo(acks[i].result, kMaxResultBytes), r.token});
         // No event rows: GetTask derives "leased" and "succeeded" from the row.
         out[i].transition =
             MakeTransition(id, r, from, ItemState::kSucceeded, r.deliver_after);
       }
     }
-    if (!done.empty()) {
-      // One UPDATE; per-row values (purge time per namespace, result) only when they
-      // differ between the rows.
-      const size_t n = done.size();
-      const bool one_purge = std::all_of(done.begin(), done.end(), [&](const Done& d) {
-        return d.purge_at == done[0].purge_at;
-      });
-      const bool one_result = std::all_of(done.begin(), done.end(), [&](const Done& d) {
-        return d.result == done[0].result;
-      });
-      // An empty result is left NULL (it reads as ""): writing '' would lengthen the
-      // row, and a row that changes length is not updated in place (migration 3).
-      const bool no_result = one_result && done[0].result.empty();
-      std::string set_result;
-      if (!no_result) {
-        set_result = ", result = " +
-                     (one_result ? std::string("?") : CaseById(PaddedCount(n), "result"));
-      }
-      sql::PreparedStatement& st = Stmt(
-          "UPDATE items SET state = 3, finished_at = ?, expires_at = NULL, "
-          "deliver_after = " +
-          (one_purge ? std::string("?") : CaseById(PaddedCount(n), "deliver_after")) +
-          set_result + " WHERE id IN (" + Placeholders(PaddedCount(n)) + ")");
-      auto id_of = [&](size_t k) { return done[k].id; };
-      unsigned p = 1;
-      st.setInt64(p++, now_ms);
-      if (one_purge) {
-        st.setInt64(p++, done[0].purge_at);
-      } else {
-        p = BindCase(st, p, n, id_of,
-                     [&](unsigned at, size_t k) { st.setInt64(at, done[k].purge_at); });
-      }
-      if (one_result) {
-        if (!no_result) st.setString(p++, done[0].result);
-      } else {
-        p = BindCase(st, p, n, id_of, [&](unsigned at, size_t k) {
-          if (done[k].result.empty()) {
-            st.setNull(at, sql::DataType::VARBINARY);
-          } else {
-            st.setString(at, done[k].result);
-          }
-        });
-      }
-      std::vector<uint64_t> done_ids;
-      for (const Done& d : done) done_ids.push_back(d.id);
-      BindIds(st, p, done_ids);
-      st.executeUpdate();
-    }
+    if (!done.empty()) MarkSucceeded(done, now_ms, /*cas=*/false);
     if (!gone.empty()) {
       ExecuteForIds("DELETE FROM task_events WHERE item_id IN ", gone, nullptr);
       ExecuteForIds("DELETE FROM items WHERE id IN ", gone, nullptr);

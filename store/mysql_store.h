@@ -123,6 +123,23 @@ class MySqlShardStore final : public ShardStore {
   // transaction of their own (committed on return).
   std::map<std::string, uint32_t> WorkerRefs(
       const std::map<uint64_t, std::string>& names);
+  // A row an ack moves to SUCCEEDED (MarkSucceeded).
+  struct SucceededRow {
+    uint64_t id = 0;
+    int64_t purge_at = 0;
+    std::string result;
+    uint64_t token = 0;  // the lease token the ack presented
+  };
+  // One UPDATE of `done` to SUCCEEDED; with `cas`, only of rows that are still LEASED
+  // with their token. Returns the rows changed.
+  int MarkSucceeded(const std::vector<SucceededRow>& done, int64_t now_ms, bool cas);
+  // The acks' fast path: when every row was leased through this store (topic and
+  // priority remembered in leased_), one compare-and-swap UPDATE without reading the
+  // rows first. nullopt when it does not apply or a row did not match (then nothing
+  // is changed and the caller takes the general path).
+  std::optional<std::vector<ItemOutcome>> AckLeased(
+      std::span<const AckRequest> acks, const std::vector<uint64_t>& unique_ids,
+      int64_t now_ms);
   // Locks (SELECT ... FOR UPDATE) those of the rows `ids` that exist.
   std::map<uint64_t, detail::LockedRow> LockRows(const std::vector<uint64_t>& ids);
   // The rows Redrive/PurgeDead act on, locked: the given ones (each gets an outcome in
@@ -147,6 +164,14 @@ class MySqlShardStore final : public ShardStore {
   std::vector<sql::PreparedStatement*> used_;  // by Stmt() since ClearBoundValues()
   std::unique_ptr<sql::Statement> control_;    // COMMIT / ROLLBACK
   std::unordered_map<std::string, uint32_t> worker_refs_;  // committed workers rows
+  // What the acks' fast path needs of rows this store leased (immutable per row, so an
+  // entry never goes wrong, only stale; the compare-and-swap catches that).
+  struct LeasedRowInfo {
+    std::string ns;
+    std::string topic;
+    int32_t priority = 0;
+  };
+  std::unordered_map<uint64_t, LeasedRowInfo> leased_;
   NamespacePolicies policies_;
 };
 

@@ -542,6 +542,54 @@ TYPED_TEST(StoreContractTest, AckBatchAnswersInRequestOrder) {
   EXPECT_TRUE(Must(this->store().Ack({}, kT0)).empty());
 }
 
+// Acks of rows this store leased itself take MySQL's compare-and-swap fast path; these
+// are the cases where it must give way to the general path and answer the same.
+TYPED_TEST(StoreContractTest, AckOfLeasedRowsWithOneStaleTokenAnswersEachRow) {
+  std::vector<RowId> ids =
+      this->Insert({Item("t", 0, kT0), Item("t", 1, kT0), Item("t", 2, kT0)});
+  this->Claim(ids, 31);
+  std::vector<AckRequest> reqs = {{ids[0], LeaseToken(31), "a"},
+                                  {ids[1], LeaseToken(32), "b"},
+                                  {ids[2], LeaseToken(31), "c"}};
+  std::vector<ItemOutcome> out = Must(this->store().Ack(reqs, kT0 + 1s));
+  ASSERT_EQ(out.size(), 3u);
+  EXPECT_TRUE(out[0].status.ok());
+  EXPECT_EQ(out[1].status.code(), Code::kFailedPrecondition);
+  EXPECT_FALSE(out[1].transition.has_value());
+  EXPECT_TRUE(out[2].status.ok());
+  ASSERT_TRUE(out[2].transition.has_value());
+  EXPECT_EQ(out[2].transition->from, ItemState::kLeased);
+  EXPECT_EQ(out[2].transition->to, ItemState::kSucceeded);
+  EXPECT_EQ(out[2].transition->topic, "t");
+  EXPECT_EQ(out[2].transition->priority, 2);
+  EXPECT_EQ(out[2].transition->deliver_after, kT0 + 1s + kRetention);
+  EXPECT_EQ(this->Task(ids[0]).result, "a");
+  EXPECT_EQ(this->Task(ids[1]).state, ItemState::kLeased);
+  EXPECT_EQ(this->Task(ids[2]).result, "c");
+  EXPECT_EQ(this->Counts("t").succeeded, 2u);
+  EXPECT_EQ(this->Counts("t").leased, 1u);
+  // The refused row is still acked by its own token afterwards.
+  ItemOutcome late = this->AckOne(ids[1], 31, kT0 + 2s);
+  EXPECT_TRUE(late.status.ok());
+  EXPECT_EQ(late.transition->priority, 1);
+}
+
+TYPED_TEST(StoreContractTest, AckAfterTheLeaseExpiredAndWasPromoted) {
+  RowId id = this->InsertOne(Item("t", 4, kT0));
+  this->ClaimOne(id, 41);
+  std::vector<ItemTransition> moved = Must(this->store().PromoteDue(kT0 + 31s, 10));
+  ASSERT_EQ(moved.size(), 1u);
+  ASSERT_EQ(moved[0].to, ItemState::kReady);
+  // The work was done after all: the late ack with the lease's token still counts.
+  ItemOutcome out = this->AckOne(id, 41, kT0 + 32s);
+  ASSERT_TRUE(out.status.ok()) << out.status.ToString();
+  ASSERT_TRUE(out.transition.has_value());
+  EXPECT_EQ(out.transition->from, ItemState::kReady);
+  EXPECT_EQ(out.transition->to, ItemState::kSucceeded);
+  EXPECT_EQ(this->Counts("t").ready, 0u);
+  EXPECT_EQ(this->Counts("t").succeeded, 1u);
+}
+
 // --- Nack ---------------------------------------------------------------------------
 
 TYPED_TEST(StoreContractTest, NackWithoutDelayMakesTheItemReadyNow) {
