@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <random>
+#include <span>
 #include <thread>
 #include <unordered_map>
 
@@ -16,6 +17,25 @@ LeaseToken NewLeaseToken() {
   uint64_t v = 0;
   while (v == 0) v = rng();
   return LeaseToken(v);
+}
+
+// Splits `pending` into runs of consecutive requests of at most `max_rows` rows in all
+// (a request larger than that is a run of its own), in order: one store call each, so
+// a statement's id list and parameters stay bounded however many callers pile up.
+template <typename T, typename Rows>
+std::vector<std::span<T>> RunsOf(std::vector<T>& pending, size_t max_rows, Rows rows_of) {
+  std::vector<std::span<T>> runs;
+  size_t i = 0;
+  while (i < pending.size()) {
+    size_t j = i, rows = 0;
+    while (j < pending.size() && (j == i || rows + rows_of(pending[j]) <= max_rows)) {
+      rows += rows_of(pending[j]);
+      ++j;
+    }
+    runs.emplace_back(pending.data() + i, j - i);
+    i = j;
+  }
+  return runs;
 }
 
 // Calls fn and measures it with a steady clock (latency is for the breaker only).
@@ -210,7 +230,10 @@ void ShardWorker::RunWork(Work& work) {
     return;
   }
   // Claims first: a waiting consumer is the most latency-sensitive caller.
-  if (!work.claims.empty()) RunClaims(work.claims);
+  const size_t max_rows = options_.max_batch;
+  for (auto run : RunsOf(work.claims, max_rows, [](auto& c) { return c.keys.size(); })) {
+    RunClaims(run);
+  }
   if (!work.enqueues.empty()) {
     bool open;
     {
@@ -218,7 +241,10 @@ void ShardWorker::RunWork(Work& work) {
       open = recovered_;
     }
     if (open) {
-      RunEnqueues(work.enqueues);
+      for (auto run :
+           RunsOf(work.enqueues, max_rows, [](auto& e) { return e.items.size(); })) {
+        RunEnqueues(run);
+      }
     } else {
       // Taken while the shard was starting, and the start-up open failed: nothing was
       // written, so the engine may send them to another shard.
@@ -229,10 +255,16 @@ void ShardWorker::RunWork(Work& work) {
       }
     }
   }
-  RunBatches(work.acks, [this](auto reqs) { return store_->Ack(reqs, clock_.Now()); });
-  RunBatches(work.nacks, [this](auto reqs) { return store_->Nack(reqs, clock_.Now()); });
-  RunBatches(work.extends,
-             [this](auto reqs) { return store_->Extend(reqs, clock_.Now()); });
+  auto reqs_of = [](auto& b) { return b.reqs.size(); };
+  for (auto run : RunsOf(work.acks, max_rows, reqs_of)) {
+    RunBatches(run, [this](auto reqs) { return store_->Ack(reqs, clock_.Now()); });
+  }
+  for (auto run : RunsOf(work.nacks, max_rows, reqs_of)) {
+    RunBatches(run, [this](auto reqs) { return store_->Nack(reqs, clock_.Now()); });
+  }
+  for (auto run : RunsOf(work.extends, max_rows, reqs_of)) {
+    RunBatches(run, [this](auto reqs) { return store_->Extend(reqs, clock_.Now()); });
+  }
   // A buffer may be queued for refill several times; once is enough.
   std::sort(work.refills.begin(), work.refills.end());
   work.refills.erase(std::unique(work.refills.begin(), work.refills.end()),
@@ -302,55 +334,47 @@ void ShardWorker::RunProbe() {
   if (health_listener_) health_listener_();
 }
 
-void ShardWorker::RunEnqueues(std::vector<PendingEnqueue>& pending) {
-  // Group requests into batches of about max_batch rows; one transaction each.
-  size_t i = 0;
-  while (i < pending.size()) {
-    size_t j = i;
-    std::vector<NewItem> rows;
-    while (j < pending.size() && (rows.empty() || rows.size() + pending[j].items.size() <=
-                                                      options_.max_batch)) {
-      for (NewItem& item : pending[j].items) rows.push_back(std::move(item));
-      ++j;
-    }
-    Time now = clock_.Now();
-    Duration latency;
-    auto ids = Timed([&] { return store_->Insert(rows, now); }, &latency);
-    Observe(ids.status(), latency);
-    if (ids.ok()) {
-      ReadyBatch ready_keys;
-      for (size_t k = 0; k < rows.size(); ++k) {
-        const NewItem& item = rows[k];
-        if ((*ids)[k].deduplicated) continue;  // nothing new was stored
-        bool ready = item.deliver_after <= now;
-        auto buffer = ready_keys.Buffer(index_, item.ns, item.topic);
-        buffer->CountTransition(position_, ItemState::kGone,
-                                ready ? ItemState::kReady : ItemState::kDelayed);
-        if (ready) {
-          ready_keys.Add(buffer, {item.priority, item.deliver_after, (*ids)[k].row});
-        } else {
-          NoteDeadline(item.deliver_after);
-        }
-      }
-      ready_keys.Flush(position_);
-    }
-    size_t offset = 0;
-    for (size_t r = i; r < j; ++r) {
-      size_t n = pending[r].items.size();
-      if (ids.ok()) {
-        pending[r].done(std::vector<store::Inserted>(ids->begin() + offset,
-                                                     ids->begin() + offset + n),
-                        true);
+void ShardWorker::RunEnqueues(std::span<PendingEnqueue> pending) {
+  std::vector<NewItem> rows;
+  for (PendingEnqueue& p : pending) {
+    for (NewItem& item : p.items) rows.push_back(std::move(item));
+  }
+  Time now = clock_.Now();
+  Duration latency;
+  auto ids = Timed([&] { return store_->Insert(rows, now); }, &latency);
+  Observe(ids.status(), latency);
+  if (ids.ok()) {
+    ReadyBatch ready_keys;
+    for (size_t k = 0; k < rows.size(); ++k) {
+      const NewItem& item = rows[k];
+      if ((*ids)[k].deduplicated) continue;  // nothing new was stored
+      bool ready = item.deliver_after <= now;
+      auto buffer = ready_keys.Buffer(index_, item.ns, item.topic);
+      buffer->CountTransition(position_, ItemState::kGone,
+                              ready ? ItemState::kReady : ItemState::kDelayed);
+      if (ready) {
+        ready_keys.Add(buffer, {item.priority, item.deliver_after, (*ids)[k].row});
       } else {
-        pending[r].done(ids.status(), true);
+        NoteDeadline(item.deliver_after);
       }
-      offset += n;
     }
-    i = j;
+    ready_keys.Flush(position_);
+  }
+  size_t offset = 0;
+  for (PendingEnqueue& p : pending) {
+    size_t n = p.items.size();
+    if (ids.ok()) {
+      p.done(
+          std::vector<store::Inserted>(ids->begin() + offset, ids->begin() + offset + n),
+          true);
+    } else {
+      p.done(ids.status(), true);
+    }
+    offset += n;
   }
 }
 
-void ShardWorker::RunClaims(std::vector<PendingClaim>& pending) {
+void ShardWorker::RunClaims(std::span<PendingClaim> pending) {
   std::vector<store::ClaimRequest> rows;
   for (const PendingClaim& c : pending) {
     // A token per item: no consumer's token fits another consumer's item.
@@ -388,7 +412,7 @@ void ShardWorker::RunClaims(std::vector<PendingClaim>& pending) {
 }
 
 template <typename Req, typename Fn>
-void ShardWorker::RunBatches(std::vector<PendingBatch<Req>>& pending, Fn call) {
+void ShardWorker::RunBatches(std::span<PendingBatch<Req>> pending, Fn call) {
   if (pending.empty()) return;
   std::vector<Req> reqs;
   for (auto& p : pending) reqs.insert(reqs.end(), p.reqs.begin(), p.reqs.end());

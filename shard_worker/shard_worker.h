@@ -18,6 +18,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -34,7 +35,7 @@
 namespace shardq::shard_worker {
 
 struct WorkerOptions {
-  size_t max_batch = 500;                // rows per statement batch
+  size_t max_batch = 500;                // rows per store call (of every kind)
   size_t max_pending_enqueues = 50'000;  // beyond this: RESOURCE_EXHAUSTED
   size_t promote_batch = 1'000;          // due items moved per transaction
   Duration purge_interval{1'000};        // how often TTL purge runs
@@ -143,10 +144,12 @@ class ShardWorker final : public Tickable {
   void RunWork(Work& work);
   bool Recover();
   void RunProbe();
-  void RunEnqueues(std::vector<PendingEnqueue>& pending);
-  void RunClaims(std::vector<PendingClaim>& pending);
+  // One store call (transaction) each; RunWork splits the pending requests into runs
+  // of at most max_batch rows.
+  void RunEnqueues(std::span<PendingEnqueue> pending);
+  void RunClaims(std::span<PendingClaim> pending);
   template <typename Req, typename Fn>
-  void RunBatches(std::vector<PendingBatch<Req>>& pending, Fn call);
+  void RunBatches(std::span<PendingBatch<Req>> pending, Fn call);
   void RunRefill(const std::shared_ptr<prefetch::TopicBuffer>& buffer);
   void RunPromote();
   void RunPurge();

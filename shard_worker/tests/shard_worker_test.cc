@@ -337,6 +337,46 @@ TEST_F(ShardWorkerTest, MaxBatchSplitsInserts) {
   EXPECT_EQ(store_->size(), 8u);
 }
 
+// Claims, acks and nacks from many callers are split the same way, so no statement's id
+// list grows with the number of callers waiting.
+TEST_F(ShardWorkerTest, MaxBatchSplitsClaimsAndAcks) {
+  WorkerOptions o = QuietOptions();
+  o.max_batch = 2;
+  MakeWorker(o);
+  StartWorker();
+  auto in = EnqueueAsync({Item("t", 1), Item("t", 2), Item("t", 3)});
+  io_.RunAll();
+  ASSERT_TRUE(in->rows.ok());
+  LoadWindow("t");
+  auto buffer = Buffer("t");
+  std::vector<size_t> refill;
+  bool blocked = false;
+  std::vector<std::vector<LeasedItem>> got(3);
+  for (int i = 0; i < 3; ++i) {
+    std::vector<ReadyKey> keys;
+    for (const auto& t : buffer->Take(1, &refill, &blocked)) keys.push_back(t.key);
+    worker_->Claim(buffer, keys, "w",
+                   [&got, i](std::vector<LeasedItem> l) { got[i] = l; });
+  }
+  const int claims_before = store_->calls(MemoryShardStore::Op::kClaim);
+  io_.RunAll();
+  EXPECT_EQ(store_->calls(MemoryShardStore::Op::kClaim) - claims_before, 2);  // 2 + 1
+  std::vector<std::vector<store::ItemOutcome>> acked(3);
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_EQ(got[i].size(), 1u) << i;
+    worker_->Ack({{got[i][0].row, got[i][0].token}},
+                 [&acked, i](std::vector<store::ItemOutcome> o) { acked[i] = o; });
+  }
+  const int acks_before = store_->calls(MemoryShardStore::Op::kAck);
+  io_.RunAll();
+  EXPECT_EQ(store_->calls(MemoryShardStore::Op::kAck) - acks_before, 2);
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_EQ(acked[i].size(), 1u) << i;
+    EXPECT_TRUE(acked[i][0].status.ok()) << i;
+  }
+  EXPECT_EQ(buffer->Counts().succeeded, 3);
+}
+
 TEST_F(ShardWorkerTest, FullBufferIsResourceExhausted) {
   WorkerOptions o = QuietOptions();
   o.max_pending_enqueues = 4;
