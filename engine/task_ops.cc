@@ -17,9 +17,9 @@ Status Engine::OnShard(ShardId shard, std::function<void(const Status&)> failed,
         if (s == nullptr) {
           failed(Status::Unavailable("shard " + std::to_string(shard.value()) +
                                      " is unavailable"));
-          return std::vector<ItemTransition>{};
+          return shard_worker::ShardWorker::Exclusive{};
         }
-        return fn(*s);
+        return shard_worker::ShardWorker::Exclusive{fn(*s), nullptr};
       });
   return Status::Ok();
 }
@@ -100,7 +100,7 @@ void Engine::ListDead(const std::string& ns, const std::string& topic, size_t li
         }
       }
       finish_one(std::move(mine));
-      return std::vector<ItemTransition>{};
+      return shard_worker::ShardWorker::Exclusive{};
     });
   }
 }
@@ -194,8 +194,8 @@ void Engine::Bulk(const std::string& ns, const std::string& topic,
               }
             }
           }
-          finish_one();
-          return transitions;
+          // Answered once the index shows the change (see RunExclusive).
+          return shard_worker::ShardWorker::Exclusive{std::move(transitions), finish_one};
         });
   }
 }

@@ -271,9 +271,11 @@ void ShardWorker::RunWork(Work& work) {
                      work.refills.end());
   for (const auto& buffer : work.refills) RunRefill(buffer);
   for (StoreFn& fn : work.exclusive) {
+    Exclusive done = fn(store_.get());
     ReadyBatch ready_keys;
-    for (const ItemTransition& t : fn(store_.get())) ApplyTransition(t, ready_keys);
+    for (const ItemTransition& t : done.transitions) ApplyTransition(t, ready_keys);
     ready_keys.Flush(position_);
+    if (done.then) done.then();
   }
   if (work.promote) RunPromote();
   if (work.purge) RunPurge();
@@ -515,7 +517,10 @@ void ShardWorker::FailAll(Work& work, const Status& status) {
   fail(work.nacks);
   fail(work.extends);
   for (const auto& buffer : work.refills) buffer->RefillFailed(position_);
-  for (StoreFn& fn : work.exclusive) fn(nullptr);
+  for (StoreFn& fn : work.exclusive) {
+    Exclusive done = fn(nullptr);
+    if (done.then) done.then();
+  }
 }
 
 void ShardWorker::Observe(const Status& status, Duration latency) {

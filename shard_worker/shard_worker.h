@@ -89,9 +89,15 @@ class ShardWorker final : public Tickable {
   void Refill(std::shared_ptr<prefetch::TopicBuffer> buffer);
 
   // Runs `fn` on the strand with the store (operators' calls: GetTask, Cancel, dead
-  // letters). `fn` answers its own caller and returns the transitions it made, which
-  // the worker then applies to the index. If the shard is down, `fn` gets nullptr.
-  using StoreFn = std::function<std::vector<ItemTransition>(store::ShardStore*)>;
+  // letters). `fn` returns the transitions it made, which the worker then applies to
+  // the index, and, if set, `then`, which it runs after that: a caller answered there
+  // finds the index already changed (a redriven item can be dequeued at once). If the
+  // shard is down, `fn` gets nullptr.
+  struct Exclusive {
+    std::vector<ItemTransition> transitions;
+    std::function<void()> then;
+  };
+  using StoreFn = std::function<Exclusive(store::ShardStore*)>;
   void RunExclusive(StoreFn fn);
 
   // Ticker: requests promotion, purge and probes when due. The worker pokes the

@@ -377,6 +377,34 @@ TEST_F(ShardWorkerTest, MaxBatchSplitsClaimsAndAcks) {
   EXPECT_EQ(buffer->Counts().succeeded, 3);
 }
 
+// An exclusive step's caller is answered (in `then`) after the index shows its
+// transitions: a redriven item can be dequeued as soon as the redrive answers.
+TEST_F(ShardWorkerTest, ExclusiveStepAnswersAfterTheIndexChanged) {
+  MakeWorker();
+  StartWorker();
+  auto in = EnqueueAsync({Item("t", 1)});
+  io_.RunAll();
+  ASSERT_TRUE(in->rows.ok());
+  LoadWindow("t");
+  auto buffer = Buffer("t");
+  std::vector<LeasedItem> leased = TakeAndClaim("t", 1);
+  ASSERT_EQ(leased.size(), 1u);
+  ASSERT_EQ(buffer->WindowSize(0), 0u);
+  size_t window_when_answered = 99;
+  worker_->RunExclusive([&](store::ShardStore* s) {
+    // A nack through the store directly stands in for a redrive: LEASED -> READY.
+    std::vector<store::NackRequest> nack{{leased[0].row, leased[0].token}};
+    auto out = s->Nack(nack, clock_.Now());
+    ShardWorker::Exclusive done;
+    if (out.ok() && (*out)[0].transition)
+      done.transitions.push_back(*(*out)[0].transition);
+    done.then = [&] { window_when_answered = buffer->WindowSize(0); };
+    return done;
+  });
+  io_.RunAll();
+  EXPECT_EQ(window_when_answered, 1u);
+}
+
 TEST_F(ShardWorkerTest, FullBufferIsResourceExhausted) {
   WorkerOptions o = QuietOptions();
   o.max_pending_enqueues = 4;
