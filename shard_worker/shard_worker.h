@@ -1,10 +1,10 @@
 #pragma once
 // ShardWorker: the only code that talks to one shard's store. Requests from any
 // thread (enqueue, claim, ack, nack, extend, refill) go into its buffers; a strand
-// on the shared I/O pool drains them in batches -- one multi-row INSERT for all the
-// enqueues waiting, one claim for all the dequeues waiting, and so on -- so many
-// callers share one commit (group commit). Each callback runs on the strand after
-// its batch has committed (or failed).
+// on the shared I/O pool drains them in batches -- one multi-row INSERT for the
+// enqueues waiting, one claim for the dequeues waiting, and so on, each of at most
+// max_batch rows -- so many callers share one commit (group commit). Each callback
+// runs on the strand after its batch has committed (or failed).
 //
 // It also keeps the shard's part of the in-memory index true (prefetch windows and
 // counts), promotes due items (delays, expired leases) when the ticker says they are
