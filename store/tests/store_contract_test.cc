@@ -1677,21 +1677,33 @@ int64_t QueryInt(sql::Connection& conn, const std::string& query) {
   return rs->getInt64(1);
 }
 
+// A fresh database `db` as a shard looked before migration `version` + 1 (applied by
+// hand, recorded in schema_migrations); the statement is on that database, for rows.
+std::unique_ptr<sql::Statement> ShardAtMigration(sql::Connection& conn,
+                                                 const std::string& db, int version) {
+  std::unique_ptr<sql::Statement> st(conn.createStatement());
+  st->execute("CREATE DATABASE `" + db + "`");
+  st->execute("USE `" + db + "`");
+  st->execute(std::string(schema::kMigrationsTableDdl));
+  for (const schema::Migration& m : schema::AllMigrations()) {
+    if (m.version > version) break;
+    std::string sql(m.sql);
+    for (size_t end; (end = sql.find(";\n")) != std::string::npos;
+         sql.erase(0, end + 2)) {
+      st->execute(sql.substr(0, end));
+    }
+    st->execute("INSERT INTO schema_migrations (version, name) VALUES (" +
+                std::to_string(m.version) + ", '" + std::string(m.name) + "')");
+  }
+  return st;
+}
+
 TEST(MySqlShardStoreTest, OpenUpgradesADatabaseOfMigrationOne) {
   const std::string db = FreshDbName("upgrade");
   {
     // What a shard looked like before migration 2: the items table of 0001 only.
     std::unique_ptr<sql::Connection> conn = RawConnection();
-    std::unique_ptr<sql::Statement> st(conn->createStatement());
-    st->execute("CREATE DATABASE `" + db + "`");
-    st->execute("USE `" + db + "`");
-    st->execute(std::string(schema::kMigrationsTableDdl));
-    const schema::Migration& m1 = schema::AllMigrations()[0];
-    ASSERT_EQ(m1.version, 1);
-    std::string ddl(m1.sql);
-    st->execute(ddl.substr(0, ddl.rfind(';')));  // one statement
-    st->execute("INSERT INTO schema_migrations (version, name) VALUES (1, '" +
-                std::string(m1.name) + "')");
+    std::unique_ptr<sql::Statement> st = ShardAtMigration(*conn, db, 1);
     const std::string t0 = std::to_string(ToUnixMillis(kT0));
     st->execute(
         "INSERT INTO items (ns, topic, priority, state, deliver_after, lease_ms, "
@@ -1743,20 +1755,7 @@ TEST(MySqlShardStoreTest, OpenMovesLesseeNamesIntoWorkers) {
   {
     // A shard at migration 2, where items.worker_id held the lessee's name.
     std::unique_ptr<sql::Connection> conn = RawConnection();
-    std::unique_ptr<sql::Statement> st(conn->createStatement());
-    st->execute("CREATE DATABASE `" + db + "`");
-    st->execute("USE `" + db + "`");
-    st->execute(std::string(schema::kMigrationsTableDdl));
-    for (const schema::Migration& m : schema::AllMigrations()) {
-      if (m.version > 2) break;
-      std::string sql(m.sql);
-      for (size_t end; (end = sql.find(";\n")) != std::string::npos;
-           sql.erase(0, end + 2)) {
-        st->execute(sql.substr(0, end));
-      }
-      st->execute("INSERT INTO schema_migrations (version, name) VALUES (" +
-                  std::to_string(m.version) + ", '" + std::string(m.name) + "')");
-    }
+    std::unique_ptr<sql::Statement> st = ShardAtMigration(*conn, db, 2);
     const std::string t0 = std::to_string(ToUnixMillis(kT0));
     st->execute(
         "INSERT INTO items (ns, topic, priority, state, deliver_after, lease_ms, "
