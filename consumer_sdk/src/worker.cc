@@ -18,7 +18,7 @@ namespace shardq::sdk {
 
 namespace {
 
-constexpr int kMaxBatch = 1000;  // items per Ack / Nack / ExtendLease call
+constexpr size_t kMaxBatch = 1000;  // items per Ack / Nack / ExtendLease call
 
 std::string DefaultWorkerId(Jitter& jitter) {
   char host[256] = {};
@@ -120,6 +120,7 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
     });
     controller_ = std::thread([this] { ControllerLoop(); });
     heartbeat_ = std::thread([this] { HeartbeatLoop(); });
+    reporter_ = std::thread([this] { ReporterLoop(); });
     for (int i = 0; i < options_.concurrency; ++i) {
       executors_.emplace_back([this] { ExecutorLoop(); });
     }
@@ -165,6 +166,13 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
     }
     cv_.notify_all();
     for (auto& t : executors_) t.join();
+    // The executors are gone: the reporter sends what they left, then exits.
+    {
+      std::lock_guard lock(mu_);
+      stop_reporter_ = true;
+    }
+    cv_.notify_all();
+    reporter_.join();
     {
       std::lock_guard lock(mu_);
       stop_heartbeat_ = true;
@@ -323,7 +331,11 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
   void ExecutorLoop() {
     std::unique_lock lock(mu_);
     for (;;) {
-      cv_.wait(lock, [&] { return stopping_ || !buffer_.empty(); });
+      // A reporter far behind (server slow or down) holds the executors back, so
+      // outcomes waiting to be sent stay bounded.
+      cv_.wait(lock, [&] {
+        return stopping_ || (!buffer_.empty() && reports_.size() < kMaxBatch);
+      });
       if (stopping_) return;
       auto st = buffer_.front();
       buffer_.pop_front();
@@ -333,9 +345,17 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
       ++stats_.started;
       lock.unlock();
       Outcome outcome = Run(st);
-      Report(st, outcome);
+      PendingReport report = ToReport(st, outcome);
       lock.lock();
-      running_.erase(st);
+      // The task stays in running_ (its lease is still extended) until the reporter
+      // has sent its outcome; this executor takes the next task at once.
+      if (st->stop.load() == StopReason::kLeaseLost) {
+        running_.erase(st);  // someone else has it now: nothing to report
+      } else {
+        st->reporting = true;
+        report.metadata = st->retry_metadata;
+        reports_.push_back(std::move(report));
+      }
       cv_.notify_all();
     }
   }
@@ -360,110 +380,123 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
     }
   }
 
-  void Report(const std::shared_ptr<State>& st, const Outcome& outcome) {
+  // An outcome on its way to the server (sent by the reporter thread).
+  struct PendingReport {
+    std::shared_ptr<State> st;
+    Outcome::Kind kind = Outcome::Kind::kSuccess;
+    std::string text;  // the result (success) or the error
+    Millis delay{0};   // retry delay (kRetry)
     std::optional<std::map<std::string, std::string>> metadata;
-    {
-      std::lock_guard lock(mu_);
-      if (st->stop.load() == StopReason::kLeaseLost) return;  // someone else has it now
-      st->reporting = true;
-      metadata = st->retry_metadata;
-    }
-    const v1::DequeuedItem& item = st->item;
-    int code;
+  };
+
+  PendingReport ToReport(const std::shared_ptr<State>& st, const Outcome& outcome) {
+    PendingReport r{st, outcome.kind(), {}, Millis(0), std::nullopt};
     if (outcome.kind() == Outcome::Kind::kSuccess) {
-      v1::AckItem a;
-      a.set_id(item.id());
-      a.set_lease_token(item.lease_token());
-      a.set_result(outcome.result());
-      code = AckShared(std::move(a));
+      r.text = outcome.result();
     } else {
-      v1::NackItem nack;
-      nack.mutable_item()->set_id(item.id());
-      nack.mutable_item()->set_lease_token(item.lease_token());
-      nack.set_error(outcome.error());
-      if (outcome.kind() == Outcome::Kind::kFatal) {
-        nack.set_fatal(true);
-      } else {
-        const HandlerEntry* entry = Find(item.task_type());
-        const Backoff& b = entry ? entry->options.retry_backoff
-                                 : options_.default_handler_options.retry_backoff;
-        Millis delay = outcome.delay().value_or(
-            jitter_.Delay(b, std::max<uint32_t>(1, item.attempts())));
-        nack.set_delay_ms(delay.count());
-      }
-      if (metadata) {
-        for (const auto& [k, v] : *metadata)
-          (*nack.mutable_metadata()->mutable_entries())[k] = v;
-      }
-      code = SendWithRetries<v1::NackRequest, v1::NackResponse>(
-          1, [&](v1::NackRequest& r, size_t) { *r.add_items() = nack; },
-          [&](grpc::ClientContext* c, const v1::NackRequest& r, v1::NackResponse* resp) {
-            return stub_->Nack(c, r, resp);
-          })[0];
+      r.text = outcome.error();
     }
-    std::lock_guard lock(mu_);
+    if (outcome.kind() == Outcome::Kind::kRetry) {
+      const HandlerEntry* entry = Find(st->item.task_type());
+      const Backoff& b = entry ? entry->options.retry_backoff
+                               : options_.default_handler_options.retry_backoff;
+      r.delay = outcome.delay().value_or(
+          jitter_.Delay(b, std::max<uint32_t>(1, st->item.attempts())));
+    }
+    return r;
+  }
+
+  // ---- reporter: sends outcomes, many per call ----
+
+  // Executors hand their outcomes over and go on to the next task; this thread sends
+  // every outcome queued by then in one Ack call (and one Nack call), so a handler's
+  // next task never waits for the previous one's round trip, and calls grow with the
+  // load. After Stop has joined the executors, it sends what is left and exits.
+  void ReporterLoop() {
+    std::unique_lock lock(mu_);
+    for (;;) {
+      cv_.wait(lock, [&] { return stop_reporter_ || !reports_.empty(); });
+      if (reports_.empty()) return;
+      std::vector<PendingReport> batch;
+      while (!reports_.empty() && batch.size() < kMaxBatch) {
+        batch.push_back(std::move(reports_.front()));
+        reports_.pop_front();
+      }
+      cv_.notify_all();  // room for the executors
+      lock.unlock();
+      std::vector<int> codes = Send(batch);
+      lock.lock();
+      for (size_t i = 0; i < batch.size(); ++i) Record(batch[i], codes[i]);
+      cv_.notify_all();
+    }
+  }
+
+  // Sends the acks of `batch` in one call and its nacks in another; returns each
+  // report's code.
+  std::vector<int> Send(const std::vector<PendingReport>& batch) {
+    std::vector<size_t> acks, nacks;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      (batch[i].kind == Outcome::Kind::kSuccess ? acks : nacks).push_back(i);
+    }
+    std::vector<int> codes(batch.size(), static_cast<int>(grpc::StatusCode::INTERNAL));
+    if (!acks.empty()) {
+      std::vector<int> c = SendWithRetries<v1::AckRequest, v1::AckResponse>(
+          acks.size(),
+          [&](v1::AckRequest& req, size_t k) {
+            const PendingReport& r = batch[acks[k]];
+            auto* a = req.add_items();
+            a->set_id(r.st->item.id());
+            a->set_lease_token(r.st->item.lease_token());
+            a->set_result(r.text);
+          },
+          [&](grpc::ClientContext* c, const v1::AckRequest& req, v1::AckResponse* resp) {
+            return stub_->Ack(c, req, resp);
+          });
+      for (size_t k = 0; k < acks.size(); ++k) codes[acks[k]] = c[k];
+    }
+    if (!nacks.empty()) {
+      std::vector<int> c = SendWithRetries<v1::NackRequest, v1::NackResponse>(
+          nacks.size(),
+          [&](v1::NackRequest& req, size_t k) {
+            const PendingReport& r = batch[nacks[k]];
+            auto* n = req.add_items();
+            n->mutable_item()->set_id(r.st->item.id());
+            n->mutable_item()->set_lease_token(r.st->item.lease_token());
+            n->set_error(r.text);
+            if (r.kind == Outcome::Kind::kFatal) {
+              n->set_fatal(true);
+            } else {
+              n->set_delay_ms(r.delay.count());
+            }
+            if (r.metadata) {
+              for (const auto& [key, v] : *r.metadata)
+                (*n->mutable_metadata()->mutable_entries())[key] = v;
+            }
+          },
+          [&](grpc::ClientContext* c, const v1::NackRequest& req,
+              v1::NackResponse* resp) { return stub_->Nack(c, req, resp); });
+      for (size_t k = 0; k < nacks.size(); ++k) codes[nacks[k]] = c[k];
+    }
+    return codes;
+  }
+
+  // Under mu_: counts a sent outcome and lets go of its task.
+  void Record(const PendingReport& r, int code) {
     if (code == 0) {
-      if (outcome.kind() == Outcome::Kind::kSuccess) {
+      if (r.kind == Outcome::Kind::kSuccess) {
         ++stats_.succeeded;
-      } else if (outcome.kind() == Outcome::Kind::kFatal) {
+      } else if (r.kind == Outcome::Kind::kFatal) {
         ++stats_.failed;
       } else {
         ++stats_.retried;
       }
     } else if (LeaseGone(code)) {
-      st->stop.store(StopReason::kLeaseLost);
+      r.st->stop.store(StopReason::kLeaseLost);
       ++stats_.lease_lost;
     } else {
       ++stats_.report_errors;
     }
-  }
-
-  // An ack waiting in AckShared, and its result.
-  struct QueuedAck {
-    v1::AckItem item;
-    int code = static_cast<int>(grpc::StatusCode::INTERNAL);
-    bool done = false;
-  };
-
-  // Acks of executors that finish at about the same time share one Ack call: the
-  // first to arrive while no Ack is in flight sends every ack queued by then and
-  // hands each its result; the others wait for theirs. Returns this ack's code.
-  int AckShared(v1::AckItem item) {
-    auto mine = std::make_shared<QueuedAck>();
-    mine->item = std::move(item);
-    std::unique_lock lock(ack_mu_);
-    ack_queue_.push_back(mine);
-    while (!mine->done) {
-      if (ack_in_flight_) {
-        ack_cv_.wait(lock);
-        continue;
-      }
-      ack_in_flight_ = true;
-      std::vector<std::shared_ptr<QueuedAck>> batch;
-      batch.swap(ack_queue_);
-      if (batch.size() > static_cast<size_t>(kMaxBatch)) {
-        ack_queue_.assign(batch.begin() + kMaxBatch, batch.end());
-        batch.resize(kMaxBatch);
-      }
-      lock.unlock();
-      SendAcks(batch);
-      lock.lock();
-      for (auto& a : batch) a->done = true;
-      ack_in_flight_ = false;
-      ack_cv_.notify_all();
-    }
-    return mine->code;
-  }
-
-  // One Ack call for `batch`, setting each entry's code.
-  void SendAcks(const std::vector<std::shared_ptr<QueuedAck>>& batch) {
-    std::vector<int> codes = SendWithRetries<v1::AckRequest, v1::AckResponse>(
-        batch.size(),
-        [&](v1::AckRequest& req, size_t i) { *req.add_items() = batch[i]->item; },
-        [&](grpc::ClientContext* c, const v1::AckRequest& req, v1::AckResponse* r) {
-          return stub_->Ack(c, req, r);
-        });
-    for (size_t i = 0; i < batch.size(); ++i) batch[i]->code = codes[i];
+    running_.erase(r.st);
   }
 
   // Sends `n` items in one call (`add(request, i)` adds item i) and sends again the
@@ -619,25 +652,23 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
   int listener_id_ = 0;
 
   mutable std::mutex mu_;
-  // Acks waiting to share one call (AckShared).
-  std::mutex ack_mu_;
-  std::condition_variable ack_cv_;
-  std::vector<std::shared_ptr<QueuedAck>> ack_queue_;
-  bool ack_in_flight_ = false;
   std::condition_variable cv_;  // every wait of every thread (few threads: notify_all)
   std::deque<std::shared_ptr<State>> buffer_;
-  std::set<std::shared_ptr<State>> running_;
+  std::set<std::shared_ptr<State>> running_;    // started, outcome not yet sent
+  std::deque<PendingReport> reports_;           // outcomes for the reporter
   grpc::ClientContext* dequeue_ctx_ = nullptr;  // the Dequeue in flight, for Stop
   size_t topic_offset_ = 0;
   bool started_ = false;
   bool stopping_ = false;
   bool abort_reports_ = false;
   bool stop_heartbeat_ = false;
+  bool stop_reporter_ = false;
   bool stopped_ = false;
   WorkerStats stats_;
 
   std::thread controller_;
   std::thread heartbeat_;
+  std::thread reporter_;
   std::vector<std::thread> executors_;
 };
 

@@ -739,6 +739,48 @@ TEST_F(SdkTest, WorkerResumesByItselfAfterAServerRestart) {
   EXPECT_EQ(handled.load(), 2);
 }
 
+TEST_F(SdkTest, AnExecutorRunsItsNextTaskWhileThePreviousOutcomeIsStillBeingSent) {
+  ASSERT_TRUE(client_->EnqueueOne(kNs, "async", 0).ok());
+  ASSERT_TRUE(client_->EnqueueOne(kNs, "async", 0).ok());
+  auto options = WorkerOptions({"async"});
+  options.concurrency = 1;
+  options.buffer_size = 2;
+  options.reconnect_backoff = {.base = Millis(100), .cap = Millis(1000)};
+  sdk::Worker worker(options);
+  Gate first_may_finish;
+  std::atomic<int> handled{0};
+  std::atomic<int64_t> acked_when_second_started{-1};
+  worker.Handle("", [&](TaskContext&) {
+    if (handled.fetch_add(1) == 0) {
+      EXPECT_TRUE(first_may_finish.Pass());
+    } else {
+      acked_when_second_started = static_cast<int64_t>(worker.stats().succeeded);
+    }
+    return Outcome::Success();
+  });
+  worker.Start();
+  ASSERT_TRUE(Eventually([&] {
+    auto s = worker.stats();
+    return s.fetched == 2 && s.started == 1;
+  }));
+  StopServer();  // the first task's Ack cannot be sent now
+  first_may_finish.Open();
+  ASSERT_TRUE(Eventually([&] { return acked_when_second_started.load() >= 0; }))
+      << "the only executor went on to the second task";
+  EXPECT_EQ(acked_when_second_started.load(), 0) << "before the first Ack went through";
+  EXPECT_EQ(worker.stats().succeeded, 0u);
+  EXPECT_EQ(worker.stats().running, 2u) << "both leases are still held and extended";
+
+  StartServer();
+  ASSERT_TRUE(Eventually([&] {
+    sdk_clock_.Advance(Millis(100));  // the reporter's backoff runs on the SDK clock
+    return worker.stats().succeeded == 2;
+  })) << "both outcomes sent once the server is back";
+  worker.Stop();
+  EXPECT_EQ(worker.stats().report_errors, 0u);
+  EXPECT_TRUE(DrainNow("async").empty()) << "both acked, none redelivered";
+}
+
 // Needs the server's task lifecycle (issue #3): GetTask, results, errors, worker ids,
 // CancelTask's cancel_requested.
 TEST_F(SdkTest, LifecycleResultErrorWorkerIdAndCancellationReachTheServer) {

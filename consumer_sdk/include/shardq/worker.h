@@ -2,17 +2,21 @@
 // Worker: runs handlers for the tasks of one namespace's topics.
 //
 //   controller thread: long-poll Dequeue (with worker_id) into a small local buffer,
-//                      refilling it to buffer_size once it is down to half; backs off (capped, jittered) while
-//                      the server is unreachable, and resumes by itself.
+//                      refilling it to buffer_size once it is down to half; backs off
+//                      (capped, jittered) while the server is unreachable, and resumes by
+//                      itself.
 //   executor threads (concurrency): take buffered tasks, run the handler of their
-//                      task_type, then Ack (with the result) or Nack (retry with
-//                      full-jitter backoff, or fatal). Acks of executors that finish
-//                      while an Ack call is in flight go together in the next call.
+//                      task_type, hand the outcome to the reporter and take the next
+//                      task at once (held back only while 1,000 outcomes wait).
+//   reporter thread:   sends the outcomes: Ack (with the result) or Nack (retry with
+//                      full-jitter backoff, or fatal); everything handed over while a
+//                      call is in flight goes in the next call. A task's lease is
+//                      extended until its outcome is sent.
 //   heartbeat thread:  every heartbeat_interval, one batched ExtendLease for every task
 //                      the worker holds; a lost lease or cancel_requested flags the
 //                      task's TaskContext so its handler can stop.
 //
-// So a Worker uses exactly 2 + concurrency threads (plus gRPC's own). Stop() stops
+// So a Worker uses exactly 3 + concurrency threads (plus gRPC's own). Stop() stops
 // fetching at once, hands buffered tasks back (Nack, delay 0), lets running handlers
 // finish within its timeout (then flags them cancelled), reports their outcomes and
 // joins every thread.
