@@ -133,12 +133,12 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
       stopping_ = true;
       if (!started_) {
         stopped_ = true;
-        cv_.notify_all();
+        WakeAll();
         return;
       }
       if (dequeue_ctx_) dequeue_ctx_->TryCancel();
     }
-    cv_.notify_all();
+    WakeAll();
     controller_.join();
 
     // Buffered tasks never started: give them back at once.
@@ -164,27 +164,27 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
         abort_reports_ = true;
       }
     }
-    cv_.notify_all();
+    WakeAll();
     for (auto& t : executors_) t.join();
     // The executors are gone: the reporter sends what they left, then exits.
     {
       std::lock_guard lock(mu_);
       stop_reporter_ = true;
     }
-    cv_.notify_all();
+    WakeAll();
     reporter_.join();
     {
       std::lock_guard lock(mu_);
       stop_heartbeat_ = true;
     }
-    cv_.notify_all();
+    WakeAll();
     heartbeat_.join();
     clock_.RemoveListener(listener_id_);
     {
       std::lock_guard lock(mu_);
       stopped_ = true;
     }
-    cv_.notify_all();
+    WakeAll();
   }
 
   void Wait() {
@@ -224,6 +224,14 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
     cv_.notify_all();
   }
 
+  // Every waiter of every kind (Stop changed a flag they all check).
+  void WakeAll() {
+    cv_.notify_all();
+    executor_cv_.notify_all();
+    controller_cv_.notify_all();
+    reporter_cv_.notify_all();
+  }
+
   void Prepare(grpc::ClientContext& ctx, Millis deadline) {
     ctx.set_deadline(std::chrono::system_clock::now() + deadline);
   }
@@ -249,7 +257,8 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
     const size_t refill_at = capacity / 2;
     while (!stopping_) {
       if (buffer_.size() > refill_at) {
-        cv_.wait(lock, [&] { return stopping_ || buffer_.size() <= refill_at; });
+        controller_cv_.wait(lock,
+                            [&] { return stopping_ || buffer_.size() <= refill_at; });
         continue;
       }
       v1::DequeueRequest request = BuildDequeue(capacity - buffer_.size());
@@ -271,7 +280,11 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
           buffer_.push_back(std::move(st));
           ++stats_.fetched;
         }
-        cv_.notify_all();
+        if (response.items_size() == 1) {
+          executor_cv_.notify_one();
+        } else if (response.items_size() > 1) {
+          executor_cv_.notify_all();
+        }
         if (response.items_size() == 0 && options_.poll_wait == Millis(0)) {
           // No long poll: do not spin on an empty queue.
           BackoffWait(lock, options_.reconnect_backoff.base, [&] { return stopping_; });
@@ -299,6 +312,7 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
       if (st->item.id() == id && st->stop.load() != StopReason::kLeaseLost) {
         st->stop.store(StopReason::kLeaseLost);
         ++stats_.lease_lost;
+        cv_.notify_all();  // its handler may be in WaitCancelled
       }
     };
     for (const auto& st : buffer_) mark(st);
@@ -333,13 +347,16 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
     for (;;) {
       // A reporter far behind (server slow or down) holds the executors back, so
       // outcomes waiting to be sent stay bounded.
-      cv_.wait(lock, [&] {
+      executor_cv_.wait(lock, [&] {
         return stopping_ || (!buffer_.empty() && reports_.size() < kMaxBatch);
       });
       if (stopping_) return;
       auto st = buffer_.front();
       buffer_.pop_front();
-      cv_.notify_all();  // room in the buffer: the controller may fetch
+      // Down to half: the controller fetches (see ControllerLoop).
+      if (buffer_.size() <= static_cast<size_t>(options_.buffer_size) / 2) {
+        controller_cv_.notify_one();
+      }
       if (st->stop.load() == StopReason::kLeaseLost) continue;
       running_.insert(st);
       ++stats_.started;
@@ -351,12 +368,13 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
       // has sent its outcome; this executor takes the next task at once.
       if (st->stop.load() == StopReason::kLeaseLost) {
         running_.erase(st);  // someone else has it now: nothing to report
+        if (running_.empty()) cv_.notify_all();  // Stop may be waiting for this
       } else {
         st->reporting = true;
         report.metadata = st->retry_metadata;
         reports_.push_back(std::move(report));
+        reporter_cv_.notify_one();
       }
-      cv_.notify_all();
     }
   }
 
@@ -415,14 +433,15 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
   void ReporterLoop() {
     std::unique_lock lock(mu_);
     for (;;) {
-      cv_.wait(lock, [&] { return stop_reporter_ || !reports_.empty(); });
+      reporter_cv_.wait(lock, [&] { return stop_reporter_ || !reports_.empty(); });
       if (reports_.empty()) return;
+      const bool was_full = reports_.size() >= kMaxBatch;
       std::vector<PendingReport> batch;
       while (!reports_.empty() && batch.size() < kMaxBatch) {
         batch.push_back(std::move(reports_.front()));
         reports_.pop_front();
       }
-      cv_.notify_all();  // room for the executors
+      if (was_full) executor_cv_.notify_all();  // they may take tasks again
       lock.unlock();
       std::vector<int> codes = Send(batch);
       lock.lock();
@@ -652,7 +671,13 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
   int listener_id_ = 0;
 
   mutable std::mutex mu_;
-  std::condition_variable cv_;  // every wait of every thread (few threads: notify_all)
+  // Each kind of thread waits on its own condition, so that a new task wakes one
+  // executor, not every thread of the worker. cv_ is for the timed waits on the
+  // worker's clock (heartbeat, backoff, Stop, WaitCancelled).
+  std::condition_variable cv_;
+  std::condition_variable executor_cv_;    // a task is buffered (or room for reports)
+  std::condition_variable controller_cv_;  // the buffer is down to half
+  std::condition_variable reporter_cv_;    // an outcome is waiting to be sent
   std::deque<std::shared_ptr<State>> buffer_;
   std::set<std::shared_ptr<State>> running_;    // started, outcome not yet sent
   std::deque<PendingReport> reports_;           // outcomes for the reporter
