@@ -231,9 +231,7 @@ void ShardWorker::RunWork(Work& work) {
   }
   // Claims first: a waiting consumer is the most latency-sensitive caller.
   const size_t max_rows = options_.max_batch;
-  for (auto run : RunsOf(work.claims, max_rows, [](auto& c) { return c.keys.size(); })) {
-    RunClaims(run);
-  }
+  RunClaimRuns(work.claims);
   if (!work.enqueues.empty()) {
     bool open;
     {
@@ -243,6 +241,7 @@ void ShardWorker::RunWork(Work& work) {
     if (open) {
       for (auto run :
            RunsOf(work.enqueues, max_rows, [](auto& e) { return e.items.size(); })) {
+        RunNewClaims();
         RunEnqueues(run);
       }
     } else {
@@ -257,28 +256,53 @@ void ShardWorker::RunWork(Work& work) {
   }
   auto reqs_of = [](auto& b) { return b.reqs.size(); };
   for (auto run : RunsOf(work.acks, max_rows, reqs_of)) {
+    RunNewClaims();
     RunBatches(run, [this](auto reqs) { return store_->Ack(reqs, clock_.Now()); });
   }
   for (auto run : RunsOf(work.nacks, max_rows, reqs_of)) {
+    RunNewClaims();
     RunBatches(run, [this](auto reqs) { return store_->Nack(reqs, clock_.Now()); });
   }
   for (auto run : RunsOf(work.extends, max_rows, reqs_of)) {
+    RunNewClaims();
     RunBatches(run, [this](auto reqs) { return store_->Extend(reqs, clock_.Now()); });
   }
   // A buffer may be queued for refill several times; once is enough.
   std::sort(work.refills.begin(), work.refills.end());
   work.refills.erase(std::unique(work.refills.begin(), work.refills.end()),
                      work.refills.end());
-  for (const auto& buffer : work.refills) RunRefill(buffer);
+  for (const auto& buffer : work.refills) {
+    RunNewClaims();
+    RunRefill(buffer);
+  }
   for (StoreFn& fn : work.exclusive) {
+    RunNewClaims();
     Exclusive done = fn(store_.get());
     ReadyBatch ready_keys;
     for (const ItemTransition& t : done.transitions) ApplyTransition(t, ready_keys);
     ready_keys.Flush(position_);
     if (done.then) done.then();
   }
+  RunNewClaims();
   if (work.promote) RunPromote();
+  RunNewClaims();
   if (work.purge) RunPurge();
+}
+
+void ShardWorker::RunClaimRuns(std::vector<PendingClaim>& claims) {
+  for (auto run :
+       RunsOf(claims, options_.max_batch, [](auto& c) { return c.keys.size(); })) {
+    RunClaims(run);
+  }
+}
+
+void ShardWorker::RunNewClaims() {
+  std::vector<PendingClaim> claims;
+  {
+    std::lock_guard lock(mu_);
+    claims.swap(pending_.claims);
+  }
+  RunClaimRuns(claims);
 }
 
 bool ShardWorker::Recover() {

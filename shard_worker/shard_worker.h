@@ -150,6 +150,11 @@ class ShardWorker final : public Tickable {
   void RunWork(Work& work);
   bool Recover();
   void RunProbe();
+  // Claims that came in while this turn runs go before its next transaction, so a
+  // consumer waits for at most one transaction, not for a whole turn of inserts and
+  // acks.
+  void RunNewClaims();
+  void RunClaimRuns(std::vector<PendingClaim>& claims);
   // One store call (transaction) each; RunWork splits the pending requests into runs
   // of at most max_batch rows.
   void RunEnqueues(std::span<PendingEnqueue> pending);

@@ -405,6 +405,43 @@ TEST_F(ShardWorkerTest, ExclusiveStepAnswersAfterTheIndexChanged) {
   EXPECT_EQ(window_when_answered, 1u);
 }
 
+// A claim that comes in while a strand turn is under way runs before the turn's next
+// transaction, not after the whole turn: a consumer waits for one transaction at most.
+TEST_F(ShardWorkerTest, AClaimArrivingMidTurnRunsBeforeTheTurnsNextStep) {
+  MakeWorker();
+  StartWorker();
+  auto in = EnqueueAsync({Item("t", 1), Item("t", 2)});
+  io_.RunAll();
+  ASSERT_TRUE(in->rows.ok());
+  LoadWindow("t");
+  std::vector<LeasedItem> first = TakeAndClaim("t", 1);
+  ASSERT_EQ(first.size(), 1u);
+
+  auto buffer = Buffer("t");
+  std::vector<std::string> order;
+  // The ack's callback runs on the strand, mid-turn; the claim it makes stands in for
+  // a dequeue that arrives from another thread at that moment.
+  worker_->Ack({{first[0].row, first[0].token}}, [&](std::vector<store::ItemOutcome>) {
+    order.push_back("ack");
+    std::vector<size_t> refill;
+    bool blocked = false;
+    std::vector<ReadyKey> keys;
+    for (const auto& t : buffer->Take(1, &refill, &blocked)) keys.push_back(t.key);
+    worker_->Claim(buffer, keys, "w", [&](std::vector<LeasedItem> leased) {
+      order.push_back("claim " + std::to_string(leased.size()));
+    });
+  });
+  worker_->RunExclusive([&](store::ShardStore*) {
+    order.push_back("exclusive");
+    return ShardWorker::Exclusive{};
+  });
+  ASSERT_TRUE(io_.RunOne());  // one strand turn
+  EXPECT_EQ(order, (std::vector<std::string>{"ack", "claim 1", "exclusive"}));
+  EXPECT_EQ(io_.queued(), 0u) << "nothing was left for another turn";
+  EXPECT_EQ(buffer->Counts().leased, 1);
+  EXPECT_EQ(buffer->Counts().succeeded, 1);
+}
+
 TEST_F(ShardWorkerTest, FullBufferIsResourceExhausted) {
   WorkerOptions o = QuietOptions();
   o.max_pending_enqueues = 4;
