@@ -21,8 +21,10 @@
 namespace shardq::store {
 namespace {
 
-// A multi-row INSERT carries a power of two rows, at most this many (see InsertChunk);
-// a batch is split into several statements inside the same transaction.
+// A multi-row INSERT carries any count of rows up to kExactInsertRows, or else a power
+// of two rows up to kMaxRowsPerInsert (see InsertChunk); a batch is split into several
+// statements inside the same transaction.
+constexpr size_t kExactInsertRows = 16;
 constexpr size_t kMaxRowsPerInsert = 256;
 // Prepared statements are cached per SQL text. Id lists are padded and INSERTs split to
 // powers of two, so only a few shapes exist; past this many (a backstop) the cache is
@@ -68,11 +70,16 @@ size_t PaddedCount(size_t n) {
   return p;
 }
 
-// Rows for the next multi-row INSERT of `remaining`: the largest power of two up to
-// kMaxRowsPerInsert. Each row count is a distinct prepared statement, and a cached
-// statement keeps parameter metadata for all its placeholders (hundreds of bytes
-// each): with any count allowed, the cache grew to about a gigabyte under a bulk load.
+// Rows for the next multi-row INSERT of `remaining`: all of them if that is at most
+// kExactInsertRows, else the largest power of two up to kMaxRowsPerInsert. Each row
+// count is a distinct prepared statement, and a cached statement keeps parameter
+// metadata for all its placeholders (hundreds of bytes each): with any count allowed,
+// the cache grew to about a gigabyte under a bulk load. The small counts are exact
+// because they are the common case of single enqueues (a few rows per commit), where
+// a split into 2 + 1 rows cost a second round trip; together they are 136 rows of
+// placeholders.
 size_t InsertChunk(size_t remaining) {
+  if (remaining <= kExactInsertRows) return remaining;
   size_t n = 1;
   while (n * 2 <= std::min(remaining, kMaxRowsPerInsert)) n *= 2;
   return n;

@@ -309,6 +309,28 @@ TYPED_TEST(StoreContractTest, InsertLargeBatchIsOneOrderedBatch) {
   EXPECT_EQ(this->ClaimOne(ids[777], 1).payload, "777");
 }
 
+// Every batch size maps the ids to the input positions, however the store splits it
+// into statements (the MySQL store sends up to 16 rows as one INSERT, a larger batch
+// as powers of two).
+TYPED_TEST(StoreContractTest, InsertOfEverySmallBatchSizeMapsIdsToItems) {
+  constexpr int kLargest = 40;
+  for (int n = 1; n <= kLargest; ++n) {
+    std::vector<NewItem> items;
+    for (int i = 0; i < n; ++i) {
+      items.push_back(Item("sizes", 0, kT0, std::to_string(n) + "/" + std::to_string(i)));
+    }
+    std::vector<RowId> ids = this->Insert(items);
+    ASSERT_EQ(ids.size(), static_cast<size_t>(n));
+    EXPECT_TRUE(std::is_sorted(ids.begin(), ids.end())) << n;
+    EXPECT_EQ(std::adjacent_find(ids.begin(), ids.end()), ids.end()) << n;
+    const int last = n - 1;
+    EXPECT_EQ(this->ClaimOne(ids[last], 1).payload,
+              std::to_string(n) + "/" + std::to_string(last))
+        << n;
+  }
+  EXPECT_EQ(this->Counts("sizes").ready, kLargest * (kLargest + 1) / 2 - kLargest);
+}
+
 TYPED_TEST(StoreContractTest, InsertRefusesWhatTheTableCannotHoldAndStoresNothing) {
   Result<std::vector<Inserted>> r = this->store().Insert(
       std::vector<NewItem>{Item("ok", 0, kT0), Item(std::string(129, 't'), 0, kT0)}, kT0);
