@@ -703,8 +703,8 @@ TEST(EngineTimeTest, DelayedItemBecomesReadyExactlyAtItsTime) {
 // ------------------------------------------------------------ threads
 
 // The engine's threads (its pool and ticker are named "shardq-..."). Counting every
-// thread of the process would also count gRPC's, which the e2e tests in this binary
-// leave behind and which exit in their own time.
+// thread of the process also counts threads that are not the engine's and come and go
+// in their own time: under `ctest -j2` the total once never came back to its base.
 size_t CountThreads() {
   size_t n = 0;
   for (const auto& e : std::filesystem::directory_iterator("/proc/self/task")) {
