@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # A private MariaDB for shardq: its own data directory and unix socket, no TCP, no
-# systemd. InnoDB keeps its durable default (flush the log at every commit).
+# systemd. InnoDB keeps its durable default (flush the log at every commit). The redo
+# log is 1 GiB instead of 96 MiB: a queue writes every item several times, and with a
+# small log InnoDB must flush pages to free log space while commits wait (C's p99 37 ->
+# 24 ms in docs/BENCHMARKS.md); its size does not change what a commit guarantees.
 #
 #   scripts/mariadb.sh start DIR   # initialises DIR on first use; prints the socket
 #   scripts/mariadb.sh stop DIR
@@ -22,7 +25,7 @@ case "$cmd" in
     if ! running; then
       mariadbd --no-defaults --datadir="$dir/data" --tmpdir="$dir/tmp" --socket="$sock" --skip-networking \
         --user=root --pid-file="$pidfile" --log-error="$dir/error.log" \
-        --innodb-buffer-pool-size=256M &
+        --innodb-buffer-pool-size=256M --innodb-log-file-size=1G &
       for _ in $(seq 1 300); do
         mariadb --no-defaults --socket="$sock" -uroot -e 'select 1' >/dev/null 2>&1 && break
         sleep 0.1
