@@ -446,7 +446,9 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
       std::vector<int> codes = Send(batch);
       lock.lock();
       for (size_t i = 0; i < batch.size(); ++i) Record(batch[i], codes[i]);
-      cv_.notify_all();
+      // Only Stop waits (on cv_) for running_ to empty; the handlers of these tasks
+      // have returned, so none waits in WaitCancelled.
+      if (running_.empty()) cv_.notify_all();
     }
   }
 
@@ -458,45 +460,49 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
       (batch[i].kind == Outcome::Kind::kSuccess ? acks : nacks).push_back(i);
     }
     std::vector<int> codes(batch.size(), static_cast<int>(grpc::StatusCode::INTERNAL));
-    if (!acks.empty()) {
-      std::vector<int> c = SendWithRetries<v1::AckRequest, v1::AckResponse>(
-          acks.size(),
-          [&](v1::AckRequest& req, size_t k) {
-            const PendingReport& r = batch[acks[k]];
-            auto* a = req.add_items();
-            a->set_id(r.st->item.id());
-            a->set_lease_token(r.st->item.lease_token());
-            a->set_result(r.text);
-          },
-          [&](grpc::ClientContext* c, const v1::AckRequest& req, v1::AckResponse* resp) {
-            return stub_->Ack(c, req, resp);
-          });
-      for (size_t k = 0; k < acks.size(); ++k) codes[acks[k]] = c[k];
-    }
-    if (!nacks.empty()) {
-      std::vector<int> c = SendWithRetries<v1::NackRequest, v1::NackResponse>(
-          nacks.size(),
-          [&](v1::NackRequest& req, size_t k) {
-            const PendingReport& r = batch[nacks[k]];
-            auto* n = req.add_items();
-            n->mutable_item()->set_id(r.st->item.id());
-            n->mutable_item()->set_lease_token(r.st->item.lease_token());
-            n->set_error(r.text);
-            if (r.kind == Outcome::Kind::kFatal) {
-              n->set_fatal(true);
-            } else {
-              n->set_delay_ms(r.delay.count());
-            }
-            if (r.metadata) {
-              for (const auto& [key, v] : *r.metadata)
-                (*n->mutable_metadata()->mutable_entries())[key] = v;
-            }
-          },
-          [&](grpc::ClientContext* c, const v1::NackRequest& req,
-              v1::NackResponse* resp) { return stub_->Nack(c, req, resp); });
-      for (size_t k = 0; k < nacks.size(); ++k) codes[nacks[k]] = c[k];
-    }
+    SendPart<v1::AckRequest, v1::AckResponse>(
+        batch, acks, codes,
+        [](v1::AckRequest& req, const PendingReport& r) {
+          auto* a = req.add_items();
+          a->set_id(r.st->item.id());
+          a->set_lease_token(r.st->item.lease_token());
+          a->set_result(r.text);
+        },
+        [&](grpc::ClientContext* c, const v1::AckRequest& req, v1::AckResponse* resp) {
+          return stub_->Ack(c, req, resp);
+        });
+    SendPart<v1::NackRequest, v1::NackResponse>(
+        batch, nacks, codes,
+        [](v1::NackRequest& req, const PendingReport& r) {
+          auto* n = req.add_items();
+          n->mutable_item()->set_id(r.st->item.id());
+          n->mutable_item()->set_lease_token(r.st->item.lease_token());
+          n->set_error(r.text);
+          if (r.kind == Outcome::Kind::kFatal) {
+            n->set_fatal(true);
+          } else {
+            n->set_delay_ms(r.delay.count());
+          }
+          if (r.metadata) {
+            for (const auto& [key, v] : *r.metadata)
+              (*n->mutable_metadata()->mutable_entries())[key] = v;
+          }
+        },
+        [&](grpc::ClientContext* c, const v1::NackRequest& req, v1::NackResponse* resp) {
+          return stub_->Nack(c, req, resp);
+        });
     return codes;
+  }
+
+  // Sends the reports batch[part[k]] in one call (SendWithRetries) and puts their
+  // codes into `codes`.
+  template <typename Req, typename Resp, typename Add, typename Rpc>
+  void SendPart(const std::vector<PendingReport>& batch, const std::vector<size_t>& part,
+                std::vector<int>& codes, const Add& add, const Rpc& rpc) {
+    if (part.empty()) return;
+    std::vector<int> c = SendWithRetries<Req, Resp>(
+        part.size(), [&](Req& req, size_t k) { add(req, batch[part[k]]); }, rpc);
+    for (size_t k = 0; k < part.size(); ++k) codes[part[k]] = c[k];
   }
 
   // Under mu_: counts a sent outcome and lets go of its task.

@@ -149,8 +149,9 @@ class ShardWorkerTest : public ::testing::Test {
     io_.RunAll();
   }
 
-  // Takes up to `n` keys of `topic` and claims them; returns what was leased.
-  std::vector<LeasedItem> TakeAndClaim(const std::string& topic, size_t n) {
+  // Takes (reserves) up to `n` keys of `topic` from the index, as a dequeue does, and
+  // asks for the refills the window wants.
+  std::vector<ReadyKey> TakeKeys(const std::string& topic, size_t n) {
     auto buffer = Buffer(topic);
     std::vector<size_t> refill;
     bool blocked = false;
@@ -158,12 +159,19 @@ class ShardWorkerTest : public ::testing::Test {
     for (size_t i = 0; i < refill.size(); ++i) worker_->Refill(buffer);
     std::vector<ReadyKey> keys;
     for (const auto& t : taken) keys.push_back(t.key);
+    return keys;
+  }
+
+  // Takes up to `n` keys of `topic` and claims them; returns what was leased.
+  std::vector<LeasedItem> TakeAndClaim(const std::string& topic, size_t n) {
+    std::vector<ReadyKey> keys = TakeKeys(topic, n);
     std::vector<LeasedItem> got;
     int calls = 0;
-    worker_->Claim(buffer, keys, "test-worker", [&](std::vector<LeasedItem> items) {
-      got = std::move(items);
-      ++calls;
-    });
+    worker_->Claim(Buffer(topic), keys, "test-worker",
+                   [&](std::vector<LeasedItem> items) {
+                     got = std::move(items);
+                     ++calls;
+                   });
     io_.RunAll();
     EXPECT_EQ(calls, 1);
     return got;
@@ -349,13 +357,9 @@ TEST_F(ShardWorkerTest, MaxBatchSplitsClaimsAndAcks) {
   ASSERT_TRUE(in->rows.ok());
   LoadWindow("t");
   auto buffer = Buffer("t");
-  std::vector<size_t> refill;
-  bool blocked = false;
   std::vector<std::vector<LeasedItem>> got(3);
   for (int i = 0; i < 3; ++i) {
-    std::vector<ReadyKey> keys;
-    for (const auto& t : buffer->Take(1, &refill, &blocked)) keys.push_back(t.key);
-    worker_->Claim(buffer, keys, "w",
+    worker_->Claim(buffer, TakeKeys("t", 1), "w",
                    [&got, i](std::vector<LeasedItem> l) { got[i] = l; });
   }
   const int claims_before = store_->calls(MemoryShardStore::Op::kClaim);
@@ -423,11 +427,7 @@ TEST_F(ShardWorkerTest, AClaimArrivingMidTurnRunsBeforeTheTurnsNextStep) {
   // a dequeue that arrives from another thread at that moment.
   worker_->Ack({{first[0].row, first[0].token}}, [&](std::vector<store::ItemOutcome>) {
     order.push_back("ack");
-    std::vector<size_t> refill;
-    bool blocked = false;
-    std::vector<ReadyKey> keys;
-    for (const auto& t : buffer->Take(1, &refill, &blocked)) keys.push_back(t.key);
-    worker_->Claim(buffer, keys, "w", [&](std::vector<LeasedItem> leased) {
+    worker_->Claim(buffer, TakeKeys("t", 1), "w", [&](std::vector<LeasedItem> leased) {
       order.push_back("claim " + std::to_string(leased.size()));
     });
   });
