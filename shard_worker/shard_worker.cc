@@ -486,23 +486,18 @@ void ShardWorker::RunRefill(const std::shared_ptr<prefetch::TopicBuffer>& buffer
 void ShardWorker::RunPromote() {
   Time now = clock_.Now();
   Duration latency;
-  auto moved =
+  auto promoted =
       Timed([&] { return store_->PromoteDue(now, options_.promote_batch); }, &latency);
-  Observe(moved.status(), latency);
-  if (!moved.ok()) {
+  Observe(promoted.status(), latency);
+  if (!promoted.ok()) {
     NoteDeadline(now + Duration(100));  // try again soon
     return;
   }
   ReadyBatch ready_keys;
-  for (const ItemTransition& t : *moved) ApplyTransition(t, ready_keys);
+  for (const ItemTransition& t : promoted->moved) ApplyTransition(t, ready_keys);
   ready_keys.Flush(position_);
-  if (moved->size() >= options_.promote_batch) {
-    NoteDeadline(now);  // more are due right now
-    return;
-  }
-  auto next = store_->NextDue();
-  if (next.ok() && *next) NoteDeadline(**next);
-  if (!next.ok()) NoteDeadline(now + Duration(100));
+  // <= now when more are due right now: the ticker's next tick posts the next batch.
+  if (promoted->next_due) NoteDeadline(*promoted->next_due);
 }
 
 void ShardWorker::RunPurge() {

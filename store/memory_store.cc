@@ -369,7 +369,7 @@ Result<std::vector<ItemOutcome>> MemoryShardStore::Extend(
   return out;
 }
 
-Result<std::vector<ItemTransition>> MemoryShardStore::PromoteDue(Time now, size_t limit) {
+Result<Promotion> MemoryShardStore::PromoteDue(Time now, size_t limit) {
   std::lock_guard lock(mu_);
   ++calls_[static_cast<size_t>(Op::kPromoteDue)];
   SHARDQ_RETURN_IF_ERROR(TakeFailure(Op::kPromoteDue));
@@ -382,7 +382,7 @@ Result<std::vector<ItemTransition>> MemoryShardStore::PromoteDue(Time now, size_
   }
   std::sort(due.begin(), due.end());
   if (due.size() > limit) due.resize(limit);
-  std::vector<ItemTransition> out;
+  Promotion out;
   for (const auto& [when, id] : due) {
     Row& r = rows_[id];
     const ItemState from = r.state;
@@ -402,8 +402,9 @@ Result<std::vector<ItemTransition>> MemoryShardStore::PromoteDue(Time now, size_
         AddEvent(r, now, "lease_expired");
       }
     }
-    out.push_back(Changed(id, r, from));
+    out.moved.push_back(Changed(id, r, from));
   }
+  out.next_due = NextDueLocked();
   return out;
 }
 
@@ -435,6 +436,10 @@ Result<std::optional<Time>> MemoryShardStore::NextDue() {
   std::lock_guard lock(mu_);
   ++calls_[static_cast<size_t>(Op::kNextDue)];
   SHARDQ_RETURN_IF_ERROR(TakeFailure(Op::kNextDue));
+  return NextDueLocked();
+}
+
+std::optional<Time> MemoryShardStore::NextDueLocked() const {
   std::optional<Time> next;
   for (const auto& [id, r] : rows_) {
     if (r.state != ItemState::kDelayed && r.state != ItemState::kLeased) continue;

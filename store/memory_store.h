@@ -66,7 +66,7 @@ class MemoryShardStore final : public ShardStore {
                                         Time now) override;
   Result<std::vector<ItemOutcome>> Extend(std::span<const ExtendRequest> reqs,
                                           Time now) override;
-  Result<std::vector<ItemTransition>> PromoteDue(Time now, size_t limit) override;
+  Result<Promotion> PromoteDue(Time now, size_t limit) override;
   Result<std::vector<ItemTransition>> PurgeExpired(Time now, size_t limit) override;
   Result<std::optional<Time>> NextDue() override;
   Result<std::vector<TopicCounts>> CountByTopic() override;
@@ -126,6 +126,8 @@ class MemoryShardStore final : public ShardStore {
   // Moves `r` to the final state `to` at `now` (finished_at, purge time, no TTL).
   void Finish(Row& r, ItemState to, Time now) const;
   static void AddEvent(Row& r, Time at, std::string kind, std::string detail = "");
+  // The earliest deliver_after among DELAYED and LEASED rows (NextDue). Requires mu_.
+  std::optional<Time> NextDueLocked() const;
   // Deletes the row (and its history, and frees its dedup key).
   void Erase(std::map<uint64_t, Row>::iterator it);
   static TaskRecord Record(uint64_t id, const Row& r, bool with_payload_and_history);

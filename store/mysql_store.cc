@@ -1226,34 +1226,61 @@ Result<std::vector<ItemOutcome>> MySqlShardStore::Extend(
   });
 }
 
-Result<std::vector<ItemTransition>> MySqlShardStore::PromoteDue(Time now, size_t limit) {
-  using R = Result<std::vector<ItemTransition>>;
-  if (limit == 0) return std::vector<ItemTransition>{};
+Result<Promotion> MySqlShardStore::PromoteDue(Time now, size_t limit) {
+  using R = Result<Promotion>;
+  if (limit == 0) {
+    auto next = NextDue();
+    if (!next.ok()) return next.status();
+    return Promotion{{}, *next};
+  }
   return Run<R>("promote_due", [&]() -> R {
     const int64_t now_ms = ToUnixMillis(now);
-    // One index range of `due` per state, merged: earliest first overall.
-    sql::PreparedStatement& sel =
-        Stmt("SELECT " + kLockCols +
-             " FROM items WHERE state = ? AND deliver_after <= ? "
-             "ORDER BY deliver_after, id LIMIT ? FOR UPDATE");
-    std::vector<std::pair<uint64_t, LockedRow>> due;
+    // One round trip: per state, the due rows (a range of the `due` index, earliest
+    // first) and the first row not yet due, which says when the next call has work.
+    // That row is locked too; nothing else writes this shard's rows meanwhile.
+    std::string sql;
     for (int state : {kDelayed, kLeased}) {
-      sel.setInt(1, state);
-      sel.setInt64(2, now_ms);
-      sel.setUInt64(3, limit);
+      for (const char* range : {"<= ?", "> ?"}) {
+        if (!sql.empty()) sql += " UNION ALL ";
+        sql += "(SELECT " + kLockCols +
+               " FROM items WHERE state = " + std::to_string(state) +
+               " AND deliver_after " + range +
+               " ORDER BY deliver_after, id LIMIT ? FOR UPDATE)";
+      }
+    }
+    sql::PreparedStatement& sel = Stmt(sql);
+    unsigned p = 1;
+    for (int part = 0; part < 4; ++part) {
+      sel.setInt64(p++, now_ms);
+      sel.setUInt64(p++, part % 2 == 0 ? limit : 1);
+    }
+    std::vector<std::pair<uint64_t, LockedRow>> due;
+    Promotion out;
+    size_t due_of_state[2] = {0, 0};
+    {
       std::unique_ptr<sql::ResultSet> rs(sel.executeQuery());
       while (rs->next()) {
         LockedRow r;
         const uint64_t id = ReadLocked(*rs, r);
+        const Time at = FromUnixMillis(r.deliver_after);
+        if (r.deliver_after > now_ms) {
+          if (!out.next_due || at < *out.next_due) out.next_due = at;
+          continue;
+        }
+        ++due_of_state[r.state == kDelayed ? 0 : 1];
         due.emplace_back(id, std::move(r));
       }
+    }
+    // More due than this call moves: a state that filled its limit may have more due
+    // rows than were read, and the merge keeps `limit` of both.
+    if (due_of_state[0] >= limit || due_of_state[1] >= limit || due.size() > limit) {
+      out.next_due = now;
     }
     std::sort(due.begin(), due.end(), [](const auto& a, const auto& b) {
       return std::tie(a.second.deliver_after, a.first) <
              std::tie(b.second.deliver_after, b.first);
     });
     if (due.size() > limit) due.resize(limit);
-    std::vector<ItemTransition> out;
     std::vector<uint64_t> delayed_ids, expired_ids;
     std::map<std::pair<int, int64_t>, std::vector<uint64_t>> finished;  // (state, purge)
     std::vector<PendingEvent> events;
@@ -1262,8 +1289,8 @@ Result<std::vector<ItemTransition>> MySqlShardStore::PromoteDue(Time now, size_t
       if (r.state == kDelayed) {
         // deliver_after stays: for READY it is the time the item became due.
         delayed_ids.push_back(id);
-        out.push_back(MakeTransition(id, r, ItemState::kDelayed, ItemState::kReady,
-                                     r.deliver_after));
+        out.moved.push_back(MakeTransition(id, r, ItemState::kDelayed, ItemState::kReady,
+                                           r.deliver_after));
         continue;
       }
       // An expired lease. The token stays, so a late ack of done work still matches.
@@ -1280,11 +1307,12 @@ Result<std::vector<ItemTransition>> MySqlShardStore::PromoteDue(Time now, size_t
       events.push_back(Event(id, r, now_ms, "lease_expired", std::move(detail)));
       if (to == ItemState::kReady) {
         expired_ids.push_back(id);
-        out.push_back(MakeTransition(id, r, ItemState::kLeased, to, r.deliver_after));
+        out.moved.push_back(
+            MakeTransition(id, r, ItemState::kLeased, to, r.deliver_after));
       } else {
         const int64_t purge_at = PurgeTime(r.ns, now_ms);
         finished[{static_cast<int>(to), purge_at}].push_back(id);
-        out.push_back(MakeTransition(id, r, ItemState::kLeased, to, purge_at));
+        out.moved.push_back(MakeTransition(id, r, ItemState::kLeased, to, purge_at));
       }
     }
     ExecuteForIds("UPDATE items SET state = 1 WHERE id IN ", delayed_ids, nullptr);

@@ -69,7 +69,7 @@ class MySqlShardStore final : public ShardStore {
                                         Time now) override;
   Result<std::vector<ItemOutcome>> Extend(std::span<const ExtendRequest> reqs,
                                           Time now) override;
-  Result<std::vector<ItemTransition>> PromoteDue(Time now, size_t limit) override;
+  Result<Promotion> PromoteDue(Time now, size_t limit) override;
   Result<std::vector<ItemTransition>> PurgeExpired(Time now, size_t limit) override;
   Result<std::optional<Time>> NextDue() override;
   Result<std::vector<TopicCounts>> CountByTopic() override;

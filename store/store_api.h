@@ -50,6 +50,14 @@ struct ClaimRequest {
   LeaseToken token{};
 };
 
+// What PromoteDue moved, and when it next has work.
+struct Promotion {
+  std::vector<ItemTransition> moved;  // earliest first
+  // The earliest deliver_after among the DELAYED and LEASED items left (<= now if
+  // more were due than the call's limit), or nullopt if there are none.
+  std::optional<Time> next_due;
+};
+
 // One row's result of Insert, in input order.
 struct Inserted {
   RowId row;
@@ -199,7 +207,10 @@ class ShardStore {
   //    last_error "lease expired": -> CANCELLED if cancel_requested, else DEAD if
   //    attempts >= max_attempts, else READY. The lease token is kept until the next
   //    claim, so a late ack of work that was in fact done still succeeds.
-  virtual Result<std::vector<ItemTransition>> PromoteDue(Time now, size_t limit) = 0;
+  // Also says when the next call has work (what NextDue would say after this call, or
+  // a time <= now when more than `limit` items were due), so the shard worker learns
+  // it in the same transaction.
+  virtual Result<Promotion> PromoteDue(Time now, size_t limit) = 0;
 
   // Deletes (with their history) up to `limit` items whose TTL (expires_at) is
   // <= now in a non-final state, or that are final with deliver_after (the purge
@@ -207,7 +218,8 @@ class ShardStore {
   virtual Result<std::vector<ItemTransition>> PurgeExpired(Time now, size_t limit) = 0;
 
   // The earliest deliver_after among DELAYED and LEASED items, or nullopt if none:
-  // when PromoteDue next has work.
+  // when PromoteDue next has work. (PromoteDue reports it too; this is the query on its
+  // own.)
   virtual Result<std::optional<Time>> NextDue() = 0;
 
   // Item counts per (namespace, topic, state); used once at start-up to seed the

@@ -603,6 +603,34 @@ TEST_F(ShardWorkerTest, TickPromotesDelayedItemExactlyAtItsTime) {
   EXPECT_EQ(worker_->Tick(clock_.Now()), Ticker::kMaxSleep);
 }
 
+TEST_F(ShardWorkerTest, PromotionOfMoreThanABatchGoesOnAtOnceInOneTransactionEach) {
+  WorkerOptions options = QuietOptions();
+  options.promote_batch = 2;
+  MakeWorker(options);
+  StartWorker();
+  Time now = clock_.Now();
+  auto out = EnqueueAsync(
+      {Item("t", 0, now + Duration(100)), Item("t", 0, now + Duration(100)),
+       Item("t", 0, now + Duration(100)), Item("t", 0, now + Duration(900))});
+  io_.RunAll();
+  ASSERT_TRUE(out->rows.ok());
+  auto buffer = Buffer("t");
+  const size_t next_due_queries = store_->calls(MemoryShardStore::Op::kNextDue);
+
+  clock_.Advance(Duration(100));
+  worker_->Tick(clock_.Now());
+  io_.RunAll();
+  EXPECT_EQ(buffer->Counts().ready, 2);
+  // One more is due: the next tick, at the same time, posts it.
+  worker_->Tick(clock_.Now());
+  EXPECT_EQ(io_.queued(), 1u);
+  io_.RunAll();
+  EXPECT_EQ(buffer->Counts().ready, 3);
+  EXPECT_EQ(worker_->Tick(clock_.Now()), Duration(800));
+  // The promotion itself said when it next has work: no separate query.
+  EXPECT_EQ(store_->calls(MemoryShardStore::Op::kNextDue), next_due_queries);
+}
+
 TEST_F(ShardWorkerTest, ExpiredLeaseIsPromotedAndRedelivered) {
   MakeWorker();
   StartWorker();

@@ -599,7 +599,7 @@ TYPED_TEST(StoreContractTest, AckOfLeasedRowsWithOneStaleTokenAnswersEachRow) {
 TYPED_TEST(StoreContractTest, AckAfterTheLeaseExpiredAndWasPromoted) {
   RowId id = this->InsertOne(Item("t", 4, kT0));
   this->ClaimOne(id, 41);
-  std::vector<ItemTransition> moved = Must(this->store().PromoteDue(kT0 + 31s, 10));
+  std::vector<ItemTransition> moved = Must(this->store().PromoteDue(kT0 + 31s, 10)).moved;
   ASSERT_EQ(moved.size(), 1u);
   ASSERT_EQ(moved[0].to, ItemState::kReady);
   // The work was done after all: the late ack with the lease's token still counts.
@@ -641,8 +641,8 @@ TYPED_TEST(StoreContractTest, NackWithDelayMakesTheItemDelayed) {
   EXPECT_TRUE(this->ReadyRows("t").empty());
   EXPECT_EQ(this->Counts("t").delayed, 1u);
   EXPECT_EQ(Must(this->store().NextDue()), kT0 + 6s);
-  EXPECT_TRUE(Must(this->store().PromoteDue(kT0 + 6s - 1ms, 10)).empty());
-  EXPECT_EQ(Must(this->store().PromoteDue(kT0 + 6s, 10)).size(), 1u);
+  EXPECT_TRUE(Must(this->store().PromoteDue(kT0 + 6s - 1ms, 10)).moved.empty());
+  EXPECT_EQ(Must(this->store().PromoteDue(kT0 + 6s, 10)).moved.size(), 1u);
   EXPECT_EQ(this->ReadyRows("t"), std::vector<RowId>{id});
 }
 
@@ -695,7 +695,7 @@ TYPED_TEST(StoreContractTest, ExtendMovesTheDeadline) {
   EXPECT_EQ(out.new_deadline, kT0 + 65s);
   EXPECT_FALSE(out.transition.has_value());
   EXPECT_EQ(Must(this->store().NextDue()), kT0 + 65s);
-  EXPECT_TRUE(Must(this->store().PromoteDue(kT0 + 10s, 10)).empty());
+  EXPECT_TRUE(Must(this->store().PromoteDue(kT0 + 10s, 10)).moved.empty());
   EXPECT_EQ(this->Counts("t").leased, 1u);
 }
 
@@ -720,7 +720,9 @@ TYPED_TEST(StoreContractTest, ExtendIsRefusedAfterExpiryAndForStaleOrMissing) {
 TYPED_TEST(StoreContractTest, PromoteDueMovesDueDelayedItemsEarliestFirst) {
   std::vector<RowId> ids = this->Insert(
       {Item("t", 0, kT0 + 2s), Item("t", 9, kT0 + 1s), Item("t", 0, kT0 + 10s)});
-  std::vector<ItemTransition> moved = Must(this->store().PromoteDue(kT0 + 5s, 10));
+  Promotion promoted = Must(this->store().PromoteDue(kT0 + 5s, 10));
+  EXPECT_EQ(promoted.next_due, kT0 + 10s);  // the one still delayed
+  const std::vector<ItemTransition>& moved = promoted.moved;
   ASSERT_EQ(moved.size(), 2u);
   EXPECT_EQ(moved[0].row, ids[1]);
   EXPECT_EQ(moved[0].from, ItemState::kDelayed);
@@ -731,7 +733,7 @@ TYPED_TEST(StoreContractTest, PromoteDueMovesDueDelayedItemsEarliestFirst) {
   EXPECT_EQ(this->Counts("t").delayed, 1u);
   EXPECT_EQ(Must(this->store().NextDue()), kT0 + 10s);
   EXPECT_EQ(this->ReadyRows("t"), (std::vector<RowId>{ids[0], ids[1]}));
-  EXPECT_TRUE(Must(this->store().PromoteDue(kT0 + 5s, 10)).empty());
+  EXPECT_TRUE(Must(this->store().PromoteDue(kT0 + 5s, 10)).moved.empty());
 }
 
 TYPED_TEST(StoreContractTest, PromoteDueRespectsTheLimitAcrossStates) {
@@ -740,23 +742,54 @@ TYPED_TEST(StoreContractTest, PromoteDueRespectsTheLimitAcrossStates) {
   RowId d1 = this->InsertOne(Item("t", 0, kT0 + 1s));
   RowId d2 = this->InsertOne(Item("t", 0, kT0 + 5s));
   this->Claim({l1, l2}, 1);
-  std::vector<ItemTransition> first = Must(this->store().PromoteDue(kT0 + 20s, 2));
-  ASSERT_EQ(first.size(), 2u);
-  EXPECT_EQ(first[0].row, d1);
-  EXPECT_EQ(first[1].row, l1);
-  EXPECT_EQ(first[1].from, ItemState::kLeased);
-  std::vector<ItemTransition> rest = Must(this->store().PromoteDue(kT0 + 20s, 2));
-  ASSERT_EQ(rest.size(), 2u);
-  EXPECT_EQ(rest[0].row, d2);
-  EXPECT_EQ(rest[1].row, l2);
-  EXPECT_TRUE(Must(this->store().PromoteDue(kT0 + 20s, 0)).empty());
+  Promotion first = Must(this->store().PromoteDue(kT0 + 20s, 2));
+  ASSERT_EQ(first.moved.size(), 2u);
+  EXPECT_EQ(first.moved[0].row, d1);
+  EXPECT_EQ(first.moved[1].row, l1);
+  EXPECT_EQ(first.moved[1].from, ItemState::kLeased);
+  ASSERT_TRUE(first.next_due.has_value());
+  EXPECT_LE(*first.next_due, kT0 + 20s);  // more are due now
+  Promotion rest = Must(this->store().PromoteDue(kT0 + 20s, 2));
+  ASSERT_EQ(rest.moved.size(), 2u);
+  EXPECT_EQ(rest.moved[0].row, d2);
+  EXPECT_EQ(rest.moved[1].row, l2);
+  EXPECT_EQ(rest.next_due, std::nullopt);
+  EXPECT_TRUE(Must(this->store().PromoteDue(kT0 + 20s, 0)).moved.empty());
+}
+
+TYPED_TEST(StoreContractTest, PromoteDueSaysWhenItNextHasWork) {
+  RowId l1 = this->InsertOne(Item("t", 0, kT0, "p", 3s));  // lease ends kT0+3s
+  RowId l2 = this->InsertOne(Item("t", 0, kT0, "p", 4s));  // lease ends kT0+4s
+  RowId l3 = this->InsertOne(Item("t", 0, kT0, "p", 9s));  // lease ends kT0+9s
+  this->InsertOne(Item("t", 0, kT0 + 1s));
+  this->InsertOne(Item("t", 0, kT0 + 2s));
+  this->InsertOne(Item("t", 0, kT0 + 7s));
+  this->Claim({l1, l2, l3}, 1);
+  // Nothing due: the earliest deadline of either state, as NextDue says.
+  Promotion none = Must(this->store().PromoteDue(kT0, 10));
+  EXPECT_TRUE(none.moved.empty());
+  EXPECT_EQ(none.next_due, kT0 + 1s);
+  EXPECT_EQ(Must(this->store().PromoteDue(kT0, 0)).next_due, kT0 + 1s);
+  // Two due in each state, three moved: one is still due.
+  Promotion cut = Must(this->store().PromoteDue(kT0 + 5s, 3));
+  EXPECT_EQ(cut.moved.size(), 3u);
+  ASSERT_TRUE(cut.next_due.has_value());
+  EXPECT_LE(*cut.next_due, kT0 + 5s);
+  // The last due one; then the delayed item at 7 s comes before the lease ending at 9 s.
+  Promotion last = Must(this->store().PromoteDue(kT0 + 5s, 3));
+  EXPECT_EQ(last.moved.size(), 1u);
+  EXPECT_EQ(last.next_due, kT0 + 7s);
+  EXPECT_EQ(Must(this->store().NextDue()), kT0 + 7s);
+  Promotion delayed = Must(this->store().PromoteDue(kT0 + 7s, 3));
+  EXPECT_EQ(delayed.moved.size(), 1u);
+  EXPECT_EQ(delayed.next_due, kT0 + 9s);
 }
 
 TYPED_TEST(StoreContractTest, ExpiredLeaseBecomesReadyAndKeepsItsTokenForALateAck) {
   RowId id = this->InsertOne(Item("t", 2, kT0, "p", 30s));
   this->ClaimOne(id, 41);
-  EXPECT_TRUE(Must(this->store().PromoteDue(kT0 + 30s - 1ms, 10)).empty());
-  std::vector<ItemTransition> moved = Must(this->store().PromoteDue(kT0 + 30s, 10));
+  EXPECT_TRUE(Must(this->store().PromoteDue(kT0 + 30s - 1ms, 10)).moved.empty());
+  std::vector<ItemTransition> moved = Must(this->store().PromoteDue(kT0 + 30s, 10)).moved;
   ASSERT_EQ(moved.size(), 1u);
   EXPECT_EQ(moved[0].from, ItemState::kLeased);
   EXPECT_EQ(moved[0].to, ItemState::kReady);
@@ -1197,7 +1230,7 @@ TYPED_TEST(StoreContractTest, ExpiredLeasesRetryDeadLetterOrCancel) {
   this->Claim({retry, last, cancel}, 5, kT0, "w");
   ASSERT_TRUE(this->CancelOne(cancel, kT0 + 1s).status.ok());
 
-  std::vector<ItemTransition> moved = Must(this->store().PromoteDue(kT0 + 20s, 10));
+  std::vector<ItemTransition> moved = Must(this->store().PromoteDue(kT0 + 20s, 10)).moved;
   ASSERT_EQ(moved.size(), 3u);
   EXPECT_EQ(moved[0].row, retry);
   EXPECT_EQ(moved[0].from, ItemState::kLeased);
@@ -1227,7 +1260,7 @@ TYPED_TEST(StoreContractTest, ExpiredLeasesRetryDeadLetterOrCancel) {
   EXPECT_EQ(this->ReadyRows("t"), std::vector<RowId>{retry});
   EXPECT_EQ(Must(this->store().NextDue()), std::nullopt);
   // Final rows are never "due" work.
-  EXPECT_TRUE(Must(this->store().PromoteDue(kT0 + 10 * kRetention, 10)).empty());
+  EXPECT_TRUE(Must(this->store().PromoteDue(kT0 + 10 * kRetention, 10)).moved.empty());
 }
 
 // --- PurgeExpired: retention --------------------------------------------------------
