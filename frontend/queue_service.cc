@@ -5,6 +5,7 @@
 #include <unordered_set>
 
 #include "frontend/encoding.h"
+#include "frontend/enqueue_stream.h"
 #include "frontend/status_mapping.h"
 
 namespace shardq::frontend {
@@ -101,10 +102,15 @@ SHARDQ_RAW_METHOD(PurgeDeadLetters, PurgeDeadLettersRequest, PurgeDeadLettersRes
 
 void QueueService::HandleEnqueue(
     UnaryCall<v1::EnqueueRequest, v1::EnqueueResponse>* call) {
-  const v1::EnqueueRequest& req = call->request();
+  RunEnqueue(call->request(), call->response(),
+             [call](const Status& status) { call->Finish(status); });
+}
+
+void QueueService::RunEnqueue(const v1::EnqueueRequest& req, v1::EnqueueResponse* out,
+                              std::function<void(const Status&)> done) {
   Status st = ValidateName("namespace", req.namespace_(), kMaxNamespaceLen);
   if (st.ok()) st = ValidateBatchSize(req.items_size(), limits_);
-  if (!st.ok()) return call->Finish(st);
+  if (!st.ok()) return done(st);
   Time now = clock_.Now();
   std::vector<Result<NewItem>> parsed;
   parsed.reserve(req.items_size());
@@ -117,16 +123,25 @@ void QueueService::HandleEnqueue(
       [this](std::vector<NewItem> items, auto done) {
         engine_.Enqueue(std::move(items), std::move(done));
       },
-      [call](std::vector<Result<engine::EnqueueOutcome>> results) {
+      [out, done = std::move(done)](std::vector<Result<engine::EnqueueOutcome>> results) {
         for (const Result<engine::EnqueueOutcome>& r : results) {
-          v1::EnqueueResult* out = call->response()->add_results();
-          ToItemStatus(r.status(), out->mutable_status());
+          v1::EnqueueResult* result = out->add_results();
+          ToItemStatus(r.status(), result->mutable_status());
           if (!r.ok()) continue;
-          out->set_id(r->id.ToString());
-          out->set_deduplicated(r->deduplicated);
+          result->set_id(r->id.ToString());
+          result->set_deduplicated(r->deduplicated);
         }
-        call->Finish(Status::Ok());
+        done(Status::Ok());
       });
+}
+
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* QueueService::EnqueueStream(
+    grpc::CallbackServerContext*) {
+  return new EnqueueStreamCall([this](const v1::EnqueueRequest& req,
+                                      v1::EnqueueResponse* out,
+                                      std::function<void(const Status&)> done) {
+    RunEnqueue(req, out, std::move(done));
+  });
 }
 
 void QueueService::HandleDequeue(

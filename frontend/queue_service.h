@@ -4,8 +4,9 @@
 // no queue logic lives here. No handler blocks: answers are sent from the engine's
 // callbacks, and a long poll holds no thread while it waits.
 //
-// The methods are registered raw (bytes in, bytes out) and parsed by UnaryCall, so a
-// request that does not parse gets INVALID_ARGUMENT with a reason.
+// The methods are registered raw (bytes in, bytes out) and parsed by UnaryCall (and
+// EnqueueStreamCall), so a request that does not parse gets INVALID_ARGUMENT with a
+// reason.
 
 #include "common/clock.h"
 #include "engine/engine.h"
@@ -16,17 +17,18 @@
 namespace shardq::frontend {
 
 // Every method raw (bytes in, bytes out), in the proto's order.
-using RawQueueService =
-    v1::Queue::WithRawCallbackMethod_Enqueue<v1::Queue::WithRawCallbackMethod_Dequeue<
-        v1::Queue::WithRawCallbackMethod_Ack<v1::Queue::WithRawCallbackMethod_Nack<
-            v1::Queue::WithRawCallbackMethod_ExtendLease<
-                v1::Queue::WithRawCallbackMethod_GetActiveTopics<
-                    v1::Queue::WithRawCallbackMethod_GetTask<
-                        v1::Queue::WithRawCallbackMethod_CancelTask<
-                            v1::Queue::WithRawCallbackMethod_ListDeadLetters<
-                                v1::Queue::WithRawCallbackMethod_RedriveDeadLetters<
-                                    v1::Queue::WithRawCallbackMethod_PurgeDeadLetters<
-                                        v1::Queue::Service>>>>>>>>>>>;
+using RawQueueService = v1::Queue::WithRawCallbackMethod_Enqueue<
+    v1::Queue::WithRawCallbackMethod_EnqueueStream<
+        v1::Queue::WithRawCallbackMethod_Dequeue<
+            v1::Queue::WithRawCallbackMethod_Ack<v1::Queue::WithRawCallbackMethod_Nack<
+                v1::Queue::WithRawCallbackMethod_ExtendLease<
+                    v1::Queue::WithRawCallbackMethod_GetActiveTopics<
+                        v1::Queue::WithRawCallbackMethod_GetTask<
+                            v1::Queue::WithRawCallbackMethod_CancelTask<
+                                v1::Queue::WithRawCallbackMethod_ListDeadLetters<
+                                    v1::Queue::WithRawCallbackMethod_RedriveDeadLetters<
+                                        v1::Queue::WithRawCallbackMethod_PurgeDeadLetters<
+                                            v1::Queue::Service>>>>>>>>>>>>;
 
 class QueueService final : public RawQueueService {
  public:
@@ -36,6 +38,8 @@ class QueueService final : public RawQueueService {
   using Raw = grpc::ServerUnaryReactor*;
   Raw Enqueue(grpc::CallbackServerContext*, const grpc::ByteBuffer* in,
               grpc::ByteBuffer* out) override;
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* EnqueueStream(
+      grpc::CallbackServerContext*) override;
   Raw Dequeue(grpc::CallbackServerContext*, const grpc::ByteBuffer* in,
               grpc::ByteBuffer* out) override;
   Raw Ack(grpc::CallbackServerContext*, const grpc::ByteBuffer* in,
@@ -58,6 +62,10 @@ class QueueService final : public RawQueueService {
                        grpc::ByteBuffer* out) override;
 
  private:
+  // One Enqueue call, unary or from the stream: validates, enqueues, fills `out` and
+  // calls `done` once (with the call-level status) when every item is answered.
+  void RunEnqueue(const v1::EnqueueRequest& req, v1::EnqueueResponse* out,
+                  std::function<void(const Status&)> done);
   // The typed handlers: each finishes its call exactly once.
   void HandleEnqueue(UnaryCall<v1::EnqueueRequest, v1::EnqueueResponse>* call);
   void HandleDequeue(UnaryCall<v1::DequeueRequest, v1::DequeueResponse>* call);

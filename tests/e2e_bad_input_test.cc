@@ -5,23 +5,14 @@
 #include <gtest/gtest.h>
 
 #include "tests/e2e_support.h"
-#include "tests/support/mariadb_instance.h"
 
 namespace shardq::testing {
 namespace {
 
 constexpr char kNs[] = "bad";
 
-class BadInputTest : public ::testing::Test {
+class BadInputTest : public LiveServerTest {
  protected:
-  void SetUp() override {
-    auto server =
-        frontend::Server::Start(FreshConfig(SharedMariaDb().socket(), 2), clock_);
-    ASSERT_TRUE(server.ok()) << server.status().ToString();
-    server_ = std::move(*server);
-    ASSERT_TRUE(server_->engine().AwaitShardsOpen(std::chrono::seconds(30)));
-    client_ = std::make_unique<QueueClient>(server_->port());
-  }
   void TearDown() override {
     // Whatever was sent, the server still answers and nothing was stored.
     if (!client_) return;
@@ -50,10 +41,6 @@ class BadInputTest : public ::testing::Test {
     SetDeadline(ctx);
     return client_->stub().Dequeue(&ctx, req, &resp).error_code();
   }
-
-  FakeClock clock_;
-  std::unique_ptr<frontend::Server> server_;
-  std::unique_ptr<QueueClient> client_;
 };
 
 v1::EnqueueItem Item(const std::string& topic = "t") {

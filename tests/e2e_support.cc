@@ -6,7 +6,17 @@
 #include <atomic>
 #include <chrono>
 
+#include "tests/support/mariadb_instance.h"
+
 namespace shardq::testing {
+
+void LiveServerTest::SetUp() {
+  auto server = frontend::Server::Start(FreshConfig(SharedMariaDb().socket(), 2), clock_);
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  server_ = std::move(*server);
+  ASSERT_TRUE(server_->engine().AwaitShardsOpen(std::chrono::seconds(30)));
+  client_ = std::make_unique<QueueClient>(server_->port());
+}
 
 frontend::ServerConfig FreshConfig(const std::string& socket, size_t shards) {
   static std::atomic<int> counter{0};

@@ -3,6 +3,7 @@
 // free port, real MariaDB, injected clock) and a small synchronous client.
 
 #include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
 
 #include <memory>
 #include <string>
@@ -56,5 +57,16 @@ class QueueClient {
 // Sets a generous real-time deadline on a context, so that a broken test fails
 // instead of hanging.
 void SetDeadline(grpc::ClientContext& ctx, int64_t ms = 20'000);
+
+// A fixture with a fresh 2-shard server (fresh databases on the shared MariaDB, every
+// shard open) on a FakeClock, and a client of it.
+class LiveServerTest : public ::testing::Test {
+ protected:
+  void SetUp() override;
+
+  FakeClock clock_;
+  std::unique_ptr<frontend::Server> server_;
+  std::unique_ptr<QueueClient> client_;
+};
 
 }  // namespace shardq::testing

@@ -2,12 +2,15 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <atomic>
 #include <chrono>
 #include <deque>
 #include <map>
+#include <optional>
 #include <thread>
 #include <utility>
 
+#include "enqueue_stream_client.h"
 #include "shardq/v1/queue.grpc.pb.h"
 
 namespace shardq::sdk {
@@ -41,6 +44,16 @@ v1::EnqueueItem ToProto(const NewTask& task) {
 
 }  // namespace
 
+struct BatchOp;
+
+// An attempt waiting for its answer on an EnqueueStream, by deadline.
+struct StreamCall {
+  std::weak_ptr<EnqueueStreamClient> stream;
+  uint64_t id = 0;
+  std::weak_ptr<BatchOp> op;
+};
+using StreamDeadlines = std::multimap<Millis, StreamCall>;
+
 // One asynchronous Enqueue call and its retries.
 struct BatchOp {
   std::vector<v1::EnqueueItem> items;
@@ -51,6 +64,8 @@ struct BatchOp {
   Millis clock_deadline{0};                        // on the producer's clock
   std::chrono::system_clock::time_point deadline;  // real time, for gRPC
   std::function<void(std::vector<EnqueueResult>)> done;
+  // Set while an attempt waits on a stream (guarded by the producer's mutex).
+  std::optional<StreamDeadlines::iterator> stream_deadline;
 };
 
 // One Enqueue RPC carrying attempts of several ops (Impl::Dispatch).
@@ -81,17 +96,39 @@ class Producer::Impl : public std::enable_shared_from_this<Impl> {
     timer_ = std::thread([this] { TimerLoop(); });
   }
 
-  // Ends pending retries with CANCELLED and waits for calls in flight.
+  // Ends pending retries with CANCELLED, waits for the calls in flight (the timer
+  // thread still ends those that pass their deadline), then closes the stream.
   void Close() {
     {
       std::lock_guard lock(mu_);
       closing_ = true;
     }
     cv_.notify_all();
+    {
+      std::unique_lock lock(mu_);
+      done_cv_.wait(lock, [&] { return in_flight_ == 0; });
+      timer_stop_ = true;
+    }
+    cv_.notify_all();
     timer_.join();
     clock_.RemoveListener(listener_id_);
+    std::shared_ptr<EnqueueStreamClient> stream;
+    {
+      std::lock_guard lock(mu_);
+      stream = std::move(stream_);
+    }
+    if (stream) stream->CloseWrites();
     std::unique_lock lock(mu_);
-    done_cv_.wait(lock, [&] { return in_flight_ == 0 && callbacks_ == 0; });
+    // Nothing is waiting, so the server ends the stream at once; one that does not
+    // (hung) is cut off rather than holding the producer's destructor.
+    if (!done_cv_.wait_for(lock, std::chrono::seconds(5),
+                           [&] { return callbacks_ == 0; }) &&
+        stream) {
+      lock.unlock();
+      stream->Cancel();
+      lock.lock();
+    }
+    done_cv_.wait(lock, [&] { return callbacks_ == 0; });
   }
 
   void Submit(const std::vector<NewTask>& tasks, const CallOptions& call,
@@ -157,7 +194,14 @@ class Producer::Impl : public std::enable_shared_from_this<Impl> {
     return bytes;
   }
 
+  // Every attempt goes out at once as one message of the producer's EnqueueStream
+  // (one message each way per call instead of a whole RPC). Against a server without
+  // EnqueueStream the producer falls back to shared Enqueue RPCs (SendShared).
   void Dispatch(const std::shared_ptr<BatchOp>& op) {
+    if (!unary_only_) {
+      SendOnStream(op);
+      return;
+    }
     {
       std::lock_guard lock(mu_);
       if (shared_calls_ >= kMaxSharedCalls) {
@@ -167,6 +211,84 @@ class Producer::Impl : public std::enable_shared_from_this<Impl> {
       ++shared_calls_;
     }
     SendShared({op});
+  }
+
+  // The open stream, or a new one (the first call, or the last stream broke).
+  std::shared_ptr<EnqueueStreamClient> CurrentStream() {
+    {
+      std::lock_guard lock(mu_);
+      if (stream_ && !stream_->closed()) return stream_;
+    }
+    // Close() waits for the stream's end, after its last answer.
+    auto guard = std::make_shared<CallGuard>(this);
+    auto fresh = EnqueueStreamClient::Open(*stub_, [guard] {});
+    std::shared_ptr<EnqueueStreamClient> extra;  // another thread opened one meanwhile
+    {
+      std::lock_guard lock(mu_);
+      if (stream_ && !stream_->closed()) {
+        extra = std::move(fresh);
+        fresh = stream_;
+      } else {
+        stream_ = fresh;
+      }
+    }
+    if (extra) extra->CloseWrites();
+    return fresh;
+  }
+
+  void SendOnStream(const std::shared_ptr<BatchOp>& op) {
+    v1::EnqueueRequest request;
+    request.set_namespace_(options_.ns);
+    ++op->attempt;
+    for (size_t i : op->pending) {
+      *request.add_items() = op->items[i];
+      op->results[i].attempts = op->attempt;
+    }
+    std::shared_ptr<EnqueueStreamClient> stream = CurrentStream();
+    uint64_t id = 0;
+    {
+      std::lock_guard lock(mu_);
+      id = ++next_call_id_;
+    }
+    const bool sent = stream->Send(
+        id, std::move(request),
+        [this, op](const grpc::Status& status, v1::EnqueueStreamResponse* resp) {
+          OnStreamAnswer(op, status, resp);
+        });
+    if (!sent) return;  // answered (UNAVAILABLE): a retry opens a new stream
+    // The deadline is registered after the call: if the answer came first, the entry
+    // only finds nothing to abandon.
+    {
+      std::lock_guard lock(mu_);
+      op->stream_deadline = stream_deadlines_.emplace(
+          op->clock_deadline, StreamCall{stream, id, std::weak_ptr<BatchOp>(op)});
+    }
+    cv_.notify_all();  // the timer thread may have to wake earlier
+  }
+
+  void OnStreamAnswer(const std::shared_ptr<BatchOp>& op, const grpc::Status& status,
+                      v1::EnqueueStreamResponse* resp) {
+    {
+      std::lock_guard lock(mu_);
+      if (op->stream_deadline) {
+        stream_deadlines_.erase(*op->stream_deadline);
+        op->stream_deadline.reset();
+      }
+    }
+    if (status.error_code() == grpc::StatusCode::UNIMPLEMENTED) {
+      // A server from before EnqueueStream: shared Enqueue RPCs from now on.
+      unary_only_ = true;
+      --op->attempt;
+      Dispatch(op);
+      return;
+    }
+    if (!status.ok()) return OnReply(op, v1::EnqueueResponse(), status);
+    if (resp->status().code() != 0) {  // the whole call was refused
+      return OnReply(op, v1::EnqueueResponse(),
+                     grpc::Status(static_cast<grpc::StatusCode>(resp->status().code()),
+                                  resp->status().message()));
+    }
+    OnReply(op, resp->response(), grpc::Status::OK);
   }
 
   void SendShared(std::vector<std::shared_ptr<BatchOp>> ops) {
@@ -290,33 +412,62 @@ class Producer::Impl : public std::enable_shared_from_this<Impl> {
     if (--in_flight_ == 0) done_cv_.notify_all();
   }
 
+  // Runs retries when due, and ends stream calls that pass their deadline. Once the
+  // producer is closing, pending retries end with CANCELLED at once.
   void TimerLoop() {
     std::unique_lock lock(mu_);
-    while (!closing_) {
-      if (timers_.empty()) {
+    while (!timer_stop_) {
+      if (closing_ && !timers_.empty()) {
+        auto left = std::move(timers_);
+        timers_.clear();
+        lock.unlock();
+        for (auto& [due, op] : left) {
+          for (size_t i : op->pending) {
+            op->results[i].status = grpc::Status(grpc::StatusCode::CANCELLED,
+                                                 "producer closed before a retry");
+          }
+          Finish(op);
+        }
+        lock.lock();
+        continue;
+      }
+      std::optional<Millis> next;
+      if (!timers_.empty()) next = timers_.begin()->first;
+      if (!stream_deadlines_.empty() &&
+          (!next || stream_deadlines_.begin()->first < *next)) {
+        next = stream_deadlines_.begin()->first;
+      }
+      if (!next) {
         cv_.wait(lock);
         continue;
       }
-      auto first = timers_.begin();
-      if (first->first > clock_.Now()) {
-        clock_.WaitUntil(cv_, lock, first->first);
+      if (*next > clock_.Now()) {
+        clock_.WaitUntil(cv_, lock, *next);
         continue;
       }
+      if (!stream_deadlines_.empty() &&
+          stream_deadlines_.begin()->first <= clock_.Now()) {
+        auto first_deadline = stream_deadlines_.begin();
+        StreamCall call = first_deadline->second;
+        // The op may point at a newer entry already (a stale entry of an early answer).
+        if (auto op = call.op.lock(); op && op->stream_deadline == first_deadline) {
+          op->stream_deadline.reset();
+        }
+        stream_deadlines_.erase(first_deadline);
+        lock.unlock();
+        if (auto stream = call.stream.lock()) {
+          stream->Abandon(call.id, grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                                                "no answer before the call's deadline"));
+        }
+        lock.lock();
+        continue;
+      }
+      auto first = timers_.begin();
       auto op = first->second;
       timers_.erase(first);
       lock.unlock();
       Dispatch(op);
       lock.lock();
-    }
-    auto left = std::move(timers_);
-    timers_.clear();
-    lock.unlock();
-    for (auto& [due, op] : left) {
-      for (size_t i : op->pending) {
-        op->results[i].status =
-            grpc::Status(grpc::StatusCode::CANCELLED, "producer closed before a retry");
-      }
-      Finish(op);
     }
   }
 
@@ -331,11 +482,16 @@ class Producer::Impl : public std::enable_shared_from_this<Impl> {
   std::condition_variable cv_;       // the timer thread
   std::condition_variable done_cv_;  // Close() waiting for in_flight_ == 0
   bool closing_ = false;
+  bool timer_stop_ = false;
   int in_flight_ = 0;  // calls not finished
   int callbacks_ = 0;  // completion callbacks gRPC still holds
   std::multimap<Millis, std::shared_ptr<BatchOp>> timers_;
   int shared_calls_ = 0;                          // SharedCalls in flight
   std::deque<std::shared_ptr<BatchOp>> waiting_;  // first attempts waiting for one
+  std::shared_ptr<EnqueueStreamClient> stream_;   // opened on first use
+  std::atomic<bool> unary_only_{false};           // the server has no EnqueueStream
+  uint64_t next_call_id_ = 0;
+  StreamDeadlines stream_deadlines_;  // stream calls waiting, by deadline
   std::thread timer_;
 };
 

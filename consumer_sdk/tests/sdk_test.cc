@@ -296,33 +296,47 @@ TEST_F(SdkTest, ProducerGivesUpAfterItsAttemptsWhenTheServerIsDown) {
       << r.status.error_message();
 }
 
-// Turns the status of the first `n` Enqueue replies into UNAVAILABLE after the server
-// committed them: a reply lost on the way back.
+// Turns the first `n` Enqueue answers into UNAVAILABLE after the server committed
+// them: an answer lost on the way back (the status of a unary Enqueue, or an
+// EnqueueStream answer, which becomes "the shard failed while committing").
 class LoseEnqueueReplies : public grpc::experimental::ClientInterceptorFactoryInterface {
  public:
   explicit LoseEnqueueReplies(std::atomic<int>* left) : left_(left) {}
   grpc::experimental::Interceptor* CreateClientInterceptor(
       grpc::experimental::ClientRpcInfo* info) override {
-    return new Lose(std::string(info->method()) == "/shardq.v1.Queue/Enqueue", left_);
+    const std::string method = info->method();
+    return new Lose(method == "/shardq.v1.Queue/Enqueue",
+                    method == "/shardq.v1.Queue/EnqueueStream", left_);
   }
 
  private:
   class Lose : public grpc::experimental::Interceptor {
    public:
-    Lose(bool enqueue, std::atomic<int>* left) : enqueue_(enqueue), left_(left) {}
+    Lose(bool unary, bool stream, std::atomic<int>* left)
+        : unary_(unary), stream_(stream), left_(left) {}
     void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
-      if (enqueue_ && methods->QueryInterceptionHookPoint(
-                          grpc::experimental::InterceptionHookPoints::POST_RECV_STATUS)) {
-        if (left_->fetch_sub(1) > 0) {
-          *methods->GetRecvStatus() =
-              grpc::Status(grpc::StatusCode::UNAVAILABLE, "injected: reply lost");
-        }
+      using grpc::experimental::InterceptionHookPoints;
+      if (unary_ &&
+          methods->QueryInterceptionHookPoint(InterceptionHookPoints::POST_RECV_STATUS) &&
+          left_->fetch_sub(1) > 0) {
+        *methods->GetRecvStatus() =
+            grpc::Status(grpc::StatusCode::UNAVAILABLE, "injected: reply lost");
+      }
+      if (stream_ &&
+          methods->QueryInterceptionHookPoint(
+              InterceptionHookPoints::POST_RECV_MESSAGE) &&
+          left_->fetch_sub(1) > 0) {
+        auto* answer = static_cast<v1::EnqueueStreamResponse*>(methods->GetRecvMessage());
+        answer->clear_response();
+        answer->mutable_status()->set_code(grpc::StatusCode::UNAVAILABLE);
+        answer->mutable_status()->set_message("injected: answer lost");
       }
       methods->Proceed();
     }
 
    private:
-    bool enqueue_;
+    bool unary_;
+    bool stream_;
     std::atomic<int>* left_;
   };
   std::atomic<int>* left_;
@@ -356,6 +370,78 @@ TEST_F(SdkTest, ProducerRetriesDoNotDuplicateACommittedEnqueue) {
   EXPECT_EQ(a.id, b.id);
 
   EXPECT_EQ(DrainNow("dedup").size(), 2u) << "one task per dedup key";
+}
+
+// A stand-in server: Enqueue answers every item OK; EnqueueStream is either missing
+// (UNIMPLEMENTED, like a server from before it) or reads calls and never answers.
+class StandInQueue final : public v1::Queue::Service {
+ public:
+  explicit StandInQueue(bool stream_answers_nothing)
+      : stream_answers_nothing_(stream_answers_nothing) {}
+  grpc::Status Enqueue(grpc::ServerContext*, const v1::EnqueueRequest* req,
+                       v1::EnqueueResponse* resp) override {
+    ++enqueues;
+    for (int i = 0; i < req->items_size(); ++i) resp->add_results()->set_id("0-1");
+    return grpc::Status::OK;
+  }
+  grpc::Status EnqueueStream(
+      grpc::ServerContext*,
+      grpc::ServerReaderWriter<v1::EnqueueStreamResponse, v1::EnqueueStreamRequest>* s)
+      override {
+    if (!stream_answers_nothing_) {
+      return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "no EnqueueStream");
+    }
+    v1::EnqueueStreamRequest req;
+    while (s->Read(&req)) ++stream_calls;
+    return grpc::Status::OK;
+  }
+  std::atomic<int> enqueues{0};
+  std::atomic<int> stream_calls{0};
+
+ private:
+  const bool stream_answers_nothing_;
+};
+
+struct StandInServer {
+  explicit StandInServer(bool stream_answers_nothing) : service(stream_answers_nothing) {
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    builder.RegisterService(&service);
+    server = builder.BuildAndStart();
+  }
+  std::string Address() const { return "127.0.0.1:" + std::to_string(port); }
+  StandInQueue service;
+  int port = 0;
+  std::unique_ptr<grpc::Server> server;
+};
+
+TEST_F(SdkTest, ProducerFallsBackToEnqueueCallsWhenTheServerHasNoStream) {
+  StandInServer old_server(/*stream_answers_nothing=*/false);
+  auto options = ProducerOptions();
+  options.connection.server = old_server.Address();
+  sdk::Producer producer(options);
+  auto r = producer.Enqueue({.topic = "t", .payload = "x"});
+  ASSERT_TRUE(r.ok()) << r.status.error_message();
+  EXPECT_EQ(r.attempts, 1) << "the fallback is not a retry";
+  EXPECT_TRUE(producer.Enqueue({.topic = "t", .payload = "y"}).ok());
+  EXPECT_EQ(old_server.service.enqueues.load(), 2);
+}
+
+TEST_F(SdkTest, ProducerCallWithoutAnAnswerOnTheStreamEndsAtItsDeadline) {
+  StandInServer silent(/*stream_answers_nothing=*/true);
+  auto options = ProducerOptions();
+  options.connection.server = silent.Address();
+  sdk::Producer producer(options);
+  auto pending =
+      producer.EnqueueAsync({.topic = "t", .payload = "x"}, {.deadline = Millis(5'000)});
+  ASSERT_TRUE(Eventually([&] { return silent.service.stream_calls.load() == 1; }));
+  sdk_clock_.Advance(Millis(4'999));
+  EXPECT_EQ(pending.wait_for(50ms), std::future_status::timeout);
+  sdk_clock_.Advance(Millis(1));
+  ASSERT_EQ(pending.wait_for(30s), std::future_status::ready);
+  auto r = pending.get();
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED)
+      << r.status.error_message();
 }
 
 // ---- worker ----
