@@ -92,8 +92,6 @@ void EnqueueStreamCall::OnCancel() {
     cancelled_ = true;
     // Keep only the answer being written (its OnWriteDone pops it).
     while (answers_.size() > (writing_ ? 1u : 0u)) answers_.pop_back();
-    // A read in flight ends with ok = false; a paused one will never start.
-    if (!reading_) reads_done_ = true;
     next = PlanLocked();
   }
   Start(next);
@@ -101,6 +99,9 @@ void EnqueueStreamCall::OnCancel() {
 
 EnqueueStreamCall::Next EnqueueStreamCall::PlanLocked() {
   Next next;
+  // Cancelled: no read starts again, so once none is in flight the reads are over.
+  // (A read in flight may still complete with a message, not only with ok = false.)
+  if (cancelled_ && !reading_) reads_done_ = true;
   if (!reading_ && !reads_done_ && !cancelled_ && unanswered_ < kMaxCallsAhead) {
     reading_ = true;
     next.read = true;
