@@ -235,7 +235,7 @@ int Main(int argc, char** argv) {
             << " runs\n\n";
   PrintRuns(std::cout, runs);
   std::cout << "\n## Targets (medians)\n\n";
-  PrintTargets(std::cout, Medians(runs));
+  PrintTargets(std::cout, runs);
   if (!o.json.empty()) {
     nlohmann::json j = runs;
     std::ofstream(o.json) << j.dump(2) << "\n";

@@ -15,7 +15,8 @@ Figures Medians(const std::vector<Figures>& runs);
 // One table: figure | median | each run.
 void PrintRuns(std::ostream& out, const std::vector<Figures>& runs);
 
-// Ratios to the references and pass/fail of each target, from the medians.
-void PrintTargets(std::ostream& out, const Figures& medians);
+// Pass/fail of each target of issue 4: a figure's median over the runs, or, for a
+// ratio to a reference, the median of the ratios taken within each run.
+void PrintTargets(std::ostream& out, const std::vector<Figures>& runs);
 
 }  // namespace shardq::bench
