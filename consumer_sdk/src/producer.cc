@@ -245,11 +245,7 @@ class Producer::Impl : public std::enable_shared_from_this<Impl> {
       op->results[i].attempts = op->attempt;
     }
     std::shared_ptr<EnqueueStreamClient> stream = CurrentStream();
-    uint64_t id = 0;
-    {
-      std::lock_guard lock(mu_);
-      id = ++next_call_id_;
-    }
+    const uint64_t id = next_call_id_.fetch_add(1) + 1;
     const bool sent = stream->Send(
         id, std::move(request),
         [this, op](const grpc::Status& status, v1::EnqueueStreamResponse* resp) {
@@ -490,7 +486,7 @@ class Producer::Impl : public std::enable_shared_from_this<Impl> {
   std::deque<std::shared_ptr<BatchOp>> waiting_;  // first attempts waiting for one
   std::shared_ptr<EnqueueStreamClient> stream_;   // opened on first use
   std::atomic<bool> unary_only_{false};           // the server has no EnqueueStream
-  uint64_t next_call_id_ = 0;
+  std::atomic<uint64_t> next_call_id_{0};
   StreamDeadlines stream_deadlines_;  // stream calls waiting, by deadline
   std::thread timer_;
 };
