@@ -4,8 +4,8 @@
 #include <mutex>
 #include <unordered_set>
 
+#include "frontend/call_stream.h"
 #include "frontend/encoding.h"
-#include "frontend/enqueue_stream.h"
 #include "frontend/status_mapping.h"
 
 namespace shardq::frontend {
@@ -49,6 +49,8 @@ grpc::ServerUnaryReactor* Serve(const grpc::ByteBuffer* in, grpc::ByteBuffer* ou
   return call;
 }
 
+}  // namespace
+
 // Holds a parked Dequeue's handle for a cancellation that may come before or after
 // the handle exists.
 class CancelSlot {
@@ -76,18 +78,18 @@ class CancelSlot {
   std::shared_ptr<engine::Engine::DequeueHandle> handle_;
 };
 
-}  // namespace
-
 #define SHARDQ_RAW_METHOD(Method, Req, Resp, Handler)                                    \
   grpc::ServerUnaryReactor* QueueService::Method(                                        \
       grpc::CallbackServerContext*, const grpc::ByteBuffer* in, grpc::ByteBuffer* out) { \
     return Serve<v1::Req, v1::Resp>(in, out, [this](auto* call) { Handler(call); });     \
   }
-SHARDQ_RAW_METHOD(Enqueue, EnqueueRequest, EnqueueResponse, HandleEnqueue)
+SHARDQ_RAW_METHOD(Enqueue, EnqueueRequest, EnqueueResponse,
+                  HandleBy<&QueueService::RunEnqueue>)
 SHARDQ_RAW_METHOD(Dequeue, DequeueRequest, DequeueResponse, HandleDequeue)
-SHARDQ_RAW_METHOD(Ack, AckRequest, AckResponse, HandleAck)
-SHARDQ_RAW_METHOD(Nack, NackRequest, NackResponse, HandleNack)
-SHARDQ_RAW_METHOD(ExtendLease, ExtendLeaseRequest, ExtendLeaseResponse, HandleExtend)
+SHARDQ_RAW_METHOD(Ack, AckRequest, AckResponse, HandleBy<&QueueService::RunAck>)
+SHARDQ_RAW_METHOD(Nack, NackRequest, NackResponse, HandleBy<&QueueService::RunNack>)
+SHARDQ_RAW_METHOD(ExtendLease, ExtendLeaseRequest, ExtendLeaseResponse,
+                  HandleBy<&QueueService::RunExtend>)
 SHARDQ_RAW_METHOD(GetActiveTopics, GetActiveTopicsRequest, GetActiveTopicsResponse,
                   HandleActiveTopics)
 SHARDQ_RAW_METHOD(GetTask, GetTaskRequest, GetTaskResponse, HandleGetTask)
@@ -100,14 +102,8 @@ SHARDQ_RAW_METHOD(PurgeDeadLetters, PurgeDeadLettersRequest, PurgeDeadLettersRes
                   HandlePurgeDead)
 #undef SHARDQ_RAW_METHOD
 
-void QueueService::HandleEnqueue(
-    UnaryCall<v1::EnqueueRequest, v1::EnqueueResponse>* call) {
-  RunEnqueue(call->request(), call->response(),
-             [call](const Status& status) { call->Finish(status); });
-}
-
 void QueueService::RunEnqueue(const v1::EnqueueRequest& req, v1::EnqueueResponse* out,
-                              std::function<void(const Status&)> done) {
+                              Done done) {
   Status st = ValidateName("namespace", req.namespace_(), kMaxNamespaceLen);
   if (st.ok()) st = ValidateBatchSize(req.items_size(), limits_);
   if (!st.ok()) return done(st);
@@ -137,35 +133,82 @@ void QueueService::RunEnqueue(const v1::EnqueueRequest& req, v1::EnqueueResponse
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* QueueService::EnqueueStream(
     grpc::CallbackServerContext*) {
-  return new EnqueueStreamCall([this](const v1::EnqueueRequest& req,
-                                      v1::EnqueueResponse* out,
-                                      std::function<void(const Status&)> done) {
-    RunEnqueue(req, out, std::move(done));
+  using Stream = CallStream<v1::EnqueueStreamRequest, v1::EnqueueStreamResponse>;
+  return new Stream([this](const v1::EnqueueStreamRequest& req, Stream::AnswerFn answer) {
+    auto out = std::make_shared<v1::EnqueueStreamResponse>();
+    RunEnqueue(req.request(), out->mutable_response(),
+               [out, answer = std::move(answer)](const Status& status) {
+                 ToItemStatus(status, out->mutable_status());
+                 if (!status.ok()) out->clear_response();
+                 answer(std::move(*out));
+               });
+    return std::function<void()>();  // an enqueue is not cancelled once sent
+  });
+}
+
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* QueueService::ConsumeStream(
+    grpc::CallbackServerContext*) {
+  using Stream = CallStream<v1::ConsumeStreamRequest, v1::ConsumeStreamResponse>;
+  return new Stream([this](const v1::ConsumeStreamRequest& req, Stream::AnswerFn answer) {
+    auto out = std::make_shared<v1::ConsumeStreamResponse>();
+    // Fills the response's status, drops a partial answer on error, and answers.
+    auto finish = [out, answer = std::move(answer)](const Status& status) {
+      ToItemStatus(status, out->mutable_status());
+      if (!status.ok()) out->clear_response();
+      answer(std::move(*out));
+    };
+    switch (req.call_case()) {
+      case v1::ConsumeStreamRequest::kDequeue: {
+        auto slot = std::make_shared<CancelSlot>();
+        RunDequeue(req.dequeue(), out->mutable_dequeue(), slot, std::move(finish));
+        return std::function<void()>([slot] { slot->Cancel(); });
+      }
+      case v1::ConsumeStreamRequest::kAck:
+        RunAck(req.ack(), out->mutable_ack(), std::move(finish));
+        break;
+      case v1::ConsumeStreamRequest::kNack:
+        RunNack(req.nack(), out->mutable_nack(), std::move(finish));
+        break;
+      case v1::ConsumeStreamRequest::kExtendLease:
+        RunExtend(req.extend_lease(), out->mutable_extend_lease(), std::move(finish));
+        break;
+      case v1::ConsumeStreamRequest::CALL_NOT_SET:
+        finish(Status::InvalidArgument(
+            "the request carries no call (dequeue, ack, nack or extend_lease)"));
+        break;
+    }
+    return std::function<void()>();
   });
 }
 
 void QueueService::HandleDequeue(
     UnaryCall<v1::DequeueRequest, v1::DequeueResponse>* call) {
-  const v1::DequeueRequest& req = call->request();
-  Status st = ValidateName("namespace", req.namespace_(), kMaxNamespaceLen);
-  if (!st.ok()) return call->Finish(st);
-  auto asks = ToTopicAsks(req, limits_);
-  if (!asks.ok()) return call->Finish(asks.status());
-  auto wait = ToWait(req, limits_);
-  if (!wait.ok()) return call->Finish(wait.status());
-  st = ValidateLength("worker_id", req.worker_id(), kMaxWorkerIdLen);
-  if (!st.ok()) return call->Finish(st);
   // A client that goes away frees its parked call at once. The slot outlives the
   // call object (which may be gone as soon as the engine answers, even inline).
   auto slot = std::make_shared<CancelSlot>();
   call->OnCancelled([slot] { slot->Cancel(); });
-  slot->Set(engine_.Dequeue(req.namespace_(), std::move(*asks), *wait, req.worker_id(),
-                            [call](std::vector<engine::Delivered> items) {
-                              for (engine::Delivered& d : items) {
-                                EncodeDelivered(d, call->response()->add_items());
-                              }
-                              call->Finish(Status::Ok());
-                            }));
+  RunDequeue(call->request(), call->response(), slot,
+             [call](const Status& status) { call->Finish(status); });
+}
+
+void QueueService::RunDequeue(const v1::DequeueRequest& req, v1::DequeueResponse* out,
+                              std::shared_ptr<CancelSlot> slot, Done done) {
+  Status st = ValidateName("namespace", req.namespace_(), kMaxNamespaceLen);
+  if (!st.ok()) return done(st);
+  auto asks = ToTopicAsks(req, limits_);
+  if (!asks.ok()) return done(asks.status());
+  auto wait = ToWait(req, limits_);
+  if (!wait.ok()) return done(wait.status());
+  st = ValidateLength("worker_id", req.worker_id(), kMaxWorkerIdLen);
+  if (!st.ok()) return done(st);
+  slot->Set(engine_.Dequeue(
+      req.namespace_(), std::move(*asks), *wait, req.worker_id(),
+      [out, done = std::move(done)](std::vector<engine::Delivered> items) {
+        for (engine::Delivered& d : items) {
+          EncodeDelivered(d, out->add_items());
+        }
+        done(Status::Ok());
+      }));
 }
 
 namespace {
@@ -178,58 +221,57 @@ auto ParseBatch(const google::protobuf::RepeatedPtrField<Item>& items, Parse par
   return parsed;
 }
 
-template <typename Call>
-auto EmitStatuses(Call* call) {
-  return [call](std::vector<Status> results) {
-    for (const Status& s : results) ToItemStatus(s, call->response()->add_results());
-    call->Finish(Status::Ok());
+template <typename Resp>
+auto EmitStatuses(Resp* out, QueueService::Done done) {
+  return [out, done = std::move(done)](std::vector<Status> results) {
+    for (const Status& s : results) ToItemStatus(s, out->add_results());
+    done(Status::Ok());
   };
 }
 }  // namespace
 
-void QueueService::HandleAck(UnaryCall<v1::AckRequest, v1::AckResponse>* call) {
-  Status st = ValidateBatchSize(call->request().items_size(), limits_);
-  if (!st.ok()) return call->Finish(st);
+void QueueService::RunAck(const v1::AckRequest& req, v1::AckResponse* out, Done done) {
+  Status st = ValidateBatchSize(req.items_size(), limits_);
+  if (!st.ok()) return done(st);
   Dispatch<Status>(
-      ParseBatch(call->request().items(),
-                 [](const v1::AckItem& a) { return ToAckOp(a); }),
+      ParseBatch(req.items(), [](const v1::AckItem& a) { return ToAckOp(a); }),
       [this](std::vector<engine::LeaseOp> ops, auto done) {
         engine_.Ack(std::move(ops), std::move(done));
       },
-      EmitStatuses(call));
+      EmitStatuses(out, std::move(done)));
 }
 
-void QueueService::HandleNack(UnaryCall<v1::NackRequest, v1::NackResponse>* call) {
-  Status st = ValidateBatchSize(call->request().items_size(), limits_);
-  if (!st.ok()) return call->Finish(st);
+void QueueService::RunNack(const v1::NackRequest& req, v1::NackResponse* out, Done done) {
+  Status st = ValidateBatchSize(req.items_size(), limits_);
+  if (!st.ok()) return done(st);
   Dispatch<Status>(
-      ParseBatch(call->request().items(),
+      ParseBatch(req.items(),
                  [this](const v1::NackItem& n) { return ToNackOp(n, limits_); }),
       [this](std::vector<engine::NackOp> ops, auto done) {
         engine_.Nack(std::move(ops), std::move(done));
       },
-      EmitStatuses(call));
+      EmitStatuses(out, std::move(done)));
 }
 
-void QueueService::HandleExtend(
-    UnaryCall<v1::ExtendLeaseRequest, v1::ExtendLeaseResponse>* call) {
-  Status st = ValidateBatchSize(call->request().items_size(), limits_);
-  if (!st.ok()) return call->Finish(st);
+void QueueService::RunExtend(const v1::ExtendLeaseRequest& req,
+                             v1::ExtendLeaseResponse* out, Done done) {
+  Status st = ValidateBatchSize(req.items_size(), limits_);
+  if (!st.ok()) return done(st);
   Dispatch<Result<engine::ExtendOutcome>>(
-      ParseBatch(call->request().items(),
+      ParseBatch(req.items(),
                  [this](const v1::ExtendItem& e) { return ToExtendOp(e, limits_); }),
       [this](std::vector<engine::ExtendOp> ops, auto done) {
         engine_.Extend(std::move(ops), std::move(done));
       },
-      [call](std::vector<Result<engine::ExtendOutcome>> results) {
+      [out, done = std::move(done)](std::vector<Result<engine::ExtendOutcome>> results) {
         for (const Result<engine::ExtendOutcome>& r : results) {
-          v1::ExtendResult* out = call->response()->add_results();
-          ToItemStatus(r.status(), out->mutable_status());
+          v1::ExtendResult* result = out->add_results();
+          ToItemStatus(r.status(), result->mutable_status());
           if (!r.ok()) continue;
-          out->set_lease_deadline_ms(ToUnixMillis(r->deadline));
-          out->set_cancel_requested(r->cancel_requested);
+          result->set_lease_deadline_ms(ToUnixMillis(r->deadline));
+          result->set_cancel_requested(r->cancel_requested);
         }
-        call->Finish(Status::Ok());
+        done(Status::Ok());
       });
 }
 

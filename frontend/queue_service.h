@@ -5,8 +5,12 @@
 // callbacks, and a long poll holds no thread while it waits.
 //
 // The methods are registered raw (bytes in, bytes out) and parsed by UnaryCall (and
-// EnqueueStreamCall), so a request that does not parse gets INVALID_ARGUMENT with a
-// reason.
+// CallStream), so a request that does not parse gets INVALID_ARGUMENT with a reason.
+// EnqueueStream and ConsumeStream carry the same calls as messages of one stream:
+// each kind of call has one Run* function, shared by its unary method and the stream.
+
+#include <functional>
+#include <memory>
 
 #include "common/clock.h"
 #include "engine/engine.h"
@@ -22,16 +26,26 @@ using RawQueueService = v1::Queue::WithRawCallbackMethod_Enqueue<
         v1::Queue::WithRawCallbackMethod_Dequeue<
             v1::Queue::WithRawCallbackMethod_Ack<v1::Queue::WithRawCallbackMethod_Nack<
                 v1::Queue::WithRawCallbackMethod_ExtendLease<
-                    v1::Queue::WithRawCallbackMethod_GetActiveTopics<
-                        v1::Queue::WithRawCallbackMethod_GetTask<
-                            v1::Queue::WithRawCallbackMethod_CancelTask<
-                                v1::Queue::WithRawCallbackMethod_ListDeadLetters<
-                                    v1::Queue::WithRawCallbackMethod_RedriveDeadLetters<
-                                        v1::Queue::WithRawCallbackMethod_PurgeDeadLetters<
-                                            v1::Queue::Service>>>>>>>>>>>>;
+                    v1::Queue::WithRawCallbackMethod_ConsumeStream<
+                        v1::Queue::WithRawCallbackMethod_GetActiveTopics<
+                            v1::Queue::WithRawCallbackMethod_GetTask<
+                                v1::Queue::WithRawCallbackMethod_CancelTask<
+                                    v1::Queue::WithRawCallbackMethod_ListDeadLetters<
+                                        v1::Queue::
+                                            WithRawCallbackMethod_RedriveDeadLetters<
+                                                v1::Queue::
+                                                    WithRawCallbackMethod_PurgeDeadLetters<
+                                                        v1::Queue::Service>>>>>>>>>>>>>;
+
+// Holds a parked Dequeue's handle for a cancellation that may come before or after
+// the handle exists (queue_service.cc).
+class CancelSlot;
 
 class QueueService final : public RawQueueService {
  public:
+  // Called once with a call's status when the call is complete.
+  using Done = std::function<void(const Status&)>;
+
   QueueService(engine::Engine& engine, Clock& clock, Limits limits = {})
       : engine_(engine), clock_(clock), limits_(limits) {}
 
@@ -48,6 +62,8 @@ class QueueService final : public RawQueueService {
            grpc::ByteBuffer* out) override;
   Raw ExtendLease(grpc::CallbackServerContext*, const grpc::ByteBuffer* in,
                   grpc::ByteBuffer* out) override;
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* ConsumeStream(
+      grpc::CallbackServerContext*) override;
   Raw GetActiveTopics(grpc::CallbackServerContext*, const grpc::ByteBuffer* in,
                       grpc::ByteBuffer* out) override;
   Raw GetTask(grpc::CallbackServerContext*, const grpc::ByteBuffer* in,
@@ -64,14 +80,22 @@ class QueueService final : public RawQueueService {
  private:
   // One Enqueue call, unary or from the stream: validates, enqueues, fills `out` and
   // calls `done` once (with the call-level status) when every item is answered.
-  void RunEnqueue(const v1::EnqueueRequest& req, v1::EnqueueResponse* out,
-                  std::function<void(const Status&)> done);
+  void RunEnqueue(const v1::EnqueueRequest& req, v1::EnqueueResponse* out, Done done);
+  // Likewise for the consumer's calls. A dequeue ends early (empty) when `slot` is
+  // cancelled.
+  void RunDequeue(const v1::DequeueRequest& req, v1::DequeueResponse* out,
+                  std::shared_ptr<CancelSlot> slot, Done done);
+  void RunAck(const v1::AckRequest& req, v1::AckResponse* out, Done done);
+  void RunNack(const v1::NackRequest& req, v1::NackResponse* out, Done done);
+  void RunExtend(const v1::ExtendLeaseRequest& req, v1::ExtendLeaseResponse* out,
+                 Done done);
   // The typed handlers: each finishes its call exactly once.
-  void HandleEnqueue(UnaryCall<v1::EnqueueRequest, v1::EnqueueResponse>* call);
+  template <auto Run, typename Call>
+  void HandleBy(Call* call) {
+    (this->*Run)(call->request(), call->response(),
+                 [call](const Status& status) { call->Finish(status); });
+  }
   void HandleDequeue(UnaryCall<v1::DequeueRequest, v1::DequeueResponse>* call);
-  void HandleAck(UnaryCall<v1::AckRequest, v1::AckResponse>* call);
-  void HandleNack(UnaryCall<v1::NackRequest, v1::NackResponse>* call);
-  void HandleExtend(UnaryCall<v1::ExtendLeaseRequest, v1::ExtendLeaseResponse>* call);
   void HandleActiveTopics(
       UnaryCall<v1::GetActiveTopicsRequest, v1::GetActiveTopicsResponse>* call);
   void HandleGetTask(UnaryCall<v1::GetTaskRequest, v1::GetTaskResponse>* call);

@@ -1,7 +1,6 @@
 // EnqueueStream over real gRPC: answers by call id once committed, call-level errors
 // answered in the stream, garbage ends the stream with INVALID_ARGUMENT.
 
-#include <grpcpp/generic/generic_stub.h>
 #include <gtest/gtest.h>
 
 #include <map>
@@ -110,40 +109,8 @@ TEST_F(EnqueueStreamTest, AClientGoneMidStreamLeavesTheServerServing) {
 }
 
 TEST_F(EnqueueStreamTest, GarbageEndsTheStreamWithInvalidArgumentAfterEarlierAnswers) {
-  auto channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(server_->port()),
-                                     grpc::InsecureChannelCredentials());
-  grpc::GenericStub generic(channel);
-  grpc::CompletionQueue cq;
-  grpc::ClientContext ctx;
-  SetDeadline(ctx);
-  auto await = [&cq](intptr_t tag) {
-    void* got = nullptr;
-    bool ok = false;
-    EXPECT_TRUE(cq.Next(&got, &ok));
-    EXPECT_EQ(reinterpret_cast<intptr_t>(got), tag);
-    return ok;
-  };
-  auto call = generic.PrepareCall(&ctx, "/shardq.v1.Queue/EnqueueStream", &cq);
-  call->StartCall(reinterpret_cast<void*>(1));
-  ASSERT_TRUE(await(1));
-
-  std::string good = Call(7, kNs, {"g"}).SerializeAsString();
-  grpc::Slice good_slice(good);
-  grpc::ByteBuffer good_message(&good_slice, 1);
-  call->Write(good_message, reinterpret_cast<void*>(2));
-  ASSERT_TRUE(await(2));
-  grpc::ByteBuffer answer;
-  call->Read(&answer, reinterpret_cast<void*>(3));
-  ASSERT_TRUE(await(3)) << "the good call is answered";
-
-  std::string garbage = "\xff\xff\xff\xff\x0f garbage \x01\x02";
-  grpc::Slice bad_slice(garbage);
-  grpc::ByteBuffer bad_message(&bad_slice, 1);
-  call->Write(bad_message, reinterpret_cast<void*>(4));
-  await(4);
-  grpc::Status status;
-  call->Finish(&status, reinterpret_cast<void*>(5));
-  ASSERT_TRUE(await(5));
+  grpc::Status status = WriteGarbageOnStream(server_->port(), "EnqueueStream",
+                                             Call(7, kNs, {"g"}).SerializeAsString());
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_NE(status.error_message().find("EnqueueStreamRequest"), std::string::npos)
       << status.error_message();

@@ -1,6 +1,7 @@
 #include "tests/e2e_support.h"
 
 #include <fmt/format.h>
+#include <grpcpp/generic/generic_stub.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -28,6 +29,49 @@ frontend::ServerConfig FreshConfig(const std::string& socket, size_t shards) {
   config.listen = "127.0.0.1:0";
   config.io_threads = 4;
   return config;
+}
+
+grpc::Status WriteGarbageOnStream(int port, const std::string& method,
+                                  const std::string& good) {
+  auto channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(port),
+                                     grpc::InsecureChannelCredentials());
+  grpc::GenericStub generic(channel);
+  grpc::CompletionQueue cq;
+  grpc::ClientContext ctx;
+  SetDeadline(ctx);
+  auto await = [&cq](intptr_t tag) {
+    void* got = nullptr;
+    bool ok = false;
+    EXPECT_TRUE(cq.Next(&got, &ok));
+    EXPECT_EQ(reinterpret_cast<intptr_t>(got), tag);
+    return ok;
+  };
+  auto call = generic.PrepareCall(&ctx, "/shardq.v1.Queue/" + method, &cq);
+  call->StartCall(reinterpret_cast<void*>(1));
+  EXPECT_TRUE(await(1));
+
+  grpc::Slice good_slice(good);
+  grpc::ByteBuffer good_message(&good_slice, 1);
+  call->Write(good_message, reinterpret_cast<void*>(2));
+  EXPECT_TRUE(await(2));
+  grpc::ByteBuffer answer;
+  call->Read(&answer, reinterpret_cast<void*>(3));
+  EXPECT_TRUE(await(3)) << "the good call is answered";
+
+  std::string garbage = "\xff\xff\xff\xff\x0f garbage \x01\x02";
+  grpc::Slice bad_slice(garbage);
+  grpc::ByteBuffer bad_message(&bad_slice, 1);
+  call->Write(bad_message, reinterpret_cast<void*>(4));
+  await(4);
+  grpc::Status status;
+  call->Finish(&status, reinterpret_cast<void*>(5));
+  EXPECT_TRUE(await(5));
+  cq.Shutdown();
+  void* tag = nullptr;
+  bool ok = false;
+  while (cq.Next(&tag, &ok)) {
+  }
+  return status;
 }
 
 void SetDeadline(grpc::ClientContext& ctx, int64_t ms) {

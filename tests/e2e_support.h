@@ -58,6 +58,12 @@ class QueueClient {
 // instead of hanging.
 void SetDeadline(grpc::ClientContext& ctx, int64_t ms = 20'000);
 
+// Opens the Queue's bidi-stream `method` (e.g. "EnqueueStream") raw on the server at
+// `port`, writes `good` (a serialized call) and reads its answer, then writes bytes
+// that are no message; returns the status the stream ends with.
+grpc::Status WriteGarbageOnStream(int port, const std::string& method,
+                                  const std::string& good);
+
 // A fixture with a fresh 2-shard server (fresh databases on the shared MariaDB, every
 // shard open) on a FakeClock, and a client of it.
 class LiveServerTest : public ::testing::Test {

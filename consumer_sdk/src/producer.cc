@@ -10,10 +10,13 @@
 #include <thread>
 #include <utility>
 
-#include "enqueue_stream_client.h"
+#include "call_stream_client.h"
 #include "shardq/v1/queue.grpc.pb.h"
 
 namespace shardq::sdk {
+
+using EnqueueStreamClient =
+    CallStreamClient<v1::EnqueueStreamRequest, v1::EnqueueStreamResponse>;
 namespace {
 
 // Codes worth another attempt: the server could not take the item now.
@@ -221,7 +224,11 @@ class Producer::Impl : public std::enable_shared_from_this<Impl> {
     }
     // Close() waits for the stream's end, after its last answer.
     auto guard = std::make_shared<CallGuard>(this);
-    auto fresh = EnqueueStreamClient::Open(*stub_, [guard] {});
+    auto fresh = EnqueueStreamClient::Open(
+        [this](grpc::ClientContext* ctx, auto* reactor) {
+          stub_->async()->EnqueueStream(ctx, reactor);
+        },
+        [guard] {});
     std::shared_ptr<EnqueueStreamClient> extra;  // another thread opened one meanwhile
     {
       std::lock_guard lock(mu_);
@@ -237,7 +244,8 @@ class Producer::Impl : public std::enable_shared_from_this<Impl> {
   }
 
   void SendOnStream(const std::shared_ptr<BatchOp>& op) {
-    v1::EnqueueRequest request;
+    v1::EnqueueStreamRequest call;
+    v1::EnqueueRequest& request = *call.mutable_request();
     request.set_namespace_(options_.ns);
     ++op->attempt;
     for (size_t i : op->pending) {
@@ -246,8 +254,9 @@ class Producer::Impl : public std::enable_shared_from_this<Impl> {
     }
     std::shared_ptr<EnqueueStreamClient> stream = CurrentStream();
     const uint64_t id = next_call_id_.fetch_add(1) + 1;
+    call.set_call_id(id);
     const bool sent = stream->Send(
-        id, std::move(request),
+        std::move(call),
         [this, op](const grpc::Status& status, v1::EnqueueStreamResponse* resp) {
           OnStreamAnswer(op, status, resp);
         });

@@ -12,6 +12,7 @@
 #include <thread>
 #include <utility>
 
+#include "consume_calls.h"
 #include "shardq/v1/queue.grpc.pb.h"
 
 namespace shardq::sdk {
@@ -112,8 +113,13 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
       std::lock_guard lock(mu_);
       if (started_) return;
       started_ = true;
+      // Under mu_: Stop may come at once and shut the dequeue stream.
+      stub_ = v1::Queue::NewStub(MakeChannel(options_.connection));
+      // Two streams: Stop ends the dequeue stream (and so a parked dequeue) at once,
+      // while the outcomes still to send go on the other.
+      dequeue_calls_ = std::make_unique<ConsumeCalls>(*stub_);
+      report_calls_ = std::make_unique<ConsumeCalls>(*stub_);
     }
-    stub_ = v1::Queue::NewStub(MakeChannel(options_.connection));
     std::weak_ptr<Impl> weak = weak_from_this();
     listener_id_ = clock_.AddListener([weak] {
       if (auto self = weak.lock()) self->Wake();
@@ -136,7 +142,7 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
         WakeAll();
         return;
       }
-      if (dequeue_ctx_) dequeue_ctx_->TryCancel();
+      dequeue_calls_->Shutdown();  // a parked dequeue returns at once
     }
     WakeAll();
     controller_.join();
@@ -179,6 +185,7 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
     }
     WakeAll();
     heartbeat_.join();
+    report_calls_->Shutdown();  // nothing is left to send
     clock_.RemoveListener(listener_id_);
     {
       std::lock_guard lock(mu_);
@@ -232,10 +239,6 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
     reporter_cv_.notify_all();
   }
 
-  void Prepare(grpc::ClientContext& ctx, Millis deadline) {
-    ctx.set_deadline(std::chrono::system_clock::now() + deadline);
-  }
-
   // Waits `wait` on the worker's clock unless `interrupted()` (under mu_) turns true.
   // Returns false if interrupted.
   template <typename Pred>
@@ -263,13 +266,10 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
       }
       v1::DequeueRequest request = BuildDequeue(capacity - buffer_.size());
       v1::DequeueResponse response;
-      grpc::ClientContext ctx;
-      Prepare(ctx, options_.poll_wait + options_.rpc_deadline);
-      dequeue_ctx_ = &ctx;
       lock.unlock();
-      grpc::Status status = stub_->Dequeue(&ctx, request, &response);
+      grpc::Status status = dequeue_calls_->Dequeue(
+          request, &response, options_.poll_wait + options_.rpc_deadline);
       lock.lock();
-      dequeue_ctx_ = nullptr;
       if (status.ok()) {
         failures = 0;
         for (auto& item : *response.mutable_items()) {
@@ -468,8 +468,8 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
           a->set_lease_token(r.st->item.lease_token());
           a->set_result(r.text);
         },
-        [&](grpc::ClientContext* c, const v1::AckRequest& req, v1::AckResponse* resp) {
-          return stub_->Ack(c, req, resp);
+        [&](const v1::AckRequest& req, v1::AckResponse* resp) {
+          return report_calls_->Ack(req, resp, options_.rpc_deadline);
         });
     SendPart<v1::NackRequest, v1::NackResponse>(
         batch, nacks, codes,
@@ -488,8 +488,8 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
               (*n->mutable_metadata()->mutable_entries())[key] = v;
           }
         },
-        [&](grpc::ClientContext* c, const v1::NackRequest& req, v1::NackResponse* resp) {
-          return stub_->Nack(c, req, resp);
+        [&](const v1::NackRequest& req, v1::NackResponse* resp) {
+          return report_calls_->Nack(req, resp, options_.rpc_deadline);
         });
     return codes;
   }
@@ -538,9 +538,7 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
       Req req;
       for (size_t i : left) add(req, i);
       Resp resp;
-      grpc::ClientContext ctx;
-      Prepare(ctx, options_.rpc_deadline);
-      grpc::Status s = rpc(&ctx, req, &resp);
+      grpc::Status s = rpc(req, &resp);
       const bool answered =
           s.ok() && resp.results_size() == static_cast<int>(left.size());
       std::vector<size_t> again;
@@ -581,9 +579,7 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
         n->set_error("handed back unstarted: worker " + options_.worker_id + " stopping");
       }
       v1::NackResponse resp;
-      grpc::ClientContext ctx;
-      Prepare(ctx, options_.rpc_deadline);
-      grpc::Status s = stub_->Nack(&ctx, req, &resp);
+      grpc::Status s = report_calls_->Nack(req, &resp, options_.rpc_deadline);
       std::lock_guard lock(mu_);
       for (size_t i = from; i < to; ++i) {
         bool ok = s.ok() && resp.results_size() == static_cast<int>(to - from) &&
@@ -633,9 +629,7 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
       e->set_extension_ms(options_.lease_extension.count());
     }
     v1::ExtendLeaseResponse resp;
-    grpc::ClientContext ctx;
-    Prepare(ctx, options_.rpc_deadline);
-    grpc::Status s = stub_->ExtendLease(&ctx, req, &resp);
+    grpc::Status s = report_calls_->ExtendLease(req, &resp, options_.rpc_deadline);
     if (!s.ok() || resp.results_size() != static_cast<int>(batch.size()))
       return;  // next beat
     bool changed = false;
@@ -672,6 +666,8 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
   Clock& clock_;
   Jitter jitter_;
   std::unique_ptr<v1::Queue::Stub> stub_;
+  std::unique_ptr<ConsumeCalls> dequeue_calls_;  // the controller's
+  std::unique_ptr<ConsumeCalls> report_calls_;   // reporter's, heartbeat's, hand-back's
   std::map<std::string, HandlerEntry> handlers_;
   std::optional<HandlerEntry> other_;
   int listener_id_ = 0;
@@ -685,9 +681,8 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
   std::condition_variable controller_cv_;  // the buffer is down to half
   std::condition_variable reporter_cv_;    // an outcome is waiting to be sent
   std::deque<std::shared_ptr<State>> buffer_;
-  std::set<std::shared_ptr<State>> running_;    // started, outcome not yet sent
-  std::deque<PendingReport> reports_;           // outcomes for the reporter
-  grpc::ClientContext* dequeue_ctx_ = nullptr;  // the Dequeue in flight, for Stop
+  std::set<std::shared_ptr<State>> running_;  // started, outcome not yet sent
+  std::deque<PendingReport> reports_;         // outcomes for the reporter
   size_t topic_offset_ = 0;
   bool started_ = false;
   bool stopping_ = false;

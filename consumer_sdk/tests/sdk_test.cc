@@ -374,8 +374,37 @@ TEST_F(SdkTest, ProducerRetriesDoNotDuplicateACommittedEnqueue) {
 
 // A stand-in server: Enqueue answers every item OK; EnqueueStream is either missing
 // (UNIMPLEMENTED, like a server from before it) or reads calls and never answers.
+// ConsumeStream is missing; Dequeue leases one task ("0-1", type "job") once, then
+// answers empty after a short real-time pause (a long poll that found nothing); Ack
+// answers OK.
 class StandInQueue final : public v1::Queue::Service {
  public:
+  grpc::Status Dequeue(grpc::ServerContext*, const v1::DequeueRequest* req,
+                       v1::DequeueResponse* resp) override {
+    if (dequeues++ == 0 && req->topics_size() > 0) {
+      v1::DequeuedItem* item = resp->add_items();
+      item->set_id("0-1");
+      item->set_lease_token("token");
+      item->set_topic(req->topics(0).topic());
+      item->set_task_type("job");
+      item->set_attempts(1);
+      item->set_max_attempts(5);
+    } else {
+      std::this_thread::sleep_for(5ms);
+    }
+    return grpc::Status::OK;
+  }
+  grpc::Status Ack(grpc::ServerContext*, const v1::AckRequest* req,
+                   v1::AckResponse* resp) override {
+    for (const v1::AckItem& item : req->items()) {
+      if (item.id() == "0-1" && item.lease_token() == "token") ++acks;
+      resp->add_results();
+    }
+    return grpc::Status::OK;
+  }
+  std::atomic<int> dequeues{0};
+  std::atomic<int> acks{0};
+
   explicit StandInQueue(bool stream_answers_nothing)
       : stream_answers_nothing_(stream_answers_nothing) {}
   grpc::Status Enqueue(grpc::ServerContext*, const v1::EnqueueRequest* req,
@@ -442,6 +471,27 @@ TEST_F(SdkTest, ProducerCallWithoutAnAnswerOnTheStreamEndsAtItsDeadline) {
   auto r = pending.get();
   EXPECT_EQ(r.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED)
       << r.status.error_message();
+}
+
+TEST_F(SdkTest, WorkerFallsBackToUnaryCallsWhenTheServerHasNoConsumeStream) {
+  StandInServer old_server(/*stream_answers_nothing=*/false);
+  auto options = WorkerOptions({"t"});
+  options.connection.server = old_server.Address();
+  std::atomic<int> ran{0};
+  {
+    sdk::Worker worker(options);
+    worker.Handle("job", [&](TaskContext& ctx) {
+      EXPECT_EQ(ctx.id(), "0-1");
+      ++ran;
+      return Outcome::Success();
+    });
+    worker.Start();
+    ASSERT_TRUE(Eventually([&] { return old_server.service.acks.load() == 1; }));
+    worker.Stop(Millis(1'000));
+    EXPECT_EQ(worker.stats().succeeded, 1u);
+  }
+  EXPECT_EQ(ran.load(), 1);
+  EXPECT_GE(old_server.service.dequeues.load(), 1);
 }
 
 // ---- worker ----

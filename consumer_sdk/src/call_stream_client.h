@@ -1,0 +1,211 @@
+#pragma once
+// CallStreamClient: the client's end of one stream of calls (EnqueueStream,
+// ConsumeStream; gRPC callback API, no thread of its own). Send() writes a call at
+// once, behind the write in flight; each answer goes to its call's callback on a gRPC
+// thread. When the stream ends, every call still waiting gets the end status
+// (UNAVAILABLE if the server closed the stream cleanly), and Send() answers
+// UNAVAILABLE at once from then on, so the caller opens a new stream for its retries.
+
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/support/client_callback.h>
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <utility>
+
+namespace shardq::sdk {
+
+template <typename StreamReq, typename StreamResp>
+class CallStreamClient final : public grpc::ClientBidiReactor<StreamReq, StreamResp> {
+  using Base = grpc::ClientBidiReactor<StreamReq, StreamResp>;
+
+ public:
+  // `response` is null unless `status` is OK; it is valid during the call only.
+  using Answer = std::function<void(const grpc::Status& status, StreamResp* response)>;
+  // Starts the RPC on the stub, e.g. stub.async()->EnqueueStream(ctx, reactor).
+  using StartRpc = std::function<void(grpc::ClientContext*, Base*)>;
+
+  // Starts a stream; `on_done` runs once, after the stream ended and every answer ran.
+  static std::shared_ptr<CallStreamClient> Open(const StartRpc& start,
+                                                std::function<void()> on_done) {
+    std::shared_ptr<CallStreamClient> s(new CallStreamClient(std::move(on_done)));
+    s->self_ = s;
+    start(&s->ctx_, s.get());
+    // Send() starts writes from the caller's threads: the hold keeps the stream from
+    // completing until no more writes can come.
+    s->AddHold();
+    s->StartRead(&s->read_);
+    s->StartCall();
+    return s;
+  }
+
+  // Sends `call` (its call_id set by the caller). False if the stream is over: then
+  // `answer` has already run (UNAVAILABLE).
+  bool Send(StreamReq call, Answer answer) {
+    Next next;
+    bool taken = false;
+    const uint64_t call_id = call.call_id();
+    {
+      std::lock_guard lock(mu_);
+      if (!ended_ && !closing_) {
+        taken = true;
+        waiting_.emplace(call_id, std::move(answer));
+        writes_.push_back(std::move(call));
+        next = PlanLocked();
+      }
+    }
+    if (!taken) {  // the stream is over
+      answer(grpc::Status(grpc::StatusCode::UNAVAILABLE, "call stream closed"), nullptr);
+      return false;
+    }
+    Start(next);
+    return true;
+  }
+
+  // Answers the call with `status` if it is still waiting; its late answer is dropped.
+  void Abandon(uint64_t call_id, const grpc::Status& status) {
+    Answer answer;
+    {
+      std::lock_guard lock(mu_);
+      auto it = waiting_.find(call_id);
+      if (it == waiting_.end()) return;
+      answer = std::move(it->second);
+      waiting_.erase(it);
+    }
+    answer(status, nullptr);
+  }
+
+  // Half-closes: the server ends the stream once it has answered what it read.
+  void CloseWrites() {
+    Next next;
+    {
+      std::lock_guard lock(mu_);
+      closing_ = true;
+      next = PlanLocked();
+    }
+    Start(next);
+  }
+
+  // Ends the stream now; calls still waiting get CANCELLED.
+  void Cancel() { ctx_.TryCancel(); }
+
+  // True once Send() can no longer reach the server on this stream.
+  bool closed() const {
+    std::lock_guard lock(mu_);
+    return ended_ || closing_;
+  }
+
+ private:
+  explicit CallStreamClient(std::function<void()> on_done)
+      : on_done_(std::move(on_done)) {}
+
+  void OnWriteDone(bool ok) override {
+    Next next;
+    {
+      std::lock_guard lock(mu_);
+      writing_ = false;
+      writes_.pop_front();
+      if (!ok) {
+        // The stream is broken; the calls not written stay in waiting_ for OnDone.
+        ended_ = true;
+        writes_.clear();
+      }
+      next = PlanLocked();
+    }
+    Start(next);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      Next next;
+      {
+        std::lock_guard lock(mu_);
+        ended_ = true;
+        writes_.erase(writes_.begin() + (writing_ ? 1 : 0), writes_.end());
+        next = PlanLocked();
+      }
+      Start(next);
+      return;
+    }
+    Answer answer;
+    {
+      std::lock_guard lock(mu_);
+      auto it = waiting_.find(read_.call_id());
+      if (it != waiting_.end()) {  // else abandoned (deadline) or unknown: dropped
+        answer = std::move(it->second);
+        waiting_.erase(it);
+      }
+    }
+    if (answer) answer(grpc::Status::OK, &read_);
+    this->StartRead(&read_);
+  }
+
+  void OnDone(const grpc::Status& status) override {
+    std::map<uint64_t, Answer> left;
+    {
+      std::lock_guard lock(mu_);
+      ended_ = true;
+      left.swap(waiting_);
+    }
+    const grpc::Status end = status.ok()
+                                 ? grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                                "call stream ended before the answer")
+                                 : status;
+    for (auto& [id, answer] : left) answer(end, nullptr);
+    auto on_done = std::move(on_done_);
+    auto self = std::move(self_);  // this may be deleted when `self` goes
+    if (on_done) on_done();
+  }
+
+  // Requires mu_. The next write (or half-close) to start, and whether to drop the
+  // hold that lets Send() start writes from outside gRPC's reactions.
+  struct Next {
+    StreamReq* write = nullptr;
+    bool writes_done = false;
+    bool remove_hold = false;
+  };
+  Next PlanLocked() {
+    Next next;
+    if (!writing_ && !ended_ && !writes_.empty()) {
+      writing_ = true;
+      // A deque keeps references to its elements valid across push_back.
+      next.write = &writes_.front();
+    }
+    if (!writing_ && !ended_ && closing_ && !writes_done_started_) {
+      writes_done_started_ = true;
+      next.writes_done = true;
+    }
+    // No write can start from outside a reaction any more.
+    if (holding_ && !writing_ && (ended_ || writes_done_started_)) {
+      holding_ = false;
+      next.remove_hold = true;
+    }
+    return next;
+  }
+
+  void Start(const Next& next) {
+    if (next.write != nullptr) this->StartWrite(next.write);
+    if (next.writes_done) this->StartWritesDone();
+    if (next.remove_hold) this->RemoveHold();
+  }
+
+  grpc::ClientContext ctx_;
+  std::function<void()> on_done_;
+  StreamResp read_;
+  std::shared_ptr<CallStreamClient> self_;  // alive until OnDone
+
+  mutable std::mutex mu_;
+  std::deque<StreamReq> writes_;  // the front is being written
+  std::map<uint64_t, Answer> waiting_;
+  bool writing_ = false;
+  bool ended_ = false;    // a read or write failed: the stream is over
+  bool closing_ = false;  // CloseWrites() was called
+  bool writes_done_started_ = false;
+  bool holding_ = true;
+};
+
+}  // namespace shardq::sdk

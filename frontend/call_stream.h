@@ -1,0 +1,207 @@
+#pragma once
+// CallStream: the server's end of a stream of calls (EnqueueStream, ConsumeStream;
+// callback API, no thread of its own). Each message read is one call, run at once; its
+// answer is written, tagged with the call's id, when the call completes. Reads run at
+// most kMaxCallsAhead calls ahead of their answers (the client's backpressure); answers
+// are written one at a time, in the order they are ready.
+//
+// Lifetime: gRPC deletes the reactor after Finish, and Finish waits until no read or
+// write is outstanding and every call read has been answered, so the engine never
+// calls back into a deleted reactor. On a cancellation (client gone, server shutdown)
+// the calls still running are cancelled (a parked dequeue ends at once), answers are
+// dropped, and the reactor still waits for them.
+
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/impl/codegen/proto_utils.h>
+#include <grpcpp/support/proto_buffer_reader.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace shardq::frontend {
+
+template <typename StreamReq, typename StreamResp>
+class CallStream final
+    : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
+ public:
+  // Answers the call; call it exactly once, from any thread.
+  using AnswerFn = std::function<void(StreamResp)>;
+  // Runs one call (its call_id is echoed by the reactor). Returns how to cancel it
+  // while it runs, or an empty function if it cannot be cancelled.
+  using RunFn = std::function<std::function<void()>(const StreamReq&, AnswerFn)>;
+  static constexpr size_t kMaxCallsAhead = 1000;
+
+  explicit CallStream(RunFn run) : run_(std::move(run)) {
+    reading_ = true;
+    StartRead(&in_);
+  }
+
+  void OnReadDone(bool ok) override {
+    auto req = std::make_shared<StreamReq>();
+    bool parsed = false;
+    if (ok) {
+      grpc::ProtoBufferReader reader(&in_);
+      parsed = req->ParseFromZeroCopyStream(&reader);
+    }
+    Next next;
+    uint64_t seq = 0;
+    {
+      std::lock_guard lock(mu_);
+      reading_ = false;
+      if (!parsed) {
+        // Half-close, cancellation, or bytes that are not a request: no more calls.
+        reads_done_ = true;
+        if (ok) {
+          end_status_ = grpc::Status(
+              grpc::StatusCode::INVALID_ARGUMENT,
+              "message is not a valid " + StreamReq::descriptor()->full_name() +
+                  " (malformed bytes, or a string field that is not UTF-8)");
+        }
+      } else {
+        seq = next_seq_++;
+        running_.emplace(seq, nullptr);
+      }
+      next = PlanLocked();
+    }
+    Start(next);
+    if (!parsed) return;
+    // `req` stays alive until the answer: the engine may answer on another thread.
+    std::function<void()> cancel = run_(*req, [this, req, seq](StreamResp out) {
+      out.set_call_id(req->call_id());
+      Answer(seq, out);
+    });
+    if (!cancel) return;
+    {
+      std::lock_guard lock(mu_);
+      auto it = running_.find(seq);
+      if (it == running_.end()) return;  // already answered
+      if (!cancelled_) {
+        it->second = std::move(cancel);
+        return;
+      }
+    }
+    cancel();  // the stream was cancelled while the call started
+  }
+
+  void OnWriteDone(bool ok) override {
+    Next next;
+    std::vector<std::function<void()>> cancels;
+    {
+      std::lock_guard lock(mu_);
+      writing_ = false;
+      answers_.pop_front();
+      if (!ok) cancels = CancelLocked();  // the client is gone: nobody reads answers
+      next = PlanLocked();
+    }
+    for (auto& c : cancels) c();
+    Start(next);
+  }
+
+  void OnCancel() override {
+    Next next;
+    std::vector<std::function<void()>> cancels;
+    {
+      std::lock_guard lock(mu_);
+      cancels = CancelLocked();
+      next = PlanLocked();
+    }
+    for (auto& c : cancels) c();
+    Start(next);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  // What to start once mu_ is released (gRPC calls must not run under it).
+  struct Next {
+    bool read = false;
+    grpc::ByteBuffer* write = nullptr;
+    std::optional<grpc::Status> finish;
+  };
+
+  void Answer(uint64_t seq, const StreamResp& answer) {
+    grpc::ByteBuffer bytes;
+    bool own = false;
+    grpc::Status serialized =
+        grpc::SerializationTraits<StreamResp>::Serialize(answer, &bytes, &own);
+    Next next;
+    {
+      std::lock_guard lock(mu_);
+      running_.erase(seq);
+      if (!cancelled_ && serialized.ok()) answers_.push_back(std::move(bytes));
+      next = PlanLocked();
+    }
+    Start(next);
+  }
+
+  // Requires mu_. Drops the answers not being written and returns the cancellers of
+  // the calls still running, to be called once mu_ is released.
+  std::vector<std::function<void()>> CancelLocked() {
+    std::vector<std::function<void()>> cancels;
+    if (cancelled_) return cancels;
+    cancelled_ = true;
+    // Keep only the answer being written (its OnWriteDone pops it).
+    while (answers_.size() > (writing_ ? 1u : 0u)) answers_.pop_back();
+    for (auto& [seq, cancel] : running_) {
+      if (cancel) cancels.push_back(std::move(cancel));
+    }
+    return cancels;
+  }
+
+  // Requires mu_. Decides the next read, write or Finish.
+  Next PlanLocked() {
+    Next next;
+    // Cancelled: no read starts again, so once none is in flight the reads are over.
+    // (A read in flight may still complete with a message, not only with ok = false.)
+    if (cancelled_ && !reading_) reads_done_ = true;
+    if (!reading_ && !reads_done_ && !cancelled_ && running_.size() < kMaxCallsAhead) {
+      reading_ = true;
+      next.read = true;
+    }
+    if (!writing_ && !answers_.empty()) {
+      writing_ = true;
+      // A deque keeps references to its elements valid across push_back.
+      next.write = &answers_.front();
+    }
+    if (!finished_ && reads_done_ && !reading_ && !writing_ && running_.empty() &&
+        answers_.empty()) {
+      finished_ = true;
+      next.finish = end_status_;
+    }
+    return next;
+  }
+
+  void Start(const Next& next) {
+    if (next.read) StartRead(&in_);
+    if (next.write != nullptr) StartWrite(next.write);
+    // Last: after Finish gRPC may delete this reactor at any moment.
+    if (next.finish) Finish(*next.finish);
+  }
+
+  const RunFn run_;
+  grpc::ByteBuffer in_;  // the message being read
+
+  std::mutex mu_;
+  std::deque<grpc::ByteBuffer> answers_;  // not yet written; the front is being written
+  // Calls read and not answered yet, by the reactor's own sequence number, with how
+  // to cancel each (empty: not cancellable, or not started yet).
+  std::map<uint64_t, std::function<void()>> running_;
+  uint64_t next_seq_ = 0;
+  bool reading_ = false;
+  bool writing_ = false;
+  bool reads_done_ = false;  // the client half-closed, sent garbage, or went away
+  bool cancelled_ = false;   // answers are dropped from now on
+  bool finished_ = false;
+  grpc::Status end_status_;  // OK, or why the stream ends (garbage)
+};
+
+}  // namespace shardq::frontend
