@@ -124,7 +124,9 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
     listener_id_ = clock_.AddListener([weak] {
       if (auto self = weak.lock()) self->Wake();
     });
-    controller_ = std::thread([this] { ControllerLoop(); });
+    for (int i = 0; i < kControllers; ++i) {
+      controllers_.emplace_back([this] { ControllerLoop(); });
+    }
     heartbeat_ = std::thread([this] { HeartbeatLoop(); });
     reporter_ = std::thread([this] { ReporterLoop(); });
     for (int i = 0; i < options_.concurrency; ++i) {
@@ -145,7 +147,7 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
       dequeue_calls_->Shutdown();  // a parked dequeue returns at once
     }
     WakeAll();
-    controller_.join();
+    for (auto& t : controllers_) t.join();
 
     // Buffered tasks never started: give them back at once.
     std::deque<std::shared_ptr<State>> buffered;
@@ -250,26 +252,39 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
 
   // ---- controller: fetches into the buffer ----
 
+  // Under mu_: the buffer's slots that are neither filled nor asked for.
+  size_t FreeSlots() const {
+    return static_cast<size_t>(options_.buffer_size) - buffer_.size() - asked_;
+  }
+  // Free slots that make a controller ask: half the buffer, rounded up.
+  size_t RefillAt() const {
+    const size_t capacity = static_cast<size_t>(options_.buffer_size);
+    return std::max<size_t>(1, capacity - capacity / 2);
+  }
+
+  // Each controller asks for every free slot once at least half the buffer is free
+  // (not at every free slot: one Dequeue, one lease transaction per shard, then brings
+  // many tasks). With two controllers a second ask goes out while the first is on its
+  // way, so a fast handler's executors do not run dry while they wait for a refill.
   void ControllerLoop() {
     uint32_t failures = 0;
-    const size_t capacity = static_cast<size_t>(options_.buffer_size);
+    const size_t refill = RefillAt();
     std::unique_lock lock(mu_);
-    // Refill once the buffer is down to half (not at every free slot): one Dequeue
-    // (one lease transaction per shard) then brings many tasks, while the executors
-    // still have the other half to run.
-    const size_t refill_at = capacity / 2;
     while (!stopping_) {
-      if (buffer_.size() > refill_at) {
-        controller_cv_.wait(lock,
-                            [&] { return stopping_ || buffer_.size() <= refill_at; });
+      if (FreeSlots() < refill) {
+        controller_cv_.wait(lock, [&] { return stopping_ || FreeSlots() >= refill; });
         continue;
       }
-      v1::DequeueRequest request = BuildDequeue(capacity - buffer_.size());
+      const size_t ask = FreeSlots();
+      v1::DequeueRequest request = BuildDequeue(ask);
+      asked_ += ask;
       v1::DequeueResponse response;
       lock.unlock();
       grpc::Status status = dequeue_calls_->Dequeue(
           request, &response, options_.poll_wait + options_.rpc_deadline);
       lock.lock();
+      asked_ -= ask;                // the answer's items go into the buffer below
+      controller_cv_.notify_one();  // slots asked for and not filled are free again
       if (status.ok()) {
         failures = 0;
         for (auto& item : *response.mutable_items()) {
@@ -353,8 +368,8 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
       if (stopping_) return;
       auto st = buffer_.front();
       buffer_.pop_front();
-      // Down to half: the controller fetches (see ControllerLoop).
-      if (buffer_.size() <= static_cast<size_t>(options_.buffer_size) / 2) {
+      // Half free: a controller fetches (see ControllerLoop).
+      if (FreeSlots() >= RefillAt()) {
         controller_cv_.notify_one();
       }
       if (st->stop.load() == StopReason::kLeaseLost) continue;
@@ -678,12 +693,13 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
   // worker's clock (heartbeat, backoff, Stop, WaitCancelled).
   std::condition_variable cv_;
   std::condition_variable executor_cv_;    // a task is buffered (or room for reports)
-  std::condition_variable controller_cv_;  // the buffer is down to half
+  std::condition_variable controller_cv_;  // half the buffer is free
   std::condition_variable reporter_cv_;    // an outcome is waiting to be sent
   std::deque<std::shared_ptr<State>> buffer_;
   std::set<std::shared_ptr<State>> running_;  // started, outcome not yet sent
   std::deque<PendingReport> reports_;         // outcomes for the reporter
   size_t topic_offset_ = 0;
+  size_t asked_ = 0;  // slots asked for by the dequeues in flight
   bool started_ = false;
   bool stopping_ = false;
   bool abort_reports_ = false;
@@ -692,7 +708,8 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
   bool stopped_ = false;
   WorkerStats stats_;
 
-  std::thread controller_;
+  static constexpr int kControllers = 2;
+  std::vector<std::thread> controllers_;
   std::thread heartbeat_;
   std::thread reporter_;
   std::vector<std::thread> executors_;

@@ -773,6 +773,37 @@ TEST_F(SdkTest, RoutesByTaskType) {
                                                      {"unknown", "other"}}));
 }
 
+TEST_F(SdkTest, WorkerAsksAgainWhileItsFirstAskIsStillOpen) {
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(client_->EnqueueOne(kNs, "refill", i).ok());
+  auto options = WorkerOptions({"refill"});
+  options.concurrency = 2;
+  options.buffer_size = 4;
+  sdk::Worker worker(options);
+  Gate release;
+  worker.Handle("", [&](TaskContext&) {
+    EXPECT_TRUE(release.Pass());
+    return Outcome::Success();
+  });
+  worker.Start();
+  // The first ask took all 4; 2 run and 2 wait in the buffer, so 2 slots are free and
+  // a controller asks for them: the topic is empty, so that ask parks.
+  ASSERT_TRUE(Eventually([&] {
+    auto s = worker.stats();
+    return s.fetched == 4 && s.running == 2 && s.buffered == 2 &&
+           server_->engine().ParkedCalls() == 1;
+  }));
+  // The handlers finish and the executors take the buffered 2: the buffer is empty,
+  // 2 slots are asked for by the parked call, and the other 2 by a second one.
+  release.Open();
+  ASSERT_TRUE(Eventually([&] { return worker.stats().succeeded == 4; }));
+  ASSERT_TRUE(Eventually([&] { return server_->engine().ParkedCalls() == 2; }));
+  // New tasks go to both open asks.
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(client_->EnqueueOne(kNs, "refill", i).ok());
+  ASSERT_TRUE(Eventually([&] { return worker.stats().succeeded == 8; }));
+  EXPECT_EQ(worker.stats().fetched, 8u);
+  worker.Stop();
+}
+
 TEST_F(SdkTest, GracefulStopHandsBackBufferedTasksAtOnce) {
   for (int i = 0; i < 4; ++i) ASSERT_TRUE(client_->EnqueueOne(kNs, "stop", i).ok());
   auto options = WorkerOptions({"stop"});

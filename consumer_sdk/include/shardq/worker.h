@@ -1,10 +1,12 @@
 #pragma once
 // Worker: runs handlers for the tasks of one namespace's topics.
 //
-//   controller thread: long-poll Dequeue (with worker_id) into a small local buffer,
-//                      refilling it to buffer_size once it is down to half; backs off
-//                      (capped, jittered) while the server is unreachable, and resumes by
-//                      itself.
+//   2 controller threads: long-poll Dequeue (with worker_id) into a small local
+//                      buffer: one asks for every free slot once half the buffer is
+//                      free (slots asked for count as taken), so while one ask is on
+//                      its way the other can already ask for the slots freed since;
+//                      each backs off (capped, jittered) while the server is
+//                      unreachable, and resumes by itself.
 //   executor threads (concurrency): take buffered tasks, run the handler of their
 //                      task_type, hand the outcome to the reporter and take the next
 //                      task at once (held back only while 1,000 outcomes wait).
@@ -16,7 +18,7 @@
 //                      the worker holds; a lost lease or cancel_requested flags the
 //                      task's TaskContext so its handler can stop.
 //
-// So a Worker uses exactly 3 + concurrency threads (plus gRPC's own). Stop() stops
+// So a Worker uses exactly 4 + concurrency threads (plus gRPC's own). Stop() stops
 // fetching at once, hands buffered tasks back (Nack, delay 0), lets running handlers
 // finish within its timeout (then flags them cancelled), reports their outcomes and
 // joins every thread.
