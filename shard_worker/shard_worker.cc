@@ -229,9 +229,15 @@ void ShardWorker::RunWork(Work& work) {
                                       " is unavailable (circuit open)"));
     return;
   }
-  // Claims first: a waiting consumer is the most latency-sensitive caller.
+  // Claims first: a waiting consumer is the most latency-sensitive caller. Then the
+  // promotion of items that fell due, which are late from now on, and the claims of
+  // the consumers waiting for them, before the enqueues and acks of the turn.
   const size_t max_rows = options_.max_batch;
   RunClaimRuns(work.claims);
+  if (work.promote) {
+    RunPromote();
+    RunNewClaims();
+  }
   if (!work.enqueues.empty()) {
     bool open;
     {
@@ -283,8 +289,6 @@ void ShardWorker::RunWork(Work& work) {
     ready_keys.Flush(position_);
     if (done.then) done.then();
   }
-  RunNewClaims();
-  if (work.promote) RunPromote();
   RunNewClaims();
   if (work.purge) RunPurge();
 }

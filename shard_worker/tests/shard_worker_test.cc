@@ -603,6 +603,32 @@ TEST_F(ShardWorkerTest, TickPromotesDelayedItemExactlyAtItsTime) {
   EXPECT_EQ(worker_->Tick(clock_.Now()), Ticker::kMaxSleep);
 }
 
+TEST_F(ShardWorkerTest, DueItemsArePromotedBeforeTheTurnsEnqueuesAndAcks) {
+  MakeWorker();
+  StartWorker();
+  Time now = clock_.Now();
+  auto out = EnqueueAsync({Item("t", 1), Item("d", 0, now + Duration(100))});
+  io_.RunAll();
+  ASSERT_TRUE(out->rows.ok());
+  LoadWindow("t");
+  std::vector<LeasedItem> leased = TakeAndClaim("t", 1);
+  ASSERT_EQ(leased.size(), 1u);
+
+  clock_.Advance(Duration(100));
+  worker_->Tick(clock_.Now());  // the delayed item fell due: a promotion is pending
+  auto due = Buffer("d");
+  std::vector<std::string> order;
+  worker_->Enqueue({Item("t", 2)}, [&](Result<std::vector<store::Inserted>>, bool) {
+    order.push_back("enqueue, ready due items: " + std::to_string(due->Counts().ready));
+  });
+  worker_->Ack({{leased[0].row, leased[0].token}}, [&](std::vector<store::ItemOutcome>) {
+    order.push_back("ack, ready due items: " + std::to_string(due->Counts().ready));
+  });
+  ASSERT_TRUE(io_.RunOne());  // one strand turn
+  EXPECT_EQ(order, (std::vector<std::string>{"enqueue, ready due items: 1",
+                                             "ack, ready due items: 1"}));
+}
+
 TEST_F(ShardWorkerTest, PromotionOfMoreThanABatchGoesOnAtOnceInOneTransactionEach) {
   WorkerOptions options = QuietOptions();
   options.promote_batch = 2;
