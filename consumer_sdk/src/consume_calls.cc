@@ -60,7 +60,11 @@ grpc::Status ConsumeCalls::OnStream(v1::ConsumeStreamRequest call,
   std::unique_lock lock(waiter->mu);
   if (!waiter->cv.wait_for(lock, deadline, [&] { return waiter->done; })) {
     lock.unlock();
-    // Answers DEADLINE_EXCEEDED unless the answer came meanwhile.
+    // Answers DEADLINE_EXCEEDED unless the answer came meanwhile. The server does not
+    // learn of it: a dequeue it still runs may lease items whose answer is dropped;
+    // they come back when their leases run out. (A dequeue's deadline is the worker's
+    // poll_wait + rpc_deadline, past the server's own wait, so this takes a server far
+    // behind, and the unary RPC had the same window between its answer and a cancel.)
     stream->Abandon(id, grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
                                      "no answer on the consume stream by the deadline"));
     lock.lock();
@@ -107,50 +111,23 @@ grpc::Status ConsumeCalls::Call(const Req& req, Resp* resp,
   return unary(&ctx, req, resp);
 }
 
-grpc::Status ConsumeCalls::Dequeue(const v1::DequeueRequest& req,
-                                   v1::DequeueResponse* resp,
-                                   std::chrono::milliseconds deadline) {
-  return Call(
-      req, resp, deadline,
-      [](v1::ConsumeStreamRequest & c) -> auto& { return *c.mutable_dequeue(); },
-      [](v1::ConsumeStreamResponse & a) -> auto& { return *a.mutable_dequeue(); },
-      [this](grpc::ClientContext* c, const auto& r, auto* out) {
-        return stub_.Dequeue(c, r, out);
-      });
-}
-
-grpc::Status ConsumeCalls::Ack(const v1::AckRequest& req, v1::AckResponse* resp,
-                               std::chrono::milliseconds deadline) {
-  return Call(
-      req, resp, deadline,
-      [](v1::ConsumeStreamRequest & c) -> auto& { return *c.mutable_ack(); },
-      [](v1::ConsumeStreamResponse & a) -> auto& { return *a.mutable_ack(); },
-      [this](grpc::ClientContext* c, const auto& r, auto* out) {
-        return stub_.Ack(c, r, out);
-      });
-}
-
-grpc::Status ConsumeCalls::Nack(const v1::NackRequest& req, v1::NackResponse* resp,
-                                std::chrono::milliseconds deadline) {
-  return Call(
-      req, resp, deadline,
-      [](v1::ConsumeStreamRequest & c) -> auto& { return *c.mutable_nack(); },
-      [](v1::ConsumeStreamResponse & a) -> auto& { return *a.mutable_nack(); },
-      [this](grpc::ClientContext* c, const auto& r, auto* out) {
-        return stub_.Nack(c, r, out);
-      });
-}
-
-grpc::Status ConsumeCalls::ExtendLease(const v1::ExtendLeaseRequest& req,
-                                       v1::ExtendLeaseResponse* resp,
-                                       std::chrono::milliseconds deadline) {
-  return Call(
-      req, resp, deadline,
-      [](v1::ConsumeStreamRequest & c) -> auto& { return *c.mutable_extend_lease(); },
-      [](v1::ConsumeStreamResponse & a) -> auto& { return *a.mutable_extend_lease(); },
-      [this](grpc::ClientContext* c, const auto& r, auto* out) {
-        return stub_.ExtendLease(c, r, out);
-      });
-}
+// Each call kind: its request and response types, its field in the stream messages,
+// and its unary method for the fallback.
+#define SHARDQ_CONSUME_CALL(Method, Req, Resp, field)                                \
+  grpc::Status ConsumeCalls::Method(const v1::Req& req, v1::Resp* resp,              \
+                                    std::chrono::milliseconds deadline) {            \
+    return Call(                                                                     \
+        req, resp, deadline,                                                         \
+        [](v1::ConsumeStreamRequest & c) -> auto& { return *c.mutable_##field(); },  \
+        [](v1::ConsumeStreamResponse & a) -> auto& { return *a.mutable_##field(); }, \
+        [this](grpc::ClientContext* c, const v1::Req& r, v1::Resp* out) {            \
+          return stub_.Method(c, r, out);                                            \
+        });                                                                          \
+  }
+SHARDQ_CONSUME_CALL(Dequeue, DequeueRequest, DequeueResponse, dequeue)
+SHARDQ_CONSUME_CALL(Ack, AckRequest, AckResponse, ack)
+SHARDQ_CONSUME_CALL(Nack, NackRequest, NackResponse, nack)
+SHARDQ_CONSUME_CALL(ExtendLease, ExtendLeaseRequest, ExtendLeaseResponse, extend_lease)
+#undef SHARDQ_CONSUME_CALL
 
 }  // namespace shardq::sdk
