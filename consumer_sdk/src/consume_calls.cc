@@ -6,9 +6,9 @@ namespace shardq::sdk {
 
 ConsumeCalls::~ConsumeCalls() {
   Shutdown();
-  std::unique_lock lock(mu_);
-  streams_done_.wait_for(lock, std::chrono::seconds(5),
-                         [&] { return open_streams_ == 0; });
+  std::unique_lock lock(open_->mu);
+  open_->done.wait_for(lock, std::chrono::seconds(5),
+                       [&] { return open_->streams == 0; });
 }
 
 void ConsumeCalls::Shutdown() {
@@ -25,14 +25,19 @@ std::shared_ptr<ConsumeCalls::Stream> ConsumeCalls::CurrentStream() {
   std::lock_guard lock(mu_);
   if (shut_down_) return nullptr;
   if (stream_ && !stream_->closed()) return stream_;
-  ++open_streams_;
+  {
+    std::lock_guard open_lock(open_->mu);
+    ++open_->streams;
+  }
+  // The end callback holds `open_`, not `this`: after the destructor's 5 s a stream
+  // may still end later.
   stream_ =
       Stream::Open([this](grpc::ClientContext* ctx,
                           auto* reactor) { stub_.async()->ConsumeStream(ctx, reactor); },
-                   [this] {
-                     std::lock_guard lock(mu_);
-                     --open_streams_;
-                     streams_done_.notify_all();
+                   [open = open_] {
+                     std::lock_guard lock(open->mu);
+                     --open->streams;
+                     open->done.notify_all();
                    });
   return stream_;
 }

@@ -66,9 +66,14 @@ class ConsumeCalls {
 
   v1::Queue::Stub& stub_;
   std::mutex mu_;
-  std::condition_variable streams_done_;
   std::shared_ptr<Stream> stream_;  // opened on first use
-  size_t open_streams_ = 0;         // started and not yet done (OnDone)
+  // Streams started and not yet done (OnDone), for the destructor to wait on.
+  struct OpenStreams {
+    std::mutex mu;
+    std::condition_variable done;
+    size_t streams = 0;
+  };
+  std::shared_ptr<OpenStreams> open_ = std::make_shared<OpenStreams>();
   uint64_t next_call_id_ = 0;
   bool unary_only_ = false;  // the server has no ConsumeStream
   bool shut_down_ = false;
