@@ -27,6 +27,8 @@
 #include <utility>
 #include <vector>
 
+#include "frontend/status_mapping.h"
+
 namespace shardq::frontend {
 
 template <typename StreamReq, typename StreamResp>
@@ -61,10 +63,7 @@ class CallStream final
         // Half-close, cancellation, or bytes that are not a request: no more calls.
         reads_done_ = true;
         if (ok) {
-          end_status_ = grpc::Status(
-              grpc::StatusCode::INVALID_ARGUMENT,
-              "message is not a valid " + StreamReq::descriptor()->full_name() +
-                  " (malformed bytes, or a string field that is not UTF-8)");
+          end_status_ = Unparsable("message", StreamReq::descriptor()->full_name());
         }
       } else {
         seq = next_seq_++;

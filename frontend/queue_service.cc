@@ -49,6 +49,17 @@ grpc::ServerUnaryReactor* Serve(const grpc::ByteBuffer* in, grpc::ByteBuffer* ou
   return call;
 }
 
+// The end of a call that came on a stream: sets the answer's call-level status, drops
+// a partial response if the call failed, and answers.
+template <typename StreamResp, typename Answer>
+QueueService::Done AnswerOnStream(std::shared_ptr<StreamResp> out, Answer answer) {
+  return [out = std::move(out), answer = std::move(answer)](const Status& status) {
+    ToItemStatus(status, out->mutable_status());
+    if (!status.ok()) out->clear_response();
+    answer(std::move(*out));
+  };
+}
+
 }  // namespace
 
 // Holds a parked Dequeue's handle for a cancellation that may come before or after
@@ -137,11 +148,7 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* QueueService::Enque
   return new Stream([this](const v1::EnqueueStreamRequest& req, Stream::AnswerFn answer) {
     auto out = std::make_shared<v1::EnqueueStreamResponse>();
     RunEnqueue(req.request(), out->mutable_response(),
-               [out, answer = std::move(answer)](const Status& status) {
-                 ToItemStatus(status, out->mutable_status());
-                 if (!status.ok()) out->clear_response();
-                 answer(std::move(*out));
-               });
+               AnswerOnStream(out, std::move(answer)));
     return std::function<void()>();  // an enqueue is not cancelled once sent
   });
 }
@@ -151,12 +158,7 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* QueueService::Consu
   using Stream = CallStream<v1::ConsumeStreamRequest, v1::ConsumeStreamResponse>;
   return new Stream([this](const v1::ConsumeStreamRequest& req, Stream::AnswerFn answer) {
     auto out = std::make_shared<v1::ConsumeStreamResponse>();
-    // Fills the response's status, drops a partial answer on error, and answers.
-    auto finish = [out, answer = std::move(answer)](const Status& status) {
-      ToItemStatus(status, out->mutable_status());
-      if (!status.ok()) out->clear_response();
-      answer(std::move(*out));
-    };
+    QueueService::Done finish = AnswerOnStream(out, std::move(answer));
     switch (req.call_case()) {
       case v1::ConsumeStreamRequest::kDequeue: {
         auto slot = std::make_shared<CancelSlot>();

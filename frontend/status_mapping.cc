@@ -29,6 +29,12 @@ grpc::Status ToGrpcStatus(const Status& status) {
   return grpc::Status(ToGrpcCode(status.code()), status.message());
 }
 
+grpc::Status Unparsable(const std::string& what, const std::string& type) {
+  return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                      what + " is not a valid " + type +
+                          " (malformed bytes, or a string field that is not UTF-8)");
+}
+
 void ToItemStatus(const Status& status, v1::ItemStatus* out) {
   out->set_code(static_cast<int32_t>(ToGrpcCode(status.code())));
   if (!status.ok()) out->set_message(status.message());

@@ -28,9 +28,7 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
     parsed_ = request_.ParseFromZeroCopyStream(&reader);
     if (!parsed_) {
       grpc::ServerUnaryReactor::Finish(
-          grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                       "request is not a valid " + Req::descriptor()->full_name() +
-                           " (malformed bytes, or a string field that is not UTF-8)"));
+          Unparsable("request", Req::descriptor()->full_name()));
     }
   }
 

@@ -17,6 +17,8 @@
 #include <mutex>
 #include <utility>
 
+#include "shardq/v1/queue.pb.h"
+
 namespace shardq::sdk {
 
 template <typename StreamReq, typename StreamResp>
@@ -207,5 +209,37 @@ class CallStreamClient final : public grpc::ClientBidiReactor<StreamReq, StreamR
   bool writes_done_started_ = false;
   bool holding_ = true;
 };
+
+// The stream a client keeps for its calls: opened on first use and again once the
+// last one is over (broken, or ended by the server). Thread-safe.
+template <typename Stream>
+class StreamSlot {
+ public:
+  // The open stream, or a new one from `open()`; null once Close() was called.
+  template <typename Open>
+  std::shared_ptr<Stream> Current(const Open& open) {
+    std::lock_guard lock(mu_);
+    if (closed_) return nullptr;
+    if (!stream_ || stream_->closed()) stream_ = open();
+    return stream_;
+  }
+  // No stream from now on; returns the last one (to close or cancel), if any.
+  std::shared_ptr<Stream> Close() {
+    std::lock_guard lock(mu_);
+    closed_ = true;
+    return std::move(stream_);
+  }
+
+ private:
+  std::mutex mu_;
+  std::shared_ptr<Stream> stream_;
+  bool closed_ = false;
+};
+
+// A stream answer's status for its whole call, as the unary RPC would have answered.
+inline grpc::Status CallStatus(const v1::ItemStatus& status) {
+  if (status.code() == 0) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), status.message());
+}
 
 }  // namespace shardq::sdk

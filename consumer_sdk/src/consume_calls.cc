@@ -12,46 +12,31 @@ ConsumeCalls::~ConsumeCalls() {
 }
 
 void ConsumeCalls::Shutdown() {
-  std::shared_ptr<Stream> stream;
-  {
-    std::lock_guard lock(mu_);
-    shut_down_ = true;
-    stream = std::move(stream_);
-  }
-  if (stream) stream->Cancel();
+  if (std::shared_ptr<Stream> stream = stream_.Close()) stream->Cancel();
 }
 
-std::shared_ptr<ConsumeCalls::Stream> ConsumeCalls::CurrentStream() {
-  std::lock_guard lock(mu_);
-  if (shut_down_) return nullptr;
-  if (stream_ && !stream_->closed()) return stream_;
-  {
-    std::lock_guard open_lock(open_->mu);
-    ++open_->streams;
-  }
-  // The end callback holds `open_`, not `this`: after the destructor's 5 s a stream
-  // may still end later.
-  stream_ =
-      Stream::Open([this](grpc::ClientContext* ctx,
-                          auto* reactor) { stub_.async()->ConsumeStream(ctx, reactor); },
-                   [open = open_] {
-                     std::lock_guard lock(open->mu);
-                     --open->streams;
-                     open->done.notify_all();
-                   });
-  return stream_;
-}
-
-grpc::Status ConsumeCalls::OnStream(v1::ConsumeStreamRequest call,
-                                    std::chrono::milliseconds deadline,
-                                    v1::ConsumeStreamResponse* out, bool* unimplemented) {
-  std::shared_ptr<Stream> stream = CurrentStream();
+std::optional<grpc::Status> ConsumeCalls::OnStream(v1::ConsumeStreamRequest call,
+                                                   std::chrono::milliseconds deadline,
+                                                   v1::ConsumeStreamResponse* out) {
+  std::shared_ptr<Stream> stream = stream_.Current([this] {
+    {
+      std::lock_guard lock(open_->mu);
+      ++open_->streams;
+    }
+    // The end callback holds `open_`, not `this`: after the destructor's 5 s a stream
+    // may still end later.
+    return Stream::Open(
+        [this](grpc::ClientContext* ctx, auto* reactor) {
+          stub_.async()->ConsumeStream(ctx, reactor);
+        },
+        [open = open_] {
+          std::lock_guard lock(open->mu);
+          --open->streams;
+          open->done.notify_all();
+        });
+  });
   if (!stream) return grpc::Status(grpc::StatusCode::CANCELLED, "worker stopping");
-  uint64_t id;
-  {
-    std::lock_guard lock(mu_);
-    id = ++next_call_id_;
-  }
+  const uint64_t id = next_call_id_.fetch_add(1) + 1;
   call.set_call_id(id);
   auto waiter = std::make_shared<Waiter>();
   stream->Send(std::move(call),
@@ -75,18 +60,13 @@ grpc::Status ConsumeCalls::OnStream(v1::ConsumeStreamRequest call,
     lock.lock();
   }
   if (waiter->status.error_code() == grpc::StatusCode::UNIMPLEMENTED) {
-    *unimplemented = true;
-    std::lock_guard guard(mu_);
     unary_only_ = true;
-    return waiter->status;
+    return std::nullopt;
   }
   if (!waiter->status.ok()) return waiter->status;
-  const v1::ItemStatus& st = waiter->response.status();
-  if (st.code() != 0) {
-    return grpc::Status(static_cast<grpc::StatusCode>(st.code()), st.message());
-  }
-  *out = std::move(waiter->response);
-  return grpc::Status::OK;
+  grpc::Status status = CallStatus(waiter->response.status());
+  if (status.ok()) *out = std::move(waiter->response);
+  return status;
 }
 
 template <typename Req, typename Resp, typename SetCall, typename TakeAnswer,
@@ -94,20 +74,13 @@ template <typename Req, typename Resp, typename SetCall, typename TakeAnswer,
 grpc::Status ConsumeCalls::Call(const Req& req, Resp* resp,
                                 std::chrono::milliseconds deadline, SetCall set_call,
                                 TakeAnswer take, Unary unary) {
-  bool unary_only;
-  {
-    std::lock_guard lock(mu_);
-    unary_only = unary_only_;
-  }
-  if (!unary_only) {
+  if (!unary_only_) {
     v1::ConsumeStreamRequest call;
     set_call(call) = req;
     v1::ConsumeStreamResponse answer;
-    bool unimplemented = false;
-    grpc::Status s = OnStream(std::move(call), deadline, &answer, &unimplemented);
-    if (!unimplemented) {
-      if (s.ok()) *resp = std::move(take(answer));
-      return s;
+    if (std::optional<grpc::Status> s = OnStream(std::move(call), deadline, &answer)) {
+      if (s->ok()) *resp = std::move(take(answer));
+      return *s;
     }
   }
   // A server from before ConsumeStream.

@@ -7,11 +7,13 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 
 #include "call_stream_client.h"
 #include "shardq/v1/queue.grpc.pb.h"
@@ -53,20 +55,18 @@ class ConsumeCalls {
     v1::ConsumeStreamResponse response;
   };
 
-  // Sends `call` on the stream and waits. Sets *unimplemented if the server has no
-  // ConsumeStream (the caller then makes the unary call).
-  grpc::Status OnStream(v1::ConsumeStreamRequest call, std::chrono::milliseconds deadline,
-                        v1::ConsumeStreamResponse* out, bool* unimplemented);
-  // The open stream, or a new one; null after Shutdown.
-  std::shared_ptr<Stream> CurrentStream();
+  // Sends `call` on the stream and waits; nothing if the server has no ConsumeStream
+  // (the caller then makes the unary call).
+  std::optional<grpc::Status> OnStream(v1::ConsumeStreamRequest call,
+                                       std::chrono::milliseconds deadline,
+                                       v1::ConsumeStreamResponse* out);
   template <typename Req, typename Resp, typename SetCall, typename TakeAnswer,
             typename Unary>
   grpc::Status Call(const Req& req, Resp* resp, std::chrono::milliseconds deadline,
                     SetCall set_call, TakeAnswer take, Unary unary);
 
   v1::Queue::Stub& stub_;
-  std::mutex mu_;
-  std::shared_ptr<Stream> stream_;  // opened on first use
+  StreamSlot<Stream> stream_;
   // Streams started and not yet done (OnDone), for the destructor to wait on.
   struct OpenStreams {
     std::mutex mu;
@@ -74,9 +74,8 @@ class ConsumeCalls {
     size_t streams = 0;
   };
   std::shared_ptr<OpenStreams> open_ = std::make_shared<OpenStreams>();
-  uint64_t next_call_id_ = 0;
-  bool unary_only_ = false;  // the server has no ConsumeStream
-  bool shut_down_ = false;
+  std::atomic<uint64_t> next_call_id_{0};
+  std::atomic<bool> unary_only_{false};  // the server has no ConsumeStream
 };
 
 }  // namespace shardq::sdk

@@ -115,11 +115,7 @@ class Producer::Impl : public std::enable_shared_from_this<Impl> {
     cv_.notify_all();
     timer_.join();
     clock_.RemoveListener(listener_id_);
-    std::shared_ptr<EnqueueStreamClient> stream;
-    {
-      std::lock_guard lock(mu_);
-      stream = std::move(stream_);
-    }
+    std::shared_ptr<EnqueueStreamClient> stream = stream_.Close();
     if (stream) stream->CloseWrites();
     std::unique_lock lock(mu_);
     // Nothing is waiting, so the server ends the stream at once; one that does not
@@ -216,33 +212,6 @@ class Producer::Impl : public std::enable_shared_from_this<Impl> {
     SendShared({op});
   }
 
-  // The open stream, or a new one (the first call, or the last stream broke).
-  std::shared_ptr<EnqueueStreamClient> CurrentStream() {
-    {
-      std::lock_guard lock(mu_);
-      if (stream_ && !stream_->closed()) return stream_;
-    }
-    // Close() waits for the stream's end, after its last answer.
-    auto guard = std::make_shared<CallGuard>(this);
-    auto fresh = EnqueueStreamClient::Open(
-        [this](grpc::ClientContext* ctx, auto* reactor) {
-          stub_->async()->EnqueueStream(ctx, reactor);
-        },
-        [guard] {});
-    std::shared_ptr<EnqueueStreamClient> extra;  // another thread opened one meanwhile
-    {
-      std::lock_guard lock(mu_);
-      if (stream_ && !stream_->closed()) {
-        extra = std::move(fresh);
-        fresh = stream_;
-      } else {
-        stream_ = fresh;
-      }
-    }
-    if (extra) extra->CloseWrites();
-    return fresh;
-  }
-
   void SendOnStream(const std::shared_ptr<BatchOp>& op) {
     v1::EnqueueStreamRequest call;
     v1::EnqueueRequest& request = *call.mutable_request();
@@ -252,7 +221,19 @@ class Producer::Impl : public std::enable_shared_from_this<Impl> {
       *request.add_items() = op->items[i];
       op->results[i].attempts = op->attempt;
     }
-    std::shared_ptr<EnqueueStreamClient> stream = CurrentStream();
+    std::shared_ptr<EnqueueStreamClient> stream = stream_.Current([this] {
+      // Close() waits for the stream's end, after its last answer.
+      auto guard = std::make_shared<CallGuard>(this);
+      return EnqueueStreamClient::Open(
+          [this](grpc::ClientContext* ctx, auto* reactor) {
+            stub_->async()->EnqueueStream(ctx, reactor);
+          },
+          [guard] {});
+    });
+    if (!stream) {
+      return OnStreamAnswer(
+          op, grpc::Status(grpc::StatusCode::CANCELLED, "producer closed"), nullptr);
+    }
     const uint64_t id = next_call_id_.fetch_add(1) + 1;
     call.set_call_id(id);
     const bool sent = stream->Send(
@@ -288,12 +269,8 @@ class Producer::Impl : public std::enable_shared_from_this<Impl> {
       return;
     }
     if (!status.ok()) return OnReply(op, v1::EnqueueResponse(), status);
-    if (resp->status().code() != 0) {  // the whole call was refused
-      return OnReply(op, v1::EnqueueResponse(),
-                     grpc::Status(static_cast<grpc::StatusCode>(resp->status().code()),
-                                  resp->status().message()));
-    }
-    OnReply(op, resp->response(), grpc::Status::OK);
+    // A refused call (its status) has no response.
+    OnReply(op, resp->response(), CallStatus(resp->status()));
   }
 
   void SendShared(std::vector<std::shared_ptr<BatchOp>> ops) {
@@ -493,8 +470,8 @@ class Producer::Impl : public std::enable_shared_from_this<Impl> {
   std::multimap<Millis, std::shared_ptr<BatchOp>> timers_;
   int shared_calls_ = 0;                          // SharedCalls in flight
   std::deque<std::shared_ptr<BatchOp>> waiting_;  // first attempts waiting for one
-  std::shared_ptr<EnqueueStreamClient> stream_;   // opened on first use
-  std::atomic<bool> unary_only_{false};           // the server has no EnqueueStream
+  StreamSlot<EnqueueStreamClient> stream_;
+  std::atomic<bool> unary_only_{false};  // the server has no EnqueueStream
   std::atomic<uint64_t> next_call_id_{0};
   StreamDeadlines stream_deadlines_;  // stream calls waiting, by deadline
   std::thread timer_;
