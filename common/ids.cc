@@ -1,8 +1,16 @@
 #include "common/ids.h"
 
 #include <charconv>
+#include <random>
 
 namespace shardq {
+
+LeaseToken NewLeaseToken() {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  uint64_t v = 0;
+  while (v == 0) v = rng();
+  return LeaseToken(v);
+}
 
 std::string ItemId::ToString() const {
   return std::to_string(shard.value()) + "-" + std::to_string(row.value());

@@ -31,6 +31,9 @@ using RowId = StrongId<uint64_t, struct RowIdTag>;
 // Changes every time an item is leased; ack, nack and extend must present it.
 using LeaseToken = StrongId<uint64_t, struct LeaseTokenTag>;
 
+// A fresh random lease token; never 0, the token of a row that was never leased.
+LeaseToken NewLeaseToken();
+
 // The public id of an item: the shard that holds it and its row there. Its text form
 // is "<shard>-<row>" in decimal (e.g. "3-1042"): readable in logs and the CLI, and
 // routable without any lookup.

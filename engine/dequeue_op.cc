@@ -95,6 +95,36 @@ void DequeueOp::OnClaimed(size_t topic, ShardId shard, std::vector<LeasedItem> i
   Attempt();
 }
 
+size_t DequeueOp::TopicOf(const prefetch::TopicBuffer& buffer) const {
+  size_t i = 0;
+  while (i < topics_.size() && topics_[i].buffer.get() != &buffer) ++i;
+  return i;
+}
+
+size_t DequeueOp::OfferHandoff(const prefetch::TopicBuffer& buffer, size_t max,
+                               std::string* worker_id) {
+  std::lock_guard lock(mu_);
+  // Only while parked: nothing got, nothing in flight, not answering.
+  if (finished_ || expired_ || claims_in_flight_ > 0 || GotLocked() > 0) return 0;
+  const size_t topic = TopicOf(buffer);
+  if (topic == topics_.size()) return 0;
+  const size_t n = std::min(max, topics_[topic].ask.count);
+  if (n == 0) return 0;
+  ++claims_in_flight_;
+  *worker_id = worker_id_;
+  return n;
+}
+
+void DequeueOp::Handed(const prefetch::TopicBuffer& buffer, ShardId shard,
+                       std::vector<LeasedItem> items) {
+  size_t topic;
+  {
+    std::lock_guard lock(mu_);
+    topic = TopicOf(buffer);
+  }
+  OnClaimed(topic, shard, std::move(items));
+}
+
 void DequeueOp::Expire(bool forced) {
   std::unique_lock lock(mu_);
   if (finished_) return;

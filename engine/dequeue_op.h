@@ -4,6 +4,10 @@
 // answers when it has at least one item or its wait runs out. While it waits it is
 // only an entry in the topic buffers' waiter lists and in the WaitList -- no thread.
 //
+// A parked call may also be handed new items directly: a shard worker leases them to
+// it in their insert's transaction (prefetch::Waiter::OfferHandoff), which it then
+// treats as one more claim in flight.
+//
 // Threads: Attempt() runs on whichever thread woke it (a gRPC thread, a shard strand
 // after new items, the ticker at the deadline); its own mutex serialises them.
 
@@ -33,6 +37,11 @@ class DequeueOp final : public prefetch::Waiter,
   // Takes what is available and claims it; parks the call if there is nothing.
   void Attempt();
   void Wake() override { Attempt(); }
+  // Takes a handoff only while parked: it then counts as a claim in flight.
+  size_t OfferHandoff(const prefetch::TopicBuffer& topic, size_t max,
+                      std::string* worker_id) override;
+  void Handed(const prefetch::TopicBuffer& topic, ShardId shard,
+              std::vector<LeasedItem> items) override;
   void Expire(bool forced) override;
   void Cancel() override;
 
@@ -43,6 +52,8 @@ class DequeueOp final : public prefetch::Waiter,
     std::vector<Delivered> got;
   };
   void OnClaimed(size_t topic, ShardId shard, std::vector<LeasedItem> items);
+  // The index in topics_ of `buffer`'s topic, or topics_.size().
+  size_t TopicOf(const prefetch::TopicBuffer& buffer) const;
   // Requires mu_. Answers the call (once).
   void FinishLocked(std::unique_lock<std::mutex>& lock);
   size_t GotLocked() const;

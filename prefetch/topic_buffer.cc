@@ -160,6 +160,19 @@ void TopicBuffer::AddWaiter(std::weak_ptr<Waiter> w) {
   waiters_.push_back(std::move(w));
 }
 
+std::vector<std::shared_ptr<Waiter>> TopicBuffer::IdleWaiters() const {
+  std::lock_guard lock(mu_);
+  std::vector<std::shared_ptr<Waiter>> out;
+  if (waiters_.empty()) return out;
+  for (const ShardWindow& w : windows_) {
+    if (!w.Empty() || w.Blocking()) return out;
+  }
+  for (const auto& weak : waiters_) {
+    if (auto w = weak.lock()) out.push_back(std::move(w));
+  }
+  return out;
+}
+
 void TopicBuffer::WakeAll(std::unique_lock<std::mutex>& lock) {
   if (waiters_.empty()) return;
   std::vector<std::weak_ptr<Waiter>> waiters;

@@ -20,12 +20,26 @@
 
 namespace shardq::prefetch {
 
-// Something waiting for items of this topic (a long-polling Dequeue).
+class TopicBuffer;
+
+// Something waiting for items of this topic (a long-polling Dequeue). Its methods are
+// called without any TopicBuffer lock held and must not block.
 class Waiter {
  public:
   virtual ~Waiter() = default;
-  // Called without any TopicBuffer lock held; must not block.
   virtual void Wake() = 0;
+  // Direct handoff (TopicBuffer::IdleWaiters): up to `max` new items of `topic`, which
+  // the shard worker will lease to this waiter in their insert's own transaction. Returns
+  // how many it takes, and if any, sets `worker_id` and waits for exactly one
+  // Handed() call.
+  virtual size_t OfferHandoff(const TopicBuffer& /*topic*/, size_t /*max*/,
+                              std::string* /*worker_id*/) {
+    return 0;
+  }
+  // The end of an accepted handoff: what was leased to it, by the shard `shard`
+  // (none if the insert failed or the items were duplicates).
+  virtual void Handed(const TopicBuffer& /*topic*/, ShardId /*shard*/,
+                      std::vector<LeasedItem> /*items*/) {}
 };
 
 // Items of one topic by state. Final states count rows kept for retention.
@@ -89,6 +103,14 @@ class TopicBuffer {
 
   // One-shot: the waiter is woken once (then dropped) at the next new item.
   void AddWaiter(std::weak_ptr<Waiter> w);
+  // Direct handoff. When nothing of this topic is ready in memory and no window is
+  // still loading -- what a waiter's Take would find right now -- a new item is the
+  // best READY item there is, so it may be leased straight to a waiter in its insert's
+  // transaction instead of going through READY and a claim. Then this returns the
+  // waiters in the order they came (to be offered items, see Waiter); otherwise none.
+  // They stay registered: one that takes a handoff ignores a wake until it is handed
+  // its items, and one that declines still gets the next wake.
+  std::vector<std::shared_ptr<Waiter>> IdleWaiters() const;
 
  private:
   void WakeAll(std::unique_lock<std::mutex>& lock);

@@ -4,20 +4,14 @@
 
 #include <algorithm>
 #include <chrono>
-#include <random>
 #include <span>
 #include <thread>
 #include <unordered_map>
 
+#include "shard_worker/handoff.h"
+
 namespace shardq::shard_worker {
 namespace {
-
-LeaseToken NewLeaseToken() {
-  thread_local std::mt19937_64 rng{std::random_device{}()};
-  uint64_t v = 0;
-  while (v == 0) v = rng();
-  return LeaseToken(v);
-}
 
 // Splits `pending` into runs of consecutive requests of at most `max_rows` rows in all
 // (a request larger than that is a run of its own), in order: one store call each, so
@@ -370,26 +364,32 @@ void ShardWorker::RunEnqueues(std::span<PendingEnqueue> pending) {
     for (NewItem& item : p.items) rows.push_back(std::move(item));
   }
   Time now = clock_.Now();
+  HandoffPlan handoffs(rows, now, index_);
   Duration latency;
-  auto ids = Timed([&] { return store_->Insert(rows, now); }, &latency);
+  auto ids =
+      Timed([&] { return store_->Insert(rows, now, handoffs.leases()); }, &latency);
   Observe(ids.status(), latency);
   if (ids.ok()) {
     ReadyBatch ready_keys;
     for (size_t k = 0; k < rows.size(); ++k) {
       const NewItem& item = rows[k];
-      if ((*ids)[k].deduplicated) continue;  // nothing new was stored
-      bool ready = item.deliver_after <= now;
+      const store::Inserted& got = (*ids)[k];
+      if (got.deduplicated) continue;  // nothing new was stored
+      const ItemState state = got.leased                  ? ItemState::kLeased
+                              : item.deliver_after <= now ? ItemState::kReady
+                                                          : ItemState::kDelayed;
       auto buffer = ready_keys.Buffer(index_, item.ns, item.topic);
-      buffer->CountTransition(position_, ItemState::kGone,
-                              ready ? ItemState::kReady : ItemState::kDelayed);
-      if (ready) {
-        ready_keys.Add(buffer, {item.priority, item.deliver_after, (*ids)[k].row});
+      buffer->CountTransition(position_, ItemState::kGone, state);
+      if (state == ItemState::kReady) {
+        ready_keys.Add(buffer, {item.priority, item.deliver_after, got.row});
       } else {
-        NoteDeadline(item.deliver_after);
+        NoteDeadline(state == ItemState::kLeased ? now + item.lease : item.deliver_after);
       }
     }
     ready_keys.Flush(position_);
   }
+  // The waiting consumers first: theirs is the latency this saves.
+  handoffs.Deliver(rows, ids, now, id_);
   size_t offset = 0;
   for (PendingEnqueue& p : pending) {
     size_t n = p.items.size();

@@ -133,8 +133,8 @@ size_t MemoryShardStore::size() const {
   return rows_.size();
 }
 
-Result<std::vector<Inserted>> MemoryShardStore::Insert(std::span<const NewItem> items,
-                                                       Time now) {
+Result<std::vector<Inserted>> MemoryShardStore::Insert(
+    std::span<const NewItem> items, Time now, std::span<const InsertLease> leases) {
   std::function<void()> hook;
   {
     std::lock_guard lock(mu_);
@@ -145,9 +145,12 @@ Result<std::vector<Inserted>> MemoryShardStore::Insert(std::span<const NewItem> 
   ++calls_[static_cast<size_t>(Op::kInsert)];
   SHARDQ_RETURN_IF_ERROR(TakeFailure(Op::kInsert));
   for (const NewItem& item : items) SHARDQ_RETURN_IF_ERROR(ValidateNewItem(item));
+  std::map<size_t, const InsertLease*> lease_of;
+  for (const InsertLease& l : leases) lease_of.emplace(l.item, &l);
   std::vector<Inserted> out;
   out.reserve(items.size());
-  for (const NewItem& item : items) {
+  for (size_t i = 0; i < items.size(); ++i) {
+    const NewItem& item = items[i];
     if (!item.dedup_key.empty()) {
       // Covers earlier items of this call too: they are in dedup_ already.
       auto dup = dedup_.find({item.ns, item.dedup_key});
@@ -172,8 +175,12 @@ Result<std::vector<Inserted>> MemoryShardStore::Insert(std::span<const NewItem> 
     r.dedup_key = item.dedup_key;
     const uint64_t id = next_id_++;
     if (!item.dedup_key.empty()) dedup_[{item.ns, item.dedup_key}] = id;
+    auto lease = lease_of.find(i);
+    const bool leased = lease != lease_of.end() && r.state == ItemState::kReady &&
+                        !(r.expires_at && *r.expires_at <= now);
+    if (leased) Lease(r, lease->second->worker_id, lease->second->token, now);
     rows_.emplace(id, std::move(r));
-    out.push_back({RowId(id), false});
+    out.push_back({RowId(id), false, leased});
   }
   return out;
 }
@@ -220,24 +227,29 @@ Result<std::vector<LeasedItem>> MemoryShardStore::Claim(
     item.priority = r.priority;
     item.payload = r.payload;
     item.metadata = r.metadata;
-    const LeaseToken row_token = req.token.value() != 0 ? req.token : token;
-    item.token = row_token;
-    item.lease_deadline = now + r.lease;
-    item.attempts = ++r.attempts;
+    item.token = req.token.value() != 0 ? req.token : token;
     item.enqueued_at = r.enqueued_at;
     item.deliver_after = r.deliver_after;
     item.task_type = r.task_type;
     item.max_attempts = r.max_attempts;
-    r.state = ItemState::kLeased;
-    r.lease_token = row_token.value();
-    r.deliver_after = item.lease_deadline;
-    r.worker_id = TruncateTo(req.worker_id, kMaxWorkerIdLen);
-    if (r.first_delivered_at == Time{}) r.first_delivered_at = now;
-    r.last_delivered_at = now;
-    AddEvent(r, now, "leased");
+    Lease(r, req.worker_id, item.token, now);
+    item.lease_deadline = r.deliver_after;
+    item.attempts = r.attempts;
     out.push_back(std::move(item));
   }
   return out;
+}
+
+void MemoryShardStore::Lease(Row& r, const std::string& worker_id, LeaseToken token,
+                             Time now) {
+  r.state = ItemState::kLeased;
+  r.lease_token = token.value();
+  r.deliver_after = now + r.lease;
+  ++r.attempts;
+  r.worker_id = TruncateTo(worker_id, kMaxWorkerIdLen);
+  if (r.first_delivered_at == Time{}) r.first_delivered_at = now;
+  r.last_delivered_at = now;
+  AddEvent(r, now, "leased");
 }
 
 Result<std::vector<ItemOutcome>> MemoryShardStore::Ack(std::span<const AckRequest> acks,

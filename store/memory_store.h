@@ -54,7 +54,8 @@ class MemoryShardStore final : public ShardStore {
   void SetPolicies(NamespacePolicies policies) override;
   Status Open() override;
   Status Ping() override;
-  Result<std::vector<Inserted>> Insert(std::span<const NewItem> items, Time now) override;
+  Result<std::vector<Inserted>> Insert(std::span<const NewItem> items, Time now,
+                                       std::span<const InsertLease> leases = {}) override;
   Result<std::vector<ReadyKey>> FetchReady(const std::string& ns,
                                            const std::string& topic,
                                            size_t limit) override;
@@ -126,6 +127,8 @@ class MemoryShardStore final : public ShardStore {
   // Moves `r` to the final state `to` at `now` (finished_at, purge time, no TTL).
   void Finish(Row& r, ItemState to, Time now) const;
   static void AddEvent(Row& r, Time at, std::string kind, std::string detail = "");
+  // Leases the READY row `r` at `now` (Claim, and Insert with an InsertLease).
+  static void Lease(Row& r, const std::string& worker_id, LeaseToken token, Time now);
   // The earliest deliver_after among DELAYED and LEASED rows (NextDue). Requires mu_.
   std::optional<Time> NextDueLocked() const;
   // Deletes the row (and its history, and frees its dedup key).

@@ -780,14 +780,27 @@ std::optional<std::vector<ItemOutcome>> MySqlShardStore::AckLeased(
 
 // --- the queue ----------------------------------------------------------------------
 
-Result<std::vector<Inserted>> MySqlShardStore::Insert(std::span<const NewItem> items,
-                                                      Time now) {
+Result<std::vector<Inserted>> MySqlShardStore::Insert(
+    std::span<const NewItem> items, Time now, std::span<const InsertLease> leases) {
   using R = Result<std::vector<Inserted>>;
   for (const NewItem& item : items) SHARDQ_RETURN_IF_ERROR(ValidateNewItem(item));
   if (items.empty()) return std::vector<Inserted>{};
+  const int64_t now_ms = ToUnixMillis(now);
+  // The items stored LEASED (InsertLease): index -> the lease, and lessees' names.
+  std::map<size_t, const InsertLease*> lease_of;
+  std::map<uint64_t, std::string> lessee;  // by item index, for WorkerRefs
+  for (const InsertLease& l : leases) {
+    if (l.item >= items.size()) continue;
+    const NewItem& it = items[l.item];
+    const bool expired = it.expires_at && ToUnixMillis(*it.expires_at) <= now_ms;
+    if (ToUnixMillis(it.deliver_after) > now_ms || expired) continue;
+    if (lease_of.emplace(l.item, &l).second) {
+      lessee.emplace(l.item, TruncateTo(l.worker_id, kMaxWorkerIdLen));
+    }
+  }
+  std::map<size_t, uint32_t> worker_ref;  // by item index
   // One attempt; `look_up_keys` = read which dedup keys are already taken first.
   auto insert = [&](bool look_up_keys) -> R {
-    const int64_t now_ms = ToUnixMillis(now);
     std::vector<Inserted> out(items.size());
     // Dedup keys: the first item of this call with each (ns, key), and (when looking
     // them up) the rows that already hold one.
@@ -836,12 +849,15 @@ Result<std::vector<Inserted>> MySqlShardStore::Insert(std::span<const NewItem> i
     size_t got = 0;
     for (size_t begin = 0, n = 0; begin < fresh.size(); begin += n) {
       n = InsertChunk(fresh.size() - begin);
+      // One shape for every row, READY, DELAYED or LEASED (the claim's columns are
+      // 0 unless leased), so one prepared statement serves each row count.
       std::string sql =
           "INSERT INTO items (ns, topic, priority, state, deliver_after, lease_ms, "
           "enqueued_at, expires_at, payload, metadata, task_type, max_attempts, "
-          "dedup_key) VALUES ";
-      for (size_t i = 0; i < n; ++i)
-        sql += i == 0 ? "(?,?,?,?,?,?,?,?,?,?,?,?,?)" : ",(?,?,?,?,?,?,?,?,?,?,?,?,?)";
+          "dedup_key, lease_token, worker, attempts, first_delivered_at, "
+          "last_delivered_at) VALUES ";
+      const std::string tuple = "(" + Placeholders(18) + ")";
+      for (size_t i = 0; i < n; ++i) sql += i == 0 ? tuple : "," + tuple;
       // RETURNING gives the ids in one round trip (no SELECT LAST_INSERT_ID()), in
       // the order of the VALUES.
       sql += " RETURNING id";
@@ -850,11 +866,13 @@ Result<std::vector<Inserted>> MySqlShardStore::Insert(std::span<const NewItem> i
       for (size_t j = begin; j < begin + n; ++j) {
         const NewItem& it = items[fresh[j]];
         const int64_t due = ToUnixMillis(it.deliver_after);
+        auto lease = lease_of.find(fresh[j]);
+        const bool leased = lease != lease_of.end();
         st.setString(p++, it.ns);
         st.setString(p++, it.topic);
         st.setInt(p++, it.priority);
-        st.setInt(p++, due <= now_ms ? kReady : kDelayed);
-        st.setInt64(p++, due);
+        st.setInt(p++, leased ? kLeased : due <= now_ms ? kReady : kDelayed);
+        st.setInt64(p++, leased ? now_ms + it.lease.count() : due);
         st.setUInt(p++, static_cast<uint32_t>(it.lease.count()));
         st.setInt64(p++, now_ms);
         if (it.expires_at) {
@@ -873,10 +891,18 @@ Result<std::vector<Inserted>> MySqlShardStore::Insert(std::span<const NewItem> i
         } else {
           st.setString(p++, it.dedup_key);
         }
+        st.setUInt64(p++, leased ? lease->second->token.value() : 0);
+        st.setUInt(p++, leased ? worker_ref.at(fresh[j]) : 0);
+        st.setUInt(p++, leased ? 1 : 0);
+        st.setInt64(p++, leased ? now_ms : 0);
+        st.setInt64(p++, leased ? now_ms : 0);
       }
       std::unique_ptr<sql::ResultSet> rs(st.executeQuery());
       while (rs->next()) {
-        if (got < fresh.size()) out[fresh[got]] = {RowId(rs->getUInt64(1)), false};
+        if (got < fresh.size()) {
+          out[fresh[got]] = {RowId(rs->getUInt64(1)), false,
+                             lease_of.count(fresh[got]) > 0};
+        }
         ++got;
       }
     }
@@ -895,9 +921,20 @@ Result<std::vector<Inserted>> MySqlShardStore::Insert(std::span<const NewItem> i
       }
     }
     Commit();
+    for (size_t i = 0; i < items.size(); ++i) {
+      if (out[i].leased) {
+        RememberLeased(out[i].row.value(), items[i].ns, items[i].topic,
+                       items[i].priority);
+      }
+    }
     return out;
   };
   return Run<R>("insert", [&]() -> R {
+    // Lessees' names are registered (committed) before the insert, as for a claim.
+    if (!lessee.empty()) {
+      const std::map<std::string, uint32_t> refs = WorkerRefs(lessee);
+      for (const auto& [i, name] : lessee) worker_ref[i] = refs.at(name);
+    }
     // Optimistic: a key is almost always new (a producer's retry is the exception),
     // so insert without reading the keys first; the unique key `dedup` refuses a
     // taken one (1062), and then the insert is redone with the lookup.
@@ -914,6 +951,12 @@ Result<std::vector<Inserted>> MySqlShardStore::Insert(std::span<const NewItem> i
     }
     return insert(true);
   });
+}
+
+void MySqlShardStore::RememberLeased(uint64_t row, const std::string& ns,
+                                     const std::string& topic, int32_t priority) {
+  if (leased_.size() >= kMaxRememberedLeases) leased_.clear();
+  leased_[row] = {ns, topic, priority};
 }
 
 Result<std::vector<ReadyKey>> MySqlShardStore::FetchReady(const std::string& ns,
@@ -1045,9 +1088,8 @@ Result<std::vector<LeasedItem>> MySqlShardStore::Claim(std::span<const ClaimRequ
       // No "leased" event row here: the row holds it (see LeaseEventsToWrite).
     }
     Commit();
-    if (leased_.size() + out.size() > kMaxRememberedLeases) leased_.clear();
     for (const LeasedItem& item : out) {
-      leased_[item.row.value()] = {item.ns, item.topic, item.priority};
+      RememberLeased(item.row.value(), item.ns, item.topic, item.priority);
     }
     return out;
   });

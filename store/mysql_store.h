@@ -57,7 +57,8 @@ class MySqlShardStore final : public ShardStore {
   void SetPolicies(NamespacePolicies policies) override;
   Status Open() override;
   Status Ping() override;
-  Result<std::vector<Inserted>> Insert(std::span<const NewItem> items, Time now) override;
+  Result<std::vector<Inserted>> Insert(std::span<const NewItem> items, Time now,
+                                       std::span<const InsertLease> leases = {}) override;
   Result<std::vector<ReadyKey>> FetchReady(const std::string& ns,
                                            const std::string& topic,
                                            size_t limit) override;
@@ -140,6 +141,9 @@ class MySqlShardStore final : public ShardStore {
   std::optional<std::vector<ItemOutcome>> AckLeased(
       std::span<const AckRequest> acks, const std::vector<uint64_t>& unique_ids,
       int64_t now_ms);
+  // Remembers a row this store leased (claim or insert) for the acks' fast path.
+  void RememberLeased(uint64_t row, const std::string& ns, const std::string& topic,
+                      int32_t priority);
   // Locks (SELECT ... FOR UPDATE) those of the rows `ids` that exist.
   std::map<uint64_t, detail::LockedRow> LockRows(const std::vector<uint64_t>& ids);
   // The rows Redrive/PurgeDead act on, locked: the given ones (each gets an outcome in

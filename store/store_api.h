@@ -50,6 +50,15 @@ struct ClaimRequest {
   LeaseToken token{};
 };
 
+// A new item to store LEASED instead of READY, in its insert's own transaction: the
+// direct handoff of an item to a consumer that is waiting for one, which saves the
+// claim's transaction (shard_worker/ decides when that keeps the ordering rule).
+struct InsertLease {
+  size_t item = 0;        // index into Insert's `items`
+  std::string worker_id;  // may be empty
+  LeaseToken token;
+};
+
 // What PromoteDue moved, and when it next has work.
 struct Promotion {
   std::vector<ItemTransition> moved;  // earliest first
@@ -62,6 +71,7 @@ struct Promotion {
 struct Inserted {
   RowId row;
   bool deduplicated = false;  // dedup_key matched an existing row: `row` is that one
+  bool leased = false;        // stored LEASED, as an InsertLease asked
 };
 
 // What happened to a task, for its history (task_events).
@@ -165,8 +175,13 @@ class ShardStore {
   // Dedup: an item whose non-empty dedup_key is already used by a row of the same
   // namespace in this shard (or by an earlier item of the same call) is not inserted;
   // its result is that row's id with deduplicated = true.
-  virtual Result<std::vector<Inserted>> Insert(std::span<const NewItem> items,
-                                               Time now) = 0;
+  // An item named by one of `leases` is stored LEASED, as Claim would lease it at
+  // `now` (its token and lessee, attempts 1, deliver_after = now + its lease) -- unless
+  // it is deduplicated, not due at `now` or expired by its TTL; then the entry is
+  // ignored. The first entry for an item counts.
+  virtual Result<std::vector<Inserted>> Insert(
+      std::span<const NewItem> items, Time now,
+      std::span<const InsertLease> leases = {}) = 0;
 
   // The best `limit` READY items of a topic, in ordering-rule order.
   virtual Result<std::vector<ReadyKey>> FetchReady(const std::string& ns,

@@ -25,6 +25,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "common/clock.h"
@@ -698,6 +699,75 @@ TEST(EngineTimeTest, DelayedItemBecomesReadyExactlyAtItsTime) {
   EXPECT_EQ(got[0].id(), id);
   EXPECT_EQ(got[0].item.deliver_after, due);
   EXPECT_EQ(got[0].item.priority, 3);
+}
+
+// ------------------------------------------------------------ direct handoff
+
+// A parked call is handed the best item of an enqueue batch in the insert's own
+// transaction: no claim. The item then lives as any lease (expiry, tokens).
+TEST(EngineHandoffTest, ParkedCallGetsTheBatchsBestItemWithoutAClaim) {
+  Harness h({1});
+  ASSERT_TRUE(h.Dequeue("h", 1).empty());  // loads the (empty) window
+  DequeueAnswer a;
+  auto handle =
+      h.engine().Dequeue("ns", {{"h", 1}}, kLongWait, "test-worker", a.Callback());
+  ASSERT_TRUE(WaitUntil([&] { return h.engine().ParkedCalls() == 1; }));
+  const Time t0 = h.clock().Now();
+  auto ids = h.Enqueue({Item("h", 5, Time{}, Duration(1'000), "p5"),
+                        Item("h", 1, Time{}, Duration(1'000), "p1"),
+                        Item("h", 3, Time{}, Duration(1'000), "p3")});
+  ASSERT_EQ(ids.size(), 3u);
+  auto got = a.Get();
+  ASSERT_TRUE(got.has_value());
+  ASSERT_EQ(got->size(), 1u);
+  const Delivered handed = (*got)[0];
+  EXPECT_EQ(handed.id(), *ids[1]);
+  EXPECT_EQ(handed.item.payload, "p1");
+  EXPECT_EQ(handed.item.attempts, 1u);
+  EXPECT_EQ(handed.item.lease_deadline, t0 + Duration(1'000));
+  EXPECT_EQ(h.store(1).calls(MemoryShardStore::Op::kClaim), 0u);
+  store::TopicCounts c = Counts(h.store(1), "h");
+  EXPECT_EQ(std::make_tuple(c.ready, c.leased), std::make_tuple(2u, 1u));
+  EXPECT_EQ(h.engine().ActiveTopics("ns").at(0).counts.leased, 1);
+
+  // The rest went READY, in order.
+  auto rest = h.Dequeue("h", 5);
+  ASSERT_EQ(rest.size(), 2u);
+  EXPECT_EQ(rest[0].item.payload, "p3");
+  EXPECT_EQ(rest[1].item.payload, "p5");
+  // The handed lease expires on time and the item comes back; its old token is stale.
+  h.clock().Advance(Duration(1'000));
+  auto again = h.Dequeue("h", 1, kLongWait);
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].id(), handed.id());
+  EXPECT_EQ(again[0].item.attempts, 2u);
+  auto acks =
+      h.Ack({{handed.id(), handed.item.token}, {handed.id(), again[0].item.token}});
+  ASSERT_EQ(acks.size(), 2u);
+  EXPECT_EQ(acks[0].code(), Code::kFailedPrecondition);
+  EXPECT_TRUE(acks[1].ok()) << acks[1].ToString();
+}
+
+// An insert that fails hands nothing: the call waits on and gets a later item.
+TEST(EngineHandoffTest, FailedInsertHandsNothingAndTheCallWaitsOn) {
+  Harness h({1});
+  ASSERT_TRUE(h.Dequeue("f", 1).empty());
+  DequeueAnswer a;
+  auto handle =
+      h.engine().Dequeue("ns", {{"f", 1}}, kLongWait, "test-worker", a.Callback());
+  ASSERT_TRUE(WaitUntil([&] { return h.engine().ParkedCalls() == 1; }));
+  h.store(1).FailNext(MemoryShardStore::Op::kInsert, Status::Internal("disk on fire"));
+  auto failed = h.Enqueue({Item("f")});
+  ASSERT_EQ(failed.size(), 1u);
+  EXPECT_FALSE(failed[0].ok());
+  EXPECT_FALSE(a.ready());
+  ASSERT_TRUE(WaitUntil([&] { return h.engine().ParkedCalls() == 1; }));
+  ItemId id = h.EnqueueOk(Item("f", 0, Time{}, Duration(30'000), "second"));
+  auto got = a.Get();
+  ASSERT_TRUE(got.has_value());
+  ASSERT_EQ(got->size(), 1u);
+  EXPECT_EQ((*got)[0].id(), id);
+  EXPECT_EQ(a.calls(), 1);
 }
 
 // ------------------------------------------------------------ threads

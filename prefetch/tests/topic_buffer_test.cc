@@ -616,6 +616,40 @@ TEST(TopicBufferTest, WaiterMayCallBackIntoTheBuffer) {
   EXPECT_EQ(w->got, (std::vector<uint64_t>{42}));
 }
 
+// Direct handoff is allowed exactly when a waiter's Take would find nothing and not be
+// blocked: every window empty (reserved items do not count) and none still loading.
+TEST(TopicBufferTest, IdleWaitersOnlyWhenNothingIsReadyOrLoading) {
+  TopicBuffer buf("ns", "t", 2, 8);
+  auto w1 = std::make_shared<CountingWaiter>();
+  auto w2 = std::make_shared<CountingWaiter>();
+  EXPECT_TRUE(buf.IdleWaiters().empty());  // no waiters
+  buf.AddWaiter(w1);
+  buf.AddWaiter(w2);
+  EXPECT_TRUE(buf.IdleWaiters().empty());  // windows not loaded yet
+  buf.ApplyRefill(0, {});                  // wakes (and drops) both
+  buf.AddWaiter(w1);
+  buf.AddWaiter(w2);
+  EXPECT_TRUE(buf.IdleWaiters().empty());  // shard 1 still loading
+  buf.ApplyRefill(1, {});
+  buf.AddWaiter(w1);
+  buf.AddWaiter(w2);
+  std::vector<std::shared_ptr<Waiter>> idle = buf.IdleWaiters();
+  ASSERT_EQ(idle.size(), 2u);
+  EXPECT_EQ(idle[0], w1);  // in the order they came
+  EXPECT_EQ(idle[1], w2);
+  EXPECT_EQ(buf.IdleWaiters().size(), 2u);  // still registered
+
+  buf.OnReady(1, Key(0, 0, 7));  // an item is ready: it goes first
+  EXPECT_TRUE(buf.IdleWaiters().empty());
+  buf.AddWaiter(w1);
+  std::vector<size_t> refill;
+  ASSERT_EQ(TakeFrom(buf, 1, &refill).size(), 1u);  // reserved, not ready
+  EXPECT_EQ(buf.IdleWaiters().size(), 1u);
+  buf.RefillFailed(0);  // an unavailable shard does not block either
+  buf.AddWaiter(w1);
+  EXPECT_EQ(buf.IdleWaiters().size(), 1u);
+}
+
 TEST(TopicBufferTest, CountTransitionArithmetic) {
   TopicBuffer buf("ns", "t", 3, 8);
   auto expect = [&](int64_t d, int64_t r, int64_t l) {

@@ -965,6 +965,52 @@ TYPED_TEST(StoreContractTest, DedupKeyIsFreeAgainOnceTheRowIsPurged) {
   EXPECT_FALSE(third[0].deduplicated);
 }
 
+// --- Insert: leased at once (the shard worker's direct handoff) ---------------------
+
+TYPED_TEST(StoreContractTest, InsertLeasesTheItemsItIsAskedToAsAClaimWould) {
+  this->InsertFull({Keyed("k")});
+  std::vector<NewItem> items{Item("t", 3, kT0, "a", 20s), Item("t", 1, kT0),
+                             Item("t", 0, kT0 + 1s), Keyed("k"),
+                             Item("t", 0, kT0 - 1s, "p", 30s, kT0)};
+  std::vector<InsertLease> leases{{0, "w1", LeaseToken(7)},
+                                  {2, "w2", LeaseToken(8)},   // not due: stays DELAYED
+                                  {3, "w3", LeaseToken(9)},   // deduplicated
+                                  {4, "w4", LeaseToken(11)},  // expired by its TTL
+                                  {0, "other", LeaseToken(10)}};  // the first one counts
+  std::vector<Inserted> got = Must(this->store().Insert(items, kT0, leases));
+  ASSERT_EQ(got.size(), 5u);
+  EXPECT_TRUE(got[0].leased);
+  EXPECT_FALSE(got[1].leased);
+  EXPECT_FALSE(got[2].leased);
+  EXPECT_TRUE(got[3].deduplicated);
+  EXPECT_FALSE(got[3].leased);
+  EXPECT_FALSE(got[4].leased);
+
+  TaskRecord t = this->Task(got[0].row, true);
+  EXPECT_EQ(t.state, ItemState::kLeased);
+  EXPECT_EQ(t.token, LeaseToken(7));
+  EXPECT_EQ(t.worker_id, "w1");
+  EXPECT_EQ(t.attempts, 1u);
+  EXPECT_EQ(t.deliver_after, kT0 + 20s);
+  EXPECT_EQ(t.first_delivered_at, kT0);
+  EXPECT_EQ(t.payload, "a");
+  EXPECT_EQ(Kinds(t.history), (std::vector<std::string>{"leased"}));
+  TopicCounts c = this->Counts("t");
+  EXPECT_EQ(std::make_tuple(c.delayed, c.ready, c.leased), std::make_tuple(1u, 3u, 1u));
+  std::vector<RowId> ready = this->ReadyRows("t");
+  EXPECT_EQ(std::count(ready.begin(), ready.end(), got[0].row), 0);
+
+  // It lives on as any lease: a stale token is refused, it expires on time, and the
+  // right token acks it.
+  EXPECT_EQ(this->AckOne(got[0].row, 10).status.code(), Code::kFailedPrecondition);
+  EXPECT_EQ(Must(this->store().NextDue()), kT0 + 1s);
+  Promotion p = Must(this->store().PromoteDue(kT0 + 19s, 10));
+  ASSERT_EQ(p.moved.size(), 1u);  // the delayed one
+  EXPECT_EQ(p.next_due, kT0 + 20s);
+  EXPECT_TRUE(this->AckOne(got[0].row, 7, kT0 + 19s).status.ok());
+  EXPECT_EQ(this->Task(got[0].row).state, ItemState::kSucceeded);
+}
+
 TYPED_TEST(StoreContractTest, InsertRefusesBadLifecycleFields) {
   auto refused = [&](NewItem item) {
     return this->store().Insert(std::vector<NewItem>{item}, kT0).status().code() ==
