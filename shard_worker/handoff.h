@@ -31,7 +31,6 @@ class HandoffPlan {
 
   // For the store's Insert.
   std::span<const store::InsertLease> leases() const { return leases_; }
-  bool empty() const { return offers_.empty(); }
 
   // After the insert: hands each waiter what was leased to it (nothing if the insert
   // failed). Moves the payloads and metadata of the leased rows out of `rows`.
