@@ -117,12 +117,7 @@ size_t DequeueOp::OfferHandoff(const prefetch::TopicBuffer& buffer, size_t max,
 
 void DequeueOp::Handed(const prefetch::TopicBuffer& buffer, ShardId shard,
                        std::vector<LeasedItem> items) {
-  size_t topic;
-  {
-    std::lock_guard lock(mu_);
-    topic = TopicOf(buffer);
-  }
-  OnClaimed(topic, shard, std::move(items));
+  OnClaimed(TopicOf(buffer), shard, std::move(items));
 }
 
 void DequeueOp::Expire(bool forced) {

@@ -52,7 +52,8 @@ class DequeueOp final : public prefetch::Waiter,
     std::vector<Delivered> got;
   };
   void OnClaimed(size_t topic, ShardId shard, std::vector<LeasedItem> items);
-  // The index in topics_ of `buffer`'s topic, or topics_.size().
+  // The index in topics_ of `buffer`'s topic, or topics_.size(). No lock: the
+  // topics and their buffers are fixed at construction.
   size_t TopicOf(const prefetch::TopicBuffer& buffer) const;
   // Requires mu_. Answers the call (once).
   void FinishLocked(std::unique_lock<std::mutex>& lock);

@@ -37,13 +37,10 @@ HandoffPlan::HandoffPlan(std::span<const NewItem> rows, Time now,
       const size_t n =
           waiter->OfferHandoff(*buffer, candidates.size() - next, &worker_id);
       if (n == 0) continue;
-      Offer offer{std::move(waiter), buffer, {}};
+      offers_.push_back({std::move(waiter), buffer, leases_.size(), n});
       for (size_t i = 0; i < n; ++i) {
-        const size_t k = candidates[next++];
-        offer.rows.push_back(k);
-        leases_.push_back({k, worker_id, NewLeaseToken()});
+        leases_.push_back({candidates[next++], worker_id, NewLeaseToken()});
       }
-      offers_.push_back(std::move(offer));
     }
   }
 }
@@ -51,11 +48,11 @@ HandoffPlan::HandoffPlan(std::span<const NewItem> rows, Time now,
 void HandoffPlan::Deliver(std::span<NewItem> rows,
                           const Result<std::vector<store::Inserted>>& ids, Time now,
                           ShardId shard) {
-  size_t lease = 0;  // leases_ follow offers_ and their rows in order
   for (Offer& offer : offers_) {
     std::vector<LeasedItem> items;
-    for (size_t k : offer.rows) {
-      const store::InsertLease& l = leases_[lease++];
+    for (size_t i = offer.first; i < offer.first + offer.count; ++i) {
+      const store::InsertLease& l = leases_[i];
+      const size_t k = l.item;
       if (!ids.ok() || !(*ids)[k].leased) continue;
       NewItem& row = rows[k];
       LeasedItem item;

@@ -38,10 +38,12 @@ class HandoffPlan {
                Time now, ShardId shard);
 
  private:
+  // One waiter's items: leases_[first, first + count).
   struct Offer {
     std::shared_ptr<prefetch::Waiter> waiter;
     std::shared_ptr<prefetch::TopicBuffer> buffer;
-    std::vector<size_t> rows;  // indexes into the batch
+    size_t first = 0;
+    size_t count = 0;
   };
   std::vector<Offer> offers_;
   std::vector<store::InsertLease> leases_;

@@ -708,10 +708,14 @@ TEST(EngineTimeTest, DelayedItemBecomesReadyExactlyAtItsTime) {
 TEST(EngineHandoffTest, ParkedCallGetsTheBatchsBestItemWithoutAClaim) {
   Harness h({1});
   ASSERT_TRUE(h.Dequeue("h", 1).empty());  // loads the (empty) window
-  DequeueAnswer a;
-  auto handle =
-      h.engine().Dequeue("ns", {{"h", 1}}, kLongWait, "test-worker", a.Callback());
+  // Two parked calls, one item each: the first to come gets the best item.
+  DequeueAnswer a, b;
+  auto handle_a =
+      h.engine().Dequeue("ns", {{"h", 1}}, kLongWait, "worker-a", a.Callback());
   ASSERT_TRUE(WaitUntil([&] { return h.engine().ParkedCalls() == 1; }));
+  auto handle_b =
+      h.engine().Dequeue("ns", {{"h", 1}}, kLongWait, "worker-b", b.Callback());
+  ASSERT_TRUE(WaitUntil([&] { return h.engine().ParkedCalls() == 2; }));
   const Time t0 = h.clock().Now();
   auto ids = h.Enqueue({Item("h", 5, Time{}, Duration(1'000), "p5"),
                         Item("h", 1, Time{}, Duration(1'000), "p1"),
@@ -725,16 +729,21 @@ TEST(EngineHandoffTest, ParkedCallGetsTheBatchsBestItemWithoutAClaim) {
   EXPECT_EQ(handed.item.payload, "p1");
   EXPECT_EQ(handed.item.attempts, 1u);
   EXPECT_EQ(handed.item.lease_deadline, t0 + Duration(1'000));
+  auto got_b = b.Get();
+  ASSERT_TRUE(got_b.has_value());
+  ASSERT_EQ(got_b->size(), 1u);
+  EXPECT_EQ((*got_b)[0].id(), *ids[2]);
+  EXPECT_NE((*got_b)[0].item.token, handed.item.token);
   EXPECT_EQ(h.store(1).calls(MemoryShardStore::Op::kClaim), 0u);
   store::TopicCounts c = Counts(h.store(1), "h");
-  EXPECT_EQ(std::make_tuple(c.ready, c.leased), std::make_tuple(2u, 1u));
-  EXPECT_EQ(h.engine().ActiveTopics("ns").at(0).counts.leased, 1);
+  EXPECT_EQ(std::make_tuple(c.ready, c.leased), std::make_tuple(1u, 2u));
+  EXPECT_EQ(h.engine().ActiveTopics("ns").at(0).counts.leased, 2);
+  EXPECT_EQ(h.store(1).GetTask(ids[2]->row, false)->worker_id, "worker-b");
 
-  // The rest went READY, in order.
+  // The rest went READY.
   auto rest = h.Dequeue("h", 5);
-  ASSERT_EQ(rest.size(), 2u);
-  EXPECT_EQ(rest[0].item.payload, "p3");
-  EXPECT_EQ(rest[1].item.payload, "p5");
+  ASSERT_EQ(rest.size(), 1u);
+  EXPECT_EQ(rest[0].item.payload, "p5");
   // The handed lease expires on time and the item comes back; its old token is stale.
   h.clock().Advance(Duration(1'000));
   auto again = h.Dequeue("h", 1, kLongWait);
@@ -760,8 +769,8 @@ TEST(EngineHandoffTest, FailedInsertHandsNothingAndTheCallWaitsOn) {
   auto failed = h.Enqueue({Item("f")});
   ASSERT_EQ(failed.size(), 1u);
   EXPECT_FALSE(failed[0].ok());
+  // Handed nothing before the enqueue was answered, the call looked again and parked.
   EXPECT_FALSE(a.ready());
-  ASSERT_TRUE(WaitUntil([&] { return h.engine().ParkedCalls() == 1; }));
   ItemId id = h.EnqueueOk(Item("f", 0, Time{}, Duration(30'000), "second"));
   auto got = a.Get();
   ASSERT_TRUE(got.has_value());
