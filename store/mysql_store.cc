@@ -1,13 +1,5 @@
 #include "store/mysql_store.h"
 
-#include <cppconn/datatype.h>
-#include <cppconn/exception.h>
-#include <cppconn/prepared_statement.h>
-#include <cppconn/resultset.h>
-#include <cppconn/statement.h>
-#include <mysql_connection.h>
-#include <mysql_driver.h>
-
 #include <algorithm>
 #include <exception>
 #include <map>
@@ -16,6 +8,7 @@
 #include <utility>
 
 #include "schema/migrations.h"
+#include "store/db_client.h"
 #include "store/validation.h"
 
 namespace shardq::store {
@@ -95,11 +88,10 @@ std::string Placeholders(size_t n) {
 
 // Binds ids to parameters first..first+padded-1, repeating the last id as padding
 // (duplicates in an IN list change nothing). Returns the next parameter index.
-unsigned BindIds(sql::PreparedStatement& st, unsigned first,
-                 const std::vector<uint64_t>& ids) {
+unsigned BindIds(DbStatement& st, unsigned first, const std::vector<uint64_t>& ids) {
   size_t padded = PaddedCount(ids.size());
   for (size_t i = 0; i < padded; ++i) {
-    st.setUInt64(first + i, ids[std::min(i, ids.size() - 1)]);
+    st.SetUInt64(first + i, ids[std::min(i, ids.size() - 1)]);
   }
   return first + static_cast<unsigned>(padded);
 }
@@ -145,18 +137,18 @@ bool IsPlainIdentifier(const std::string& s) {
   });
 }
 
-std::string Str(const sql::ResultSet& rs, uint32_t col) { return rs.getString(col); }
+std::string Str(const DbRows& rs, uint32_t col) { return rs.GetString(col); }
 
-ItemTransition TransitionFromRow(const sql::ResultSet& rs, ItemState to) {
+ItemTransition TransitionFromRow(const DbRows& rs, ItemState to) {
   // Columns: id, ns, topic, priority, state, deliver_after.
   ItemTransition t;
-  t.row = RowId(rs.getUInt64(1));
+  t.row = RowId(rs.GetUInt64(1));
   t.ns = Str(rs, 2);
   t.topic = Str(rs, 3);
-  t.priority = rs.getInt(4);
-  t.from = static_cast<ItemState>(rs.getUInt(5));
+  t.priority = rs.GetInt(4);
+  t.from = static_cast<ItemState>(rs.GetUInt(5));
   t.to = to;
-  t.deliver_after = FromUnixMillis(rs.getInt64(6));
+  t.deliver_after = FromUnixMillis(rs.GetInt64(6));
   return t;
 }
 
@@ -175,16 +167,15 @@ R MySqlShardStore::Run(const char* op, F&& body) {
     used_.clear();
     stmts_.clear();
   }
-  // A cached statement keeps copies of its bound values (1 KiB payloads times the
-  // rows of a multi-row INSERT) until they are cleared: without this, the cache held
-  // about a gigabyte under a bulk load.
-  struct ClearBinds {
+  // A statement keeps its bound values and rows until released: 1 KiB payloads times
+  // the rows of a multi-row INSERT, in every cached statement.
+  struct ReleaseStatements {
     MySqlShardStore* store;
-    ~ClearBinds() { store->ClearBoundValues(); }
-  } clear_binds{this};
+    ~ReleaseStatements() { store->ReleaseStatements(); }
+  } release{this};
   try {
     return body();
-  } catch (const sql::SQLException& e) {
+  } catch (const DbError& e) {
     return ErrorToStatus(op, e);
   } catch (const std::exception& e) {
     Disconnect();  // the connection's state is unknown: start afresh next time
@@ -203,10 +194,9 @@ Status MySqlShardStore::Open() {
     Connect();
     int autoinc_lock_mode = 0;
     {
-      std::unique_ptr<sql::Statement> st(conn_->createStatement());
-      std::unique_ptr<sql::ResultSet> rs(
-          st->executeQuery("SELECT @@innodb_autoinc_lock_mode"));
-      if (rs->next()) autoinc_lock_mode = rs->getInt(1);
+      auto st = conn_->Prepare("SELECT @@innodb_autoinc_lock_mode");
+      DbRows& rs = st->ExecuteQuery();
+      if (rs.Next()) autoinc_lock_mode = rs.GetInt(1);
     }
     if (autoinc_lock_mode == 2) {
       Disconnect();
@@ -216,7 +206,7 @@ Status MySqlShardStore::Open() {
     }
     ApplyMigrations();
     return Status::Ok();
-  } catch (const sql::SQLException& e) {
+  } catch (const DbError& e) {
     Status s = ErrorToStatus("open", e);
     Disconnect();  // Open either completes or leaves nothing behind
     return s;
@@ -227,69 +217,49 @@ Status MySqlShardStore::Open() {
 }
 
 void MySqlShardStore::Connect() {
-  // The driver singleton's first use is not thread-safe; a magic static is.
-  static sql::mysql::MySQL_Driver* const driver = sql::mysql::get_mysql_driver_instance();
-  sql::ConnectOptionsMap opts;
-  opts["hostName"] =
-      ep_.socket.empty()
-          ? sql::SQLString("tcp://" + ep_.host + ":" + std::to_string(ep_.port))
-          : sql::SQLString("unix://" + ep_.socket);
-  opts["userName"] = sql::SQLString(ep_.user);
-  opts["password"] = sql::SQLString(ep_.password);
-  opts["OPT_CONNECT_TIMEOUT"] = ep_.connect_timeout_s;
-  opts["OPT_READ_TIMEOUT"] = ep_.read_timeout_s;
-  opts["OPT_WRITE_TIMEOUT"] = ep_.write_timeout_s;
-  // A silent driver reconnect would lose the session settings below and the open
-  // transaction; reconnecting is done here, explicitly, by the next EnsureOpen.
-  opts["OPT_RECONNECT"] = false;
-  conn_.reset(driver->connect(opts));
-
-  std::unique_ptr<sql::Statement> st(conn_->createStatement());
+  // No automatic reconnect (DbConnection): a silent one would lose the session
+  // settings below and the open transaction; reconnecting is done here, explicitly,
+  // by the next EnsureOpen.
+  conn_ = std::make_unique<DbConnection>(ep_);
   // Every column is binary (VARBINARY/BLOB): no charset conversion of any byte.
-  st->execute("SET NAMES binary");
-  st->execute("SET SESSION autocommit = 0");
+  conn_->Execute("SET NAMES binary");
+  conn_->Execute("SET SESSION autocommit = 0");
   // READ COMMITTED: no gap locks, and each statement sees the latest commits.
-  st->execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED");
+  conn_->Execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED");
   // Stay below the client read timeout, so a lock wait fails as 1205, not as a lost
   // connection.
-  st->execute("SET SESSION innodb_lock_wait_timeout = 10");
+  conn_->Execute("SET SESSION innodb_lock_wait_timeout = 10");
   // Refuse (instead of truncating) values that do not fit.
-  st->execute(
+  conn_->Execute(
       "SET SESSION sql_mode = "
       "'STRICT_ALL_TABLES,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION'");
-  st->execute("CREATE DATABASE IF NOT EXISTS `" + database_ + "`");
-  st->execute("USE `" + database_ + "`");
+  conn_->Execute("CREATE DATABASE IF NOT EXISTS `" + database_ + "`");
+  conn_->Execute("USE `" + database_ + "`");
 }
 
 void MySqlShardStore::ApplyMigrations() {
-  std::unique_ptr<sql::Statement> st(conn_->createStatement());
-  st->execute(std::string(schema::kMigrationsTableDdl));
+  conn_->Execute(schema::kMigrationsTableDdl);
   std::set<int> applied;
   {
-    std::unique_ptr<sql::ResultSet> rs(
-        st->executeQuery("SELECT version FROM schema_migrations"));
-    while (rs->next()) applied.insert(rs->getInt(1));
+    auto st = conn_->Prepare("SELECT version FROM schema_migrations");
+    DbRows& rs = st->ExecuteQuery();
+    while (rs.Next()) applied.insert(rs.GetInt(1));
   }
   for (const schema::Migration& m : schema::AllMigrations()) {
     if (applied.count(m.version)) continue;
-    for (const std::string& stmt : SplitStatements(m.sql)) st->execute(stmt);
-    std::unique_ptr<sql::PreparedStatement> rec(conn_->prepareStatement(
-        "INSERT IGNORE INTO schema_migrations (version, name) VALUES (?, ?)"));
-    rec->setInt(1, m.version);
-    rec->setString(2, std::string(m.name));
-    rec->executeUpdate();
+    for (const std::string& stmt : SplitStatements(m.sql)) conn_->Execute(stmt);
+    auto rec = conn_->Prepare(
+        "INSERT IGNORE INTO schema_migrations (version, name) VALUES (?, ?)");
+    rec->SetInt(1, m.version);
+    rec->SetString(2, m.name);
+    rec->ExecuteUpdate();
     Commit();
   }
   Commit();
 }
 
-void MySqlShardStore::ClearBoundValues() {
-  for (sql::PreparedStatement* st : used_) {
-    try {
-      st->clearParameters();
-    } catch (...) {
-    }
-  }
+void MySqlShardStore::ReleaseStatements() {
+  for (DbStatement* st : used_) st->Release();
   used_.clear();
 }
 
@@ -297,33 +267,20 @@ void MySqlShardStore::Disconnect() {
   // Statements belong to the connection: free them first.
   used_.clear();
   stmts_.clear();
-  control_.reset();
   worker_refs_.clear();  // the next connection may see another database
   leased_.clear();
-  if (!conn_) return;
-  try {
-    conn_->close();
-  } catch (...) {
-  }
   conn_.reset();
 }
 
-Status MySqlShardStore::ErrorToStatus(const char* op, const sql::SQLException& e) {
-  const int code = e.getErrorCode();
+Status MySqlShardStore::ErrorToStatus(const char* op, const DbError& e) {
+  const int code = e.code();
   std::string msg = std::string(op) + ": MySQL error " + std::to_string(code) + " (" +
-                    e.getSQLState() + "): " + e.what();
-  bool alive = false;
-  if (conn_ && !IsConnectionError(code)) {
-    try {
-      alive = !conn_->isClosed() && conn_->isValid();
-    } catch (...) {
-      alive = false;
-    }
-  }
+                    e.sqlstate() + "): " + e.what();
+  bool alive = conn_ && !IsConnectionError(code) && conn_->Ping();
   if (alive) {
     try {
       Rollback();
-    } catch (...) {
+    } catch (const DbError&) {
       alive = false;
     }
   }
@@ -335,35 +292,23 @@ Status MySqlShardStore::ErrorToStatus(const char* op, const sql::SQLException& e
   return Status::Internal(msg);
 }
 
-sql::PreparedStatement& MySqlShardStore::Stmt(const std::string& sql) {
+DbStatement& MySqlShardStore::Stmt(const std::string& sql) {
   auto it = stmts_.find(sql);
-  if (it == stmts_.end()) {
-    std::unique_ptr<sql::PreparedStatement> st(conn_->prepareStatement(sql));
-    it = stmts_.emplace(sql, std::move(st)).first;
-  }
+  if (it == stmts_.end()) it = stmts_.emplace(sql, conn_->Prepare(sql)).first;
   used_.push_back(it->second.get());
   return *it->second;
 }
 
-// Connector/C++ 1.1's Connection::commit() ignores the server's answer: a COMMIT that
-// failed because the server died would look committed, and we would acknowledge an
-// enqueue that is lost (the crash test caught exactly that). A plain statement throws
-// on any error, so the caller learns the outcome was not a commit.
-void MySqlShardStore::Commit() { Control().execute("COMMIT"); }
+// A plain COMMIT reports the server's answer: if the server died before it answered,
+// the caller learns the outcome was not a commit, and nothing is acknowledged.
+void MySqlShardStore::Commit() { conn_->Execute("COMMIT"); }
 
-void MySqlShardStore::Rollback() { Control().execute("ROLLBACK"); }
-
-sql::Statement& MySqlShardStore::Control() {
-  // One plain statement per connection for COMMIT/ROLLBACK: every transaction ends
-  // with one, so it is not re-created each time.
-  if (!control_) control_.reset(conn_->createStatement());
-  return *control_;
-}
+void MySqlShardStore::Rollback() { conn_->Execute("ROLLBACK"); }
 
 Status MySqlShardStore::Ping() {
   return Run<Status>("ping", [&]() -> Status {
-    std::unique_ptr<sql::ResultSet> rs(Stmt("SELECT 1").executeQuery());
-    rs->next();
+    DbRows& rs = Stmt("SELECT 1").ExecuteQuery();
+    rs.Next();
     Commit();
     return Status::Ok();
   });
@@ -445,19 +390,19 @@ const std::string kLockCols =
     "cancel_requested, " +
     kWorkerName + ", last_delivered_at";
 
-uint64_t ReadLocked(const sql::ResultSet& rs, LockedRow& r) {
+uint64_t ReadLocked(const DbRows& rs, LockedRow& r) {
   r.ns = Str(rs, 2);
   r.topic = Str(rs, 3);
-  r.priority = rs.getInt(4);
-  r.state = static_cast<int>(rs.getUInt(5));
-  r.token = rs.getUInt64(6);
-  r.deliver_after = rs.getInt64(7);
-  r.attempts = rs.getUInt(8);
-  r.max_attempts = rs.getUInt(9);
-  r.cancel_requested = rs.getUInt(10) != 0;
+  r.priority = rs.GetInt(4);
+  r.state = static_cast<int>(rs.GetUInt(5));
+  r.token = rs.GetUInt64(6);
+  r.deliver_after = rs.GetInt64(7);
+  r.attempts = rs.GetUInt(8);
+  r.max_attempts = rs.GetUInt(9);
+  r.cancel_requested = rs.GetUInt(10) != 0;
   r.worker_id = Str(rs, 11);
-  r.last_delivered_at = rs.getInt64(12);
-  return rs.getUInt64(1);
+  r.last_delivered_at = rs.GetInt64(12);
+  return rs.GetUInt64(1);
 }
 
 // The columns of a TaskRecord, in ReadRecord's order (payload, when read, follows).
@@ -466,27 +411,27 @@ const std::string kRecordCols =
     "first_delivered_at, last_delivered_at, finished_at, deliver_after, lease_token, " +
     kWorkerName + ", last_error, result, metadata, cancel_requested";
 
-TaskRecord ReadRecord(const sql::ResultSet& rs) {
+TaskRecord ReadRecord(const DbRows& rs) {
   TaskRecord t;
-  t.row = RowId(rs.getUInt64(1));
+  t.row = RowId(rs.GetUInt64(1));
   t.ns = Str(rs, 2);
   t.topic = Str(rs, 3);
   t.task_type = Str(rs, 4);
-  t.priority = rs.getInt(5);
-  t.state = static_cast<ItemState>(rs.getUInt(6));
-  t.attempts = rs.getUInt(7);
-  t.max_attempts = rs.getUInt(8);
-  t.enqueued_at = FromUnixMillis(rs.getInt64(9));
-  t.first_delivered_at = FromUnixMillis(rs.getInt64(10));
-  t.last_delivered_at = FromUnixMillis(rs.getInt64(11));
-  t.finished_at = FromUnixMillis(rs.getInt64(12));
-  t.deliver_after = FromUnixMillis(rs.getInt64(13));
-  t.token = LeaseToken(rs.getUInt64(14));
+  t.priority = rs.GetInt(5);
+  t.state = static_cast<ItemState>(rs.GetUInt(6));
+  t.attempts = rs.GetUInt(7);
+  t.max_attempts = rs.GetUInt(8);
+  t.enqueued_at = FromUnixMillis(rs.GetInt64(9));
+  t.first_delivered_at = FromUnixMillis(rs.GetInt64(10));
+  t.last_delivered_at = FromUnixMillis(rs.GetInt64(11));
+  t.finished_at = FromUnixMillis(rs.GetInt64(12));
+  t.deliver_after = FromUnixMillis(rs.GetInt64(13));
+  t.token = LeaseToken(rs.GetUInt64(14));
   t.worker_id = Str(rs, 15);
   t.last_error = Str(rs, 16);
   t.result = Str(rs, 17);  // NULL reads as ""
   t.metadata = Str(rs, 18);
-  t.cancel_requested = rs.getUInt(19) != 0;
+  t.cancel_requested = rs.GetUInt(19) != 0;
   return t;
 }
 
@@ -511,12 +456,12 @@ std::string CaseById(size_t n, const std::string& col) {
 
 // Binds PaddedCount(n) (id, value) pairs, repeating the last as padding.
 template <typename SetValue>
-unsigned BindCase(sql::PreparedStatement& st, unsigned p, size_t n,
+unsigned BindCase(DbStatement& st, unsigned p, size_t n,
                   const std::function<uint64_t(size_t)>& id, SetValue&& set_value) {
   const size_t padded = PaddedCount(n);
   for (size_t i = 0; i < padded; ++i) {
     const size_t k = std::min(i, n - 1);
-    st.setUInt64(p++, id(k));
+    st.SetUInt64(p++, id(k));
     set_value(p++, k);
   }
   return p;
@@ -557,18 +502,18 @@ void MySqlShardStore::AppendEvents(const std::vector<PendingEvent>& events) {
         "INSERT INTO task_events (item_id, at_ms, kind, attempt, worker_id, detail) "
         "VALUES ";
     for (size_t i = 0; i < n; ++i) sql += i == 0 ? "(?,?,?,?,?,?)" : ",(?,?,?,?,?,?)";
-    sql::PreparedStatement& st = Stmt(sql);
+    DbStatement& st = Stmt(sql);
     unsigned p = 1;
     for (size_t i = begin; i < begin + n; ++i) {
       const PendingEvent& e = events[i];
-      st.setUInt64(p++, e.item);
-      st.setInt64(p++, e.at_ms);
-      st.setString(p++, std::string(e.kind));
-      st.setUInt(p++, e.attempt);
-      st.setString(p++, e.worker_id);
-      st.setString(p++, e.detail);
+      st.SetUInt64(p++, e.item);
+      st.SetInt64(p++, e.at_ms);
+      st.SetString(p++, std::string(e.kind));
+      st.SetUInt(p++, e.attempt);
+      st.SetString(p++, e.worker_id);
+      st.SetString(p++, e.detail);
     }
-    st.executeUpdate();
+    st.ExecuteUpdate();
   }
 }
 
@@ -584,17 +529,17 @@ std::vector<PendingEvent> MySqlShardStore::LeaseEventsToWrite(
   // "redriven" (a redrive restarts the attempt count).
   std::set<uint64_t> written;
   for (const std::vector<uint64_t>& chunk : IdChunks(ids)) {
-    sql::PreparedStatement& st =
+    DbStatement& st =
         Stmt("SELECT item_id, kind, attempt FROM task_events WHERE item_id IN (" +
              Placeholders(PaddedCount(chunk.size())) + ") ORDER BY item_id, seq");
     BindIds(st, 1, chunk);
-    std::unique_ptr<sql::ResultSet> rs(st.executeQuery());
-    while (rs->next()) {
-      const uint64_t id = rs->getUInt64(1);
-      const std::string kind = Str(*rs, 2);
+    DbRows& rs = st.ExecuteQuery();
+    while (rs.Next()) {
+      const uint64_t id = rs.GetUInt64(1);
+      const std::string kind = Str(rs, 2);
       if (kind == "redriven") {
         written.erase(id);
-      } else if (kind == "leased" && rs->getUInt(3) == current[id]->attempts) {
+      } else if (kind == "leased" && rs.GetUInt(3) == current[id]->attempts) {
         written.insert(id);
       }
     }
@@ -610,16 +555,16 @@ std::vector<PendingEvent> MySqlShardStore::LeaseEventsToWrite(
   return out;
 }
 
-int MySqlShardStore::ExecuteForIds(
-    const std::string& sql_head, const std::vector<uint64_t>& ids,
-    const std::function<unsigned(sql::PreparedStatement&)>& bind) {
+int MySqlShardStore::ExecuteForIds(const std::string& sql_head,
+                                   const std::vector<uint64_t>& ids,
+                                   const std::function<unsigned(DbStatement&)>& bind) {
   int changed = 0;
   for (const std::vector<uint64_t>& chunk : IdChunks(ids)) {
-    sql::PreparedStatement& st =
+    DbStatement& st =
         Stmt(sql_head + "(" + Placeholders(PaddedCount(chunk.size())) + ")");
     const unsigned p = bind ? bind(st) : 1;
     BindIds(st, p, chunk);
-    changed += st.executeUpdate();
+    changed += st.ExecuteUpdate();
   }
   return changed;
 }
@@ -628,14 +573,13 @@ std::map<uint64_t, LockedRow> MySqlShardStore::LockRows(
     const std::vector<uint64_t>& ids) {
   std::map<uint64_t, LockedRow> rows;
   for (const std::vector<uint64_t>& chunk : IdChunks(ids)) {
-    sql::PreparedStatement& st =
-        Stmt("SELECT " + kLockCols + " FROM items WHERE id IN (" +
-             Placeholders(PaddedCount(chunk.size())) + ") FOR UPDATE");
+    DbStatement& st = Stmt("SELECT " + kLockCols + " FROM items WHERE id IN (" +
+                           Placeholders(PaddedCount(chunk.size())) + ") FOR UPDATE");
     BindIds(st, 1, chunk);
-    std::unique_ptr<sql::ResultSet> rs(st.executeQuery());
-    while (rs->next()) {
+    DbRows& rs = st.ExecuteQuery();
+    while (rs.Next()) {
       LockedRow r;
-      const uint64_t id = ReadLocked(*rs, r);
+      const uint64_t id = ReadLocked(rs, r);
       rows.emplace(id, std::move(r));
     }
   }
@@ -666,22 +610,22 @@ std::map<std::string, uint32_t> MySqlShardStore::WorkerRefs(
     n = InsertChunk(missing.size() - begin);
     std::string sql = "INSERT IGNORE INTO workers (name) VALUES (?)";
     for (size_t i = 1; i < n; ++i) sql += ",(?)";
-    sql::PreparedStatement& ins = Stmt(sql);
+    DbStatement& ins = Stmt(sql);
     for (size_t i = 0; i < n; ++i) {
-      ins.setString(static_cast<unsigned>(i + 1), missing[begin + i]);
+      ins.SetString(static_cast<unsigned>(i + 1), missing[begin + i]);
     }
-    ins.executeUpdate();
+    ins.ExecuteUpdate();
   }
   for (size_t begin = 0; begin < missing.size(); begin += kMaxIdsPerStatement) {
     const size_t n = std::min(kMaxIdsPerStatement, missing.size() - begin);
     const size_t padded = PaddedCount(n);
-    sql::PreparedStatement& sel =
+    DbStatement& sel =
         Stmt("SELECT id, name FROM workers WHERE name IN (" + Placeholders(padded) + ")");
     for (size_t i = 0; i < padded; ++i) {
-      sel.setString(static_cast<unsigned>(i + 1), missing[begin + std::min(i, n - 1)]);
+      sel.SetString(static_cast<unsigned>(i + 1), missing[begin + std::min(i, n - 1)]);
     }
-    std::unique_ptr<sql::ResultSet> rs(sel.executeQuery());
-    while (rs->next()) refs[Str(*rs, 2)] = rs->getUInt(1);
+    DbRows& rs = sel.ExecuteQuery();
+    while (rs.Next()) refs[Str(rs, 2)] = rs.GetUInt(1);
   }
   Commit();
   for (const std::string& name : missing) worker_refs_[name] = refs[name];
@@ -710,27 +654,27 @@ int MySqlShardStore::MarkSucceeded(const std::vector<SucceededRow>& done, int64_
   // The compare-and-swap form changes only rows still LEASED with the given token.
   const std::string cas_where =
       cas ? " AND state = 2 AND lease_token = " + CaseById(PaddedCount(n), "0") : "";
-  sql::PreparedStatement& st = Stmt(
+  DbStatement& st = Stmt(
       "UPDATE items SET state = 3, finished_at = ?, expires_at = NULL, deliver_after = " +
       (one_purge ? std::string("?") : CaseById(PaddedCount(n), "deliver_after")) +
       set_result + " WHERE id IN (" + Placeholders(PaddedCount(n)) + ")" + cas_where);
   auto id_of = [&](size_t k) { return done[k].id; };
   unsigned p = 1;
-  st.setInt64(p++, now_ms);
+  st.SetInt64(p++, now_ms);
   if (one_purge) {
-    st.setInt64(p++, done[0].purge_at);
+    st.SetInt64(p++, done[0].purge_at);
   } else {
     p = BindCase(st, p, n, id_of,
-                 [&](unsigned at, size_t k) { st.setInt64(at, done[k].purge_at); });
+                 [&](unsigned at, size_t k) { st.SetInt64(at, done[k].purge_at); });
   }
   if (one_result) {
-    if (!no_result) st.setString(p++, done[0].result);
+    if (!no_result) st.SetString(p++, done[0].result);
   } else {
     p = BindCase(st, p, n, id_of, [&](unsigned at, size_t k) {
       if (done[k].result.empty()) {
-        st.setNull(at, sql::DataType::VARBINARY);
+        st.SetNull(at);
       } else {
-        st.setString(at, done[k].result);
+        st.SetString(at, done[k].result);
       }
     });
   }
@@ -739,9 +683,9 @@ int MySqlShardStore::MarkSucceeded(const std::vector<SucceededRow>& done, int64_
   p = BindIds(st, p, done_ids);
   if (cas) {
     BindCase(st, p, n, id_of,
-             [&](unsigned at, size_t k) { st.setUInt64(at, done[k].token); });
+             [&](unsigned at, size_t k) { st.SetUInt64(at, done[k].token); });
   }
-  return st.executeUpdate();
+  return st.ExecuteUpdate();
 }
 
 std::optional<std::vector<ItemOutcome>> MySqlShardStore::AckLeased(
@@ -825,15 +769,15 @@ Result<std::vector<Inserted>> MySqlShardStore::Insert(
         // between this read and the INSERT; the unique key `dedup` would refuse it.
         const size_t n = std::min(kMaxIdsPerStatement, keys.size() - begin);
         const size_t padded = PaddedCount(n);
-        sql::PreparedStatement& st =
+        DbStatement& st =
             Stmt("SELECT id, dedup_key FROM items WHERE ns = ? AND dedup_key IN (" +
                  Placeholders(padded) + ")");
-        st.setString(1, ns);
+        st.SetString(1, ns);
         for (size_t i = 0; i < padded; ++i) {
-          st.setString(static_cast<unsigned>(i + 2), *keys[begin + std::min(i, n - 1)]);
+          st.SetString(static_cast<unsigned>(i + 2), *keys[begin + std::min(i, n - 1)]);
         }
-        std::unique_ptr<sql::ResultSet> rs(st.executeQuery());
-        while (rs->next()) owner[Key(ns, Str(*rs, 2))] = rs->getUInt64(1);
+        DbRows& rs = st.ExecuteQuery();
+        while (rs.Next()) owner[Key(ns, Str(rs, 2))] = rs.GetUInt64(1);
       }
     }
     std::vector<size_t> fresh;  // the items to insert, in input order
@@ -861,46 +805,46 @@ Result<std::vector<Inserted>> MySqlShardStore::Insert(
       // RETURNING gives the ids in one round trip (no SELECT LAST_INSERT_ID()), in
       // the order of the VALUES.
       sql += " RETURNING id";
-      sql::PreparedStatement& st = Stmt(sql);
+      DbStatement& st = Stmt(sql);
       unsigned p = 1;
       for (size_t j = begin; j < begin + n; ++j) {
         const NewItem& it = items[fresh[j]];
         const int64_t due = ToUnixMillis(it.deliver_after);
         auto lease = lease_of.find(fresh[j]);
         const bool leased = lease != lease_of.end();
-        st.setString(p++, it.ns);
-        st.setString(p++, it.topic);
-        st.setInt(p++, it.priority);
-        st.setInt(p++, leased ? kLeased : due <= now_ms ? kReady : kDelayed);
-        st.setInt64(p++, leased ? now_ms + it.lease.count() : due);
-        st.setUInt(p++, static_cast<uint32_t>(it.lease.count()));
-        st.setInt64(p++, now_ms);
+        st.SetString(p++, it.ns);
+        st.SetString(p++, it.topic);
+        st.SetInt(p++, it.priority);
+        st.SetInt(p++, leased ? kLeased : due <= now_ms ? kReady : kDelayed);
+        st.SetInt64(p++, leased ? now_ms + it.lease.count() : due);
+        st.SetUInt(p++, static_cast<uint32_t>(it.lease.count()));
+        st.SetInt64(p++, now_ms);
         if (it.expires_at) {
-          st.setInt64(p++, ToUnixMillis(*it.expires_at));
+          st.SetInt64(p++, ToUnixMillis(*it.expires_at));
         } else {
-          st.setNull(p++, sql::DataType::BIGINT);
+          st.SetNull(p++);
         }
         // std::string carries its length: NUL and high bytes are sent as they are.
-        st.setString(p++, it.payload);
-        st.setString(p++, it.metadata);
-        st.setString(p++, it.task_type);
-        st.setUInt(p++, it.max_attempts);
+        st.SetString(p++, it.payload);
+        st.SetString(p++, it.metadata);
+        st.SetString(p++, it.task_type);
+        st.SetUInt(p++, it.max_attempts);
         // NULL, not '', when there is no key: the unique key ignores NULLs.
         if (it.dedup_key.empty()) {
-          st.setNull(p++, sql::DataType::VARBINARY);
+          st.SetNull(p++);
         } else {
-          st.setString(p++, it.dedup_key);
+          st.SetString(p++, it.dedup_key);
         }
-        st.setUInt64(p++, leased ? lease->second->token.value() : 0);
-        st.setUInt(p++, leased ? worker_ref.at(fresh[j]) : 0);
-        st.setUInt(p++, leased ? 1 : 0);
-        st.setInt64(p++, leased ? now_ms : 0);
-        st.setInt64(p++, leased ? now_ms : 0);
+        st.SetUInt64(p++, leased ? lease->second->token.value() : 0);
+        st.SetUInt(p++, leased ? worker_ref.at(fresh[j]) : 0);
+        st.SetUInt(p++, leased ? 1 : 0);
+        st.SetInt64(p++, leased ? now_ms : 0);
+        st.SetInt64(p++, leased ? now_ms : 0);
       }
-      std::unique_ptr<sql::ResultSet> rs(st.executeQuery());
-      while (rs->next()) {
+      DbRows& rs = st.ExecuteQuery();
+      while (rs.Next()) {
         if (got < fresh.size()) {
-          out[fresh[got]] = {RowId(rs->getUInt64(1)), false,
+          out[fresh[got]] = {RowId(rs.GetUInt64(1)), false,
                              lease_of.count(fresh[got]) > 0};
         }
         ++got;
@@ -944,8 +888,8 @@ Result<std::vector<Inserted>> MySqlShardStore::Insert(
     if (has_keys) {
       try {
         return insert(false);
-      } catch (const sql::SQLException& e) {
-        if (e.getErrorCode() != kErDupEntry) throw;
+      } catch (const DbError& e) {
+        if (e.code() != kErDupEntry) throw;
         Rollback();
       }
     }
@@ -966,19 +910,19 @@ Result<std::vector<ReadyKey>> MySqlShardStore::FetchReady(const std::string& ns,
   if (limit == 0) return std::vector<ReadyKey>{};
   return Run<R>("fetch_ready", [&]() -> R {
     // Reads the ready_order index in order; stops after `limit` entries.
-    sql::PreparedStatement& st = Stmt(
+    DbStatement& st = Stmt(
         "SELECT priority, deliver_after, id FROM items WHERE ns = ? AND topic = ? AND "
         "state = 1 ORDER BY " +
         std::string(kSqlOrderBy) + " LIMIT ?");
-    st.setString(1, ns);
-    st.setString(2, topic);
-    st.setUInt64(3, limit);
+    st.SetString(1, ns);
+    st.SetString(2, topic);
+    st.SetUInt64(3, limit);
     std::vector<ReadyKey> out;
     {
-      std::unique_ptr<sql::ResultSet> rs(st.executeQuery());
-      while (rs->next()) {
+      DbRows& rs = st.ExecuteQuery();
+      while (rs.Next()) {
         out.push_back(
-            {rs->getInt(1), FromUnixMillis(rs->getInt64(2)), RowId(rs->getUInt64(3))});
+            {rs.GetInt(1), FromUnixMillis(rs.GetInt64(2)), RowId(rs.GetUInt64(3))});
       }
     }
     Commit();
@@ -1014,30 +958,30 @@ Result<std::vector<LeasedItem>> MySqlShardStore::Claim(std::span<const ClaimRequ
     // then a SELECT) because LeasedItem.deliver_after is the pre-claim due time,
     // which the UPDATE overwrites. Under READ COMMITTED rows that fail the WHERE are
     // not kept locked.
-    sql::PreparedStatement& sel = Stmt(
+    DbStatement& sel = Stmt(
         "SELECT id, ns, topic, priority, deliver_after, lease_ms, attempts, enqueued_at, "
         "payload, metadata, task_type, max_attempts FROM items WHERE id IN " +
         in + " AND state = 1 AND (expires_at IS NULL OR expires_at > ?) FOR UPDATE");
     unsigned p = BindIds(sel, 1, ids);
-    sel.setInt64(p, now_ms);
+    sel.SetInt64(p, now_ms);
     std::vector<LeasedItem> out;
     std::vector<uint64_t> locked;
     {
-      std::unique_ptr<sql::ResultSet> rs(sel.executeQuery());
-      while (rs->next()) {
+      DbRows& rs = sel.ExecuteQuery();
+      while (rs.Next()) {
         LeasedItem item;
-        item.row = RowId(rs->getUInt64(1));
-        item.ns = Str(*rs, 2);
-        item.topic = Str(*rs, 3);
-        item.priority = rs->getInt(4);
-        item.deliver_after = FromUnixMillis(rs->getInt64(5));
-        item.lease_deadline = now + Duration(rs->getUInt(6));
-        item.attempts = rs->getUInt(7) + 1;
-        item.enqueued_at = FromUnixMillis(rs->getInt64(8));
-        item.payload = Str(*rs, 9);
-        item.metadata = Str(*rs, 10);
-        item.task_type = Str(*rs, 11);
-        item.max_attempts = rs->getUInt(12);
+        item.row = RowId(rs.GetUInt64(1));
+        item.ns = Str(rs, 2);
+        item.topic = Str(rs, 3);
+        item.priority = rs.GetInt(4);
+        item.deliver_after = FromUnixMillis(rs.GetInt64(5));
+        item.lease_deadline = now + Duration(rs.GetUInt(6));
+        item.attempts = rs.GetUInt(7) + 1;
+        item.enqueued_at = FromUnixMillis(rs.GetInt64(8));
+        item.payload = Str(rs, 9);
+        item.metadata = Str(rs, 10);
+        item.task_type = Str(rs, 11);
+        item.max_attempts = rs.GetUInt(12);
         item.token = LeaseToken(token_of[item.row.value()]);
         locked.push_back(item.row.value());
         out.push_back(std::move(item));
@@ -1051,7 +995,7 @@ Result<std::vector<LeasedItem>> MySqlShardStore::Claim(std::span<const ClaimRequ
       const bool one_token = std::all_of(locked.begin(), locked.end(), [&](uint64_t id) {
         return token_of[id] == token_of[locked[0]];
       });
-      sql::PreparedStatement& upd = Stmt(
+      DbStatement& upd = Stmt(
           "UPDATE items SET state = 2, lease_token = " +
           (one_token ? std::string("?") : CaseById(PaddedCount(n), "lease_token")) +
           ", deliver_after = ? + lease_ms, "
@@ -1062,24 +1006,24 @@ Result<std::vector<LeasedItem>> MySqlShardStore::Claim(std::span<const ClaimRequ
           Placeholders(PaddedCount(n)) + ")");
       unsigned q = 1;
       if (one_token) {
-        upd.setUInt64(q++, token_of[locked[0]]);
+        upd.SetUInt64(q++, token_of[locked[0]]);
       } else {
         q = BindCase(
             upd, q, n, [&](size_t k) { return locked[k]; },
-            [&](unsigned at, size_t k) { upd.setUInt64(at, token_of[locked[k]]); });
+            [&](unsigned at, size_t k) { upd.SetUInt64(at, token_of[locked[k]]); });
       }
-      upd.setInt64(q++, now_ms);
+      upd.SetInt64(q++, now_ms);
       if (one_worker) {
-        upd.setUInt(q++, worker_ref[locked[0]]);
+        upd.SetUInt(q++, worker_ref[locked[0]]);
       } else {
         q = BindCase(
             upd, q, n, [&](size_t k) { return locked[k]; },
-            [&](unsigned at, size_t k) { upd.setUInt(at, worker_ref[locked[k]]); });
+            [&](unsigned at, size_t k) { upd.SetUInt(at, worker_ref[locked[k]]); });
       }
-      upd.setInt64(q++, now_ms);
-      upd.setInt64(q++, now_ms);
+      upd.SetInt64(q++, now_ms);
+      upd.SetInt64(q++, now_ms);
       BindIds(upd, q, locked);
-      int changed = upd.executeUpdate();
+      int changed = upd.ExecuteUpdate();
       if (changed != static_cast<int>(n)) {
         Rollback();
         return Status::Internal("claim: locked " + std::to_string(n) +
@@ -1201,7 +1145,7 @@ Result<std::vector<ItemOutcome>> MySqlShardStore::Nack(std::span<const NackReque
       const int64_t due = final ? PurgeTime(r.ns, now_ms)
                                 : ToUnixMillis(now + std::max(n.delay, Duration(0)));
       std::string error = TruncateTo(n.error, kMaxErrorBytes);
-      sql::PreparedStatement& st =
+      DbStatement& st =
           n.metadata
               ? Stmt(
                     "UPDATE items SET state = ?, deliver_after = ?, finished_at = ?, "
@@ -1211,14 +1155,14 @@ Result<std::vector<ItemOutcome>> MySqlShardStore::Nack(std::span<const NackReque
                     "UPDATE items SET state = ?, deliver_after = ?, finished_at = ?, "
                     "expires_at = IF(?, NULL, expires_at), last_error = ? WHERE id = ?");
       unsigned p = 1;
-      st.setInt(p++, static_cast<int>(to));
-      st.setInt64(p++, due);
-      st.setInt64(p++, final ? now_ms : 0);
-      st.setInt(p++, final ? 1 : 0);
-      st.setString(p++, error);
-      if (n.metadata) st.setString(p++, *n.metadata);
-      st.setUInt64(p++, n.row.value());
-      st.executeUpdate();
+      st.SetInt(p++, static_cast<int>(to));
+      st.SetInt64(p++, due);
+      st.SetInt64(p++, final ? now_ms : 0);
+      st.SetInt(p++, final ? 1 : 0);
+      st.SetString(p++, error);
+      if (n.metadata) st.SetString(p++, *n.metadata);
+      st.SetUInt64(p++, n.row.value());
+      st.ExecuteUpdate();
       ended.emplace_back(n.row.value(), r);
       // Later requests for the same row in this batch see the new state.
       r.state = static_cast<int>(to);
@@ -1254,11 +1198,10 @@ Result<std::vector<ItemOutcome>> MySqlShardStore::Extend(
         continue;
       }
       const Time deadline = now + std::max(e.extension, Duration(0));
-      sql::PreparedStatement& st =
-          Stmt("UPDATE items SET deliver_after = ? WHERE id = ?");
-      st.setInt64(1, ToUnixMillis(deadline));
-      st.setUInt64(2, e.row.value());
-      st.executeUpdate();
+      DbStatement& st = Stmt("UPDATE items SET deliver_after = ? WHERE id = ?");
+      st.SetInt64(1, ToUnixMillis(deadline));
+      st.SetUInt64(2, e.row.value());
+      st.ExecuteUpdate();
       r.deliver_after = ToUnixMillis(deadline);
       out[i].new_deadline = deadline;
       out[i].cancel_requested = r.cancel_requested;
@@ -1290,20 +1233,20 @@ Result<Promotion> MySqlShardStore::PromoteDue(Time now, size_t limit) {
                " ORDER BY deliver_after, id LIMIT ? FOR UPDATE)";
       }
     }
-    sql::PreparedStatement& sel = Stmt(sql);
+    DbStatement& sel = Stmt(sql);
     unsigned p = 1;
     for (int part = 0; part < 4; ++part) {
-      sel.setInt64(p++, now_ms);
-      sel.setUInt64(p++, part % 2 == 0 ? limit : 1);
+      sel.SetInt64(p++, now_ms);
+      sel.SetUInt64(p++, part % 2 == 0 ? limit : 1);
     }
     std::vector<std::pair<uint64_t, LockedRow>> due;
     Promotion out;
     size_t due_of_state[2] = {0, 0};
     {
-      std::unique_ptr<sql::ResultSet> rs(sel.executeQuery());
-      while (rs->next()) {
+      DbRows& rs = sel.ExecuteQuery();
+      while (rs.Next()) {
         LockedRow r;
-        const uint64_t id = ReadLocked(*rs, r);
+        const uint64_t id = ReadLocked(rs, r);
         const Time at = FromUnixMillis(r.deliver_after);
         if (r.deliver_after > now_ms) {
           if (!out.next_due || at < *out.next_due) out.next_due = at;
@@ -1364,10 +1307,10 @@ Result<Promotion> MySqlShardStore::PromoteDue(Time now, size_t limit) {
       ExecuteForIds(
           "UPDATE items SET state = ?, finished_at = ?, deliver_after = ?, "
           "expires_at = NULL, last_error = 'lease expired' WHERE id IN ",
-          group, [&](sql::PreparedStatement& st) {
-            st.setInt(1, key.first);
-            st.setInt64(2, now_ms);
-            st.setInt64(3, key.second);
+          group, [&](DbStatement& st) {
+            st.SetInt(1, key.first);
+            st.SetInt64(2, now_ms);
+            st.SetInt64(3, key.second);
             return 4u;
           });
     }
@@ -1395,33 +1338,33 @@ Result<std::vector<ItemTransition>> MySqlShardStore::PurgeExpired(Time now,
              " AND deliver_after <= ? ORDER BY deliver_after, id LIMIT ?)";
     }
     sql += " ORDER BY t, id LIMIT ?";
-    sql::PreparedStatement& sel = Stmt(sql);
+    DbStatement& sel = Stmt(sql);
     unsigned p = 1;
     for (int part = 0; part < 5; ++part) {
-      sel.setInt64(p++, now_ms);
-      sel.setUInt64(p++, limit);
+      sel.SetInt64(p++, now_ms);
+      sel.SetUInt64(p++, limit);
     }
-    sel.setUInt64(p, limit);
+    sel.SetUInt64(p, limit);
     std::vector<uint64_t> chosen;
     {
-      std::unique_ptr<sql::ResultSet> rs(sel.executeQuery());
-      while (rs->next()) chosen.push_back(rs->getUInt64(1));
+      DbRows& rs = sel.ExecuteQuery();
+      while (rs.Next()) chosen.push_back(rs.GetUInt64(1));
     }
     std::vector<ItemTransition> out;
     if (!chosen.empty()) {
       // The DELETE re-checks the condition: what it returns is what was purged.
-      sql::PreparedStatement& del = Stmt(
+      DbStatement& del = Stmt(
           "DELETE FROM items WHERE id IN (" + Placeholders(PaddedCount(chosen.size())) +
           ") AND ((state < 3 AND expires_at <= ?) OR (state >= 3 AND deliver_after <= "
           "?)) RETURNING id, ns, topic, priority, state, deliver_after");
       unsigned q = BindIds(del, 1, chosen);
-      del.setInt64(q++, now_ms);
-      del.setInt64(q++, now_ms);
+      del.SetInt64(q++, now_ms);
+      del.SetInt64(q++, now_ms);
       std::map<uint64_t, ItemTransition> deleted;
       {
-        std::unique_ptr<sql::ResultSet> rs(del.executeQuery());
-        while (rs->next()) {
-          ItemTransition t = TransitionFromRow(*rs, ItemState::kGone);
+        DbRows& rs = del.ExecuteQuery();
+        while (rs.Next()) {
+          ItemTransition t = TransitionFromRow(rs, ItemState::kGone);
           deleted.emplace(t.row.value(), std::move(t));
         }
       }
@@ -1443,16 +1386,16 @@ Result<std::optional<Time>> MySqlShardStore::NextDue() {
   using R = Result<std::optional<Time>>;
   return Run<R>("next_due", [&]() -> R {
     // Two MIN()s that the optimizer answers from the ends of the `due` index.
-    sql::PreparedStatement& st = Stmt(
+    DbStatement& st = Stmt(
         "SELECT (SELECT MIN(deliver_after) FROM items WHERE state = 0), "
         "(SELECT MIN(deliver_after) FROM items WHERE state = 2)");
     std::optional<Time> next;
     {
-      std::unique_ptr<sql::ResultSet> rs(st.executeQuery());
-      if (rs->next()) {
+      DbRows& rs = st.ExecuteQuery();
+      if (rs.Next()) {
         for (uint32_t col : {1u, 2u}) {
-          int64_t v = rs->getInt64(col);
-          if (rs->wasNull()) continue;
+          int64_t v = rs.GetInt64(col);
+          if (rs.WasNull()) continue;
           if (!next || FromUnixMillis(v) < *next) next = FromUnixMillis(v);
         }
       }
@@ -1465,21 +1408,21 @@ Result<std::optional<Time>> MySqlShardStore::NextDue() {
 Result<std::vector<TopicCounts>> MySqlShardStore::CountByTopic() {
   using R = Result<std::vector<TopicCounts>>;
   return Run<R>("count_by_topic", [&]() -> R {
-    sql::PreparedStatement& st = Stmt(
+    DbStatement& st = Stmt(
         "SELECT ns, topic, state, COUNT(*) FROM items GROUP BY ns, topic, state "
         "ORDER BY ns, topic, state");
     std::vector<TopicCounts> out;
     {
-      std::unique_ptr<sql::ResultSet> rs(st.executeQuery());
-      while (rs->next()) {
-        std::string ns = Str(*rs, 1);
-        std::string topic = Str(*rs, 2);
+      DbRows& rs = st.ExecuteQuery();
+      while (rs.Next()) {
+        std::string ns = Str(rs, 1);
+        std::string topic = Str(rs, 2);
         if (out.empty() || out.back().ns != ns || out.back().topic != topic) {
           out.push_back(TopicCounts{std::move(ns), std::move(topic)});
         }
-        const uint64_t n = rs->getUInt64(4);
+        const uint64_t n = rs.GetUInt64(4);
         TopicCounts& c = out.back();
-        c.Add(static_cast<ItemState>(rs->getUInt(3)), n);
+        c.Add(static_cast<ItemState>(rs.GetUInt(3)), n);
       }
     }
     Commit();
@@ -1492,16 +1435,16 @@ Result<std::vector<TopicCounts>> MySqlShardStore::CountByTopic() {
 Result<TaskRecord> MySqlShardStore::GetTask(RowId row, bool include_payload) {
   using R = Result<TaskRecord>;
   return Run<R>("get_task", [&]() -> R {
-    sql::PreparedStatement& st =
+    DbStatement& st =
         Stmt("SELECT " + kRecordCols + (include_payload ? ", payload" : "") +
              " FROM items WHERE id = ?");
-    st.setUInt64(1, row.value());
+    st.SetUInt64(1, row.value());
     std::optional<TaskRecord> t;
     {
-      std::unique_ptr<sql::ResultSet> rs(st.executeQuery());
-      if (rs->next()) {
-        t = ReadRecord(*rs);
-        if (include_payload) t->payload = Str(*rs, 20);
+      DbRows& rs = st.ExecuteQuery();
+      if (rs.Next()) {
+        t = ReadRecord(rs);
+        if (include_payload) t->payload = Str(rs, 20);
       }
     }
     if (!t) {
@@ -1509,17 +1452,17 @@ Result<TaskRecord> MySqlShardStore::GetTask(RowId row, bool include_payload) {
       return Status::NotFound("get_task: no row " + std::to_string(row.value()));
     }
     // The newest kMaxHistory events (primary key (item_id, seq)), oldest first.
-    sql::PreparedStatement& ev = Stmt(
+    DbStatement& ev = Stmt(
         "SELECT at_ms, kind, attempt, worker_id, detail FROM (SELECT seq, at_ms, kind, "
         "attempt, worker_id, detail FROM task_events WHERE item_id = ? ORDER BY seq DESC "
         "LIMIT " +
         std::to_string(kMaxHistory) + ") AS newest ORDER BY seq");
-    ev.setUInt64(1, row.value());
+    ev.SetUInt64(1, row.value());
     {
-      std::unique_ptr<sql::ResultSet> rs(ev.executeQuery());
-      while (rs->next()) {
-        t->history.push_back(TaskEvent{FromUnixMillis(rs->getInt64(1)), Str(*rs, 2),
-                                       rs->getUInt(3), Str(*rs, 4), Str(*rs, 5)});
+      DbRows& rs = ev.ExecuteQuery();
+      while (rs.Next()) {
+        t->history.push_back(TaskEvent{FromUnixMillis(rs.GetInt64(1)), Str(rs, 2),
+                                       rs.GetUInt(3), Str(rs, 4), Str(rs, 5)});
       }
     }
     // The events kept in the row (see LeaseEventsToWrite): the current lease's
@@ -1565,23 +1508,22 @@ Result<ItemOutcome> MySqlShardStore::Cancel(RowId row, Time now) {
     std::vector<PendingEvent> events;
     if (r.state == kDelayed || r.state == kReady) {
       const int64_t purge_at = PurgeTime(r.ns, now_ms);
-      sql::PreparedStatement& st = Stmt(
+      DbStatement& st = Stmt(
           "UPDATE items SET state = 6, finished_at = ?, deliver_after = ?, "
           "expires_at = NULL WHERE id = ?");
-      st.setInt64(1, now_ms);
-      st.setInt64(2, purge_at);
-      st.setUInt64(3, id);
-      st.executeUpdate();
+      st.SetInt64(1, now_ms);
+      st.SetInt64(2, purge_at);
+      st.SetUInt64(3, id);
+      st.ExecuteUpdate();
       events.push_back(Event(id, r, now_ms, "cancelled"));
       out.transition = MakeTransition(id, r, static_cast<ItemState>(r.state),
                                       ItemState::kCancelled, purge_at);
     } else if (r.state == kLeased) {
       // The holder learns it from Extend; its Nack (or the lease's expiry) ends it.
       if (!r.cancel_requested) {
-        sql::PreparedStatement& st =
-            Stmt("UPDATE items SET cancel_requested = 1 WHERE id = ?");
-        st.setUInt64(1, id);
-        st.executeUpdate();
+        DbStatement& st = Stmt("UPDATE items SET cancel_requested = 1 WHERE id = ?");
+        st.SetUInt64(1, id);
+        st.ExecuteUpdate();
         events =
             LeaseEventsToWrite({{id, r}}, {Event(id, r, now_ms, "cancel_requested")});
       }
@@ -1604,17 +1546,17 @@ Result<std::vector<TaskRecord>> MySqlShardStore::ListDead(const std::string& ns,
   if (limit == 0) return std::vector<TaskRecord>{};
   return Run<R>("list_dead", [&]() -> R {
     // An exact prefix (ns, topic, state) of the ready_order index, read in order.
-    sql::PreparedStatement& st =
+    DbStatement& st =
         Stmt("SELECT " + kRecordCols +
              " FROM items WHERE ns = ? AND topic = ? AND state = 5 ORDER BY " +
              std::string(kSqlOrderBy) + " LIMIT ?");
-    st.setString(1, ns);
-    st.setString(2, topic);
-    st.setUInt64(3, limit);
+    st.SetString(1, ns);
+    st.SetString(2, topic);
+    st.SetUInt64(3, limit);
     std::vector<TaskRecord> out;
     {
-      std::unique_ptr<sql::ResultSet> rs(st.executeQuery());
-      while (rs->next()) out.push_back(ReadRecord(*rs));
+      DbRows& rs = st.ExecuteQuery();
+      while (rs.Next()) out.push_back(ReadRecord(rs));
     }
     Commit();
     return out;
@@ -1629,18 +1571,18 @@ std::vector<DeadRow> MySqlShardStore::SelectDead(const std::string& ns,
   std::vector<DeadRow> out;
   if (rows.empty()) {
     if (limit == 0) return out;
-    sql::PreparedStatement& st =
+    DbStatement& st =
         Stmt("SELECT " + kLockCols +
              " FROM items WHERE ns = ? AND topic = ? AND state = 5 ORDER BY " +
              std::string(kSqlOrderBy) + " LIMIT ? FOR UPDATE");
-    st.setString(1, ns);
-    st.setString(2, topic);
-    st.setUInt64(3, limit);
-    std::unique_ptr<sql::ResultSet> rs(st.executeQuery());
-    while (rs->next()) {
+    st.SetString(1, ns);
+    st.SetString(2, topic);
+    st.SetUInt64(3, limit);
+    DbRows& rs = st.ExecuteQuery();
+    while (rs.Next()) {
       DeadRow d;
       d.index = kNpos;
-      d.id = ReadLocked(*rs, d.row);
+      d.id = ReadLocked(rs, d.row);
       out.push_back(std::move(d));
     }
     return out;
@@ -1695,8 +1637,8 @@ Result<ShardStore::BulkOutcome> MySqlShardStore::Redrive(const std::string& ns,
     ExecuteForIds(
         "UPDATE items SET state = 1, attempts = 0, deliver_after = ?, finished_at = 0, "
         "cancel_requested = 0 WHERE id IN ",
-        ids, [&](sql::PreparedStatement& st) {
-          st.setInt64(1, now_ms);
+        ids, [&](DbStatement& st) {
+          st.SetInt64(1, now_ms);
           return 2u;
         });
     AppendEvents(events);

@@ -15,16 +15,14 @@
 #include <unordered_map>
 #include <vector>
 
+#include "store/db_client.h"
 #include "store/store_api.h"
 
-namespace sql {
-class Connection;
-class PreparedStatement;
-class Statement;
-class SQLException;
-}  // namespace sql
-
 namespace shardq::store {
+
+class DbConnection;
+class DbError;
+class DbStatement;
 
 namespace detail {
 struct PendingEvent;  // defined in mysql_store.cc
@@ -32,19 +30,10 @@ struct LockedRow;
 struct DeadRow;
 }  // namespace detail
 
-struct MysqlEndpoint {
-  std::string socket;  // unix socket path; when set, host and port are ignored
-  std::string host = "127.0.0.1";
-  int port = 3306;
-  std::string user = "root";
-  std::string password;
-  // Client-side timeouts (seconds). The read timeout bounds how long a call can hang
-  // on a server that stopped answering; it must exceed innodb_lock_wait_timeout
-  // (the store sets that to 10 s for its session).
-  int connect_timeout_s = 5;
-  int read_timeout_s = 30;
-  int write_timeout_s = 30;
-};
+// Where a shard's MySQL is. Client-side timeouts (seconds): the read timeout bounds
+// how long a call can hang on a server that stopped answering; it must exceed
+// innodb_lock_wait_timeout (the store sets that to 10 s for its session).
+using MysqlEndpoint = DbEndpoint;
 
 class MySqlShardStore final : public ShardStore {
  public:
@@ -96,18 +85,17 @@ class MySqlShardStore final : public ShardStore {
   R Run(const char* op, F&& body);
 
   Status EnsureOpen();
-  void Connect();          // throws sql::SQLException
-  void ApplyMigrations();  // throws sql::SQLException
+  void Connect();          // throws DbError
+  void ApplyMigrations();  // throws DbError
   void Disconnect();
-  Status ErrorToStatus(const char* op, const sql::SQLException& e);
+  Status ErrorToStatus(const char* op, const DbError& e);
   // The cached prepared statement for `sql` (prepared on first use).
-  sql::PreparedStatement& Stmt(const std::string& sql);
-  // Frees the values bound to the statements used since the last call (Run does it
-  // after each call).
-  void ClearBoundValues();
+  DbStatement& Stmt(const std::string& sql);
+  // Frees the values bound to the statements used since the last call, and their
+  // rows (Run does it after each call).
+  void ReleaseStatements();
   void Commit();
   void Rollback();
-  sql::Statement& Control();
 
   // Appends `events` to task_events with multi-row INSERTs (kMaxRowsPerInsert each).
   void AppendEvents(const std::vector<detail::PendingEvent>& events);
@@ -157,16 +145,15 @@ class MySqlShardStore final : public ShardStore {
   // Runs `sql_head` + "(ids...)" for each chunk of ids, with `bind` binding the
   // parameters before the id list (it returns the next parameter index).
   int ExecuteForIds(const std::string& sql_head, const std::vector<uint64_t>& ids,
-                    const std::function<unsigned(sql::PreparedStatement&)>& bind);
+                    const std::function<unsigned(DbStatement&)>& bind);
   // The purge time of a row of `ns` that reaches a final state at `now_ms`.
   int64_t PurgeTime(const std::string& ns, int64_t now_ms) const;
 
   MysqlEndpoint ep_;
   std::string database_;
-  std::unique_ptr<sql::Connection> conn_;
-  std::unordered_map<std::string, std::unique_ptr<sql::PreparedStatement>> stmts_;
-  std::vector<sql::PreparedStatement*> used_;  // by Stmt() since ClearBoundValues()
-  std::unique_ptr<sql::Statement> control_;    // COMMIT / ROLLBACK
+  std::unique_ptr<DbConnection> conn_;
+  std::unordered_map<std::string, std::unique_ptr<DbStatement>> stmts_;
+  std::vector<DbStatement*> used_;  // by Stmt() since ReleaseStatements()
   std::unordered_map<std::string, uint32_t> worker_refs_;  // committed workers rows
   // What the acks' fast path needs of rows this store leased (immutable per row, so an
   // entry never goes wrong, only stale; the compare-and-swap catches that).

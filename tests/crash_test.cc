@@ -227,7 +227,8 @@ namespace {
 
 // The store alone, four shards committing at once while MariaDB is killed: every
 // Insert that returned OK must be there after the restart. (Connector/C++ 1.1's
-// Connection::commit() swallows errors; this is the regression test for relying on it.)
+// Connection::commit() swallowed errors; this is the regression test for a commit
+// whose answer is lost being taken for a success.)
 TEST(CrashTest, StoreInsertsThatReturnedOkSurviveAMariaDbKill) {
   auto db = MariaDbInstance::Start();
   ASSERT_TRUE(db.ok()) << db.status().ToString();

@@ -4,11 +4,7 @@
 //
 // Time is given explicitly to every call; nothing here sleeps.
 
-#include <cppconn/resultset.h>
-#include <cppconn/statement.h>
 #include <gtest/gtest.h>
-#include <mysql_connection.h>
-#include <mysql_driver.h>
 
 #include <algorithm>
 #include <atomic>
@@ -1761,52 +1757,43 @@ TEST(MySqlShardStoreTest, RefusesInterleavedAutoincLockMode) {
 }
 
 // A plain connection to the shared server, for what the store does not expose.
-std::unique_ptr<sql::Connection> RawConnection() {
-  MysqlEndpoint ep = testing::SharedMariaDb().endpoint();
-  sql::ConnectOptionsMap opts;
-  opts["hostName"] = sql::SQLString("unix://" + ep.socket);
-  opts["userName"] = sql::SQLString(ep.user);
-  opts["password"] = sql::SQLString(ep.password);
-  return std::unique_ptr<sql::Connection>(
-      sql::mysql::get_mysql_driver_instance()->connect(opts));
+std::unique_ptr<DbConnection> RawConnection() {
+  return std::make_unique<DbConnection>(testing::SharedMariaDb().endpoint());
 }
 
-int64_t QueryInt(sql::Connection& conn, const std::string& query) {
-  std::unique_ptr<sql::Statement> st(conn.createStatement());
-  std::unique_ptr<sql::ResultSet> rs(st->executeQuery(query));
-  if (!rs->next()) throw std::runtime_error("no row: " + query);
-  return rs->getInt64(1);
+int64_t QueryInt(DbConnection& conn, const std::string& query) {
+  std::unique_ptr<DbStatement> st = conn.Prepare(query);
+  DbRows& rs = st->ExecuteQuery();
+  if (!rs.Next()) throw std::runtime_error("no row: " + query);
+  return rs.GetInt64(1);
 }
 
 // A fresh database `db` as a shard looked before migration `version` + 1 (applied by
-// hand, recorded in schema_migrations); the statement is on that database, for rows.
-std::unique_ptr<sql::Statement> ShardAtMigration(sql::Connection& conn,
-                                                 const std::string& db, int version) {
-  std::unique_ptr<sql::Statement> st(conn.createStatement());
-  st->execute("CREATE DATABASE `" + db + "`");
-  st->execute("USE `" + db + "`");
-  st->execute(std::string(schema::kMigrationsTableDdl));
+// hand, recorded in schema_migrations); the connection is left on that database.
+void ShardAtMigration(DbConnection& conn, const std::string& db, int version) {
+  conn.Execute("CREATE DATABASE `" + db + "`");
+  conn.Execute("USE `" + db + "`");
+  conn.Execute(schema::kMigrationsTableDdl);
   for (const schema::Migration& m : schema::AllMigrations()) {
     if (m.version > version) break;
     std::string sql(m.sql);
     for (size_t end; (end = sql.find(";\n")) != std::string::npos;
          sql.erase(0, end + 2)) {
-      st->execute(sql.substr(0, end));
+      conn.Execute(sql.substr(0, end));
     }
-    st->execute("INSERT INTO schema_migrations (version, name) VALUES (" +
-                std::to_string(m.version) + ", '" + std::string(m.name) + "')");
+    conn.Execute("INSERT INTO schema_migrations (version, name) VALUES (" +
+                 std::to_string(m.version) + ", '" + std::string(m.name) + "')");
   }
-  return st;
 }
 
 TEST(MySqlShardStoreTest, OpenUpgradesADatabaseOfMigrationOne) {
   const std::string db = FreshDbName("upgrade");
   {
     // What a shard looked like before migration 2: the items table of 0001 only.
-    std::unique_ptr<sql::Connection> conn = RawConnection();
-    std::unique_ptr<sql::Statement> st = ShardAtMigration(*conn, db, 1);
+    std::unique_ptr<DbConnection> conn = RawConnection();
+    ShardAtMigration(*conn, db, 1);
     const std::string t0 = std::to_string(ToUnixMillis(kT0));
-    st->execute(
+    conn->Execute(
         "INSERT INTO items (ns, topic, priority, state, deliver_after, lease_ms, "
         "attempts, enqueued_at, payload, metadata) VALUES "
         "('ns', 't', 0, 1, " +
@@ -1814,14 +1801,14 @@ TEST(MySqlShardStoreTest, OpenUpgradesADatabaseOfMigrationOne) {
         ", 'old', 'm'), "
         "('ns', 't', 1, 2, " +
         t0 + ", 30000, 1, " + t0 + ", 'leased', 'm')");
-    st->execute("UPDATE items SET lease_token = 5 WHERE state = 2");
-    st->execute("COMMIT");
+    conn->Execute("UPDATE items SET lease_token = 5 WHERE state = 2");
+    conn->Execute("COMMIT");
   }
   MySqlShardStore store(testing::SharedMariaDb().endpoint(), db);
   store.SetPolicies(TestPolicies());
   ASSERT_TRUE(store.Open().ok());
   {
-    std::unique_ptr<sql::Connection> conn = RawConnection();
+    std::unique_ptr<DbConnection> conn = RawConnection();
     EXPECT_EQ(QueryInt(*conn, "SELECT MAX(version) FROM `" + db + "`.schema_migrations"),
               static_cast<int64_t>(schema::AllMigrations().back().version));
   }
@@ -1855,22 +1842,22 @@ TEST(MySqlShardStoreTest, OpenMovesLesseeNamesIntoWorkers) {
   const std::string db = FreshDbName("workers");
   {
     // A shard at migration 2, where items.worker_id held the lessee's name.
-    std::unique_ptr<sql::Connection> conn = RawConnection();
-    std::unique_ptr<sql::Statement> st = ShardAtMigration(*conn, db, 2);
+    std::unique_ptr<DbConnection> conn = RawConnection();
+    ShardAtMigration(*conn, db, 2);
     const std::string t0 = std::to_string(ToUnixMillis(kT0));
-    st->execute(
+    conn->Execute(
         "INSERT INTO items (ns, topic, priority, state, deliver_after, lease_ms, "
         "attempts, enqueued_at, payload, metadata, lease_token, worker_id, "
         "last_delivered_at) VALUES "
         "('ns', 't', 0, 2, " +
         t0 + ", 30000, 1, " + t0 + ", 'p', 'm', 7, 'old-w', " + t0 +
         "), ('ns', 't', 0, 1, " + t0 + ", 30000, 0, " + t0 + ", 'p', 'm', 0, '', 0)");
-    st->execute("COMMIT");
+    conn->Execute("COMMIT");
   }
   MySqlShardStore store(testing::SharedMariaDb().endpoint(), db);
   store.SetPolicies(TestPolicies());
   ASSERT_TRUE(store.Open().ok());
-  std::unique_ptr<sql::Connection> conn = RawConnection();
+  std::unique_ptr<DbConnection> conn = RawConnection();
   EXPECT_EQ(QueryInt(*conn,
                      "SELECT COUNT(*) FROM information_schema.columns WHERE "
                      "table_schema = '" +
@@ -1916,7 +1903,7 @@ TEST(MySqlShardStoreTest, PurgesDeleteTheHistoryRows) {
       {ins[2].row, LeaseToken(1), Duration(0), std::nullopt, "", false}};
   ASSERT_EQ(Must(store.Nack(nack, kT0))[1].transition->to, ItemState::kDead);
 
-  std::unique_ptr<sql::Connection> conn = RawConnection();
+  std::unique_ptr<DbConnection> conn = RawConnection();
   auto events = [&](RowId row) {
     return QueryInt(*conn,
                     "SELECT COUNT(*) FROM `" + db +

@@ -1,9 +1,6 @@
 #include "tests/support/mariadb_instance.h"
 
-#include <cppconn/exception.h>
 #include <fcntl.h>
-#include <mysql_connection.h>
-#include <mysql_driver.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
@@ -204,7 +201,6 @@ Status MariaDbInstance::Spawn() {
 }
 
 Status MariaDbInstance::WaitReady() {
-  sql::mysql::MySQL_Driver* driver = sql::mysql::get_mysql_driver_instance();
   const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(30);
   std::string last_error;
   while (std::chrono::steady_clock::now() < give_up) {
@@ -214,13 +210,9 @@ Status MariaDbInstance::WaitReady() {
       return Status::Internal("mariadbd exited during start-up: " + LogTail());
     }
     try {
-      sql::ConnectOptionsMap opts;
-      opts["hostName"] = sql::SQLString("unix://" + socket_);
-      opts["userName"] = sql::SQLString("root");
-      opts["password"] = sql::SQLString("");
-      std::unique_ptr<sql::Connection> conn(driver->connect(opts));
+      store::DbConnection conn(endpoint());
       return Status::Ok();
-    } catch (const sql::SQLException& e) {
+    } catch (const store::DbError& e) {
       last_error = e.what();
     }
     // Polling for another process to come up, not waiting for time to pass.
