@@ -4,6 +4,7 @@
 #include <exception>
 #include <map>
 #include <set>
+#include <string>
 #include <string_view>
 #include <utility>
 
@@ -390,6 +391,16 @@ const std::string kLockCols =
     "cancel_requested, " +
     kWorkerName + ", last_delivered_at";
 
+// A dedup key in its namespace, as views into the items of an Insert.
+using DedupKey = std::pair<std::string_view, std::string_view>;
+struct DedupKeyHash {
+  size_t operator()(const DedupKey& k) const {
+    const size_t h = std::hash<std::string_view>()(k.first);
+    return h ^ (std::hash<std::string_view>()(k.second) + 0x9e3779b97f4a7c15ULL +
+                (h << 6) + (h >> 2));
+  }
+};
+
 uint64_t ReadLocked(const DbRows& rs, LockedRow& r) {
   r.ns = Str(rs, 2);
   r.topic = Str(rs, 3);
@@ -746,22 +757,26 @@ Result<std::vector<Inserted>> MySqlShardStore::Insert(
   // One attempt; `look_up_keys` = read which dedup keys are already taken first.
   auto insert = [&](bool look_up_keys) -> R {
     std::vector<Inserted> out(items.size());
-    // Dedup keys: the first item of this call with each (ns, key), and (when looking
-    // them up) the rows that already hold one.
-    using Key = std::pair<std::string, std::string>;
-    std::map<Key, size_t> first;
-    std::vector<const Key*> lookup;
+    // Dedup keys: the first item of this call with each (ns, key) (views into
+    // `items`: no copies on the common path), and (when looking them up) the rows
+    // that already hold one, by that first item.
+    std::unordered_map<DedupKey, size_t, DedupKeyHash> first;
+    std::vector<size_t> first_of(items.size(), 0);
+    std::vector<const DedupKey*> lookup;
     for (size_t i = 0; i < items.size(); ++i) {
       if (items[i].dedup_key.empty()) continue;
-      auto [it, added] = first.emplace(Key(items[i].ns, items[i].dedup_key), i);
+      auto [it, added] = first.emplace(DedupKey(items[i].ns, items[i].dedup_key), i);
       if (added) lookup.push_back(&it->first);
+      first_of[i] = it->second;
     }
+    std::unordered_map<size_t, uint64_t> owner;  // first item -> the row holding its key
     // One `ns = ? AND dedup_key IN (...)` per namespace and chunk: a range read of the
     // unique key `dedup`. (An OR of (ns, key) pairs made the range optimizer take
     // ~100 ms for 100 keys.)
-    std::map<std::string, std::vector<const std::string*>> keys_by_ns;
-    for (const Key* k : lookup) keys_by_ns[k->first].push_back(&k->second);
-    std::map<Key, uint64_t> owner;
+    std::map<std::string_view, std::vector<std::string_view>> keys_by_ns;
+    for (const DedupKey* k : lookup) {
+      if (look_up_keys) keys_by_ns[k->first].push_back(k->second);
+    }
     for (const auto& [ns, keys] : keys_by_ns) {
       if (!look_up_keys) break;
       for (size_t begin = 0; begin < keys.size(); begin += kMaxIdsPerStatement) {
@@ -774,10 +789,15 @@ Result<std::vector<Inserted>> MySqlShardStore::Insert(
                  Placeholders(padded) + ")");
         st.SetString(1, ns);
         for (size_t i = 0; i < padded; ++i) {
-          st.SetString(static_cast<unsigned>(i + 2), *keys[begin + std::min(i, n - 1)]);
+          st.SetString(static_cast<unsigned>(i + 2), keys[begin + std::min(i, n - 1)]);
         }
         DbRows& rs = st.ExecuteQuery();
-        while (rs.Next()) owner[Key(ns, Str(rs, 2))] = rs.GetUInt64(1);
+        while (rs.Next()) {
+          const std::string key = Str(rs, 2);
+          if (auto f = first.find(DedupKey(ns, key)); f != first.end()) {
+            owner[f->second] = rs.GetUInt64(1);
+          }
+        }
       }
     }
     std::vector<size_t> fresh;  // the items to insert, in input order
@@ -787,8 +807,7 @@ Result<std::vector<Inserted>> MySqlShardStore::Insert(
         fresh.push_back(i);
         continue;
       }
-      const Key key(items[i].ns, items[i].dedup_key);
-      if (first[key] == i && !owner.count(key)) fresh.push_back(i);
+      if (first_of[i] == i && !owner.count(i)) fresh.push_back(i);
     }
     size_t got = 0;
     for (size_t begin = 0, n = 0; begin < fresh.size(); begin += n) {
@@ -857,10 +876,10 @@ Result<std::vector<Inserted>> MySqlShardStore::Insert(
     }
     for (size_t i = 0; i < items.size(); ++i) {
       if (items[i].dedup_key.empty()) continue;
-      const Key key(items[i].ns, items[i].dedup_key);
-      if (auto o = owner.find(key); o != owner.end()) {
+      const size_t f = first_of[i];
+      if (auto o = owner.find(f); o != owner.end()) {
         out[i] = {RowId(o->second), true};
-      } else if (size_t f = first[key]; f != i) {
+      } else if (f != i) {
         out[i] = {out[f].row, true};
       }
     }
