@@ -1,35 +1,48 @@
 #include "shard_worker/handoff.h"
 
 #include <algorithm>
-#include <map>
 #include <string>
-
-#include "common/ordering.h"
+#include <unordered_map>
 
 namespace shardq::shard_worker {
 
 HandoffPlan::HandoffPlan(std::span<const NewItem> rows, Time now,
                          prefetch::PrefetchIndex& index) {
   // The due rows of each topic. A batch is mostly one topic, so this map is small.
-  std::map<std::pair<std::string_view, std::string_view>, std::vector<size_t>> due;
+  std::map<TopicKey, Candidates> due;
   for (size_t k = 0; k < rows.size(); ++k) {
     const NewItem& item = rows[k];
     if (item.deliver_after > now || (item.expires_at && *item.expires_at <= now))
       continue;
-    due[{item.ns, item.topic}].push_back(k);
+    // Not stored yet: the batch's order stands in for the row ids, which follow it.
+    due[{item.ns, item.topic}].emplace_back(
+        k, OrderKey{item.priority, item.deliver_after, ItemId{ShardId(0), RowId(k)}});
   }
-  for (auto& [topic, candidates] : due) {
+  OfferAll(due, index);
+}
+
+HandoffPlan::HandoffPlan(std::span<const ItemTransition> due, ShardId shard,
+                         prefetch::PrefetchIndex& index) {
+  std::map<TopicKey, Candidates> by_topic;
+  for (size_t k = 0; k < due.size(); ++k) {
+    const ItemTransition& t = due[k];
+    by_topic[{t.ns, t.topic}].emplace_back(
+        k, OrderKey{t.priority, t.deliver_after, ItemId{shard, t.row}});
+  }
+  OfferAll(by_topic, index);
+  for (const store::InsertLease& l : leases_) lease_rows_.push_back(due[l.item].row);
+}
+
+void HandoffPlan::OfferAll(std::map<TopicKey, Candidates>& by_topic,
+                           prefetch::PrefetchIndex& index) {
+  for (auto& [topic, candidates] : by_topic) {
     auto buffer = index.Find(std::string(topic.first), std::string(topic.second));
     if (!buffer) continue;  // nobody has asked for this topic
     std::vector<std::shared_ptr<prefetch::Waiter>> waiters = buffer->IdleWaiters();
     if (waiters.empty()) continue;
-    // The batch's best first: the ordering rule (row ids follow the batch's order).
-    auto order_key = [&](size_t k) {
-      return OrderKey{rows[k].priority, rows[k].deliver_after,
-                      ItemId{ShardId(0), RowId(k)}};
-    };
+    // The best first: the ordering rule.
     std::sort(candidates.begin(), candidates.end(),
-              [&](size_t a, size_t b) { return order_key(a) < order_key(b); });
+              [](const auto& a, const auto& b) { return a.second < b.second; });
     size_t next = 0;
     for (auto& waiter : waiters) {
       if (next == candidates.size()) break;
@@ -39,7 +52,7 @@ HandoffPlan::HandoffPlan(std::span<const NewItem> rows, Time now,
       if (n == 0) continue;
       offers_.push_back({std::move(waiter), buffer, leases_.size(), n});
       for (size_t i = 0; i < n; ++i) {
-        leases_.push_back({candidates[next++], worker_id, NewLeaseToken()});
+        leases_.push_back({candidates[next++].first, worker_id, NewLeaseToken()});
       }
     }
   }
@@ -70,6 +83,23 @@ void HandoffPlan::Deliver(std::span<NewItem> rows,
       item.task_type = row.task_type;
       item.max_attempts = row.max_attempts;
       items.push_back(std::move(item));
+    }
+    offer.waiter->Handed(*offer.buffer, shard, std::move(items));
+  }
+}
+
+void HandoffPlan::Deliver(Result<store::Promotion>& promoted, ShardId shard) {
+  std::unordered_map<uint64_t, LeasedItem*> by_row;
+  if (promoted.ok()) {
+    for (LeasedItem& item : promoted->leased) by_row[item.row.value()] = &item;
+  }
+  for (Offer& offer : offers_) {
+    std::vector<LeasedItem> items;
+    for (size_t i = offer.first; i < offer.first + offer.count; ++i) {
+      auto it = by_row.find(lease_rows_[i].value());
+      // Not leased (its TTL had passed) or leased to another waiter's token: skip.
+      if (it == by_row.end() || it->second->token != leases_[i].token) continue;
+      items.push_back(std::move(*it->second));
     }
     offer.waiter->Handed(*offer.buffer, shard, std::move(items));
   }

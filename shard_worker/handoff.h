@@ -1,22 +1,27 @@
 #pragma once
-// Direct handoff: the due items of an insert batch go straight to the consumers parked
-// on their topics, leased in the insert's own transaction. At low load, where a
-// consumer is usually waiting, that saves an item its claim: a transaction and a
-// commit on the way from the producer to the handler.
+// Direct handoff: due items go straight to the consumers parked on their topics,
+// leased in the transaction that makes them due -- an insert batch's (Insert with
+// InsertLeases) or a promotion's (PromoteDue with a PromoteHandoff). At low load,
+// where a consumer is usually waiting, that saves an item its claim: a transaction and
+// a commit on the way from the producer (or the timer) to the handler.
 //
 // It keeps the ordering rule: a topic's waiters are offered items only when nothing of
 // the topic is ready in memory and no window is still loading
-// (TopicBuffer::IdleWaiters), and then the batch's best items first.
+// (TopicBuffer::IdleWaiters), and then the best items first.
 //
-// Threads: the shard worker's strand, around one store Insert.
+// Threads: the shard worker's strand, around one store Insert or PromoteDue.
 
+#include <map>
 #include <memory>
 #include <span>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "common/clock.h"
 #include "common/ids.h"
 #include "common/item.h"
+#include "common/ordering.h"
 #include "common/status.h"
 #include "prefetch/prefetch_index.h"
 #include "store/store_api.h"
@@ -28,16 +33,28 @@ class HandoffPlan {
   // Offers the items of `rows` (an insert batch at `now`) that are due to the idle
   // waiters of their topics.
   HandoffPlan(std::span<const NewItem> rows, Time now, prefetch::PrefetchIndex& index);
+  // Offers the items of `due` (what a promotion of shard `shard` is making READY: the
+  // argument of a PromoteHandoff) to the idle waiters of their topics.
+  HandoffPlan(std::span<const ItemTransition> due, ShardId shard,
+              prefetch::PrefetchIndex& index);
 
-  // For the store's Insert.
+  // For the store's Insert, or as the PromoteHandoff's answer.
   std::span<const store::InsertLease> leases() const { return leases_; }
 
   // After the insert: hands each waiter what was leased to it (nothing if the insert
   // failed). Moves the payloads and metadata of the leased rows out of `rows`.
   void Deliver(std::span<NewItem> rows, const Result<std::vector<store::Inserted>>& ids,
                Time now, ShardId shard);
+  // After the promotion: hands each waiter what was leased to it (nothing if the
+  // promotion failed). Moves the items out of `promoted->leased`.
+  void Deliver(Result<store::Promotion>& promoted, ShardId shard);
 
  private:
+  // The items of one topic that may be offered: (index, ordering key).
+  using Candidates = std::vector<std::pair<size_t, OrderKey>>;
+  using TopicKey = std::pair<std::string_view, std::string_view>;  // ns, topic
+  void OfferAll(std::map<TopicKey, Candidates>& by_topic, prefetch::PrefetchIndex& index);
+
   // One waiter's items: leases_[first, first + count).
   struct Offer {
     std::shared_ptr<prefetch::Waiter> waiter;
@@ -47,6 +64,7 @@ class HandoffPlan {
   };
   std::vector<Offer> offers_;
   std::vector<store::InsertLease> leases_;
+  std::vector<RowId> lease_rows_;  // a promotion's: the row of each lease
 };
 
 }  // namespace shardq::shard_worker

@@ -489,17 +489,27 @@ void ShardWorker::RunRefill(const std::shared_ptr<prefetch::TopicBuffer>& buffer
 
 void ShardWorker::RunPromote() {
   Time now = clock_.Now();
+  // Consumers parked on a topic with nothing ready get the items falling due leased
+  // to them in the promotion's own transaction (handoff.h), instead of a claim after.
+  std::optional<HandoffPlan> handoffs;
+  store::PromoteHandoff handoff = [&](std::span<const ItemTransition> due) {
+    handoffs.emplace(due, id_, index_);
+    return std::vector<store::InsertLease>(handoffs->leases().begin(),
+                                           handoffs->leases().end());
+  };
   Duration latency;
-  auto promoted =
-      Timed([&] { return store_->PromoteDue(now, options_.promote_batch); }, &latency);
+  auto promoted = Timed(
+      [&] { return store_->PromoteDue(now, options_.promote_batch, handoff); }, &latency);
   Observe(promoted.status(), latency);
   if (!promoted.ok()) {
-    NoteDeadline(now + Duration(100));  // try again soon
+    if (handoffs) handoffs->Deliver(promoted, id_);  // nothing: the calls wait on
+    NoteDeadline(now + Duration(100));               // try again soon
     return;
   }
   ReadyBatch ready_keys;
   for (const ItemTransition& t : promoted->moved) ApplyTransition(t, ready_keys);
   ready_keys.Flush(position_);
+  if (handoffs) handoffs->Deliver(promoted, id_);
   // <= now when more are due right now: the ticker's next tick posts the next batch.
   if (promoted->next_due) NoteDeadline(*promoted->next_due);
 }

@@ -220,24 +220,30 @@ Result<std::vector<LeasedItem>> MemoryShardStore::Claim(
     // Also skips a duplicate in `rows`: the first one leased it.
     if (r.state != ItemState::kReady) continue;
     if (r.expires_at && *r.expires_at <= now) continue;
-    LeasedItem item;
-    item.row = id;
-    item.ns = r.ns;
-    item.topic = r.topic;
-    item.priority = r.priority;
-    item.payload = r.payload;
-    item.metadata = r.metadata;
-    item.token = req.token.value() != 0 ? req.token : token;
-    item.enqueued_at = r.enqueued_at;
-    item.deliver_after = r.deliver_after;
-    item.task_type = r.task_type;
-    item.max_attempts = r.max_attempts;
-    Lease(r, req.worker_id, item.token, now);
-    item.lease_deadline = r.deliver_after;
-    item.attempts = r.attempts;
-    out.push_back(std::move(item));
+    out.push_back(
+        LeaseOut(id, r, req.worker_id, req.token.value() != 0 ? req.token : token, now));
   }
   return out;
+}
+
+LeasedItem MemoryShardStore::LeaseOut(RowId id, Row& r, const std::string& worker_id,
+                                      LeaseToken token, Time now) {
+  LeasedItem item;
+  item.row = id;
+  item.ns = r.ns;
+  item.topic = r.topic;
+  item.priority = r.priority;
+  item.payload = r.payload;
+  item.metadata = r.metadata;
+  item.token = token;
+  item.enqueued_at = r.enqueued_at;
+  item.deliver_after = r.deliver_after;  // the time it became due
+  item.task_type = r.task_type;
+  item.max_attempts = r.max_attempts;
+  Lease(r, worker_id, token, now);
+  item.lease_deadline = r.deliver_after;
+  item.attempts = r.attempts;
+  return item;
 }
 
 void MemoryShardStore::Lease(Row& r, const std::string& worker_id, LeaseToken token,
@@ -381,7 +387,8 @@ Result<std::vector<ItemOutcome>> MemoryShardStore::Extend(
   return out;
 }
 
-Result<Promotion> MemoryShardStore::PromoteDue(Time now, size_t limit) {
+Result<Promotion> MemoryShardStore::PromoteDue(Time now, size_t limit,
+                                               const PromoteHandoff& handoff) {
   std::lock_guard lock(mu_);
   ++calls_[static_cast<size_t>(Op::kPromoteDue)];
   SHARDQ_RETURN_IF_ERROR(TakeFailure(Op::kPromoteDue));
@@ -416,8 +423,35 @@ Result<Promotion> MemoryShardStore::PromoteDue(Time now, size_t limit) {
     }
     out.moved.push_back(Changed(id, r, from));
   }
+  if (handoff) HandOff(handoff, now, out);
   out.next_due = NextDueLocked();
   return out;
+}
+
+void MemoryShardStore::HandOff(const PromoteHandoff& handoff, Time now, Promotion& out) {
+  std::vector<ItemTransition> due;
+  std::vector<size_t> moved_at;  // due[k] is out.moved[moved_at[k]]
+  for (size_t i = 0; i < out.moved.size(); ++i) {
+    if (out.moved[i].from != ItemState::kDelayed) continue;
+    due.push_back(out.moved[i]);
+    moved_at.push_back(i);
+  }
+  if (due.empty()) return;
+  std::vector<std::pair<size_t, LeasedItem>> leased;  // by index into out.moved
+  for (const InsertLease& l : handoff(due)) {
+    if (l.item >= due.size()) continue;
+    ItemTransition& t = out.moved[moved_at[l.item]];
+    Row& r = rows_[t.row.value()];
+    // Also skips a second lease of the same item: the first one leased it.
+    if (r.state != ItemState::kReady) continue;
+    if (r.expires_at && *r.expires_at <= now) continue;
+    leased.emplace_back(moved_at[l.item], LeaseOut(t.row, r, l.worker_id, l.token, now));
+    t.to = ItemState::kLeased;
+    t.deliver_after = r.deliver_after;  // the lease deadline
+  }
+  std::sort(leased.begin(), leased.end(),
+            [](const auto& a, const auto& b) { return a.first < b.first; });
+  for (auto& [at, item] : leased) out.leased.push_back(std::move(item));
 }
 
 Result<std::vector<ItemTransition>> MemoryShardStore::PurgeExpired(Time now,

@@ -67,7 +67,8 @@ class MemoryShardStore final : public ShardStore {
                                         Time now) override;
   Result<std::vector<ItemOutcome>> Extend(std::span<const ExtendRequest> reqs,
                                           Time now) override;
-  Result<Promotion> PromoteDue(Time now, size_t limit) override;
+  Result<Promotion> PromoteDue(Time now, size_t limit,
+                               const PromoteHandoff& handoff = {}) override;
   Result<std::vector<ItemTransition>> PurgeExpired(Time now, size_t limit) override;
   Result<std::optional<Time>> NextDue() override;
   Result<std::vector<TopicCounts>> CountByTopic() override;
@@ -129,6 +130,11 @@ class MemoryShardStore final : public ShardStore {
   static void AddEvent(Row& r, Time at, std::string kind, std::string detail = "");
   // Leases the READY row `r` at `now` (Claim, and Insert with an InsertLease).
   static void Lease(Row& r, const std::string& worker_id, LeaseToken token, Time now);
+  // Leases `r` (row `id`) as a claim does and returns what the consumer gets.
+  static LeasedItem LeaseOut(RowId id, Row& r, const std::string& worker_id,
+                             LeaseToken token, Time now);
+  // PromoteDue's handoff: leases the DELAYED items of `out.moved` it picks.
+  void HandOff(const PromoteHandoff& handoff, Time now, Promotion& out);
   // The earliest deliver_after among DELAYED and LEASED rows (NextDue). Requires mu_.
   std::optional<Time> NextDueLocked() const;
   // Deletes the row (and its history, and frees its dedup key).

@@ -598,7 +598,7 @@ std::map<uint64_t, LockedRow> MySqlShardStore::LockRows(
 }
 
 std::map<std::string, uint32_t> MySqlShardStore::WorkerRefs(
-    const std::map<uint64_t, std::string>& names) {
+    const std::map<uint64_t, std::string>& names, bool commit) {
   std::map<std::string, uint32_t> refs;
   std::vector<std::string> missing;
   for (const auto& [row, name] : names) {
@@ -614,9 +614,9 @@ std::map<std::string, uint32_t> MySqlShardStore::WorkerRefs(
     }
   }
   if (missing.empty()) return refs;
-  if (worker_refs_.size() + missing.size() > kMaxCachedWorkers) worker_refs_.clear();
   // A new name is registered in a transaction of its own, committed before the claim
-  // that uses it, so a cached id always names a committed row.
+  // that uses it, so a cached id always names a committed row; without `commit` it is
+  // part of the caller's transaction and not cached (it may yet roll back).
   for (size_t begin = 0, n = 0; begin < missing.size(); begin += n) {
     n = InsertChunk(missing.size() - begin);
     std::string sql = "INSERT IGNORE INTO workers (name) VALUES (?)";
@@ -638,7 +638,9 @@ std::map<std::string, uint32_t> MySqlShardStore::WorkerRefs(
     DbRows& rs = sel.ExecuteQuery();
     while (rs.Next()) refs[Str(rs, 2)] = rs.GetUInt(1);
   }
+  if (!commit) return refs;
   Commit();
+  if (worker_refs_.size() + missing.size() > kMaxCachedWorkers) worker_refs_.clear();
   for (const std::string& name : missing) worker_refs_[name] = refs[name];
   return refs;
 }
@@ -964,98 +966,106 @@ Result<std::vector<LeasedItem>> MySqlShardStore::Claim(std::span<const ClaimRequ
   std::vector<uint64_t> ids;
   for (const auto& [id, w] : worker) ids.push_back(id);
   return Run<R>("claim", [&]() -> R {
-    const int64_t now_ms = ToUnixMillis(now);
     // Every field the claim writes has a fixed size, so InnoDB updates the row in
     // place: the lessee is a reference, its name is in `workers`.
+    const std::map<std::string, uint32_t> refs = WorkerRefs(worker, /*commit=*/true);
     std::map<uint64_t, uint32_t> worker_ref;
-    {
-      const std::map<std::string, uint32_t> refs = WorkerRefs(worker);
-      for (const auto& [id, name] : worker) worker_ref[id] = refs.at(name);
-    }
-    const std::string in = "(" + Placeholders(PaddedCount(ids.size())) + ")";
-    // Lock the rows that are still claimable. The SELECT comes first (not an UPDATE
-    // then a SELECT) because LeasedItem.deliver_after is the pre-claim due time,
-    // which the UPDATE overwrites. Under READ COMMITTED rows that fail the WHERE are
-    // not kept locked.
-    DbStatement& sel = Stmt(
-        "SELECT id, ns, topic, priority, deliver_after, lease_ms, attempts, enqueued_at, "
-        "payload, metadata, task_type, max_attempts FROM items WHERE id IN " +
-        in + " AND state = 1 AND (expires_at IS NULL OR expires_at > ?) FOR UPDATE");
-    unsigned p = BindIds(sel, 1, ids);
-    sel.SetInt64(p, now_ms);
-    std::vector<LeasedItem> out;
-    std::vector<uint64_t> locked;
-    {
-      DbRows& rs = sel.ExecuteQuery();
-      while (rs.Next()) {
-        LeasedItem item;
-        item.row = RowId(rs.GetUInt64(1));
-        item.ns = Str(rs, 2);
-        item.topic = Str(rs, 3);
-        item.priority = rs.GetInt(4);
-        item.deliver_after = FromUnixMillis(rs.GetInt64(5));
-        item.lease_deadline = now + Duration(rs.GetUInt(6));
-        item.attempts = rs.GetUInt(7) + 1;
-        item.enqueued_at = FromUnixMillis(rs.GetInt64(8));
-        item.payload = Str(rs, 9);
-        item.metadata = Str(rs, 10);
-        item.task_type = Str(rs, 11);
-        item.max_attempts = rs.GetUInt(12);
-        item.token = LeaseToken(token_of[item.row.value()]);
-        locked.push_back(item.row.value());
-        out.push_back(std::move(item));
-      }
-    }
-    if (!locked.empty()) {
-      const size_t n = locked.size();
-      const bool one_worker = std::all_of(locked.begin(), locked.end(), [&](uint64_t id) {
-        return worker_ref[id] == worker_ref[locked[0]];
-      });
-      const bool one_token = std::all_of(locked.begin(), locked.end(), [&](uint64_t id) {
-        return token_of[id] == token_of[locked[0]];
-      });
-      DbStatement& upd = Stmt(
-          "UPDATE items SET state = 2, lease_token = " +
-          (one_token ? std::string("?") : CaseById(PaddedCount(n), "lease_token")) +
-          ", deliver_after = ? + lease_ms, "
-          "attempts = attempts + 1, worker = " +
-          (one_worker ? std::string("?") : CaseById(PaddedCount(n), "worker")) +
-          ", first_delivered_at = IF(first_delivered_at = 0, ?, first_delivered_at), "
-          "last_delivered_at = ? WHERE id IN (" +
-          Placeholders(PaddedCount(n)) + ")");
-      unsigned q = 1;
-      if (one_token) {
-        upd.SetUInt64(q++, token_of[locked[0]]);
-      } else {
-        q = BindCase(
-            upd, q, n, [&](size_t k) { return locked[k]; },
-            [&](unsigned at, size_t k) { upd.SetUInt64(at, token_of[locked[k]]); });
-      }
-      upd.SetInt64(q++, now_ms);
-      if (one_worker) {
-        upd.SetUInt(q++, worker_ref[locked[0]]);
-      } else {
-        q = BindCase(
-            upd, q, n, [&](size_t k) { return locked[k]; },
-            [&](unsigned at, size_t k) { upd.SetUInt(at, worker_ref[locked[k]]); });
-      }
-      upd.SetInt64(q++, now_ms);
-      upd.SetInt64(q++, now_ms);
-      BindIds(upd, q, locked);
-      int changed = upd.ExecuteUpdate();
-      if (changed != static_cast<int>(n)) {
-        Rollback();
-        return Status::Internal("claim: locked " + std::to_string(n) +
-                                " rows but updated " + std::to_string(changed));
-      }
-      // No "leased" event row here: the row holds it (see LeaseEventsToWrite).
+    for (const auto& [id, name] : worker) worker_ref[id] = refs.at(name);
+    R out = LeaseReady(ids, token_of, worker_ref, now);
+    if (!out.ok()) {
+      Rollback();
+      return out;
     }
     Commit();
-    for (const LeasedItem& item : out) {
+    for (const LeasedItem& item : *out) {
       RememberLeased(item.row.value(), item.ns, item.topic, item.priority);
     }
     return out;
   });
+}
+
+Result<std::vector<LeasedItem>> MySqlShardStore::LeaseReady(
+    const std::vector<uint64_t>& ids, std::map<uint64_t, uint64_t>& token_of,
+    std::map<uint64_t, uint32_t>& worker_ref, Time now) {
+  const int64_t now_ms = ToUnixMillis(now);
+  const std::string in = "(" + Placeholders(PaddedCount(ids.size())) + ")";
+  // Lock the rows that are still claimable. The SELECT comes first (not an UPDATE
+  // then a SELECT) because LeasedItem.deliver_after is the pre-claim due time,
+  // which the UPDATE overwrites. Under READ COMMITTED rows that fail the WHERE are
+  // not kept locked.
+  DbStatement& sel = Stmt(
+      "SELECT id, ns, topic, priority, deliver_after, lease_ms, attempts, enqueued_at, "
+      "payload, metadata, task_type, max_attempts FROM items WHERE id IN " +
+      in + " AND state = 1 AND (expires_at IS NULL OR expires_at > ?) FOR UPDATE");
+  unsigned p = BindIds(sel, 1, ids);
+  sel.SetInt64(p, now_ms);
+  std::vector<LeasedItem> out;
+  std::vector<uint64_t> locked;
+  {
+    DbRows& rs = sel.ExecuteQuery();
+    while (rs.Next()) {
+      LeasedItem item;
+      item.row = RowId(rs.GetUInt64(1));
+      item.ns = Str(rs, 2);
+      item.topic = Str(rs, 3);
+      item.priority = rs.GetInt(4);
+      item.deliver_after = FromUnixMillis(rs.GetInt64(5));
+      item.lease_deadline = now + Duration(rs.GetUInt(6));
+      item.attempts = rs.GetUInt(7) + 1;
+      item.enqueued_at = FromUnixMillis(rs.GetInt64(8));
+      item.payload = Str(rs, 9);
+      item.metadata = Str(rs, 10);
+      item.task_type = Str(rs, 11);
+      item.max_attempts = rs.GetUInt(12);
+      item.token = LeaseToken(token_of[item.row.value()]);
+      locked.push_back(item.row.value());
+      out.push_back(std::move(item));
+    }
+  }
+  if (!locked.empty()) {
+    const size_t n = locked.size();
+    const bool one_worker = std::all_of(locked.begin(), locked.end(), [&](uint64_t id) {
+      return worker_ref[id] == worker_ref[locked[0]];
+    });
+    const bool one_token = std::all_of(locked.begin(), locked.end(), [&](uint64_t id) {
+      return token_of[id] == token_of[locked[0]];
+    });
+    DbStatement& upd =
+        Stmt("UPDATE items SET state = 2, lease_token = " +
+             (one_token ? std::string("?") : CaseById(PaddedCount(n), "lease_token")) +
+             ", deliver_after = ? + lease_ms, "
+             "attempts = attempts + 1, worker = " +
+             (one_worker ? std::string("?") : CaseById(PaddedCount(n), "worker")) +
+             ", first_delivered_at = IF(first_delivered_at = 0, ?, first_delivered_at), "
+             "last_delivered_at = ? WHERE id IN (" +
+             Placeholders(PaddedCount(n)) + ")");
+    unsigned q = 1;
+    if (one_token) {
+      upd.SetUInt64(q++, token_of[locked[0]]);
+    } else {
+      q = BindCase(
+          upd, q, n, [&](size_t k) { return locked[k]; },
+          [&](unsigned at, size_t k) { upd.SetUInt64(at, token_of[locked[k]]); });
+    }
+    upd.SetInt64(q++, now_ms);
+    if (one_worker) {
+      upd.SetUInt(q++, worker_ref[locked[0]]);
+    } else {
+      q = BindCase(
+          upd, q, n, [&](size_t k) { return locked[k]; },
+          [&](unsigned at, size_t k) { upd.SetUInt(at, worker_ref[locked[k]]); });
+    }
+    upd.SetInt64(q++, now_ms);
+    upd.SetInt64(q++, now_ms);
+    BindIds(upd, q, locked);
+    int changed = upd.ExecuteUpdate();
+    if (changed != static_cast<int>(n)) {
+      return Status::Internal("claim: locked " + std::to_string(n) +
+                              " rows but updated " + std::to_string(changed));
+    }
+    // No "leased" event row here: the row holds it (see LeaseEventsToWrite).
+  }
+  return out;
 }
 
 Result<std::vector<ItemOutcome>> MySqlShardStore::Ack(std::span<const AckRequest> acks,
@@ -1230,12 +1240,15 @@ Result<std::vector<ItemOutcome>> MySqlShardStore::Extend(
   });
 }
 
-Result<Promotion> MySqlShardStore::PromoteDue(Time now, size_t limit) {
+Result<Promotion> MySqlShardStore::PromoteDue(Time now, size_t limit,
+                                              const PromoteHandoff& handoff) {
   using R = Result<Promotion>;
   if (limit == 0) {
     auto next = NextDue();
     if (!next.ok()) return next.status();
-    return Promotion{{}, *next};
+    Promotion out;
+    out.next_due = *next;
+    return out;
   }
   return Run<R>("promote_due", [&]() -> R {
     const int64_t now_ms = ToUnixMillis(now);
@@ -1334,9 +1347,61 @@ Result<Promotion> MySqlShardStore::PromoteDue(Time now, size_t limit) {
           });
     }
     AppendEvents(LeaseEventsToWrite(ended, std::move(events)));
+    if (handoff && !delayed_ids.empty()) {
+      Status handed = HandOff(handoff, now, out);
+      if (!handed.ok()) {
+        Rollback();
+        return handed;
+      }
+    }
     Commit();
+    for (const LeasedItem& item : out.leased) {
+      RememberLeased(item.row.value(), item.ns, item.topic, item.priority);
+    }
     return out;
   });
+}
+
+Status MySqlShardStore::HandOff(const PromoteHandoff& handoff, Time now, Promotion& out) {
+  std::vector<ItemTransition> due;
+  std::vector<size_t> moved_at;  // due[k] is out.moved[moved_at[k]]
+  for (size_t i = 0; i < out.moved.size(); ++i) {
+    if (out.moved[i].from != ItemState::kDelayed) continue;
+    due.push_back(out.moved[i]);
+    moved_at.push_back(i);
+  }
+  // The first lease of an item counts (emplace keeps it).
+  std::map<uint64_t, std::string> worker;
+  std::map<uint64_t, uint64_t> token_of;
+  std::map<uint64_t, size_t> at;  // row -> index into out.moved
+  for (const InsertLease& l : handoff(due)) {
+    if (l.item >= due.size()) continue;
+    const uint64_t id = due[l.item].row.value();
+    worker.emplace(id, TruncateTo(l.worker_id, kMaxWorkerIdLen));
+    token_of.emplace(id, l.token.value());
+    at.emplace(id, moved_at[l.item]);
+  }
+  if (worker.empty()) return Status::Ok();
+  // In this transaction: a lease must not outlive a rollback of its promotion.
+  const std::map<std::string, uint32_t> refs = WorkerRefs(worker, /*commit=*/false);
+  std::map<uint64_t, uint32_t> worker_ref;
+  for (const auto& [id, name] : worker) worker_ref[id] = refs.at(name);
+  std::vector<uint64_t> ids;
+  for (const auto& [id, name] : worker) ids.push_back(id);
+  // The rows are READY in this transaction: the claim's own statements lease them.
+  auto leased = LeaseReady(ids, token_of, worker_ref, now);
+  if (!leased.ok()) return leased.status();
+  std::sort(leased->begin(), leased->end(),
+            [&](const LeasedItem& a, const LeasedItem& b) {
+              return at[a.row.value()] < at[b.row.value()];
+            });
+  for (LeasedItem& item : *leased) {
+    ItemTransition& t = out.moved[at[item.row.value()]];
+    t.to = ItemState::kLeased;
+    t.deliver_after = item.lease_deadline;
+    out.leased.push_back(std::move(item));
+  }
+  return Status::Ok();
 }
 
 Result<std::vector<ItemTransition>> MySqlShardStore::PurgeExpired(Time now,

@@ -59,7 +59,8 @@ class MySqlShardStore final : public ShardStore {
                                         Time now) override;
   Result<std::vector<ItemOutcome>> Extend(std::span<const ExtendRequest> reqs,
                                           Time now) override;
-  Result<Promotion> PromoteDue(Time now, size_t limit) override;
+  Result<Promotion> PromoteDue(Time now, size_t limit,
+                               const PromoteHandoff& handoff = {}) override;
   Result<std::vector<ItemTransition>> PurgeExpired(Time now, size_t limit) override;
   Result<std::optional<Time>> NextDue() override;
   Result<std::vector<TopicCounts>> CountByTopic() override;
@@ -109,9 +110,19 @@ class MySqlShardStore final : public ShardStore {
       const std::vector<std::pair<uint64_t, detail::LockedRow>>& rows,
       std::vector<detail::PendingEvent> events);
   // The workers.id of each name in `names` (0 for ""), registering new names in a
-  // transaction of their own (committed on return).
-  std::map<std::string, uint32_t> WorkerRefs(
-      const std::map<uint64_t, std::string>& names);
+  // transaction of their own (committed on return); with commit = false, in the
+  // caller's transaction instead.
+  std::map<std::string, uint32_t> WorkerRefs(const std::map<uint64_t, std::string>& names,
+                                             bool commit = true);
+  // PromoteDue's handoff, in its transaction: leases the DELAYED items of `out.moved`
+  // that `handoff` picks (they are READY by then) and updates `out`.
+  Status HandOff(const PromoteHandoff& handoff, Time now, Promotion& out);
+  // Claim's work inside the caller's transaction: locks those of `ids` that are READY
+  // and not TTL-expired, leases them (token_of, worker_ref by id) and returns them.
+  Result<std::vector<LeasedItem>> LeaseReady(const std::vector<uint64_t>& ids,
+                                             std::map<uint64_t, uint64_t>& token_of,
+                                             std::map<uint64_t, uint32_t>& worker_ref,
+                                             Time now);
   // A row an ack moves to SUCCEEDED (MarkSucceeded).
   struct SucceededRow {
     uint64_t id = 0;

@@ -11,6 +11,7 @@
 // kUnavailable after a lost connection -- the outcome is unknown.
 
 #include <cstddef>
+#include <functional>
 #include <iterator>
 #include <optional>
 #include <span>
@@ -53,15 +54,26 @@ struct ClaimRequest {
 // A new item to store LEASED instead of READY, in its insert's own transaction: the
 // direct handoff of an item to a consumer that is waiting for one, which saves the
 // claim's transaction (shard_worker/ decides when that keeps the ordering rule).
+// PromoteDue takes the same for items falling due (PromoteHandoff).
 struct InsertLease {
-  size_t item = 0;        // index into Insert's `items`
+  size_t item = 0;        // index into Insert's `items` (PromoteHandoff: into `due`)
   std::string worker_id;  // may be empty
   LeaseToken token;
 };
 
+// Asked by PromoteDue, inside its transaction, with the DELAYED items it is moving to
+// READY (as transitions to kReady, earliest due first): returns those to lease at
+// once instead, as a claim of them would, in the same transaction (the direct handoff
+// of items that fall due). Must not call the store.
+using PromoteHandoff =
+    std::function<std::vector<InsertLease>(std::span<const ItemTransition> due)>;
+
 // What PromoteDue moved, and when it next has work.
 struct Promotion {
-  std::vector<ItemTransition> moved;  // earliest first
+  // Earliest first. An item leased by the handoff is a move from kDelayed to kLeased
+  // with deliver_after = its lease deadline.
+  std::vector<ItemTransition> moved;
+  std::vector<LeasedItem> leased;  // what the handoff leased, in `moved`'s order
   // The earliest deliver_after among the DELAYED and LEASED items left (<= now if
   // more were due than the call's limit), or nullopt if there are none.
   std::optional<Time> next_due;
@@ -224,8 +236,11 @@ class ShardStore {
   //    claim, so a late ack of work that was in fact done still succeeds.
   // Also says when the next call has work (what NextDue would say after this call, or
   // a time <= now when more than `limit` items were due), so the shard worker learns
-  // it in the same transaction.
-  virtual Result<Promotion> PromoteDue(Time now, size_t limit) = 0;
+  // it in the same transaction. `handoff`, if set, picks DELAYED items to lease
+  // instead (see PromoteHandoff); the first lease of an item counts, and one whose
+  // TTL has passed is not leased.
+  virtual Result<Promotion> PromoteDue(Time now, size_t limit,
+                                       const PromoteHandoff& handoff = {}) = 0;
 
   // Deletes (with their history) up to `limit` items whose TTL (expires_at) is
   // <= now in a non-final state, or that are final with deliver_after (the purge

@@ -757,6 +757,73 @@ TEST(EngineHandoffTest, ParkedCallGetsTheBatchsBestItemWithoutAClaim) {
   EXPECT_TRUE(acks[1].ok()) << acks[1].ToString();
 }
 
+// A parked call is handed the best item that falls due in the promotion's own
+// transaction: no claim.
+TEST(EngineHandoffTest, ParkedCallGetsTheBestItemFallingDueWithoutAClaim) {
+  Harness h({1});
+  ASSERT_TRUE(h.Dequeue("d", 1).empty());  // loads the (empty) window
+  const Time t0 = h.clock().Now();
+  auto ids = h.Enqueue({Item("d", 4, t0 + Duration(500), Duration(1'000), "p4"),
+                        Item("d", 2, t0 + Duration(500), Duration(1'000), "p2"),
+                        Item("d", 0, t0 + Duration(900), Duration(1'000), "later")});
+  ASSERT_EQ(ids.size(), 3u);
+  DequeueAnswer a;
+  auto handle = h.engine().Dequeue("ns", {{"d", 1}}, kLongWait, "worker-a", a.Callback());
+  ASSERT_TRUE(WaitUntil([&] { return h.engine().ParkedCalls() == 1; }));
+  EXPECT_FALSE(a.ready());
+
+  h.clock().Advance(Duration(500));
+  auto got = a.Get();
+  ASSERT_TRUE(got.has_value());
+  ASSERT_EQ(got->size(), 1u);
+  const Delivered handed = (*got)[0];
+  EXPECT_EQ(handed.id(), *ids[1]);  // the better of the two that fell due
+  EXPECT_EQ(handed.item.payload, "p2");
+  EXPECT_EQ(handed.item.attempts, 1u);
+  EXPECT_EQ(handed.item.deliver_after, t0 + Duration(500));
+  EXPECT_EQ(handed.item.lease_deadline, t0 + Duration(1'500));
+  EXPECT_EQ(h.store(1).calls(MemoryShardStore::Op::kClaim), 0u);
+  EXPECT_EQ(h.store(1).GetTask(ids[1]->row, false)->worker_id, "worker-a");
+  store::TopicCounts c = Counts(h.store(1), "d");
+  EXPECT_EQ(std::make_tuple(c.delayed, c.ready, c.leased), std::make_tuple(1u, 1u, 1u));
+  EXPECT_EQ(h.engine().ActiveTopics("ns").at(0).counts.leased, 1);
+
+  // The other one went READY; the handed lease acks with its token.
+  auto rest = h.Dequeue("d", 5);
+  ASSERT_EQ(rest.size(), 1u);
+  EXPECT_EQ(rest[0].item.payload, "p4");
+  auto acks = h.Ack({{handed.id(), handed.item.token}});
+  ASSERT_EQ(acks.size(), 1u);
+  EXPECT_TRUE(acks[0].ok()) << acks[0].ToString();
+}
+
+// A promotion that fails hands nothing: the call waits on and gets the item when the
+// promotion is retried.
+TEST(EngineHandoffTest, FailedPromotionHandsNothingAndTheCallWaitsOn) {
+  Harness h({1});
+  ASSERT_TRUE(h.Dequeue("g", 1).empty());
+  const Time t0 = h.clock().Now();
+  ItemId id = h.EnqueueOk(Item("g", 0, t0 + Duration(500), Duration(1'000), "due"));
+  DequeueAnswer a;
+  auto handle = h.engine().Dequeue("ns", {{"g", 1}}, kLongWait, "worker-a", a.Callback());
+  ASSERT_TRUE(WaitUntil([&] { return h.engine().ParkedCalls() == 1; }));
+  const size_t promotions = h.store(1).calls(MemoryShardStore::Op::kPromoteDue);
+  h.store(1).FailNext(MemoryShardStore::Op::kPromoteDue,
+                      Status::Internal("disk on fire"));
+  h.clock().Advance(Duration(500));
+  ASSERT_TRUE(WaitUntil([&] {
+    return h.store(1).calls(MemoryShardStore::Op::kPromoteDue) > promotions;
+  }));
+  EXPECT_FALSE(a.ready());
+  // The retry comes 100 ms later.
+  h.clock().Advance(Duration(100));
+  auto got = a.Get();
+  ASSERT_TRUE(got.has_value());
+  ASSERT_EQ(got->size(), 1u);
+  EXPECT_EQ((*got)[0].id(), id);
+  EXPECT_EQ(a.calls(), 1);
+}
+
 // An insert that fails hands nothing: the call waits on and gets a later item.
 TEST(EngineHandoffTest, FailedInsertHandsNothingAndTheCallWaitsOn) {
   Harness h({1});

@@ -1007,6 +1007,87 @@ TYPED_TEST(StoreContractTest, InsertLeasesTheItemsItIsAskedToAsAClaimWould) {
   EXPECT_EQ(this->Task(got[0].row).state, ItemState::kSucceeded);
 }
 
+TYPED_TEST(StoreContractTest, PromoteDueLeasesWhatItsHandoffPicksAsAClaimWould) {
+  std::vector<RowId> ids = this->Insert({
+      Item("t", 5, kT0 + 10s, "five"), Item("t", 1, kT0 + 11s, "one", 20s),
+      Item("u", 0, kT0 + 12s),
+      Item("t", 0, kT0 + 10s, "ttl", 30s, kT0 + 15s),  // its TTL passes before now
+      Item("t", 0, kT0 + 40s),                         // not due
+  });
+  // A lease that falls due too: it is promoted, but never offered to the handoff.
+  RowId lease = this->InsertOne(Item("t", 9, kT0));
+  ASSERT_EQ(this->Claim({lease}, 3, kT0, "w0").size(), 1u);
+
+  std::vector<ItemTransition> offered;
+  PromoteHandoff handoff = [&](std::span<const ItemTransition> due) {
+    offered.assign(due.begin(), due.end());
+    auto at = [&](RowId row) {
+      return static_cast<size_t>(
+          std::find_if(due.begin(), due.end(),
+                       [&](const ItemTransition& t) { return t.row == row; }) -
+          due.begin());
+    };
+    return std::vector<InsertLease>{{at(ids[1]), "w1", LeaseToken(7)},
+                                    {at(ids[1]), "w2", LeaseToken(8)},  // first counts
+                                    {at(ids[3]), "w3", LeaseToken(9)},  // TTL passed
+                                    {99, "w4", LeaseToken(10)}};        // no such item
+  };
+  const Time now = kT0 + 35s;
+  Promotion p = Must(this->store().PromoteDue(now, 10, handoff));
+
+  // Offered: the four DELAYED items that fell due, as moves to READY, earliest first.
+  ASSERT_EQ(offered.size(), 4u);
+  for (const ItemTransition& t : offered) {
+    EXPECT_EQ(t.from, ItemState::kDelayed);
+    EXPECT_EQ(t.to, ItemState::kReady);
+  }
+  EXPECT_LE(offered[0].deliver_after, offered[3].deliver_after);
+  EXPECT_EQ(p.moved.size(), 5u);  // and the expired lease
+  EXPECT_EQ(p.next_due, kT0 + 40s);
+
+  ASSERT_EQ(p.leased.size(), 1u);
+  const LeasedItem& got = p.leased[0];
+  EXPECT_EQ(got.row, ids[1]);
+  EXPECT_EQ(got.token, LeaseToken(7));
+  EXPECT_EQ(got.payload, "one");
+  EXPECT_EQ(got.attempts, 1u);
+  EXPECT_EQ(got.deliver_after, kT0 + 11s);  // when it fell due
+  EXPECT_EQ(got.lease_deadline, now + 20s);
+  for (const ItemTransition& t : p.moved) {
+    if (t.row == ids[1]) {
+      EXPECT_EQ(t.to, ItemState::kLeased);
+      EXPECT_EQ(t.deliver_after, now + 20s);
+    } else {
+      EXPECT_EQ(t.to, ItemState::kReady) << t.row.value();
+    }
+  }
+  TaskRecord t = this->Task(ids[1]);
+  EXPECT_EQ(t.state, ItemState::kLeased);
+  EXPECT_EQ(t.worker_id, "w1");
+  EXPECT_EQ(t.first_delivered_at, now);
+  EXPECT_EQ(this->Task(ids[3]).state, ItemState::kReady);  // not leased past its TTL
+  TopicCounts c = this->Counts("t");
+  EXPECT_EQ(std::make_tuple(c.delayed, c.ready, c.leased), std::make_tuple(1u, 3u, 1u));
+
+  // It lives on as any lease: not claimable, a stale token is refused, the right
+  // token acks it.
+  EXPECT_TRUE(this->Claim({ids[1]}, 11, now, "w5").empty());
+  EXPECT_EQ(this->AckOne(ids[1], 8, now).status.code(), Code::kFailedPrecondition);
+  EXPECT_TRUE(this->AckOne(ids[1], 7, now).status.ok());
+  EXPECT_EQ(this->Task(ids[1]).state, ItemState::kSucceeded);
+}
+
+TYPED_TEST(StoreContractTest, PromoteDueWithoutDueItemsDoesNotAskItsHandoff) {
+  this->InsertOne(Item("t", 0, kT0 + 10s));
+  bool asked = false;
+  Promotion p = Must(this->store().PromoteDue(kT0, 10, [&](auto) {
+    asked = true;
+    return std::vector<InsertLease>{};
+  }));
+  EXPECT_TRUE(p.moved.empty());
+  EXPECT_FALSE(asked);
+}
+
 TYPED_TEST(StoreContractTest, InsertRefusesBadLifecycleFields) {
   auto refused = [&](NewItem item) {
     return this->store().Insert(std::vector<NewItem>{item}, kT0).status().code() ==
