@@ -429,13 +429,9 @@ Result<Promotion> MemoryShardStore::PromoteDue(Time now, size_t limit,
 }
 
 void MemoryShardStore::HandOff(const PromoteHandoff& handoff, Time now, Promotion& out) {
-  std::vector<ItemTransition> due;
-  std::vector<size_t> moved_at;  // due[k] is out.moved[moved_at[k]]
-  for (size_t i = 0; i < out.moved.size(); ++i) {
-    if (out.moved[i].from != ItemState::kDelayed) continue;
-    due.push_back(out.moved[i]);
-    moved_at.push_back(i);
-  }
+  const DelayedMoves candidates(out.moved);
+  const std::vector<ItemTransition>& due = candidates.due;
+  const std::vector<size_t>& moved_at = candidates.moved_at;
   if (due.empty()) return;
   std::vector<std::pair<size_t, LeasedItem>> leased;  // by index into out.moved
   for (const InsertLease& l : handoff(due)) {

@@ -1363,13 +1363,9 @@ Result<Promotion> MySqlShardStore::PromoteDue(Time now, size_t limit,
 }
 
 Status MySqlShardStore::HandOff(const PromoteHandoff& handoff, Time now, Promotion& out) {
-  std::vector<ItemTransition> due;
-  std::vector<size_t> moved_at;  // due[k] is out.moved[moved_at[k]]
-  for (size_t i = 0; i < out.moved.size(); ++i) {
-    if (out.moved[i].from != ItemState::kDelayed) continue;
-    due.push_back(out.moved[i]);
-    moved_at.push_back(i);
-  }
+  const DelayedMoves candidates(out.moved);
+  const std::vector<ItemTransition>& due = candidates.due;
+  const std::vector<size_t>& moved_at = candidates.moved_at;
   // The first lease of an item counts (emplace keeps it).
   std::map<uint64_t, std::string> worker;
   std::map<uint64_t, uint64_t> token_of;

@@ -68,6 +68,22 @@ struct InsertLease {
 using PromoteHandoff =
     std::function<std::vector<InsertLease>(std::span<const ItemTransition> due)>;
 
+// What a PromoteHandoff is asked about: the moves from DELAYED among a promotion's
+// `moved`, and where each one is in `moved`. Both stores use it, so both ask about the
+// same items in the same order.
+struct DelayedMoves {
+  std::vector<ItemTransition> due;
+  std::vector<size_t> moved_at;  // due[k] is moved[moved_at[k]]
+
+  explicit DelayedMoves(const std::vector<ItemTransition>& moved) {
+    for (size_t i = 0; i < moved.size(); ++i) {
+      if (moved[i].from != ItemState::kDelayed) continue;
+      due.push_back(moved[i]);
+      moved_at.push_back(i);
+    }
+  }
+};
+
 // What PromoteDue moved, and when it next has work.
 struct Promotion {
   // Earliest first. An item leased by the handoff is a move from kDelayed to kLeased
