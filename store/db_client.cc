@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <charconv>
-#include <cstring>
 
 namespace shardq::store {
 namespace {
@@ -118,8 +117,7 @@ DbStatement::DbStatement(st_mysql_stmt* stmt, std::string sql)
     : stmt_(stmt), sql_(std::move(sql)) {
   const size_t n = mysql_stmt_param_count(stmt_);
   params_.resize(n);
-  binds_.resize(n);
-  std::memset(binds_.data(), 0, n * sizeof(MYSQL_BIND));
+  binds_.assign(n, MYSQL_BIND{});  // zeroed: unused fields must be 0
 }
 
 DbStatement::~DbStatement() { mysql_stmt_close(stmt_); }
@@ -206,8 +204,7 @@ DbRows& DbStatement::ExecuteQuery() {
   MYSQL_RES* meta = mysql_stmt_result_metadata(stmt_);
   if (!meta) Fail("result metadata");
   const MYSQL_FIELD* fields = mysql_fetch_fields(meta);
-  rows_.binds_.resize(n);
-  std::memset(rows_.binds_.data(), 0, n * sizeof(MYSQL_BIND));
+  rows_.binds_.assign(n, MYSQL_BIND{});
   for (unsigned c = 0; c < n; ++c) {
     DbRows::Column& col = rows_.columns_[c];
     MYSQL_BIND& b = rows_.binds_[c];
