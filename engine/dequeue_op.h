@@ -4,9 +4,9 @@
 // answers when it has at least one item or its wait runs out. While it waits it is
 // only an entry in the topic buffers' waiter lists and in the WaitList -- no thread.
 //
-// A parked call may also be handed new items directly: a shard worker leases them to
-// it in their insert's transaction (prefetch::Waiter::OfferHandoff), which it then
-// treats as one more claim in flight.
+// A parked call may also be handed new or newly due items directly: a shard worker
+// leases them to it in their insert's or promotion's transaction
+// (prefetch::Waiter::OfferHandoff), which it then treats as one more claim in flight.
 //
 // Threads: Attempt() runs on whichever thread woke it (a gRPC thread, a shard strand
 // after new items, the ticker at the deadline); its own mutex serialises them.

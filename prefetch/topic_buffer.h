@@ -28,16 +28,17 @@ class Waiter {
  public:
   virtual ~Waiter() = default;
   virtual void Wake() = 0;
-  // Direct handoff (TopicBuffer::IdleWaiters): up to `max` new items of `topic`, which
-  // the shard worker will lease to this waiter in their insert's own transaction. Returns
-  // how many it takes, and if any, sets `worker_id` and waits for exactly one
-  // Handed() call.
+  // Direct handoff (TopicBuffer::IdleWaiters): up to `max` new or newly due items of
+  // `topic`, which the shard worker will lease to this waiter in the transaction that
+  // inserts or promotes them. Returns how many it takes, and if any, sets `worker_id`
+  // and waits for exactly one Handed() call.
   virtual size_t OfferHandoff(const TopicBuffer& /*topic*/, size_t /*max*/,
                               std::string* /*worker_id*/) {
     return 0;
   }
   // The end of an accepted handoff: what was leased to it, by the shard `shard`
-  // (none if the insert failed or the items were duplicates).
+  // (none if the insert or promotion failed, or the items were duplicates or past
+  // their TTL).
   virtual void Handed(const TopicBuffer& /*topic*/, ShardId /*shard*/,
                       std::vector<LeasedItem> /*items*/) {}
 };

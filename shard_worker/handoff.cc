@@ -96,10 +96,9 @@ void HandoffPlan::Deliver(Result<store::Promotion>& promoted, ShardId shard) {
   for (Offer& offer : offers_) {
     std::vector<LeasedItem> items;
     for (size_t i = offer.first; i < offer.first + offer.count; ++i) {
+      // A row is in one lease of a plan; not leased if its TTL had passed.
       auto it = by_row.find(lease_rows_[i].value());
-      // Not leased (its TTL had passed) or leased to another waiter's token: skip.
-      if (it == by_row.end() || it->second->token != leases_[i].token) continue;
-      items.push_back(std::move(*it->second));
+      if (it != by_row.end()) items.push_back(std::move(*it->second));
     }
     offer.waiter->Handed(*offer.buffer, shard, std::move(items));
   }

@@ -971,7 +971,7 @@ Result<std::vector<LeasedItem>> MySqlShardStore::Claim(std::span<const ClaimRequ
     const std::map<std::string, uint32_t> refs = WorkerRefs(worker, /*commit=*/true);
     std::map<uint64_t, uint32_t> worker_ref;
     for (const auto& [id, name] : worker) worker_ref[id] = refs.at(name);
-    R out = LeaseReady(ids, token_of, worker_ref, now);
+    R out = LeaseRows(ids, kReady, token_of, worker_ref, now);
     if (!out.ok()) {
       Rollback();
       return out;
@@ -984,19 +984,21 @@ Result<std::vector<LeasedItem>> MySqlShardStore::Claim(std::span<const ClaimRequ
   });
 }
 
-Result<std::vector<LeasedItem>> MySqlShardStore::LeaseReady(
-    const std::vector<uint64_t>& ids, std::map<uint64_t, uint64_t>& token_of,
-    std::map<uint64_t, uint32_t>& worker_ref, Time now) {
+Result<std::vector<LeasedItem>> MySqlShardStore::LeaseRows(
+    const std::vector<uint64_t>& ids, int from_state,
+    std::map<uint64_t, uint64_t>& token_of, std::map<uint64_t, uint32_t>& worker_ref,
+    Time now) {
   const int64_t now_ms = ToUnixMillis(now);
   const std::string in = "(" + Placeholders(PaddedCount(ids.size())) + ")";
-  // Lock the rows that are still claimable. The SELECT comes first (not an UPDATE
+  // Lock the rows that are still leasable. The SELECT comes first (not an UPDATE
   // then a SELECT) because LeasedItem.deliver_after is the pre-claim due time,
   // which the UPDATE overwrites. Under READ COMMITTED rows that fail the WHERE are
   // not kept locked.
   DbStatement& sel = Stmt(
       "SELECT id, ns, topic, priority, deliver_after, lease_ms, attempts, enqueued_at, "
       "payload, metadata, task_type, max_attempts FROM items WHERE id IN " +
-      in + " AND state = 1 AND (expires_at IS NULL OR expires_at > ?) FOR UPDATE");
+      in + " AND state = " + std::to_string(from_state) +
+      " AND (expires_at IS NULL OR expires_at > ?) FOR UPDATE");
   unsigned p = BindIds(sel, 1, ids);
   sel.SetInt64(p, now_ms);
   std::vector<LeasedItem> out;
@@ -1332,6 +1334,14 @@ Result<Promotion> MySqlShardStore::PromoteDue(Time now, size_t limit,
         out.moved.push_back(MakeTransition(id, r, ItemState::kLeased, to, purge_at));
       }
     }
+    // Items handed to parked consumers go DELAYED -> LEASED, not through READY.
+    if (handoff && !delayed_ids.empty()) {
+      Status handed = HandOff(handoff, now, out, delayed_ids);
+      if (!handed.ok()) {
+        Rollback();
+        return handed;
+      }
+    }
     ExecuteForIds("UPDATE items SET state = 1 WHERE id IN ", delayed_ids, nullptr);
     ExecuteForIds("UPDATE items SET state = 1, last_error = 'lease expired' WHERE id IN ",
                   expired_ids, nullptr);
@@ -1347,13 +1357,6 @@ Result<Promotion> MySqlShardStore::PromoteDue(Time now, size_t limit,
           });
     }
     AppendEvents(LeaseEventsToWrite(ended, std::move(events)));
-    if (handoff && !delayed_ids.empty()) {
-      Status handed = HandOff(handoff, now, out);
-      if (!handed.ok()) {
-        Rollback();
-        return handed;
-      }
-    }
     Commit();
     for (const LeasedItem& item : out.leased) {
       RememberLeased(item.row.value(), item.ns, item.topic, item.priority);
@@ -1362,7 +1365,8 @@ Result<Promotion> MySqlShardStore::PromoteDue(Time now, size_t limit,
   });
 }
 
-Status MySqlShardStore::HandOff(const PromoteHandoff& handoff, Time now, Promotion& out) {
+Status MySqlShardStore::HandOff(const PromoteHandoff& handoff, Time now, Promotion& out,
+                                std::vector<uint64_t>& to_ready) {
   const DelayedMoves candidates(out.moved);
   const std::vector<ItemTransition>& due = candidates.due;
   const std::vector<size_t>& moved_at = candidates.moved_at;
@@ -1384,9 +1388,14 @@ Status MySqlShardStore::HandOff(const PromoteHandoff& handoff, Time now, Promoti
   for (const auto& [id, name] : worker) worker_ref[id] = refs.at(name);
   std::vector<uint64_t> ids;
   for (const auto& [id, name] : worker) ids.push_back(id);
-  // The rows are READY in this transaction: the claim's own statements lease them.
-  auto leased = LeaseReady(ids, token_of, worker_ref, now);
+  // The claim's own statements, on rows still DELAYED (locked by the promotion's
+  // SELECT): each secondary-index entry moves once. One past its TTL is not leased
+  // and goes READY with the rest.
+  auto leased = LeaseRows(ids, kDelayed, token_of, worker_ref, now);
   if (!leased.ok()) return leased.status();
+  for (const LeasedItem& item : *leased) {
+    to_ready.erase(std::find(to_ready.begin(), to_ready.end(), item.row.value()));
+  }
   std::sort(leased->begin(), leased->end(),
             [&](const LeasedItem& a, const LeasedItem& b) {
               return at[a.row.value()] < at[b.row.value()];

@@ -114,15 +114,19 @@ class MySqlShardStore final : public ShardStore {
   // caller's transaction instead.
   std::map<std::string, uint32_t> WorkerRefs(const std::map<uint64_t, std::string>& names,
                                              bool commit = true);
-  // PromoteDue's handoff, in its transaction: leases the DELAYED items of `out.moved`
-  // that `handoff` picks (they are READY by then) and updates `out`.
-  Status HandOff(const PromoteHandoff& handoff, Time now, Promotion& out);
-  // Claim's work inside the caller's transaction: locks those of `ids` that are READY
-  // and not TTL-expired, leases them (token_of, worker_ref by id) and returns them.
-  Result<std::vector<LeasedItem>> LeaseReady(const std::vector<uint64_t>& ids,
-                                             std::map<uint64_t, uint64_t>& token_of,
-                                             std::map<uint64_t, uint32_t>& worker_ref,
-                                             Time now);
+  // PromoteDue's handoff, in its transaction, before its UPDATE to READY: leases the
+  // DELAYED items of `out.moved` that `handoff` picks, updates `out`, and takes the
+  // leased rows out of `to_ready`.
+  Status HandOff(const PromoteHandoff& handoff, Time now, Promotion& out,
+                 std::vector<uint64_t>& to_ready);
+  // A claim's work inside the caller's transaction: locks those of `ids` that are in
+  // `from_state` (READY for a claim, DELAYED for a promotion's handoff) and not
+  // TTL-expired, leases them (token_of, worker_ref by id) and returns them.
+  Result<std::vector<LeasedItem>> LeaseRows(const std::vector<uint64_t>& ids,
+                                            int from_state,
+                                            std::map<uint64_t, uint64_t>& token_of,
+                                            std::map<uint64_t, uint32_t>& worker_ref,
+                                            Time now);
   // A row an ack moves to SUCCEEDED (MarkSucceeded).
   struct SucceededRow {
     uint64_t id = 0;

@@ -797,9 +797,10 @@ TEST(EngineHandoffTest, ParkedCallGetsTheBestItemFallingDueWithoutAClaim) {
   EXPECT_TRUE(acks[0].ok()) << acks[0].ToString();
 }
 
-// A promotion that fails hands nothing: the call waits on and gets the item when the
-// promotion is retried.
-TEST(EngineHandoffTest, FailedPromotionHandsNothingAndTheCallWaitsOn) {
+// A promotion that fails is retried, and the parked call gets the item then. (The
+// memory store fails before it asks the handoff; a failure after the offers is
+// shard_worker/tests/handoff_test.cc's.)
+TEST(EngineHandoffTest, FailedPromotionIsRetriedAndTheParkedCallGetsTheItem) {
   Harness h({1});
   ASSERT_TRUE(h.Dequeue("g", 1).empty());
   const Time t0 = h.clock().Now();
@@ -811,9 +812,8 @@ TEST(EngineHandoffTest, FailedPromotionHandsNothingAndTheCallWaitsOn) {
   h.store(1).FailNext(MemoryShardStore::Op::kPromoteDue,
                       Status::Internal("disk on fire"));
   h.clock().Advance(Duration(500));
-  ASSERT_TRUE(WaitUntil([&] {
-    return h.store(1).calls(MemoryShardStore::Op::kPromoteDue) > promotions;
-  }));
+  ASSERT_TRUE(WaitUntil(
+      [&] { return h.store(1).calls(MemoryShardStore::Op::kPromoteDue) > promotions; }));
   EXPECT_FALSE(a.ready());
   // The retry comes 100 ms later.
   h.clock().Advance(Duration(100));
