@@ -3,8 +3,8 @@
 // ConsumeStream; gRPC callback API, no thread of its own). Send() writes a call at
 // once, behind the write in flight; each answer goes to its call's callback on a gRPC
 // thread. When the stream ends, every call still waiting gets the end status
-// (UNAVAILABLE if the server closed the stream cleanly), and Send() answers
-// UNAVAILABLE at once from then on, so the caller opens a new stream for its retries.
+// (UNAVAILABLE if the server closed the stream cleanly), and so does every later
+// Send(), at once, so the caller opens a new stream for its retries.
 
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/support/client_callback.h>
@@ -46,22 +46,32 @@ class CallStreamClient final : public grpc::ClientBidiReactor<StreamReq, StreamR
   }
 
   // Sends `call` (its call_id set by the caller). False if the stream is over: then
-  // `answer` has already run (UNAVAILABLE).
+  // `answer` has already run, with the stream's end status (UNAVAILABLE if it ended
+  // cleanly or was closed by CloseWrites()).
   bool Send(StreamReq call, Answer answer) {
     Next next;
     bool taken = false;
+    grpc::Status over(grpc::StatusCode::UNAVAILABLE, "call stream closed");
     const uint64_t call_id = call.call_id();
     {
       std::lock_guard lock(mu_);
-      if (!ended_ && !closing_) {
+      if (done_) {
+        over = end_;
+      } else if (!closing_) {
         taken = true;
         waiting_.emplace(call_id, std::move(answer));
-        writes_.push_back(std::move(call));
-        next = PlanLocked();
+        // Ended but not done yet (a read or write failed, OnDone still to come): the
+        // call waits for the end status. It must see why the stream ended: a server
+        // without this stream (UNIMPLEMENTED) ends a new stream at once, often before
+        // the first call is sent, and UNAVAILABLE would hide that.
+        if (!ended_) {
+          writes_.push_back(std::move(call));
+          next = PlanLocked();
+        }
       }
     }
-    if (!taken) {  // the stream is over
-      answer(grpc::Status(grpc::StatusCode::UNAVAILABLE, "call stream closed"), nullptr);
+    if (!taken) {
+      answer(over, nullptr);
       return false;
     }
     Start(next);
@@ -147,16 +157,18 @@ class CallStreamClient final : public grpc::ClientBidiReactor<StreamReq, StreamR
   }
 
   void OnDone(const grpc::Status& status) override {
-    std::map<uint64_t, Answer> left;
-    {
-      std::lock_guard lock(mu_);
-      ended_ = true;
-      left.swap(waiting_);
-    }
     const grpc::Status end = status.ok()
                                  ? grpc::Status(grpc::StatusCode::UNAVAILABLE,
                                                 "call stream ended before the answer")
                                  : status;
+    std::map<uint64_t, Answer> left;
+    {
+      std::lock_guard lock(mu_);
+      ended_ = true;
+      done_ = true;
+      end_ = end;
+      left.swap(waiting_);
+    }
     for (auto& [id, answer] : left) answer(end, nullptr);
     auto on_done = std::move(on_done_);
     auto self = std::move(self_);  // this may be deleted when `self` goes
@@ -205,6 +217,8 @@ class CallStreamClient final : public grpc::ClientBidiReactor<StreamReq, StreamR
   std::map<uint64_t, Answer> waiting_;
   bool writing_ = false;
   bool ended_ = false;    // a read or write failed: the stream is over
+  bool done_ = false;     // OnDone ran; end_ is the status every call got
+  grpc::Status end_;
   bool closing_ = false;  // CloseWrites() was called
   bool writes_done_started_ = false;
   bool holding_ = true;
