@@ -216,8 +216,8 @@ class CallStreamClient final : public grpc::ClientBidiReactor<StreamReq, StreamR
   std::deque<StreamReq> writes_;  // the front is being written
   std::map<uint64_t, Answer> waiting_;
   bool writing_ = false;
-  bool ended_ = false;    // a read or write failed: the stream is over
-  bool done_ = false;     // OnDone ran; end_ is the status every call got
+  bool ended_ = false;  // a read or write failed: the stream is over
+  bool done_ = false;   // OnDone ran; end_ is the status every call got
   grpc::Status end_;
   bool closing_ = false;  // CloseWrites() was called
   bool writes_done_started_ = false;
