@@ -9,7 +9,8 @@
 // write is outstanding and every call read has been answered, so the engine never
 // calls back into a deleted reactor. On a cancellation (client gone, server shutdown)
 // the calls still running are cancelled (a parked dequeue ends at once), answers are
-// dropped, and the reactor still waits for them.
+// dropped, and the reactor still waits for them. One call can be cancelled alone
+// (CancelCall, for a client that gave up on it).
 
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/impl/codegen/proto_utils.h>
@@ -37,9 +38,10 @@ class CallStream final
  public:
   // Answers the call; call it exactly once, from any thread.
   using AnswerFn = std::function<void(StreamResp)>;
-  // Runs one call (its call_id is echoed by the reactor). Returns how to cancel it
-  // while it runs, or an empty function if it cannot be cancelled.
-  using RunFn = std::function<std::function<void()>(const StreamReq&, AnswerFn)>;
+  // Runs one call (its call_id is echoed by the reactor) read from `stream`. Returns
+  // how to cancel it while it runs, or an empty function if it cannot be cancelled.
+  using RunFn = std::function<std::function<void()>(const StreamReq&, AnswerFn,
+                                                    CallStream& stream)>;
   static constexpr size_t kMaxCallsAhead = 1000;
 
   explicit CallStream(RunFn run) : run_(std::move(run)) {
@@ -67,28 +69,46 @@ class CallStream final
         }
       } else {
         seq = next_seq_++;
-        running_.emplace(seq, nullptr);
+        running_.emplace(seq, Running{req->call_id()});
       }
       next = PlanLocked();
     }
     Start(next);
     if (!parsed) return;
     // `req` stays alive until the answer: the engine may answer on another thread.
-    std::function<void()> cancel = run_(*req, [this, req, seq](StreamResp out) {
-      out.set_call_id(req->call_id());
-      Answer(seq, out);
-    });
+    std::function<void()> cancel = run_(
+        *req,
+        [this, req, seq](StreamResp out) {
+          out.set_call_id(req->call_id());
+          Answer(seq, out);
+        },
+        *this);
     if (!cancel) return;
     {
       std::lock_guard lock(mu_);
       auto it = running_.find(seq);
       if (it == running_.end()) return;  // already answered
-      if (!cancelled_) {
-        it->second = std::move(cancel);
+      if (!cancelled_ && !it->second.cancel_asked) {
+        it->second.cancel = std::move(cancel);
         return;
       }
     }
-    cancel();  // the stream was cancelled while the call started
+    cancel();  // the stream or the call was cancelled while the call started
+  }
+
+  // Cancels the running calls the client tagged `call_id` (none: nothing happens).
+  // Their answers are still written: the client matches them to nothing.
+  void CancelCall(uint64_t call_id) {
+    std::vector<std::function<void()>> cancels;
+    {
+      std::lock_guard lock(mu_);
+      for (auto& [seq, call] : running_) {
+        if (call.call_id != call_id) continue;
+        call.cancel_asked = true;  // if still starting, it is cancelled once started
+        if (call.cancel) cancels.push_back(std::move(call.cancel));
+      }
+    }
+    for (auto& c : cancels) c();
   }
 
   void OnWriteDone(bool ok) override {
@@ -150,8 +170,8 @@ class CallStream final
     cancelled_ = true;
     // Keep only the answer being written (its OnWriteDone pops it).
     while (answers_.size() > (writing_ ? 1u : 0u)) answers_.pop_back();
-    for (auto& [seq, cancel] : running_) {
-      if (cancel) cancels.push_back(std::move(cancel));
+    for (auto& [seq, call] : running_) {
+      if (call.cancel) cancels.push_back(std::move(call.cancel));
     }
     return cancels;
   }
@@ -191,9 +211,14 @@ class CallStream final
 
   std::mutex mu_;
   std::deque<grpc::ByteBuffer> answers_;  // not yet written; the front is being written
-  // Calls read and not answered yet, by the reactor's own sequence number, with how
-  // to cancel each (empty: not cancellable, or not started yet).
-  std::map<uint64_t, std::function<void()>> running_;
+  // A call read and not answered yet.
+  struct Running {
+    uint64_t call_id = 0;          // the client's tag
+    std::function<void()> cancel;  // empty: not cancellable, or not started yet
+    bool cancel_asked = false;     // CancelCall came while it was starting
+  };
+  // By the reactor's own sequence number (call ids are the client's and may repeat).
+  std::map<uint64_t, Running> running_;
   uint64_t next_seq_ = 0;
   bool reading_ = false;
   bool writing_ = false;

@@ -145,18 +145,20 @@ void QueueService::RunEnqueue(const v1::EnqueueRequest& req, v1::EnqueueResponse
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* QueueService::EnqueueStream(
     grpc::CallbackServerContext*) {
   using Stream = CallStream<v1::EnqueueStreamRequest, v1::EnqueueStreamResponse>;
-  return new Stream([this](const v1::EnqueueStreamRequest& req, Stream::AnswerFn answer) {
-    auto out = std::make_shared<v1::EnqueueStreamResponse>();
-    RunEnqueue(req.request(), out->mutable_response(),
-               AnswerOnStream(out, std::move(answer)));
-    return std::function<void()>();  // an enqueue is not cancelled once sent
-  });
+  return new Stream(
+      [this](const v1::EnqueueStreamRequest& req, Stream::AnswerFn answer, Stream&) {
+        auto out = std::make_shared<v1::EnqueueStreamResponse>();
+        RunEnqueue(req.request(), out->mutable_response(),
+                   AnswerOnStream(out, std::move(answer)));
+        return std::function<void()>();  // an enqueue is not cancelled once sent
+      });
 }
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* QueueService::ConsumeStream(
     grpc::CallbackServerContext*) {
   using Stream = CallStream<v1::ConsumeStreamRequest, v1::ConsumeStreamResponse>;
-  return new Stream([this](const v1::ConsumeStreamRequest& req, Stream::AnswerFn answer) {
+  return new Stream([this](const v1::ConsumeStreamRequest& req, Stream::AnswerFn answer,
+                           Stream& stream) {
     auto out = std::make_shared<v1::ConsumeStreamResponse>();
     QueueService::Done finish = AnswerOnStream(out, std::move(answer));
     switch (req.call_case()) {
@@ -174,9 +176,13 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* QueueService::Consu
       case v1::ConsumeStreamRequest::kExtendLease:
         RunExtend(req.extend_lease(), out->mutable_extend_lease(), std::move(finish));
         break;
+      case v1::ConsumeStreamRequest::kCancel:
+        stream.CancelCall(req.cancel().call_id());
+        finish(Status::Ok());
+        break;
       case v1::ConsumeStreamRequest::CALL_NOT_SET:
         finish(Status::InvalidArgument(
-            "the request carries no call (dequeue, ack, nack or extend_lease)"));
+            "the request carries no call (dequeue, ack, nack, extend_lease or cancel)"));
         break;
     }
     return std::function<void()>();

@@ -78,17 +78,19 @@ class CallStreamClient final : public grpc::ClientBidiReactor<StreamReq, StreamR
     return true;
   }
 
-  // Answers the call with `status` if it is still waiting; its late answer is dropped.
-  void Abandon(uint64_t call_id, const grpc::Status& status) {
+  // Answers the call with `status` if it is still waiting (then true); its late answer
+  // is dropped.
+  bool Abandon(uint64_t call_id, const grpc::Status& status) {
     Answer answer;
     {
       std::lock_guard lock(mu_);
       auto it = waiting_.find(call_id);
-      if (it == waiting_.end()) return;
+      if (it == waiting_.end()) return false;
       answer = std::move(it->second);
       waiting_.erase(it);
     }
     answer(status, nullptr);
+    return true;
   }
 
   // Half-closes: the server ends the stream once it has answered what it read.

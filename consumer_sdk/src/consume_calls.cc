@@ -50,13 +50,21 @@ std::optional<grpc::Status> ConsumeCalls::OnStream(v1::ConsumeStreamRequest call
   std::unique_lock lock(waiter->mu);
   if (!waiter->cv.wait_for(lock, deadline, [&] { return waiter->done; })) {
     lock.unlock();
-    // Answers DEADLINE_EXCEEDED unless the answer came meanwhile. The server does not
-    // learn of it: a dequeue it still runs may lease items whose answer is dropped;
-    // they come back when their leases run out. (A dequeue's deadline is the worker's
-    // poll_wait + rpc_deadline, past the server's own wait, so this takes a server far
-    // behind, and the unary RPC had the same window between its answer and a cancel.)
-    stream->Abandon(id, grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
-                                     "no answer on the consume stream by the deadline"));
+    // Answers DEADLINE_EXCEEDED unless the answer came meanwhile, and tells the server,
+    // as a unary call's deadline would: a parked dequeue stops there, leasing nothing
+    // more. What it leased before the cancel comes back when those leases run out. (A
+    // dequeue's deadline is the worker's poll_wait + rpc_deadline, past the server's
+    // own wait, so this takes a server far behind.) The cancel's own answer is not
+    // waited for.
+    if (stream->Abandon(
+            id, grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                             "no answer on the consume stream by the deadline"))) {
+      v1::ConsumeStreamRequest cancel;
+      cancel.set_call_id(next_call_id_.fetch_add(1) + 1);
+      cancel.mutable_cancel()->set_call_id(id);
+      stream->Send(std::move(cancel),
+                   [](const grpc::Status&, v1::ConsumeStreamResponse*) {});
+    }
     lock.lock();
   }
   if (waiter->status.error_code() == grpc::StatusCode::UNIMPLEMENTED) {

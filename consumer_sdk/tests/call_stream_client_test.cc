@@ -1,14 +1,17 @@
-// CallStreamClient against an in-process gRPC server (no MariaDB): what a call sent
-// on a stream that is over is answered with.
+// CallStreamClient and ConsumeCalls against in-process gRPC servers (no MariaDB): what
+// a call sent on a stream that is over is answered with; a call given up on is
+// cancelled on the server.
 
 #include "consumer_sdk/src/call_stream_client.h"
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
 #include <future>
 #include <thread>
 
+#include "consumer_sdk/src/consume_calls.h"
 #include "shardq/v1/queue.grpc.pb.h"
 
 namespace shardq::sdk {
@@ -95,6 +98,46 @@ TEST(CallStreamClientTest, CallSentAfterCloseWritesIsRefusedAsUnavailable) {
   EXPECT_EQ(SendAndWait(*stream, 1, &sent), grpc::StatusCode::UNAVAILABLE);
   EXPECT_FALSE(sent);
   EXPECT_EQ(done.get_future().wait_for(30s), std::future_status::ready);
+}
+
+// A ConsumeStream server that never answers a dequeue and notes each cancel call.
+class SilentDequeues final : public v1::Queue::Service {
+ public:
+  grpc::Status ConsumeStream(
+      grpc::ServerContext*,
+      grpc::ServerReaderWriter<v1::ConsumeStreamResponse, v1::ConsumeStreamRequest>* s)
+      override {
+    v1::ConsumeStreamRequest call;
+    while (s->Read(&call)) {
+      if (call.call_case() != v1::ConsumeStreamRequest::kCancel) continue;
+      cancelled = call.cancel().call_id();
+      v1::ConsumeStreamResponse answer;
+      answer.set_call_id(call.call_id());
+      s->Write(answer);
+    }
+    return grpc::Status::OK;
+  }
+  std::atomic<uint64_t> cancelled{0};
+};
+
+TEST(ConsumeCallsTest, ACallGivenUpAtItsDeadlineIsCancelledOnTheServer) {
+  SilentDequeues service;
+  int port = 0;
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  auto stub = v1::Queue::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(port),
+                                                     grpc::InsecureChannelCredentials()));
+  {
+    ConsumeCalls calls(*stub);
+    v1::DequeueResponse resp;
+    // The first call on the stream gets call_id 1.
+    grpc::Status s = calls.Dequeue(v1::DequeueRequest(), &resp, 20ms);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+    EXPECT_TRUE(Eventually([&] { return service.cancelled.load() == 1; }));
+  }
+  server->Shutdown();
 }
 
 }  // namespace
