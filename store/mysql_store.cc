@@ -193,6 +193,10 @@ Status MySqlShardStore::Open() {
   }
   try {
     Connect();
+    if (std::optional<Status> taken = TakeOwnership()) {
+      Disconnect();
+      return *taken;
+    }
     int autoinc_lock_mode = 0;
     {
       auto st = conn_->Prepare("SELECT @@innodb_autoinc_lock_mode");
@@ -236,6 +240,32 @@ void MySqlShardStore::Connect() {
       "'STRICT_ALL_TABLES,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION'");
   conn_->Execute("CREATE DATABASE IF NOT EXISTS `" + database_ + "`");
   conn_->Execute("USE `" + database_ + "`");
+}
+
+std::optional<Status> MySqlShardStore::TakeOwnership() {
+  // One owner per shard database: a named lock of this connection's session, which
+  // MariaDB frees when the connection ends, however the owner died. Every write of
+  // the shard goes over this connection, so whoever holds the lock is the only
+  // writer: a second server pointed at the same database (a copied config) gets
+  // UNAVAILABLE here, and its shard worker keeps probing, so it takes the shard over
+  // once the first one is gone. Taken before the migrations, so two servers never
+  // run them at once either.
+  const std::string name = "shardq:" + database_;
+  auto st = conn_->Prepare("SELECT GET_LOCK(?, 0), IS_USED_LOCK(?)");
+  st->SetString(1, name);
+  st->SetString(2, name);
+  DbRows& rs = st->ExecuteQuery();
+  std::string holder = "?";
+  if (rs.Next()) {
+    const int got = rs.GetInt(1);  // 1 taken, 0 held by another session, NULL error
+    if (!rs.WasNull() && got == 1) return std::nullopt;
+    const uint64_t connection = rs.GetUInt64(2);
+    if (!rs.WasNull()) holder = std::to_string(connection);
+  }
+  return Status::Unavailable("shard database `" + database_ +
+                             "` is owned by another shardq server (MariaDB connection " +
+                             holder + " holds the lock '" + name +
+                             "'); it opens here once that one stops");
 }
 
 void MySqlShardStore::ApplyMigrations() {

@@ -11,6 +11,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -86,7 +87,10 @@ class MySqlShardStore final : public ShardStore {
   R Run(const char* op, F&& body);
 
   Status EnsureOpen();
-  void Connect();          // throws DbError
+  void Connect();  // throws DbError
+  // Nothing once this connection owns the shard database, else why not (throws
+  // DbError).
+  std::optional<Status> TakeOwnership();
   void ApplyMigrations();  // throws DbError
   void Disconnect();
   Status ErrorToStatus(const char* op, const DbError& e);

@@ -4,6 +4,7 @@
 #include <grpcpp/create_channel.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <thread>
 
@@ -64,6 +65,65 @@ TEST(E2EHealthTest, ServingOnceTheShardsAreOpen) {
   EXPECT_TRUE(
       Eventually([&] { return Check(port, "") == HealthCheckResponse::SERVING; }));
   EXPECT_EQ(Check(port, "shardq.v1.Queue"), HealthCheckResponse::SERVING);
+}
+
+// Two servers given the same shards (a copied config): the second finds every shard
+// owned by the first and serves none; once the first stops, the second's probes take
+// the shards over, with what the first committed.
+TEST(E2EHealthTest, ASecondServerOnTheSameShardsTakesThemOverWhenTheFirstStops) {
+  const frontend::ServerConfig config = FreshConfig(SharedMariaDb().socket(), 2);
+  FakeClock first_clock, second_clock;
+  auto first = frontend::Server::Start(config, first_clock);
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  ASSERT_TRUE((*first)->engine().AwaitShardsOpen(std::chrono::seconds(30)));
+  std::vector<std::string> ids;
+  {
+    QueueClient client((*first)->port());
+    for (int i = 0; i < 4; ++i) {
+      auto id = client.EnqueueOne("own", "t");
+      ASSERT_TRUE(id.ok()) << id.status().ToString();
+      ids.push_back(*id);
+    }
+  }
+
+  auto second = frontend::Server::Start(config, second_clock);
+  ASSERT_TRUE(second.ok()) << second.status().ToString();
+  auto& engine = (*second)->engine();
+  ASSERT_TRUE(Eventually([&] {
+    for (const auto& h : engine.Health()) {
+      if (h.starting) return false;
+    }
+    return true;
+  }));
+  for (const auto& h : engine.Health()) {
+    EXPECT_FALSE(h.open);
+    EXPECT_NE(h.last_error.find("owned by another shardq server"), std::string::npos)
+        << h.last_error;
+  }
+  EXPECT_EQ(Check((*second)->port(), ""), HealthCheckResponse::NOT_SERVING);
+  QueueClient client((*second)->port());
+  auto refused = client.EnqueueOne("own", "t");
+  // The item is refused UNAVAILABLE (gRPC code 14): no shard to take it.
+  EXPECT_NE(refused.status().message().find("item code 14"), std::string::npos)
+      << refused.status().ToString();
+
+  first->reset();  // stops: its connections close, and their locks go with them
+  // Past the cool-down the breakers probe and open the shards (the probes take real
+  // time, hence the real-time bound).
+  ASSERT_TRUE(Eventually([&] {
+    second_clock.Advance(Duration(100));
+    for (const auto& h : engine.Health()) {
+      if (!h.open || h.breaker != shard_worker::BreakerState::kClosed) return false;
+    }
+    return true;
+  }));
+  EXPECT_EQ(Check((*second)->port(), ""), HealthCheckResponse::SERVING);
+  std::vector<v1::DequeuedItem> got = client.Dequeue("own", "t", 10);
+  std::vector<std::string> got_ids;
+  for (const auto& item : got) got_ids.push_back(item.id());
+  std::sort(got_ids.begin(), got_ids.end());
+  std::sort(ids.begin(), ids.end());
+  EXPECT_EQ(got_ids, ids);
 }
 
 // Not health, but the same start-up path: a listen address gRPC cannot bind is an

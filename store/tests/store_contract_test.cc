@@ -14,6 +14,7 @@
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <vector>
 
@@ -1885,7 +1886,8 @@ TEST(MySqlShardStoreTest, OpenUpgradesADatabaseOfMigrationOne) {
     conn->Execute("UPDATE items SET lease_token = 5 WHERE state = 2");
     conn->Execute("COMMIT");
   }
-  MySqlShardStore store(testing::SharedMariaDb().endpoint(), db);
+  auto owner = std::make_unique<MySqlShardStore>(testing::SharedMariaDb().endpoint(), db);
+  MySqlShardStore& store = *owner;
   store.SetPolicies(TestPolicies());
   ASSERT_TRUE(store.Open().ok());
   {
@@ -1915,8 +1917,51 @@ TEST(MySqlShardStoreTest, OpenUpgradesADatabaseOfMigrationOne) {
   std::vector<Inserted> ins = Must(store.Insert(keyed, kT0));
   EXPECT_TRUE(ins[1].deduplicated);
   // A second Open (a restart) applies nothing again.
+  owner.reset();
   MySqlShardStore again(testing::SharedMariaDb().endpoint(), db);
   ASSERT_TRUE(again.Open().ok());
+}
+
+// Two servers pointed at one shard database: one owns it, the other is refused until
+// the owner's connection ends, and then takes over. An owner that lost its connection
+// meanwhile writes nothing more (its reconnect finds the lock held).
+TEST(MySqlShardStoreTest, OneStoreAtATimeOwnsAShardDatabase) {
+  const std::string db = FreshDbName("owner");
+  const MysqlEndpoint ep = testing::SharedMariaDb().endpoint();
+  auto first = std::make_unique<MySqlShardStore>(ep, db);
+  ASSERT_TRUE(first->Open().ok());
+  auto second = std::make_unique<MySqlShardStore>(ep, db);
+  Status refused = second->Open();
+  EXPECT_EQ(refused.code(), Code::kUnavailable);
+  EXPECT_NE(refused.message().find("owned by another shardq server"), std::string::npos)
+      << refused.message();
+  EXPECT_FALSE(second->connected());
+  std::vector<NewItem> one{Item("t", 0, kT0)};
+  EXPECT_EQ(second->Insert(one, kT0).status().code(), Code::kUnavailable);
+  MySqlShardStore elsewhere(ep, FreshDbName("owner"));
+  EXPECT_TRUE(elsewhere.Open().ok()) << "another database has its own owner";
+
+  // The owner's connection is lost (as when its process or host dies).
+  std::unique_ptr<DbConnection> conn = RawConnection();
+  const int64_t holder = QueryInt(*conn, "SELECT IS_USED_LOCK('shardq:" + db + "')");
+  conn->Execute("KILL CONNECTION " + std::to_string(holder));
+  // MariaDB frees the lock once the killed session has ended (bounded real-time wait
+  // for that event).
+  const std::string held = "SELECT IS_USED_LOCK('shardq:" + db + "') IS NOT NULL";
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (QueryInt(*conn, held) != 0 && std::chrono::steady_clock::now() < until) {
+    std::this_thread::yield();
+  }
+  ASSERT_TRUE(Must(second->Insert(one, kT0))[0].row.value() > 0) << "taken over";
+  // The old owner reconnects on its next call and is refused: nothing written.
+  EXPECT_EQ(first->Insert(one, kT0).status().code(), Code::kUnavailable);
+  std::vector<TopicCounts> counts = Must(second->CountByTopic());
+  ASSERT_EQ(counts.size(), 1u);
+  EXPECT_EQ(counts[0].ready, 1u);
+
+  // The new owner stops: the old one takes the shard back on its next call.
+  second.reset();
+  EXPECT_EQ(Must(first->CountByTopic())[0].ready, 1u);
 }
 
 TEST(MySqlShardStoreTest, OpenMovesLesseeNamesIntoWorkers) {
