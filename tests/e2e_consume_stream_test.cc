@@ -31,6 +31,14 @@ class ConsumeStreamTest : public LiveServerTest {
     return call;
   }
 
+  // A call that cancels this stream's call `target`.
+  static v1::ConsumeStreamRequest CancelCall(uint64_t id, uint64_t target) {
+    v1::ConsumeStreamRequest call;
+    call.set_call_id(id);
+    call.mutable_cancel()->set_call_id(target);
+    return call;
+  }
+
   // Waits (real time, bounded) until the server holds `n` parked dequeues.
   void AwaitParked(int n) {
     auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
@@ -50,14 +58,8 @@ TEST_F(ConsumeStreamTest, ACancelCallEndsOneParkedDequeueAndLeasesNothingForIt) 
   AwaitParked(1);
   ASSERT_TRUE(stream->Write(DequeueCall(2, "still-wanted", 1, 60'000)));
   AwaitParked(2);
-  auto cancel = [](uint64_t id, uint64_t target) {
-    v1::ConsumeStreamRequest call;
-    call.set_call_id(id);
-    call.mutable_cancel()->set_call_id(target);
-    return call;
-  };
-  ASSERT_TRUE(stream->Write(cancel(3, 1)));
-  ASSERT_TRUE(stream->Write(cancel(4, 99)));  // no such call: answered all the same
+  ASSERT_TRUE(stream->Write(CancelCall(3, 1)));
+  ASSERT_TRUE(stream->Write(CancelCall(4, 99)));  // no such call: answered all the same
   std::map<uint64_t, v1::ConsumeStreamResponse> answers;
   v1::ConsumeStreamResponse answer;
   for (int i = 0; i < 3; ++i) {
@@ -82,7 +84,7 @@ TEST_F(ConsumeStreamTest, ACancelCallEndsOneParkedDequeueAndLeasesNothingForIt) 
   EXPECT_EQ(got[0].id(), *id);
   EXPECT_EQ(got[0].attempts(), 1u);
 
-  ASSERT_TRUE(stream->Write(cancel(5, 2)));
+  ASSERT_TRUE(stream->Write(CancelCall(5, 2)));
   for (int i = 0; i < 2; ++i) ASSERT_TRUE(stream->Read(&answer));
   ASSERT_TRUE(stream->WritesDone());
   EXPECT_FALSE(stream->Read(&answer));
@@ -98,11 +100,8 @@ TEST_F(ConsumeStreamTest, ACancelRightBehindItsCallStillEndsIt) {
   SetDeadline(ctx);
   auto stream = client_->stub().ConsumeStream(&ctx);
   for (uint64_t id = 1; id <= 40; id += 2) {
-    v1::ConsumeStreamRequest cancel;
-    cancel.set_call_id(id + 1);
-    cancel.mutable_cancel()->set_call_id(id);
     ASSERT_TRUE(stream->Write(DequeueCall(id, "idle", 1, 60'000)));
-    ASSERT_TRUE(stream->Write(cancel));
+    ASSERT_TRUE(stream->Write(CancelCall(id + 1, id)));
   }
   ASSERT_TRUE(stream->WritesDone());
   v1::ConsumeStreamResponse answer;
