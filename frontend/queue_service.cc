@@ -111,6 +111,7 @@ SHARDQ_RAW_METHOD(RedriveDeadLetters, RedriveDeadLettersRequest,
                   RedriveDeadLettersResponse, HandleRedrive)
 SHARDQ_RAW_METHOD(PurgeDeadLetters, PurgeDeadLettersRequest, PurgeDeadLettersResponse,
                   HandlePurgeDead)
+SHARDQ_RAW_METHOD(GetShards, GetShardsRequest, GetShardsResponse, HandleShards)
 #undef SHARDQ_RAW_METHOD
 
 void QueueService::RunEnqueue(const v1::EnqueueRequest& req, v1::EnqueueResponse* out,
@@ -281,6 +282,29 @@ void QueueService::RunExtend(const v1::ExtendLeaseRequest& req,
         }
         done(Status::Ok());
       });
+}
+
+void QueueService::HandleShards(
+    UnaryCall<v1::GetShardsRequest, v1::GetShardsResponse>* call) {
+  for (const shard_worker::ShardHealth& h : engine_.Health()) {
+    v1::ShardInfo* out = call->response()->add_shards();
+    out->set_id(h.id.value());
+    out->set_open(h.open);
+    out->set_starting(h.starting);
+    switch (h.breaker) {
+      case shard_worker::BreakerState::kClosed:
+        out->set_breaker(v1::CLOSED);
+        break;
+      case shard_worker::BreakerState::kOpen:
+        out->set_breaker(v1::OPEN);
+        break;
+      case shard_worker::BreakerState::kHalfOpen:
+        out->set_breaker(v1::HALF_OPEN);
+        break;
+    }
+    out->set_last_error(h.last_error);
+  }
+  call->Finish(Status::Ok());
 }
 
 void QueueService::HandleActiveTopics(

@@ -22,20 +22,18 @@ namespace shardq::frontend {
 
 // Every method raw (bytes in, bytes out), in the proto's order.
 using RawQueueService = v1::Queue::WithRawCallbackMethod_Enqueue<
-    v1::Queue::WithRawCallbackMethod_EnqueueStream<
-        v1::Queue::WithRawCallbackMethod_Dequeue<
-            v1::Queue::WithRawCallbackMethod_Ack<v1::Queue::WithRawCallbackMethod_Nack<
-                v1::Queue::WithRawCallbackMethod_ExtendLease<
-                    v1::Queue::WithRawCallbackMethod_ConsumeStream<
-                        v1::Queue::WithRawCallbackMethod_GetActiveTopics<
-                            v1::Queue::WithRawCallbackMethod_GetTask<
-                                v1::Queue::WithRawCallbackMethod_CancelTask<
-                                    v1::Queue::WithRawCallbackMethod_ListDeadLetters<
-                                        v1::Queue::
-                                            WithRawCallbackMethod_RedriveDeadLetters<
-                                                v1::Queue::
-                                                    WithRawCallbackMethod_PurgeDeadLetters<
-                                                        v1::Queue::Service>>>>>>>>>>>>>;
+    v1::Queue::WithRawCallbackMethod_EnqueueStream<v1::Queue::WithRawCallbackMethod_Dequeue<
+        v1::Queue::WithRawCallbackMethod_Ack<v1::Queue::WithRawCallbackMethod_Nack<
+            v1::Queue::WithRawCallbackMethod_ExtendLease<
+                v1::Queue::WithRawCallbackMethod_ConsumeStream<
+                    v1::Queue::WithRawCallbackMethod_GetActiveTopics<
+                        v1::Queue::WithRawCallbackMethod_GetTask<
+                            v1::Queue::WithRawCallbackMethod_CancelTask<
+                                v1::Queue::WithRawCallbackMethod_ListDeadLetters<
+                                    v1::Queue::WithRawCallbackMethod_RedriveDeadLetters<
+                                        v1::Queue::WithRawCallbackMethod_PurgeDeadLetters<
+                                            v1::Queue::WithRawCallbackMethod_GetShards<
+                                                v1::Queue::Service>>>>>>>>>>>>>>;
 
 // Holds a parked Dequeue's handle for a cancellation that may come before or after
 // the handle exists (queue_service.cc).
@@ -76,6 +74,8 @@ class QueueService final : public RawQueueService {
                          grpc::ByteBuffer* out) override;
   Raw PurgeDeadLetters(grpc::CallbackServerContext*, const grpc::ByteBuffer* in,
                        grpc::ByteBuffer* out) override;
+  Raw GetShards(grpc::CallbackServerContext*, const grpc::ByteBuffer* in,
+                grpc::ByteBuffer* out) override;
 
  private:
   // One Enqueue call, unary or from the stream: validates, enqueues, fills `out` and
@@ -106,6 +106,7 @@ class QueueService final : public RawQueueService {
       UnaryCall<v1::RedriveDeadLettersRequest, v1::RedriveDeadLettersResponse>* call);
   void HandlePurgeDead(
       UnaryCall<v1::PurgeDeadLettersRequest, v1::PurgeDeadLettersResponse>* call);
+  void HandleShards(UnaryCall<v1::GetShardsRequest, v1::GetShardsResponse>* call);
 
   engine::Engine& engine_;
   Clock& clock_;

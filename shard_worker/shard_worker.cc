@@ -338,7 +338,20 @@ void ShardWorker::RunProbe() {
     std::lock_guard lock(mu_);
     was_recovered = recovered_;
   }
-  bool ok = was_recovered ? store_->Open().ok() && store_->Ping().ok() : Recover();
+  bool ok;
+  if (was_recovered) {
+    Status st = store_->Open();
+    if (st.ok()) st = store_->Ping();
+    ok = st.ok();
+    std::lock_guard lock(mu_);
+    if (ok) {
+      last_error_.clear();
+    } else {
+      last_error_ = st.ToString();
+    }
+  } else {
+    ok = Recover();
+  }
   if (breaker_.state() == BreakerState::kHalfOpen) {
     breaker_.ProbeResult(ok);
   } else if (!ok) {
@@ -348,7 +361,12 @@ void ShardWorker::RunProbe() {
   if (ok) {
     OnShardUp();
   } else {
-    spdlog::warn("shard {}: probe failed", id_.value());
+    std::string why;
+    {
+      std::lock_guard lock(mu_);
+      why = last_error_;
+    }
+    spdlog::warn("shard {}: probe failed: {}", id_.value(), why);
     OnShardDown();
   }
   {

@@ -30,6 +30,15 @@ HealthCheckResponse::ServingStatus Check(int port, const std::string& service) {
   return response.status();
 }
 
+v1::GetShardsResponse Shards(QueueClient& client) {
+  v1::GetShardsResponse response;
+  grpc::ClientContext context;
+  SetDeadline(context, 5'000);
+  grpc::Status status = client.stub().GetShards(&context, {}, &response);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  return response;
+}
+
 // Polls (real time, bounded) for something the server does asynchronously.
 template <typename Pred>
 bool Eventually(Pred pred) {
@@ -65,6 +74,17 @@ TEST(E2EHealthTest, ServingOnceTheShardsAreOpen) {
   EXPECT_TRUE(
       Eventually([&] { return Check(port, "") == HealthCheckResponse::SERVING; }));
   EXPECT_EQ(Check(port, "shardq.v1.Queue"), HealthCheckResponse::SERVING);
+  QueueClient client(port);
+  v1::GetShardsResponse shards = Shards(client);
+  ASSERT_EQ(shards.shards_size(), 2);
+  for (int i = 0; i < 2; ++i) {
+    const v1::ShardInfo& s = shards.shards(i);
+    EXPECT_EQ(s.id(), static_cast<uint32_t>(i));
+    EXPECT_TRUE(s.open());
+    EXPECT_FALSE(s.starting());
+    EXPECT_EQ(s.breaker(), v1::CLOSED);
+    EXPECT_EQ(s.last_error(), "");
+  }
 }
 
 // Two servers given the same shards (a copied config): the second finds every shard
@@ -102,6 +122,15 @@ TEST(E2EHealthTest, ASecondServerOnTheSameShardsTakesThemOverWhenTheFirstStops) 
   }
   EXPECT_EQ(Check((*second)->port(), ""), HealthCheckResponse::NOT_SERVING);
   QueueClient client((*second)->port());
+  // What an operator sees (shardqctl shards): which shards are down, and why.
+  const v1::GetShardsResponse down = Shards(client);
+  ASSERT_EQ(down.shards_size(), 2);
+  for (const v1::ShardInfo& s : down.shards()) {
+    EXPECT_FALSE(s.open());
+    EXPECT_EQ(s.breaker(), v1::OPEN);
+    EXPECT_NE(s.last_error().find("owned by another shardq server"), std::string::npos)
+        << s.last_error();
+  }
   auto refused = client.EnqueueOne("own", "t");
   // The item is refused UNAVAILABLE (gRPC code 14): no shard to take it.
   EXPECT_NE(refused.status().message().find("item code 14"), std::string::npos)
@@ -118,6 +147,13 @@ TEST(E2EHealthTest, ASecondServerOnTheSameShardsTakesThemOverWhenTheFirstStops) 
     return true;
   }));
   EXPECT_EQ(Check((*second)->port(), ""), HealthCheckResponse::SERVING);
+  const v1::GetShardsResponse up = Shards(client);
+  ASSERT_EQ(up.shards_size(), 2);
+  for (const v1::ShardInfo& s : up.shards()) {
+    EXPECT_TRUE(s.open());
+    EXPECT_EQ(s.breaker(), v1::CLOSED);
+    EXPECT_EQ(s.last_error(), "");
+  }
   std::vector<v1::DequeuedItem> got = client.Dequeue("own", "t", 10);
   std::vector<std::string> got_ids;
   for (const auto& item : got) got_ids.push_back(item.id());

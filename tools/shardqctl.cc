@@ -223,11 +223,17 @@ void AddHealth(CLI::App& app, CommandLine& cl) {
                            [&cl] { return RunHealth(cl.global, cl.health_service); });
 }
 
+void AddShards(CLI::App& app, CommandLine& cl) {
+  auto* cmd = app.add_subcommand(
+      "shards", "List the server's shards: open, circuit breaker, last storage error");
+  cl.commands.emplace_back(cmd, [&cl] { return RunShards(cl.global); });
+}
+
 int Main(int argc, char** argv) {
   CLI::App app{
       "shardqctl: command-line client of the shardq queue service.\n"
       "Exit codes: 0 ok, 1 RPC failed, 2 bad arguments, 3 some item failed, "
-      "4 health not SERVING."};
+      "4 health not SERVING (or, for shards, a shard not taking calls)."};
   // Set before the subcommands are added (it is inherited): lets global options
   // such as --json come after the subcommand too.
   app.fallthrough();
@@ -245,6 +251,7 @@ int Main(int argc, char** argv) {
   AddCancel(app, cl);
   AddDead(app, cl);
   AddHealth(app, cl);
+  AddShards(app, cl);
 
   try {
     app.parse(argc, argv);

@@ -806,4 +806,36 @@ int RunHealth(const GlobalOptions& global, const std::string& service) {
   return response.status() == HealthCheckResponse::SERVING ? kExitOk : kExitNotServing;
 }
 
+int RunShards(const GlobalOptions& global) {
+  v1::GetShardsResponse response;
+  grpc::ClientContext context;
+  SetDeadline(context, global.timeout_ms);
+  const grpc::Status status =
+      MakeQueueStub(global)->GetShards(&context, v1::GetShardsRequest(), &response);
+  if (!status.ok()) return ReportRpcError(status);
+  bool all_up = true;
+  json doc = json::array();
+  for (const v1::ShardInfo& s : response.shards()) {
+    const bool up = s.open() && s.breaker() == v1::CLOSED;
+    all_up = all_up && up;
+    std::string breaker = v1::BreakerState_Name(s.breaker());
+    if (breaker.empty())
+      breaker = fmt::format("BREAKER_{}", static_cast<int>(s.breaker()));
+    if (global.json) {
+      doc.push_back({{"id", s.id()},
+                     {"open", s.open()},
+                     {"starting", s.starting()},
+                     {"breaker", breaker},
+                     {"last_error", s.last_error()}});
+      continue;
+    }
+    const char* state = s.starting() ? "starting" : (up ? "up" : "down");
+    fmt::print("shard {}: {} (breaker {}{}){}{}\n", s.id(), state, breaker,
+               s.open() ? "" : ", never opened", s.last_error().empty() ? "" : ": ",
+               s.last_error());
+  }
+  if (global.json) PrintJson(doc);
+  return all_up ? kExitOk : kExitNotServing;
+}
+
 }  // namespace shardq::tools

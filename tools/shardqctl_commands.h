@@ -98,5 +98,7 @@ int RunDeadList(const GlobalOptions& global, const DeadListOptions& options);
 int RunDeadRedrive(const GlobalOptions& global, const DeadOptions& options);
 int RunDeadPurge(const GlobalOptions& global, const DeadOptions& options);
 int RunHealth(const GlobalOptions& global, const std::string& service);
+// Exit code 4 (kExitNotServing) when a shard is not taking calls.
+int RunShards(const GlobalOptions& global);
 
 }  // namespace shardq::tools
