@@ -202,9 +202,8 @@ TEST_F(BadInputTest, GarbageBytesAndOversizedMessages) {
   auto channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(server_->port()),
                                      grpc::InsecureChannelCredentials());
   grpc::GenericStub generic(channel);
-  for (const char* method :
-       {"/shardq.v1.Queue/Enqueue", "/shardq.v1.Queue/Ack", "/shardq.v1.Queue/Dequeue",
-        "/shardq.v1.Queue/GetShards"}) {
+  for (const char* method : {"/shardq.v1.Queue/Enqueue", "/shardq.v1.Queue/Ack",
+                             "/shardq.v1.Queue/Dequeue", "/shardq.v1.Queue/GetShards"}) {
     std::string garbage = "\xff\xff\xff\xff\x0f garbage \x01\x02";
     grpc::Slice slice(garbage);
     grpc::ByteBuffer request(&slice, 1);
