@@ -332,26 +332,25 @@ bool ShardWorker::Recover() {
   return true;
 }
 
+bool ShardWorker::Reopen() {
+  Status st = store_->Open();
+  if (st.ok()) st = store_->Ping();
+  std::lock_guard lock(mu_);
+  if (st.ok()) {
+    last_error_.clear();
+  } else {
+    last_error_ = st.ToString();
+  }
+  return st.ok();
+}
+
 void ShardWorker::RunProbe() {
   bool was_recovered;
   {
     std::lock_guard lock(mu_);
     was_recovered = recovered_;
   }
-  bool ok;
-  if (was_recovered) {
-    Status st = store_->Open();
-    if (st.ok()) st = store_->Ping();
-    ok = st.ok();
-    std::lock_guard lock(mu_);
-    if (ok) {
-      last_error_.clear();
-    } else {
-      last_error_ = st.ToString();
-    }
-  } else {
-    ok = Recover();
-  }
+  const bool ok = was_recovered ? Reopen() : Recover();
   if (breaker_.state() == BreakerState::kHalfOpen) {
     breaker_.ProbeResult(ok);
   } else if (!ok) {

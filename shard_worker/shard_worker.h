@@ -148,7 +148,9 @@ class ShardWorker final : public Tickable {
   void ScheduleLocked();
   void Run();
   void RunWork(Work& work);
+  // Both record why they failed in last_error_ (and clear it on success).
   bool Recover();
+  bool Reopen();  // a probe of a shard recovered before: reconnect (Open) and Ping
   void RunProbe();
   // Claims that came in while this turn runs go before its next transaction, so a
   // consumer waits for at most one transaction, not for a whole turn of inserts and

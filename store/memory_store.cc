@@ -176,8 +176,7 @@ Result<std::vector<Inserted>> MemoryShardStore::Insert(
     const uint64_t id = next_id_++;
     if (!item.dedup_key.empty()) dedup_[{item.ns, item.dedup_key}] = id;
     auto lease = lease_of.find(i);
-    const bool leased = lease != lease_of.end() && r.state == ItemState::kReady &&
-                        !(r.expires_at && *r.expires_at <= now);
+    const bool leased = lease != lease_of.end() && Leasable(r, now);
     if (leased) Lease(r, lease->second->worker_id, lease->second->token, now);
     rows_.emplace(id, std::move(r));
     out.push_back({RowId(id), false, leased});
@@ -218,8 +217,7 @@ Result<std::vector<LeasedItem>> MemoryShardStore::Claim(
     if (it == rows_.end()) continue;
     Row& r = it->second;
     // Also skips a duplicate in `rows`: the first one leased it.
-    if (r.state != ItemState::kReady) continue;
-    if (r.expires_at && *r.expires_at <= now) continue;
+    if (!Leasable(r, now)) continue;
     out.push_back(
         LeaseOut(id, r, req.worker_id, req.token.value() != 0 ? req.token : token, now));
   }
@@ -244,6 +242,10 @@ LeasedItem MemoryShardStore::LeaseOut(RowId id, Row& r, const std::string& worke
   item.lease_deadline = r.deliver_after;
   item.attempts = r.attempts;
   return item;
+}
+
+bool MemoryShardStore::Leasable(const Row& r, Time now) {
+  return r.state == ItemState::kReady && !(r.expires_at && *r.expires_at <= now);
 }
 
 void MemoryShardStore::Lease(Row& r, const std::string& worker_id, LeaseToken token,
@@ -439,8 +441,7 @@ void MemoryShardStore::HandOff(const PromoteHandoff& handoff, Time now, Promotio
     ItemTransition& t = out.moved[moved_at[l.item]];
     Row& r = rows_[t.row.value()];
     // Also skips a second lease of the same item: the first one leased it.
-    if (r.state != ItemState::kReady) continue;
-    if (r.expires_at && *r.expires_at <= now) continue;
+    if (!Leasable(r, now)) continue;
     leased.emplace_back(moved_at[l.item], LeaseOut(t.row, r, l.worker_id, l.token, now));
     t.to = ItemState::kLeased;
     t.deliver_after = r.deliver_after;  // the lease deadline

@@ -128,6 +128,8 @@ class MemoryShardStore final : public ShardStore {
   // Moves `r` to the final state `to` at `now` (finished_at, purge time, no TTL).
   void Finish(Row& r, ItemState to, Time now) const;
   static void AddEvent(Row& r, Time at, std::string kind, std::string detail = "");
+  // Whether a claim (or a handoff) may lease `r` at `now`: READY and not past its TTL.
+  static bool Leasable(const Row& r, Time now);
   // Leases the READY row `r` at `now` (Claim, and Insert with an InsertLease).
   static void Lease(Row& r, const std::string& worker_id, LeaseToken token, Time now);
   // Leases `r` (row `id`) as a claim does and returns what the consumer gets.

@@ -993,15 +993,8 @@ Result<std::vector<LeasedItem>> MySqlShardStore::Claim(std::span<const ClaimRequ
                      r.token.value() != 0 ? r.token.value() : token.value());
   }
   if (worker.empty()) return std::vector<LeasedItem>{};
-  std::vector<uint64_t> ids;
-  for (const auto& [id, w] : worker) ids.push_back(id);
   return Run<R>("claim", [&]() -> R {
-    // Every field the claim writes has a fixed size, so InnoDB updates the row in
-    // place: the lessee is a reference, its name is in `workers`.
-    const std::map<std::string, uint32_t> refs = WorkerRefs(worker, /*commit=*/true);
-    std::map<uint64_t, uint32_t> worker_ref;
-    for (const auto& [id, name] : worker) worker_ref[id] = refs.at(name);
-    R out = LeaseRows(ids, kReady, token_of, worker_ref, now);
+    R out = LeaseRows(worker, token_of, kReady, /*names_apart=*/true, now);
     if (!out.ok()) {
       Rollback();
       return out;
@@ -1015,9 +1008,18 @@ Result<std::vector<LeasedItem>> MySqlShardStore::Claim(std::span<const ClaimRequ
 }
 
 Result<std::vector<LeasedItem>> MySqlShardStore::LeaseRows(
-    const std::vector<uint64_t>& ids, int from_state,
-    std::map<uint64_t, uint64_t>& token_of, std::map<uint64_t, uint32_t>& worker_ref,
+    const std::map<uint64_t, std::string>& worker,
+    const std::map<uint64_t, uint64_t>& token_of, int from_state, bool names_apart,
     Time now) {
+  // Every field a lease writes has a fixed size, so InnoDB updates the row in place:
+  // the lessee is a reference, its name is in `workers`.
+  const std::map<std::string, uint32_t> refs = WorkerRefs(worker, names_apart);
+  std::map<uint64_t, uint32_t> worker_ref;
+  std::vector<uint64_t> ids;
+  for (const auto& [id, name] : worker) {
+    worker_ref.emplace(id, refs.at(name));
+    ids.push_back(id);
+  }
   const int64_t now_ms = ToUnixMillis(now);
   const std::string in = "(" + Placeholders(PaddedCount(ids.size())) + ")";
   // Lock the rows that are still leasable. The SELECT comes first (not an UPDATE
@@ -1049,7 +1051,7 @@ Result<std::vector<LeasedItem>> MySqlShardStore::LeaseRows(
       item.metadata = Str(rs, 10);
       item.task_type = Str(rs, 11);
       item.max_attempts = rs.GetUInt(12);
-      item.token = LeaseToken(token_of[item.row.value()]);
+      item.token = LeaseToken(token_of.at(item.row.value()));
       locked.push_back(item.row.value());
       out.push_back(std::move(item));
     }
@@ -1057,10 +1059,10 @@ Result<std::vector<LeasedItem>> MySqlShardStore::LeaseRows(
   if (!locked.empty()) {
     const size_t n = locked.size();
     const bool one_worker = std::all_of(locked.begin(), locked.end(), [&](uint64_t id) {
-      return worker_ref[id] == worker_ref[locked[0]];
+      return worker_ref.at(id) == worker_ref.at(locked[0]);
     });
     const bool one_token = std::all_of(locked.begin(), locked.end(), [&](uint64_t id) {
-      return token_of[id] == token_of[locked[0]];
+      return token_of.at(id) == token_of.at(locked[0]);
     });
     DbStatement& upd =
         Stmt("UPDATE items SET state = 2, lease_token = " +
@@ -1073,26 +1075,26 @@ Result<std::vector<LeasedItem>> MySqlShardStore::LeaseRows(
              Placeholders(PaddedCount(n)) + ")");
     unsigned q = 1;
     if (one_token) {
-      upd.SetUInt64(q++, token_of[locked[0]]);
+      upd.SetUInt64(q++, token_of.at(locked[0]));
     } else {
       q = BindCase(
           upd, q, n, [&](size_t k) { return locked[k]; },
-          [&](unsigned at, size_t k) { upd.SetUInt64(at, token_of[locked[k]]); });
+          [&](unsigned at, size_t k) { upd.SetUInt64(at, token_of.at(locked[k])); });
     }
     upd.SetInt64(q++, now_ms);
     if (one_worker) {
-      upd.SetUInt(q++, worker_ref[locked[0]]);
+      upd.SetUInt(q++, worker_ref.at(locked[0]));
     } else {
       q = BindCase(
           upd, q, n, [&](size_t k) { return locked[k]; },
-          [&](unsigned at, size_t k) { upd.SetUInt(at, worker_ref[locked[k]]); });
+          [&](unsigned at, size_t k) { upd.SetUInt(at, worker_ref.at(locked[k])); });
     }
     upd.SetInt64(q++, now_ms);
     upd.SetInt64(q++, now_ms);
     BindIds(upd, q, locked);
     int changed = upd.ExecuteUpdate();
     if (changed != static_cast<int>(n)) {
-      return Status::Internal("claim: locked " + std::to_string(n) +
+      return Status::Internal("lease: locked " + std::to_string(n) +
                               " rows but updated " + std::to_string(changed));
     }
     // No "leased" event row here: the row holds it (see LeaseEventsToWrite).
@@ -1412,16 +1414,11 @@ Status MySqlShardStore::HandOff(const PromoteHandoff& handoff, Time now, Promoti
     at.emplace(id, moved_at[l.item]);
   }
   if (worker.empty()) return Status::Ok();
-  // In this transaction: a lease must not outlive a rollback of its promotion.
-  const std::map<std::string, uint32_t> refs = WorkerRefs(worker, /*commit=*/false);
-  std::map<uint64_t, uint32_t> worker_ref;
-  for (const auto& [id, name] : worker) worker_ref[id] = refs.at(name);
-  std::vector<uint64_t> ids;
-  for (const auto& [id, name] : worker) ids.push_back(id);
   // The claim's own statements, on rows still DELAYED (locked by the promotion's
   // SELECT): each secondary-index entry moves once. One past its TTL is not leased
-  // and goes READY with the rest.
-  auto leased = LeaseRows(ids, kDelayed, token_of, worker_ref, now);
+  // and goes READY with the rest. New lessee names are registered in this
+  // transaction: a lease must not outlive a rollback of its promotion.
+  auto leased = LeaseRows(worker, token_of, kDelayed, /*names_apart=*/false, now);
   if (!leased.ok()) return leased.status();
   for (const LeasedItem& item : *leased) {
     to_ready.erase(std::find(to_ready.begin(), to_ready.end(), item.row.value()));

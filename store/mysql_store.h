@@ -123,14 +123,14 @@ class MySqlShardStore final : public ShardStore {
   // leased rows out of `to_ready`.
   Status HandOff(const PromoteHandoff& handoff, Time now, Promotion& out,
                  std::vector<uint64_t>& to_ready);
-  // A claim's work inside the caller's transaction: locks those of `ids` that are in
-  // `from_state` (READY for a claim, DELAYED for a promotion's handoff) and not
-  // TTL-expired, leases them (token_of, worker_ref by id) and returns them.
-  Result<std::vector<LeasedItem>> LeaseRows(const std::vector<uint64_t>& ids,
-                                            int from_state,
-                                            std::map<uint64_t, uint64_t>& token_of,
-                                            std::map<uint64_t, uint32_t>& worker_ref,
-                                            Time now);
+  // A claim's work inside the caller's transaction: locks the rows of `worker` (row
+  // -> lessee name) that are in `from_state` (READY for a claim, DELAYED for a
+  // promotion's handoff) and not TTL-expired, leases each to its lessee with
+  // token_of[row], and returns them. New lessee names are registered by WorkerRefs:
+  // committed apart first (`names_apart`), or in the caller's transaction.
+  Result<std::vector<LeasedItem>> LeaseRows(const std::map<uint64_t, std::string>& worker,
+                                            const std::map<uint64_t, uint64_t>& token_of,
+                                            int from_state, bool names_apart, Time now);
   // A row an ack moves to SUCCEEDED (MarkSucceeded).
   struct SucceededRow {
     uint64_t id = 0;

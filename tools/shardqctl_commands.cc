@@ -294,10 +294,14 @@ int64_t NowMs() {
       .count();
 }
 
+// An enum value's name; PREFIX_n for a value this build does not know (a newer
+// server), so it still shows.
+std::string EnumName(const std::string& name, const char* prefix, int value) {
+  return name.empty() ? fmt::format("{}_{}", prefix, value) : name;
+}
+
 std::string StateName(v1::TaskState state) {
-  std::string name = v1::TaskState_Name(state);
-  // An enum value this build does not know (a newer server): still show it.
-  return name.empty() ? fmt::format("STATE_{}", static_cast<int>(state)) : name;
+  return EnumName(v1::TaskState_Name(state), "STATE", state);
 }
 
 bool IsFinal(v1::TaskState state) {
@@ -818,9 +822,8 @@ int RunShards(const GlobalOptions& global) {
   for (const v1::ShardInfo& s : response.shards()) {
     const bool up = s.open() && s.breaker() == v1::CLOSED;
     all_up = all_up && up;
-    std::string breaker = v1::BreakerState_Name(s.breaker());
-    if (breaker.empty())
-      breaker = fmt::format("BREAKER_{}", static_cast<int>(s.breaker()));
+    const std::string breaker =
+        EnumName(v1::BreakerState_Name(s.breaker()), "BREAKER", s.breaker());
     if (global.json) {
       doc.push_back({{"id", s.id()},
                      {"open", s.open()},
