@@ -77,6 +77,10 @@ Result<ServerConfig> ParseConfig(const std::string& json_text) {
       c.window_capacity =
           GetUnsigned<size_t>(j.at("window_capacity"), "window_capacity", 2);
     }
+    if (j.contains("delay_lookahead_ms")) {
+      c.delay_lookahead_ms = GetUnsigned<int64_t>(j.at("delay_lookahead_ms"),
+                                                  "delay_lookahead_ms", 0, 60'000);
+    }
     for (const auto& s : j.value("mysql_servers", nlohmann::json::array())) {
       MysqlServerConfig m;
       m.name = s.at("name").get<std::string>();

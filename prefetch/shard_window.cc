@@ -6,6 +6,9 @@ namespace shardq::prefetch {
 
 bool ShardWindow::Offer(const ReadyKey& key) {
   if (!available_) return false;
+  // Taken by a dequeue whose claim is in flight: not ours to hand out again (a
+  // released item's promotion offers it a second time).
+  if (reserved_.contains(key.row)) return false;
   if (!complete_) {
     // Only a key better than our worst keeps the invariant: anything else may rank
     // behind READY rows we have not loaded.

@@ -87,7 +87,8 @@ ShardWorker::ShardWorker(size_t position, ShardId id,
       clock_(clock),
       index_(index),
       options_(options),
-      breaker_(clock, options.breaker) {}
+      breaker_(clock, options.breaker),
+      releases_(options.lookahead, options.promote_batch) {}
 
 ShardWorker::~ShardWorker() {
   // The strand may still be running on the pool; wait for it to let go of `this`.
@@ -172,9 +173,11 @@ Duration ShardWorker::Tick(Time now) {
     pending_.probe = true;
     ScheduleLocked();
   }
+  ReleaseDue(now);
   std::lock_guard lock(mu_);
   Duration next = std::min(breaker_.TimeToProbe(), Ticker::kMaxSleep);
   if (!recovered_) return next;
+  if (auto release = releases_.NextRelease()) next = std::min(next, *release - now);
   if (next_due_ && *next_due_ <= now) {
     next_due_.reset();  // RunPromote recomputes it from the store
     pending_.promote = true;
@@ -188,6 +191,19 @@ Duration ShardWorker::Tick(Time now) {
     ScheduleLocked();
   }
   return std::min(next, next_purge_ - now);
+}
+
+void ShardWorker::ReleaseDue(Time now) {
+  std::vector<ItemTransition> due = releases_.TakeDue(now);
+  if (due.empty()) return;
+  // Not under mu_: OnReady wakes dequeues, whose claims come back to this worker.
+  ReadyBatch ready_keys;
+  for (const ItemTransition& t : due) {
+    auto buffer = ready_keys.Buffer(index_, t.ns, t.topic);
+    buffer->CountTransition(position_, ItemState::kDelayed, ItemState::kReady);
+    ready_keys.Add(buffer, {t.priority, t.deliver_after, t.row});
+  }
+  ready_keys.Flush(position_);
 }
 
 void ShardWorker::ScheduleLocked() {
@@ -316,6 +332,7 @@ bool ShardWorker::Recover() {
     last_error_ = counts.status().ToString();
     return false;
   }
+  releases_.Clear();  // what was released counts as DELAYED again, as MySQL says
   for (const store::TopicCounts& c : *counts) {
     auto n = [](uint64_t v) { return static_cast<int64_t>(v); };
     prefetch::StateCounts counts{n(c.delayed), n(c.ready), n(c.leased),   n(c.succeeded),
@@ -399,8 +416,11 @@ void ShardWorker::RunEnqueues(std::span<PendingEnqueue> pending) {
       buffer->CountTransition(position_, ItemState::kGone, state);
       if (state == ItemState::kReady) {
         ready_keys.Add(buffer, {item.priority, item.deliver_after, got.row});
+      } else if (state == ItemState::kLeased) {
+        NoteDeadline(now + item.lease);
       } else {
-        NoteDeadline(state == ItemState::kLeased ? now + item.lease : item.deliver_after);
+        ScheduleRelease({got.row, item.ns, item.topic, item.priority, ItemState::kGone,
+                         state, item.deliver_after});
       }
     }
     ready_keys.Flush(position_);
@@ -443,6 +463,7 @@ void ShardWorker::RunClaims(std::span<PendingClaim> pending) {
       c.buffer->Unreserve(position_, k.row);
       auto it = by_row.find(k.row);
       if (it != by_row.end()) {
+        releases_.Forget(k.row);  // if it was leased while DELAYED (and due)
         it->second->deliver_after = k.deliver_after;
         NoteDeadline(it->second->lease_deadline);
         c.buffer->CountTransition(position_, ItemState::kReady, ItemState::kLeased);
@@ -499,6 +520,9 @@ void ShardWorker::RunRefill(const std::shared_ptr<prefetch::TopicBuffer>& buffer
   Observe(keys.status(), latency);
   if (keys.ok()) {
     buffer->ApplyRefill(position_, *keys);
+    // Released items are READY here but not yet in MySQL, so not in the refill.
+    std::vector<ReadyKey> released = releases_.ReleasedOf(buffer->ns(), buffer->topic());
+    if (!released.empty()) buffer->OnReady(position_, released);
   } else {
     buffer->RefillFailed(position_);
   }
@@ -514,9 +538,11 @@ void ShardWorker::RunPromote() {
     return std::vector<store::InsertLease>(handoffs->leases().begin(),
                                            handoffs->leases().end());
   };
+  const store::Lookahead look = releases_.Window(now);
   Duration latency;
   auto promoted = Timed(
-      [&] { return store_->PromoteDue(now, options_.promote_batch, handoff); }, &latency);
+      [&] { return store_->PromoteDue(now, options_.promote_batch, handoff, look); },
+      &latency);
   Observe(promoted.status(), latency);
   if (!promoted.ok()) {
     if (handoffs) handoffs->Deliver(promoted, id_);  // nothing: the calls wait on
@@ -527,8 +553,14 @@ void ShardWorker::RunPromote() {
   for (const ItemTransition& t : promoted->moved) ApplyTransition(t, ready_keys);
   ready_keys.Flush(position_);
   if (handoffs) handoffs->Deliver(promoted, id_);
+  releases_.Learned(look, promoted->upcoming);
+  if (!promoted->upcoming.empty() && ticker_ != nullptr) ticker_->Poke();
   // <= now when more are due right now: the ticker's next tick posts the next batch.
-  if (promoted->next_due) NoteDeadline(*promoted->next_due);
+  if (promoted->next_due) {
+    const Time next = *promoted->next_due;
+    const bool delayed = next > now && next != promoted->next_expiry;
+    NoteDeadline(delayed ? releases_.PromoteAt(next) : next);
+  }
 }
 
 void ShardWorker::RunPurge() {
@@ -541,15 +573,27 @@ void ShardWorker::RunPurge() {
 
 void ShardWorker::ApplyTransition(const ItemTransition& t, ReadyBatch& ready_keys) {
   auto buffer = ready_keys.Buffer(index_, t.ns, t.topic);
-  buffer->CountTransition(position_, t.from, t.to);
-  if (t.from == ItemState::kReady && t.to != ItemState::kReady) {
+  // A released row is READY here while MySQL still said DELAYED.
+  ItemState from = t.from;
+  if (from == ItemState::kDelayed && releases_.Forget(t.row)) from = ItemState::kReady;
+  if (from != t.to) buffer->CountTransition(position_, from, t.to);
+  if (from == ItemState::kReady && t.to != ItemState::kReady) {
     buffer->OnRemoved(position_, t.row);
   }
   if (t.to == ItemState::kReady) {
+    // Offered again if released: a refill since may have left it out of the window.
     ready_keys.Add(buffer, {t.priority, t.deliver_after, t.row});
-  } else if (t.to == ItemState::kDelayed || t.to == ItemState::kLeased) {
+  } else if (t.to == ItemState::kLeased) {
     NoteDeadline(t.deliver_after);
+  } else if (t.to == ItemState::kDelayed) {
+    ScheduleRelease(t);
   }
+}
+
+void ShardWorker::ScheduleRelease(const ItemTransition& t) {
+  // Its release is a deadline of the ticker's too, maybe before the next promotion.
+  if (releases_.MaybeAdd(t) && ticker_ != nullptr) ticker_->Poke();
+  NoteDeadline(releases_.PromoteAt(t.deliver_after));
 }
 
 void ShardWorker::FailAll(Work& work, const Status& status) {

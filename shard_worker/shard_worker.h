@@ -30,6 +30,7 @@
 #include "common/ticker.h"
 #include "prefetch/prefetch_index.h"
 #include "shard_worker/circuit_breaker.h"
+#include "shard_worker/release_schedule.h"
 #include "store/store_api.h"
 
 namespace shardq::shard_worker {
@@ -38,7 +39,10 @@ struct WorkerOptions {
   size_t max_batch = 500;                // rows per store call (of every kind)
   size_t max_pending_enqueues = 50'000;  // beyond this: RESOURCE_EXHAUSTED
   size_t promote_batch = 1'000;          // due items moved per transaction
-  Duration purge_interval{1'000};        // how often TTL purge runs
+  // How far ahead a promotion reads DELAYED items, to release each into the ready
+  // index at its due time (release_schedule.h); 0: only promotions make items ready.
+  Duration lookahead{100};
+  Duration purge_interval{1'000};  // how often TTL purge runs
   BreakerOptions breaker;
 };
 
@@ -169,6 +173,10 @@ class ShardWorker final : public Tickable {
   void FailAll(Work& work, const Status& status);
   class ReadyBatch;
   void ApplyTransition(const ItemTransition& t, ReadyBatch& ready_keys);
+  // Puts the scheduled DELAYED items due at `now` into the ready index (ticker).
+  void ReleaseDue(Time now);
+  // A row became DELAYED (t): its release, if read ahead already, and its promotion.
+  void ScheduleRelease(const ItemTransition& t);
   void OnShardDown();
   void OnShardUp();
   // Records an outcome in the breaker; on a trip, marks the shard's windows down.
@@ -194,7 +202,8 @@ class ShardWorker final : public Tickable {
   bool recovered_ = false;
   bool starting_ = false;  // Start() was called, its first open has not run yet
   bool stopping_ = false;
-  std::optional<Time> next_due_;  // earliest known DELAYED/LEASED deadline
+  std::optional<Time> next_due_;  // when to promote next (DELAYED/LEASED deadlines)
+  ReleaseSchedule releases_;
   Time next_purge_{};
   std::string last_error_;
 };

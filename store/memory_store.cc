@@ -245,7 +245,9 @@ LeasedItem MemoryShardStore::LeaseOut(RowId id, Row& r, const std::string& worke
 }
 
 bool MemoryShardStore::Leasable(const Row& r, Time now) {
-  return r.state == ItemState::kReady && !(r.expires_at && *r.expires_at <= now);
+  const bool due = r.state == ItemState::kReady ||
+                   (r.state == ItemState::kDelayed && r.deliver_after <= now);
+  return due && !(r.expires_at && *r.expires_at <= now);
 }
 
 void MemoryShardStore::Lease(Row& r, const std::string& worker_id, LeaseToken token,
@@ -390,7 +392,8 @@ Result<std::vector<ItemOutcome>> MemoryShardStore::Extend(
 }
 
 Result<Promotion> MemoryShardStore::PromoteDue(Time now, size_t limit,
-                                               const PromoteHandoff& handoff) {
+                                               const PromoteHandoff& handoff,
+                                               const Lookahead& look) {
   std::lock_guard lock(mu_);
   ++calls_[static_cast<size_t>(Op::kPromoteDue)];
   SHARDQ_RETURN_IF_ERROR(TakeFailure(Op::kPromoteDue));
@@ -427,6 +430,24 @@ Result<Promotion> MemoryShardStore::PromoteDue(Time now, size_t limit,
   }
   if (handoff) HandOff(handoff, now, out);
   out.next_due = NextDueLocked();
+  for (const auto& [id, r] : rows_) {
+    if (r.state == ItemState::kLeased &&
+        (!out.next_expiry || r.deliver_after < *out.next_expiry)) {
+      out.next_expiry = r.deliver_after;
+    }
+  }
+  std::vector<std::pair<Time, uint64_t>> soon;
+  for (const auto& [id, r] : rows_) {
+    if (r.state == ItemState::kDelayed && r.deliver_after > std::max(now, look.after) &&
+        r.deliver_after <= look.until) {
+      soon.emplace_back(r.deliver_after, id);
+    }
+  }
+  std::sort(soon.begin(), soon.end());
+  if (soon.size() > look.limit) soon.resize(look.limit);
+  for (const auto& [when, id] : soon) {
+    out.upcoming.push_back(Changed(id, rows_[id], ItemState::kDelayed));
+  }
   return out;
 }
 

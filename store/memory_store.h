@@ -67,8 +67,8 @@ class MemoryShardStore final : public ShardStore {
                                         Time now) override;
   Result<std::vector<ItemOutcome>> Extend(std::span<const ExtendRequest> reqs,
                                           Time now) override;
-  Result<Promotion> PromoteDue(Time now, size_t limit,
-                               const PromoteHandoff& handoff = {}) override;
+  Result<Promotion> PromoteDue(Time now, size_t limit, const PromoteHandoff& handoff = {},
+                               const Lookahead& look = {}) override;
   Result<std::vector<ItemTransition>> PurgeExpired(Time now, size_t limit) override;
   Result<std::optional<Time>> NextDue() override;
   Result<std::vector<TopicCounts>> CountByTopic() override;
@@ -128,7 +128,8 @@ class MemoryShardStore final : public ShardStore {
   // Moves `r` to the final state `to` at `now` (finished_at, purge time, no TTL).
   void Finish(Row& r, ItemState to, Time now) const;
   static void AddEvent(Row& r, Time at, std::string kind, std::string detail = "");
-  // Whether a claim (or a handoff) may lease `r` at `now`: READY and not past its TTL.
+  // Whether a claim (or a handoff) may lease `r` at `now`: READY, or DELAYED and due,
+  // and not past its TTL.
   static bool Leasable(const Row& r, Time now);
   // Leases the READY row `r` at `now` (Claim, and Insert with an InsertLease).
   static void Lease(Row& r, const std::string& worker_id, LeaseToken token, Time now);

@@ -174,6 +174,7 @@ R MySqlShardStore::Run(const char* op, F&& body) {
     MySqlShardStore* store;
     ~ReleaseStatements() { store->ReleaseStatements(); }
   } release{this};
+  uncommitted_refs_.clear();  // left by a transaction that did not commit
   try {
     return body();
   } catch (const DbError& e) {
@@ -332,9 +333,16 @@ DbStatement& MySqlShardStore::Stmt(const std::string& sql) {
 
 // A plain COMMIT reports the server's answer: if the server died before it answered,
 // the caller learns the outcome was not a commit, and nothing is acknowledged.
-void MySqlShardStore::Commit() { conn_->Execute("COMMIT"); }
+void MySqlShardStore::Commit() {
+  conn_->Execute("COMMIT");
+  CacheWorkerRefs(uncommitted_refs_);
+  uncommitted_refs_.clear();
+}
 
-void MySqlShardStore::Rollback() { conn_->Execute("ROLLBACK"); }
+void MySqlShardStore::Rollback() {
+  uncommitted_refs_.clear();
+  conn_->Execute("ROLLBACK");
+}
 
 Status MySqlShardStore::Ping() {
   return Run<Status>("ping", [&]() -> Status {
@@ -646,7 +654,8 @@ std::map<std::string, uint32_t> MySqlShardStore::WorkerRefs(
   if (missing.empty()) return refs;
   // A new name is registered in a transaction of its own, committed before the claim
   // that uses it, so a cached id always names a committed row; without `commit` it is
-  // part of the caller's transaction and not cached (it may yet roll back).
+  // part of the caller's transaction, and cached only when that commits (it may yet
+  // roll back).
   for (size_t begin = 0, n = 0; begin < missing.size(); begin += n) {
     n = InsertChunk(missing.size() - begin);
     std::string sql = "INSERT IGNORE INTO workers (name) VALUES (?)";
@@ -668,11 +677,15 @@ std::map<std::string, uint32_t> MySqlShardStore::WorkerRefs(
     DbRows& rs = sel.ExecuteQuery();
     while (rs.Next()) refs[Str(rs, 2)] = rs.GetUInt(1);
   }
-  if (!commit) return refs;
-  Commit();
-  if (worker_refs_.size() + missing.size() > kMaxCachedWorkers) worker_refs_.clear();
-  for (const std::string& name : missing) worker_refs_[name] = refs[name];
+  for (const std::string& name : missing) uncommitted_refs_[name] = refs[name];
+  if (commit) Commit();
   return refs;
+}
+
+void MySqlShardStore::CacheWorkerRefs(
+    const std::unordered_map<std::string, uint32_t>& refs) {
+  if (worker_refs_.size() + refs.size() > kMaxCachedWorkers) worker_refs_.clear();
+  for (const auto& [name, id] : refs) worker_refs_[name] = id;
 }
 
 int MySqlShardStore::MarkSucceeded(const std::vector<SucceededRow>& done, int64_t now_ms,
@@ -1026,12 +1039,19 @@ Result<std::vector<LeasedItem>> MySqlShardStore::LeaseRows(
   // then a SELECT) because LeasedItem.deliver_after is the pre-claim due time,
   // which the UPDATE overwrites. Under READ COMMITTED rows that fail the WHERE are
   // not kept locked.
+  // A claim (from READY) also takes a DELAYED row that is due: the shard worker
+  // releases those into the ready index at their time, ahead of their promotion.
+  const bool claim = from_state == kReady;
   DbStatement& sel = Stmt(
       "SELECT id, ns, topic, priority, deliver_after, lease_ms, attempts, enqueued_at, "
       "payload, metadata, task_type, max_attempts FROM items WHERE id IN " +
-      in + " AND state = " + std::to_string(from_state) +
+      in +
+      (claim ? " AND (state = " + std::to_string(kReady) + " OR (state = " +
+                   std::to_string(kDelayed) + " AND deliver_after <= ?))"
+             : " AND state = " + std::to_string(from_state)) +
       " AND (expires_at IS NULL OR expires_at > ?) FOR UPDATE");
   unsigned p = BindIds(sel, 1, ids);
+  if (claim) sel.SetInt64(p++, now_ms);
   sel.SetInt64(p, now_ms);
   std::vector<LeasedItem> out;
   std::vector<uint64_t> locked;
@@ -1275,7 +1295,8 @@ Result<std::vector<ItemOutcome>> MySqlShardStore::Extend(
 }
 
 Result<Promotion> MySqlShardStore::PromoteDue(Time now, size_t limit,
-                                              const PromoteHandoff& handoff) {
+                                              const PromoteHandoff& handoff,
+                                              const Lookahead& look) {
   using R = Result<Promotion>;
   if (limit == 0) {
     auto next = NextDue();
@@ -1299,12 +1320,28 @@ Result<Promotion> MySqlShardStore::PromoteDue(Time now, size_t limit,
                " ORDER BY deliver_after, id LIMIT ? FOR UPDATE)";
       }
     }
+    // And the DELAYED rows of the lookahead window, read only.
+    const int64_t soon_from = std::max(now_ms, ToUnixMillis(look.after));
+    const int64_t soon_until = ToUnixMillis(look.until);
+    const bool ahead = look.limit > 0 && soon_until > soon_from;
+    if (ahead) {
+      sql += " UNION ALL (SELECT " + kLockCols +
+             " FROM items WHERE state = " + std::to_string(kDelayed) +
+             " AND deliver_after > ? AND deliver_after <= ? ORDER BY deliver_after, id "
+             "LIMIT ?)";
+    }
     DbStatement& sel = Stmt(sql);
     unsigned p = 1;
     for (int part = 0; part < 4; ++part) {
       sel.SetInt64(p++, now_ms);
       sel.SetUInt64(p++, part % 2 == 0 ? limit : 1);
     }
+    if (ahead) {
+      sel.SetInt64(p++, soon_from);
+      sel.SetInt64(p++, soon_until);
+      sel.SetUInt64(p++, look.limit);
+    }
+    std::set<uint64_t> soon_seen;  // the "next due" row may also be in the window
     std::vector<std::pair<uint64_t, LockedRow>> due;
     Promotion out;
     size_t due_of_state[2] = {0, 0};
@@ -1316,6 +1353,14 @@ Result<Promotion> MySqlShardStore::PromoteDue(Time now, size_t limit,
         const Time at = FromUnixMillis(r.deliver_after);
         if (r.deliver_after > now_ms) {
           if (!out.next_due || at < *out.next_due) out.next_due = at;
+          if (r.state == kLeased && (!out.next_expiry || at < *out.next_expiry)) {
+            out.next_expiry = at;
+          }
+          if (ahead && r.state == kDelayed && r.deliver_after > soon_from &&
+              r.deliver_after <= soon_until && soon_seen.insert(id).second) {
+            out.upcoming.push_back(MakeTransition(id, r, ItemState::kDelayed,
+                                                  ItemState::kDelayed, r.deliver_after));
+          }
           continue;
         }
         ++due_of_state[r.state == kDelayed ? 0 : 1];
@@ -1332,6 +1377,12 @@ Result<Promotion> MySqlShardStore::PromoteDue(Time now, size_t limit,
              std::tie(b.second.deliver_after, b.first);
     });
     if (due.size() > limit) due.resize(limit);
+    std::sort(out.upcoming.begin(), out.upcoming.end(),
+              [](const ItemTransition& a, const ItemTransition& b) {
+                return std::tie(a.deliver_after, a.row) <
+                       std::tie(b.deliver_after, b.row);
+              });
+    if (out.upcoming.size() > look.limit) out.upcoming.resize(look.limit);
     std::vector<uint64_t> delayed_ids, expired_ids;
     std::map<std::pair<int, int64_t>, std::vector<uint64_t>> finished;  // (state, purge)
     std::vector<PendingEvent> events;

@@ -60,8 +60,8 @@ class MySqlShardStore final : public ShardStore {
                                         Time now) override;
   Result<std::vector<ItemOutcome>> Extend(std::span<const ExtendRequest> reqs,
                                           Time now) override;
-  Result<Promotion> PromoteDue(Time now, size_t limit,
-                               const PromoteHandoff& handoff = {}) override;
+  Result<Promotion> PromoteDue(Time now, size_t limit, const PromoteHandoff& handoff = {},
+                               const Lookahead& look = {}) override;
   Result<std::vector<ItemTransition>> PurgeExpired(Time now, size_t limit) override;
   Result<std::optional<Time>> NextDue() override;
   Result<std::vector<TopicCounts>> CountByTopic() override;
@@ -115,9 +115,11 @@ class MySqlShardStore final : public ShardStore {
       std::vector<detail::PendingEvent> events);
   // The workers.id of each name in `names` (0 for ""), registering new names in a
   // transaction of their own (committed on return); with commit = false, in the
-  // caller's transaction instead.
+  // caller's transaction instead, and cached once that transaction commits.
   std::map<std::string, uint32_t> WorkerRefs(const std::map<uint64_t, std::string>& names,
                                              bool commit = true);
+  // Adds committed name -> workers.id pairs to worker_refs_ (bounded).
+  void CacheWorkerRefs(const std::unordered_map<std::string, uint32_t>& refs);
   // PromoteDue's handoff, in its transaction, before its UPDATE to READY: leases the
   // DELAYED items of `out.moved` that `handoff` picks, updates `out`, and takes the
   // leased rows out of `to_ready`.
@@ -174,6 +176,9 @@ class MySqlShardStore final : public ShardStore {
   std::unordered_map<std::string, std::unique_ptr<DbStatement>> stmts_;
   std::vector<DbStatement*> used_;  // by Stmt() since ReleaseStatements()
   std::unordered_map<std::string, uint32_t> worker_refs_;  // committed workers rows
+  // Names the open transaction registered: cached by Commit(), dropped by any other
+  // end of the transaction (the next Run() starts without them).
+  std::unordered_map<std::string, uint32_t> uncommitted_refs_;
   // What the acks' fast path needs of rows this store leased (immutable per row, so an
   // entry never goes wrong, only stale; the compare-and-swap catches that).
   struct LeasedRowInfo {

@@ -93,6 +93,20 @@ struct Promotion {
   // The earliest deliver_after among the DELAYED and LEASED items left (<= now if
   // more were due than the call's limit), or nullopt if there are none.
   std::optional<Time> next_due;
+  // The earliest lease deadline among the LEASED items left (part of next_due).
+  std::optional<Time> next_expiry;
+  // The DELAYED items falling due in the call's Lookahead window, earliest first,
+  // unchanged (from = to = kDelayed): the shard worker releases each into the ready
+  // index at its time, where a claim can lease it before any promotion runs.
+  std::vector<ItemTransition> upcoming;
+};
+
+// Which DELAYED items PromoteDue also reports as `upcoming`: those with
+// after < deliver_after <= until (and > now). Empty (until <= after) by default.
+struct Lookahead {
+  Time after{};
+  Time until{};
+  size_t limit = 0;
 };
 
 // One row's result of Insert, in input order.
@@ -216,12 +230,12 @@ class ShardStore {
                                                    const std::string& topic,
                                                    size_t limit) = 0;
 
-  // Leases the given rows if they are still READY (compare-and-swap) and not expired
-  // by TTL: state LEASED, lease_token = token, deliver_after = now + the item's lease
-  // duration, attempts + 1, worker_id, first (if unset) and last delivered = now;
-  // event "leased". Returns the rows that were leased (others are skipped), in any
-  // order, with payload and metadata.
-  // (Each row carries its own worker_id: one batch serves many callers.)
+  // Leases the given rows if they are still READY, or DELAYED and due at `now`
+  // (compare-and-swap), and not expired by TTL: state LEASED, lease_token = token,
+  // deliver_after = now + the item's lease duration, attempts + 1, worker_id, first (if
+  // unset) and last delivered = now; event "leased". Returns the rows that were leased
+  // (others are skipped), in any order, with payload and metadata. (Each row carries its
+  // own worker_id: one batch serves many callers.)
   virtual Result<std::vector<LeasedItem>> Claim(std::span<const ClaimRequest> rows,
                                                 LeaseToken token, Time now) = 0;
 
@@ -254,9 +268,11 @@ class ShardStore {
   // a time <= now when more than `limit` items were due), so the shard worker learns
   // it in the same transaction. `handoff`, if set, picks DELAYED items to lease
   // instead (see PromoteHandoff); the first lease of an item counts, and one whose
-  // TTL has passed is not leased.
+  // TTL has passed is not leased. `look` asks for the items falling due soon
+  // (Promotion::upcoming), read in the same round trip; nothing changes for them.
   virtual Result<Promotion> PromoteDue(Time now, size_t limit,
-                                       const PromoteHandoff& handoff = {}) = 0;
+                                       const PromoteHandoff& handoff = {},
+                                       const Lookahead& look = {}) = 0;
 
   // Deletes (with their history) up to `limit` items whose TTL (expires_at) is
   // <= now in a non-final state, or that are final with deliver_after (the purge

@@ -94,10 +94,12 @@ struct EnqueueOutcome {
   int calls = 0;
 };
 
-// Options that keep the purge out of the way (it would cap Tick's answer).
+// Options that keep the purge out of the way (it would cap Tick's answer), and
+// promotions at the items' due times (no read-ahead: see the ReadAhead tests).
 WorkerOptions QuietOptions() {
   WorkerOptions o;
   o.purge_interval = Duration(3'600'000);
+  o.lookahead = Duration(0);
   return o;
 }
 
@@ -175,6 +177,13 @@ class ShardWorkerTest : public ::testing::Test {
     io_.RunAll();
     EXPECT_EQ(calls, 1);
     return got;
+  }
+
+  // The store's own counts of the one topic (as MySQL would say).
+  store::TopicCounts StoredCounts() {
+    auto counts = store_->CountByTopic();
+    EXPECT_TRUE(counts.ok() && counts->size() == 1);
+    return counts.ok() && counts->size() == 1 ? (*counts)[0] : store::TopicCounts{};
   }
 
   FakeClock clock_;
@@ -601,6 +610,109 @@ TEST_F(ShardWorkerTest, TickPromotesDelayedItemExactlyAtItsTime) {
   EXPECT_EQ(c.ready, 2);
   // Nothing due any more: the backstop.
   EXPECT_EQ(worker_->Tick(clock_.Now()), Ticker::kMaxSleep);
+}
+
+// With read-ahead, a promotion reads the DELAYED items falling due soon; the ticker
+// releases each into the ready index at its time, and a claim leases it while MySQL
+// still says DELAYED: no promotion stands between its due time and its delivery.
+TEST_F(ShardWorkerTest, ReadAheadReleasesADelayedItemAtItsTimeForAClaim) {
+  WorkerOptions options = QuietOptions();
+  options.lookahead = Duration(100);
+  MakeWorker(options);
+  StartWorker();
+  auto out = EnqueueAsync({Item("t", 0, clock_.Now() + Duration(300))});
+  io_.RunAll();
+  ASSERT_TRUE(out->rows.ok());
+  const RowId row = (*out->rows)[0].row;
+  LoadWindow("t");
+  auto buffer = Buffer("t");
+  // The promotion that reads it comes a lookahead before its time.
+  EXPECT_EQ(worker_->Tick(clock_.Now()), Duration(200));
+  clock_.Advance(Duration(200));
+  worker_->Tick(clock_.Now());
+  io_.RunAll();
+  EXPECT_EQ(buffer->Counts().delayed, 1);
+  EXPECT_EQ(buffer->WindowSize(0), 0u);
+  EXPECT_EQ(worker_->Tick(clock_.Now()), Duration(100));  // its release
+
+  clock_.Advance(Duration(99));
+  worker_->Tick(clock_.Now());
+  EXPECT_EQ(buffer->WindowSize(0), 0u);  // not 1 ms early
+  clock_.Advance(Duration(1));
+  worker_->Tick(clock_.Now());
+  EXPECT_EQ(buffer->WindowSize(0), 1u);  // released, before any strand turn ran
+  EXPECT_EQ(buffer->Counts().delayed, 0);
+  EXPECT_EQ(buffer->Counts().ready, 1);
+
+  const size_t promotions = store_->calls(MemoryShardStore::Op::kPromoteDue);
+  std::vector<LeasedItem> leased = TakeAndClaim("t", 1);
+  ASSERT_EQ(leased.size(), 1u);
+  EXPECT_EQ(leased[0].row, row);
+  EXPECT_EQ(leased[0].deliver_after, clock_.Now());
+  prefetch::StateCounts c = buffer->Counts();
+  EXPECT_EQ(c.delayed, 0);
+  EXPECT_EQ(c.ready, 0);
+  EXPECT_EQ(c.leased, 1);
+  // The claim ran first in its turn; a promotion after it found nothing to move.
+  EXPECT_LE(store_->calls(MemoryShardStore::Op::kPromoteDue), promotions + 1);
+  EXPECT_EQ(StoredCounts().leased, 1u);
+}
+
+TEST_F(ShardWorkerTest, ReadAheadReleasedItemNoClaimTookIsPromotedAndCountedOnce) {
+  WorkerOptions options = QuietOptions();
+  options.lookahead = Duration(100);
+  MakeWorker(options);
+  StartWorker();
+  auto out = EnqueueAsync({Item("t", 0, clock_.Now() + Duration(50))});
+  io_.RunAll();
+  ASSERT_TRUE(out->rows.ok());
+  LoadWindow("t");
+  auto buffer = Buffer("t");
+  // Due within the window the start-up promotion read: scheduled at its enqueue.
+  EXPECT_EQ(worker_->Tick(clock_.Now()), Duration(50));
+  clock_.Advance(Duration(50));
+  worker_->Tick(clock_.Now());
+  EXPECT_EQ(buffer->Counts().ready, 1);
+  EXPECT_EQ(buffer->WindowSize(0), 1u);
+  // Its promotion (due too: half the read-ahead window is used by now) makes the
+  // store say READY without counting the item a second time.
+  EXPECT_EQ(io_.queued(), 1u);
+  io_.RunAll();
+  store::TopicCounts stored = StoredCounts();
+  EXPECT_EQ(stored.ready, 1u);
+  EXPECT_EQ(stored.delayed, 0u);
+  prefetch::StateCounts c = buffer->Counts();
+  EXPECT_EQ(c.ready, 1);
+  EXPECT_EQ(c.delayed, 0);
+  EXPECT_EQ(buffer->WindowSize(0), 1u);
+  EXPECT_EQ(TakeAndClaim("t", 1).size(), 1u);
+  EXPECT_EQ(buffer->Counts().leased, 1);
+}
+
+TEST_F(ShardWorkerTest, ReadAheadReleasedItemStaysInTheWindowThroughARefill) {
+  WorkerOptions options = QuietOptions();
+  options.lookahead = Duration(200);
+  MakeWorker(options);
+  StartWorker();
+  auto out = EnqueueAsync({Item("t", 5), Item("t", 0, clock_.Now() + Duration(50))});
+  io_.RunAll();
+  ASSERT_TRUE(out->rows.ok());
+  const RowId delayed = (*out->rows)[1].row;
+  LoadWindow("t");
+  auto buffer = Buffer("t");
+  clock_.Advance(Duration(50));
+  // Released; its promotion waits until half the 200 ms window is used (+100).
+  EXPECT_EQ(worker_->Tick(clock_.Now()), Duration(50));
+  EXPECT_EQ(io_.queued(), 0u);
+  EXPECT_EQ(buffer->WindowSize(0), 2u);
+  // A refill reads READY rows only; the released key is offered again after it.
+  worker_->Refill(buffer);
+  io_.RunAll();
+  EXPECT_EQ(StoredCounts().delayed, 1u);
+  EXPECT_EQ(buffer->WindowSize(0), 2u);
+  std::vector<LeasedItem> first = TakeAndClaim("t", 1);
+  ASSERT_EQ(first.size(), 1u);
+  EXPECT_EQ(first[0].row, delayed);  // priority 0 before 5
 }
 
 TEST_F(ShardWorkerTest, DueItemsArePromotedBeforeTheTurnsEnqueuesAndAcks) {

@@ -782,6 +782,66 @@ TYPED_TEST(StoreContractTest, PromoteDueSaysWhenItNextHasWork) {
   EXPECT_EQ(delayed.next_due, kT0 + 9s);
 }
 
+TYPED_TEST(StoreContractTest, PromoteDueReadsTheLookaheadWindowAndChangesNothingThere) {
+  RowId leased = this->InsertOne(Item("t", 0, kT0, "p", 5s));  // lease ends kT0+5s
+  this->ClaimOne(leased, 1);
+  RowId d1 = this->InsertOne(Item("u", 7, kT0 + 1s));
+  RowId d2 = this->InsertOne(Item("t", 0, kT0 + 2s));
+  RowId d3 = this->InsertOne(Item("t", 0, kT0 + 3s));
+  this->InsertOne(Item("t", 0, kT0 + 10s));
+  Promotion p = Must(this->store().PromoteDue(
+      kT0, 10, {}, {.after = kT0, .until = kT0 + 3s, .limit = 10}));
+  EXPECT_TRUE(p.moved.empty());
+  EXPECT_EQ(p.next_due, kT0 + 1s);
+  EXPECT_EQ(p.next_expiry, kT0 + 5s);
+  ASSERT_EQ(p.upcoming.size(), 3u);
+  EXPECT_EQ(p.upcoming[0].row, d1);
+  EXPECT_EQ(p.upcoming[0].topic, "u");
+  EXPECT_EQ(p.upcoming[0].priority, 7);
+  EXPECT_EQ(p.upcoming[0].from, ItemState::kDelayed);
+  EXPECT_EQ(p.upcoming[0].to, ItemState::kDelayed);
+  EXPECT_EQ(p.upcoming[0].deliver_after, kT0 + 1s);
+  EXPECT_EQ(p.upcoming[1].row, d2);
+  EXPECT_EQ(p.upcoming[2].row, d3);
+  EXPECT_EQ(this->Counts("t").delayed, 3u);
+  EXPECT_EQ(this->Counts("u").delayed, 1u);
+  // The window starts after `after`, and holds at most `limit`.
+  std::vector<ItemTransition> later =
+      Must(this->store().PromoteDue(kT0, 10, {},
+                                    {.after = kT0 + 1s, .until = kT0 + 3s, .limit = 1}))
+          .upcoming;
+  ASSERT_EQ(later.size(), 1u);
+  EXPECT_EQ(later[0].row, d2);
+  // Without a window, nothing; and a due item is moved, not reported as upcoming.
+  EXPECT_TRUE(Must(this->store().PromoteDue(kT0, 10)).upcoming.empty());
+  Promotion at1 = Must(this->store().PromoteDue(
+      kT0 + 1s, 10, {}, {.after = kT0, .until = kT0 + 2s, .limit = 10}));
+  ASSERT_EQ(at1.moved.size(), 1u);
+  EXPECT_EQ(at1.moved[0].row, d1);
+  ASSERT_EQ(at1.upcoming.size(), 1u);
+  EXPECT_EQ(at1.upcoming[0].row, d2);
+}
+
+TYPED_TEST(StoreContractTest, ClaimLeasesADelayedItemOnceItIsDue) {
+  RowId id = this->InsertOne(Item("t", 3, kT0 + 1s, "p", 30s));
+  RowId expired = this->InsertOne(Item("t", 3, kT0 + 1s, "p", 30s, kT0 + 1s));
+  EXPECT_TRUE(this->Claim({id}, 1, kT0 + 1s - 1ms).empty());  // not yet due
+  std::vector<LeasedItem> got = this->Claim({id, expired}, 1, kT0 + 1s);
+  ASSERT_EQ(got.size(), 1u);  // not the one past its TTL
+  EXPECT_EQ(got[0].row, id);
+  EXPECT_EQ(got[0].deliver_after, kT0 + 1s);
+  EXPECT_EQ(got[0].lease_deadline, kT0 + 31s);
+  EXPECT_EQ(got[0].attempts, 1u);
+  TopicCounts c = this->Counts("t");
+  EXPECT_EQ(c.delayed, 1u);  // `expired`, left for the purge
+  EXPECT_EQ(c.leased, 1u);
+  // Its promotion has nothing left to move; the lease acks as any other.
+  Promotion p = Must(this->store().PromoteDue(kT0 + 1s, 10));
+  ASSERT_EQ(p.moved.size(), 1u);
+  EXPECT_EQ(p.moved[0].row, expired);
+  EXPECT_TRUE(this->AckOne(id, 1, kT0 + 2s).status.ok());
+}
+
 TYPED_TEST(StoreContractTest, ExpiredLeaseBecomesReadyAndKeepsItsTokenForALateAck) {
   RowId id = this->InsertOne(Item("t", 2, kT0, "p", 30s));
   this->ClaimOne(id, 41);

@@ -1,0 +1,111 @@
+#include "shard_worker/release_schedule.h"
+
+#include <algorithm>
+
+namespace shardq::shard_worker {
+
+store::Lookahead ReleaseSchedule::Window(Time now) const {
+  if (lookahead_ <= Duration(0)) return {};
+  std::lock_guard lock(mu_);
+  return {
+      .after = std::max(known_until_, now), .until = now + lookahead_, .limit = limit_};
+}
+
+void ReleaseSchedule::Learned(const store::Lookahead& asked,
+                              std::span<const ItemTransition> upcoming) {
+  if (asked.limit == 0) return;
+  std::lock_guard lock(mu_);
+  for (const ItemTransition& t : upcoming) {
+    if (released_.contains(t.row) || at_.contains(t.row)) continue;
+    by_time_.emplace(std::pair(t.deliver_after, t.row), t);
+    at_.emplace(t.row, t.deliver_after);
+  }
+  // A full answer may have left rows of its last millisecond unread: read that one
+  // again next time (what is already scheduled is skipped above).
+  const Time read_until = upcoming.size() >= asked.limit
+                              ? upcoming.back().deliver_after - Duration(1)
+                              : asked.until;
+  known_until_ = std::max(known_until_, read_until);
+}
+
+bool ReleaseSchedule::MaybeAdd(const ItemTransition& t) {
+  if (lookahead_ <= Duration(0)) return false;
+  std::lock_guard lock(mu_);
+  if (t.deliver_after > known_until_ || released_.contains(t.row) ||
+      at_.contains(t.row)) {
+    return false;
+  }
+  by_time_.emplace(std::pair(t.deliver_after, t.row), t);
+  at_.emplace(t.row, t.deliver_after);
+  return true;
+}
+
+Time ReleaseSchedule::PromoteAt(Time next_delayed) const {
+  if (lookahead_ <= Duration(0)) return next_delayed;
+  std::lock_guard lock(mu_);
+  // Not read ahead yet: promote early enough that the lookahead reads it.
+  if (next_delayed > known_until_) return next_delayed - lookahead_;
+  // Scheduled for release (every DELAYED row due by known_until_ is): claims lease
+  // it from the ready index, so its promotion may wait until the read-ahead window is
+  // half used; one promotion then moves every released item no claim took, in one
+  // transaction instead of one per turn.
+  return std::max(next_delayed, known_until_ - lookahead_ / 2);
+}
+
+std::vector<ItemTransition> ReleaseSchedule::TakeDue(Time now) {
+  std::vector<ItemTransition> due;
+  std::lock_guard lock(mu_);
+  while (!by_time_.empty() && by_time_.begin()->first.first <= now) {
+    auto node = by_time_.extract(by_time_.begin());
+    at_.erase(node.mapped().row);
+    released_.emplace(node.mapped().row, node.mapped());
+    due.push_back(std::move(node.mapped()));
+  }
+  return due;
+}
+
+std::optional<Time> ReleaseSchedule::NextRelease() const {
+  std::lock_guard lock(mu_);
+  if (by_time_.empty()) return std::nullopt;
+  return by_time_.begin()->first.first;
+}
+
+std::vector<ReadyKey> ReleaseSchedule::ReleasedOf(const std::string& ns,
+                                                  const std::string& topic) const {
+  std::vector<ReadyKey> keys;
+  std::lock_guard lock(mu_);
+  for (const auto& [row, t] : released_) {
+    if (t.ns == ns && t.topic == topic)
+      keys.push_back({t.priority, t.deliver_after, row});
+  }
+  return keys;
+}
+
+bool ReleaseSchedule::Forget(RowId row) {
+  std::lock_guard lock(mu_);
+  if (auto it = at_.find(row); it != at_.end()) {
+    by_time_.erase(std::pair(it->second, row));
+    at_.erase(it);
+  }
+  return released_.erase(row) > 0;
+}
+
+void ReleaseSchedule::Clear() {
+  std::lock_guard lock(mu_);
+  by_time_.clear();
+  at_.clear();
+  released_.clear();
+  known_until_ = {};
+}
+
+size_t ReleaseSchedule::scheduled() const {
+  std::lock_guard lock(mu_);
+  return by_time_.size();
+}
+
+size_t ReleaseSchedule::released() const {
+  std::lock_guard lock(mu_);
+  return released_.size();
+}
+
+}  // namespace shardq::shard_worker

@@ -1,0 +1,76 @@
+#pragma once
+// ReleaseSchedule: the DELAYED items of one shard that fall due soon, so the shard
+// worker can make each one dequeueable at its due time without a round trip to MySQL.
+//
+// Why: a promotion (DELAYED -> READY in MySQL) waits its turn behind the shard's other
+// transactions, so an item became visible a whole turn after its due time. Instead
+// each promotion also reads the DELAYED rows due within the next `lookahead`
+// (Lookahead, Promotion::upcoming); at its due time the ticker releases the item into
+// the ready index (a claim leases a DELAYED row once it is due), and the promotion
+// that follows only makes MySQL say READY for what no claim took meanwhile.
+//
+// The in-memory view of a released row is READY while MySQL still says DELAYED, so
+// the worker asks Forget() on every transition out of DELAYED: a released row then
+// counts as leaving READY. Thread-safe (the ticker releases, the strand learns and
+// forgets); never calls out while holding its lock.
+#include <map>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "common/clock.h"
+#include "common/ids.h"
+#include "common/item.h"
+#include "store/store_api.h"
+
+namespace shardq::shard_worker {
+
+class ReleaseSchedule {
+ public:
+  // `lookahead` 0 turns it off: Window() asks for nothing.
+  ReleaseSchedule(Duration lookahead, size_t limit)
+      : lookahead_(lookahead), limit_(limit) {}
+
+  // What a promotion at `now` should read ahead: the part of (now, now + lookahead]
+  // not read yet.
+  store::Lookahead Window(Time now) const;
+  // A promotion read `asked` and found `upcoming` (earliest first, at most asked.limit).
+  void Learned(const store::Lookahead& asked, std::span<const ItemTransition> upcoming);
+  // A row became DELAYED (insert, nack): scheduled if its due time is in the part
+  // already read (a later read would not see it again). True if it was scheduled.
+  bool MaybeAdd(const ItemTransition& t);
+  // When to promote for the DELAYED item due next at `next_delayed`: early enough
+  // that the lookahead reads it before it is due; once scheduled, no sooner than
+  // needed to keep reading ahead.
+  Time PromoteAt(Time next_delayed) const;
+
+  // Removes the scheduled items due at `now` and marks them released; returns them.
+  std::vector<ItemTransition> TakeDue(Time now);
+  std::optional<Time> NextRelease() const;
+  // The released items of a topic: a refill reads READY rows only, so the worker
+  // offers these again after one.
+  std::vector<ReadyKey> ReleasedOf(const std::string& ns, const std::string& topic) const;
+  // The row left DELAYED (promoted, leased, cancelled, purged) or was re-enqueued:
+  // drops it. Returns true if it had been released (the worker counts it as READY).
+  bool Forget(RowId row);
+  // The shard was (re)opened: MySQL is the truth again.
+  void Clear();
+
+  size_t scheduled() const;
+  size_t released() const;
+
+ private:
+  const Duration lookahead_;
+  const size_t limit_;
+  mutable std::mutex mu_;
+  std::map<std::pair<Time, RowId>, ItemTransition> by_time_;
+  std::unordered_map<RowId, Time> at_;
+  std::unordered_map<RowId, ItemTransition> released_;
+  Time known_until_{};  // every DELAYED row due in (.., known_until_] is scheduled
+};
+
+}  // namespace shardq::shard_worker

@@ -1,0 +1,118 @@
+#include "shard_worker/release_schedule.h"
+
+#include <gtest/gtest.h>
+
+#include <vector>
+
+namespace shardq::shard_worker {
+namespace {
+
+const Time kT0 = FromUnixMillis(1'800'000'000'000);
+
+ItemTransition Delayed(uint64_t row, Time due) {
+  return {RowId(row), "ns", "t", 0, ItemState::kDelayed, ItemState::kDelayed, due};
+}
+
+std::vector<uint64_t> Rows(const std::vector<ItemTransition>& ts) {
+  std::vector<uint64_t> out;
+  for (const ItemTransition& t : ts) out.push_back(t.row.value());
+  return out;
+}
+
+TEST(ReleaseScheduleTest, ReadsEachPartOfTheWindowOnce) {
+  ReleaseSchedule s(Duration(100), 10);
+  store::Lookahead first = s.Window(kT0);
+  EXPECT_EQ(first.after, kT0);
+  EXPECT_EQ(first.until, kT0 + Duration(100));
+  EXPECT_EQ(first.limit, 10u);
+  s.Learned(first, std::vector{Delayed(1, kT0 + Duration(40))});
+  store::Lookahead next = s.Window(kT0 + Duration(30));
+  EXPECT_EQ(next.after, kT0 + Duration(100));  // not read again
+  EXPECT_EQ(next.until, kT0 + Duration(130));
+  EXPECT_EQ(s.scheduled(), 1u);
+}
+
+TEST(ReleaseScheduleTest, AFullAnswerIsReadAgainFromItsLastMillisecond) {
+  ReleaseSchedule s(Duration(100), 2);
+  store::Lookahead asked = s.Window(kT0);
+  s.Learned(asked,
+            std::vector{Delayed(1, kT0 + Duration(10)), Delayed(2, kT0 + Duration(20))});
+  // Row 3, also due at +20, may not have been read.
+  store::Lookahead again = s.Window(kT0);
+  EXPECT_EQ(again.after, kT0 + Duration(19));
+  s.Learned(again,
+            std::vector{Delayed(2, kT0 + Duration(20)), Delayed(3, kT0 + Duration(20))});
+  EXPECT_EQ(s.scheduled(), 3u);  // row 2 once
+}
+
+TEST(ReleaseScheduleTest, ReleasesAtTheDueTimeInOrder) {
+  ReleaseSchedule s(Duration(100), 10);
+  s.Learned(s.Window(kT0),
+            std::vector{Delayed(2, kT0 + Duration(20)), Delayed(1, kT0 + Duration(10))});
+  EXPECT_EQ(s.NextRelease(), kT0 + Duration(10));
+  EXPECT_TRUE(s.TakeDue(kT0 + Duration(9)).empty());
+  EXPECT_EQ(Rows(s.TakeDue(kT0 + Duration(20))), (std::vector<uint64_t>{1, 2}));
+  EXPECT_EQ(s.NextRelease(), std::nullopt);
+  EXPECT_EQ(s.released(), 2u);
+  ItemTransition other = Delayed(3, kT0 + Duration(30));
+  other.topic = "u";
+  s.Learned(s.Window(kT0 + Duration(20)), std::vector{other});
+  EXPECT_TRUE(s.ReleasedOf("ns", "u").empty());  // scheduled, not released yet
+  EXPECT_EQ(s.TakeDue(kT0 + Duration(30)).size(), 1u);
+  EXPECT_EQ(s.ReleasedOf("ns", "t").size(), 2u);
+  std::vector<ReadyKey> u = s.ReleasedOf("ns", "u");
+  ASSERT_EQ(u.size(), 1u);
+  EXPECT_EQ(u[0].row, RowId(3));
+  EXPECT_EQ(u[0].deliver_after, kT0 + Duration(30));
+  EXPECT_TRUE(s.Forget(RowId(1)));   // released: it counted as READY
+  EXPECT_FALSE(s.Forget(RowId(1)));  // once
+}
+
+TEST(ReleaseScheduleTest, ARowLeavingDelayedBeforeItsTimeIsNotReleased) {
+  ReleaseSchedule s(Duration(100), 10);
+  s.Learned(s.Window(kT0), std::vector{Delayed(1, kT0 + Duration(10))});
+  EXPECT_FALSE(s.Forget(RowId(1)));  // cancelled, say: was not released
+  EXPECT_TRUE(s.TakeDue(kT0 + Duration(50)).empty());
+}
+
+TEST(ReleaseScheduleTest, NewDelayedRowsAreScheduledOnlyInsideTheReadWindow) {
+  ReleaseSchedule s(Duration(100), 10);
+  s.Learned(s.Window(kT0), {});
+  s.MaybeAdd(Delayed(1, kT0 + Duration(100)));  // read already: a read would miss it
+  s.MaybeAdd(Delayed(2, kT0 + Duration(101)));  // the next read finds it
+  EXPECT_EQ(s.scheduled(), 1u);
+  EXPECT_EQ(Rows(s.TakeDue(kT0 + Duration(200))), (std::vector<uint64_t>{1}));
+}
+
+TEST(ReleaseScheduleTest, PromotesEarlyToReadAheadAndLateForWhatIsScheduled) {
+  ReleaseSchedule s(Duration(100), 10);
+  EXPECT_EQ(s.PromoteAt(kT0 + Duration(500)), kT0 + Duration(400));
+  s.Learned(s.Window(kT0), {});  // read up to +100
+  EXPECT_EQ(s.PromoteAt(kT0 + Duration(500)), kT0 + Duration(400));
+  // Scheduled: no sooner than when half the window is used.
+  EXPECT_EQ(s.PromoteAt(kT0 + Duration(10)), kT0 + Duration(50));
+  EXPECT_EQ(s.PromoteAt(kT0 + Duration(80)), kT0 + Duration(80));
+}
+
+TEST(ReleaseScheduleTest, ALookaheadOfZeroIsOff) {
+  ReleaseSchedule s(Duration(0), 10);
+  EXPECT_EQ(s.Window(kT0).limit, 0u);
+  s.Learned(s.Window(kT0), std::vector{Delayed(1, kT0 + Duration(10))});
+  s.MaybeAdd(Delayed(2, kT0));
+  EXPECT_EQ(s.scheduled(), 0u);
+  EXPECT_EQ(s.PromoteAt(kT0 + Duration(10)), kT0 + Duration(10));
+}
+
+TEST(ReleaseScheduleTest, ClearForgetsEverything) {
+  ReleaseSchedule s(Duration(100), 10);
+  s.Learned(s.Window(kT0),
+            std::vector{Delayed(1, kT0 + Duration(10)), Delayed(2, kT0 + Duration(20))});
+  s.TakeDue(kT0 + Duration(10));
+  s.Clear();
+  EXPECT_EQ(s.scheduled(), 0u);
+  EXPECT_EQ(s.released(), 0u);
+  EXPECT_EQ(s.Window(kT0).after, kT0);
+}
+
+}  // namespace
+}  // namespace shardq::shard_worker
