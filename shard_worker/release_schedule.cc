@@ -46,10 +46,10 @@ Time ReleaseSchedule::PromoteAt(Time next_delayed) const {
   // Not read ahead yet: promote early enough that the lookahead reads it.
   if (next_delayed > known_until_) return next_delayed - lookahead_;
   // Scheduled for release (every DELAYED row due by known_until_ is): claims lease
-  // it from the ready index, so its promotion may wait until the read-ahead window is
-  // half used; one promotion then moves every released item no claim took, in one
-  // transaction instead of one per turn.
-  return std::max(next_delayed, known_until_ - lookahead_ / 2);
+  // it from the ready index, so the next promotion is only for reading further ahead,
+  // once half the window is used (so the read is done before the window runs out);
+  // it also moves every released item no claim took, in one transaction.
+  return known_until_ - lookahead_ / 2;
 }
 
 std::vector<ItemTransition> ReleaseSchedule::TakeDue(Time now) {

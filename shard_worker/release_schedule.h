@@ -44,8 +44,8 @@ class ReleaseSchedule {
   // already read (a later read would not see it again). True if it was scheduled.
   bool MaybeAdd(const ItemTransition& t);
   // When to promote for the DELAYED item due next at `next_delayed`: early enough
-  // that the lookahead reads it before it is due; once scheduled, no sooner than
-  // needed to keep reading ahead.
+  // that the lookahead reads it before it is due; once it is scheduled, when half the
+  // read-ahead window is used (to read on before the window runs out).
   Time PromoteAt(Time next_delayed) const;
 
   // Removes the scheduled items due at `now` and marks them released; returns them.

@@ -89,9 +89,9 @@ TEST(ReleaseScheduleTest, PromotesEarlyToReadAheadAndLateForWhatIsScheduled) {
   EXPECT_EQ(s.PromoteAt(kT0 + Duration(500)), kT0 + Duration(400));
   s.Learned(s.Window(kT0), {});  // read up to +100
   EXPECT_EQ(s.PromoteAt(kT0 + Duration(500)), kT0 + Duration(400));
-  // Scheduled: no sooner than when half the window is used.
+  // Scheduled: when half the window is used, to read on in time.
   EXPECT_EQ(s.PromoteAt(kT0 + Duration(10)), kT0 + Duration(50));
-  EXPECT_EQ(s.PromoteAt(kT0 + Duration(80)), kT0 + Duration(80));
+  EXPECT_EQ(s.PromoteAt(kT0 + Duration(80)), kT0 + Duration(50));
 }
 
 TEST(ReleaseScheduleTest, ALookaheadOfZeroIsOff) {

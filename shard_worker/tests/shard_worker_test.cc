@@ -633,9 +633,14 @@ TEST_F(ShardWorkerTest, ReadAheadReleasesADelayedItemAtItsTimeForAClaim) {
   io_.RunAll();
   EXPECT_EQ(buffer->Counts().delayed, 1);
   EXPECT_EQ(buffer->WindowSize(0), 0u);
-  EXPECT_EQ(worker_->Tick(clock_.Now()), Duration(100));  // its release
+  // Next: reading on at half the window (+250), then its release (+300).
+  EXPECT_EQ(worker_->Tick(clock_.Now()), Duration(50));
+  clock_.Advance(Duration(50));
+  worker_->Tick(clock_.Now());
+  io_.RunAll();
+  EXPECT_EQ(worker_->Tick(clock_.Now()), Duration(50));
 
-  clock_.Advance(Duration(99));
+  clock_.Advance(Duration(49));
   worker_->Tick(clock_.Now());
   EXPECT_EQ(buffer->WindowSize(0), 0u);  // not 1 ms early
   clock_.Advance(Duration(1));
