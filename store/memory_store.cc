@@ -431,7 +431,7 @@ Result<Promotion> MemoryShardStore::PromoteDue(Time now, size_t limit,
   if (handoff) HandOff(handoff, now, out);
   out.next_due = NextDueLocked();
   for (const auto& [id, r] : rows_) {
-    if (r.state == ItemState::kLeased &&
+    if (r.state == ItemState::kLeased && r.deliver_after > now &&
         (!out.next_expiry || r.deliver_after < *out.next_expiry)) {
       out.next_expiry = r.deliver_after;
     }

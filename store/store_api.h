@@ -93,7 +93,8 @@ struct Promotion {
   // The earliest deliver_after among the DELAYED and LEASED items left (<= now if
   // more were due than the call's limit), or nullopt if there are none.
   std::optional<Time> next_due;
-  // The earliest lease deadline among the LEASED items left (part of next_due).
+  // The earliest lease deadline after `now` among the LEASED items (so the caller
+  // can tell whether next_due is a lease's end or a DELAYED item's due time).
   std::optional<Time> next_expiry;
   // The DELAYED items falling due in the call's Lookahead window, earliest first,
   // unchanged (from = to = kDelayed): the shard worker releases each into the ready
