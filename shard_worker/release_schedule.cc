@@ -7,14 +7,18 @@ namespace shardq::shard_worker {
 store::Lookahead ReleaseSchedule::Window(Time now) const {
   if (lookahead_ <= Duration(0)) return {};
   std::lock_guard lock(mu_);
-  return {
+  store::Lookahead look{
       .after = std::max(known_until_, now), .until = now + lookahead_, .limit = limit_};
+  // Items due by known_from_ were never scheduled: those are promoted as they fall due.
+  if (known_from_) look.delayed_due_by = std::max(*known_from_, now - grace());
+  return look;
 }
 
 void ReleaseSchedule::Learned(const store::Lookahead& asked,
                               std::span<const ItemTransition> upcoming) {
   if (asked.limit == 0) return;
   std::lock_guard lock(mu_);
+  if (!known_from_) known_from_ = asked.after;
   for (const ItemTransition& t : upcoming) {
     if (released_.contains(t.row) || at_.contains(t.row)) continue;
     by_time_.emplace(std::pair(t.deliver_after, t.row), t);
@@ -70,6 +74,17 @@ std::optional<Time> ReleaseSchedule::NextRelease() const {
   return by_time_.begin()->first.first;
 }
 
+std::optional<Time> ReleaseSchedule::Settle(Time cutoff) {
+  std::optional<Time> oldest;
+  std::lock_guard lock(mu_);
+  std::erase_if(released_,
+                [&](const auto& entry) { return entry.second.deliver_after <= cutoff; });
+  for (const auto& [row, t] : released_) {
+    if (!oldest || t.deliver_after < *oldest) oldest = t.deliver_after;
+  }
+  return oldest;
+}
+
 std::vector<ReadyKey> ReleaseSchedule::ReleasedOf(const std::string& ns,
                                                   const std::string& topic) const {
   std::vector<ReadyKey> keys;
@@ -95,6 +110,7 @@ void ReleaseSchedule::Clear() {
   by_time_.clear();
   at_.clear();
   released_.clear();
+  known_from_.reset();
   known_until_ = {};
 }
 

@@ -8,6 +8,7 @@
 // (Lookahead, Promotion::upcoming); at its due time the ticker releases the item into
 // the ready index (a claim leases a DELAYED row once it is due), and the promotion
 // that follows only makes MySQL say READY for what no claim took meanwhile.
+// Off unless WorkerOptions::lookahead is set (config delay_lookahead_ms).
 //
 // The in-memory view of a released row is READY while MySQL still says DELAYED, so
 // the worker asks Forget() on every transition out of DELAYED: a released row then
@@ -36,8 +37,12 @@ class ReleaseSchedule {
       : lookahead_(lookahead), limit_(limit) {}
 
   // What a promotion at `now` should read ahead: the part of (now, now + lookahead]
-  // not read yet.
+  // not read yet; and which due DELAYED items it should leave to claims: those
+  // released less than a lookahead ago (a promotion marking them READY would only
+  // add a write for items a claim is about to lease).
   store::Lookahead Window(Time now) const;
+  // How long a released item is left to claims before a promotion marks it READY.
+  Duration grace() const { return lookahead_; }
   // A promotion read `asked` and found `upcoming` (earliest first, at most asked.limit).
   void Learned(const store::Lookahead& asked, std::span<const ItemTransition> upcoming);
   // A row became DELAYED (insert, nack): scheduled if its due time is in the part
@@ -51,6 +56,11 @@ class ReleaseSchedule {
   // Removes the scheduled items due at `now` and marks them released; returns them.
   std::vector<ItemTransition> TakeDue(Time now);
   std::optional<Time> NextRelease() const;
+  // After a promotion that left DELAYED items due after `cutoff` to claims and moved
+  // everything due by it: a released item due by `cutoff` is not DELAYED any more
+  // (its claim's outcome was lost, say), so it is dropped. Returns the earliest due
+  // time among the released items left: the next promotion is due a grace() later.
+  std::optional<Time> Settle(Time cutoff);
   // The released items of a topic: a refill reads READY rows only, so the worker
   // offers these again after one.
   std::vector<ReadyKey> ReleasedOf(const std::string& ns, const std::string& topic) const;
@@ -70,7 +80,9 @@ class ReleaseSchedule {
   std::map<std::pair<Time, RowId>, ItemTransition> by_time_;
   std::unordered_map<RowId, Time> at_;
   std::unordered_map<RowId, ItemTransition> released_;
-  Time known_until_{};  // every DELAYED row due in (.., known_until_] is scheduled
+  // Every DELAYED row due in (known_from_, known_until_] is scheduled or released.
+  std::optional<Time> known_from_;
+  Time known_until_{};
 };
 
 }  // namespace shardq::shard_worker

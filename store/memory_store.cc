@@ -397,10 +397,11 @@ Result<Promotion> MemoryShardStore::PromoteDue(Time now, size_t limit,
   std::lock_guard lock(mu_);
   ++calls_[static_cast<size_t>(Op::kPromoteDue)];
   SHARDQ_RETURN_IF_ERROR(TakeFailure(Op::kPromoteDue));
+  const Time delayed_due_by = std::min(now, look.delayed_due_by.value_or(now));
   std::vector<std::pair<Time, uint64_t>> due;
   for (const auto& [id, r] : rows_) {
-    if ((r.state == ItemState::kDelayed || r.state == ItemState::kLeased) &&
-        r.deliver_after <= now) {
+    if ((r.state == ItemState::kDelayed && r.deliver_after <= delayed_due_by) ||
+        (r.state == ItemState::kLeased && r.deliver_after <= now)) {
       due.emplace_back(r.deliver_after, id);
     }
   }
@@ -429,7 +430,16 @@ Result<Promotion> MemoryShardStore::PromoteDue(Time now, size_t limit,
     out.moved.push_back(Changed(id, r, from));
   }
   if (handoff) HandOff(handoff, now, out);
-  out.next_due = NextDueLocked();
+  // DELAYED items left alone for claims (due after delayed_due_by, by now) are not
+  // work for the next call.
+  for (const auto& [id, r] : rows_) {
+    const bool left = r.state == ItemState::kDelayed &&
+                      r.deliver_after > delayed_due_by && r.deliver_after <= now;
+    if ((r.state == ItemState::kDelayed || r.state == ItemState::kLeased) && !left &&
+        (!out.next_due || r.deliver_after < *out.next_due)) {
+      out.next_due = r.deliver_after;
+    }
+  }
   for (const auto& [id, r] : rows_) {
     if (r.state == ItemState::kLeased && r.deliver_after > now &&
         (!out.next_expiry || r.deliver_after < *out.next_expiry)) {

@@ -1332,8 +1332,11 @@ Result<Promotion> MySqlShardStore::PromoteDue(Time now, size_t limit,
     }
     DbStatement& sel = Stmt(sql);
     unsigned p = 1;
+    const int64_t delayed_due_by =
+        look.delayed_due_by ? std::min(now_ms, ToUnixMillis(*look.delayed_due_by))
+                            : now_ms;
     for (int part = 0; part < 4; ++part) {
-      sel.SetInt64(p++, now_ms);
+      sel.SetInt64(p++, part == 0 ? delayed_due_by : now_ms);
       sel.SetUInt64(p++, part % 2 == 0 ? limit : 1);
     }
     if (ahead) {

@@ -108,6 +108,9 @@ struct Lookahead {
   Time after{};
   Time until{};
   size_t limit = 0;
+  // If set, a DELAYED item is moved only if due by this time (it may be before now):
+  // the worker released the ones due since then to claims, which lease them DELAYED.
+  std::optional<Time> delayed_due_by;
 };
 
 // One row's result of Insert, in input order.
@@ -270,7 +273,9 @@ class ShardStore {
   // it in the same transaction. `handoff`, if set, picks DELAYED items to lease
   // instead (see PromoteHandoff); the first lease of an item counts, and one whose
   // TTL has passed is not leased. `look` asks for the items falling due soon
-  // (Promotion::upcoming), read in the same round trip; nothing changes for them.
+  // (Promotion::upcoming), read in the same round trip; nothing changes for them. With
+  // look.delayed_due_by, DELAYED items due after it (by now) are neither moved nor
+  // counted in next_due.
   virtual Result<Promotion> PromoteDue(Time now, size_t limit,
                                        const PromoteHandoff& handoff = {},
                                        const Lookahead& look = {}) = 0;

@@ -91,7 +91,7 @@ TEST(ParseConfigTest, Defaults) {
   EXPECT_EQ(r->listen, "127.0.0.1:50051");
   EXPECT_EQ(r->io_threads, 8u);
   EXPECT_EQ(r->window_capacity, 512u);
-  EXPECT_EQ(r->delay_lookahead_ms, 100);
+  EXPECT_EQ(r->delay_lookahead_ms, 0);
   ASSERT_EQ(r->mysql_servers.size(), 1u);
   const store::MysqlEndpoint& e = r->mysql_servers[0].endpoint;
   EXPECT_EQ(e.socket, "");

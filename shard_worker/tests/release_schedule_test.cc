@@ -32,6 +32,29 @@ TEST(ReleaseScheduleTest, ReadsEachPartOfTheWindowOnce) {
   EXPECT_EQ(s.scheduled(), 1u);
 }
 
+TEST(ReleaseScheduleTest, LeavesRecentlyReleasedItemsToClaims) {
+  ReleaseSchedule s(Duration(100), 10);
+  EXPECT_EQ(s.Window(kT0).delayed_due_by, std::nullopt);  // nothing scheduled yet
+  s.Learned(s.Window(kT0), {});
+  // Due by kT0: never scheduled, promoted as usual; later: released, left for 100 ms.
+  EXPECT_EQ(s.Window(kT0 + Duration(50)).delayed_due_by, kT0);
+  EXPECT_EQ(s.Window(kT0 + Duration(300)).delayed_due_by, kT0 + Duration(200));
+  s.Clear();
+  EXPECT_EQ(s.Window(kT0).delayed_due_by, std::nullopt);
+}
+
+TEST(ReleaseScheduleTest, SettleDropsReleasedItemsThePromotionShouldHaveMoved) {
+  ReleaseSchedule s(Duration(100), 10);
+  s.Learned(s.Window(kT0),
+            std::vector{Delayed(1, kT0 + Duration(10)), Delayed(2, kT0 + Duration(60))});
+  s.TakeDue(kT0 + Duration(60));
+  // A promotion at +150 moved what was due by +50; row 1 is still listed: stale.
+  EXPECT_EQ(s.Settle(kT0 + Duration(50)), kT0 + Duration(60));
+  EXPECT_EQ(s.released(), 1u);
+  EXPECT_FALSE(s.Forget(RowId(1)));
+  EXPECT_EQ(s.Settle(kT0 + Duration(60)), std::nullopt);
+}
+
 TEST(ReleaseScheduleTest, AFullAnswerIsReadAgainFromItsLastMillisecond) {
   ReleaseSchedule s(Duration(100), 2);
   store::Lookahead asked = s.Window(kT0);

@@ -679,9 +679,15 @@ TEST_F(ShardWorkerTest, ReadAheadReleasedItemNoClaimTookIsPromotedAndCountedOnce
   worker_->Tick(clock_.Now());
   EXPECT_EQ(buffer->Counts().ready, 1);
   EXPECT_EQ(buffer->WindowSize(0), 1u);
-  // Its promotion (due too: half the read-ahead window is used by now) makes the
-  // store say READY without counting the item a second time.
+  // The promotion due now (half the read-ahead window is used) reads on and leaves
+  // the released item to claims for a lookahead; the one after that makes the store
+  // say READY, without counting the item a second time.
   EXPECT_EQ(io_.queued(), 1u);
+  io_.RunAll();
+  EXPECT_EQ(StoredCounts().delayed, 1u);
+  EXPECT_EQ(worker_->Tick(clock_.Now()), Duration(100));
+  clock_.Advance(Duration(100));
+  worker_->Tick(clock_.Now());
   io_.RunAll();
   store::TopicCounts stored = StoredCounts();
   EXPECT_EQ(stored.ready, 1u);

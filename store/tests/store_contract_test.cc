@@ -822,6 +822,21 @@ TYPED_TEST(StoreContractTest, PromoteDueReadsTheLookaheadWindowAndChangesNothing
   EXPECT_EQ(at1.upcoming[0].row, d2);
 }
 
+TYPED_TEST(StoreContractTest, PromoteDueLeavesDelayedItemsDueAfterTheCutoff) {
+  RowId l = this->InsertOne(Item("t", 0, kT0, "p", 2s));  // lease ends kT0+2s
+  this->ClaimOne(l, 1);
+  RowId d1 = this->InsertOne(Item("t", 0, kT0 + 1s));
+  this->InsertOne(Item("t", 0, kT0 + 3s));  // due, but after the cutoff
+  Promotion p =
+      Must(this->store().PromoteDue(kT0 + 4s, 10, {}, {.delayed_due_by = kT0 + 2500ms}));
+  ASSERT_EQ(p.moved.size(), 2u);  // the expired lease is not held back
+  EXPECT_EQ(p.moved[0].row, d1);
+  EXPECT_EQ(p.moved[1].row, l);
+  EXPECT_EQ(p.next_due, std::nullopt);  // the one left is not the next call's work
+  EXPECT_EQ(this->Counts("t").delayed, 1u);
+  EXPECT_EQ(Must(this->store().PromoteDue(kT0 + 4s, 10)).moved.size(), 1u);
+}
+
 TYPED_TEST(StoreContractTest, ClaimLeasesADelayedItemOnceItIsDue) {
   RowId id = this->InsertOne(Item("t", 3, kT0 + 1s, "p", 30s));
   RowId expired = this->InsertOne(Item("t", 3, kT0 + 1s, "p", 30s, kT0 + 1s));
