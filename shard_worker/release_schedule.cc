@@ -52,7 +52,7 @@ Time ReleaseSchedule::PromoteAt(Time next_delayed) const {
   // Scheduled for release (every DELAYED row due by known_until_ is): claims lease
   // it from the ready index, so the next promotion is only for reading further ahead,
   // once half the window is used (so the read is done before the window runs out);
-  // it also moves every released item no claim took, in one transaction.
+  // it also marks READY the released items no claim took within a lookahead.
   return known_until_ - lookahead_ / 2;
 }
 
