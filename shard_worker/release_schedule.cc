@@ -56,6 +56,24 @@ Time ReleaseSchedule::PromoteAt(Time next_delayed) const {
   return known_until_ - lookahead_ / 2;
 }
 
+std::optional<Time> ReleaseSchedule::NextPromotion(const store::Lookahead& look,
+                                                   const store::Promotion& done,
+                                                   Time now) {
+  if (!done.next_due) return look.delayed_due_by ? Settled(look) : std::nullopt;
+  const Time next = *done.next_due;
+  if (next <= now) return next;  // more were due than one call moves
+  std::optional<Time> at = next == done.next_expiry ? next : PromoteAt(next);
+  if (auto settled = Settled(look); settled && *settled < *at) at = settled;
+  return at;
+}
+
+std::optional<Time> ReleaseSchedule::Settled(const store::Lookahead& look) {
+  if (!look.delayed_due_by) return std::nullopt;
+  auto oldest = Settle(*look.delayed_due_by);
+  if (!oldest) return std::nullopt;
+  return *oldest + grace();
+}
+
 std::vector<ItemTransition> ReleaseSchedule::TakeDue(Time now) {
   std::vector<ItemTransition> due;
   std::lock_guard lock(mu_);

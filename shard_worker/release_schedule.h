@@ -52,6 +52,12 @@ class ReleaseSchedule {
   // that the lookahead reads it before it is due; once it is scheduled, when half the
   // read-ahead window is used (to read on before the window runs out).
   Time PromoteAt(Time next_delayed) const;
+  // When the promotion that asked for `look` at `now` and answered `done` should be
+  // followed by the next: at once if more are due, at a lease's end, PromoteAt() for
+  // a DELAYED item, and a grace() after the oldest released item it left to claims
+  // (Settle). nullopt: nothing to wait for.
+  std::optional<Time> NextPromotion(const store::Lookahead& look,
+                                    const store::Promotion& done, Time now);
 
   // Removes the scheduled items due at `now` and marks them released; returns them.
   std::vector<ItemTransition> TakeDue(Time now);
@@ -74,6 +80,10 @@ class ReleaseSchedule {
   size_t released() const;
 
  private:
+  // Settle() after a promotion that left released items to claims: when to promote
+  // them.
+  std::optional<Time> Settled(const store::Lookahead& look);
+
   const Duration lookahead_;
   const size_t limit_;
   mutable std::mutex mu_;

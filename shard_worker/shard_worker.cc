@@ -558,19 +558,7 @@ void ShardWorker::RunPromote() {
   releases_.Learned(look, promoted->upcoming);
   if (!promoted->upcoming.empty() && ticker_ != nullptr) ticker_->Poke();
   // <= now when more are due right now: the ticker's next tick posts the next batch.
-  const bool more_due = promoted->next_due && *promoted->next_due <= now;
-  if (promoted->next_due) {
-    const Time next = *promoted->next_due;
-    const bool delayed = !more_due && next != promoted->next_expiry;
-    NoteDeadline(delayed ? releases_.PromoteAt(next) : next);
-  }
-  // Released items it left to claims: the promotion that marks READY what no claim
-  // took by then.
-  if (look.delayed_due_by && !more_due) {
-    if (auto oldest = releases_.Settle(*look.delayed_due_by)) {
-      NoteDeadline(*oldest + releases_.grace());
-    }
-  }
+  if (auto next = releases_.NextPromotion(look, *promoted, now)) NoteDeadline(*next);
 }
 
 void ShardWorker::RunPurge() {

@@ -430,33 +430,27 @@ Result<Promotion> MemoryShardStore::PromoteDue(Time now, size_t limit,
     out.moved.push_back(Changed(id, r, from));
   }
   if (handoff) HandOff(handoff, now, out);
-  // DELAYED items left alone for claims (due after delayed_due_by, by now) are not
-  // work for the next call.
-  for (const auto& [id, r] : rows_) {
-    const bool left = r.state == ItemState::kDelayed &&
-                      r.deliver_after > delayed_due_by && r.deliver_after <= now;
-    if ((r.state == ItemState::kDelayed || r.state == ItemState::kLeased) && !left &&
-        (!out.next_due || r.deliver_after < *out.next_due)) {
-      out.next_due = r.deliver_after;
-    }
-  }
-  for (const auto& [id, r] : rows_) {
-    if (r.state == ItemState::kLeased && r.deliver_after > now &&
-        (!out.next_expiry || r.deliver_after < *out.next_expiry)) {
-      out.next_expiry = r.deliver_after;
-    }
-  }
+  // One pass over what is left: when the next call has work (not counting DELAYED
+  // items left to claims: due after delayed_due_by, by now), the next lease to end,
+  // and the lookahead window.
+  auto earliest = [](std::optional<Time>& slot, Time t) {
+    if (!slot || t < *slot) slot = t;
+  };
   std::vector<std::pair<Time, uint64_t>> soon;
   for (const auto& [id, r] : rows_) {
-    if (r.state == ItemState::kDelayed && r.deliver_after > std::max(now, look.after) &&
-        r.deliver_after <= look.until) {
-      soon.emplace_back(r.deliver_after, id);
+    const Time at = r.deliver_after;
+    if (r.state == ItemState::kLeased) {
+      earliest(out.next_due, at);
+      if (at > now) earliest(out.next_expiry, at);
+    } else if (r.state == ItemState::kDelayed) {
+      if (at <= delayed_due_by || at > now) earliest(out.next_due, at);
+      if (at > std::max(now, look.after) && at <= look.until) soon.emplace_back(at, id);
     }
   }
   std::sort(soon.begin(), soon.end());
   if (soon.size() > look.limit) soon.resize(look.limit);
   for (const auto& [when, id] : soon) {
-    out.upcoming.push_back(Changed(id, rows_[id], ItemState::kDelayed));
+    out.upcoming.push_back(Changed(id, rows_.at(id), ItemState::kDelayed));
   }
   return out;
 }

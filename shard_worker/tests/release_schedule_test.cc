@@ -55,6 +55,28 @@ TEST(ReleaseScheduleTest, SettleDropsReleasedItemsThePromotionShouldHaveMoved) {
   EXPECT_EQ(s.Settle(kT0 + Duration(60)), std::nullopt);
 }
 
+TEST(ReleaseScheduleTest, NextPromotionAfterAPromotion) {
+  ReleaseSchedule s(Duration(100), 10);
+  store::Promotion done;
+  EXPECT_EQ(s.NextPromotion(s.Window(kT0), done, kT0), std::nullopt);  // nothing left
+  done.next_due = kT0;  // more were due than one call moves: at once
+  EXPECT_EQ(s.NextPromotion(s.Window(kT0), done, kT0), kT0);
+  done.next_due = done.next_expiry = kT0 + Duration(500);  // a lease ends: then
+  EXPECT_EQ(s.NextPromotion(s.Window(kT0), done, kT0), kT0 + Duration(500));
+  done.next_expiry.reset();  // a DELAYED item not read yet: a lookahead before it
+  EXPECT_EQ(s.NextPromotion(s.Window(kT0), done, kT0), kT0 + Duration(400));
+
+  // A released item it left to claims (due at +20, cutoff +0): a grace after it.
+  store::Lookahead first = s.Window(kT0);
+  s.Learned(first, std::vector{Delayed(1, kT0 + Duration(20))});
+  s.TakeDue(kT0 + Duration(20));
+  store::Lookahead look = s.Window(kT0 + Duration(30));
+  ASSERT_EQ(look.delayed_due_by, kT0);
+  EXPECT_EQ(s.NextPromotion(look, done, kT0 + Duration(30)), kT0 + Duration(120));
+  done.next_due.reset();
+  EXPECT_EQ(s.NextPromotion(look, done, kT0 + Duration(30)), kT0 + Duration(120));
+}
+
 TEST(ReleaseScheduleTest, AFullAnswerIsReadAgainFromItsLastMillisecond) {
   ReleaseSchedule s(Duration(100), 2);
   store::Lookahead asked = s.Window(kT0);
