@@ -31,7 +31,8 @@ class CallStreamClient final : public grpc::ClientBidiReactor<StreamReq, StreamR
   // Starts the RPC on the stub, e.g. stub.async()->EnqueueStream(ctx, reactor).
   using StartRpc = std::function<void(grpc::ClientContext*, Base*)>;
 
-  // Starts a stream; `on_done` runs once, after the stream ended and every answer ran.
+  // Starts a stream; `on_done` runs once, after the stream ended, every answer ran and
+  // the stream object is gone (on whichever thread let go of it last).
   static std::shared_ptr<CallStreamClient> Open(const StartRpc& start,
                                                 std::function<void()> on_done) {
     std::shared_ptr<CallStreamClient> s(new CallStreamClient(std::move(on_done)));
@@ -115,7 +116,7 @@ class CallStreamClient final : public grpc::ClientBidiReactor<StreamReq, StreamR
 
  private:
   explicit CallStreamClient(std::function<void()> on_done)
-      : on_done_(std::move(on_done)) {}
+      : done_signal_{std::move(on_done)} {}
 
   void OnWriteDone(bool ok) override {
     Next next;
@@ -172,9 +173,8 @@ class CallStreamClient final : public grpc::ClientBidiReactor<StreamReq, StreamR
       left.swap(waiting_);
     }
     for (auto& [id, answer] : left) answer(end, nullptr);
-    auto on_done = std::move(on_done_);
-    auto self = std::move(self_);  // this may be deleted when `self` goes
-    if (on_done) on_done();
+    // This may be deleted here; if so, done_signal_ runs on this gRPC thread.
+    self_.reset();
   }
 
   // Requires mu_. The next write (or half-close) to start, and whether to drop the
@@ -209,8 +209,19 @@ class CallStreamClient final : public grpc::ClientBidiReactor<StreamReq, StreamR
     if (next.remove_hold) this->RemoveHold();
   }
 
+  // Runs on_done from the destructor, after every other member is gone. Why: ctx_
+  // holds a reference to the channel. An owner told "done" while ctx_ still lived
+  // could release its own reference first, and the channel would then be destroyed
+  // here, on a gRPC callback thread, which gRPC 1.51 does not survive (its callback
+  // queue joins its own threads, this one included, and frees the queue under it).
+  struct DoneSignal {
+    std::function<void()> fn;
+    ~DoneSignal() {
+      if (fn) fn();
+    }
+  };
+  DoneSignal done_signal_;  // first member: destroyed last
   grpc::ClientContext ctx_;
-  std::function<void()> on_done_;
   StreamResp read_;
   std::shared_ptr<CallStreamClient> self_;  // alive until OnDone
 

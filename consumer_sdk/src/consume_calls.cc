@@ -66,6 +66,9 @@ std::optional<grpc::Status> ConsumeCalls::OnStream(v1::ConsumeStreamRequest call
                    [](const grpc::Status&, v1::ConsumeStreamResponse*) {});
     }
     lock.lock();
+    // Not abandoned: the answer was taken meanwhile (read, or the stream's end) and
+    // is running on a gRPC thread; it sets `done` without waiting on anything.
+    waiter->cv.wait(lock, [&] { return waiter->done; });
   }
   if (waiter->status.error_code() == grpc::StatusCode::UNIMPLEMENTED) {
     unary_only_ = true;

@@ -73,6 +73,10 @@ struct BatchOp {
 
 // One Enqueue RPC carrying attempts of several ops (Impl::Dispatch).
 struct SharedCall {
+  // Lets the producer's Close() proceed (Impl::CallGuard). The first member, so it
+  // goes last: after ctx, which holds a reference to the channel that Close() lets
+  // the Impl release (the last reference must not go on a gRPC thread).
+  std::shared_ptr<void> guard;
   grpc::ClientContext ctx;
   v1::EnqueueRequest request;
   v1::EnqueueResponse response;
@@ -115,16 +119,21 @@ class Producer::Impl : public std::enable_shared_from_this<Impl> {
     cv_.notify_all();
     timer_.join();
     clock_.RemoveListener(listener_id_);
-    std::shared_ptr<EnqueueStreamClient> stream = stream_.Close();
-    if (stream) stream->CloseWrites();
+    // Only a weak reference is kept: the stream's guard goes when the stream object
+    // does, so holding it here would wait on ourselves.
+    std::weak_ptr<EnqueueStreamClient> closing;
+    if (std::shared_ptr<EnqueueStreamClient> stream = stream_.Close()) {
+      stream->CloseWrites();
+      closing = stream;
+    }
     std::unique_lock lock(mu_);
     // Nothing is waiting, so the server ends the stream at once; one that does not
     // (hung) is cut off rather than holding the producer's destructor.
     if (!done_cv_.wait_for(lock, std::chrono::seconds(5),
-                           [&] { return callbacks_ == 0; }) &&
-        stream) {
+                           [&] { return callbacks_ == 0; })) {
       lock.unlock();
-      stream->Cancel();
+      // Released before relocking: the last reference runs the guard, which locks mu_.
+      if (std::shared_ptr<EnqueueStreamClient> stream = closing.lock()) stream->Cancel();
       lock.lock();
     }
     done_cv_.wait(lock, [&] { return callbacks_ == 0; });
@@ -289,13 +298,13 @@ class Producer::Impl : public std::enable_shared_from_this<Impl> {
     }
     call->ops = std::move(ops);
     call->ctx.set_deadline(deadline);
-    // The guard lives as long as gRPC keeps the callback; Close() waits for it, so the
-    // Impl (and the channel) is never destroyed on a gRPC thread. The callback holds
-    // `call` too: its context outlives the callback.
-    auto guard = std::make_shared<CallGuard>(this);
+    // The guard lives as long as `call` (its context included), which the callback
+    // holds; Close() waits for it, so the Impl (and the channel) is never destroyed
+    // on a gRPC thread.
+    call->guard = std::make_shared<CallGuard>(this);
     stub_->async()->Enqueue(
         &call->ctx, &call->request, &call->response,
-        [this, guard, call](grpc::Status status) { OnSharedReply(call.get(), status); });
+        [this, call](grpc::Status status) { OnSharedReply(call.get(), status); });
   }
 
   void OnSharedReply(SharedCall* call, const grpc::Status& status) {

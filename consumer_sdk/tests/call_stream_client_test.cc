@@ -83,10 +83,11 @@ TEST(CallStreamClientTest, CallSentAfterTheServerEndedTheStreamGetsTheEndStatus)
   ASSERT_TRUE(Eventually([&] { return stream->closed(); }));
   bool sent = false;
   EXPECT_EQ(SendAndWait(*stream, 1, &sent), grpc::StatusCode::UNIMPLEMENTED);
-  ASSERT_EQ(done.get_future().wait_for(30s), std::future_status::ready);
-  // After the end too.
+  // After the end (the answer above comes from OnDone) too.
   EXPECT_EQ(SendAndWait(*stream, 2, &sent), grpc::StatusCode::UNIMPLEMENTED);
   EXPECT_FALSE(sent);
+  stream.reset();
+  EXPECT_EQ(done.get_future().wait_for(30s), std::future_status::ready);
 }
 
 TEST(CallStreamClientTest, CallSentAfterCloseWritesIsRefusedAsUnavailable) {
@@ -97,7 +98,38 @@ TEST(CallStreamClientTest, CallSentAfterCloseWritesIsRefusedAsUnavailable) {
   bool sent = true;
   EXPECT_EQ(SendAndWait(*stream, 1, &sent), grpc::StatusCode::UNAVAILABLE);
   EXPECT_FALSE(sent);
+  stream.reset();
   EXPECT_EQ(done.get_future().wait_for(30s), std::future_status::ready);
+}
+
+// The end callback tells its owner it may let go of the channel. It must come after
+// the stream object (whose ClientContext holds a channel reference) is destroyed, or
+// the owner's release could leave the last reference to a gRPC thread, which gRPC
+// 1.51 does not survive (a rare double free in a bench client's teardown).
+TEST(CallStreamClientTest, TheEndCallbackRunsOnlyOnceTheStreamIsDestroyed) {
+  OldServer old;
+  std::weak_ptr<Stream> weak;
+  std::promise<bool> gone_at_done;
+  std::shared_ptr<Stream> stream = Stream::Open(
+      [&](grpc::ClientContext* ctx, auto* reactor) {
+        old.stub->async()->ConsumeStream(ctx, reactor);
+      },
+      // Cannot run before `weak` is set: `stream` holds the object until the reset.
+      [&] { gone_at_done.set_value(weak.expired()); });
+  weak = stream;
+  ASSERT_TRUE(Eventually([&] { return stream->closed(); }));
+  // A call's answer comes from OnDone at the latest, so once one was answered, a call
+  // after it is refused at once: OnDone has run.
+  bool sent = true;
+  SendAndWait(*stream, 1, &sent);
+  SendAndWait(*stream, 2, &sent);
+  ASSERT_FALSE(sent);
+  std::future<bool> gone = gone_at_done.get_future();
+  // gRPC is done with the stream, but the caller still holds it.
+  EXPECT_EQ(gone.wait_for(0s), std::future_status::timeout);
+  stream.reset();
+  ASSERT_EQ(gone.wait_for(30s), std::future_status::ready);
+  EXPECT_TRUE(gone.get());
 }
 
 // A ConsumeStream server that never answers a dequeue and notes each cancel call.
