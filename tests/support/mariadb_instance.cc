@@ -243,7 +243,9 @@ Status MariaDbInstance::Kill() { return Reap(SIGKILL); }
 
 Status MariaDbInstance::Stop() { return Reap(SIGTERM); }
 
-std::string MariaDbInstance::LogTail() const { return ReadTail(datadir_ + "/err.log"); }
+std::string MariaDbInstance::LogTail(size_t max_bytes) const {
+  return ReadTail(datadir_ + "/err.log", max_bytes);
+}
 
 MariaDbInstance& SharedMariaDb() {
   // Destroyed (server killed, directory removed) by the static destructors at exit.

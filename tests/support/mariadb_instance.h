@@ -41,13 +41,14 @@ class MariaDbInstance {
   Status Stop();
   // Starts the server again on the same data directory and socket.
   Status StartAgain();
+  // The end of the server's error log, for a failing test's message.
+  std::string LogTail(size_t max_bytes = 2000) const;
 
  private:
   MariaDbInstance(std::string dir, std::vector<std::string> extra_args);
   Status Spawn();
   Status WaitReady();
   Status Reap(int signal);
-  std::string LogTail() const;
 
   std::string dir_;      // removed by the destructor
   std::string datadir_;  // dir_/data
