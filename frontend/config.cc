@@ -81,6 +81,10 @@ Result<ServerConfig> ParseConfig(const std::string& json_text) {
       c.delay_lookahead_ms = GetUnsigned<int64_t>(j.at("delay_lookahead_ms"),
                                                   "delay_lookahead_ms", 0, 60'000);
     }
+    if (j.contains("delay_release_gap_ms")) {
+      c.delay_release_gap_ms = GetUnsigned<int64_t>(j.at("delay_release_gap_ms"),
+                                                    "delay_release_gap_ms", 0, 1'000);
+    }
     for (const auto& s : j.value("mysql_servers", nlohmann::json::array())) {
       MysqlServerConfig m;
       m.name = s.at("name").get<std::string>();

@@ -4,7 +4,7 @@
 //
 // JSON form (see docs/config.example.json):
 //   {"listen": "127.0.0.1:50051", "io_threads": 8, "window_capacity": 512,
-//    "delay_lookahead_ms": 0,
+//    "delay_lookahead_ms": 100, "delay_release_gap_ms": 5,
 //    "mysql_servers": [{"name": "a", "socket": "/run/a.sock"},
 //                      {"name": "b", "host": "10.0.0.2", "port": 3306,
 //                       "user": "shardq", "password": "..."}],
@@ -38,8 +38,11 @@ struct ServerConfig {
   size_t io_threads = 8;
   size_t window_capacity = 512;
   // How far ahead each shard reads delayed items, to release them into the index at
-  // their due time (shard_worker/release_schedule.h); 0 (default) = only promotions do.
-  int64_t delay_lookahead_ms = 0;
+  // their due time (shard_worker/release_schedule.h); 0 = only promotions do.
+  int64_t delay_lookahead_ms = 100;
+  // At most one such release per shard per gap: under load the items falling due
+  // meanwhile go out together, in fewer and bigger claims.
+  int64_t delay_release_gap_ms = 5;
   std::vector<MysqlServerConfig> mysql_servers;
   std::vector<ShardConfig> shards;
   // Task lifecycle settings per namespace (max attempts, retention).

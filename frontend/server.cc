@@ -24,6 +24,7 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerConfig& config, Clock&
   options.io_threads = config.io_threads;
   options.window_capacity = config.window_capacity;
   options.worker.lookahead = Duration(config.delay_lookahead_ms);
+  options.worker.release_gap = Duration(config.delay_release_gap_ms);
   options.policies = config.policies;
 
   std::unique_ptr<Server> server(new Server());

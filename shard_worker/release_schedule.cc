@@ -10,7 +10,11 @@ store::Lookahead ReleaseSchedule::Window(Time now) const {
   store::Lookahead look{
       .after = std::max(known_until_, now), .until = now + lookahead_, .limit = limit_};
   // Items due by known_from_ were never scheduled: those are promoted as they fall due.
-  if (known_from_) look.delayed_due_by = std::max(*known_from_, now - grace());
+  // Nor were those due after known_until_: if now is past it (the promotion came late,
+  // or the clock jumped), everything due is promoted.
+  if (known_from_ && known_until_ >= now) {
+    look.delayed_due_by = std::max(*known_from_, now - grace());
+  }
   return look;
 }
 
@@ -18,7 +22,8 @@ void ReleaseSchedule::Learned(const store::Lookahead& asked,
                               std::span<const ItemTransition> upcoming) {
   if (asked.limit == 0) return;
   std::lock_guard lock(mu_);
-  if (!known_from_) known_from_ = asked.after;
+  // The part read is contiguous from known_from_: after a gap, it starts again here.
+  if (!known_from_ || asked.after > known_until_) known_from_ = asked.after;
   for (const ItemTransition& t : upcoming) {
     if (released_.contains(t.row) || at_.contains(t.row)) continue;
     by_time_.emplace(std::pair(t.deliver_after, t.row), t);
@@ -77,19 +82,22 @@ std::optional<Time> ReleaseSchedule::Settled(const store::Lookahead& look) {
 std::vector<ItemTransition> ReleaseSchedule::TakeDue(Time now) {
   std::vector<ItemTransition> due;
   std::lock_guard lock(mu_);
+  if (last_release_ && now < *last_release_ + gap_) return due;
   while (!by_time_.empty() && by_time_.begin()->first.first <= now) {
     auto node = by_time_.extract(by_time_.begin());
     at_.erase(node.mapped().row);
     released_.emplace(node.mapped().row, node.mapped());
     due.push_back(std::move(node.mapped()));
   }
+  if (!due.empty()) last_release_ = now;
   return due;
 }
 
 std::optional<Time> ReleaseSchedule::NextRelease() const {
   std::lock_guard lock(mu_);
   if (by_time_.empty()) return std::nullopt;
-  return by_time_.begin()->first.first;
+  const Time due = by_time_.begin()->first.first;
+  return last_release_ ? std::max(due, *last_release_ + gap_) : due;
 }
 
 std::optional<Time> ReleaseSchedule::Settle(Time cutoff) {
@@ -130,6 +138,7 @@ void ReleaseSchedule::Clear() {
   released_.clear();
   known_from_.reset();
   known_until_ = {};
+  last_release_.reset();
 }
 
 size_t ReleaseSchedule::scheduled() const {

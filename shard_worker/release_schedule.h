@@ -32,9 +32,10 @@ namespace shardq::shard_worker {
 
 class ReleaseSchedule {
  public:
-  // `lookahead` 0 turns it off: Window() asks for nothing.
-  ReleaseSchedule(Duration lookahead, size_t limit)
-      : lookahead_(lookahead), limit_(limit) {}
+  // `lookahead` 0 turns it off: Window() asks for nothing. Releases come at most one
+  // per `gap`: see TakeDue().
+  ReleaseSchedule(Duration lookahead, size_t limit, Duration gap = Duration(0))
+      : lookahead_(lookahead), limit_(limit), gap_(gap) {}
 
   // What a promotion at `now` should read ahead: the part of (now, now + lookahead]
   // not read yet; and which due DELAYED items it should leave to claims: those
@@ -60,7 +61,12 @@ class ReleaseSchedule {
                                     const store::Promotion& done, Time now);
 
   // Removes the scheduled items due at `now` and marks them released; returns them.
+  // Nothing if the last release was less than a gap ago: under load the items falling
+  // due then go out together, so a parked dequeue takes many in one claim instead of
+  // one claim (and one transaction) per millisecond's few; when items are sparse the
+  // first one goes out at its due time.
   std::vector<ItemTransition> TakeDue(Time now);
+  // When TakeDue() next has something to release.
   std::optional<Time> NextRelease() const;
   // After a promotion that left DELAYED items due after `cutoff` to claims and moved
   // everything due by it: a released item due by `cutoff` is not DELAYED any more
@@ -86,10 +92,12 @@ class ReleaseSchedule {
 
   const Duration lookahead_;
   const size_t limit_;
+  const Duration gap_;
   mutable std::mutex mu_;
   std::map<std::pair<Time, RowId>, ItemTransition> by_time_;
   std::unordered_map<RowId, Time> at_;
   std::unordered_map<RowId, ItemTransition> released_;
+  std::optional<Time> last_release_;  // TakeDue() returned items then
   // Every DELAYED row due in (known_from_, known_until_] is scheduled or released.
   std::optional<Time> known_from_;
   Time known_until_{};

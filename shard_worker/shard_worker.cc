@@ -88,7 +88,7 @@ ShardWorker::ShardWorker(size_t position, ShardId id,
       index_(index),
       options_(options),
       breaker_(clock, options.breaker),
-      releases_(options.lookahead, options.promote_batch) {}
+      releases_(options.lookahead, options.promote_batch, options.release_gap) {}
 
 ShardWorker::~ShardWorker() {
   // The strand may still be running on the pool; wait for it to let go of `this`.

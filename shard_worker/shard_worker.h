@@ -40,9 +40,10 @@ struct WorkerOptions {
   size_t max_pending_enqueues = 50'000;  // beyond this: RESOURCE_EXHAUSTED
   size_t promote_batch = 1'000;          // due items moved per transaction
   // How far ahead a promotion reads DELAYED items, to release each into the ready
-  // index at its due time (release_schedule.h); 0 (the default): only promotions make
-  // items ready. Off by default: see docs/BENCHMARKS.md, ninth round.
-  Duration lookahead{0};
+  // index at its due time (release_schedule.h); 0: only promotions make items ready.
+  Duration lookahead{100};
+  // With a lookahead: at most one release into the index per gap (release_schedule.h).
+  Duration release_gap{5};
   Duration purge_interval{1'000};  // how often TTL purge runs
   BreakerOptions breaker;
 };

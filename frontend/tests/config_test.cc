@@ -21,6 +21,7 @@ constexpr char kFullConfig[] = R"({
   "io_threads": 4,
   "window_capacity": 1024,
   "delay_lookahead_ms": 250,
+  "delay_release_gap_ms": 7,
   "mysql_servers": [
     {"name": "local", "socket": "/run/mysqld/mysqld.sock"},
     {"name": "remote", "host": "10.0.0.2", "port": 3307, "user": "shardq",
@@ -56,6 +57,7 @@ TEST(ParseConfigTest, FullExample) {
   EXPECT_EQ(c.io_threads, 4u);
   EXPECT_EQ(c.window_capacity, 1024u);
   EXPECT_EQ(c.delay_lookahead_ms, 250);
+  EXPECT_EQ(c.delay_release_gap_ms, 7);
 
   ASSERT_EQ(c.mysql_servers.size(), 2u);
   EXPECT_EQ(c.mysql_servers[0].name, "local");
@@ -91,7 +93,8 @@ TEST(ParseConfigTest, Defaults) {
   EXPECT_EQ(r->listen, "127.0.0.1:50051");
   EXPECT_EQ(r->io_threads, 8u);
   EXPECT_EQ(r->window_capacity, 512u);
-  EXPECT_EQ(r->delay_lookahead_ms, 0);
+  EXPECT_EQ(r->delay_lookahead_ms, 100);
+  EXPECT_EQ(r->delay_release_gap_ms, 5);
   ASSERT_EQ(r->mysql_servers.size(), 1u);
   const store::MysqlEndpoint& e = r->mysql_servers[0].endpoint;
   EXPECT_EQ(e.socket, "");
@@ -209,6 +212,9 @@ TEST(ParseConfigTest, IoThreadsAndWindowCapacityRanges) {
   EXPECT_EQ(ParseCode(with(R"("delay_lookahead_ms": -1)")), Code::kInvalidArgument);
   EXPECT_EQ(ParseCode(with(R"("delay_lookahead_ms": 60001)")), Code::kInvalidArgument);
   EXPECT_TRUE(ParseConfig(with(R"("delay_lookahead_ms": 0)")).ok());
+  EXPECT_EQ(ParseCode(with(R"("delay_release_gap_ms": -1)")), Code::kInvalidArgument);
+  EXPECT_EQ(ParseCode(with(R"("delay_release_gap_ms": 1001)")), Code::kInvalidArgument);
+  EXPECT_TRUE(ParseConfig(with(R"("delay_release_gap_ms": 0)")).ok());
 }
 
 // KNOWN BUG (disabled until config.cc is fixed): nlohmann's get<uint32_t>() /

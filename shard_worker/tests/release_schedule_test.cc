@@ -35,12 +35,27 @@ TEST(ReleaseScheduleTest, ReadsEachPartOfTheWindowOnce) {
 TEST(ReleaseScheduleTest, LeavesRecentlyReleasedItemsToClaims) {
   ReleaseSchedule s(Duration(100), 10);
   EXPECT_EQ(s.Window(kT0).delayed_due_by, std::nullopt);  // nothing scheduled yet
-  s.Learned(s.Window(kT0), {});
+  s.Learned(s.Window(kT0), {});                           // read (kT0, kT0 + 100]
   // Due by kT0: never scheduled, promoted as usual; later: released, left for 100 ms.
   EXPECT_EQ(s.Window(kT0 + Duration(50)).delayed_due_by, kT0);
-  EXPECT_EQ(s.Window(kT0 + Duration(300)).delayed_due_by, kT0 + Duration(200));
+  s.Learned(s.Window(kT0 + Duration(90)), {});  // read on: (kT0 + 100, kT0 + 190]
+  EXPECT_EQ(s.Window(kT0 + Duration(150)).delayed_due_by, kT0 + Duration(50));
   s.Clear();
   EXPECT_EQ(s.Window(kT0).delayed_due_by, std::nullopt);
+}
+
+// A promotion past the part read ahead (it came late, or the clock jumped): nothing
+// due after that part was scheduled, so nothing due may be left to claims; the reads
+// then start again from where this one reads. (A manual clock's jump left an item
+// DELAYED for good before this.)
+TEST(ReleaseScheduleTest, APromotionPastThePartReadMovesEverythingDue) {
+  ReleaseSchedule s(Duration(100), 10);
+  s.Learned(s.Window(kT0), {});  // read (kT0, kT0 + 100]
+  store::Lookahead late = s.Window(kT0 + Duration(5'000));
+  EXPECT_EQ(late.delayed_due_by, std::nullopt);
+  EXPECT_EQ(late.after, kT0 + Duration(5'000));
+  s.Learned(late, {});
+  EXPECT_EQ(s.Window(kT0 + Duration(5'050)).delayed_due_by, kT0 + Duration(5'000));
 }
 
 TEST(ReleaseScheduleTest, SettleDropsReleasedItemsThePromotionShouldHaveMoved) {
@@ -111,6 +126,23 @@ TEST(ReleaseScheduleTest, ReleasesAtTheDueTimeInOrder) {
   EXPECT_EQ(u[0].deliver_after, kT0 + Duration(30));
   EXPECT_TRUE(s.Forget(RowId(1)));   // released: it counted as READY
   EXPECT_FALSE(s.Forget(RowId(1)));  // once
+}
+
+TEST(ReleaseScheduleTest, ReleasesAtMostOncePerGap) {
+  ReleaseSchedule s(Duration(100), 10, /*gap=*/Duration(5));
+  s.Learned(s.Window(kT0),
+            std::vector{Delayed(1, kT0 + Duration(10)), Delayed(2, kT0 + Duration(11)),
+                        Delayed(3, kT0 + Duration(14)), Delayed(4, kT0 + Duration(40))});
+  // The first after a quiet spell goes out at its due time...
+  EXPECT_EQ(s.NextRelease(), kT0 + Duration(10));
+  EXPECT_EQ(Rows(s.TakeDue(kT0 + Duration(10))), (std::vector<uint64_t>{1}));
+  // ...the ones falling due within the gap after it wait for its end, together.
+  EXPECT_EQ(s.NextRelease(), kT0 + Duration(15));
+  EXPECT_TRUE(s.TakeDue(kT0 + Duration(14)).empty());
+  EXPECT_EQ(Rows(s.TakeDue(kT0 + Duration(15))), (std::vector<uint64_t>{2, 3}));
+  // Quiet again: no wait.
+  EXPECT_EQ(s.NextRelease(), kT0 + Duration(40));
+  EXPECT_EQ(Rows(s.TakeDue(kT0 + Duration(40))), (std::vector<uint64_t>{4}));
 }
 
 TEST(ReleaseScheduleTest, ARowLeavingDelayedBeforeItsTimeIsNotReleased) {
