@@ -174,6 +174,16 @@ Status MariaDbInstance::StartAgain() {
   return WaitReady();
 }
 
+bool MariaDbInstance::RestartIfDied(std::string* why) {
+  int status = 0;
+  if (pid_ <= 0 || waitpid(pid_, &status, WNOHANG) != pid_) return false;
+  pid_ = -1;
+  *why = LogTail(20'000);
+  Status st = StartAgain();
+  if (!st.ok()) *why += "\nand it did not start again: " + st.ToString();
+  return true;
+}
+
 Status MariaDbInstance::Spawn() {
   std::string server = FindBinary({"mariadbd", "mysqld"});
   if (server.empty()) return Status::Internal("mariadbd not found");

@@ -41,6 +41,10 @@ class MariaDbInstance {
   Status Stop();
   // Starts the server again on the same data directory and socket.
   Status StartAgain();
+  // If the server has exited by itself (a crash of its own: a test that kills it can
+  // meet one), starts it again, as a supervisor would, and says so in `*why` (the end
+  // of its error log). False if it was running.
+  bool RestartIfDied(std::string* why);
   // The end of the server's error log, for a failing test's message.
   std::string LogTail(size_t max_bytes = 2000) const;
 
