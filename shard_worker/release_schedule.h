@@ -8,7 +8,7 @@
 // (Lookahead, Promotion::upcoming); at its due time the ticker releases the item into
 // the ready index (a claim leases a DELAYED row once it is due), and the promotion
 // that follows only makes MySQL say READY for what no claim took meanwhile.
-// Off unless WorkerOptions::lookahead is set (config delay_lookahead_ms).
+// On when WorkerOptions::lookahead is set (config delay_lookahead_ms, 100 ms by default).
 //
 // The in-memory view of a released row is READY while MySQL still says DELAYED, so
 // the worker asks Forget() on every transition out of DELAYED: a released row then
