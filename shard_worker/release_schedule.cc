@@ -31,9 +31,17 @@ void ReleaseSchedule::Learned(const store::Lookahead& asked,
   }
   // A full answer may have left rows of its last millisecond unread: read that one
   // again next time (what is already scheduled is skipped above).
-  const Time read_until = upcoming.size() >= asked.limit
-                              ? upcoming.back().deliver_after - Duration(1)
-                              : asked.until;
+  const bool full = upcoming.size() >= asked.limit;
+  const Time read_until =
+      full ? upcoming.back().deliver_after - Duration(1) : asked.until;
+  // More rows share that millisecond than one read returns (a batch enqueued with one
+  // delay): reading again gets no further, so the reads wait for it to be due, when
+  // its promotion moves them all.
+  if (full && read_until <= asked.after) {
+    stuck_at_ = upcoming.back().deliver_after;
+  } else {
+    stuck_at_.reset();
+  }
   known_until_ = std::max(known_until_, read_until);
 }
 
@@ -52,13 +60,16 @@ bool ReleaseSchedule::MaybeAdd(const ItemTransition& t) {
 Time ReleaseSchedule::PromoteAt(Time next_delayed) const {
   if (lookahead_ <= Duration(0)) return next_delayed;
   std::lock_guard lock(mu_);
-  // Not read ahead yet: promote early enough that the lookahead reads it.
-  if (next_delayed > known_until_) return next_delayed - lookahead_;
-  // Scheduled for release (every DELAYED row due by known_until_ is): claims lease
-  // it from the ready index, so the next promotion is only for reading further ahead,
-  // once half the window is used (so the read is done before the window runs out);
-  // it also marks READY the released items no claim took within a lookahead.
-  return known_until_ - lookahead_ / 2;
+  // Not read ahead yet: promote early enough that the lookahead reads it. Scheduled
+  // for release (every DELAYED row due by known_until_ is): claims lease it from the
+  // ready index, so the next promotion is only for reading further ahead, once half
+  // the window is used (so the read is done before the window runs out); it also
+  // marks READY the released items no claim took within a lookahead.
+  const Time at = next_delayed > known_until_ ? next_delayed - lookahead_
+                                              : known_until_ - lookahead_ / 2;
+  // Unless the reads are stuck (Learned): then not before that millisecond, or each
+  // promotion would read the same rows again at once.
+  return stuck_at_ ? std::max(at, *stuck_at_) : at;
 }
 
 std::optional<Time> ReleaseSchedule::NextPromotion(const store::Lookahead& look,
@@ -82,6 +93,8 @@ std::optional<Time> ReleaseSchedule::Settled(const store::Lookahead& look) {
 std::vector<ItemTransition> ReleaseSchedule::TakeDue(Time now) {
   std::vector<ItemTransition> due;
   std::lock_guard lock(mu_);
+  // A last release after now: the clock stepped back; count the gap from now.
+  if (last_release_ && *last_release_ > now) last_release_.reset();
   if (last_release_ && now < *last_release_ + gap_) return due;
   while (!by_time_.empty() && by_time_.begin()->first.first <= now) {
     auto node = by_time_.extract(by_time_.begin());
@@ -93,11 +106,13 @@ std::vector<ItemTransition> ReleaseSchedule::TakeDue(Time now) {
   return due;
 }
 
-std::optional<Time> ReleaseSchedule::NextRelease() const {
+std::optional<Time> ReleaseSchedule::NextRelease(Time now) const {
   std::lock_guard lock(mu_);
   if (by_time_.empty()) return std::nullopt;
   const Time due = by_time_.begin()->first.first;
-  return last_release_ ? std::max(due, *last_release_ + gap_) : due;
+  // A last release after now: the clock stepped back; TakeDue forgets it.
+  if (!last_release_ || *last_release_ > now) return due;
+  return std::max(due, *last_release_ + gap_);
 }
 
 std::optional<Time> ReleaseSchedule::Settle(Time cutoff) {
@@ -138,6 +153,7 @@ void ReleaseSchedule::Clear() {
   released_.clear();
   known_from_.reset();
   known_until_ = {};
+  stuck_at_.reset();
   last_release_.reset();
 }
 

@@ -66,8 +66,8 @@ class ReleaseSchedule {
   // one claim (and one transaction) per millisecond's few; when items are sparse the
   // first one goes out at its due time.
   std::vector<ItemTransition> TakeDue(Time now);
-  // When TakeDue() next has something to release.
-  std::optional<Time> NextRelease() const;
+  // When TakeDue() next has something to release (asked at `now`).
+  std::optional<Time> NextRelease(Time now) const;
   // After a promotion that left DELAYED items due after `cutoff` to claims and moved
   // everything due by it: a released item due by `cutoff` is not DELAYED any more
   // (its claim's outcome was lost, say), so it is dropped. Returns the earliest due
@@ -101,6 +101,8 @@ class ReleaseSchedule {
   // Every DELAYED row due in (known_from_, known_until_] is scheduled or released.
   std::optional<Time> known_from_;
   Time known_until_{};
+  // The last read was full of rows due at this one millisecond and got no further.
+  std::optional<Time> stuck_at_;
 };
 
 }  // namespace shardq::shard_worker

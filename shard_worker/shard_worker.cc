@@ -177,7 +177,7 @@ Duration ShardWorker::Tick(Time now) {
   std::lock_guard lock(mu_);
   Duration next = std::min(breaker_.TimeToProbe(), Ticker::kMaxSleep);
   if (!recovered_) return next;
-  if (auto release = releases_.NextRelease()) next = std::min(next, *release - now);
+  if (auto release = releases_.NextRelease(now)) next = std::min(next, *release - now);
   if (next_due_ && *next_due_ <= now) {
     next_due_.reset();  // RunPromote recomputes it from the store
     pending_.promote = true;

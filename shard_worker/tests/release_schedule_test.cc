@@ -109,10 +109,10 @@ TEST(ReleaseScheduleTest, ReleasesAtTheDueTimeInOrder) {
   ReleaseSchedule s(Duration(100), 10);
   s.Learned(s.Window(kT0),
             std::vector{Delayed(2, kT0 + Duration(20)), Delayed(1, kT0 + Duration(10))});
-  EXPECT_EQ(s.NextRelease(), kT0 + Duration(10));
+  EXPECT_EQ(s.NextRelease(kT0), kT0 + Duration(10));
   EXPECT_TRUE(s.TakeDue(kT0 + Duration(9)).empty());
   EXPECT_EQ(Rows(s.TakeDue(kT0 + Duration(20))), (std::vector<uint64_t>{1, 2}));
-  EXPECT_EQ(s.NextRelease(), std::nullopt);
+  EXPECT_EQ(s.NextRelease(kT0), std::nullopt);
   EXPECT_EQ(s.released(), 2u);
   ItemTransition other = Delayed(3, kT0 + Duration(30));
   other.topic = "u";
@@ -134,15 +134,46 @@ TEST(ReleaseScheduleTest, ReleasesAtMostOncePerGap) {
             std::vector{Delayed(1, kT0 + Duration(10)), Delayed(2, kT0 + Duration(11)),
                         Delayed(3, kT0 + Duration(14)), Delayed(4, kT0 + Duration(40))});
   // The first after a quiet spell goes out at its due time...
-  EXPECT_EQ(s.NextRelease(), kT0 + Duration(10));
+  EXPECT_EQ(s.NextRelease(kT0), kT0 + Duration(10));
   EXPECT_EQ(Rows(s.TakeDue(kT0 + Duration(10))), (std::vector<uint64_t>{1}));
   // ...the ones falling due within the gap after it wait for its end, together.
-  EXPECT_EQ(s.NextRelease(), kT0 + Duration(15));
+  EXPECT_EQ(s.NextRelease(kT0 + Duration(10)), kT0 + Duration(15));
   EXPECT_TRUE(s.TakeDue(kT0 + Duration(14)).empty());
   EXPECT_EQ(Rows(s.TakeDue(kT0 + Duration(15))), (std::vector<uint64_t>{2, 3}));
   // Quiet again: no wait.
-  EXPECT_EQ(s.NextRelease(), kT0 + Duration(40));
+  EXPECT_EQ(s.NextRelease(kT0 + Duration(15)), kT0 + Duration(40));
   EXPECT_EQ(Rows(s.TakeDue(kT0 + Duration(40))), (std::vector<uint64_t>{4}));
+}
+
+// The system clock stepped back after a release: the gap is counted from the new time,
+// not from a release "in the future" (which would hold releases back by the step).
+TEST(ReleaseScheduleTest, AStepBackOfTheClockDoesNotHoldReleasesBack) {
+  ReleaseSchedule s(Duration(100), 10, /*gap=*/Duration(5));
+  s.Learned(s.Window(kT0), std::vector{Delayed(1, kT0 + Duration(10))});
+  EXPECT_EQ(Rows(s.TakeDue(kT0 + Duration(10))), (std::vector<uint64_t>{1}));
+  const Time back = kT0 - Duration(1'000);
+  ASSERT_TRUE(s.MaybeAdd(Delayed(2, back + Duration(10))));  // inside the part read
+  EXPECT_EQ(s.NextRelease(back), back + Duration(10));
+  EXPECT_EQ(Rows(s.TakeDue(back + Duration(10))), (std::vector<uint64_t>{2}));
+}
+
+// More rows share one due millisecond than a read returns (a batch enqueued with one
+// delay): a read cannot get past that millisecond, so the next promotion waits for it
+// instead of coming at once and reading the same rows again (a busy loop before).
+TEST(ReleaseScheduleTest, AReadStuckOnOneMillisecondWaitsForIt) {
+  ReleaseSchedule s(Duration(100), 2);
+  const Time at = kT0 + Duration(50);
+  s.Learned(s.Window(kT0), std::vector{Delayed(1, at), Delayed(2, at)});
+  store::Lookahead again = s.Window(kT0 + Duration(1));
+  EXPECT_EQ(again.after, at - Duration(1));
+  s.Learned(again, std::vector{Delayed(1, at), Delayed(2, at)});  // no further
+  EXPECT_EQ(s.PromoteAt(at), at);
+  EXPECT_EQ(s.PromoteAt(kT0 + Duration(10)), at);
+  // At that millisecond the promotion moves every row due, and reads on from there.
+  store::Lookahead then = s.Window(at);
+  EXPECT_EQ(then.delayed_due_by, std::nullopt);
+  s.Learned(then, {});
+  EXPECT_EQ(s.PromoteAt(at + Duration(500)), at + Duration(400));
 }
 
 TEST(ReleaseScheduleTest, ARowLeavingDelayedBeforeItsTimeIsNotReleased) {

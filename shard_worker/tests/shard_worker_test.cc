@@ -663,6 +663,46 @@ TEST_F(ShardWorkerTest, ReadAheadReleasesADelayedItemAtItsTimeForAClaim) {
   EXPECT_EQ(StoredCounts().leased, 1u);
 }
 
+// More items due in one millisecond than a promotion reads (a batch enqueued with one
+// delay): the read gets stuck on that millisecond, and the promotions must wait for
+// it, not come back at once to read the same rows (a busy loop of transactions until
+// then, before the fix); at that time one promotion makes them all READY.
+TEST_F(ShardWorkerTest, ReadAheadOfABatchDueInOneMillisecondWaitsForIt) {
+  WorkerOptions options = QuietOptions();
+  options.lookahead = Duration(100);
+  options.promote_batch = 2;
+  MakeWorker(options);
+  StartWorker();
+  const Time due = clock_.Now() + Duration(300);
+  auto out = EnqueueAsync({Item("t", 0, due), Item("t", 0, due), Item("t", 0, due),
+                           Item("t", 0, due), Item("t", 0, due)});
+  io_.RunAll();
+  ASSERT_TRUE(out->rows.ok());
+  LoadWindow("t");
+  auto buffer = Buffer("t");
+  EXPECT_EQ(worker_->Tick(clock_.Now()), Duration(200));
+  clock_.Advance(Duration(200));
+  const size_t before = store_->calls(MemoryShardStore::Op::kPromoteDue);
+  for (int i = 0; i < 10; ++i) {
+    worker_->Tick(clock_.Now());
+    io_.RunAll();
+  }
+  // One read up to the last millisecond before, one that found it full: then a wait.
+  EXPECT_LE(store_->calls(MemoryShardStore::Op::kPromoteDue), before + 2);
+  EXPECT_EQ(worker_->Tick(clock_.Now()), Duration(100));
+  EXPECT_EQ(buffer->Counts().delayed, 5);
+
+  clock_.Advance(Duration(100));
+  for (int i = 0; i < 3; ++i) {
+    worker_->Tick(clock_.Now());
+    io_.RunAll();
+  }
+  prefetch::StateCounts c = buffer->Counts();
+  EXPECT_EQ(c.delayed, 0);
+  EXPECT_EQ(c.ready, 5);
+  EXPECT_EQ(StoredCounts().ready, 5u);
+}
+
 TEST_F(ShardWorkerTest, ReadAheadReleasedItemNoClaimTookIsPromotedAndCountedOnce) {
   WorkerOptions options = QuietOptions();
   options.lookahead = Duration(100);
