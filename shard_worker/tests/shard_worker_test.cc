@@ -128,6 +128,14 @@ class ShardWorkerTest : public ::testing::Test {
     io_.RunAll();
   }
 
+  // `times` ticks at the current time, each followed by the strand turns it posted.
+  void TickAndRun(int times) {
+    for (int i = 0; i < times; ++i) {
+      worker_->Tick(clock_.Now());
+      io_.RunAll();
+    }
+  }
+
   // Enqueues without running the strand; the outcome fills in when it does.
   std::shared_ptr<EnqueueOutcome> EnqueueAsync(std::vector<NewItem> items) {
     auto out = std::make_shared<EnqueueOutcome>();
@@ -683,20 +691,14 @@ TEST_F(ShardWorkerTest, ReadAheadOfABatchDueInOneMillisecondWaitsForIt) {
   EXPECT_EQ(worker_->Tick(clock_.Now()), Duration(200));
   clock_.Advance(Duration(200));
   const size_t before = store_->calls(MemoryShardStore::Op::kPromoteDue);
-  for (int i = 0; i < 10; ++i) {
-    worker_->Tick(clock_.Now());
-    io_.RunAll();
-  }
+  TickAndRun(10);
   // One read up to the last millisecond before, one that found it full: then a wait.
   EXPECT_LE(store_->calls(MemoryShardStore::Op::kPromoteDue), before + 2);
   EXPECT_EQ(worker_->Tick(clock_.Now()), Duration(100));
   EXPECT_EQ(buffer->Counts().delayed, 5);
 
   clock_.Advance(Duration(100));
-  for (int i = 0; i < 3; ++i) {
-    worker_->Tick(clock_.Now());
-    io_.RunAll();
-  }
+  TickAndRun(3);
   prefetch::StateCounts c = buffer->Counts();
   EXPECT_EQ(c.delayed, 0);
   EXPECT_EQ(c.ready, 5);
@@ -958,10 +960,7 @@ TEST_F(ShardWorkerTest, PromotionDueDuringOutageRunsAfterRecovery) {
   ASSERT_EQ(worker_->Health().breaker, BreakerState::kClosed);
 
   // The next ticks promote it.
-  for (int i = 0; i < 3; ++i) {
-    worker_->Tick(clock_.Now());
-    io_.RunAll();
-  }
+  TickAndRun(3);
   prefetch::StateCounts c = buffer->Counts();
   EXPECT_EQ(c.delayed, 0);
   EXPECT_EQ(c.ready, 1);
