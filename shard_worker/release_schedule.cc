@@ -93,9 +93,7 @@ std::optional<Time> ReleaseSchedule::Settled(const store::Lookahead& look) {
 std::vector<ItemTransition> ReleaseSchedule::TakeDue(Time now) {
   std::vector<ItemTransition> due;
   std::lock_guard lock(mu_);
-  // A last release after now: the clock stepped back; count the gap from now.
-  if (last_release_ && *last_release_ > now) last_release_.reset();
-  if (last_release_ && now < *last_release_ + gap_) return due;
+  if (auto end = GapEndLocked(now); end && now < *end) return due;
   while (!by_time_.empty() && by_time_.begin()->first.first <= now) {
     auto node = by_time_.extract(by_time_.begin());
     at_.erase(node.mapped().row);
@@ -110,9 +108,14 @@ std::optional<Time> ReleaseSchedule::NextRelease(Time now) const {
   std::lock_guard lock(mu_);
   if (by_time_.empty()) return std::nullopt;
   const Time due = by_time_.begin()->first.first;
-  // A last release after now: the clock stepped back; TakeDue forgets it.
-  if (!last_release_ || *last_release_ > now) return due;
-  return std::max(due, *last_release_ + gap_);
+  auto end = GapEndLocked(now);
+  return end ? std::max(due, *end) : due;
+}
+
+std::optional<Time> ReleaseSchedule::GapEndLocked(Time now) const {
+  // A last release after now: the clock stepped back; the gap counts from now on.
+  if (!last_release_ || *last_release_ > now) return std::nullopt;
+  return *last_release_ + gap_;
 }
 
 std::optional<Time> ReleaseSchedule::Settle(Time cutoff) {

@@ -89,6 +89,9 @@ class ReleaseSchedule {
   // Settle() after a promotion that left released items to claims: when to promote
   // them.
   std::optional<Time> Settled(const store::Lookahead& look);
+  // Requires mu_. When the gap after the last release ends; nullopt if there was no
+  // release, or only one after `now` (the clock stepped back).
+  std::optional<Time> GapEndLocked(Time now) const;
 
   const Duration lookahead_;
   const size_t limit_;
