@@ -128,6 +128,16 @@ class ShardWorkerTest : public ::testing::Test {
     io_.RunAll();
   }
 
+  // A started worker whose promotions read `lookahead` ahead (release_schedule.h).
+  void StartReadingAhead(Duration lookahead,
+                         size_t promote_batch = WorkerOptions{}.promote_batch) {
+    WorkerOptions options = QuietOptions();
+    options.lookahead = lookahead;
+    options.promote_batch = promote_batch;
+    MakeWorker(options);
+    StartWorker();
+  }
+
   // `times` ticks at the current time, each followed by the strand turns it posted.
   void TickAndRun(int times) {
     for (int i = 0; i < times; ++i) {
@@ -624,10 +634,7 @@ TEST_F(ShardWorkerTest, TickPromotesDelayedItemExactlyAtItsTime) {
 // releases each into the ready index at its time, and a claim leases it while MySQL
 // still says DELAYED: no promotion stands between its due time and its delivery.
 TEST_F(ShardWorkerTest, ReadAheadReleasesADelayedItemAtItsTimeForAClaim) {
-  WorkerOptions options = QuietOptions();
-  options.lookahead = Duration(100);
-  MakeWorker(options);
-  StartWorker();
+  StartReadingAhead(Duration(100));
   auto out = EnqueueAsync({Item("t", 0, clock_.Now() + Duration(300))});
   io_.RunAll();
   ASSERT_TRUE(out->rows.ok());
@@ -676,11 +683,7 @@ TEST_F(ShardWorkerTest, ReadAheadReleasesADelayedItemAtItsTimeForAClaim) {
 // it, not come back at once to read the same rows (a busy loop of transactions until
 // then, before the fix); at that time one promotion makes them all READY.
 TEST_F(ShardWorkerTest, ReadAheadOfABatchDueInOneMillisecondWaitsForIt) {
-  WorkerOptions options = QuietOptions();
-  options.lookahead = Duration(100);
-  options.promote_batch = 2;
-  MakeWorker(options);
-  StartWorker();
+  StartReadingAhead(Duration(100), 2);
   const Time due = clock_.Now() + Duration(300);
   auto out = EnqueueAsync({Item("t", 0, due), Item("t", 0, due), Item("t", 0, due),
                            Item("t", 0, due), Item("t", 0, due)});
@@ -706,10 +709,7 @@ TEST_F(ShardWorkerTest, ReadAheadOfABatchDueInOneMillisecondWaitsForIt) {
 }
 
 TEST_F(ShardWorkerTest, ReadAheadReleasedItemNoClaimTookIsPromotedAndCountedOnce) {
-  WorkerOptions options = QuietOptions();
-  options.lookahead = Duration(100);
-  MakeWorker(options);
-  StartWorker();
+  StartReadingAhead(Duration(100));
   auto out = EnqueueAsync({Item("t", 0, clock_.Now() + Duration(50))});
   io_.RunAll();
   ASSERT_TRUE(out->rows.ok());
@@ -743,10 +743,7 @@ TEST_F(ShardWorkerTest, ReadAheadReleasedItemNoClaimTookIsPromotedAndCountedOnce
 }
 
 TEST_F(ShardWorkerTest, ReadAheadReleasedItemStaysInTheWindowThroughARefill) {
-  WorkerOptions options = QuietOptions();
-  options.lookahead = Duration(200);
-  MakeWorker(options);
-  StartWorker();
+  StartReadingAhead(Duration(200));
   auto out = EnqueueAsync({Item("t", 5), Item("t", 0, clock_.Now() + Duration(50))});
   io_.RunAll();
   ASSERT_TRUE(out->rows.ok());
