@@ -38,12 +38,16 @@ void ShardWindow::ApplyRefill(const std::vector<ReadyKey>& keys) {
   }
   complete_ = keys.size() < capacity_;
   available_ = true;
+  shard_down_ = false;
 }
 
-void ShardWindow::MarkUnavailable() {
+bool ShardWindow::MarkUnavailable(bool shard_down) {
+  const bool was_available = available_;
   keys_.clear();
   complete_ = false;
   available_ = false;
+  shard_down_ = shard_down;
+  return was_available;
 }
 
 void ShardWindow::Pop() {

@@ -40,8 +40,12 @@ class ShardWindow {
   void Remove(RowId row);
   // Replaces the contents with a fresh FetchReady(limit = capacity) answer.
   void ApplyRefill(const std::vector<ReadyKey>& keys);
-  // The shard cannot be read: forget everything until the next refill succeeds.
-  void MarkUnavailable();
+  // The shard cannot be read: forget everything until the next refill succeeds. With
+  // `shard_down` (its circuit is open) no refill is wanted until MarkShardUp(): one
+  // would only fail again, at once. Returns whether the window was available.
+  bool MarkUnavailable(bool shard_down = false);
+  // The shard's circuit closed again: an unavailable window wants its refill now.
+  void MarkShardUp() { shard_down_ = false; }
 
   // Source interface for KWayMerge: Pop() moves the front to the reserved set.
   bool Empty() const { return keys_.empty(); }
@@ -56,10 +60,10 @@ class ShardWindow {
   bool available() const { return available_; }
   // Empty but MySQL may hold more: a merge must not look past this shard.
   bool Blocking() const { return available_ && keys_.empty() && !complete_; }
-  // Low and incomplete: worth a refill.
+  // Low and incomplete, or unavailable while the shard is up: worth a refill.
   bool WantsRefill() const {
     return available_ ? (!complete_ && (keys_.empty() || keys_.size() < capacity_ / 2))
-                      : true;
+                      : !shard_down_;
   }
   bool refill_pending = false;  // set by whoever requests a refill
 
@@ -70,6 +74,7 @@ class ShardWindow {
   // Starts incomplete: nothing is known until the first refill.
   bool complete_ = false;
   bool available_ = true;
+  bool shard_down_ = false;  // unavailable because the shard's circuit is open
 };
 
 }  // namespace shardq::prefetch

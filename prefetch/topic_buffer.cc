@@ -84,8 +84,22 @@ void TopicBuffer::ApplyRefill(size_t shard, const std::vector<ReadyKey>& keys) {
 void TopicBuffer::RefillFailed(size_t shard) {
   std::unique_lock lock(mu_);
   windows_[shard].refill_pending = false;
-  windows_[shard].MarkUnavailable();
-  WakeAll(lock);
+  if (windows_[shard].MarkUnavailable()) WakeAll(lock);
+}
+
+void TopicBuffer::ShardDown(size_t shard) {
+  std::unique_lock lock(mu_);
+  windows_[shard].refill_pending = false;
+  if (windows_[shard].MarkUnavailable(/*shard_down=*/true)) WakeAll(lock);
+}
+
+bool TopicBuffer::ShardUp(size_t shard) {
+  std::lock_guard lock(mu_);
+  ShardWindow& w = windows_[shard];
+  w.MarkShardUp();
+  if (!w.WantsRefill() || w.refill_pending) return false;
+  w.refill_pending = true;
+  return true;
 }
 
 void TopicBuffer::Unreserve(size_t shard, RowId row) {

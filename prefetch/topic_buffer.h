@@ -92,7 +92,17 @@ class TopicBuffer {
   // An item left READY other than through Take (ack of an expired lease, purge).
   void OnRemoved(size_t shard, RowId row);
   void ApplyRefill(size_t shard, const std::vector<ReadyKey>& keys);
+  // A refill failed while the shard is up: the window is unavailable, and the next
+  // Take asks again. Wakes waiters only if it was available (what they wait for
+  // changed).
   void RefillFailed(size_t shard);
+  // The shard's circuit opened (or it could not be opened): the window is unavailable
+  // and wants no refill until ShardUp(), so that a parked dequeue's Take does not ask
+  // for one refill after another, each refused at once and each waking it again.
+  void ShardDown(size_t shard);
+  // The shard's circuit closed: true if its window now wants a refill (then marked
+  // pending, as with ClaimRefill).
+  bool ShardUp(size_t shard);
   void Unreserve(size_t shard, RowId row);
   // Moves one item between states in the counts (kGone = not counted).
   void CountTransition(size_t shard, ItemState from, ItemState to);

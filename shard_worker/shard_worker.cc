@@ -520,7 +520,17 @@ void ShardWorker::RunRefill(const std::shared_ptr<prefetch::TopicBuffer>& buffer
       Timed([&] { return store_->FetchReady(buffer->ns(), buffer->topic(), capacity); },
             &latency);
   Observe(keys.status(), latency);
-  if (keys.ok()) {
+  bool up;
+  {
+    std::lock_guard lock(mu_);
+    up = breaker_.AllowsTraffic();
+  }
+  if (!up) {
+    // The circuit opened during this turn (this read was slow, or an earlier step
+    // failed): the windows stay unavailable until the shard is back, even if this read
+    // succeeded, or dequeues would take keys whose claims the open circuit refuses.
+    buffer->ShardDown(position_);
+  } else if (keys.ok()) {
     buffer->ApplyRefill(position_, *keys);
     // Released items are READY here but not yet in MySQL, so not in the refill.
     std::vector<ReadyKey> released = releases_.ReleasedOf(buffer->ns(), buffer->topic());
@@ -608,7 +618,7 @@ void ShardWorker::FailAll(Work& work, const Status& status) {
   fail(work.acks);
   fail(work.nacks);
   fail(work.extends);
-  for (const auto& buffer : work.refills) buffer->RefillFailed(position_);
+  for (const auto& buffer : work.refills) buffer->ShardDown(position_);
   for (StoreFn& fn : work.exclusive) {
     Exclusive done = fn(nullptr);
     if (done.then) done.then();
@@ -633,7 +643,7 @@ void ShardWorker::Observe(const Status& status, Duration latency) {
 }
 
 void ShardWorker::OnShardDown() {
-  for (const auto& buffer : index_.All()) buffer->RefillFailed(position_);
+  for (const auto& buffer : index_.All()) buffer->ShardDown(position_);
 }
 
 void ShardWorker::OnShardUp() {
@@ -641,7 +651,7 @@ void ShardWorker::OnShardUp() {
     // Windows marked unavailable want a refill; do them now on this strand's next turn.
     std::lock_guard lock(mu_);
     for (const auto& buffer : index_.All()) {
-      if (buffer->ClaimRefill(position_)) pending_.refills.push_back(buffer);
+      if (buffer->ShardUp(position_)) pending_.refills.push_back(buffer);
     }
     if (!pending_.refills.empty()) ScheduleLocked();
   }

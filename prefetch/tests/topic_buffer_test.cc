@@ -267,6 +267,22 @@ TEST(ShardWindowTest, BlockingWindowAlwaysWantsRefill) {
     EXPECT_TRUE(drained.WantsRefill());
   }
 }
+// A shard whose circuit is open: a refill would be refused at once, so none is wanted
+// until the shard is up again (else a parked dequeue asks for one after another).
+TEST(ShardWindowTest, AWindowOfADownShardWantsNoRefillUntilTheShardIsUp) {
+  ShardWindow w(4);
+  w.ApplyRefill({Key(0, 0, 1)});
+  EXPECT_TRUE(w.MarkUnavailable(/*shard_down=*/true)) << "was available";
+  EXPECT_FALSE(w.available());
+  EXPECT_FALSE(w.Blocking());
+  EXPECT_FALSE(w.WantsRefill());
+  EXPECT_FALSE(w.MarkUnavailable(/*shard_down=*/true)) << "already unavailable";
+  w.MarkShardUp();
+  EXPECT_TRUE(w.WantsRefill());
+  w.ApplyRefill({Key(0, 0, 2)});
+  EXPECT_TRUE(w.available());
+  EXPECT_EQ(w.size(), 1u);
+}
 
 // ---------------------------------------------------------------------------
 // TopicBuffer
@@ -336,6 +352,35 @@ TEST(TopicBufferTest, ClaimRefillsMarksPendingLikeTake) {
   buf.RefillFailed(1);
   EXPECT_EQ(buf.ClaimRefills(), (std::vector<size_t>{1}));
   EXPECT_TRUE(buf.ClaimRefills().empty());
+}
+
+// Waiters are woken when a window stops being available (what they wait for changed),
+// not again while it stays so: each wake makes a parked dequeue take and ask again.
+TEST(TopicBufferTest, AWindowGoingUnavailableWakesWaitersOnceAndADownOneAsksForNothing) {
+  TopicBuffer buf("ns", "t", 2, 8);
+  buf.ApplyRefill(0, {Key(0, 0, 1)});
+  buf.ApplyRefill(1, {Key(0, 0, 2)});
+  auto waiter = std::make_shared<CountingWaiter>();
+  buf.AddWaiter(waiter);
+  buf.ShardDown(1);
+  EXPECT_EQ(waiter->wakes, 1);
+
+  buf.AddWaiter(waiter);
+  buf.ShardDown(1);
+  buf.RefillFailed(0);  // available until now: wakes
+  EXPECT_EQ(waiter->wakes, 2);
+  buf.AddWaiter(waiter);
+  buf.RefillFailed(0);
+  EXPECT_EQ(waiter->wakes, 2) << "shard 0 was unavailable already";
+
+  std::vector<size_t> refill;
+  TakeFrom(buf, 1, &refill);
+  EXPECT_EQ(refill, (std::vector<size_t>{0})) << "shard 1 is down: no refill for it";
+  EXPECT_FALSE(buf.ClaimRefill(1));
+  EXPECT_TRUE(buf.ShardUp(1));
+  EXPECT_FALSE(buf.ShardUp(1)) << "pending";
+  buf.ApplyRefill(1, {Key(0, 0, 2)});
+  EXPECT_EQ(Rows(TakeFrom(buf, 2, &refill)), (std::vector<uint64_t>{2}));
 }
 
 TEST(TopicBufferTest, ClaimRefillOfOneShard) {

@@ -963,6 +963,110 @@ TEST_F(ShardWorkerTest, PromotionDueDuringOutageRunsAfterRecovery) {
   EXPECT_EQ(c.ready, 1);
 }
 
+// A parked dequeue, as engine/dequeue_op.cc runs one: each wake re-registers it and
+// takes again, which asks for the refills the windows want.
+class RetakingWaiter : public prefetch::Waiter,
+                       public std::enable_shared_from_this<RetakingWaiter> {
+ public:
+  RetakingWaiter(std::shared_ptr<prefetch::TopicBuffer> buffer, ShardWorker& worker)
+      : buffer_(std::move(buffer)), worker_(worker) {}
+  void Wake() override {
+    ++wakes;
+    Attempt();
+  }
+  void Attempt() {
+    buffer_->AddWaiter(weak_from_this());
+    std::vector<size_t> refill;
+    bool blocked = false;
+    taken += buffer_->Take(1, &refill, &blocked).size();
+    for (size_t i = 0; i < refill.size(); ++i) worker_.Refill(buffer_);
+  }
+  int wakes = 0;
+  size_t taken = 0;
+
+ private:
+  std::shared_ptr<prefetch::TopicBuffer> buffer_;
+  ShardWorker& worker_;
+};
+
+// While the circuit is open every refill is refused at once. A refused refill used to
+// wake the parked dequeues, whose takes asked for the next one: a loop that kept a
+// pool thread busy for the whole cool-down. Now a down shard's window asks for no
+// refill until the probe succeeds, and then gets one.
+TEST_F(ShardWorkerTest, AParkedDequeueIsNotWokenOverAndOverWhileTheShardIsDown) {
+  WorkerOptions o = QuietOptions();
+  o.breaker.min_samples = 1;
+  o.breaker.failure_ratio = 0.1;
+  o.breaker.cooldown = Duration(500);
+  MakeWorker(o);
+  StartWorker();
+  ASSERT_TRUE(EnqueueAsync({Item("other")}) != nullptr);
+  io_.RunAll();
+  store_->FailAll(Status::Unavailable("db down"));
+  auto failed = EnqueueAsync({Item("other")});
+  io_.RunAll();
+  ASSERT_EQ(worker_->Health().breaker, BreakerState::kOpen);
+
+  // A dequeue on a topic first seen during the outage: its window starts unknown.
+  auto waiter = std::make_shared<RetakingWaiter>(Buffer("t"), *worker_);
+  waiter->Attempt();
+  size_t turns = 0;
+  while (turns < 100 && io_.RunOne()) ++turns;
+  EXPECT_LT(turns, 5u) << "the strand kept running refills for the parked dequeue";
+  EXPECT_LE(waiter->wakes, 1) << "woken once, when the window became unavailable";
+  EXPECT_EQ(waiter->taken, 0u);
+
+  // The shard is back: the probe's turn refills the window, and the dequeue gets the
+  // item stored before the outage.
+  store_->ClearFailures();
+  auto stored = EnqueueAsync({Item("t")});  // refused: still down
+  io_.RunAll();
+  EXPECT_FALSE(stored->rows.ok());
+  clock_.Advance(Duration(500));
+  worker_->Tick(clock_.Now());
+  io_.RunAll();
+  ASSERT_EQ(worker_->Health().breaker, BreakerState::kClosed);
+  auto now_stored = EnqueueAsync({Item("t")});
+  io_.RunAll();
+  ASSERT_TRUE(now_stored->rows.ok());
+  EXPECT_EQ(waiter->taken, 1u);
+}
+
+// The circuit opens during a turn (an earlier step failed) that also runs a refill.
+// The refill itself succeeds, but the window must stay unavailable: dequeues would
+// take its keys, the open circuit would refuse their claims and drop the keys, and the
+// window (complete, now empty) would never be refilled -- READY items nobody sees.
+TEST_F(ShardWorkerTest, ARefillInTheTurnThatOpensTheCircuitLeavesTheWindowToTheProbe) {
+  WorkerOptions o = QuietOptions();
+  o.breaker.min_samples = 1;
+  o.breaker.failure_ratio = 0.1;
+  o.breaker.cooldown = Duration(500);
+  MakeWorker(o);
+  StartWorker();
+  auto out = EnqueueAsync({Item("t", 1), Item("t", 2), Item("t", 3)});
+  io_.RunAll();
+  ASSERT_TRUE(out->rows.ok());
+  auto buffer = Buffer("t");
+
+  // One turn: an insert that fails (the circuit opens), then the window's refill.
+  store_->FailNext(MemoryShardStore::Op::kInsert, Status::Unavailable("lost connection"));
+  auto failed = EnqueueAsync({Item("other")});
+  ASSERT_TRUE(buffer->ClaimRefill(0));
+  worker_->Refill(buffer);
+  io_.RunAll();
+  ASSERT_EQ(failed->rows.status().code(), Code::kUnavailable);
+  ASSERT_EQ(worker_->Health().breaker, BreakerState::kOpen);
+  EXPECT_EQ(buffer->WindowSize(0), 0u);
+  EXPECT_TRUE(TakeAndClaim("t", 3).empty()) << "nothing to take while the shard is down";
+
+  // The probe closes the circuit and refills the window: all three are delivered.
+  clock_.Advance(Duration(500));
+  worker_->Tick(clock_.Now());
+  io_.RunAll();
+  ASSERT_EQ(worker_->Health().breaker, BreakerState::kClosed);
+  EXPECT_EQ(TakeAndClaim("t", 3).size(), 3u);
+}
+
 TEST_F(ShardWorkerTest, FailedClaimPutsKeysBack) {
   MakeWorker();
   StartWorker();
