@@ -300,6 +300,9 @@ void MySqlShardStore::Disconnect() {
   used_.clear();
   stmts_.clear();
   worker_refs_.clear();  // the next connection may see another database
+  // Names registered in a transaction the lost connection took with it: the next
+  // Open()'s own commit must not cache their ids.
+  uncommitted_refs_.clear();
   leased_.clear();
   conn_.reset();
 }

@@ -2087,6 +2087,59 @@ TEST(MySqlShardStoreTest, OpenMovesLesseeNamesIntoWorkers) {
   EXPECT_EQ(QueryInt(*conn, "SELECT COUNT(*) FROM `" + db + "`.workers"), 2);
 }
 
+// A lessee's name registered inside a promotion's transaction is cached only once
+// that transaction commits. Here its connection is lost first (killed while it waits
+// for a table lock), so the new `workers` row rolls back. The reconnect's own commit
+// (Open's migrations) must not cache the id it had: the name would never be
+// registered again, and its leases would show no worker.
+TEST(MySqlShardStoreTest, ALesseeNameLostWithItsConnectionIsRegisteredAgain) {
+  const std::string db = FreshDbName("lostname");
+  MySqlShardStore store(testing::SharedMariaDb().endpoint(), db);
+  store.SetPolicies(TestPolicies());
+  ASSERT_TRUE(store.Open().ok());
+  // A lease that will have expired (its promotion writes event rows) and a DELAYED
+  // item that will have fallen due, for the promotion's handoff.
+  std::vector<NewItem> items{Item("t", 0, kT0), Item("t", 1, kT0 + 1s)};
+  std::vector<Inserted> ins = Must(store.Insert(items, kT0));
+  std::vector<ClaimRequest> claim{{ins[0].row, "w-old"}};
+  ASSERT_EQ(Must(store.Claim(claim, LeaseToken(1), kT0)).size(), 1u);
+
+  std::unique_ptr<DbConnection> locker = RawConnection();
+  locker->Execute("USE `" + db + "`");
+  locker->Execute("LOCK TABLES task_events WRITE");
+  PromoteHandoff handoff = [](std::span<const ItemTransition> due) {
+    std::vector<InsertLease> out;
+    for (size_t i = 0; i < due.size(); ++i) out.push_back({i, "w-new", LeaseToken(2)});
+    return out;
+  };
+  Result<Promotion> promoted = Status::Internal("not run");
+  std::thread promote([&] { promoted = store.PromoteDue(kT0 + 1h, 10, handoff); });
+  // The promotion waits for the table lock, "w-new" inserted but not committed: kill
+  // its connection (bounded real-time wait for it to reach the lock).
+  std::unique_ptr<DbConnection> killer = RawConnection();
+  const std::string waiting =
+      "SELECT COALESCE(MAX(ID), 0) FROM information_schema.PROCESSLIST WHERE DB = '" +
+      db + "' AND STATE LIKE 'Waiting for table%'";
+  int64_t waiter = 0;
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while ((waiter = QueryInt(*killer, waiting)) == 0 &&
+         std::chrono::steady_clock::now() < until) {
+    std::this_thread::yield();
+  }
+  EXPECT_NE(waiter, 0) << "the promotion never waited for the lock";
+  if (waiter != 0) killer->Execute("KILL CONNECTION " + std::to_string(waiter));
+  locker->Execute("UNLOCK TABLES");
+  promote.join();
+  EXPECT_EQ(promoted.status().code(), Code::kUnavailable);
+
+  // The next calls reconnect; a claim by "w-new" registers the name for real.
+  std::vector<NewItem> more{Item("t", 2, kT0)};
+  RowId next = Must(store.Insert(more, kT0))[0].row;
+  std::vector<ClaimRequest> again{{next, "w-new"}};
+  ASSERT_EQ(Must(store.Claim(again, LeaseToken(3), kT0 + 1h)).size(), 1u);
+  EXPECT_EQ(Must(store.GetTask(next, false)).worker_id, "w-new");
+}
+
 TEST(MySqlShardStoreTest, PurgesDeleteTheHistoryRows) {
   const std::string db = FreshDbName("history");
   MySqlShardStore store(testing::SharedMariaDb().endpoint(), db);
