@@ -171,32 +171,31 @@ void Engine::Bulk(const std::string& ns, const std::string& topic,
   };
   const size_t limit = options_.bulk_limit;
   for (size_t p : targets) {
-    workers_[p]->RunExclusive(
-        [=, mine = rows[p], positions = where[p]](store::ShardStore* s) {
-          std::vector<ItemTransition> transitions;
-          {
-            std::lock_guard lock(g->mu);
-            if (s == nullptr) {
-              Status down = Status::Unavailable("a shard of this topic is unavailable");
-              for (size_t i : positions) g->result.per_id[i] = down;
-              if (!by_id) g->error = down;
-            } else {
-              auto out = call(*s, mine, by_id ? mine.size() : limit);
-              if (!out.ok()) {
-                for (size_t i : positions) g->result.per_id[i] = out.status();
-                if (!by_id) g->error = out.status();
-              } else {
-                for (size_t k = 0; k < positions.size() && k < out->per_row.size(); ++k) {
-                  g->result.per_id[positions[k]] = out->per_row[k].status;
-                }
-                g->result.count += out->transitions.size();
-                transitions = std::move(out->transitions);
-              }
-            }
+    workers_[p]->RunExclusive([=, mine = rows[p],
+                               positions = where[p]](store::ShardStore* s) {
+      std::vector<ItemTransition> transitions;
+      // The store call runs outside g->mu: the shards' strands run it at once, and
+      // a lock held across their I/O would serialise them and hold pool threads.
+      Result<store::ShardStore::BulkOutcome> out =
+          s == nullptr ? Result<store::ShardStore::BulkOutcome>(
+                             Status::Unavailable("a shard of this topic is unavailable"))
+                       : call(*s, mine, by_id ? mine.size() : limit);
+      {
+        std::lock_guard lock(g->mu);
+        if (!out.ok()) {
+          for (size_t i : positions) g->result.per_id[i] = out.status();
+          if (!by_id) g->error = out.status();
+        } else {
+          for (size_t k = 0; k < positions.size() && k < out->per_row.size(); ++k) {
+            g->result.per_id[positions[k]] = out->per_row[k].status;
           }
-          // Answered once the index shows the change (see RunExclusive).
-          return shard_worker::ShardWorker::Exclusive{std::move(transitions), finish_one};
-        });
+          g->result.count += out->transitions.size();
+          transitions = std::move(out->transitions);
+        }
+      }
+      // Answered once the index shows the change (see RunExclusive).
+      return shard_worker::ShardWorker::Exclusive{std::move(transitions), finish_one};
+    });
   }
 }
 

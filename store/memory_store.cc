@@ -118,9 +118,18 @@ Status MemoryShardStore::Ping() {
   return TakeFailure(Op::kPing);
 }
 
-void MemoryShardStore::SetBeforeInsert(std::function<void()> hook) {
+void MemoryShardStore::SetBeforeCall(Op op, std::function<void()> hook) {
   std::lock_guard lock(mu_);
-  before_insert_ = std::move(hook);
+  before_call_[static_cast<size_t>(op)] = std::move(hook);
+}
+
+void MemoryShardStore::BeforeCall(Op op) {
+  std::function<void()> hook;
+  {
+    std::lock_guard lock(mu_);
+    hook = before_call_[static_cast<size_t>(op)];
+  }
+  if (hook) hook();  // outside the lock: a test may hold the caller here
 }
 
 size_t MemoryShardStore::calls(Op op) const {
@@ -135,12 +144,7 @@ size_t MemoryShardStore::size() const {
 
 Result<std::vector<Inserted>> MemoryShardStore::Insert(
     std::span<const NewItem> items, Time now, std::span<const InsertLease> leases) {
-  std::function<void()> hook;
-  {
-    std::lock_guard lock(mu_);
-    hook = before_insert_;
-  }
-  if (hook) hook();  // outside the lock: a test may hold the caller here
+  BeforeCall(Op::kInsert);
   std::lock_guard lock(mu_);
   ++calls_[static_cast<size_t>(Op::kInsert)];
   SHARDQ_RETURN_IF_ERROR(TakeFailure(Op::kInsert));
@@ -637,6 +641,7 @@ Result<ShardStore::BulkOutcome> MemoryShardStore::Redrive(const std::string& ns,
                                                           const std::string& topic,
                                                           std::span<const RowId> rows,
                                                           size_t limit, Time now) {
+  BeforeCall(Op::kRedrive);
   std::lock_guard lock(mu_);
   ++calls_[static_cast<size_t>(Op::kRedrive)];
   SHARDQ_RETURN_IF_ERROR(TakeFailure(Op::kRedrive));
@@ -664,6 +669,7 @@ Result<ShardStore::BulkOutcome> MemoryShardStore::PurgeDead(const std::string& n
                                                             const std::string& topic,
                                                             std::span<const RowId> rows,
                                                             size_t limit) {
+  BeforeCall(Op::kPurgeDead);
   std::lock_guard lock(mu_);
   ++calls_[static_cast<size_t>(Op::kPurgeDead)];
   SHARDQ_RETURN_IF_ERROR(TakeFailure(Op::kPurgeDead));

@@ -87,9 +87,9 @@ class MemoryShardStore final : public ShardStore {
   size_t size() const;
   // How many times `op` was called (failed calls included).
   size_t calls(Op op) const;
-  // Runs `hook` at the start of every Insert, before the store's lock is taken (a
-  // test can block there to hold an insert in flight).
-  void SetBeforeInsert(std::function<void()> hook);
+  // Runs `hook` at the start of every call of `op` (Insert, Redrive or PurgeDead),
+  // before the store's lock is taken: a test can block there to hold a call in flight.
+  void SetBeforeCall(Op op, std::function<void()> hook);
 
  private:
   // One row of the items table.
@@ -154,7 +154,9 @@ class MemoryShardStore final : public ShardStore {
 
   mutable std::mutex mu_;
   std::array<size_t, static_cast<size_t>(Op::kCount_)> calls_{};
-  std::function<void()> before_insert_;
+  std::array<std::function<void()>, static_cast<size_t>(Op::kCount_)> before_call_;
+  // Runs before_call_[op], outside mu_.
+  void BeforeCall(Op op);
   NamespacePolicies policies_;
   std::map<uint64_t, Row> rows_;
   std::map<std::pair<std::string, std::string>, uint64_t> dedup_;  // (ns, key) -> id

@@ -48,7 +48,7 @@ constexpr Duration kLongWait{60'000};
 class InsertGate {
  public:
   void Attach(MemoryShardStore& store) {
-    store.SetBeforeInsert([this] { Pass(); });
+    store.SetBeforeCall(MemoryShardStore::Op::kInsert, [this] { Pass(); });
   }
   void Close() {
     std::lock_guard lock(mu_);
@@ -967,6 +967,32 @@ TEST(EngineRoutingTest, AckNackExtendAreRoutedByShardInRequestOrder) {
 }
 
 // ------------------------------------------------------------ claim failure
+
+// A whole-topic redrive runs one store step per shard, each on its own strand. The
+// steps must not wait for each other: a lock held across one shard's step serialised
+// them, and each waiting step held a pool thread (enough shards could hold them all).
+TEST(EngineBulkTest, AWholeTopicRedrivesShardStepsRunAtTheSameTime) {
+  Harness h({1, 2});  // two pool threads
+  std::mutex mu;
+  std::condition_variable cv;
+  int inside = 0;
+  int met = 0;  // steps that saw the other one inside at the same time
+  auto meet = [&] {
+    std::unique_lock lock(mu);
+    ++inside;
+    cv.notify_all();
+    if (cv.wait_for(lock, kShortTimeout, [&] { return inside == 2; })) ++met;
+  };
+  h.store(1).SetBeforeCall(MemoryShardStore::Op::kRedrive, meet);
+  h.store(2).SetBeforeCall(MemoryShardStore::Op::kRedrive, meet);
+  Answer<Result<BulkResult>> answer;
+  h.engine().Redrive("ns", "t", {}, answer.Callback());
+  auto got = answer.Get();
+  ASSERT_TRUE(got.has_value());
+  EXPECT_TRUE(got->ok()) << got->status().ToString();
+  std::lock_guard lock(mu);
+  EXPECT_EQ(met, 2);
+}
 
 TEST(EngineClaimTest, FailedClaimPutsItemsBack) {
   Harness h({1, 2});
