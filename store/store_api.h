@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <functional>
 #include <iterator>
+#include <map>
 #include <optional>
 #include <span>
 #include <string>
@@ -22,6 +23,7 @@
 #include "common/ids.h"
 #include "common/item.h"
 #include "common/namespace_policy.h"
+#include "common/ordering.h"
 #include "common/status.h"
 
 namespace shardq::store {
@@ -62,7 +64,8 @@ struct InsertLease {
 };
 
 // Asked by PromoteDue, inside its transaction, with the DELAYED items it is moving to
-// READY (as transitions to kReady, earliest due first): returns those to lease at
+// READY that may be handed off (DelayedMoves; as transitions to kReady, earliest due
+// first): returns those to lease at
 // once instead, as a claim of them would, in the same transaction (the direct handoff
 // of items that fall due). Must not call the store.
 using PromoteHandoff =
@@ -71,13 +74,29 @@ using PromoteHandoff =
 // What a PromoteHandoff is asked about: the moves from DELAYED among a promotion's
 // `moved`, and where each one is in `moved`. Both stores use it, so both ask about the
 // same items in the same order.
+//
+// A lease that expired in the same promotion becomes READY too, but goes to the ready
+// index, not to the handoff. So a DELAYED item that ranks after such an item of its
+// topic (ordering rule) is not offered either: a parked dequeue would get it while a
+// better item is ready.
 struct DelayedMoves {
   std::vector<ItemTransition> due;
   std::vector<size_t> moved_at;  // due[k] is moved[moved_at[k]]
 
   explicit DelayedMoves(const std::vector<ItemTransition>& moved) {
+    auto key = [](const ItemTransition& t) {
+      return OrderKey{t.priority, t.deliver_after, ItemId{ShardId(0), t.row}};
+    };
+    std::map<std::pair<std::string, std::string>, OrderKey> best_ready;
+    for (const ItemTransition& t : moved) {
+      if (t.from != ItemState::kLeased || t.to != ItemState::kReady) continue;
+      auto [it, added] = best_ready.try_emplace({t.ns, t.topic}, key(t));
+      if (!added && key(t) < it->second) it->second = key(t);
+    }
     for (size_t i = 0; i < moved.size(); ++i) {
       if (moved[i].from != ItemState::kDelayed) continue;
+      auto ready = best_ready.find({moved[i].ns, moved[i].topic});
+      if (ready != best_ready.end() && ready->second < key(moved[i])) continue;
       due.push_back(moved[i]);
       moved_at.push_back(i);
     }

@@ -1083,6 +1083,28 @@ TYPED_TEST(StoreContractTest, InsertLeasesTheItemsItIsAskedToAsAClaimWould) {
   EXPECT_EQ(this->Task(got[0].row).state, ItemState::kSucceeded);
 }
 
+// A lease that expires in the same promotion becomes READY in the ready index, not
+// through the handoff; a DELAYED item ranking after it is not offered either, or a
+// parked dequeue would get that one while a better item is ready.
+TYPED_TEST(StoreContractTest, PromoteDueOffersNoDelayedItemRankingAfterAnExpiredLease) {
+  RowId lease = this->InsertOne(Item("t", 3, kT0));
+  ASSERT_EQ(this->Claim({lease}, 3, kT0, "w0").size(), 1u);  // 30 s lease
+  std::vector<RowId> ids = this->Insert({
+      Item("t", 5, kT0 + 10s),  // ranks after the expired lease: not offered
+      Item("t", 1, kT0 + 10s),  // ranks before it
+      Item("u", 9, kT0 + 10s),  // another topic
+  });
+  std::vector<RowId> offered;
+  PromoteHandoff handoff = [&](std::span<const ItemTransition> due) {
+    for (const ItemTransition& t : due) offered.push_back(t.row);
+    return std::vector<InsertLease>{};
+  };
+  Promotion p = Must(this->store().PromoteDue(kT0 + 35s, 10, handoff));
+  EXPECT_EQ(p.moved.size(), 4u) << "all three due, and the expired lease";
+  std::sort(offered.begin(), offered.end());
+  EXPECT_EQ(offered, (std::vector<RowId>{ids[1], ids[2]}));
+}
+
 TYPED_TEST(StoreContractTest, PromoteDueLeasesWhatItsHandoffPicksAsAClaimWould) {
   std::vector<RowId> ids = this->Insert({
       Item("t", 5, kT0 + 10s, "five"), Item("t", 1, kT0 + 11s, "one", 20s),
