@@ -1430,6 +1430,16 @@ Result<Promotion> MySqlShardStore::PromoteDue(Time now, size_t limit,
         Rollback();
         return handed;
       }
+      // Its leases are LEASED rows left, as the contract counts them (the SELECT above
+      // read those rows while they were still DELAYED).
+      for (const LeasedItem& item : out.leased) {
+        if (!out.next_due || item.lease_deadline < *out.next_due) {
+          out.next_due = item.lease_deadline;
+        }
+        if (!out.next_expiry || item.lease_deadline < *out.next_expiry) {
+          out.next_expiry = item.lease_deadline;
+        }
+      }
     }
     ExecuteForIds("UPDATE items SET state = 1 WHERE id IN ", delayed_ids, nullptr);
     ExecuteForIds("UPDATE items SET state = 1, last_error = 'lease expired' WHERE id IN ",

@@ -1086,6 +1086,20 @@ TYPED_TEST(StoreContractTest, InsertLeasesTheItemsItIsAskedToAsAClaimWould) {
 // A lease that expires in the same promotion becomes READY in the ready index, not
 // through the handoff; a DELAYED item ranking after it is not offered either, or a
 // parked dequeue would get that one while a better item is ready.
+// The leases a promotion's handoff grants are LEASED rows left: they count in when the
+// next call has work and when the next lease ends.
+TYPED_TEST(StoreContractTest, PromoteDueCountsItsHandoffsLeasesInItsNextTimes) {
+  this->InsertOne(Item("t", 0, kT0 + 10s, "p", 2s));  // a 2 s lease once leased
+  this->InsertOne(Item("t", 0, kT0 + 60s));           // not due
+  PromoteHandoff handoff = [](std::span<const ItemTransition>) {
+    return std::vector<InsertLease>{{0, "w", LeaseToken(5)}};
+  };
+  Promotion p = Must(this->store().PromoteDue(kT0 + 10s, 10, handoff));
+  ASSERT_EQ(p.leased.size(), 1u);
+  EXPECT_EQ(p.next_due, kT0 + 12s);
+  EXPECT_EQ(p.next_expiry, kT0 + 12s);
+}
+
 TYPED_TEST(StoreContractTest, PromoteDueOffersNoDelayedItemRankingAfterAnExpiredLease) {
   RowId lease = this->InsertOne(Item("t", 3, kT0));
   ASSERT_EQ(this->Claim({lease}, 3, kT0, "w0").size(), 1u);  // 30 s lease
