@@ -8,6 +8,8 @@
 #include <charconv>
 #include <unordered_set>
 
+#include "store/validation.h"
+
 namespace shardq::frontend {
 namespace {
 
@@ -158,7 +160,8 @@ Result<engine::LeaseOp> ToLeaseOp(const v1::LeaseRef& ref) {
 Result<ItemId> ToItemId(const std::string& text) {
   auto id = ItemId::Parse(text);
   if (!id)
-    return Status::InvalidArgument("malformed item id '" + text.substr(0, 64) + "'");
+    return Status::InvalidArgument("malformed item id '" + store::TruncateTo(text, 64) +
+                                   "'");
   return *id;
 }
 
@@ -180,7 +183,7 @@ Result<engine::NackOp> ToNackOp(const v1::NackItem& item, const Limits& limits) 
   engine::NackOp op{ref->id,      ref->token, Duration(item.delay_ms()),
                     std::nullopt, {},         false};
   // Error text comes from exceptions and logs: cut it rather than refuse the nack.
-  op.error = item.error().substr(0, kMaxErrorBytes);
+  op.error = store::TruncateTo(item.error(), kMaxErrorBytes);
   op.fatal = item.fatal();
   if (item.has_metadata()) {
     op.metadata = EncodeMetadata(item.metadata());

@@ -20,9 +20,17 @@ namespace shardq::store {
 
 inline constexpr size_t kMaxBlobBytes = 65535;  // BLOB column
 
-// The first `max` bytes of `s` (bytes, not characters: the columns are binary).
+// The longest prefix of `s` of at most `max` bytes that does not end inside a UTF-8
+// character. The columns are binary, but these texts come from proto3 `string` fields
+// and go back out in them, and a strict client refuses a message whose strings are
+// not valid UTF-8 (so does the C++ parser).
 inline std::string TruncateTo(std::string_view s, size_t max) {
-  return std::string(s.substr(0, max));
+  if (s.size() <= max) return std::string(s);
+  size_t n = max;
+  // s[n] is the first byte cut off: a continuation byte means a character straddles
+  // the cut, so it goes whole.
+  while (n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80) --n;
+  return std::string(s.substr(0, n));
 }
 
 inline Status ValidateMetadata(const std::string& metadata) {

@@ -726,5 +726,27 @@ TEST(MetadataTest, DecodeOfRandomBytesDoesNotCrash) {
   SUCCEED();
 }
 
+// Texts cut to a limit go back out in proto3 `string` fields: a cut inside a UTF-8
+// character would make the whole answer unparsable for a strict client.
+TEST(TruncationTest, AMalformedIdQuotedInAnErrorIsCutBetweenCharacters) {
+  const std::string id = std::string(63, '1') + "\xE2\x82\xAC";  // 63 digits and a euro
+  auto r = ToItemId(id);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().message(), "malformed item id '" + std::string(63, '1') + "'");
+}
+
+TEST(TruncationTest, ANackErrorIsCutBetweenCharacters) {
+  v1::NackItem item;
+  item.mutable_item()->set_id("1-1");
+  item.mutable_item()->set_lease_token(EncodeLeaseToken(LeaseToken(7)));
+  item.set_error(std::string(kMaxErrorBytes - 1, 'a') +
+                 "\xC3\xA9");  // ... and an e-acute
+  auto op = ToNackOp(item, kLimits);
+  ASSERT_TRUE(op.ok()) << op.status().ToString();
+  EXPECT_EQ(op->error, std::string(kMaxErrorBytes - 1, 'a'));
+  item.set_error(std::string(kMaxErrorBytes - 2, 'a') + "\xC3\xA9");  // fits exactly
+  EXPECT_EQ(ToNackOp(item, kLimits)->error, item.error());
+}
+
 }  // namespace
 }  // namespace shardq::frontend
