@@ -2,7 +2,9 @@
 // CallStream: the server's end of a stream of calls (EnqueueStream, ConsumeStream;
 // callback API, no thread of its own). Each message read is one call, run at once; its
 // answer is written, tagged with the call's id, when the call completes. Reads run at
-// most kMaxCallsAhead calls ahead of their answers (the client's backpressure); answers
+// most kMaxCallsAhead calls ahead of their written answers (the client's backpressure:
+// a call still running and an answer waiting to be written both count, so a client
+// that sends without reading holds a bounded amount of the server's memory); answers
 // are written one at a time, in the order they are ready.
 //
 // Lifetime: gRPC deletes the reactor after Finish, and Finish waits until no read or
@@ -43,6 +45,11 @@ class CallStream final
   using RunFn = std::function<std::function<void()>(const StreamReq&, AnswerFn,
                                                     CallStream& stream)>;
   static constexpr size_t kMaxCallsAhead = 1000;
+  // Whether another call may be read, with `running` calls not answered yet and
+  // `unwritten` answers (the one being written included) not yet written.
+  static constexpr bool MayReadAhead(size_t running, size_t unwritten) {
+    return running + unwritten < kMaxCallsAhead;
+  }
 
   explicit CallStream(RunFn run) : run_(std::move(run)) {
     reading_ = true;
@@ -182,7 +189,8 @@ class CallStream final
     // Cancelled: no read starts again, so once none is in flight the reads are over.
     // (A read in flight may still complete with a message, not only with ok = false.)
     if (cancelled_ && !reading_) reads_done_ = true;
-    if (!reading_ && !reads_done_ && !cancelled_ && running_.size() < kMaxCallsAhead) {
+    if (!reading_ && !reads_done_ && !cancelled_ &&
+        MayReadAhead(running_.size(), answers_.size())) {
       reading_ = true;
       next.read = true;
     }

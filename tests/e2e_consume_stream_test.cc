@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <map>
+#include <set>
 #include <thread>
 
 #include "tests/e2e_support.h"
@@ -111,6 +112,35 @@ TEST_F(ConsumeStreamTest, ACancelRightBehindItsCallStillEndsIt) {
   grpc::Status status = stream->Finish();
   EXPECT_TRUE(status.ok()) << status.error_message();
   EXPECT_EQ(server_->engine().ParkedCalls(), 0);
+}
+
+// A client that sends far more calls than the server reads ahead (1,000, answers not
+// yet written included) before it reads any answer: the server stops reading while
+// the answers wait, and goes on once they are read, so every call is answered and the
+// server's memory for the stream stays bounded.
+TEST_F(ConsumeStreamTest, ManyMoreCallsThanTheReadAheadAreAllAnsweredOnceTheClientReads) {
+  grpc::ClientContext ctx;
+  SetDeadline(ctx);
+  auto stream = client_->stub().ConsumeStream(&ctx);
+  constexpr uint64_t kCalls = 5'000;
+  std::thread writer([&] {
+    for (uint64_t id = 1; id <= kCalls; ++id) {
+      v1::ConsumeStreamRequest empty;  // answered at once: INVALID_ARGUMENT
+      empty.set_call_id(id);
+      if (!stream->Write(empty)) return;
+    }
+    stream->WritesDone();
+  });
+  v1::ConsumeStreamResponse answer;
+  std::set<uint64_t> answered;
+  while (stream->Read(&answer)) {
+    EXPECT_EQ(answer.status().code(), grpc::StatusCode::INVALID_ARGUMENT);
+    answered.insert(answer.call_id());
+  }
+  writer.join();
+  EXPECT_EQ(answered.size(), kCalls);
+  grpc::Status status = stream->Finish();
+  EXPECT_TRUE(status.ok()) << status.error_message();
 }
 
 TEST_F(ConsumeStreamTest, CallsOfEveryKindAreAnsweredByIdAndOvertakeAParkedDequeue) {

@@ -16,6 +16,7 @@
 #include "common/ids.h"
 #include "common/item.h"
 #include "common/status.h"
+#include "frontend/call_stream.h"
 
 namespace shardq::frontend {
 namespace {
@@ -746,6 +747,18 @@ TEST(TruncationTest, ANackErrorIsCutBetweenCharacters) {
   EXPECT_EQ(op->error, std::string(kMaxErrorBytes - 1, 'a'));
   item.set_error(std::string(kMaxErrorBytes - 2, 'a') + "\xC3\xA9");  // fits exactly
   EXPECT_EQ(ToNackOp(item, kLimits)->error, item.error());
+}
+
+// A stream reads ahead of its answers only so far: running calls and answers not yet
+// written both count, so a client that never reads holds bounded server memory.
+TEST(CallStreamTest, ReadsAheadOfRunningCallsAndUnwrittenAnswersTogether) {
+  using Stream = CallStream<v1::ConsumeStreamRequest, v1::ConsumeStreamResponse>;
+  EXPECT_TRUE(Stream::MayReadAhead(0, 0));
+  EXPECT_TRUE(Stream::MayReadAhead(Stream::kMaxCallsAhead - 1, 0));
+  EXPECT_FALSE(Stream::MayReadAhead(Stream::kMaxCallsAhead, 0));
+  EXPECT_FALSE(Stream::MayReadAhead(0, Stream::kMaxCallsAhead)) << "answers only";
+  EXPECT_FALSE(Stream::MayReadAhead(400, 600));
+  EXPECT_TRUE(Stream::MayReadAhead(400, 599));
 }
 
 }  // namespace
