@@ -36,12 +36,15 @@ void DequeueOp::Attempt() {
 
   bool blocked = false;
   std::vector<std::pair<size_t, std::vector<prefetch::TopicBuffer::Taken>>> takes;
-  for (size_t i = 0; i < topics_.size(); ++i) {
+  size_t budget = kMaxItemsPerDequeue - std::min(kMaxItemsPerDequeue, GotLocked());
+  for (size_t i = 0; i < topics_.size() && budget > 0; ++i) {
     Topic& t = topics_[i];
     if (t.got.size() >= t.ask.count) continue;
     std::vector<size_t> refill;
-    auto taken = t.buffer->Take(t.ask.count - t.got.size(), &refill, &blocked);
+    auto taken =
+        t.buffer->Take(std::min(budget, t.ask.count - t.got.size()), &refill, &blocked);
     for (size_t shard : refill) engine_.workers_[shard]->Refill(t.buffer);
+    budget -= taken.size();
     if (!taken.empty()) takes.emplace_back(i, std::move(taken));
   }
 
@@ -108,7 +111,7 @@ size_t DequeueOp::OfferHandoff(const prefetch::TopicBuffer& buffer, size_t max,
   if (finished_ || expired_ || claims_in_flight_ > 0 || GotLocked() > 0) return 0;
   const size_t topic = TopicOf(buffer);
   if (topic == topics_.size()) return 0;
-  const size_t n = std::min(max, topics_[topic].ask.count);
+  const size_t n = std::min({max, topics_[topic].ask.count, kMaxItemsPerDequeue});
   if (n == 0) return 0;
   ++claims_in_flight_;
   *worker_id = worker_id_;

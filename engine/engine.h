@@ -62,6 +62,11 @@ struct TopicAsk {
   size_t count = 0;
 };
 
+// At most this many items per Dequeue call, over all its topics: the answer must fit
+// gRPC's 16 MiB message (1,000 x (10 KiB payload + 2 KiB metadata)), or items would be
+// leased and then not delivered. Topics are served in request order.
+inline constexpr size_t kMaxItemsPerDequeue = 1000;
+
 struct EnqueueOutcome {
   ItemId id;
   bool deduplicated = false;  // the dedup key matched: `id` is the existing item

@@ -484,6 +484,29 @@ TEST(EngineBreakerTest, ReroutedEnqueuesAreNotStoredTwice) {
 
 // ------------------------------------------------------------ dequeue order
 
+// One Dequeue answers at most kMaxItemsPerDequeue items over all its topics (the
+// answer must fit one gRPC message), serving the topics in request order.
+TEST(EngineDequeueTest, ACallGetsAtMostItsTotalLimitOverAllTopics) {
+  EngineOptions options = Harness::DefaultOptions();
+  options.window_capacity = 2048;  // all of each topic in memory
+  Harness h({1}, options);
+  // Load both topics' windows (empty, complete), so what is enqueued next is in them.
+  EXPECT_TRUE(h.Dequeue("a", 1).empty());
+  EXPECT_TRUE(h.Dequeue("b", 1).empty());
+  for (const std::string topic : {"a", "b"}) {
+    std::vector<NewItem> items;
+    for (int i = 0; i < 600; ++i) items.push_back(Item(topic, 0));
+    for (const auto& r : h.Enqueue(std::move(items))) ASSERT_TRUE(r.ok());
+  }
+  std::vector<Delivered> got = h.Dequeue({{"a", 1000}, {"b", 1000}});
+  ASSERT_EQ(got.size(), kMaxItemsPerDequeue);
+  std::map<std::string, size_t> per_topic;
+  for (const Delivered& d : got) ++per_topic[d.item.topic];
+  EXPECT_EQ(per_topic["a"], 600u);
+  EXPECT_EQ(per_topic["b"], 400u);
+  EXPECT_EQ(h.Dequeue("b", 1000).size(), 200u) << "the rest stayed ready";
+}
+
 TEST(EngineDequeueTest, GlobalOrderAcrossFourShards) {
   Harness h({1, 2, 3, 4});
   std::mt19937 rng(12345);
