@@ -7,9 +7,12 @@
 #include <condition_variable>
 #include <deque>
 #include <exception>
+#include <iterator>
+#include <map>
 #include <mutex>
 #include <set>
 #include <thread>
+#include <unordered_set>
 #include <utility>
 
 #include "consume_calls.h"
@@ -20,6 +23,10 @@ namespace shardq::sdk {
 namespace {
 
 constexpr size_t kMaxBatch = 1000;  // items per Ack / Nack / ExtendLease call
+// The server's limits on an outcome (proto/shardq/v1/queue.proto: AckItem.result,
+// NackItem.delay_ms).
+constexpr size_t kMaxResultBytes = 4096;
+constexpr Millis kMaxRetryDelay{366LL * 24 * 3600 * 1000};
 
 std::string DefaultWorkerId(Jitter& jitter) {
   char host[256] = {};
@@ -425,16 +432,20 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
   PendingReport ToReport(const std::shared_ptr<State>& st, const Outcome& outcome) {
     PendingReport r{st, outcome.kind(), {}, Millis(0), std::nullopt};
     if (outcome.kind() == Outcome::Kind::kSuccess) {
-      r.text = outcome.result();
+      // The server refuses a longer result (and the task would run again and again
+      // until dead-lettered), so it is cut here, as Outcome::Success documents.
+      r.text = outcome.result().substr(0, kMaxResultBytes);
     } else {
-      r.text = outcome.error();
+      r.text = outcome.error();  // the server cuts it itself
     }
     if (outcome.kind() == Outcome::Kind::kRetry) {
       const HandlerEntry* entry = Find(st->item.task_type());
       const Backoff& b = entry ? entry->options.retry_backoff
                                : options_.default_handler_options.retry_backoff;
-      r.delay = outcome.delay().value_or(
-          jitter_.Delay(b, std::max<uint32_t>(1, st->item.attempts())));
+      r.delay = std::clamp(
+          outcome.delay().value_or(
+              jitter_.Delay(b, std::max<uint32_t>(1, st->item.attempts()))),
+          Millis(0), kMaxRetryDelay);  // the server refuses a delay out of this range
     }
     return r;
   }
@@ -452,10 +463,21 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
       if (reports_.empty()) return;
       const bool was_full = reports_.size() >= kMaxBatch;
       std::vector<PendingReport> batch;
+      // A task at most once per call (the server refuses a call that names an item
+      // twice): the outcomes of an old delivery and of its redelivery go in turn.
+      std::unordered_set<std::string> ids;
+      std::deque<PendingReport> later;
       while (!reports_.empty() && batch.size() < kMaxBatch) {
-        batch.push_back(std::move(reports_.front()));
+        PendingReport r = std::move(reports_.front());
         reports_.pop_front();
+        if (ids.insert(r.st->item.id()).second) {
+          batch.push_back(std::move(r));
+        } else {
+          later.push_back(std::move(r));
+        }
       }
+      reports_.insert(reports_.begin(), std::make_move_iterator(later.begin()),
+                      std::make_move_iterator(later.end()));
       if (was_full) executor_cv_.notify_all();  // they may take tasks again
       lock.unlock();
       std::vector<int> codes = Send(batch);
@@ -624,6 +646,16 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
       for (const auto& st : running_) held.push_back(st);
       std::erase_if(
           held, [](const auto& st) { return st->stop.load() == StopReason::kLeaseLost; });
+      // A task held twice (an old delivery still running and its redelivery) is
+      // extended once, by its latest delivery: the server refuses a call that names an
+      // item twice, and the old delivery's token is stale anyway.
+      std::map<std::string, std::shared_ptr<State>> latest;
+      for (auto& st : held) {
+        auto [it, added] = latest.try_emplace(st->item.id(), st);
+        if (!added && st->item.attempts() > it->second->item.attempts()) it->second = st;
+      }
+      held.clear();
+      for (auto& [id, st] : latest) held.push_back(std::move(st));
       if (held.empty()) continue;
       lock.unlock();
       for (size_t from = 0; from < held.size(); from += kMaxBatch) {

@@ -950,6 +950,32 @@ TEST_F(SdkTest, AnExecutorRunsItsNextTaskWhileThePreviousOutcomeIsStillBeingSent
 
 // Needs the server's task lifecycle (issue #3): GetTask, results, errors, worker ids,
 // CancelTask's cancel_requested.
+// Outcomes beyond the server's limits are brought within them, not refused: a
+// refused ack or nack would leave the task to run again and again until dead-lettered.
+TEST_F(SdkTest, AnOversizedResultIsCutAndANegativeRetryDelayIsNone) {
+  sdk::Producer producer(ProducerOptions());
+  auto big = producer.Enqueue({.topic = "limits", .payload = "big", .task_type = "t"});
+  auto again =
+      producer.Enqueue({.topic = "limits", .payload = "again", .task_type = "t"});
+  ASSERT_TRUE(big.ok() && again.ok());
+  sdk::Worker worker(WorkerOptions({"limits"}));
+  std::atomic<int> again_runs{0};
+  worker.Handle("t", [&](TaskContext& task) {
+    if (task.payload() == "big") return Outcome::Success(std::string(5000, 'r'));
+    if (again_runs.fetch_add(1) == 0) return Outcome::Retry("once more", Millis(-5));
+    return Outcome::Success();
+  });
+  worker.Start();
+  ASSERT_TRUE(Eventually([&] { return worker.stats().succeeded == 2; }));
+  worker.Stop();
+  v1::Task t = client_->GetTask(big.id);
+  EXPECT_EQ(t.state(), v1::SUCCEEDED);
+  EXPECT_EQ(t.result(), std::string(4096, 'r'));
+  EXPECT_EQ(client_->GetTask(again.id).state(), v1::SUCCEEDED);
+  EXPECT_EQ(again_runs.load(), 2);
+  EXPECT_EQ(worker.stats().report_errors, 0u);
+}
+
 TEST_F(SdkTest, LifecycleResultErrorWorkerIdAndCancellationReachTheServer) {
   sdk::Producer producer(ProducerOptions());
   auto ok = producer.Enqueue({.topic = "life", .payload = "ok", .task_type = "t"});

@@ -55,10 +55,11 @@ class Outcome {
   // Which way the task went.
   enum class Kind { kSuccess, kRetry, kFatal };
 
-  // Done: Ack, keeping `result` (at most 4 KiB) for GetTask.
+  // Done: Ack, keeping `result` for GetTask (its first 4 KiB: the server's limit).
   static Outcome Success(std::string result = {});
   // Failed, try again later: Nack with `error` and a full-jitter backoff delay (or
-  // `delay` if given). Past max_attempts the server dead-letters the task.
+  // `delay` if given, brought within 0 .. 366 days). Past max_attempts the server
+  // dead-letters the task.
   static Outcome Retry(std::string error, std::optional<Millis> delay = std::nullopt);
   // Failed for good: Nack with fatal = true.
   static Outcome Fatal(std::string error);
