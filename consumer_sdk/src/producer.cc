@@ -144,7 +144,7 @@ class Producer::Impl : public std::enable_shared_from_this<Impl> {
     auto op = std::make_shared<BatchOp>();
     op->max_attempts =
         std::max(1, call.max_attempts.value_or(options_.retry.max_attempts));
-    Millis deadline = call.deadline.value_or(options_.deadline);
+    const Millis deadline = Bounded(call.deadline.value_or(options_.deadline));
     op->clock_deadline = clock_.Now() + deadline;
     op->deadline = std::chrono::system_clock::now() + deadline;
     op->done = std::move(done);

@@ -168,7 +168,7 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
     // Running handlers get `timeout` to finish, then are asked to stop.
     {
       std::unique_lock lock(mu_);
-      Millis until = clock_.Now() + timeout;
+      Millis until = clock_.Now() + Bounded(timeout);
       while (!running_.empty() && clock_.Now() < until)
         clock_.WaitUntil(cv_, lock, until);
       if (!running_.empty()) {
@@ -222,7 +222,7 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
 
   bool WaitCancelled(const State& st, Millis timeout) {
     std::unique_lock lock(mu_);
-    Millis until = clock_.Now() + timeout;
+    Millis until = clock_.Now() + Bounded(timeout);
     while (st.stop.load() == StopReason::kNone && clock_.Now() < until) {
       clock_.WaitUntil(cv_, lock, until);
     }
@@ -314,9 +314,11 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
         continue;
       }
       if (stopping_) break;
-      if (status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+      if (status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED &&
+          options_.poll_wait > Millis(0)) {
         // The long poll outlived its real-time deadline (the server's clock is slower
-        // than ours, e.g. a test's fake clock): just poll again.
+        // than ours, e.g. a test's fake clock): just poll again. Without a long poll
+        // (a tiny rpc_deadline) this is a failure, backed off, not a spin.
         continue;
       }
       ++failures;

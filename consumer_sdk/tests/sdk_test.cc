@@ -952,6 +952,39 @@ TEST_F(SdkTest, AnExecutorRunsItsNextTaskWhileThePreviousOutcomeIsStillBeingSent
 // CancelTask's cancel_requested.
 // Outcomes beyond the server's limits are brought within them, not refused: a
 // refused ack or nack would leave the task to run again and again until dead-lettered.
+// Millis::max() as a deadline or a wait means "as long as it takes". On the real clock
+// (time since boot) adding it overflowed: the call failed at once, and WaitCancelled
+// returned at once, as if its time were up.
+TEST_F(SdkTest, AnEndlessDeadlineOrWaitDoesNotOverflowOnTheRealClock) {
+  EXPECT_EQ(sdk::Bounded(Millis::max()), sdk::kLongestWait);
+  EXPECT_EQ(sdk::Bounded(Millis(-1)), Millis(0));
+  EXPECT_EQ(sdk::Bounded(Millis(5)), Millis(5));
+
+  auto producer_options = ProducerOptions();
+  producer_options.clock = nullptr;  // the real clock
+  sdk::Producer producer(producer_options);
+  auto r = producer.Enqueue({.topic = "endless", .payload = "p", .task_type = "t"},
+                            {.deadline = Millis::max()});
+  ASSERT_TRUE(r.ok()) << r.status.error_message();
+
+  auto options = WorkerOptions({"endless"});
+  options.clock = nullptr;
+  sdk::Worker worker(options);
+  Gate started;
+  std::promise<bool> waited;
+  worker.Handle("t", [&](TaskContext& task) {
+    started.Open();
+    waited.set_value(task.WaitCancelled(Millis::max()));  // until the stop below
+    return Outcome::Success();
+  });
+  worker.Start();
+  ASSERT_TRUE(started.Pass());
+  worker.Stop(Millis(0));  // flags the running handler at once
+  auto f = waited.get_future();
+  ASSERT_EQ(f.wait_for(30s), std::future_status::ready);
+  EXPECT_TRUE(f.get()) << "WaitCancelled returned before the stop";
+}
+
 TEST_F(SdkTest, AnOversizedResultIsCutAndANegativeRetryDelayIsNone) {
   sdk::Producer producer(ProducerOptions());
   auto big = producer.Enqueue({.topic = "limits", .payload = "big", .task_type = "t"});
@@ -978,7 +1011,8 @@ TEST_F(SdkTest, AnOversizedResultIsCutAndANegativeRetryDelayIsNone) {
 
 TEST_F(SdkTest, LifecycleResultErrorWorkerIdAndCancellationReachTheServer) {
   sdk::Producer producer(ProducerOptions());
-  auto ok = producer.Enqueue({.topic = "life", .payload = "ok", .task_type = "t"});
+  auto ok = producer.Enqueue({.topic = "life", .payload = "ok", .task_type = "t"},
+                             {.deadline = Millis::max()});  // must not overflow
   auto bad = producer.Enqueue({.topic = "life", .payload = "bad", .task_type = "t"});
   auto slow = producer.Enqueue({.topic = "life", .payload = "slow", .task_type = "t"});
   ASSERT_TRUE(ok.ok() && bad.ok() && slow.ok());
@@ -994,7 +1028,7 @@ TEST_F(SdkTest, LifecycleResultErrorWorkerIdAndCancellationReachTheServer) {
     if (task.payload() == "ok") return Outcome::Success("the result");
     if (task.payload() == "bad") return Outcome::Fatal("cannot parse");
     slow_started.Open();
-    task.WaitCancelled(Millis(3'600'000));
+    task.WaitCancelled(Millis::max());  // "until cancelled": must not overflow
     slow_reason.set_value(task.stop_reason());
     return Outcome::Retry("cancelled by request", Millis(0));
   });

@@ -15,6 +15,14 @@ namespace shardq::sdk {
 // Milliseconds on a clock's own monotonic scale (the epoch is the clock's business).
 using Millis = std::chrono::milliseconds;
 
+// The longest wait or deadline the SDK keeps: a caller's longer one (Millis::max() for
+// "as long as it takes") is this, and a negative one is 0, so that adding it to a
+// clock's time cannot overflow.
+inline constexpr Millis kLongestWait{10LL * 365 * 24 * 3600 * 1000};  // ten years
+inline constexpr Millis Bounded(Millis wait) {
+  return wait < Millis(0) ? Millis(0) : (wait > kLongestWait ? kLongestWait : wait);
+}
+
 // Monotonic time plus the one blocking primitive the SDK uses. Thread-safe.
 class Clock {
  public:
