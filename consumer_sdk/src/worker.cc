@@ -143,8 +143,13 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
 
   void Stop(Millis timeout) {
     {
-      std::lock_guard lock(mu_);
-      if (stopping_) return;
+      std::unique_lock lock(mu_);
+      if (stopping_) {
+        // Another thread is stopping it (or did): return once that is done, so that a
+        // destructor racing a Stop() does not free what the Stop() still uses.
+        cv_.wait(lock, [&] { return stopped_; });
+        return;
+      }
       stopping_ = true;
       if (!started_) {
         stopped_ = true;
@@ -196,10 +201,10 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
     heartbeat_.join();
     report_calls_->Shutdown();  // nothing is left to send
     clock_.RemoveListener(listener_id_);
-    {
-      std::lock_guard lock(mu_);
-      stopped_ = true;
-    }
+    // Under mu_: a Wait() that returns may destroy the worker at once, so nothing of
+    // it may be touched after mu_ is released.
+    std::lock_guard lock(mu_);
+    stopped_ = true;
     WakeAll();
   }
 
