@@ -14,6 +14,7 @@ Engine::Engine(std::vector<ShardSpec> shards, Clock& clock, EngineOptions option
     : clock_(clock),
       options_(options),
       index_(shards.size(), options.window_capacity),
+      sweeper_(index_, options.index_sweep_interval),
       io_(options.io_threads, "shardq-io"),
       ticker_(clock) {
   // Positions follow ShardId order: the k-way merge breaks exact ties by position.
@@ -31,6 +32,7 @@ Engine::Engine(std::vector<ShardSpec> shards, Clock& clock, EngineOptions option
   }
   waits_.SetTicker(&ticker_);
   ticker_.Add(&waits_);
+  ticker_.Add(&sweeper_);
 }
 
 Engine::~Engine() {

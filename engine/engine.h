@@ -36,6 +36,8 @@ namespace shardq::engine {
 struct EngineOptions {
   size_t io_threads = 8;         // the shared pool that runs all shard strands
   size_t window_capacity = 512;  // ready keys kept per (shard, topic)
+  // How often idle topics leave the index (prefetch::IndexSweeper).
+  Duration index_sweep_interval{60'000};
   shard_worker::WorkerOptions worker;
   NamespacePolicies policies;  // retention (given to every store)
   // Redrive/PurgeDead of a whole topic act on at most this many rows per shard per
@@ -183,6 +185,8 @@ class Engine {
   bool Ready() const;
   // Dequeue calls parked right now (waiting for items).
   int ParkedCalls() const { return parked_calls_.load(); }
+  // Topics in the prefetch index (idle ones leave it every index_sweep_interval).
+  size_t IndexedTopics() const { return index_.size(); }
   std::vector<shard_worker::ShardHealth> Health() const;
   bool HasShard(ShardId id) const { return position_.contains(id); }
   size_t shard_count() const { return workers_.size(); }
@@ -213,6 +217,7 @@ class Engine {
   Clock& clock_;
   const EngineOptions options_;
   prefetch::PrefetchIndex index_;
+  prefetch::IndexSweeper sweeper_;  // before ticker_, which must not outlive it
   ThreadPool io_;
   std::vector<std::unique_ptr<shard_worker::ShardWorker>> workers_;
   std::map<ShardId, size_t> position_;

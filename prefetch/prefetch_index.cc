@@ -31,6 +31,20 @@ std::vector<std::shared_ptr<TopicBuffer>> PrefetchIndex::ForNamespace(
   return out;
 }
 
+size_t PrefetchIndex::EvictIdle() {
+  std::unique_lock lock(mu_);
+  // Under the exclusive lock nobody can copy a buffer out of the map, so a use count
+  // of one means that only the map holds it.
+  return std::erase_if(buffers_, [](const auto& entry) {
+    return entry.second.use_count() == 1 && entry.second->Idle();
+  });
+}
+
+size_t PrefetchIndex::size() const {
+  std::shared_lock lock(mu_);
+  return buffers_.size();
+}
+
 std::vector<std::shared_ptr<TopicBuffer>> PrefetchIndex::All() const {
   std::vector<std::shared_ptr<TopicBuffer>> out;
   std::shared_lock lock(mu_);

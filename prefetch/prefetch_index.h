@@ -1,17 +1,20 @@
 #pragma once
 // PrefetchIndex: the process-wide map (namespace, topic) -> TopicBuffer. Buffers are
-// created on first use (an enqueue, a dequeue, or start-up recovery) and live for
-// the life of the process.
+// created on first use (an enqueue, a dequeue, or start-up recovery) and dropped by
+// EvictIdle once idle (a topic that has nothing left, or that a dequeue asked for and
+// never had anything), so that dequeues of ever new names do not grow it for good.
 //
 // Threads: any; a shared mutex guards the map, each buffer guards itself.
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <shared_mutex>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "common/ticker.h"
 #include "prefetch/topic_buffer.h"
 
 namespace shardq::prefetch {
@@ -28,6 +31,10 @@ class PrefetchIndex {
   // Every buffer of a namespace, sorted by topic.
   std::vector<std::shared_ptr<TopicBuffer>> ForNamespace(const std::string& ns) const;
   std::vector<std::shared_ptr<TopicBuffer>> All() const;
+  // Drops the buffers that are Idle() and used by nobody else (a dequeue or a shard
+  // strand holding one keeps it); returns how many.
+  size_t EvictIdle();
+  size_t size() const;
 
   size_t shards() const { return shards_; }
   size_t window_capacity() const { return window_capacity_; }
@@ -37,6 +44,26 @@ class PrefetchIndex {
   const size_t window_capacity_;
   mutable std::shared_mutex mu_;
   std::map<std::pair<std::string, std::string>, std::shared_ptr<TopicBuffer>> buffers_;
+};
+
+// Runs PrefetchIndex::EvictIdle every `interval`, on the ticker's thread.
+class IndexSweeper final : public Tickable {
+ public:
+  IndexSweeper(PrefetchIndex& index, Duration interval)
+      : index_(index), interval_(interval) {}
+  Duration Tick(Time now) override {
+    if (!next_) next_ = now + interval_;
+    if (now >= *next_) {
+      index_.EvictIdle();
+      next_ = now + interval_;
+    }
+    return *next_ - now;
+  }
+
+ private:
+  PrefetchIndex& index_;
+  const Duration interval_;
+  std::optional<Time> next_;  // ticker thread only
 };
 
 }  // namespace shardq::prefetch

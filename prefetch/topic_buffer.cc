@@ -187,6 +187,20 @@ std::vector<std::shared_ptr<Waiter>> TopicBuffer::IdleWaiters() const {
   return out;
 }
 
+bool TopicBuffer::Idle() const {
+  std::lock_guard lock(mu_);
+  for (const StateCounts& c : counts_) {
+    if (c.total() != 0) return false;
+  }
+  for (const ShardWindow& w : windows_) {
+    if (w.refill_pending || !w.Empty()) return false;
+  }
+  for (const auto& weak : waiters_) {
+    if (!weak.expired()) return false;
+  }
+  return true;
+}
+
 void TopicBuffer::WakeAll(std::unique_lock<std::mutex>& lock) {
   if (waiters_.empty()) return;
   std::vector<std::weak_ptr<Waiter>> waiters;

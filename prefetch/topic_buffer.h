@@ -111,6 +111,9 @@ class TopicBuffer {
   // --- Observers --------------------------------------------------------------
   StateCounts Counts() const;
   size_t WindowSize(size_t shard) const;
+  // Nothing of this topic on any shard, no window loading, nobody waiting: the index
+  // may drop it (PrefetchIndex::EvictIdle), and recreates it on next use.
+  bool Idle() const;
 
   // One-shot: the waiter is woken once (then dropped) at the next new item.
   void AddWaiter(std::weak_ptr<Waiter> w);

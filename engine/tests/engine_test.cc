@@ -507,6 +507,21 @@ TEST(EngineDequeueTest, ACallGetsAtMostItsTotalLimitOverAllTopics) {
   EXPECT_EQ(h.Dequeue("b", 1000).size(), 200u) << "the rest stayed ready";
 }
 
+// Dequeues of ever new topic names must not grow the index for good: a topic with
+// nothing on any shard leaves it at the next sweep; one with items stays.
+TEST(EngineDequeueTest, TopicsThatNeverHadItemsLeaveTheIndexAtTheNextSweep) {
+  Harness h({1, 2});
+  h.EnqueueOk(Item("kept", 0));
+  for (int i = 0; i < 50; ++i)
+    EXPECT_TRUE(h.Dequeue("new-" + std::to_string(i), 1).empty());
+  EXPECT_EQ(h.engine().IndexedTopics(), 51u);
+  h.clock().Advance(EngineOptions{}.index_sweep_interval);
+  EXPECT_TRUE(WaitUntil([&] { return h.engine().IndexedTopics() == 1; }))
+      << h.engine().IndexedTopics() << " topics indexed";
+  ASSERT_EQ(h.Dequeue("kept", 1).size(), 1u);
+  EXPECT_TRUE(h.Dequeue("new-0", 1).empty()) << "recreated on use";
+}
+
 TEST(EngineDequeueTest, GlobalOrderAcrossFourShards) {
   Harness h({1, 2, 3, 4});
   std::mt19937 rng(12345);

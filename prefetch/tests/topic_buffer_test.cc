@@ -745,6 +745,41 @@ TEST(TopicBufferTest, SetCountsReplacesOneShardAndSumsAcrossShards) {
 // PrefetchIndex
 // ---------------------------------------------------------------------------
 
+// Only a buffer with nothing in it, nothing loading, nobody waiting and nobody else
+// holding it leaves the index.
+TEST(PrefetchIndexTest, EvictIdleDropsOnlyUnusedEmptyBuffers) {
+  PrefetchIndex index(2, 8);
+  index.GetOrCreate("ns", "empty");
+  auto held = index.GetOrCreate("ns", "held");
+  index.GetOrCreate("ns", "counted")
+      ->CountTransition(1, ItemState::kGone, ItemState::kDead);
+  index.GetOrCreate("ns", "loading")->ClaimRefill(0);
+  auto waiter = std::make_shared<CountingWaiter>();
+  index.GetOrCreate("ns", "waited")->AddWaiter(waiter);
+  EXPECT_EQ(index.EvictIdle(), 1u);
+  EXPECT_EQ(index.Find("ns", "empty"), nullptr);
+  EXPECT_NE(index.Find("ns", "held"), nullptr);
+  EXPECT_NE(index.Find("ns", "counted"), nullptr);
+  EXPECT_NE(index.Find("ns", "loading"), nullptr);
+  EXPECT_NE(index.Find("ns", "waited"), nullptr);
+  held.reset();
+  waiter.reset();
+  EXPECT_EQ(index.EvictIdle(), 2u);
+  EXPECT_EQ(index.size(), 2u);
+}
+
+TEST(PrefetchIndexTest, TheSweeperEvictsOncePerInterval) {
+  PrefetchIndex index(1, 8);
+  IndexSweeper sweeper(index, Duration(1000));
+  const Time t0{};
+  EXPECT_EQ(sweeper.Tick(t0), Duration(1000));
+  index.GetOrCreate("ns", "t");
+  EXPECT_EQ(sweeper.Tick(t0 + Duration(999)), Duration(1));
+  EXPECT_EQ(index.size(), 1u);
+  EXPECT_EQ(sweeper.Tick(t0 + Duration(1000)), Duration(1000));
+  EXPECT_EQ(index.size(), 0u);
+}
+
 TEST(PrefetchIndexTest, GetOrCreateReturnsTheSameBuffer) {
   PrefetchIndex index(4, 16);
   EXPECT_EQ(index.shards(), 4u);
