@@ -84,7 +84,11 @@ void TopicBuffer::ApplyRefill(size_t shard, const std::vector<ReadyKey>& keys) {
 void TopicBuffer::RefillFailed(size_t shard) {
   std::unique_lock lock(mu_);
   windows_[shard].refill_pending = false;
-  if (windows_[shard].MarkUnavailable()) WakeAll(lock);
+  windows_[shard].MarkUnavailable();
+  // Wake even if it was unavailable already: a waiter's next Take asks for the next
+  // refill, and nothing else would. Each is a real store call, and failures count
+  // against the breaker, which soon opens (ShardDown) if they go on.
+  WakeAll(lock);
 }
 
 void TopicBuffer::ShardDown(size_t shard) {

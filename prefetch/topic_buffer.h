@@ -93,8 +93,7 @@ class TopicBuffer {
   void OnRemoved(size_t shard, RowId row);
   void ApplyRefill(size_t shard, const std::vector<ReadyKey>& keys);
   // A refill failed while the shard is up: the window is unavailable, and the next
-  // Take asks again. Wakes waiters only if it was available (what they wait for
-  // changed).
+  // Take asks again. Wakes the waiters, whose Takes do.
   void RefillFailed(size_t shard);
   // The shard's circuit opened (or it could not be opened): the window is unavailable
   // and wants no refill until ShardUp(), so that a parked dequeue's Take does not ask

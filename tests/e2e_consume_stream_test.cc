@@ -115,9 +115,10 @@ TEST_F(ConsumeStreamTest, ACancelRightBehindItsCallStillEndsIt) {
 }
 
 // A client that sends far more calls than the server reads ahead (1,000, answers not
-// yet written included) before it reads any answer: the server stops reading while
-// the answers wait, and goes on once they are read, so every call is answered and the
-// server's memory for the stream stays bounded.
+// yet written included), reading the answers on another thread as they come: the
+// server's reads stop and resume with the answers written, and every call is
+// answered. (That the reads stop is CallStreamTest's, frontend/tests: a test here
+// could only see it by waiting.)
 TEST_F(ConsumeStreamTest, ManyMoreCallsThanTheReadAheadAreAllAnsweredOnceTheClientReads) {
   grpc::ClientContext ctx;
   SetDeadline(ctx);

@@ -143,13 +143,8 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
 
   void Stop(Millis timeout) {
     {
-      std::unique_lock lock(mu_);
-      if (stopping_) {
-        // Another thread is stopping it (or did): return once that is done, so that a
-        // destructor racing a Stop() does not free what the Stop() still uses.
-        cv_.wait(lock, [&] { return stopped_; });
-        return;
-      }
+      std::lock_guard lock(mu_);
+      if (stopping_) return;
       stopping_ = true;
       if (!started_) {
         stopped_ = true;

@@ -948,10 +948,6 @@ TEST_F(SdkTest, AnExecutorRunsItsNextTaskWhileThePreviousOutcomeIsStillBeingSent
   EXPECT_TRUE(DrainNow("async").empty()) << "both acked, none redelivered";
 }
 
-// Needs the server's task lifecycle (issue #3): GetTask, results, errors, worker ids,
-// CancelTask's cancel_requested.
-// Outcomes beyond the server's limits are brought within them, not refused: a
-// refused ack or nack would leave the task to run again and again until dead-lettered.
 // Millis::max() as a deadline or a wait means "as long as it takes". On the real clock
 // (time since boot) adding it overflowed: the call failed at once, and WaitCancelled
 // returned at once, as if its time were up.
@@ -985,6 +981,8 @@ TEST_F(SdkTest, AnEndlessDeadlineOrWaitDoesNotOverflowOnTheRealClock) {
   EXPECT_TRUE(f.get()) << "WaitCancelled returned before the stop";
 }
 
+// Outcomes beyond the server's limits are brought within them, not refused: a
+// refused ack or nack would leave the task to run again and again until dead-lettered.
 TEST_F(SdkTest, AnOversizedResultIsCutAndANegativeRetryDelayIsNone) {
   sdk::Producer producer(ProducerOptions());
   auto big = producer.Enqueue({.topic = "limits", .payload = "big", .task_type = "t"});
@@ -1009,6 +1007,8 @@ TEST_F(SdkTest, AnOversizedResultIsCutAndANegativeRetryDelayIsNone) {
   EXPECT_EQ(worker.stats().report_errors, 0u);
 }
 
+// Needs the server's task lifecycle (issue #3): GetTask, results, errors, worker ids,
+// CancelTask's cancel_requested.
 TEST_F(SdkTest, LifecycleResultErrorWorkerIdAndCancellationReachTheServer) {
   sdk::Producer producer(ProducerOptions());
   auto ok = producer.Enqueue({.topic = "life", .payload = "ok", .task_type = "t"},

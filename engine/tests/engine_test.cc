@@ -1004,7 +1004,7 @@ TEST(EngineRoutingTest, AckNackExtendAreRoutedByShardInRequestOrder) {
   EXPECT_TRUE(h.Ack({}).empty());
 }
 
-// ------------------------------------------------------------ claim failure
+// ------------------------------------------------------------ dead-letter bulk ops
 
 // A whole-topic redrive runs one store step per shard, each on its own strand. The
 // steps must not wait for each other: a lock held across one shard's step serialised
@@ -1031,6 +1031,8 @@ TEST(EngineBulkTest, AWholeTopicRedrivesShardStepsRunAtTheSameTime) {
   std::lock_guard lock(mu);
   EXPECT_EQ(met, 2);
 }
+
+// ------------------------------------------------------------ claim failure
 
 TEST(EngineClaimTest, FailedClaimPutsItemsBack) {
   Harness h({1, 2});

@@ -354,9 +354,12 @@ TEST(TopicBufferTest, ClaimRefillsMarksPendingLikeTake) {
   EXPECT_TRUE(buf.ClaimRefills().empty());
 }
 
-// Waiters are woken when a window stops being available (what they wait for changed),
-// not again while it stays so: each wake makes a parked dequeue take and ask again.
-TEST(TopicBufferTest, AWindowGoingUnavailableWakesWaitersOnceAndADownOneAsksForNothing) {
+// A shard going down wakes the waiters once (what they wait for changed), not again
+// while it stays down: each wake makes a parked dequeue take, and its Take would ask
+// for a refill the open circuit refuses at once. A refill that failed while the shard
+// is up wakes them every time: their Takes ask for the next one, and nothing else
+// would (the failures count against the breaker, which opens if they go on).
+TEST(TopicBufferTest, ADownShardWakesWaitersOnceAndAsksForNothingAFailedRefillAgain) {
   TopicBuffer buf("ns", "t", 2, 8);
   buf.ApplyRefill(0, {Key(0, 0, 1)});
   buf.ApplyRefill(1, {Key(0, 0, 2)});
@@ -367,11 +370,12 @@ TEST(TopicBufferTest, AWindowGoingUnavailableWakesWaitersOnceAndADownOneAsksForN
 
   buf.AddWaiter(waiter);
   buf.ShardDown(1);
-  buf.RefillFailed(0);  // available until now: wakes
+  EXPECT_EQ(waiter->wakes, 1) << "shard 1 was down already";
+  buf.RefillFailed(0);
   EXPECT_EQ(waiter->wakes, 2);
   buf.AddWaiter(waiter);
   buf.RefillFailed(0);
-  EXPECT_EQ(waiter->wakes, 2) << "shard 0 was unavailable already";
+  EXPECT_EQ(waiter->wakes, 3) << "the next refill is asked for by a waiter's Take";
 
   std::vector<size_t> refill;
   TakeFrom(buf, 1, &refill);

@@ -1016,8 +1016,8 @@ TEST_F(ShardWorkerTest, AParkedDequeueIsNotWokenOverAndOverWhileTheShardIsDown) 
   EXPECT_LE(waiter->wakes, 1) << "woken once, when the window became unavailable";
   EXPECT_EQ(waiter->taken, 0u);
 
-  // The shard is back: the probe's turn refills the window, and the dequeue gets the
-  // item stored before the outage.
+  // The shard is back: the probe's turn refills the window (its refill is the one the
+  // parked dequeue's wake asks for), and the dequeue gets the next item stored.
   store_->ClearFailures();
   auto stored = EnqueueAsync({Item("t")});  // refused: still down
   io_.RunAll();

@@ -1083,9 +1083,6 @@ TYPED_TEST(StoreContractTest, InsertLeasesTheItemsItIsAskedToAsAClaimWould) {
   EXPECT_EQ(this->Task(got[0].row).state, ItemState::kSucceeded);
 }
 
-// A lease that expires in the same promotion becomes READY in the ready index, not
-// through the handoff; a DELAYED item ranking after it is not offered either, or a
-// parked dequeue would get that one while a better item is ready.
 // The leases a promotion's handoff grants are LEASED rows left: they count in when the
 // next call has work and when the next lease ends.
 TYPED_TEST(StoreContractTest, PromoteDueCountsItsHandoffsLeasesInItsNextTimes) {
@@ -1100,6 +1097,9 @@ TYPED_TEST(StoreContractTest, PromoteDueCountsItsHandoffsLeasesInItsNextTimes) {
   EXPECT_EQ(p.next_expiry, kT0 + 12s);
 }
 
+// A lease that expires in the same promotion becomes READY in the ready index, not
+// through the handoff; a DELAYED item ranking after it is not offered either, or a
+// parked dequeue would get that one while a better item is ready.
 TYPED_TEST(StoreContractTest, PromoteDueOffersNoDelayedItemRankingAfterAnExpiredLease) {
   RowId lease = this->InsertOne(Item("t", 3, kT0));
   ASSERT_EQ(this->Claim({lease}, 3, kT0, "w0").size(), 1u);  // 30 s lease
