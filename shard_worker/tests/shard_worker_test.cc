@@ -138,6 +138,16 @@ class ShardWorkerTest : public ::testing::Test {
     StartWorker();
   }
 
+  // A started worker whose breaker opens at the first failure and probes 500 ms later.
+  void StartWithATouchyBreaker() {
+    WorkerOptions o = QuietOptions();
+    o.breaker.min_samples = 1;
+    o.breaker.failure_ratio = 0.1;
+    o.breaker.cooldown = Duration(500);
+    MakeWorker(o);
+    StartWorker();
+  }
+
   // `times` ticks at the current time, each followed by the strand turns it posted.
   void TickAndRun(int times) {
     for (int i = 0; i < times; ++i) {
@@ -923,12 +933,7 @@ TEST_F(ShardWorkerTest, OpenBreakerRefusesEnqueuesWithoutAttemptingThem) {
 // open) and nothing re-arms it after the probe succeeds: the item stays DELAYED until
 // some unrelated event notes a new deadline.
 TEST_F(ShardWorkerTest, PromotionDueDuringOutageRunsAfterRecovery) {
-  WorkerOptions o = QuietOptions();
-  o.breaker.min_samples = 1;
-  o.breaker.failure_ratio = 0.1;
-  o.breaker.cooldown = Duration(500);
-  MakeWorker(o);
-  StartWorker();
+  StartWithATouchyBreaker();
   Time now = clock_.Now();
   auto out = EnqueueAsync({Item("t", 0, now + Duration(300))});
   io_.RunAll();
@@ -994,14 +999,7 @@ class RetakingWaiter : public prefetch::Waiter,
 // pool thread busy for the whole cool-down. Now a down shard's window asks for no
 // refill until the probe succeeds, and then gets one.
 TEST_F(ShardWorkerTest, AParkedDequeueIsNotWokenOverAndOverWhileTheShardIsDown) {
-  WorkerOptions o = QuietOptions();
-  o.breaker.min_samples = 1;
-  o.breaker.failure_ratio = 0.1;
-  o.breaker.cooldown = Duration(500);
-  MakeWorker(o);
-  StartWorker();
-  ASSERT_TRUE(EnqueueAsync({Item("other")}) != nullptr);
-  io_.RunAll();
+  StartWithATouchyBreaker();
   store_->FailAll(Status::Unavailable("db down"));
   auto failed = EnqueueAsync({Item("other")});
   io_.RunAll();
@@ -1037,12 +1035,7 @@ TEST_F(ShardWorkerTest, AParkedDequeueIsNotWokenOverAndOverWhileTheShardIsDown) 
 // take its keys, the open circuit would refuse their claims and drop the keys, and the
 // window (complete, now empty) would never be refilled -- READY items nobody sees.
 TEST_F(ShardWorkerTest, ARefillInTheTurnThatOpensTheCircuitLeavesTheWindowToTheProbe) {
-  WorkerOptions o = QuietOptions();
-  o.breaker.min_samples = 1;
-  o.breaker.failure_ratio = 0.1;
-  o.breaker.cooldown = Duration(500);
-  MakeWorker(o);
-  StartWorker();
+  StartWithATouchyBreaker();
   auto out = EnqueueAsync({Item("t", 1), Item("t", 2), Item("t", 3)});
   io_.RunAll();
   ASSERT_TRUE(out->rows.ok());
