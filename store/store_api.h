@@ -65,9 +65,9 @@ struct InsertLease {
 
 // Asked by PromoteDue, inside its transaction, with the DELAYED items it is moving to
 // READY that may be handed off (DelayedMoves; as transitions to kReady, earliest due
-// first): returns those to lease at
-// once instead, as a claim of them would, in the same transaction (the direct handoff
-// of items that fall due). Must not call the store.
+// first): returns those to lease at once instead, as a claim of them would, in the
+// same transaction (the direct handoff of items that fall due). Must not call the
+// store.
 using PromoteHandoff =
     std::function<std::vector<InsertLease>(std::span<const ItemTransition> due)>;
 
