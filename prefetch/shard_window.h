@@ -66,6 +66,13 @@ class ShardWindow {
                       : !shard_down_;
   }
   bool refill_pending = false;  // set by whoever requests a refill
+  // Marks a refill pending if one is wanted and none is pending yet; true if so (the
+  // caller then asks the shard worker for it).
+  bool ClaimRefill() {
+    if (!WantsRefill() || refill_pending) return false;
+    refill_pending = true;
+    return true;
+  }
 
  private:
   size_t capacity_;

@@ -33,10 +33,7 @@ std::vector<TopicBuffer::Taken> TopicBuffer::Take(size_t count,
   }
   if (out.size() < count && (stopped || blocked_now())) *blocked = true;
   for (size_t s = 0; s < windows_.size(); ++s) {
-    if (windows_[s].WantsRefill() && !windows_[s].refill_pending) {
-      windows_[s].refill_pending = true;
-      refill->push_back(s);
-    }
+    if (windows_[s].ClaimRefill()) refill->push_back(s);
   }
   return out;
 }
@@ -45,20 +42,14 @@ std::vector<size_t> TopicBuffer::ClaimRefills() {
   std::vector<size_t> out;
   std::lock_guard lock(mu_);
   for (size_t s = 0; s < windows_.size(); ++s) {
-    if (windows_[s].WantsRefill() && !windows_[s].refill_pending) {
-      windows_[s].refill_pending = true;
-      out.push_back(s);
-    }
+    if (windows_[s].ClaimRefill()) out.push_back(s);
   }
   return out;
 }
 
 bool TopicBuffer::ClaimRefill(size_t shard) {
   std::lock_guard lock(mu_);
-  ShardWindow& w = windows_[shard];
-  if (!w.WantsRefill() || w.refill_pending) return false;
-  w.refill_pending = true;
-  return true;
+  return windows_[shard].ClaimRefill();
 }
 
 void TopicBuffer::OnReady(size_t shard, std::span<const ReadyKey> keys) {
@@ -99,11 +90,8 @@ void TopicBuffer::ShardDown(size_t shard) {
 
 bool TopicBuffer::ShardUp(size_t shard) {
   std::lock_guard lock(mu_);
-  ShardWindow& w = windows_[shard];
-  w.MarkShardUp();
-  if (!w.WantsRefill() || w.refill_pending) return false;
-  w.refill_pending = true;
-  return true;
+  windows_[shard].MarkShardUp();
+  return windows_[shard].ClaimRefill();
 }
 
 void TopicBuffer::Unreserve(size_t shard, RowId row) {

@@ -520,12 +520,7 @@ void ShardWorker::RunRefill(const std::shared_ptr<prefetch::TopicBuffer>& buffer
       Timed([&] { return store_->FetchReady(buffer->ns(), buffer->topic(), capacity); },
             &latency);
   Observe(keys.status(), latency);
-  bool up;
-  {
-    std::lock_guard lock(mu_);
-    up = breaker_.AllowsTraffic();
-  }
-  if (!up) {
+  if (!breaker_.AllowsTraffic()) {
     // The circuit opened during this turn (this read was slow, or an earlier step
     // failed): the windows stay unavailable until the shard is back, even if this read
     // succeeded, or dequeues would take keys whose claims the open circuit refuses.

@@ -643,22 +643,20 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
         continue;
       }
       next = clock_.Now() + options_.heartbeat_interval;
-      std::vector<std::shared_ptr<State>> held;
-      for (const auto& st : buffer_) held.push_back(st);
-      for (const auto& st : running_) held.push_back(st);
-      std::erase_if(
-          held, [](const auto& st) { return st->stop.load() == StopReason::kLeaseLost; });
       // A task held twice (an old delivery still running and its redelivery) is
       // extended once, by its latest delivery: the server refuses a call that names an
       // item twice, and the old delivery's token is stale anyway.
       std::map<std::string, std::shared_ptr<State>> latest;
-      for (auto& st : held) {
+      auto hold = [&](const std::shared_ptr<State>& st) {
+        if (st->stop.load() == StopReason::kLeaseLost) return;
         auto [it, added] = latest.try_emplace(st->item.id(), st);
         if (!added && st->item.attempts() > it->second->item.attempts()) it->second = st;
-      }
-      held.clear();
+      };
+      for (const auto& st : buffer_) hold(st);
+      for (const auto& st : running_) hold(st);
+      if (latest.empty()) continue;
+      std::vector<std::shared_ptr<State>> held;
       for (auto& [id, st] : latest) held.push_back(std::move(st));
-      if (held.empty()) continue;
       lock.unlock();
       for (size_t from = 0; from < held.size(); from += kMaxBatch) {
         size_t to = std::min(held.size(), from + kMaxBatch);
