@@ -138,15 +138,27 @@ class ShardWorkerTest : public ::testing::Test {
     StartWorker();
   }
 
-  // A started worker whose breaker opens at the first failure and probes 500 ms later.
+  // A started worker whose breaker opens at the first failure and probes kCooldown
+  // later.
   void StartWithATouchyBreaker() {
     WorkerOptions o = QuietOptions();
     o.breaker.min_samples = 1;
     o.breaker.failure_ratio = 0.1;
-    o.breaker.cooldown = Duration(500);
+    o.breaker.cooldown = kCooldown;
     MakeWorker(o);
     StartWorker();
   }
+
+  // An open breaker's cool-down (kCooldown) passes and the ticker's probe runs; true
+  // if it closed the breaker.
+  bool ProbeAfterTheCooldown() {
+    clock_.Advance(kCooldown);
+    worker_->Tick(clock_.Now());
+    io_.RunAll();
+    return worker_->Health().breaker == BreakerState::kClosed;
+  }
+
+  static constexpr Duration kCooldown{500};  // the breaker's, in the outage tests
 
   // `times` ticks at the current time, each followed by the strand turns it posted.
   void TickAndRun(int times) {
@@ -894,7 +906,7 @@ TEST_F(ShardWorkerTest, OpenBreakerRefusesEnqueuesWithoutAttemptingThem) {
   WorkerOptions o = QuietOptions();
   o.breaker.min_samples = 2;
   o.breaker.failure_ratio = 0.5;
-  o.breaker.cooldown = Duration(500);
+  o.breaker.cooldown = kCooldown;
   MakeWorker(o);
   worker_->Start();
   io_.RunAll();  // recovery only: no samples in the breaker yet
@@ -918,10 +930,7 @@ TEST_F(ShardWorkerTest, OpenBreakerRefusesEnqueuesWithoutAttemptingThem) {
   EXPECT_EQ(store_->calls(MemoryShardStore::Op::kInsert), inserts);
 
   store_->ClearFailures();
-  clock_.Advance(Duration(500));
-  worker_->Tick(clock_.Now());
-  io_.RunAll();
-  EXPECT_EQ(worker_->Health().breaker, BreakerState::kClosed);
+  EXPECT_TRUE(ProbeAfterTheCooldown());
   auto ok = EnqueueAsync({Item("t")});
   io_.RunAll();
   EXPECT_TRUE(ok->rows.ok());
@@ -956,10 +965,7 @@ TEST_F(ShardWorkerTest, PromotionDueDuringOutageRunsAfterRecovery) {
 
   // The shard comes back: probe after the cool-down.
   store_->ClearFailures();
-  clock_.Advance(Duration(500));
-  worker_->Tick(clock_.Now());
-  io_.RunAll();
-  ASSERT_EQ(worker_->Health().breaker, BreakerState::kClosed);
+  ASSERT_TRUE(ProbeAfterTheCooldown());
 
   // The next ticks promote it.
   TickAndRun(3);
@@ -1017,13 +1023,7 @@ TEST_F(ShardWorkerTest, AParkedDequeueIsNotWokenOverAndOverWhileTheShardIsDown) 
   // The shard is back: the probe's turn refills the window (its refill is the one the
   // parked dequeue's wake asks for), and the dequeue gets the next item stored.
   store_->ClearFailures();
-  auto stored = EnqueueAsync({Item("t")});  // refused: still down
-  io_.RunAll();
-  EXPECT_FALSE(stored->rows.ok());
-  clock_.Advance(Duration(500));
-  worker_->Tick(clock_.Now());
-  io_.RunAll();
-  ASSERT_EQ(worker_->Health().breaker, BreakerState::kClosed);
+  ASSERT_TRUE(ProbeAfterTheCooldown());
   auto now_stored = EnqueueAsync({Item("t")});
   io_.RunAll();
   ASSERT_TRUE(now_stored->rows.ok());
@@ -1053,10 +1053,7 @@ TEST_F(ShardWorkerTest, ARefillInTheTurnThatOpensTheCircuitLeavesTheWindowToTheP
   EXPECT_TRUE(TakeAndClaim("t", 3).empty()) << "nothing to take while the shard is down";
 
   // The probe closes the circuit and refills the window: all three are delivered.
-  clock_.Advance(Duration(500));
-  worker_->Tick(clock_.Now());
-  io_.RunAll();
-  ASSERT_EQ(worker_->Health().breaker, BreakerState::kClosed);
+  ASSERT_TRUE(ProbeAfterTheCooldown());
   EXPECT_EQ(TakeAndClaim("t", 3).size(), 3u);
 }
 
