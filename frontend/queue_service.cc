@@ -210,14 +210,16 @@ void QueueService::RunDequeue(const v1::DequeueRequest& req, v1::DequeueResponse
   if (!wait.ok()) return done(wait.status());
   st = ValidateLength("worker_id", req.worker_id(), kMaxWorkerIdLen);
   if (!st.ok()) return done(st);
-  slot->Set(engine_.Dequeue(
-      req.namespace_(), std::move(*asks), *wait, req.worker_id(),
-      [out, done = std::move(done)](std::vector<engine::Delivered> items) {
-        for (engine::Delivered& d : items) {
-          EncodeDelivered(d, out->add_items());
-        }
-        done(Status::Ok());
-      }));
+  // The server's time goes with the leases, so a worker can tell their ends on its
+  // own clock (DequeueResponse.server_time_ms).
+  auto answer = [clock = &clock_, out,
+                 done = std::move(done)](std::vector<engine::Delivered> items) {
+    for (engine::Delivered& d : items) EncodeDelivered(d, out->add_items());
+    out->set_server_time_ms(ToUnixMillis(clock->Now()));
+    done(Status::Ok());
+  };
+  slot->Set(engine_.Dequeue(req.namespace_(), std::move(*asks), *wait, req.worker_id(),
+                            std::move(answer)));
 }
 
 namespace {

@@ -79,9 +79,24 @@ struct TaskContext::State {
   v1::DequeuedItem item;
   std::atomic<StopReason> stop{StopReason::kNone};
   bool reporting = false;  // its Ack/Nack is being sent: heartbeat answers are moot
+  // When the lease may run out, on the worker's clock (see LocalLeaseEnd); max() when
+  // an older server did not say its time.
+  Millis lease_until = Millis::max();
   std::optional<std::map<std::string, std::string>> retry_metadata;
 };
 using State = TaskContext::State;
+
+// The earliest time, on the worker's clock, at which a lease can run out: the server
+// granted it after the call that brought it was sent, with deadline - server_now left.
+// So a worker that cannot reach the server still knows when to stop a task that may
+// by then be running elsewhere.
+Millis LocalLeaseEnd(Millis sent, int64_t server_now_ms, int64_t deadline_ms) {
+  if (server_now_ms <= 0 || deadline_ms <= 0) return Millis::max();
+  return sent + Millis(std::max<int64_t>(0, deadline_ms - server_now_ms));
+}
+
+// The worker whose executor runs on this thread, if any (Stop from a handler).
+thread_local const void* tl_executor_of = nullptr;
 
 struct HandlerEntry {
   Handler handler;
@@ -154,6 +169,26 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
       dequeue_calls_->Shutdown();  // a parked dequeue returns at once
     }
     WakeAll();
+    if (tl_executor_of == this) {
+      // Called by a handler: the rest joins the executors, this one included, so it
+      // runs on a thread of its own while the handler returns and its outcome is
+      // reported as usual. Wait() (and the destructor) return when it is done.
+      std::thread([self = shared_from_this(), timeout] {
+        self->FinishStop(timeout);
+      }).detach();
+      return;
+    }
+    FinishStop(timeout);
+  }
+
+  void Wait() {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [&] { return stopped_; });
+  }
+
+ private:
+  // Stop after fetching has stopped: hand back, let handlers finish, join.
+  void FinishStop(Millis timeout) {
     for (auto& t : controllers_) t.join();
 
     // Buffered tasks never started: give them back at once.
@@ -203,11 +238,7 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
     WakeAll();
   }
 
-  void Wait() {
-    std::unique_lock lock(mu_);
-    cv_.wait(lock, [&] { return stopped_; });
-  }
-
+ public:
   WorkerStats stats() const {
     std::lock_guard lock(mu_);
     WorkerStats s = stats_;
@@ -286,6 +317,7 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
       v1::DequeueRequest request = BuildDequeue(ask);
       asked_ += ask;
       v1::DequeueResponse response;
+      const Millis sent = clock_.Now();
       lock.unlock();
       grpc::Status status = dequeue_calls_->Dequeue(
           request, &response, options_.poll_wait + options_.rpc_deadline);
@@ -298,6 +330,8 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
           // A new lease of an item we still hold: the old lease ran out.
           MarkSupersededLost(item.id());
           auto st = std::make_shared<State>();
+          st->lease_until =
+              LocalLeaseEnd(sent, response.server_time_ms(), item.lease_deadline_ms());
           st->item = std::move(item);
           buffer_.push_back(std::move(st));
           ++stats_.fetched;
@@ -367,6 +401,7 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
   // ---- executors: run handlers, report outcomes ----
 
   void ExecutorLoop() {
+    tl_executor_of = this;
     std::unique_lock lock(mu_);
     for (;;) {
       // A reporter far behind (server slow or down) holds the executors back, so
@@ -638,8 +673,10 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
     std::unique_lock lock(mu_);
     Millis next = clock_.Now() + options_.heartbeat_interval;
     while (!stop_heartbeat_) {
-      if (clock_.Now() < next) {
-        clock_.WaitUntil(cv_, lock, next);
+      const Millis now = clock_.Now();
+      const Millis lease_end = ExpireLeasesLocally(now);
+      if (now < next) {
+        clock_.WaitUntil(cv_, lock, std::min(next, lease_end));
         continue;
       }
       next = clock_.Now() + options_.heartbeat_interval;
@@ -667,7 +704,31 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
     }
   }
 
+  // Under mu_: flags the held tasks whose lease may have run out by the worker's clock
+  // (the server was out of reach for the heartbeats that would have extended it), so
+  // that a handler stops rather than run on while the task is delivered elsewhere.
+  // Returns when the next of the other leases runs out.
+  Millis ExpireLeasesLocally(Millis now) {
+    Millis earliest = Millis::max();
+    bool flagged = false;
+    auto check = [&](const std::shared_ptr<State>& st) {
+      if (st->reporting || st->stop.load() == StopReason::kLeaseLost) return;
+      if (st->lease_until > now) {
+        earliest = std::min(earliest, st->lease_until);
+        return;
+      }
+      st->stop.store(StopReason::kLeaseLost);
+      ++stats_.lease_lost;
+      flagged = true;
+    };
+    for (const auto& st : buffer_) check(st);
+    for (const auto& st : running_) check(st);
+    if (flagged) cv_.notify_all();  // handlers in WaitCancelled
+    return earliest;
+  }
+
   void Extend(const std::vector<std::shared_ptr<State>>& batch) {
+    const Millis sent = clock_.Now();  // the server's new deadlines start after this
     v1::ExtendLeaseRequest req;
     for (const auto& st : batch) {
       auto* e = req.add_items();
@@ -687,6 +748,7 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
         State& st = *batch[i];
         if (r.status().code() == 0) {
           ++stats_.extends_ok;
+          st.lease_until = sent + options_.lease_extension;
           if (r.cancel_requested()) {
             StopReason none = StopReason::kNone;
             if (st.stop.compare_exchange_strong(none, StopReason::kCancelRequested)) {
@@ -775,7 +837,10 @@ Worker::Worker(WorkerOptions options)
     : impl_(std::make_shared<Impl>(std::move(options))) {
   impl_->owner_ = this;
 }
-Worker::~Worker() { impl_->Stop(Millis(30'000)); }
+Worker::~Worker() {
+  impl_->Stop(Millis(30'000));
+  impl_->Wait();  // a Stop begun by a handler finishes on a thread of its own
+}
 Worker& Worker::Handle(const std::string& task_type, Handler handler,
                        std::optional<HandlerOptions> options) {
   impl_->Handle(task_type, std::move(handler), options);

@@ -655,6 +655,69 @@ TEST_F(SdkTest, HeartbeatFindsALostLeaseAndFlagsTheRunningTask) {
       << "the new holder is unaffected";
 }
 
+TEST_F(SdkTest, ALeaseThatRunsOutWhileTheServerIsOutOfReachFlagsItsTask) {
+  ASSERT_TRUE(client_->EnqueueOne(kNs, "cut", {.lease_ms = 3000}).ok());
+  auto options = WorkerOptions({"cut"});
+  options.concurrency = 1;
+  options.lease_extension = Millis(3000);
+  options.heartbeat_interval = Millis(1000);
+  sdk::Worker worker(options);
+  Gate started;
+  std::promise<sdk::StopReason> reason;
+  worker.Handle("", [&](TaskContext& task) {
+    started.Open();
+    task.WaitCancelled(Millis(3'600'000));  // an hour on the SDK clock
+    reason.set_value(task.stop_reason());
+    return Outcome::Success("too late");
+  });
+  worker.Start();
+  ASSERT_TRUE(started.Pass());
+  StopServer();
+  // Only the SDK's clock moves, past the lease's end: no heartbeat can reach the
+  // server, so the worker alone must tell that the task may now run elsewhere.
+  sdk_clock_.Advance(Millis(3000));
+  auto f = reason.get_future();
+  ASSERT_EQ(f.wait_for(30s), std::future_status::ready);
+  EXPECT_EQ(f.get(), sdk::StopReason::kLeaseLost);
+  worker.Stop();
+  EXPECT_EQ(worker.stats().lease_lost, 1u);
+  EXPECT_EQ(worker.stats().succeeded, 0u) << "no outcome sent with a lost lease";
+
+  StartServer();
+  server_clock_.Advance(Duration(3000));
+  std::vector<v1::DequeuedItem> again;
+  ASSERT_TRUE(Eventually([&] {
+    again = client_->Dequeue(kNs, "cut", 10);
+    return !again.empty();
+  })) << "delivered again after its lease, as at-least-once says";
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].attempts(), 2u);
+}
+
+TEST_F(SdkTest, AHandlerCanStopItsOwnWorker) {
+  ASSERT_TRUE(client_->EnqueueOne(kNs, "once", 0).ok());
+  ASSERT_TRUE(client_->EnqueueOne(kNs, "once", 1).ok());
+  auto options = WorkerOptions({"once"});
+  options.concurrency = 1;
+  options.buffer_size = 1;
+  sdk::Worker worker(options);
+  std::atomic<int> runs{0};
+  worker.Handle("", [&](TaskContext&) {
+    ++runs;
+    worker.Stop();  // e.g. a run-once job: returns at once, the shutdown goes on
+    return Outcome::Success("first");
+  });
+  worker.Start();
+  auto waited = std::async(std::launch::async, [&] { worker.Wait(); });
+  ASSERT_EQ(waited.wait_for(30s), std::future_status::ready)
+      << "the shutdown a handler began finished by itself";
+  EXPECT_EQ(runs.load(), 1);
+  EXPECT_EQ(worker.stats().succeeded, 1u) << "the stopping handler's outcome was sent";
+  auto left = DrainNow("once");
+  ASSERT_EQ(left.size(), 1u) << "the other one was handed back or never fetched";
+  EXPECT_EQ(left[0].priority(), 1);
+}
+
 TEST_F(SdkTest, RetriesWithBackoffThenSucceeds) {
   ASSERT_TRUE(client_->EnqueueOne(kNs, "retry", 0).ok());
   auto options = WorkerOptions({"retry"});

@@ -16,12 +16,16 @@
 //                      extended until its outcome is sent.
 //   heartbeat thread:  every heartbeat_interval, one batched ExtendLease for every task
 //                      the worker holds; a lost lease or cancel_requested flags the
-//                      task's TaskContext so its handler can stop.
+//                      task's TaskContext so its handler can stop. It also keeps each
+//                      lease's end on the worker's clock (from the server's time in
+//                      the answers), so a lease that runs out while the server is out
+//                      of reach flags its task too: by then it may run elsewhere.
 //
 // So a Worker uses exactly 4 + concurrency threads (plus gRPC's own). Stop() stops
 // fetching at once, hands buffered tasks back (Nack, delay 0), lets running handlers
 // finish within its timeout (then flags them cancelled), reports their outcomes and
-// joins every thread.
+// joins every thread. A handler may call Stop() too: fetching stops at once and the
+// rest runs on one extra thread, so the handler can return; Wait() returns when done.
 
 #include <atomic>
 #include <cstdint>
@@ -218,7 +222,8 @@ class Worker {
   // Starts the threads; returns at once. The server need not be up.
   void Start();
   // Graceful shutdown (see the file comment); `timeout` on the worker's clock. Then
-  // joins all threads. Idempotent.
+  // joins all threads. Idempotent. From a handler it returns at once and the shutdown
+  // goes on without it (Wait() and the destructor wait for its end).
   void Stop(Millis timeout = Millis(30'000));
   // Blocks until Stop() was called (from another thread or a signal-driven loop).
   void Wait();
