@@ -7,13 +7,17 @@
 // see Jitter::TimeOrderedKey), so a retry of an enqueue that did
 // commit is deduplicated by the server instead of creating a second task.
 //
-// Calls made while two Enqueue RPCs of this Producer are already in flight wait for one
-// of them to return and then travel together in one RPC (each caller still gets its
-// own items' answers): concurrent single enqueues become batches, with no added wait
-// when the producer is idle. Retries take the same way.
+// Each attempt goes out at once as one message of the Producer's EnqueueStream (opened
+// on first use, and again after it broke) and is answered as soon as its items are
+// committed. Against a server without that stream (UNIMPLEMENTED) the Producer falls
+// back to Enqueue RPCs: calls made while two are in flight wait for one of them to
+// return and then travel together in one RPC (each caller still gets its own items'
+// answers). Retries take the same way.
 //
-// Threads: one timer thread per Producer runs the retries of asynchronous calls; gRPC
-// runs the completion callbacks on its own threads.
+// Threads: one timer thread per Producer runs the retries of asynchronous calls and
+// ends attempts that get no answer by their deadline; gRPC runs the completion
+// callbacks on its own threads, so a callback that blocks holds up the answers of the
+// calls behind it.
 
 #include <grpcpp/support/status.h>
 
