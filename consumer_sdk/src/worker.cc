@@ -79,20 +79,21 @@ struct TaskContext::State {
   v1::DequeuedItem item;
   std::atomic<StopReason> stop{StopReason::kNone};
   bool reporting = false;  // its Ack/Nack is being sent: heartbeat answers are moot
-  // When the lease may run out, on the worker's clock (see LocalLeaseEnd); max() when
-  // an older server did not say its time.
+  // When the lease has run out at the latest, on the worker's clock (see
+  // LocalLeaseEnd); max() when an older server did not say its time.
   Millis lease_until = Millis::max();
   std::optional<std::map<std::string, std::string>> retry_metadata;
 };
 using State = TaskContext::State;
 
-// The earliest time, on the worker's clock, at which a lease can run out: the server
-// granted it after the call that brought it was sent, with deadline - server_now left.
-// So a worker that cannot reach the server still knows when to stop a task that may
-// by then be running elsewhere.
-Millis LocalLeaseEnd(Millis sent, int64_t server_now_ms, int64_t deadline_ms) {
+// When a lease has run out at the latest, on the worker's clock: the server's answer
+// left it `deadline - server_now` and arrived at `received`. (Not the time the call was
+// sent: a long poll may wait long before it leases anything.) So a worker that cannot
+// reach the server still knows when a task may be running elsewhere, and it never
+// flags a lease that the server still holds; it is late by the answer's transit only.
+Millis LocalLeaseEnd(Millis received, int64_t server_now_ms, int64_t deadline_ms) {
   if (server_now_ms <= 0 || deadline_ms <= 0) return Millis::max();
-  return sent + Millis(std::max<int64_t>(0, deadline_ms - server_now_ms));
+  return received + Bounded(Millis(deadline_ms - server_now_ms));
 }
 
 // The worker whose executor runs on this thread, if any (Stop from a handler).
@@ -154,12 +155,22 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
     for (int i = 0; i < options_.concurrency; ++i) {
       executors_.emplace_back([this] { ExecutorLoop(); });
     }
+    {
+      std::lock_guard lock(mu_);
+      threads_started_ = true;
+    }
+    cv_.notify_all();
   }
 
   void Stop(Millis timeout) {
     {
-      std::lock_guard lock(mu_);
-      if (stopping_) return;
+      std::unique_lock lock(mu_);
+      if (stopping_) {
+        // Begun elsewhere (e.g. by a handler): wait for its end, unless this is a
+        // handler, whose return the shutdown waits for.
+        if (tl_executor_of != this) cv_.wait(lock, [&] { return stopped_; });
+        return;
+      }
       stopping_ = true;
       if (!started_) {
         stopped_ = true;
@@ -172,23 +183,35 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
     if (tl_executor_of == this) {
       // Called by a handler: the rest joins the executors, this one included, so it
       // runs on a thread of its own while the handler returns and its outcome is
-      // reported as usual. Wait() (and the destructor) return when it is done.
-      std::thread([self = shared_from_this(), timeout] {
-        self->FinishStop(timeout);
-      }).detach();
+      // reported as usual. Wait() returns when it is done; the destructor joins it.
+      stopper_ = std::thread([this, timeout] { FinishStop(timeout); });
       return;
     }
     FinishStop(timeout);
   }
 
   void Wait() {
+    // A handler cannot wait for a shutdown that waits for it to return.
+    if (tl_executor_of == this) return;
     std::unique_lock lock(mu_);
     cv_.wait(lock, [&] { return stopped_; });
+  }
+
+  // For the destructor: the shutdown is over, and so is the thread a handler's Stop
+  // started for it.
+  void AwaitStopped() {
+    Wait();
+    if (stopper_.joinable()) stopper_.join();
   }
 
  private:
   // Stop after fetching has stopped: hand back, let handlers finish, join.
   void FinishStop(Millis timeout) {
+    {
+      // A handler may stop the worker while Start() is still creating executors.
+      std::unique_lock lock(mu_);
+      cv_.wait(lock, [&] { return threads_started_; });
+    }
     for (auto& t : controllers_) t.join();
 
     // Buffered tasks never started: give them back at once.
@@ -317,10 +340,10 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
       v1::DequeueRequest request = BuildDequeue(ask);
       asked_ += ask;
       v1::DequeueResponse response;
-      const Millis sent = clock_.Now();
       lock.unlock();
       grpc::Status status = dequeue_calls_->Dequeue(
           request, &response, options_.poll_wait + options_.rpc_deadline);
+      const Millis received = clock_.Now();
       lock.lock();
       asked_ -= ask;                // the answer's items go into the buffer below
       controller_cv_.notify_one();  // slots asked for and not filled are free again
@@ -330,12 +353,14 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
           // A new lease of an item we still hold: the old lease ran out.
           MarkSupersededLost(item.id());
           auto st = std::make_shared<State>();
-          st->lease_until =
-              LocalLeaseEnd(sent, response.server_time_ms(), item.lease_deadline_ms());
+          st->lease_until = LocalLeaseEnd(received, response.server_time_ms(),
+                                          item.lease_deadline_ms());
           st->item = std::move(item);
           buffer_.push_back(std::move(st));
           ++stats_.fetched;
         }
+        // The heartbeat sleeps until the next lease end it knows of.
+        if (response.items_size() > 0) cv_.notify_all();
         if (response.items_size() == 1) {
           executor_cv_.notify_one();
         } else if (response.items_size() > 1) {
@@ -417,6 +442,11 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
         controller_cv_.notify_one();
       }
       if (st->stop.load() == StopReason::kLeaseLost) continue;
+      if (st->lease_until <= clock_.Now()) {  // it waited past its lease: not ours now
+        st->stop.store(StopReason::kLeaseLost);
+        ++stats_.lease_lost;
+        continue;
+      }
       running_.insert(st);
       ++stats_.started;
       lock.unlock();
@@ -728,7 +758,6 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
   }
 
   void Extend(const std::vector<std::shared_ptr<State>>& batch) {
-    const Millis sent = clock_.Now();  // the server's new deadlines start after this
     v1::ExtendLeaseRequest req;
     for (const auto& st : batch) {
       auto* e = req.add_items();
@@ -738,6 +767,8 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
     }
     v1::ExtendLeaseResponse resp;
     grpc::Status s = report_calls_->ExtendLease(req, &resp, options_.rpc_deadline);
+    // Each new deadline is the server's now + extension, and its now came before this.
+    const Millis received = clock_.Now();
     if (!s.ok() || resp.results_size() != static_cast<int>(batch.size()))
       return;  // next beat
     bool changed = false;
@@ -748,7 +779,7 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
         State& st = *batch[i];
         if (r.status().code() == 0) {
           ++stats_.extends_ok;
-          st.lease_until = sent + options_.lease_extension;
+          st.lease_until = received + options_.lease_extension;
           if (r.cancel_requested()) {
             StopReason none = StopReason::kNone;
             if (st.stop.compare_exchange_strong(none, StopReason::kCancelRequested)) {
@@ -800,6 +831,7 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
   bool stop_heartbeat_ = false;
   bool stop_reporter_ = false;
   bool stopped_ = false;
+  bool threads_started_ = false;  // Start() has created every thread
   WorkerStats stats_;
 
   static constexpr int kControllers = 2;
@@ -807,6 +839,7 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
   std::thread heartbeat_;
   std::thread reporter_;
   std::vector<std::thread> executors_;
+  std::thread stopper_;  // runs a Stop that a handler began
 };
 
 // ---- TaskContext ----
@@ -839,7 +872,7 @@ Worker::Worker(WorkerOptions options)
 }
 Worker::~Worker() {
   impl_->Stop(Millis(30'000));
-  impl_->Wait();  // a Stop begun by a handler finishes on a thread of its own
+  impl_->AwaitStopped();  // a Stop begun by a handler finishes on a thread of its own
 }
 Worker& Worker::Handle(const std::string& task_type, Handler handler,
                        std::optional<HandlerOptions> options) {

@@ -694,6 +694,42 @@ TEST_F(SdkTest, ALeaseThatRunsOutWhileTheServerIsOutOfReachFlagsItsTask) {
   EXPECT_EQ(again[0].attempts(), 2u);
 }
 
+TEST_F(SdkTest, ABufferedTaskWhoseLeaseRanOutIsNotStarted) {
+  ASSERT_TRUE(
+      client_->EnqueueOne(kNs, "stale", {.priority = 0, .lease_ms = 60'000}).ok());
+  ASSERT_TRUE(client_->EnqueueOne(kNs, "stale", {.priority = 1, .lease_ms = 3000}).ok());
+  auto options = WorkerOptions({"stale"});
+  options.concurrency = 1;
+  options.buffer_size = 1;
+  options.heartbeat_interval = Millis(60'000);  // no extension within this test
+  sdk::Worker worker(options);
+  Gate first_started, release;
+  std::mutex mu;
+  std::vector<uint32_t> second_attempts;
+  worker.Handle("", [&](TaskContext& task) {
+    if (task.priority() == 1) {
+      std::lock_guard lock(mu);
+      second_attempts.push_back(task.attempt());
+      return Outcome::Success();
+    }
+    first_started.Open();
+    EXPECT_TRUE(release.Pass());
+    return Outcome::Success();
+  });
+  worker.Start();
+  ASSERT_TRUE(first_started.Pass());
+  ASSERT_TRUE(Eventually([&] { return worker.stats().buffered == 1; }));
+  // The buffered task's lease runs out while it waits for the busy executor.
+  Advance(Millis(3000));
+  ASSERT_TRUE(Eventually([&] { return worker.stats().lease_lost == 1; }));
+  release.Open();
+  // The server delivers it again after its lease, and only that delivery runs.
+  ASSERT_TRUE(Eventually([&] { return worker.stats().succeeded == 2; }));
+  worker.Stop();
+  std::lock_guard lock(mu);
+  EXPECT_EQ(second_attempts, std::vector<uint32_t>{2});
+}
+
 TEST_F(SdkTest, AHandlerCanStopItsOwnWorker) {
   ASSERT_TRUE(client_->EnqueueOne(kNs, "once", 0).ok());
   ASSERT_TRUE(client_->EnqueueOne(kNs, "once", 1).ok());
@@ -702,12 +738,21 @@ TEST_F(SdkTest, AHandlerCanStopItsOwnWorker) {
   options.buffer_size = 1;
   sdk::Worker worker(options);
   std::atomic<int> runs{0};
+  Gate buffered;
   worker.Handle("", [&](TaskContext&) {
     ++runs;
+    EXPECT_TRUE(buffered.Pass());
     worker.Stop();  // e.g. a run-once job: returns at once, the shutdown goes on
+    worker.Wait();  // returns at once in a handler (the shutdown waits for it)
     return Outcome::Success("first");
   });
   worker.Start();
+  // The other item is in the buffer (not on its way in a Dequeue that Stop cuts).
+  ASSERT_TRUE(Eventually([&] {
+    auto s = worker.stats();
+    return s.fetched == 2 && s.buffered == 1;
+  }));
+  buffered.Open();
   auto waited = std::async(std::launch::async, [&] { worker.Wait(); });
   ASSERT_EQ(waited.wait_for(30s), std::future_status::ready)
       << "the shutdown a handler began finished by itself";
@@ -716,6 +761,8 @@ TEST_F(SdkTest, AHandlerCanStopItsOwnWorker) {
   auto left = DrainNow("once");
   ASSERT_EQ(left.size(), 1u) << "the other one was handed back or never fetched";
   EXPECT_EQ(left[0].priority(), 1);
+  worker.Stop();  // a second Stop, after the handler's: returns once all is done
+  EXPECT_EQ(worker.stats().handed_back, 1u);
 }
 
 TEST_F(SdkTest, RetriesWithBackoffThenSucceeds) {
@@ -907,7 +954,8 @@ TEST_F(SdkTest, GracefulStopHandsBackBufferedTasksAtOnce) {
 }
 
 TEST_F(SdkTest, StopTimeoutCancelsRunningHandlersAndReportsThem) {
-  ASSERT_TRUE(client_->EnqueueOne(kNs, "slow", 0).ok());
+  // A lease far longer than the SDK time this test lets pass: only Stop ends the task.
+  ASSERT_TRUE(client_->EnqueueOne(kNs, "slow", {.lease_ms = 3'600'000}).ok());
   auto options = WorkerOptions({"slow"});
   options.concurrency = 1;
   sdk::Worker worker(options);

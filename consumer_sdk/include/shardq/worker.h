@@ -222,10 +222,12 @@ class Worker {
   // Starts the threads; returns at once. The server need not be up.
   void Start();
   // Graceful shutdown (see the file comment); `timeout` on the worker's clock. Then
-  // joins all threads. Idempotent. From a handler it returns at once and the shutdown
-  // goes on without it (Wait() and the destructor wait for its end).
+  // joins all threads. Idempotent: a second call waits for the first one's end. From
+  // a handler it returns at once and the shutdown goes on without it (Wait() and the
+  // destructor wait for its end).
   void Stop(Millis timeout = Millis(30'000));
-  // Blocks until Stop() was called (from another thread or a signal-driven loop).
+  // Blocks until a Stop() (from another thread, a signal-driven loop or a handler) has
+  // finished. From a handler it returns at once: the shutdown waits for the handler.
   void Wait();
 
   // The worker id sent to the server.
