@@ -694,6 +694,28 @@ TEST_F(SdkTest, ALeaseThatRunsOutWhileTheServerIsOutOfReachFlagsItsTask) {
   EXPECT_EQ(again[0].attempts(), 2u);
 }
 
+TEST_F(SdkTest, ALongPollDoesNotMakeALiveLeaseLookLost) {
+  auto options = WorkerOptions({"parked"});  // long polls of 60 s (server time)
+  sdk::Worker worker(options);
+  std::atomic<int> ran{0};
+  worker.Handle("", [&](TaskContext&) {
+    ++ran;
+    return Outcome::Success();
+  });
+  worker.Start();
+  ASSERT_TRUE(client_->EnqueueOne(kNs, "parked", 0).ok());
+  ASSERT_TRUE(Eventually([&] { return worker.stats().succeeded == 1; }));
+  // Both controllers' polls are parked now (each asks again as soon as it has an
+  // answer). 50 s pass on both clocks before the next item comes, with a 30 s lease:
+  // it is granted when it arrives, not when the poll was sent.
+  Advance(Millis(50'000));
+  ASSERT_TRUE(client_->EnqueueOne(kNs, "parked", {.lease_ms = 30'000}).ok());
+  ASSERT_TRUE(Eventually([&] { return worker.stats().succeeded == 2; }));
+  worker.Stop();
+  EXPECT_EQ(ran.load(), 2);
+  EXPECT_EQ(worker.stats().lease_lost, 0u);
+}
+
 TEST_F(SdkTest, ABufferedTaskWhoseLeaseRanOutIsNotStarted) {
   ASSERT_TRUE(
       client_->EnqueueOne(kNs, "stale", {.priority = 0, .lease_ms = 60'000}).ok());
