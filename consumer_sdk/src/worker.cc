@@ -82,6 +82,9 @@ struct TaskContext::State {
   // When the lease has run out at the latest, on the worker's clock (see
   // LocalLeaseEnd); max() when an older server did not say its time.
   Millis lease_until = Millis::max();
+  // When the heartbeat should extend it, whatever its interval: two thirds into the
+  // lease it has (a task may be enqueued with a lease shorter than the interval).
+  Millis renew_at = Millis::max();
   std::optional<std::map<std::string, std::string>> retry_metadata;
 };
 using State = TaskContext::State;
@@ -94,6 +97,13 @@ using State = TaskContext::State;
 Millis LocalLeaseEnd(Millis received, int64_t server_now_ms, int64_t deadline_ms) {
   if (server_now_ms <= 0 || deadline_ms <= 0) return Millis::max();
   return received + Bounded(Millis(deadline_ms - server_now_ms));
+}
+
+// Under Worker::Impl::mu_: records a lease the worker was given at `received`, ending
+// at `until` on its clock.
+void SetLease(State& st, Millis received, Millis until) {
+  st.lease_until = until;
+  st.renew_at = until == Millis::max() ? until : received + (until - received) * 2 / 3;
 }
 
 // The worker whose executor runs on this thread, if any (Stop from a handler).
@@ -353,8 +363,9 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
           // A new lease of an item we still hold: the old lease ran out.
           MarkSupersededLost(item.id());
           auto st = std::make_shared<State>();
-          st->lease_until = LocalLeaseEnd(received, response.server_time_ms(),
-                                          item.lease_deadline_ms());
+          SetLease(*st, received,
+                   LocalLeaseEnd(received, response.server_time_ms(),
+                                 item.lease_deadline_ms()));
           st->item = std::move(item);
           buffer_.push_back(std::move(st));
           ++stats_.fetched;
@@ -702,14 +713,21 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
   void HeartbeatLoop() {
     std::unique_lock lock(mu_);
     Millis next = clock_.Now() + options_.heartbeat_interval;
+    // A lease due for renewal brings the beat forward, but beats come at most this
+    // often: a renewal that failed (server out of reach) waits this long to try again.
+    const Millis min_gap = std::min(options_.heartbeat_interval, Millis(1000));
+    std::optional<Millis> last_beat;
     while (!stop_heartbeat_) {
       const Millis now = clock_.Now();
-      const Millis lease_end = ExpireLeasesLocally(now);
-      if (now < next) {
-        clock_.WaitUntil(cv_, lock, std::min(next, lease_end));
+      const LeaseTimes due = ExpireLeasesLocally(now);
+      const Millis renew =
+          last_beat ? std::max(due.renew, *last_beat + min_gap) : due.renew;
+      if (now < next && now < renew) {
+        clock_.WaitUntil(cv_, lock, std::min({next, renew, due.end}));
         continue;
       }
-      next = clock_.Now() + options_.heartbeat_interval;
+      last_beat = now;
+      next = now + options_.heartbeat_interval;
       // A task held twice (an old delivery still running and its redelivery) is
       // extended once, by its latest delivery: the server refuses a call that names an
       // item twice, and the old delivery's token is stale anyway.
@@ -734,17 +752,24 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
     }
   }
 
+  struct LeaseTimes {
+    Millis end = Millis::max();    // the next lease end of a task not yet reporting
+    Millis renew = Millis::max();  // the next renewal of a held lease
+  };
+
   // Under mu_: flags the held tasks whose lease may have run out by the worker's clock
   // (the server was out of reach for the heartbeats that would have extended it), so
   // that a handler stops rather than run on while the task is delivered elsewhere.
-  // Returns when the next of the other leases runs out.
-  Millis ExpireLeasesLocally(Millis now) {
-    Millis earliest = Millis::max();
+  // Returns when the next of the other leases runs out and is due for renewal.
+  LeaseTimes ExpireLeasesLocally(Millis now) {
+    LeaseTimes next;
     bool flagged = false;
     auto check = [&](const std::shared_ptr<State>& st) {
-      if (st->reporting || st->stop.load() == StopReason::kLeaseLost) return;
+      if (st->stop.load() == StopReason::kLeaseLost) return;
+      next.renew = std::min(next.renew, st->renew_at);
+      if (st->reporting) return;  // its outcome decides; the lease is still extended
       if (st->lease_until > now) {
-        earliest = std::min(earliest, st->lease_until);
+        next.end = std::min(next.end, st->lease_until);
         return;
       }
       st->stop.store(StopReason::kLeaseLost);
@@ -754,7 +779,7 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
     for (const auto& st : buffer_) check(st);
     for (const auto& st : running_) check(st);
     if (flagged) cv_.notify_all();  // handlers in WaitCancelled
-    return earliest;
+    return next;
   }
 
   void Extend(const std::vector<std::shared_ptr<State>>& batch) {
@@ -779,7 +804,7 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
         State& st = *batch[i];
         if (r.status().code() == 0) {
           ++stats_.extends_ok;
-          st.lease_until = received + options_.lease_extension;
+          SetLease(st, received, received + options_.lease_extension);
           if (r.cancel_requested()) {
             StopReason none = StopReason::kNone;
             if (st.stop.compare_exchange_strong(none, StopReason::kCancelRequested)) {

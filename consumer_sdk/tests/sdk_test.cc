@@ -694,6 +694,32 @@ TEST_F(SdkTest, ALeaseThatRunsOutWhileTheServerIsOutOfReachFlagsItsTask) {
   EXPECT_EQ(again[0].attempts(), 2u);
 }
 
+TEST_F(SdkTest, AHeartbeatRenewsALeaseShorterThanItsInterval) {
+  // Enqueued with a 3 s lease; the worker beats every 10 s (its 30 s extension / 3).
+  ASSERT_TRUE(client_->EnqueueOne(kNs, "short", {.lease_ms = 3000}).ok());
+  auto options = WorkerOptions({"short"});
+  options.concurrency = 1;
+  sdk::Worker worker(options);
+  Gate started, release;
+  worker.Handle("", [&](TaskContext&) {
+    started.Open();
+    EXPECT_TRUE(release.Pass());
+    return Outcome::Success();
+  });
+  worker.Start();
+  ASSERT_TRUE(started.Pass());
+  // Two thirds into its lease, long before the next beat, the lease is extended.
+  Advance(Millis(2000));
+  ASSERT_TRUE(Eventually([&] { return worker.stats().extends_ok >= 1; }));
+  Advance(Millis(2000));  // past the lease it was enqueued with
+  EXPECT_TRUE(client_->Dequeue(kNs, "short", 10).empty()) << "still the worker's";
+  release.Open();
+  ASSERT_TRUE(Eventually([&] { return worker.stats().succeeded == 1; }));
+  worker.Stop();
+  EXPECT_EQ(worker.stats().lease_lost, 0u);
+  EXPECT_EQ(worker.stats().started, 1u);
+}
+
 TEST_F(SdkTest, ALongPollDoesNotMakeALiveLeaseLookLost) {
   auto options = WorkerOptions({"parked"});  // long polls of 60 s (server time)
   sdk::Worker worker(options);
@@ -723,7 +749,7 @@ TEST_F(SdkTest, ABufferedTaskWhoseLeaseRanOutIsNotStarted) {
   auto options = WorkerOptions({"stale"});
   options.concurrency = 1;
   options.buffer_size = 1;
-  options.heartbeat_interval = Millis(60'000);  // no extension within this test
+  options.heartbeat_interval = Millis(60'000);
   sdk::Worker worker(options);
   Gate first_started, release;
   std::mutex mu;
@@ -741,7 +767,8 @@ TEST_F(SdkTest, ABufferedTaskWhoseLeaseRanOutIsNotStarted) {
   worker.Start();
   ASSERT_TRUE(first_started.Pass());
   ASSERT_TRUE(Eventually([&] { return worker.stats().buffered == 1; }));
-  // The buffered task's lease runs out while it waits for the busy executor.
+  // The buffered task's lease runs out while it waits for the busy executor: one
+  // step past its end, as if the heartbeat's renewal at 2 s had not got through.
   Advance(Millis(3000));
   ASSERT_TRUE(Eventually([&] { return worker.stats().lease_lost == 1; }));
   release.Open();

@@ -15,11 +15,13 @@
 //                      call is in flight goes in the next call. A task's lease is
 //                      extended until its outcome is sent.
 //   heartbeat thread:  every heartbeat_interval, one batched ExtendLease for every task
-//                      the worker holds; a lost lease or cancel_requested flags the
-//                      task's TaskContext so its handler can stop. It also keeps each
-//                      lease's end on the worker's clock (from the server's time in
-//                      the answers), so a lease that runs out while the server is out
-//                      of reach flags its task too: by then it may run elsewhere.
+//                      the worker holds, and sooner when a lease is two thirds
+//                      through (one enqueued with a short lease); a lost lease or
+//                      cancel_requested flags the task's TaskContext so its handler
+//                      can stop. It also keeps each lease's end on the worker's clock
+//                      (from the server's time in the answers), so a lease that runs
+//                      out while the server is out of reach flags its task too: by
+//                      then it may run elsewhere.
 //
 // So a Worker uses exactly 4 + concurrency threads (plus gRPC's own). Stop() stops
 // fetching at once, hands buffered tasks back (Nack, delay 0), lets running handlers
@@ -179,8 +181,8 @@ struct WorkerOptions {
   int buffer_size = 0;
   // Long-poll wait of a Dequeue (server time), at most 60 s.
   Millis poll_wait{20'000};
-  // Each heartbeat extends leases to now + this (server time). Should not exceed the
-  // lease length tasks are enqueued with (server default 30 s).
+  // Each heartbeat extends leases to now + this (server time). A lease shorter than
+  // the heartbeat interval (as enqueued) is extended two thirds into it all the same.
   Millis lease_extension{30'000};
   // Time between heartbeats; 0 = lease_extension / 3.
   Millis heartbeat_interval{0};
