@@ -124,6 +124,34 @@ class SdkTest : public ::testing::Test {
     return o;
   }
 
+  // What a handler that waits to be stopped saw.
+  struct Flagged {
+    Gate started;
+    std::promise<sdk::StopReason> reason;
+  };
+
+  // A started worker of one executor on `topic`, extending leases by 3 s every second,
+  // whose handler waits (an hour on the SDK clock) until its task is flagged and
+  // records why; a redelivery (attempt 2 on) just succeeds. Returns once the first
+  // handler runs.
+  std::unique_ptr<sdk::Worker> StartFlagWaiter(const std::string& topic, Flagged& seen) {
+    auto options = WorkerOptions({topic});
+    options.concurrency = 1;
+    options.lease_extension = Millis(3000);
+    options.heartbeat_interval = Millis(1000);
+    auto worker = std::make_unique<sdk::Worker>(options);
+    worker->Handle("", [&seen](TaskContext& task) {
+      if (task.attempt() > 1) return Outcome::Success("second delivery");
+      seen.started.Open();
+      task.WaitCancelled(Millis(3'600'000));
+      seen.reason.set_value(task.stop_reason());
+      return Outcome::Success("too late");
+    });
+    worker->Start();
+    EXPECT_TRUE(seen.started.Pass());
+    return worker;
+  }
+
   // Dequeues everything ready on `topic` now (no wait).
   std::vector<v1::DequeuedItem> DrainNow(const std::string& topic) {
     std::vector<v1::DequeuedItem> all;
@@ -579,33 +607,19 @@ TEST_F(SdkTest, HeartbeatsKeepATaskThatRunsLongerThanItsLease) {
 
 TEST_F(SdkTest, ARedeliveryToTheSameWorkerFlagsTheOldDeliveryLost) {
   ASSERT_TRUE(client_->EnqueueOne(kNs, "lost", {.lease_ms = 3000}).ok());
-  auto options = WorkerOptions({"lost"});
-  options.concurrency = 1;
-  options.lease_extension = Millis(3000);
-  options.heartbeat_interval = Millis(1000);
-  sdk::Worker worker(options);
-  Gate started;
-  std::promise<sdk::StopReason> reason;
-  worker.Handle("", [&](TaskContext& task) {
-    if (task.attempt() > 1) return Outcome::Success("second delivery");
-    started.Open();
-    task.WaitCancelled(Millis(3'600'000));  // an hour on the SDK clock
-    reason.set_value(task.stop_reason());
-    return Outcome::Success("too late");
-  });
-  worker.Start();
-  ASSERT_TRUE(started.Pass());
+  Flagged seen;
+  auto worker = StartFlagWaiter("lost", seen);
   // Only the server's time moves: the lease runs out before any heartbeat, and the
   // item is delivered again -- to this worker's own parked long poll.
   server_clock_.Advance(Duration(3000));
-  ASSERT_TRUE(Eventually([&] { return worker.stats().fetched == 2; }));
-  auto f = reason.get_future();
+  ASSERT_TRUE(Eventually([&] { return worker->stats().fetched == 2; }));
+  auto f = seen.reason.get_future();
   ASSERT_EQ(f.wait_for(30s), std::future_status::ready);
   EXPECT_EQ(f.get(), sdk::StopReason::kLeaseLost);
-  ASSERT_TRUE(Eventually([&] { return worker.stats().succeeded == 1; }))
+  ASSERT_TRUE(Eventually([&] { return worker->stats().succeeded == 1; }))
       << "the second delivery ran and was acked";
-  worker.Stop();
-  auto stats = worker.stats();
+  worker->Stop();
+  auto stats = worker->stats();
   EXPECT_EQ(stats.succeeded, 1u) << "no ack with the lost lease";
   EXPECT_EQ(stats.lease_lost, 1u);
   EXPECT_EQ(stats.started, 2u);
@@ -657,31 +671,18 @@ TEST_F(SdkTest, HeartbeatFindsALostLeaseAndFlagsTheRunningTask) {
 
 TEST_F(SdkTest, ALeaseThatRunsOutWhileTheServerIsOutOfReachFlagsItsTask) {
   ASSERT_TRUE(client_->EnqueueOne(kNs, "cut", {.lease_ms = 3000}).ok());
-  auto options = WorkerOptions({"cut"});
-  options.concurrency = 1;
-  options.lease_extension = Millis(3000);
-  options.heartbeat_interval = Millis(1000);
-  sdk::Worker worker(options);
-  Gate started;
-  std::promise<sdk::StopReason> reason;
-  worker.Handle("", [&](TaskContext& task) {
-    started.Open();
-    task.WaitCancelled(Millis(3'600'000));  // an hour on the SDK clock
-    reason.set_value(task.stop_reason());
-    return Outcome::Success("too late");
-  });
-  worker.Start();
-  ASSERT_TRUE(started.Pass());
+  Flagged seen;
+  auto worker = StartFlagWaiter("cut", seen);
   StopServer();
   // Only the SDK's clock moves, past the lease's end: no heartbeat can reach the
   // server, so the worker alone must tell that the task may now run elsewhere.
   sdk_clock_.Advance(Millis(3000));
-  auto f = reason.get_future();
+  auto f = seen.reason.get_future();
   ASSERT_EQ(f.wait_for(30s), std::future_status::ready);
   EXPECT_EQ(f.get(), sdk::StopReason::kLeaseLost);
-  worker.Stop();
-  EXPECT_EQ(worker.stats().lease_lost, 1u);
-  EXPECT_EQ(worker.stats().succeeded, 0u) << "no outcome sent with a lost lease";
+  worker->Stop();
+  EXPECT_EQ(worker->stats().lease_lost, 1u);
+  EXPECT_EQ(worker->stats().succeeded, 0u) << "no outcome sent with a lost lease";
 
   StartServer();
   server_clock_.Advance(Duration(3000));
