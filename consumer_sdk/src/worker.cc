@@ -85,6 +85,7 @@ struct TaskContext::State {
   // When the heartbeat should extend it, whatever its interval: two thirds into the
   // lease it has (a task may be enqueued with a lease shorter than the interval).
   Millis renew_at = Millis::max();
+  bool extending = false;  // in the heartbeat's ExtendLease call now
   std::optional<std::map<std::string, std::string>> retry_metadata;
 };
 using State = TaskContext::State;
@@ -92,8 +93,9 @@ using State = TaskContext::State;
 // When a lease has run out at the latest, on the worker's clock: the server's answer
 // left it `deadline - server_now` and arrived at `received`. (Not the time the call was
 // sent: a long poll may wait long before it leases anything.) So a worker that cannot
-// reach the server still knows when a task may be running elsewhere, and it never
-// flags a lease that the server still holds; it is late by the answer's transit only.
+// reach the server still knows when a task may be running elsewhere; it is late by the
+// answer's transit only, and early only if an extension reached the server but its
+// answer did not reach the worker.
 Millis LocalLeaseEnd(Millis received, int64_t server_now_ms, int64_t deadline_ms) {
   if (server_now_ms <= 0 || deadline_ms <= 0) return Millis::max();
   return received + Bounded(Millis(deadline_ms - server_now_ms));
@@ -103,7 +105,9 @@ Millis LocalLeaseEnd(Millis received, int64_t server_now_ms, int64_t deadline_ms
 // at `until` on its clock.
 void SetLease(State& st, Millis received, Millis until) {
   st.lease_until = until;
-  st.renew_at = until == Millis::max() ? until : received + (until - received) * 2 / 3;
+  st.renew_at = until == Millis::max()
+                    ? until
+                    : received + std::max(Millis(1), (until - received) * 2 / 3);
 }
 
 // The worker whose executor runs on this thread, if any (Stop from a handler).
@@ -157,19 +161,27 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
     listener_id_ = clock_.AddListener([weak] {
       if (auto self = weak.lock()) self->Wake();
     });
-    for (int i = 0; i < kControllers; ++i) {
-      controllers_.emplace_back([this] { ControllerLoop(); });
+    auto started = [this] {
+      {
+        std::lock_guard lock(mu_);
+        threads_started_ = true;
+      }
+      cv_.notify_all();
+    };
+    try {
+      for (int i = 0; i < kControllers; ++i) {
+        controllers_.emplace_back([this] { ControllerLoop(); });
+      }
+      heartbeat_ = std::thread([this] { HeartbeatLoop(); });
+      reporter_ = std::thread([this] { ReporterLoop(); });
+      for (int i = 0; i < options_.concurrency; ++i) {
+        executors_.emplace_back([this] { ExecutorLoop(); });
+      }
+    } catch (...) {
+      started();  // a Stop joins the threads that did start
+      throw;
     }
-    heartbeat_ = std::thread([this] { HeartbeatLoop(); });
-    reporter_ = std::thread([this] { ReporterLoop(); });
-    for (int i = 0; i < options_.concurrency; ++i) {
-      executors_.emplace_back([this] { ExecutorLoop(); });
-    }
-    {
-      std::lock_guard lock(mu_);
-      threads_started_ = true;
-    }
-    cv_.notify_all();
+    started();
   }
 
   void Stop(Millis timeout) {
@@ -222,7 +234,7 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
       std::unique_lock lock(mu_);
       cv_.wait(lock, [&] { return threads_started_; });
     }
-    for (auto& t : controllers_) t.join();
+    for (auto& t : controllers_) t.join();  // Start adds only started threads
 
     // Buffered tasks never started: give them back at once.
     std::deque<std::shared_ptr<State>> buffered;
@@ -255,13 +267,13 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
       stop_reporter_ = true;
     }
     WakeAll();
-    reporter_.join();
+    if (reporter_.joinable()) reporter_.join();  // not started if Start failed
     {
       std::lock_guard lock(mu_);
       stop_heartbeat_ = true;
     }
     WakeAll();
-    heartbeat_.join();
+    if (heartbeat_.joinable()) heartbeat_.join();
     report_calls_->Shutdown();  // nothing is left to send
     clock_.RemoveListener(listener_id_);
     // Under mu_: a Wait() that returns may destroy the worker at once, so nothing of
@@ -453,7 +465,8 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
         controller_cv_.notify_one();
       }
       if (st->stop.load() == StopReason::kLeaseLost) continue;
-      if (st->lease_until <= clock_.Now()) {  // it waited past its lease: not ours now
+      // It waited past its lease (and no extension of it is on its way): not ours now.
+      if (!st->extending && st->lease_until <= clock_.Now()) {
         st->stop.store(StopReason::kLeaseLost);
         ++stats_.lease_lost;
         continue;
@@ -713,35 +726,36 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
   void HeartbeatLoop() {
     std::unique_lock lock(mu_);
     Millis next = clock_.Now() + options_.heartbeat_interval;
-    // A lease due for renewal brings the beat forward, but beats come at most this
-    // often: a renewal that failed (server out of reach) waits this long to try again.
-    const Millis min_gap = std::min(options_.heartbeat_interval, Millis(1000));
-    std::optional<Millis> last_beat;
     while (!stop_heartbeat_) {
       const Millis now = clock_.Now();
+      // A lease due for renewal (two thirds through) brings the beat forward.
       const LeaseTimes due = ExpireLeasesLocally(now);
-      const Millis renew =
-          last_beat ? std::max(due.renew, *last_beat + min_gap) : due.renew;
-      if (now < next && now < renew) {
-        clock_.WaitUntil(cv_, lock, std::min({next, renew, due.end}));
+      if (now < next && now < due.renew) {
+        clock_.WaitUntil(cv_, lock, std::min({next, due.renew, due.end}));
         continue;
       }
-      last_beat = now;
       next = now + options_.heartbeat_interval;
       // A task held twice (an old delivery still running and its redelivery) is
       // extended once, by its latest delivery: the server refuses a call that names an
-      // item twice, and the old delivery's token is stale anyway.
+      // item twice, and the old delivery's token is stale anyway (so it is never due).
       std::map<std::string, std::shared_ptr<State>> latest;
       auto hold = [&](const std::shared_ptr<State>& st) {
         if (st->stop.load() == StopReason::kLeaseLost) return;
         auto [it, added] = latest.try_emplace(st->item.id(), st);
-        if (!added && st->item.attempts() > it->second->item.attempts()) it->second = st;
+        if (added) return;
+        std::shared_ptr<State> older = st;
+        if (st->item.attempts() > it->second->item.attempts())
+          std::swap(older, it->second);
+        older->renew_at = Millis::max();
       };
       for (const auto& st : buffer_) hold(st);
       for (const auto& st : running_) hold(st);
       if (latest.empty()) continue;
       std::vector<std::shared_ptr<State>> held;
-      for (auto& [id, st] : latest) held.push_back(std::move(st));
+      for (auto& [id, st] : latest) {
+        st->extending = true;  // an executor must not drop it for its old lease end
+        held.push_back(std::move(st));
+      }
       lock.unlock();
       for (size_t from = 0; from < held.size(); from += kMaxBatch) {
         size_t to = std::min(held.size(), from + kMaxBatch);
@@ -794,14 +808,22 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
     grpc::Status s = report_calls_->ExtendLease(req, &resp, options_.rpc_deadline);
     // Each new deadline is the server's now + extension, and its now came before this.
     const Millis received = clock_.Now();
-    if (!s.ok() || resp.results_size() != static_cast<int>(batch.size()))
-      return;  // next beat
+    const bool answered = s.ok() && resp.results_size() == static_cast<int>(batch.size());
+    // A renewal that failed is tried again this much later (or at the next beat).
+    const Millis retry_at =
+        received + std::min(options_.heartbeat_interval, Millis(1000));
     bool changed = false;
     {
       std::lock_guard lock(mu_);
       for (size_t i = 0; i < batch.size(); ++i) {
-        const v1::ExtendResult& r = resp.results(static_cast<int>(i));
         State& st = *batch[i];
+        st.extending = false;
+        if (!answered) {
+          st.renew_at = std::max(st.renew_at, retry_at);
+          continue;
+        }
+        const v1::ExtendResult& r = resp.results(static_cast<int>(i));
+        if (r.status().code() != 0) st.renew_at = std::max(st.renew_at, retry_at);
         if (r.status().code() == 0) {
           ++stats_.extends_ok;
           SetLease(st, received, received + options_.lease_extension);

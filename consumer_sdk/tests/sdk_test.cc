@@ -721,6 +721,35 @@ TEST_F(SdkTest, AHeartbeatRenewsALeaseShorterThanItsInterval) {
   EXPECT_EQ(worker.stats().started, 1u);
 }
 
+TEST_F(SdkTest, ARenewalRightAfterABeatIsNotHeldBack) {
+  ASSERT_TRUE(client_->EnqueueOne(kNs, "brief", {.lease_ms = 3000}).ok());
+  auto options = WorkerOptions({"brief"});
+  options.concurrency = 2;
+  sdk::Worker worker(options);
+  std::atomic<int> started{0};
+  Gate release;
+  worker.Handle("", [&](TaskContext&) {
+    ++started;
+    EXPECT_TRUE(release.Pass());
+    return Outcome::Success();
+  });
+  worker.Start();
+  ASSERT_TRUE(Eventually([&] { return started.load() == 1; }));
+  Advance(Millis(2000));  // the first task's renewal: a beat
+  ASSERT_TRUE(Eventually([&] { return worker.stats().extends_ok == 1; }));
+  // Right after that beat comes a task with a 900 ms lease: its renewal is due in
+  // 600 ms, before its lease ends, whatever the last beat was.
+  ASSERT_TRUE(client_->EnqueueOne(kNs, "brief", {.lease_ms = 900}).ok());
+  ASSERT_TRUE(Eventually([&] { return started.load() == 2; }));
+  Advance(Millis(600));
+  ASSERT_TRUE(Eventually([&] { return worker.stats().extends_ok >= 2; }));
+  Advance(Millis(400));  // past the 900 ms it came with
+  release.Open();
+  ASSERT_TRUE(Eventually([&] { return worker.stats().succeeded == 2; }));
+  worker.Stop();
+  EXPECT_EQ(worker.stats().lease_lost, 0u);
+}
+
 TEST_F(SdkTest, ALongPollDoesNotMakeALiveLeaseLookLost) {
   auto options = WorkerOptions({"parked"});  // long polls of 60 s (server time)
   sdk::Worker worker(options);
@@ -732,9 +761,9 @@ TEST_F(SdkTest, ALongPollDoesNotMakeALiveLeaseLookLost) {
   worker.Start();
   ASSERT_TRUE(client_->EnqueueOne(kNs, "parked", 0).ok());
   ASSERT_TRUE(Eventually([&] { return worker.stats().succeeded == 1; }));
-  // Both controllers' polls are parked now (each asks again as soon as it has an
-  // answer). 50 s pass on both clocks before the next item comes, with a 30 s lease:
-  // it is granted when it arrives, not when the poll was sent.
+  // A poll is parked now (a controller asks again as soon as it has an answer, for
+  // the free slots). 50 s pass on both clocks before the next item comes, with a 30 s
+  // lease: it is granted when it arrives, not when the poll was sent.
   Advance(Millis(50'000));
   ASSERT_TRUE(client_->EnqueueOne(kNs, "parked", {.lease_ms = 30'000}).ok());
   ASSERT_TRUE(Eventually([&] { return worker.stats().succeeded == 2; }));
@@ -769,7 +798,8 @@ TEST_F(SdkTest, ABufferedTaskWhoseLeaseRanOutIsNotStarted) {
   ASSERT_TRUE(first_started.Pass());
   ASSERT_TRUE(Eventually([&] { return worker.stats().buffered == 1; }));
   // The buffered task's lease runs out while it waits for the busy executor: one
-  // step past its end, as if the heartbeat's renewal at 2 s had not got through.
+  // step to its end (a deadline at or before now has passed, on both sides), as if
+  // the heartbeat's renewal at 2 s had not got through.
   Advance(Millis(3000));
   ASSERT_TRUE(Eventually([&] { return worker.stats().lease_lost == 1; }));
   release.Open();

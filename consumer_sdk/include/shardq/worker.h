@@ -182,7 +182,8 @@ struct WorkerOptions {
   // Long-poll wait of a Dequeue (server time), at most 60 s.
   Millis poll_wait{20'000};
   // Each heartbeat extends leases to now + this (server time). A lease shorter than
-  // the heartbeat interval (as enqueued) is extended two thirds into it all the same.
+  // the heartbeat interval (as enqueued) is extended two thirds into it all the same
+  // (by a server that sends its time with each Dequeue answer: this release's).
   Millis lease_extension{30'000};
   // Time between heartbeats; 0 = lease_extension / 3.
   Millis heartbeat_interval{0};
@@ -207,7 +208,7 @@ class Worker {
   // Does not connect or start threads yet.
   explicit Worker(WorkerOptions options);
   // Stop(Millis(30'000)) if still running (with a ManualClock, only an Advance ends its
-  // timeout).
+  // timeout). Not from one of its own handlers (the shutdown waits for them).
   ~Worker();
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
