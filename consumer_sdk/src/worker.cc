@@ -823,22 +823,24 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
           continue;
         }
         const v1::ExtendResult& r = resp.results(static_cast<int>(i));
-        if (r.status().code() != 0) st.renew_at = std::max(st.renew_at, retry_at);
-        if (r.status().code() == 0) {
-          ++stats_.extends_ok;
-          SetLease(st, received, received + options_.lease_extension);
-          if (r.cancel_requested()) {
-            StopReason none = StopReason::kNone;
-            if (st.stop.compare_exchange_strong(none, StopReason::kCancelRequested)) {
-              ++stats_.cancel_requested;
-              changed = true;
-            }
+        if (r.status().code() != 0) {
+          st.renew_at = std::max(st.renew_at, retry_at);
+          if (LeaseGone(r.status().code()) && !st.reporting &&
+              st.stop.load() != StopReason::kLeaseLost) {
+            st.stop.store(StopReason::kLeaseLost);
+            ++stats_.lease_lost;
+            changed = true;
           }
-        } else if (LeaseGone(r.status().code()) && !st.reporting &&
-                   st.stop.load() != StopReason::kLeaseLost) {
-          st.stop.store(StopReason::kLeaseLost);
-          ++stats_.lease_lost;
-          changed = true;
+          continue;
+        }
+        ++stats_.extends_ok;
+        SetLease(st, received, received + options_.lease_extension);
+        if (r.cancel_requested()) {
+          StopReason none = StopReason::kNone;
+          if (st.stop.compare_exchange_strong(none, StopReason::kCancelRequested)) {
+            ++stats_.cancel_requested;
+            changed = true;
+          }
         }
       }
     }
@@ -878,7 +880,7 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
   bool stop_heartbeat_ = false;
   bool stop_reporter_ = false;
   bool stopped_ = false;
-  bool threads_started_ = false;  // Start() has created every thread
+  bool threads_started_ = false;  // Start() is done creating threads (or failed to)
   WorkerStats stats_;
 
   static constexpr int kControllers = 2;
