@@ -412,14 +412,19 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
     }
   }
 
+  // Under mu_: flags the delivery's lease lost, counted once; false if it was already.
+  // The caller wakes cv_ if a handler may be waiting on it (WaitCancelled).
+  bool FlagLost(State& st) {
+    if (st.stop.load() == StopReason::kLeaseLost) return false;
+    st.stop.store(StopReason::kLeaseLost);
+    ++stats_.lease_lost;
+    return true;
+  }
+
   // Under mu_: flags held deliveries of `id` as lost (it was delivered again).
   void MarkSupersededLost(const std::string& id) {
     auto mark = [&](const std::shared_ptr<State>& st) {
-      if (st->item.id() == id && st->stop.load() != StopReason::kLeaseLost) {
-        st->stop.store(StopReason::kLeaseLost);
-        ++stats_.lease_lost;
-        cv_.notify_all();  // its handler may be in WaitCancelled
-      }
+      if (st->item.id() == id && FlagLost(*st)) cv_.notify_all();
     };
     for (const auto& st : buffer_) mark(st);
     for (const auto& st : running_) {
@@ -467,8 +472,7 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
       if (st->stop.load() == StopReason::kLeaseLost) continue;
       // It waited past its lease (and no extension of it is on its way): not ours now.
       if (!st->extending && st->lease_until <= clock_.Now()) {
-        st->stop.store(StopReason::kLeaseLost);
-        ++stats_.lease_lost;
+        FlagLost(*st);
         continue;
       }
       running_.insert(st);
@@ -644,8 +648,7 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
         ++stats_.retried;
       }
     } else if (LeaseGone(code)) {
-      r.st->stop.store(StopReason::kLeaseLost);
-      ++stats_.lease_lost;
+      FlagLost(*r.st);
     } else {
       ++stats_.report_errors;
     }
@@ -786,9 +789,7 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
         next.end = std::min(next.end, st->lease_until);
         return;
       }
-      st->stop.store(StopReason::kLeaseLost);
-      ++stats_.lease_lost;
-      flagged = true;
+      flagged = FlagLost(*st) || flagged;
     };
     for (const auto& st : buffer_) check(st);
     for (const auto& st : running_) check(st);
@@ -818,21 +819,14 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
       for (size_t i = 0; i < batch.size(); ++i) {
         State& st = *batch[i];
         st.extending = false;
-        if (!answered) {
+        const int code = answered ? resp.results(static_cast<int>(i)).status().code()
+                                  : grpc::StatusCode::UNAVAILABLE;
+        if (code != 0) {
           st.renew_at = std::max(st.renew_at, retry_at);
+          if (LeaseGone(code) && !st.reporting && FlagLost(st)) changed = true;
           continue;
         }
         const v1::ExtendResult& r = resp.results(static_cast<int>(i));
-        if (r.status().code() != 0) {
-          st.renew_at = std::max(st.renew_at, retry_at);
-          if (LeaseGone(r.status().code()) && !st.reporting &&
-              st.stop.load() != StopReason::kLeaseLost) {
-            st.stop.store(StopReason::kLeaseLost);
-            ++stats_.lease_lost;
-            changed = true;
-          }
-          continue;
-        }
         ++stats_.extends_ok;
         SetLease(st, received, received + options_.lease_extension);
         if (r.cancel_requested()) {
