@@ -32,19 +32,21 @@ std::vector<TopicBuffer::Taken> TopicBuffer::Take(size_t count,
     merge.Pop();
   }
   if (out.size() < count && (stopped || blocked_now())) *blocked = true;
-  for (size_t s = 0; s < windows_.size(); ++s) {
-    if (windows_[s].ClaimRefill()) refill->push_back(s);
-  }
+  ClaimRefillsLocked(refill);
   return out;
 }
 
 std::vector<size_t> TopicBuffer::ClaimRefills() {
   std::vector<size_t> out;
   std::lock_guard lock(mu_);
-  for (size_t s = 0; s < windows_.size(); ++s) {
-    if (windows_[s].ClaimRefill()) out.push_back(s);
-  }
+  ClaimRefillsLocked(&out);
   return out;
+}
+
+void TopicBuffer::ClaimRefillsLocked(std::vector<size_t>* shards) {
+  for (size_t s = 0; s < windows_.size(); ++s) {
+    if (windows_[s].ClaimRefill()) shards->push_back(s);
+  }
 }
 
 bool TopicBuffer::ClaimRefill(size_t shard) {

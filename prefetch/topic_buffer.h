@@ -127,6 +127,8 @@ class TopicBuffer {
 
  private:
   void WakeAll(std::unique_lock<std::mutex>& lock);
+  // Under mu_: appends the shards whose windows now have a refill claimed.
+  void ClaimRefillsLocked(std::vector<size_t>* shards);
 
   const std::string ns_;
   const std::string topic_;
