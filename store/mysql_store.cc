@@ -251,7 +251,7 @@ std::optional<Status> MySqlShardStore::TakeOwnership() {
   // UNAVAILABLE here, and its shard worker keeps probing, so it takes the shard over
   // once the first one is gone. Taken before the migrations, so two servers never
   // run them at once either.
-  const std::string name = "shardq:" + database_;
+  const std::string name = OwnershipLockName(database_);
   auto st = conn_->Prepare("SELECT GET_LOCK(?, 0), IS_USED_LOCK(?)");
   st->SetString(1, name);
   st->SetString(2, name);

@@ -36,6 +36,12 @@ struct DeadRow;
 // innodb_lock_wait_timeout (the store sets that to 10 s for its session).
 using MysqlEndpoint = DbEndpoint;
 
+// The MariaDB named lock whose holder owns shard database `database` (see
+// MySqlShardStore::TakeOwnership). MariaDB frees it when the holder's session ends.
+inline std::string OwnershipLockName(const std::string& database) {
+  return "shardq:" + database;
+}
+
 class MySqlShardStore final : public ShardStore {
  public:
   // `database` is created if missing; it must be a plain identifier ([A-Za-z0-9_]).

@@ -91,6 +91,10 @@ class SdkTest : public ::testing::Test {
   void StopServer() {
     client_.reset();
     server_.reset();
+    // So that StartServer finds the shards free (its probes run on the fake clock).
+    for (const auto& shard : config_.shards) {
+      ASSERT_TRUE(AwaitOwnershipFreed(shard.database)) << shard.database;
+    }
   }
 
   std::string Address() const { return "127.0.0.1:" + std::to_string(port_); }

@@ -1961,20 +1961,6 @@ int64_t QueryInt(DbConnection& conn, const std::string& query) {
   return rs.GetInt64(1);
 }
 
-// Waits (bounded, real time) until MariaDB has freed the ownership lock of shard
-// database `db`. It does so when the owner's session has ended, which is a moment
-// after its client closed the connection or it was killed.
-bool AwaitOwnershipFreed(const std::string& db) {
-  std::unique_ptr<DbConnection> conn = RawConnection();
-  const std::string held = "SELECT IS_USED_LOCK('shardq:" + db + "') IS NOT NULL";
-  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-  while (QueryInt(*conn, held) != 0) {
-    if (std::chrono::steady_clock::now() > until) return false;
-    std::this_thread::yield();
-  }
-  return true;
-}
-
 // A fresh database `db` as a shard looked before migration `version` + 1 (applied by
 // hand, recorded in schema_migrations); the connection is left on that database.
 void ShardAtMigration(DbConnection& conn, const std::string& db, int version) {
@@ -2043,7 +2029,7 @@ TEST(MySqlShardStoreTest, OpenUpgradesADatabaseOfMigrationOne) {
   EXPECT_TRUE(ins[1].deduplicated);
   // A second Open (a restart) applies nothing again.
   owner.reset();
-  ASSERT_TRUE(AwaitOwnershipFreed(db));
+  ASSERT_TRUE(testing::AwaitOwnershipFreed(db));
   MySqlShardStore again(testing::SharedMariaDb().endpoint(), db);
   ASSERT_TRUE(again.Open().ok());
 }
@@ -2069,9 +2055,10 @@ TEST(MySqlShardStoreTest, OneStoreAtATimeOwnsAShardDatabase) {
 
   // The owner's connection is lost (as when its process or host dies).
   std::unique_ptr<DbConnection> conn = RawConnection();
-  const int64_t holder = QueryInt(*conn, "SELECT IS_USED_LOCK('shardq:" + db + "')");
+  const int64_t holder =
+      QueryInt(*conn, "SELECT IS_USED_LOCK('" + OwnershipLockName(db) + "')");
   conn->Execute("KILL CONNECTION " + std::to_string(holder));
-  ASSERT_TRUE(AwaitOwnershipFreed(db));
+  ASSERT_TRUE(testing::AwaitOwnershipFreed(db));
   ASSERT_TRUE(Must(second->Insert(one, kT0))[0].row.value() > 0) << "taken over";
   // The old owner reconnects on its next call and is refused: nothing written.
   EXPECT_EQ(first->Insert(one, kT0).status().code(), Code::kUnavailable);
@@ -2081,7 +2068,7 @@ TEST(MySqlShardStoreTest, OneStoreAtATimeOwnsAShardDatabase) {
 
   // The new owner stops: the old one takes the shard back on its next call.
   second.reset();
-  ASSERT_TRUE(AwaitOwnershipFreed(db));
+  ASSERT_TRUE(testing::AwaitOwnershipFreed(db));
   EXPECT_EQ(Must(first->CountByTopic())[0].ready, 1u);
 }
 

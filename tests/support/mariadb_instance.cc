@@ -18,6 +18,8 @@
 #include <thread>
 #include <vector>
 
+#include "store/db_client.h"
+
 namespace shardq::testing {
 namespace {
 
@@ -269,6 +271,27 @@ MariaDbInstance& SharedMariaDb() {
     return std::move(db).value();
   }();
   return *shared;
+}
+
+bool AwaitOwnershipFreed(const std::string& database) {
+  try {
+    store::DbConnection conn(SharedMariaDb().endpoint());
+    std::unique_ptr<store::DbStatement> held =
+        conn.Prepare("SELECT IS_USED_LOCK(?) IS NOT NULL");
+    held->SetString(1, store::OwnershipLockName(database));
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    for (;;) {
+      store::DbRows& rs = held->ExecuteQuery();
+      const bool freed = rs.Next() && rs.GetInt(1) == 0;
+      while (rs.Next()) {
+      }
+      if (freed) return true;
+      if (std::chrono::steady_clock::now() > until) return false;
+      std::this_thread::yield();
+    }
+  } catch (const store::DbError&) {
+    return false;
+  }
 }
 
 }  // namespace shardq::testing

@@ -65,4 +65,11 @@ class MariaDbInstance {
 // process with a message if the server cannot be started.
 MariaDbInstance& SharedMariaDb();
 
+// Waits (bounded, real time) until the shared MariaDB has freed the ownership lock of
+// shard database `database`. It does so when the owner's session has ended, a moment
+// after its client closed the connection or was killed; a server started again at
+// once finds the shard still owned, and its probes (on its clock, a test's fake one)
+// would take it over only later. False if it stayed held.
+bool AwaitOwnershipFreed(const std::string& database);
+
 }  // namespace shardq::testing
