@@ -10,13 +10,11 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
-#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
-#include <sstream>
 #include <thread>
 
 #include "bench/mysql_reference.h"
@@ -48,35 +46,6 @@ struct Options {
 
   bool Runs(const std::string& phase) const { return phases.count(phase) > 0; }
 };
-
-// A field of /proc/<pid>/status ("VmHWM", "Threads"), as a number (kB for sizes).
-double ProcStatus(pid_t pid, const std::string& field) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(field + ":", 0) == 0) {
-      std::istringstream rest(line.substr(field.size() + 1));
-      double v = 0;
-      rest >> v;
-      return v;
-    }
-  }
-  return std::nan("");
-}
-
-// The process's threads by name (/proc/<pid>/task/*/comm).
-std::map<std::string, int> ThreadNames(pid_t pid) {
-  std::map<std::string, int> names;
-  std::error_code ec;
-  for (const auto& task : std::filesystem::directory_iterator(
-           "/proc/" + std::to_string(pid) + "/task", ec)) {
-    std::ifstream in(task.path() / "comm");
-    std::string name;
-    std::getline(in, name);
-    ++names[name];
-  }
-  return names;
-}
 
 Result<testing::ServerProcess> StartServer(const Options& o, const std::string& socket,
                                            int shards,
@@ -121,8 +90,8 @@ Figures OneRun(const Options& o, const W1& w, const std::string& socket) {
   if (phase("C")) client.Latency("c", &f);
   if (phase("D")) client.Priority("d", &f);
   if (phase("E")) client.Delay("e", &f);
-  f["server peak RSS, empty queue (MiB)"] = ProcStatus(server->pid(), "VmHWM") / 1024;
-  f["server threads"] = ProcStatus(server->pid(), "Threads");
+  f["server peak RSS, empty queue (MiB)"] = server->Status("VmHWM") / 1024;
+  f["server threads"] = server->Status("Threads");
   if (phase("F")) {
     std::cerr << "  F: backlog of " << w.backlog << "\n";
     // The backlog sorts after every W1 item (priorities 100..109), so the phases below
@@ -132,7 +101,7 @@ Figures OneRun(const Options& o, const W1& w, const std::string& socket) {
     f["F B1 drain, SDK workers (items/s)"] = client.DrainWithWorkers("f", w.items);
     f["F A2 enqueue, batch (items/s)"] = client.Enqueue("f", w.items, w.batch);
     f["F B2 drain, batch ack (items/s)"] = client.DrainBatched("f", w.items, w.consumers);
-    f["F server peak RSS (MiB)"] = ProcStatus(server->pid(), "VmHWM") / 1024;
+    f["F server peak RSS (MiB)"] = server->Status("VmHWM") / 1024;
   }
   server->Stop();
   if (phase("R")) {
@@ -170,7 +139,7 @@ void ThreadCounts(const Options& o, const W1& w, const std::string& socket, Figu
     double steady = 1e9, peak = 0;
     for (int i = 0; i < 10; ++i) {
       if (i > 0) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-      const double n = ProcStatus(server->pid(), "Threads");
+      const double n = server->Status("Threads");
       steady = std::min(steady, n);
       peak = std::max(peak, n);
     }
@@ -178,7 +147,7 @@ void ThreadCounts(const Options& o, const W1& w, const std::string& socket, Figu
     (*f)[fmt::format("T threads at most, {} shards", shards)] = peak;
     std::cerr << "  threads with " << shards << " shards:";
     int own = 0;  // shardq's threads (gRPC's are named by gRPC)
-    for (const auto& [name, count] : ThreadNames(server->pid())) {
+    for (const auto& [name, count] : server->ThreadNames()) {
       std::cerr << " " << name << " x" << count;
       if (name.rfind("shardq", 0) == 0) own += count;
     }

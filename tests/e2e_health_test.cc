@@ -17,19 +17,6 @@ namespace {
 
 using grpc::health::v1::HealthCheckResponse;
 
-HealthCheckResponse::ServingStatus Check(int port, const std::string& service) {
-  auto stub = grpc::health::v1::Health::NewStub(grpc::CreateChannel(
-      "127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
-  grpc::health::v1::HealthCheckRequest request;
-  request.set_service(service);
-  HealthCheckResponse response;
-  grpc::ClientContext context;
-  SetDeadline(context, 5'000);
-  grpc::Status status = stub->Check(&context, request, &response);
-  EXPECT_TRUE(status.ok()) << status.error_message();
-  return response.status();
-}
-
 v1::GetShardsResponse Shards(QueueClient& client) {
   v1::GetShardsResponse response;
   grpc::ClientContext context;
@@ -37,17 +24,6 @@ v1::GetShardsResponse Shards(QueueClient& client) {
   grpc::Status status = client.stub().GetShards(&context, {}, &response);
   EXPECT_TRUE(status.ok()) << status.error_message();
   return response;
-}
-
-// Polls (real time, bounded) for something the server does asynchronously.
-template <typename Pred>
-bool Eventually(Pred pred) {
-  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-  while (!pred()) {
-    if (std::chrono::steady_clock::now() >= until) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  return true;
 }
 
 TEST(E2EHealthTest, NotServingWhileNoShardCanBeOpened) {
@@ -60,8 +36,8 @@ TEST(E2EHealthTest, NotServingWhileNoShardCanBeOpened) {
     }
     return true;
   }));
-  EXPECT_EQ(Check((*server)->port(), ""), HealthCheckResponse::NOT_SERVING);
-  EXPECT_EQ(Check((*server)->port(), "shardq.v1.Queue"),
+  EXPECT_EQ(HealthCheck((*server)->port(), ""), HealthCheckResponse::NOT_SERVING);
+  EXPECT_EQ(HealthCheck((*server)->port(), "shardq.v1.Queue"),
             HealthCheckResponse::NOT_SERVING);
 }
 
@@ -72,8 +48,8 @@ TEST(E2EHealthTest, ServingOnceTheShardsAreOpen) {
   ASSERT_TRUE((*server)->engine().AwaitShardsOpen(std::chrono::seconds(30)));
   const int port = (*server)->port();
   EXPECT_TRUE(
-      Eventually([&] { return Check(port, "") == HealthCheckResponse::SERVING; }));
-  EXPECT_EQ(Check(port, "shardq.v1.Queue"), HealthCheckResponse::SERVING);
+      Eventually([&] { return HealthCheck(port, "") == HealthCheckResponse::SERVING; }));
+  EXPECT_EQ(HealthCheck(port, "shardq.v1.Queue"), HealthCheckResponse::SERVING);
   QueueClient client(port);
   v1::GetShardsResponse shards = Shards(client);
   ASSERT_EQ(shards.shards_size(), 2);
@@ -120,7 +96,7 @@ TEST(E2EHealthTest, ASecondServerOnTheSameShardsTakesThemOverWhenTheFirstStops) 
     EXPECT_NE(h.last_error.find("owned by another shardq server"), std::string::npos)
         << h.last_error;
   }
-  EXPECT_EQ(Check((*second)->port(), ""), HealthCheckResponse::NOT_SERVING);
+  EXPECT_EQ(HealthCheck((*second)->port(), ""), HealthCheckResponse::NOT_SERVING);
   QueueClient client((*second)->port());
   // What an operator sees (shardqctl shards): which shards are down, and why.
   const v1::GetShardsResponse down = Shards(client);
@@ -146,7 +122,7 @@ TEST(E2EHealthTest, ASecondServerOnTheSameShardsTakesThemOverWhenTheFirstStops) 
     }
     return true;
   }));
-  EXPECT_EQ(Check((*second)->port(), ""), HealthCheckResponse::SERVING);
+  EXPECT_EQ(HealthCheck((*second)->port(), ""), HealthCheckResponse::SERVING);
   const v1::GetShardsResponse up = Shards(client);
   ASSERT_EQ(up.shards_size(), 2);
   for (const v1::ShardInfo& s : up.shards()) {

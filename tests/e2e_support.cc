@@ -31,6 +31,20 @@ frontend::ServerConfig FreshConfig(const std::string& socket, size_t shards) {
   return config;
 }
 
+grpc::health::v1::HealthCheckResponse::ServingStatus HealthCheck(
+    int port, const std::string& service) {
+  auto stub = grpc::health::v1::Health::NewStub(grpc::CreateChannel(
+      "127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
+  grpc::health::v1::HealthCheckRequest request;
+  request.set_service(service);
+  grpc::health::v1::HealthCheckResponse response;
+  grpc::ClientContext context;
+  SetDeadline(context, 5'000);
+  grpc::Status status = stub->Check(&context, request, &response);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  return response.status();
+}
+
 grpc::Status WriteGarbageOnStream(int port, const std::string& method,
                                   const std::string& good) {
   auto channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(port),

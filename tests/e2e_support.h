@@ -5,13 +5,16 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "common/clock.h"
 #include "frontend/config.h"
 #include "frontend/server.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "shardq/v1/queue.grpc.pb.h"
 
 namespace shardq::testing {
@@ -63,6 +66,22 @@ void SetDeadline(grpc::ClientContext& ctx, int64_t ms = 20'000);
 // that are no message; returns the status the stream ends with.
 grpc::Status WriteGarbageOnStream(int port, const std::string& method,
                                   const std::string& good);
+
+// The standard health service's answer for `service` ("" = the whole server) from
+// the server at `port`; a failed call fails the test.
+grpc::health::v1::HealthCheckResponse::ServingStatus HealthCheck(
+    int port, const std::string& service = "");
+
+// Polls (real time, bounded) for something the server does asynchronously.
+template <typename Pred>
+bool Eventually(Pred pred, std::chrono::seconds limit = std::chrono::seconds(30)) {
+  const auto until = std::chrono::steady_clock::now() + limit;
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() >= until) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return true;
+}
 
 // A fixture with a fresh 2-shard server (fresh databases on the shared MariaDB, every
 // shard open) on a FakeClock, and a client of it.

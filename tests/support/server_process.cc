@@ -6,9 +6,11 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <thread>
 #include <vector>
 
@@ -84,6 +86,33 @@ ServerProcess::~ServerProcess() {
     std::error_code ec;
     std::filesystem::remove_all(dir_, ec);
   }
+}
+
+double ServerProcess::Status(const std::string& field) const {
+  std::ifstream in("/proc/" + std::to_string(pid_) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(field + ":", 0) == 0) {
+      std::istringstream rest(line.substr(field.size() + 1));
+      double v = 0;
+      rest >> v;
+      return v;
+    }
+  }
+  return std::nan("");
+}
+
+std::map<std::string, int> ServerProcess::ThreadNames() const {
+  std::map<std::string, int> names;
+  std::error_code ec;
+  for (const auto& task : std::filesystem::directory_iterator(
+           "/proc/" + std::to_string(pid_) + "/task", ec)) {
+    std::ifstream in(task.path() / "comm");
+    std::string name;
+    std::getline(in, name);
+    ++names[name];
+  }
+  return names;
 }
 
 }  // namespace shardq::testing
