@@ -12,7 +12,6 @@
 #include <chrono>
 #include <fstream>
 #include <iostream>
-#include <map>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <thread>
@@ -90,8 +89,8 @@ Figures OneRun(const Options& o, const W1& w, const std::string& socket) {
   if (phase("C")) client.Latency("c", &f);
   if (phase("D")) client.Priority("d", &f);
   if (phase("E")) client.Delay("e", &f);
-  f["server peak RSS, empty queue (MiB)"] = server->Status("VmHWM") / 1024;
-  f["server threads"] = server->Status("Threads");
+  f["server peak RSS, empty queue (MiB)"] = server->ProcStatus("VmHWM") / 1024;
+  f["server threads"] = server->ProcStatus("Threads");
   if (phase("F")) {
     std::cerr << "  F: backlog of " << w.backlog << "\n";
     // The backlog sorts after every W1 item (priorities 100..109), so the phases below
@@ -101,7 +100,7 @@ Figures OneRun(const Options& o, const W1& w, const std::string& socket) {
     f["F B1 drain, SDK workers (items/s)"] = client.DrainWithWorkers("f", w.items);
     f["F A2 enqueue, batch (items/s)"] = client.Enqueue("f", w.items, w.batch);
     f["F B2 drain, batch ack (items/s)"] = client.DrainBatched("f", w.items, w.consumers);
-    f["F server peak RSS (MiB)"] = server->Status("VmHWM") / 1024;
+    f["F server peak RSS (MiB)"] = server->ProcStatus("VmHWM") / 1024;
   }
   server->Stop();
   if (phase("R")) {
@@ -139,7 +138,7 @@ void ThreadCounts(const Options& o, const W1& w, const std::string& socket, Figu
     double steady = 1e9, peak = 0;
     for (int i = 0; i < 10; ++i) {
       if (i > 0) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-      const double n = server->Status("Threads");
+      const double n = server->ProcStatus("Threads");
       steady = std::min(steady, n);
       peak = std::max(peak, n);
     }

@@ -16,7 +16,6 @@
 
 #include "common/clock.h"
 #include "frontend/config.h"
-#include "frontend/grpc_threads.h"
 #include "frontend/server.h"
 
 int main(int argc, char** argv) {
@@ -24,8 +23,6 @@ int main(int argc, char** argv) {
   // the debug deadlock detector: a global graph under a global lock, 2-3 % of the
   // server's CPU in perf. Production servers do not pay for a debug check.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
-  // Before any gRPC work, so the pool has nothing queued when it stops.
-  shardq::frontend::TurnOffGrpcDefaultExecutor();
   CLI::App app{"shardqd: durable priority queue on sharded MySQL"};
   std::string config_path, socket, listen = "127.0.0.1:50051";
   std::string port_file;

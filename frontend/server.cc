@@ -8,8 +8,6 @@
 
 #include <map>
 
-#include "frontend/grpc_threads.h"
-
 namespace shardq::frontend {
 
 Result<std::unique_ptr<Server>> Server::Start(const ServerConfig& config, Clock& clock,
@@ -36,7 +34,6 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerConfig& config, Clock&
   server->engine_->Start();
   server->service_ = std::make_unique<QueueService>(*server->engine_, clock, limits);
 
-  TurnOffGrpcDefaultExecutor();  // a thread count that does not follow the load
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;

@@ -1,12 +1,10 @@
 // The standard gRPC health service (grpc.health.v1.Health) reports the engine's
 // readiness: NOT_SERVING while no shard can take calls, SERVING once one can.
 
-#include <grpcpp/create_channel.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <chrono>
-#include <thread>
 
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "tests/e2e_support.h"

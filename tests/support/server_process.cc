@@ -88,7 +88,7 @@ ServerProcess::~ServerProcess() {
   }
 }
 
-double ServerProcess::Status(const std::string& field) const {
+double ServerProcess::ProcStatus(const std::string& field) const {
   std::ifstream in("/proc/" + std::to_string(pid_) + "/status");
   std::string line;
   while (std::getline(in, line)) {

@@ -38,7 +38,7 @@ class ServerProcess {
   int port() const { return port_; }
   pid_t pid() const { return pid_; }
   // A number field of /proc/<pid>/status ("VmHWM", "Threads"; sizes in kB), or NaN.
-  double Status(const std::string& field) const;
+  double ProcStatus(const std::string& field) const;
   // The process's threads, counted by name (/proc/<pid>/task/*/comm).
   std::map<std::string, int> ThreadNames() const;
   // SIGKILL and reap.
