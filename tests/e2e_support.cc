@@ -92,9 +92,12 @@ void SetDeadline(grpc::ClientContext& ctx, int64_t ms) {
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(ms));
 }
 
-QueueClient::QueueClient(int port)
-    : stub_(v1::Queue::NewStub(grpc::CreateChannel(
-          fmt::format("127.0.0.1:{}", port), grpc::InsecureChannelCredentials()))) {}
+QueueClient::QueueClient(int port) : QueueClient(port, grpc::ChannelArguments()) {}
+
+QueueClient::QueueClient(int port, const grpc::ChannelArguments& args)
+    : stub_(v1::Queue::NewStub(grpc::CreateCustomChannel(
+          fmt::format("127.0.0.1:{}", port), grpc::InsecureChannelCredentials(), args))) {
+}
 
 Result<std::string> QueueClient::EnqueueOne(const std::string& ns,
                                             const std::string& topic,

@@ -25,6 +25,7 @@ frontend::ServerConfig FreshConfig(const std::string& socket, size_t shards);
 class QueueClient {
  public:
   explicit QueueClient(int port);
+  QueueClient(int port, const grpc::ChannelArguments& args);
   v1::Queue::Stub& stub() { return *stub_; }
 
   struct EnqueueOptions {

@@ -1,0 +1,210 @@
+// A client that stops reading its socket (a stopped process, a dead link) must not
+// stall anyone else. The server's answer to it cannot be written; gRPC then waits
+// for the socket on a poller of its own (the TCP backup poller, on its default
+// executor), and none of shardq's threads may be the one that waits: not a shard's
+// I/O thread, which finished the Dequeue, nor the ticker.
+
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/item.h"
+#include "tests/e2e_support.h"
+
+namespace shardq::testing {
+namespace {
+
+// A TCP proxy between one client connection and the server at `server_port`, which
+// can stop reading what the server sends (Stall) as a stopped client would.
+class StallableProxy {
+ public:
+  explicit StallableProxy(int server_port) : server_port_(server_port) {
+    listener_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{
+        .sin_family = AF_INET, .sin_port = 0, .sin_addr = {}, .sin_zero = {}};
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(bind(listener_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    EXPECT_EQ(listen(listener_, 1), 0);
+    socklen_t len = sizeof(addr);
+    EXPECT_EQ(getsockname(listener_, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+    port_ = ntohs(addr.sin_port);
+    EXPECT_EQ(pipe(wake_), 0);
+    thread_ = std::thread([this] { Run(); });
+  }
+  ~StallableProxy() {
+    stop_ = true;
+    Wake();
+    thread_.join();
+    for (int fd : {listener_, client_, server_.load(), wake_[0], wake_[1]}) {
+      if (fd >= 0) close(fd);
+    }
+  }
+  int port() const { return port_; }
+  void Stall() {
+    stalled_ = true;
+    Wake();
+  }
+  void Resume() {
+    stalled_ = false;
+    Wake();
+  }
+  // Bytes the server sent that the proxy has not read: once they stop growing, the
+  // server's socket is full.
+  int HeldBack() const {
+    int n = 0;
+    const int fd = server_.load();
+    if (fd >= 0) ioctl(fd, FIONREAD, &n);
+    return n;
+  }
+
+ private:
+  void Wake() { (void)!write(wake_[1], "x", 1); }
+
+  void Run() {
+    std::vector<char> buf(64 * 1024);
+    while (!stop_) {
+      std::vector<pollfd> fds = {{wake_[0], POLLIN, 0}};
+      if (client_ < 0) fds.push_back({listener_, POLLIN, 0});
+      if (client_ >= 0) fds.push_back({client_, POLLIN, 0});
+      if (server_ >= 0 && !stalled_) fds.push_back({server_, POLLIN, 0});
+      poll(fds.data(), fds.size(), -1);
+      for (const pollfd& p : fds) {
+        if (p.revents == 0) continue;
+        if (p.fd == wake_[0]) {
+          (void)!read(wake_[0], buf.data(), buf.size());
+        } else if (p.fd == listener_) {
+          Connect();
+        } else {
+          const bool from_client = p.fd == client_;
+          const ssize_t n = read(p.fd, buf.data(), buf.size());
+          if (n <= 0) return;  // either side closed: the proxy is done
+          WriteAll(from_client ? server_.load() : client_, buf.data(), n);
+        }
+      }
+    }
+  }
+
+  void Connect() {
+    client_ = accept(listener_, nullptr, nullptr);
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    // A small receive buffer, so that a stall fills the server's socket soon.
+    int small = 4096;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+    sockaddr_in addr{.sin_family = AF_INET,
+                     .sin_port = htons(static_cast<uint16_t>(server_port_)),
+                     .sin_addr = {},
+                     .sin_zero = {}};
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    server_ = fd;
+  }
+
+  static void WriteAll(int fd, const char* data, ssize_t n) {
+    while (n > 0) {
+      const ssize_t w = write(fd, data, n);
+      if (w <= 0) return;
+      data += w;
+      n -= w;
+    }
+  }
+
+  const int server_port_;
+  int port_ = 0;
+  int listener_ = -1, client_ = -1;
+  std::atomic<int> server_{-1};  // HeldBack reads it from the test's thread
+  int wake_[2] = {-1, -1};
+  std::atomic<bool> stalled_{false}, stop_{false};
+  std::thread thread_;
+};
+
+constexpr char kNs[] = "stall";
+constexpr int kBigItems = 1000;  // one Dequeue's most: about 10 MB of payload
+
+class StalledClientTest : public LiveServerTest {
+ protected:
+  void EnqueueBig() {
+    for (int batch = 0; batch < kBigItems / 100; ++batch) {
+      v1::EnqueueRequest req;
+      req.set_namespace_(kNs);
+      for (int i = 0; i < 100; ++i) {
+        v1::EnqueueItem* item = req.add_items();
+        item->set_topic("big");
+        item->set_payload(std::string(kMaxPayloadBytes, 'p'));
+      }
+      v1::EnqueueResponse resp;
+      grpc::ClientContext ctx;
+      SetDeadline(ctx);
+      ASSERT_TRUE(client_->stub().Enqueue(&ctx, req, &resp).ok());
+      for (const auto& r : resp.results()) ASSERT_EQ(r.status().code(), 0);
+    }
+  }
+
+  // Everyone else goes on: every shard enqueues, leases and acks, and the ticker
+  // answers a long poll at its deadline.
+  void OthersGoOn() {
+    for (int i = 0; i < 20; ++i) {
+      ASSERT_TRUE(client_->EnqueueOne(kNs, "small", i % 10).ok());
+    }
+    std::set<std::string> acked;
+    for (const auto& item : client_->Dequeue(kNs, "small", 20)) {
+      EXPECT_EQ(client_->Ack(item.id(), item.lease_token()), grpc::StatusCode::OK);
+      acked.insert(item.id());
+    }
+    EXPECT_EQ(acked.size(), 20u);
+    grpc::Status status;
+    std::thread long_poll([&] { client_->Dequeue(kNs, "small", 1, 50, &status); });
+    EXPECT_TRUE(Eventually([&] { return server_->engine().ParkedCalls() == 1; }));
+    clock_.Advance(Duration(50));
+    long_poll.join();
+    EXPECT_TRUE(status.ok()) << status.error_message();
+  }
+};
+
+TEST_F(StalledClientTest, AClientThatStopsReadingStallsNobodyElse) {
+  EnqueueBig();
+  StallableProxy proxy(server_->port());
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(32 << 20);  // the whole answer, 10 MB
+  QueueClient stalled(proxy.port(), args);
+  ASSERT_TRUE(stalled.EnqueueOne(kNs, "warm-up").ok()) << "the proxy connects";
+  // Big answers while the link is good let HTTP/2's window grow (BDP probing) to
+  // megabytes, as on any busy connection; nacked at once, the items are ready again.
+  for (int round = 0; round < 3; ++round) {
+    const auto warm = stalled.Dequeue(kNs, "big", 300);
+    ASSERT_EQ(warm.size(), 300u);
+    for (const auto& item : warm) {
+      ASSERT_EQ(stalled.Nack(item.id(), item.lease_token(), 0), grpc::StatusCode::OK);
+    }
+  }
+
+  proxy.Stall();
+  std::vector<v1::DequeuedItem> got;
+  grpc::Status got_status;
+  std::thread dequeue(
+      [&] { got = stalled.Dequeue(kNs, "big", kBigItems, 0, &got_status); });
+  // Wait (bounded) until the server writes the answer. It is 10 MB; the window lets
+  // megabytes through, more than the server's socket buffer holds (about 3 MB at
+  // most here) plus the proxy's (4 kB), so the server's socket fills and stays full.
+  EXPECT_TRUE(Eventually([&] { return proxy.HeldBack() > 0; }))
+      << "the server never wrote the answer";
+  OthersGoOn();
+
+  // The link comes back: the stalled answer arrives whole.
+  proxy.Resume();
+  dequeue.join();
+  EXPECT_TRUE(got_status.ok()) << got_status.error_message();
+  EXPECT_EQ(got.size(), static_cast<size_t>(kBigItems));
+}
+
+}  // namespace
+}  // namespace shardq::testing
