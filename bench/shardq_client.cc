@@ -13,6 +13,7 @@
 #include "bench/payload.h"
 #include "bench/stats.h"
 #include "shardq/sdk.h"
+#include "shardq/v1/message_limits.h"
 #include "shardq/v1/queue.grpc.pb.h"
 
 namespace shardq::bench {
@@ -93,7 +94,7 @@ std::shared_ptr<grpc::Channel> ShardqClient::NewChannel() {
   grpc::ChannelArguments args;
   // A distinct argument keeps gRPC from sharing one subchannel between "clients".
   args.SetInt("shardq.bench.client", ++channels_);
-  args.SetMaxReceiveMessageSize(64 << 20);
+  args.SetMaxReceiveMessageSize(v1::kMaxMessageBytes);
   return grpc::CreateCustomChannel(address_, grpc::InsecureChannelCredentials(), args);
 }
 

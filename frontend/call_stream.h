@@ -5,7 +5,11 @@
 // most kMaxCallsAhead calls ahead of their written answers (the client's backpressure:
 // a call still running and an answer waiting to be written both count, so a client
 // that sends without reading holds a bounded amount of the server's memory); answers
-// are written one at a time, in the order they are ready.
+// are written one at a time, in the order they are ready. Answers are bounded in bytes
+// too: a client that leaves more than `max_unread_bytes` of answers waiting behind the
+// one being written (it does not read them: a stopped process, a dead link) has its
+// stream cancelled, as Redis disconnects a client past its output buffer limit. Its
+// leased items come back when their leases run out.
 //
 // Lifetime: gRPC deletes the reactor after Finish, and Finish waits until no read or
 // write is outstanding and every call read has been answered, so the engine never
@@ -17,7 +21,9 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/impl/codegen/proto_utils.h>
 #include <grpcpp/support/proto_buffer_reader.h>
+#include <spdlog/spdlog.h>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <deque>
@@ -51,7 +57,14 @@ class CallStream final
     return running + unwritten < kMaxCallsAhead;
   }
 
-  explicit CallStream(RunFn run) : run_(std::move(run)) {
+  // `context` is the stream's (to cancel it); `max_unread_bytes` bounds its answers,
+  // and `cuts` counts the streams cancelled for it.
+  CallStream(grpc::CallbackServerContext* context, size_t max_unread_bytes,
+             std::atomic<uint64_t>* cuts, RunFn run)
+      : context_(context),
+        max_unread_bytes_(max_unread_bytes),
+        cuts_(cuts),
+        run_(std::move(run)) {
     reading_ = true;
     StartRead(&in_);
   }
@@ -78,7 +91,7 @@ class CallStream final
         seq = next_seq_++;
         running_.emplace(seq, Running{req->call_id()});
       }
-      next = PlanLocked();
+      PlanLocked(next);
     }
     Start(next);
     if (!parsed) return;
@@ -124,9 +137,9 @@ class CallStream final
     {
       std::lock_guard lock(mu_);
       writing_ = false;
-      answers_.pop_front();
+      PopAnswerLocked(/*front=*/true);
       if (!ok) cancels = CancelLocked();  // the client is gone: nobody reads answers
-      next = PlanLocked();
+      PlanLocked(next);
     }
     for (auto& c : cancels) c();
     Start(next);
@@ -138,7 +151,7 @@ class CallStream final
     {
       std::lock_guard lock(mu_);
       cancels = CancelLocked();
-      next = PlanLocked();
+      PlanLocked(next);
     }
     for (auto& c : cancels) c();
     Start(next);
@@ -152,6 +165,7 @@ class CallStream final
     bool read = false;
     grpc::ByteBuffer* write = nullptr;
     std::optional<grpc::Status> finish;
+    bool cancel_rpc = false;  // the client reads too little: end the stream
   };
 
   void Answer(uint64_t seq, const StreamResp& answer) {
@@ -160,13 +174,38 @@ class CallStream final
     grpc::Status serialized =
         grpc::SerializationTraits<StreamResp>::Serialize(answer, &bytes, &own);
     Next next;
+    std::vector<std::function<void()>> cancels;
     {
       std::lock_guard lock(mu_);
       running_.erase(seq);
-      if (!cancelled_ && serialized.ok()) answers_.push_back(std::move(bytes));
-      next = PlanLocked();
+      if (!cancelled_ && serialized.ok()) {
+        unwritten_bytes_ += bytes.Length();
+        answers_.push_back(std::move(bytes));
+        // What waits behind the answer being written (or about to be): one answer
+        // alone, however big, never ends a stream.
+        if (unwritten_bytes_ - answers_.front().Length() > max_unread_bytes_) {
+          spdlog::warn(
+              "{}: {} bytes of answers unread, over the limit of {}: stream cancelled",
+              context_->peer(), unwritten_bytes_, max_unread_bytes_);
+          cuts_->fetch_add(1);
+          cancels = CancelLocked();
+          next.cancel_rpc = true;
+        }
+      }
+      PlanLocked(next);
     }
+    for (auto& c : cancels) c();
     Start(next);
+  }
+
+  // Requires mu_. Drops the front answer (written) or the back one (not to be).
+  void PopAnswerLocked(bool front) {
+    unwritten_bytes_ -= front ? answers_.front().Length() : answers_.back().Length();
+    if (front) {
+      answers_.pop_front();
+    } else {
+      answers_.pop_back();
+    }
   }
 
   // Requires mu_. Drops the answers not being written and returns the cancellers of
@@ -176,7 +215,7 @@ class CallStream final
     if (cancelled_) return cancels;
     cancelled_ = true;
     // Keep only the answer being written (its OnWriteDone pops it).
-    while (answers_.size() > (writing_ ? 1u : 0u)) answers_.pop_back();
+    while (answers_.size() > (writing_ ? 1u : 0u)) PopAnswerLocked(/*front=*/false);
     for (auto& [seq, call] : running_) {
       if (call.cancel) cancels.push_back(std::move(call.cancel));
     }
@@ -184,8 +223,7 @@ class CallStream final
   }
 
   // Requires mu_. Decides the next read, write or Finish.
-  Next PlanLocked() {
-    Next next;
+  void PlanLocked(Next& next) {
     // Cancelled: no read starts again, so once none is in flight the reads are over.
     // (A read in flight may still complete with a message, not only with ok = false.)
     if (cancelled_ && !reading_) reads_done_ = true;
@@ -204,21 +242,26 @@ class CallStream final
       finished_ = true;
       next.finish = end_status_;
     }
-    return next;
   }
 
   void Start(const Next& next) {
+    // Ends the write the client does not read (OnWriteDone(false)), then OnCancel.
+    if (next.cancel_rpc) context_->TryCancel();
     if (next.read) StartRead(&in_);
     if (next.write != nullptr) StartWrite(next.write);
     // Last: after Finish gRPC may delete this reactor at any moment.
     if (next.finish) Finish(*next.finish);
   }
 
+  grpc::CallbackServerContext* const context_;
+  const size_t max_unread_bytes_;
+  std::atomic<uint64_t>* const cuts_;
   const RunFn run_;
   grpc::ByteBuffer in_;  // the message being read
 
   std::mutex mu_;
   std::deque<grpc::ByteBuffer> answers_;  // not yet written; the front is being written
+  size_t unwritten_bytes_ = 0;            // their sizes, summed
   // A call read and not answered yet.
   struct Running {
     uint64_t call_id = 0;          // the client's tag

@@ -144,9 +144,10 @@ void QueueService::RunEnqueue(const v1::EnqueueRequest& req, v1::EnqueueResponse
 }
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* QueueService::EnqueueStream(
-    grpc::CallbackServerContext*) {
+    grpc::CallbackServerContext* context) {
   using Stream = CallStream<v1::EnqueueStreamRequest, v1::EnqueueStreamResponse>;
   return new Stream(
+      context, limits_.max_unread_stream_bytes, &streams_cut_,
       [this](const v1::EnqueueStreamRequest& req, Stream::AnswerFn answer, Stream&) {
         auto out = std::make_shared<v1::EnqueueStreamResponse>();
         RunEnqueue(req.request(), out->mutable_response(),
@@ -156,38 +157,41 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* QueueService::Enque
 }
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* QueueService::ConsumeStream(
-    grpc::CallbackServerContext*) {
+    grpc::CallbackServerContext* context) {
   using Stream = CallStream<v1::ConsumeStreamRequest, v1::ConsumeStreamResponse>;
-  return new Stream([this](const v1::ConsumeStreamRequest& req, Stream::AnswerFn answer,
-                           Stream& stream) {
-    auto out = std::make_shared<v1::ConsumeStreamResponse>();
-    QueueService::Done finish = AnswerOnStream(out, std::move(answer));
-    switch (req.call_case()) {
-      case v1::ConsumeStreamRequest::kDequeue: {
-        auto slot = std::make_shared<CancelSlot>();
-        RunDequeue(req.dequeue(), out->mutable_dequeue(), slot, std::move(finish));
-        return std::function<void()>([slot] { slot->Cancel(); });
-      }
-      case v1::ConsumeStreamRequest::kAck:
-        RunAck(req.ack(), out->mutable_ack(), std::move(finish));
-        break;
-      case v1::ConsumeStreamRequest::kNack:
-        RunNack(req.nack(), out->mutable_nack(), std::move(finish));
-        break;
-      case v1::ConsumeStreamRequest::kExtendLease:
-        RunExtend(req.extend_lease(), out->mutable_extend_lease(), std::move(finish));
-        break;
-      case v1::ConsumeStreamRequest::kCancel:
-        stream.CancelCall(req.cancel().call_id());
-        finish(Status::Ok());
-        break;
-      case v1::ConsumeStreamRequest::CALL_NOT_SET:
-        finish(Status::InvalidArgument(
-            "the request carries no call (dequeue, ack, nack, extend_lease or cancel)"));
-        break;
-    }
-    return std::function<void()>();
-  });
+  return new Stream(
+      context, limits_.max_unread_stream_bytes, &streams_cut_,
+      [this](const v1::ConsumeStreamRequest& req, Stream::AnswerFn answer,
+             Stream& stream) {
+        auto out = std::make_shared<v1::ConsumeStreamResponse>();
+        QueueService::Done finish = AnswerOnStream(out, std::move(answer));
+        switch (req.call_case()) {
+          case v1::ConsumeStreamRequest::kDequeue: {
+            auto slot = std::make_shared<CancelSlot>();
+            RunDequeue(req.dequeue(), out->mutable_dequeue(), slot, std::move(finish));
+            return std::function<void()>([slot] { slot->Cancel(); });
+          }
+          case v1::ConsumeStreamRequest::kAck:
+            RunAck(req.ack(), out->mutable_ack(), std::move(finish));
+            break;
+          case v1::ConsumeStreamRequest::kNack:
+            RunNack(req.nack(), out->mutable_nack(), std::move(finish));
+            break;
+          case v1::ConsumeStreamRequest::kExtendLease:
+            RunExtend(req.extend_lease(), out->mutable_extend_lease(), std::move(finish));
+            break;
+          case v1::ConsumeStreamRequest::kCancel:
+            stream.CancelCall(req.cancel().call_id());
+            finish(Status::Ok());
+            break;
+          case v1::ConsumeStreamRequest::CALL_NOT_SET:
+            finish(
+                Status::InvalidArgument("the request carries no call (dequeue, ack, "
+                                        "nack, extend_lease or cancel)"));
+            break;
+        }
+        return std::function<void()>();
+      });
 }
 
 void QueueService::HandleDequeue(

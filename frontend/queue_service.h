@@ -9,6 +9,7 @@
 // EnqueueStream and ConsumeStream carry the same calls as messages of one stream:
 // each kind of call has one Run* function, shared by its unary method and the stream.
 
+#include <atomic>
 #include <functional>
 #include <memory>
 
@@ -46,6 +47,10 @@ class QueueService final : public RawQueueService {
 
   QueueService(engine::Engine& engine, Clock& clock, Limits limits = {})
       : engine_(engine), clock_(clock), limits_(limits) {}
+
+  // Streams cancelled so far because their client left too many answers unread
+  // (Limits::max_unread_stream_bytes).
+  uint64_t StreamsCut() const { return streams_cut_.load(); }
 
   using Raw = grpc::ServerUnaryReactor*;
   Raw Enqueue(grpc::CallbackServerContext*, const grpc::ByteBuffer* in,
@@ -111,6 +116,7 @@ class QueueService final : public RawQueueService {
   engine::Engine& engine_;
   Clock& clock_;
   const Limits limits_;
+  std::atomic<uint64_t> streams_cut_{0};
 };
 
 }  // namespace shardq::frontend

@@ -8,6 +8,8 @@
 
 #include <map>
 
+#include "shardq/v1/message_limits.h"
+
 namespace shardq::frontend {
 
 Result<std::unique_ptr<Server>> Server::Start(const ServerConfig& config, Clock& clock,
@@ -41,8 +43,8 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerConfig& config, Clock&
                            &server->port_);
   builder.RegisterService(server->service_.get());
   // 1000 items of 10 KiB fit; larger calls get RESOURCE_EXHAUSTED from gRPC itself.
-  builder.SetMaxReceiveMessageSize(16 * 1024 * 1024);
-  builder.SetMaxSendMessageSize(16 * 1024 * 1024);
+  builder.SetMaxReceiveMessageSize(v1::kMaxMessageBytes);
+  builder.SetMaxSendMessageSize(v1::kMaxMessageBytes);
   server->grpc_ = builder.BuildAndStart();
   if (!server->grpc_ || server->port_ == 0) {
     return Status::Unavailable("cannot listen on " + config.listen);

@@ -26,6 +26,7 @@ class Server {
 
   int port() const { return port_; }
   engine::Engine& engine() { return *engine_; }
+  QueueService& service() { return *service_; }
   // Stops taking calls, answers parked long polls, stops the engine.
   void Shutdown();
   void Wait() { grpc_->Wait(); }

@@ -25,6 +25,10 @@ struct Limits {
   Duration max_delay{366LL * 24 * 3600 * 1000};
   Duration max_lease{12LL * 3600 * 1000};
   Duration default_lease{30'000};
+  // A stream (EnqueueStream, ConsumeStream) whose client leaves more than this many
+  // bytes of answers unread is cancelled (frontend/call_stream.h). 64 MiB is five of
+  // the largest Dequeue answers: 1,000 items of 10 KiB payload and 2 KiB metadata.
+  size_t max_unread_stream_bytes = 64 << 20;
 };
 
 // Namespace and topic names: 1..max chars of [A-Za-z0-9._-], first a letter or digit.

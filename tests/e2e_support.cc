@@ -12,7 +12,8 @@
 namespace shardq::testing {
 
 void LiveServerTest::SetUp() {
-  auto server = frontend::Server::Start(FreshConfig(SharedMariaDb().socket(), 2), clock_);
+  auto server = frontend::Server::Start(FreshConfig(SharedMariaDb().socket(), 2), clock_,
+                                        ServerLimits());
   ASSERT_TRUE(server.ok()) << server.status().ToString();
   server_ = std::move(*server);
   ASSERT_TRUE(server_->engine().AwaitShardsOpen(std::chrono::seconds(30)));

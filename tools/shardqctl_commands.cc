@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "shardq/v1/message_limits.h"
 #include "shardq/v1/queue.grpc.pb.h"
 #include "tools/shardqctl_format.h"
 
@@ -27,7 +28,10 @@ using nlohmann::json;
 using LeaseRefs = std::vector<std::pair<std::string, std::string>>;
 
 std::shared_ptr<grpc::Channel> MakeChannel(const GlobalOptions& global) {
-  return grpc::CreateChannel(global.server, grpc::InsecureChannelCredentials());
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(v1::kMaxMessageBytes);  // a dequeue of 1,000 large items
+  return grpc::CreateCustomChannel(global.server, grpc::InsecureChannelCredentials(),
+                                   args);
 }
 
 std::unique_ptr<v1::Queue::Stub> MakeQueueStub(const GlobalOptions& global) {

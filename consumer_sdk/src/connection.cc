@@ -6,6 +6,8 @@
 
 #include <algorithm>
 
+#include "shardq/v1/message_limits.h"
+
 namespace shardq::sdk {
 
 std::shared_ptr<grpc::Channel> MakeChannel(const ConnectionOptions& options) {
@@ -17,6 +19,8 @@ std::shared_ptr<grpc::Channel> MakeChannel(const ConnectionOptions& options) {
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, first_ms);
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, first_ms);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, max_ms);
+  // A fetch of many large tasks is one answer of up to 12.6 MB.
+  args.SetMaxReceiveMessageSize(v1::kMaxMessageBytes);
   return grpc::CreateCustomChannel(options.server, grpc::InsecureChannelCredentials(),
                                    args);
 }

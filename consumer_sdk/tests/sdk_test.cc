@@ -967,6 +967,24 @@ TEST_F(SdkTest, RoutesByTaskType) {
                                                      {"unknown", "other"}}));
 }
 
+// A fetch of many of the largest items is one answer of several MB, more than gRPC's
+// default 4 MB a message: the SDK's channel takes what the server may send.
+TEST_F(SdkTest, AWorkerTakesAFetchOfManyOfTheLargestItems) {
+  constexpr int kItems = 600;  // 600 payloads of 10 KiB: a 6 MB answer
+  sdk::Producer producer(ProducerOptions());
+  std::vector<sdk::NewTask> tasks(
+      kItems, sdk::NewTask{.topic = "large", .payload = std::string(10 * 1024, 'p')});
+  for (const auto& r : producer.EnqueueBatch(tasks)) ASSERT_TRUE(r.ok());
+  auto options = WorkerOptions({"large"});
+  options.buffer_size = kItems;
+  sdk::Worker worker(options);
+  worker.Handle("", [](TaskContext&) { return Outcome::Success(); });
+  worker.Start();
+  EXPECT_TRUE(Eventually([&] { return worker.stats().succeeded == kItems; }))
+      << worker.stats().succeeded << " of " << kItems;
+  worker.Stop();
+}
+
 TEST_F(SdkTest, WorkerAsksAgainWhileItsFirstAskIsStillOpen) {
   for (int i = 0; i < 4; ++i) ASSERT_TRUE(client_->EnqueueOne(kNs, "refill", i).ok());
   auto options = WorkerOptions({"refill"});

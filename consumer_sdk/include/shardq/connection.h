@@ -15,7 +15,10 @@ struct ConnectionOptions {
   // host:port of shardqd. Ignored when `channel` is set.
   std::string server = "127.0.0.1:50051";
   // Use this channel instead of creating one (e.g. TLS, interceptors). Shared by
-  // everything built from these options.
+  // everything built from these options. Give it
+  // SetMaxReceiveMessageSize(shardq::v1::kMaxMessageBytes)
+  // ("shardq/v1/message_limits.h"): gRPC's default of 4 MB is less than a fetch of many
+  // large tasks.
   std::shared_ptr<grpc::Channel> channel{};
   // The longest gRPC waits between reconnect attempts while the server is down (real
   // time; gRPC's own default is 120 s, far too slow to notice a restarted server).
@@ -23,7 +26,8 @@ struct ConnectionOptions {
 };
 
 // The channel for `options`: options.channel, or a new insecure channel to
-// options.server with the reconnect backoff bounded by max_reconnect_backoff.
+// options.server with the reconnect backoff bounded by max_reconnect_backoff and
+// messages of up to kMaxMessageBytes.
 std::shared_ptr<grpc::Channel> MakeChannel(const ConnectionOptions& options);
 
 }  // namespace shardq::sdk

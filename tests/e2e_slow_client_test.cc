@@ -1,8 +1,10 @@
-// A client that stops reading its socket (a stopped process, a dead link) must not
-// stall anyone else. The server's answer to it cannot be written; gRPC then waits
-// for the socket on a poller of its own (the TCP backup poller, on its default
-// executor), and none of shardq's threads may be the one that waits: not a shard's
-// I/O thread, which finished the Dequeue, nor the ticker.
+// Clients that do not read what the server sends them. One that stops reading its
+// socket (a stopped process, a dead link) must not stall anyone else. The server's answer
+// to it cannot be written; gRPC then waits for the socket on a poller of its own (the TCP
+// backup poller, on its default executor), and none of shardq's threads may be the one
+// that waits: not a shard's I/O thread, which finished the Dequeue, nor the ticker. And
+// one that keeps asking on a stream without reading the answers must not make the server
+// hold them all.
 
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
@@ -13,6 +15,9 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -130,25 +135,37 @@ class StallableProxy {
 constexpr char kNs[] = "stall";
 constexpr int kBigItems = 1000;  // one Dequeue's most: about 10 MB of payload
 
+// kBigItems items of the largest payload on topic "big".
+void EnqueueBig(QueueClient& client) {
+  for (int batch = 0; batch < kBigItems / 100; ++batch) {
+    v1::EnqueueRequest req;
+    req.set_namespace_(kNs);
+    for (int i = 0; i < 100; ++i) {
+      v1::EnqueueItem* item = req.add_items();
+      item->set_topic("big");
+      item->set_payload(std::string(kMaxPayloadBytes, 'p'));
+    }
+    v1::EnqueueResponse resp;
+    grpc::ClientContext ctx;
+    SetDeadline(ctx);
+    ASSERT_TRUE(client.stub().Enqueue(&ctx, req, &resp).ok());
+    for (const auto& r : resp.results()) ASSERT_EQ(r.status().code(), 0);
+  }
+}
+
+v1::ConsumeStreamRequest DequeueCall(uint64_t id, int count) {
+  v1::ConsumeStreamRequest call;
+  call.set_call_id(id);
+  v1::DequeueRequest* d = call.mutable_dequeue();
+  d->set_namespace_(kNs);
+  v1::TopicRequest* t = d->add_topics();
+  t->set_topic("big");
+  t->set_count(count);
+  return call;
+}
+
 class StalledClientTest : public LiveServerTest {
  protected:
-  void EnqueueBig() {
-    for (int batch = 0; batch < kBigItems / 100; ++batch) {
-      v1::EnqueueRequest req;
-      req.set_namespace_(kNs);
-      for (int i = 0; i < 100; ++i) {
-        v1::EnqueueItem* item = req.add_items();
-        item->set_topic("big");
-        item->set_payload(std::string(kMaxPayloadBytes, 'p'));
-      }
-      v1::EnqueueResponse resp;
-      grpc::ClientContext ctx;
-      SetDeadline(ctx);
-      ASSERT_TRUE(client_->stub().Enqueue(&ctx, req, &resp).ok());
-      for (const auto& r : resp.results()) ASSERT_EQ(r.status().code(), 0);
-    }
-  }
-
   // Everyone else goes on: every shard enqueues, leases and acks, and the ticker
   // answers a long poll at its deadline.
   void OthersGoOn() {
@@ -171,7 +188,7 @@ class StalledClientTest : public LiveServerTest {
 };
 
 TEST_F(StalledClientTest, AClientThatStopsReadingStallsNobodyElse) {
-  EnqueueBig();
+  EnqueueBig(*client_);
   StallableProxy proxy(server_->port());
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(32 << 20);  // the whole answer, 10 MB
@@ -204,6 +221,108 @@ TEST_F(StalledClientTest, AClientThatStopsReadingStallsNobodyElse) {
   dequeue.join();
   EXPECT_TRUE(got_status.ok()) << got_status.error_message();
   EXPECT_EQ(got.size(), static_cast<size_t>(kBigItems));
+}
+
+// A ConsumeStream client that writes its calls and reads no answer until told to
+// (gRPC still takes in what its window allows); OnDone tells how its stream ended.
+class NonReader : public grpc::ClientBidiReactor<v1::ConsumeStreamRequest,
+                                                 v1::ConsumeStreamResponse> {
+ public:
+  NonReader(v1::Queue::Stub& stub, std::vector<v1::ConsumeStreamRequest> calls)
+      : calls_(std::move(calls)) {
+    SetDeadline(context_);
+    stub.async()->ConsumeStream(&context_, this);
+    StartWrite(&calls_[0]);
+    StartCall();
+  }
+  void OnWriteDone(bool ok) override {
+    if (ok && ++next_ < calls_.size()) StartWrite(&calls_[next_]);
+  }
+  // Reads from now on. (gRPC hands a client its stream's end only after the
+  // messages that came before it.)
+  void StartReading() { StartRead(&answer_); }
+  void OnReadDone(bool ok) override {
+    if (ok) StartRead(&answer_);
+  }
+  void OnDone(const grpc::Status& status) override {
+    std::lock_guard lock(mu_);
+    status_ = status;
+    cv_.notify_all();
+  }
+  // How the stream ended (bounded by its deadline).
+  grpc::Status AwaitEnd() {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [&] { return status_.has_value(); });
+    return *status_;
+  }
+
+ private:
+  grpc::ClientContext context_;
+  std::vector<v1::ConsumeStreamRequest> calls_;
+  size_t next_ = 0;  // OnWriteDone runs one at a time
+  v1::ConsumeStreamResponse answer_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::optional<grpc::Status> status_;
+};
+
+// A server that lets 1 MiB of a stream's answers wait unread: one Dequeue answer of
+// 100 big items is about 1 MB.
+class UnreadAnswersTest : public LiveServerTest {
+ protected:
+  frontend::Limits ServerLimits() const override {
+    frontend::Limits limits;
+    limits.max_unread_stream_bytes = 1 << 20;
+    return limits;
+  }
+};
+
+TEST_F(UnreadAnswersTest, AStreamWhoseClientDoesNotReadIsCancelledAndItsItemsComeBack) {
+  EnqueueBig(*client_);
+  StallableProxy proxy(server_->port());
+  QueueClient stalled(proxy.port());
+  ASSERT_TRUE(stalled.EnqueueOne(kNs, "warm-up").ok()) << "the proxy connects";
+  proxy.Stall();
+  std::vector<v1::ConsumeStreamRequest> calls;
+  for (uint64_t id = 1; id <= kBigItems / 100; ++id) {
+    calls.push_back(DequeueCall(id, 100));
+  }
+  NonReader reader(stalled.stub(), std::move(calls));
+  // The first answer waits for the client's HTTP/2 window, the next ones behind it;
+  // past 1 MiB the server cancels the stream, where it would have held all 10 MB.
+  EXPECT_TRUE(Eventually([&] { return server_->service().StreamsCut() == 1; }));
+  proxy.Resume();
+  reader.StartReading();
+  const grpc::Status end = reader.AwaitEnd();
+  EXPECT_EQ(end.error_code(), grpc::StatusCode::CANCELLED) << end.error_message();
+
+  // What the cancelled calls leased comes back when the leases run out.
+  clock_.Advance(ServerLimits().default_lease + Duration(1));
+  std::set<std::string> back;
+  EXPECT_TRUE(Eventually([&] {
+    // 100 at a time: 1,000 would be more than this client takes in one message.
+    for (const auto& item : client_->Dequeue(kNs, "big", 100)) back.insert(item.id());
+    return back.size() == static_cast<size_t>(kBigItems);
+  })) << back.size()
+      << " of " << kBigItems << " items came back";
+}
+
+TEST_F(UnreadAnswersTest, AClientThatReadsGetsAnswersLargerThanTheLimit) {
+  EnqueueBig(*client_);
+  grpc::ClientContext ctx;
+  SetDeadline(ctx);
+  auto stream = client_->stub().ConsumeStream(&ctx);
+  v1::ConsumeStreamResponse answer;
+  for (uint64_t id = 1; id <= 3; ++id) {
+    // 300 items, about 3 MB: one answer alone never ends a stream.
+    ASSERT_TRUE(stream->Write(DequeueCall(id, 300)));
+    ASSERT_TRUE(stream->Read(&answer));
+    EXPECT_EQ(answer.dequeue().items_size(), 300);
+  }
+  ASSERT_TRUE(stream->WritesDone());
+  EXPECT_FALSE(stream->Read(&answer));
+  const grpc::Status status = stream->Finish();
+  EXPECT_TRUE(status.ok()) << status.error_message();
 }
 
 }  // namespace
