@@ -165,7 +165,6 @@ class CallStream final
     bool read = false;
     grpc::ByteBuffer* write = nullptr;
     std::optional<grpc::Status> finish;
-    bool cancel_rpc = false;  // the client reads too little: end the stream
   };
 
   void Answer(uint64_t seq, const StreamResp& answer) {
@@ -175,27 +174,41 @@ class CallStream final
         grpc::SerializationTraits<StreamResp>::Serialize(answer, &bytes, &own);
     Next next;
     std::vector<std::function<void()>> cancels;
+    size_t waiting = 0;  // bytes behind the answer being written (or about to be)
     {
       std::lock_guard lock(mu_);
       running_.erase(seq);
       if (!cancelled_ && serialized.ok()) {
         unwritten_bytes_ += bytes.Length();
         answers_.push_back(std::move(bytes));
-        // What waits behind the answer being written (or about to be): one answer
-        // alone, however big, never ends a stream.
-        if (unwritten_bytes_ - answers_.front().Length() > max_unread_bytes_) {
-          spdlog::warn(
-              "{}: {} bytes of answers unread, over the limit of {}: stream cancelled",
-              context_->peer(), unwritten_bytes_, max_unread_bytes_);
-          cuts_->fetch_add(1);
+        // One answer alone, however big, never ends a stream.
+        waiting = unwritten_bytes_ - answers_.front().Length();
+        if (waiting > max_unread_bytes_) {
+          end_status_ = grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                                     "too many answers unread");
           cancels = CancelLocked();
-          next.cancel_rpc = true;
+          // Until TryCancel has returned, the stream must not finish: OnDone would
+          // delete this reactor and gRPC its context under TryCancel.
+          cancel_pending_ = true;
         }
       }
       PlanLocked(next);
     }
-    for (auto& c : cancels) c();
     Start(next);
+    if (waiting <= max_unread_bytes_) return;
+    spdlog::warn("{}: {} bytes of answers unread, over the limit of {}: stream cancelled",
+                 context_->peer(), waiting, max_unread_bytes_);
+    cuts_->fetch_add(1);
+    for (auto& c : cancels) c();
+    // Ends the write the client does not read (OnWriteDone(false)), then OnCancel.
+    context_->TryCancel();
+    Next after;
+    {
+      std::lock_guard lock(mu_);
+      cancel_pending_ = false;
+      PlanLocked(after);
+    }
+    Start(after);
   }
 
   // Requires mu_. Drops the front answer (written) or the back one (not to be).
@@ -237,16 +250,14 @@ class CallStream final
       // A deque keeps references to its elements valid across push_back.
       next.write = &answers_.front();
     }
-    if (!finished_ && reads_done_ && !reading_ && !writing_ && running_.empty() &&
-        answers_.empty()) {
+    if (!finished_ && !cancel_pending_ && reads_done_ && !reading_ && !writing_ &&
+        running_.empty() && answers_.empty()) {
       finished_ = true;
       next.finish = end_status_;
     }
   }
 
   void Start(const Next& next) {
-    // Ends the write the client does not read (OnWriteDone(false)), then OnCancel.
-    if (next.cancel_rpc) context_->TryCancel();
     if (next.read) StartRead(&in_);
     if (next.write != nullptr) StartWrite(next.write);
     // Last: after Finish gRPC may delete this reactor at any moment.
@@ -276,7 +287,8 @@ class CallStream final
   bool reads_done_ = false;  // the client half-closed, sent garbage, or went away
   bool cancelled_ = false;   // answers are dropped from now on
   bool finished_ = false;
-  grpc::Status end_status_;  // OK, or why the stream ends (garbage)
+  bool cancel_pending_ = false;  // Answer is about to TryCancel: no Finish yet
+  grpc::Status end_status_;      // OK, or why the stream ends (garbage, answers unread)
 };
 
 }  // namespace shardq::frontend
