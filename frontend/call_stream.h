@@ -175,6 +175,7 @@ class CallStream final
     Next next;
     std::vector<std::function<void()>> cancels;
     size_t waiting = 0;  // bytes behind the answer being written (or about to be)
+    bool cut = false;    // a local: once Start() has run, `this` may be gone
     {
       std::lock_guard lock(mu_);
       running_.erase(seq);
@@ -183,7 +184,8 @@ class CallStream final
         answers_.push_back(std::move(bytes));
         // One answer alone, however big, never ends a stream.
         waiting = unwritten_bytes_ - answers_.front().Length();
-        if (waiting > max_unread_bytes_) {
+        cut = waiting > max_unread_bytes_;
+        if (cut) {
           end_status_ = grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                                      "too many answers unread");
           cancels = CancelLocked();
@@ -195,7 +197,8 @@ class CallStream final
       PlanLocked(next);
     }
     Start(next);
-    if (waiting <= max_unread_bytes_) return;
+    if (!cut) return;
+    // cancel_pending_ keeps the stream from finishing, so `this` stays until below.
     spdlog::warn("{}: {} bytes of answers unread, over the limit of {}: stream cancelled",
                  context_->peer(), waiting, max_unread_bytes_);
     cuts_->fetch_add(1);
