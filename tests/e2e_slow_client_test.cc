@@ -63,8 +63,8 @@ class StallableProxy {
     stalled_ = false;
     Wake();
   }
-  // Bytes the server sent that the proxy has not read: once they stop growing, the
-  // server's socket is full.
+  // Bytes the server sent that the proxy has not read (while stalled, its small
+  // receive buffer fills first, then the server's send buffer).
   int HeldBack() const {
     int n = 0;
     const int fd = server_.load();
