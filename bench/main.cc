@@ -145,12 +145,10 @@ void ThreadCounts(const Options& o, const W1& w, const std::string& socket, Figu
     (*f)[fmt::format("T threads, {} shards", shards)] = steady;
     (*f)[fmt::format("T threads at most, {} shards", shards)] = peak;
     std::cerr << "  threads with " << shards << " shards:";
-    int own = 0;  // shardq's threads (gRPC's are named by gRPC)
-    for (const auto& [name, count] : server->ThreadNames()) {
-      std::cerr << " " << name << " x" << count;
-      if (name.rfind("shardq", 0) == 0) own += count;
-    }
-    (*f)[fmt::format("T shardq's own threads, {} shards", shards)] = own;
+    const auto names = server->ThreadNames();
+    for (const auto& [name, count] : names) std::cerr << " " << name << " x" << count;
+    (*f)[fmt::format("T shardq's own threads, {} shards", shards)] =
+        testing::ServerProcess::ShardqThreads(names);
     std::cerr << "\n";
     server->Stop();
   }

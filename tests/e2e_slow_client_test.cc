@@ -193,9 +193,7 @@ TEST_F(StalledClientTest, AClientThatStopsReadingStallsNobodyElse) {
   EnqueueBig(*client_);
   EnqueueBig(*client_, "warm", 900);
   StallableProxy proxy(server_->port());
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(32 << 20);  // the whole answer, 10 MB
-  QueueClient stalled(proxy.port(), args);
+  QueueClient stalled(proxy.port());
   // Big answers while the link is good let HTTP/2's window grow (BDP probing) to
   // megabytes, as on any busy connection.
   for (int round = 0; round < 3; ++round) {
@@ -311,8 +309,9 @@ TEST_F(UnreadAnswersTest, AStreamWhoseClientDoesNotReadIsCancelledAndItsItemsCom
   std::set<std::string> back;
   EXPECT_TRUE(Eventually([&] {
     clock_.Advance(ServerLimits().default_lease + Duration(1));
-    // 100 at a time: 1,000 would be more than this client takes in one message.
-    for (const auto& item : client_->Dequeue(kNs, "big", 100)) back.insert(item.id());
+    for (const auto& item : client_->Dequeue(kNs, "big", kBigItems)) {
+      back.insert(item.id());
+    }
     return back.size() == static_cast<size_t>(kBigItems);
   })) << back.size()
       << " of " << kBigItems << " items came back";

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 
+#include "shardq/v1/message_limits.h"
 #include "tests/support/mariadb_instance.h"
 
 namespace shardq::testing {
@@ -93,12 +94,16 @@ void SetDeadline(grpc::ClientContext& ctx, int64_t ms) {
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(ms));
 }
 
-QueueClient::QueueClient(int port) : QueueClient(port, grpc::ChannelArguments()) {}
-
-QueueClient::QueueClient(int port, const grpc::ChannelArguments& args)
-    : stub_(v1::Queue::NewStub(grpc::CreateCustomChannel(
-          fmt::format("127.0.0.1:{}", port), grpc::InsecureChannelCredentials(), args))) {
+namespace {
+std::shared_ptr<grpc::Channel> ClientChannel(int port) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(v1::kMaxMessageBytes);
+  return grpc::CreateCustomChannel(fmt::format("127.0.0.1:{}", port),
+                                   grpc::InsecureChannelCredentials(), args);
 }
+}  // namespace
+
+QueueClient::QueueClient(int port) : stub_(v1::Queue::NewStub(ClientChannel(port))) {}
 
 Result<std::string> QueueClient::EnqueueOne(const std::string& ns,
                                             const std::string& topic,

@@ -24,8 +24,8 @@ frontend::ServerConfig FreshConfig(const std::string& socket, size_t shards);
 
 class QueueClient {
  public:
+  // Takes messages of up to v1::kMaxMessageBytes, as the SDK's channels do.
   explicit QueueClient(int port);
-  QueueClient(int port, const grpc::ChannelArguments& args);
   v1::Queue::Stub& stub() { return *stub_; }
 
   struct EnqueueOptions {

@@ -72,19 +72,10 @@ std::map<std::string, int> ThreadsAfterLoad(const std::string& socket, int shard
   server->Stop();
   // The next server takes over the same databases once MariaDB has freed each
   // shard's ownership lock, a moment after the connection closed.
-  for (int s = 0; s < shards; ++s) {
-    EXPECT_TRUE(AwaitOwnershipFreed("shardq_" + std::to_string(s)));
+  for (const auto& shard : frontend::EmbeddedConfig(socket, shards).shards) {
+    EXPECT_TRUE(AwaitOwnershipFreed(shard.database));
   }
   return threads;
-}
-
-// shardq names its threads "shardq..."; gRPC names its own.
-int Own(const std::map<std::string, int>& threads) {
-  int own = 0;
-  for (const auto& [name, count] : threads) {
-    if (name.rfind("shardq", 0) == 0) own += count;
-  }
-  return own;
 }
 
 std::string Describe(const std::map<std::string, int>& threads) {
@@ -114,12 +105,15 @@ TEST(ServerThreadsTest, ThreadsDoNotGrowWithTheShards) {
   const auto thirty_two = ThreadsAfterLoad(SharedMariaDb().socket(), 32);
 
   // shardq's own: the I/O pool, the ticker and main, with 4 shards and with 32.
-  EXPECT_EQ(Own(four), kIoThreads + 2) << Describe(four);
-  EXPECT_EQ(Own(thirty_two), kIoThreads + 2) << Describe(thirty_two);
+  EXPECT_EQ(ServerProcess::ShardqThreads(four), kIoThreads + 2) << Describe(four);
+  EXPECT_EQ(ServerProcess::ShardqThreads(thirty_two), kIoThreads + 2)
+      << Describe(thirty_two);
   // gRPC's pools grow with the load, not with the shards, and only so far. (28 more
   // shards would be 28 more threads if anything started one per shard.)
-  EXPECT_LE(All(four) - Own(four), GrpcThreadsAtMost()) << Describe(four);
-  EXPECT_LE(All(thirty_two) - Own(thirty_two), GrpcThreadsAtMost())
+  EXPECT_LE(All(four) - ServerProcess::ShardqThreads(four), GrpcThreadsAtMost())
+      << Describe(four);
+  EXPECT_LE(All(thirty_two) - ServerProcess::ShardqThreads(thirty_two),
+            GrpcThreadsAtMost())
       << Describe(thirty_two);
 }
 

@@ -102,6 +102,14 @@ double ServerProcess::ProcStatus(const std::string& field) const {
   return std::nan("");
 }
 
+int ServerProcess::ShardqThreads(const std::map<std::string, int>& names) {
+  int own = 0;
+  for (const auto& [name, count] : names) {
+    if (name.rfind("shardq", 0) == 0) own += count;
+  }
+  return own;
+}
+
 std::map<std::string, int> ServerProcess::ThreadNames() const {
   std::map<std::string, int> names;
   std::error_code ec;

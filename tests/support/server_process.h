@@ -41,6 +41,9 @@ class ServerProcess {
   double ProcStatus(const std::string& field) const;
   // The process's threads, counted by name (/proc/<pid>/task/*/comm).
   std::map<std::string, int> ThreadNames() const;
+  // Of ThreadNames(), shardq's own: shardq names its threads "shardq..." (gRPC names
+  // its own).
+  static int ShardqThreads(const std::map<std::string, int>& names);
   // SIGKILL and reap.
   void Kill();
   // SIGTERM and reap (a clean stop).
