@@ -288,8 +288,8 @@ void Engine::Nack(std::vector<NackOp> ops, StatusesDone done) {
          shard_worker::OutcomesDone cb) {
         std::vector<store::NackRequest> reqs;
         for (const NackOp* op : mine) {
-          reqs.push_back(
-              {op->id.row, op->token, op->delay, op->metadata, op->error, op->fatal});
+          reqs.push_back({op->id.row, op->token, op->delay, op->metadata, op->error,
+                          op->fatal, op->undelivered});
         }
         w.Nack(std::move(reqs), std::move(cb));
       });

@@ -86,6 +86,8 @@ struct NackOp {
   std::optional<std::string> metadata;
   std::string error;
   bool fatal = false;
+  // The server gives back a lease whose answer it never sent (store::NackRequest).
+  bool undelivered = false;
 };
 struct ExtendOp {
   ItemId id;

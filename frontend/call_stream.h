@@ -8,8 +8,11 @@
 // are written one at a time, in the order they are ready. Answers are bounded in bytes
 // too: a client that leaves more than `max_unread_bytes` of answers waiting behind the
 // one being written (it does not read them: a stopped process, a dead link) has its
-// stream cancelled, as Redis disconnects a client past its output buffer limit. Its
-// leased items come back when their leases run out.
+// stream cancelled, as Redis disconnects a client past its output buffer limit.
+//
+// An answer that is never written (the stream was cancelled before its turn) is handed
+// to the `dropped` hook, so that what it leased is given back at once. The answer being
+// written when the stream ends is not: its bytes may have reached the client.
 //
 // Lifetime: gRPC deletes the reactor after Finish, and Finish waits until no read or
 // write is outstanding and every call read has been answered, so the engine never
@@ -50,6 +53,8 @@ class CallStream final
   // how to cancel it while it runs, or an empty function if it cannot be cancelled.
   using RunFn = std::function<std::function<void()>(const StreamReq&, AnswerFn,
                                                     CallStream& stream)>;
+  // Told of each answer that will never be written; runs on any thread, without mu_.
+  using DroppedFn = std::function<void(const StreamResp&)>;
   static constexpr size_t kMaxCallsAhead = 1000;
   // Whether another call may be read, with `running` calls not answered yet and
   // `unwritten` answers (the one being written included) not yet written.
@@ -60,11 +65,12 @@ class CallStream final
   // `context` is the stream's (to cancel it); `max_unread_bytes` bounds its answers,
   // and `cuts` counts the streams cancelled for it.
   CallStream(grpc::CallbackServerContext* context, size_t max_unread_bytes,
-             std::atomic<uint64_t>* cuts, RunFn run)
+             std::atomic<uint64_t>* cuts, RunFn run, DroppedFn dropped = nullptr)
       : context_(context),
         max_unread_bytes_(max_unread_bytes),
         cuts_(cuts),
-        run_(std::move(run)) {
+        run_(std::move(run)),
+        dropped_(std::move(dropped)) {
     reading_ = true;
     StartRead(&in_);
   }
@@ -133,27 +139,28 @@ class CallStream final
 
   void OnWriteDone(bool ok) override {
     Next next;
-    std::vector<std::function<void()>> cancels;
+    Abandoned abandoned;
     {
       std::lock_guard lock(mu_);
       writing_ = false;
-      PopAnswerLocked(/*front=*/true);
-      if (!ok) cancels = CancelLocked();  // the client is gone: nobody reads answers
+      unwritten_bytes_ -= answers_.front().Length();
+      answers_.pop_front();
+      if (!ok) abandoned = CancelLocked();  // the client is gone: nobody reads answers
       PlanLocked(next);
     }
-    for (auto& c : cancels) c();
+    abandoned.Run();
     Start(next);
   }
 
   void OnCancel() override {
     Next next;
-    std::vector<std::function<void()>> cancels;
+    Abandoned abandoned;
     {
       std::lock_guard lock(mu_);
-      cancels = CancelLocked();
+      abandoned = CancelLocked();
       PlanLocked(next);
     }
-    for (auto& c : cancels) c();
+    abandoned.Run();
     Start(next);
   }
 
@@ -167,17 +174,45 @@ class CallStream final
     std::optional<grpc::Status> finish;
   };
 
+  // What a cancellation leaves to do once mu_ is released: cancel the calls still
+  // running, and tell the hook of the answers that will not be written. Holds no
+  // reference to the reactor, which another thread may finish meanwhile.
+  struct Abandoned {
+    std::vector<std::function<void()>> cancels;
+    std::vector<grpc::ByteBuffer> answers;
+    DroppedFn dropped;
+
+    void Run() {
+      for (auto& c : cancels) c();
+      if (!dropped) return;
+      for (grpc::ByteBuffer& bytes : answers) {
+        StreamResp answer;
+        grpc::ProtoBufferReader reader(&bytes);
+        if (answer.ParseFromZeroCopyStream(&reader)) dropped(answer);
+      }
+    }
+  };
+
   void Answer(uint64_t seq, const StreamResp& answer) {
     grpc::ByteBuffer bytes;
     bool own = false;
     grpc::Status serialized =
         grpc::SerializationTraits<StreamResp>::Serialize(answer, &bytes, &own);
     Next next;
-    std::vector<std::function<void()>> cancels;
+    Abandoned abandoned;
     size_t waiting = 0;  // bytes behind the answer being written (or about to be)
     bool cut = false;    // a local: once Start() has run, `this` may be gone
     {
-      std::lock_guard lock(mu_);
+      std::unique_lock lock(mu_);
+      if ((cancelled_ || !serialized.ok()) && dropped_) {
+        // This answer will never be written. The hook runs while the call is still in
+        // running_, so the stream cannot finish meanwhile: the server and its engine,
+        // which the hook uses, outlive it. (cancelled_ stays true.)
+        DroppedFn hook = dropped_;
+        lock.unlock();
+        hook(answer);
+        lock.lock();
+      }
       running_.erase(seq);
       if (!cancelled_ && serialized.ok()) {
         unwritten_bytes_ += bytes.Length();
@@ -188,7 +223,7 @@ class CallStream final
         if (cut) {
           end_status_ = grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                                      "too many answers unread");
-          cancels = CancelLocked();
+          abandoned = CancelLocked();
           // Until TryCancel has returned, the stream must not finish: OnDone would
           // delete this reactor and gRPC its context under TryCancel.
           cancel_pending_ = true;
@@ -202,7 +237,7 @@ class CallStream final
     spdlog::warn("{}: {} bytes of answers unread, over the limit of {}: stream cancelled",
                  context_->peer(), waiting, max_unread_bytes_);
     cuts_->fetch_add(1);
-    for (auto& c : cancels) c();
+    abandoned.Run();
     // Ends the write the client does not read (OnWriteDone(false)), then OnCancel.
     context_->TryCancel();
     Next after;
@@ -214,28 +249,23 @@ class CallStream final
     Start(after);
   }
 
-  // Requires mu_. Drops the front answer (written) or the back one (not to be).
-  void PopAnswerLocked(bool front) {
-    unwritten_bytes_ -= front ? answers_.front().Length() : answers_.back().Length();
-    if (front) {
-      answers_.pop_front();
-    } else {
+  // Requires mu_. Takes out the answers not being written and the cancellers of the
+  // calls still running, to be run once mu_ is released.
+  Abandoned CancelLocked() {
+    Abandoned out;
+    if (cancelled_) return out;
+    cancelled_ = true;
+    out.dropped = dropped_;
+    // Keep only the answer being written (its OnWriteDone pops it).
+    while (answers_.size() > (writing_ ? 1u : 0u)) {
+      unwritten_bytes_ -= answers_.back().Length();
+      out.answers.push_back(std::move(answers_.back()));
       answers_.pop_back();
     }
-  }
-
-  // Requires mu_. Drops the answers not being written and returns the cancellers of
-  // the calls still running, to be called once mu_ is released.
-  std::vector<std::function<void()>> CancelLocked() {
-    std::vector<std::function<void()>> cancels;
-    if (cancelled_) return cancels;
-    cancelled_ = true;
-    // Keep only the answer being written (its OnWriteDone pops it).
-    while (answers_.size() > (writing_ ? 1u : 0u)) PopAnswerLocked(/*front=*/false);
     for (auto& [seq, call] : running_) {
-      if (call.cancel) cancels.push_back(std::move(call.cancel));
+      if (call.cancel) out.cancels.push_back(std::move(call.cancel));
     }
-    return cancels;
+    return out;
   }
 
   // Requires mu_. Decides the next read, write or Finish.
@@ -271,6 +301,7 @@ class CallStream final
   const size_t max_unread_bytes_;
   std::atomic<uint64_t>* const cuts_;
   const RunFn run_;
+  const DroppedFn dropped_;
   grpc::ByteBuffer in_;  // the message being read
 
   std::mutex mu_;

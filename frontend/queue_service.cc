@@ -1,5 +1,7 @@
 #include "frontend/queue_service.h"
 
+#include <spdlog/spdlog.h>
+
 #include <memory>
 #include <mutex>
 #include <unordered_set>
@@ -42,9 +44,10 @@ void Dispatch(std::vector<Result<Op>> parsed, Call call, Emit emit) {
 // Parses the raw request and runs the typed handler; a request that does not parse
 // has already been answered by UnaryCall.
 template <typename Req, typename Resp, typename Handler>
-grpc::ServerUnaryReactor* Serve(const grpc::ByteBuffer* in, grpc::ByteBuffer* out,
+grpc::ServerUnaryReactor* Serve(grpc::CallbackServerContext* context,
+                                const grpc::ByteBuffer* in, grpc::ByteBuffer* out,
                                 Handler handler) {
-  auto* call = new UnaryCall<Req, Resp>(in, out);
+  auto* call = new UnaryCall<Req, Resp>(context, in, out);
   if (call->ok()) handler(call);
   return call;
 }
@@ -89,10 +92,12 @@ class CancelSlot {
   std::shared_ptr<engine::Engine::DequeueHandle> handle_;
 };
 
-#define SHARDQ_RAW_METHOD(Method, Req, Resp, Handler)                                    \
-  grpc::ServerUnaryReactor* QueueService::Method(                                        \
-      grpc::CallbackServerContext*, const grpc::ByteBuffer* in, grpc::ByteBuffer* out) { \
-    return Serve<v1::Req, v1::Resp>(in, out, [this](auto* call) { Handler(call); });     \
+#define SHARDQ_RAW_METHOD(Method, Req, Resp, Handler)                                  \
+  grpc::ServerUnaryReactor* QueueService::Method(grpc::CallbackServerContext* context, \
+                                                 const grpc::ByteBuffer* in,           \
+                                                 grpc::ByteBuffer* out) {              \
+    return Serve<v1::Req, v1::Resp>(context, in, out,                                  \
+                                    [this](auto* call) { Handler(call); });            \
   }
 SHARDQ_RAW_METHOD(Enqueue, EnqueueRequest, EnqueueResponse,
                   HandleBy<&QueueService::RunEnqueue>)
@@ -191,6 +196,9 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* QueueService::Consu
             break;
         }
         return std::function<void()>();
+      },
+      [this](const v1::ConsumeStreamResponse& unsent) {
+        if (unsent.has_dequeue()) GiveBack(unsent.dequeue());
       });
 }
 
@@ -200,6 +208,7 @@ void QueueService::HandleDequeue(
   // call object (which may be gone as soon as the engine answers, even inline).
   auto slot = std::make_shared<CancelSlot>();
   call->OnCancelled([slot] { slot->Cancel(); });
+  call->OnUndelivered([this](const v1::DequeueResponse& unsent) { GiveBack(unsent); });
   RunDequeue(call->request(), call->response(), slot,
              [call](const Status& status) { call->Finish(status); });
 }
@@ -224,6 +233,27 @@ void QueueService::RunDequeue(const v1::DequeueRequest& req, v1::DequeueResponse
   };
   slot->Set(engine_.Dequeue(req.namespace_(), std::move(*asks), *wait, req.worker_id(),
                             std::move(answer)));
+}
+
+void QueueService::GiveBack(const v1::DequeueResponse& unsent) {
+  std::vector<engine::NackOp> ops;
+  for (const v1::DequeuedItem& item : unsent.items()) {
+    v1::LeaseRef ref;
+    ref.set_id(item.id());
+    ref.set_lease_token(item.lease_token());
+    Result<engine::LeaseOp> lease = ToLeaseOp(ref);
+    if (!lease.ok()) continue;  // not expected: this server wrote both
+    engine::NackOp op{lease->id, lease->token};
+    op.error = "the answer that leased it was not delivered";
+    op.undelivered = true;
+    ops.push_back(std::move(op));
+  }
+  if (ops.empty()) return;
+  leases_given_back_.fetch_add(ops.size());
+  spdlog::info("{} leases given back: the answer that carried them was never sent",
+               ops.size());
+  // Refused ones (a shard that is down) come back when their leases run out.
+  engine_.Nack(std::move(ops), [](std::vector<Status>) {});
 }
 
 namespace {

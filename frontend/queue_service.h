@@ -51,6 +51,8 @@ class QueueService final : public RawQueueService {
   // Streams cancelled so far because their client left too many answers unread
   // (Limits::max_unread_stream_bytes).
   uint64_t StreamsCut() const { return streams_cut_.load(); }
+  // Leases given back so far because the answer that carried them was never sent.
+  uint64_t LeasesGivenBack() const { return leases_given_back_.load(); }
 
   using Raw = grpc::ServerUnaryReactor*;
   Raw Enqueue(grpc::CallbackServerContext*, const grpc::ByteBuffer* in,
@@ -94,6 +96,10 @@ class QueueService final : public RawQueueService {
   void RunNack(const v1::NackRequest& req, v1::NackResponse* out, Done done);
   void RunExtend(const v1::ExtendLeaseRequest& req, v1::ExtendLeaseResponse* out,
                  Done done);
+  // Gives back the leases of a Dequeue answer that was never sent (the client went
+  // away first), so its items are ready again at once instead of when the leases
+  // run out. The attempt counts, as for an expired lease.
+  void GiveBack(const v1::DequeueResponse& unsent);
   // The typed handlers: each finishes its call exactly once.
   template <auto Run, typename Call>
   void HandleBy(Call* call) {
@@ -117,6 +123,7 @@ class QueueService final : public RawQueueService {
   Clock& clock_;
   const Limits limits_;
   std::atomic<uint64_t> streams_cut_{0};
+  std::atomic<uint64_t> leases_given_back_{0};
 };
 
 }  // namespace shardq::frontend

@@ -22,7 +22,9 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
  public:
   // Parses `in`; on failure answers INVALID_ARGUMENT at once and returns the call
   // with ok() == false (the caller must not touch it further).
-  UnaryCall(const grpc::ByteBuffer* in, grpc::ByteBuffer* out) : out_(out) {
+  UnaryCall(grpc::CallbackServerContext* context, const grpc::ByteBuffer* in,
+            grpc::ByteBuffer* out)
+      : context_(context), out_(out) {
     grpc::ByteBuffer copy = *in;  // shares the slices; the reader consumes the copy
     grpc::ProtoBufferReader reader(&copy);
     parsed_ = request_.ParseFromZeroCopyStream(&reader);
@@ -41,6 +43,7 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
     if (status.ok()) {
       bool own = false;
       grpc::Status st = grpc::SerializationTraits<Resp>::Serialize(response_, out_, &own);
+      answered_ = st.ok();
       grpc::ServerUnaryReactor::Finish(st);
       return;
     }
@@ -60,13 +63,29 @@ class UnaryCall final : public grpc::ServerUnaryReactor {
     }
     if (fn) fn();
   }
-  void OnDone() override { delete this; }
+  // Runs `fn` with the response if Finish answered OK but the client never got that
+  // answer: gRPC ended the call before its status was sent (IsCancelled: deadline,
+  // disconnect), and a client takes no response without an OK status. Set before
+  // Finish.
+  void OnUndelivered(std::function<void(const Resp&)> fn) {
+    on_undelivered_ = std::move(fn);
+  }
+
+  void OnDone() override {
+    if (answered_ && on_undelivered_ && context_->IsCancelled()) {
+      on_undelivered_(response_);
+    }
+    delete this;
+  }
 
  private:
+  grpc::CallbackServerContext* const context_;
   grpc::ByteBuffer* out_;
   Req request_;
   Resp response_;
   bool parsed_ = false;
+  bool answered_ = false;  // Finish sent an OK response
+  std::function<void(const Resp&)> on_undelivered_;
   std::mutex mu_;
   std::function<void()> on_cancel_;
 };

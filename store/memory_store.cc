@@ -365,7 +365,7 @@ Result<std::vector<ItemOutcome>> MemoryShardStore::Nack(
       const Time due = now + std::max(n.delay, Duration(0));
       r.state = due <= now ? ItemState::kReady : ItemState::kDelayed;
       r.deliver_after = due;
-      AddEvent(r, now, "retry", std::move(error));
+      AddEvent(r, now, n.undelivered ? "undelivered" : "retry", std::move(error));
     }
     out[i].transition = Changed(n.row.value(), r, ItemState::kLeased);
   }

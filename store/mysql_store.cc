@@ -1225,7 +1225,7 @@ Result<std::vector<ItemOutcome>> MySqlShardStore::Nack(std::span<const NackReque
       } else {
         const Time due = now + std::max(n.delay, Duration(0));
         to = due <= now ? ItemState::kReady : ItemState::kDelayed;
-        kind = "retry";
+        kind = n.undelivered ? "undelivered" : "retry";
       }
       const bool final = IsFinal(to);
       const int64_t due = final ? PurgeTime(r.ns, now_ms)

@@ -41,6 +41,10 @@ struct NackRequest {
   std::optional<std::string> metadata;  // replaces the metadata when set
   std::string error;                    // becomes last_error; may be empty
   bool fatal = false;                   // FAILED for good instead of a retry
+  // Not the consumer's nack: the server gives the lease back because the answer that
+  // carried it was never sent (the client went away). The event is "undelivered"
+  // instead of "retry"; the attempt still counts, as for an expired lease.
+  bool undelivered = false;
 };
 
 // One row to lease, and who leases it.
@@ -142,8 +146,9 @@ struct Inserted {
 // What happened to a task, for its history (task_events).
 struct TaskEvent {
   Time at{};
-  std::string kind;  // "leased", "succeeded", "retry", "failed", "lease_expired",
-                     // "dead_lettered", "cancelled", "cancel_requested", "redriven"
+  std::string kind;  // "leased", "succeeded", "retry", "undelivered", "failed",
+                     // "lease_expired", "dead_lettered", "cancelled",
+                     // "cancel_requested", "redriven"
   uint32_t attempt = 0;
   std::string worker_id;
   std::string detail;
@@ -272,7 +277,8 @@ class ShardStore {
   //  - cancel_requested -> CANCELLED (event "cancelled");
   //  - fatal -> FAILED (event "failed");
   //  - attempts >= max_attempts -> DEAD (event "dead_lettered");
-  //  - otherwise READY (delay 0) or DELAYED until now + delay (event "retry").
+  //  - otherwise READY (delay 0) or DELAYED until now + delay (event "retry", or
+  //    "undelivered" for a lease the server gives back).
   // The error text becomes last_error in every case.
   virtual Result<std::vector<ItemOutcome>> Nack(std::span<const NackRequest> nacks,
                                                 Time now) = 0;

@@ -4,7 +4,7 @@
 // backup poller, on its default executor), and none of shardq's threads may be the one
 // that waits: not a shard's I/O thread, which finished the Dequeue, nor the ticker. And
 // one that keeps asking on a stream without reading the answers must not make the server
-// hold them all.
+// hold them all. What the server leased into answers it never sent comes back at once.
 
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
@@ -49,7 +49,7 @@ class StallableProxy {
   ~StallableProxy() {
     stop_ = true;
     Wake();
-    thread_.join();
+    if (thread_.joinable()) thread_.join();
     for (int fd : {listener_, client_, server_.load(), wake_[0], wake_[1]}) {
       if (fd >= 0) close(fd);
     }
@@ -62,6 +62,12 @@ class StallableProxy {
   void Resume() {
     stalled_ = false;
     Wake();
+  }
+  // Resets both connections, as a client host that dies does, and stops.
+  void Drop() {
+    drop_ = true;
+    Wake();
+    thread_.join();
   }
   // Bytes the server sent that the proxy has not read (while stalled, its small
   // receive buffer fills first, then the server's send buffer).
@@ -87,6 +93,7 @@ class StallableProxy {
         if (p.revents == 0) continue;
         if (p.fd == wake_[0]) {
           (void)!read(wake_[0], buf.data(), buf.size());
+          if (drop_) return Reset();
         } else if (p.fd == listener_) {
           Connect();
         } else {
@@ -97,6 +104,17 @@ class StallableProxy {
         }
       }
     }
+  }
+
+  void Reset() {
+    const linger abort{.l_onoff = 1, .l_linger = 0};  // close with RST, not FIN
+    for (int fd : {client_, server_.load()}) {
+      if (fd < 0) continue;
+      setsockopt(fd, SOL_SOCKET, SO_LINGER, &abort, sizeof(abort));
+      close(fd);
+    }
+    client_ = -1;
+    server_ = -1;
   }
 
   void Connect() {
@@ -129,7 +147,7 @@ class StallableProxy {
   int listener_ = -1, client_ = -1;
   std::atomic<int> server_{-1};  // HeldBack reads it from the test's thread
   int wake_[2] = {-1, -1};
-  std::atomic<bool> stalled_{false}, stop_{false};
+  std::atomic<bool> stalled_{false}, stop_{false}, drop_{false};
   std::thread thread_;
 };
 
@@ -153,6 +171,29 @@ void EnqueueBig(QueueClient& client, const std::string& topic = "big",
     ASSERT_TRUE(client.stub().Enqueue(&ctx, req, &resp).ok());
     for (const auto& r : resp.results()) ASSERT_EQ(r.status().code(), 0);
   }
+}
+
+// How many items of `topic` are leased now (GetActiveTopics).
+uint64_t Leased(QueueClient& client, const std::string& topic) {
+  v1::GetActiveTopicsRequest req;
+  req.set_namespace_(kNs);
+  v1::GetActiveTopicsResponse resp;
+  grpc::ClientContext ctx;
+  SetDeadline(ctx);
+  EXPECT_TRUE(client.stub().GetActiveTopics(&ctx, req, &resp).ok());
+  for (const auto& t : resp.topics()) {
+    if (t.topic() == topic) return t.leased();
+  }
+  return 0;
+}
+
+// Whether the task's history says a lease of it was given back.
+bool GivenBack(QueueClient& client, const std::string& id) {
+  const v1::Task task = client.GetTask(id);
+  for (const auto& e : task.history()) {
+    if (e.kind() == "undelivered") return true;
+  }
+  return false;
 }
 
 v1::ConsumeStreamRequest DequeueCall(uint64_t id, int count) {
@@ -303,18 +344,93 @@ TEST_F(UnreadAnswersTest, AStreamWhoseClientDoesNotReadIsCancelledAndItsItemsCom
   const grpc::Status end = stream.AwaitEnd();
   EXPECT_EQ(end.error_code(), grpc::StatusCode::CANCELLED) << end.error_message();
 
-  // What the cancelled calls leased comes back when the leases run out. A claim
-  // still in flight at the cut may lease its items after any one advance of the
-  // clock, so each poll moves it on.
+  // What the dropped answers leased is given back at once (the clock does not move).
+  // At the cut more than 1 MiB waited behind the answer being written: at least two
+  // answers of 100 items. Answers written before it (into the sockets, which hold
+  // some) and the one being written are not given back: their bytes may have reached
+  // the client. (A claim still in flight at the cut answers a cancelled call: given
+  // back too.)
+  std::set<std::string> back;
+  auto take = [&] {
+    for (const auto& item : client_->Dequeue(kNs, "big", kBigItems)) {
+      back.insert(item.id());
+    }
+  };
+  auto given_back_came = [&] {
+    size_t n = 0;
+    for (const std::string& id : back) n += GivenBack(*client_, id);
+    return n;
+  };
+  EXPECT_TRUE(Eventually([&] {
+    take();
+    const uint64_t given_back = server_->service().LeasesGivenBack();
+    return given_back >= 200 && given_back_came() == given_back;
+  })) << given_back_came()
+      << " of " << server_->service().LeasesGivenBack()
+      << " given back came back at once";
+  EXPECT_LT(back.size(), static_cast<size_t>(kBigItems));
+  // The others come back when their leases run out.
+  clock_.Advance(ServerLimits().default_lease + Duration(1));
+  EXPECT_TRUE(Eventually([&] {
+    take();
+    return back.size() == static_cast<size_t>(kBigItems);
+  })) << back.size()
+      << " of " << kBigItems << " items came back";
+}
+
+TEST_F(UnreadAnswersTest,
+       ADequeueWhoseClientDiesBeforeItsAnswerIsSentGivesTheLeasesBack) {
+  EnqueueBig(*client_);
+  StallableProxy proxy(server_->port());
+  QueueClient stalled(proxy.port());
+  // An answer that reaches its client keeps its leases.
+  ASSERT_TRUE(stalled.EnqueueOne(kNs, "small").ok());
+  ASSERT_EQ(stalled.Dequeue(kNs, "small", 1).size(), 1u);
+  EXPECT_EQ(server_->service().LeasesGivenBack(), 0u);
+
+  proxy.Stall();
+  v1::DequeueRequest req;
+  req.set_namespace_(kNs);
+  v1::TopicRequest* topic = req.add_topics();
+  topic->set_topic("big");
+  topic->set_count(kBigItems);
+  v1::DequeueResponse resp;
+  grpc::ClientContext ctx;
+  SetDeadline(ctx);
+  std::mutex mu;
+  std::condition_variable cv;
+  std::optional<grpc::Status> status;
+  stalled.stub().async()->Dequeue(&ctx, &req, &resp, [&](grpc::Status s) {
+    std::lock_guard lock(mu);
+    status = s;
+    cv.notify_all();
+  });
+  // The server leased them all and is writing the 10 MB answer, which the stalled
+  // link holds back, so the call's status is not sent yet. Then the client's host
+  // dies: both connections are reset.
+  EXPECT_TRUE(Eventually([&] {
+    return Leased(*client_, "big") == static_cast<uint64_t>(kBigItems) &&
+           proxy.HeldBack() > 0;
+  })) << "the server never wrote the answer";
+  proxy.Drop();
+  {
+    std::unique_lock lock(mu);
+    cv.wait(lock, [&] { return status.has_value(); });
+  }
+  EXPECT_EQ(status->error_code(), grpc::StatusCode::UNAVAILABLE);
+  // Its items are ready again at once, without waiting out their leases.
+  EXPECT_TRUE(Eventually([&] {
+    return server_->service().LeasesGivenBack() == static_cast<size_t>(kBigItems);
+  }));
   std::set<std::string> back;
   EXPECT_TRUE(Eventually([&] {
-    clock_.Advance(ServerLimits().default_lease + Duration(1));
     for (const auto& item : client_->Dequeue(kNs, "big", kBigItems)) {
       back.insert(item.id());
     }
     return back.size() == static_cast<size_t>(kBigItems);
   })) << back.size()
       << " of " << kBigItems << " items came back";
+  EXPECT_TRUE(GivenBack(*client_, *back.begin()));
 }
 
 TEST_F(UnreadAnswersTest, AClientThatReadsGetsAnswersLargerThanTheLimit) {

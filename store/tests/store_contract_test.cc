@@ -1425,6 +1425,34 @@ TYPED_TEST(StoreContractTest, NackAfterTheLastAttemptDeadLetters) {
   EXPECT_TRUE(this->ReadyRows("t").empty());
 }
 
+TYPED_TEST(StoreContractTest, AnUndeliveredLeaseComesBackAtOnceAndItsAttemptCounts) {
+  RowId id = this->InsertOne(Item("t", 0, kT0, "p", 30s, std::nullopt, "ns", 2));
+  this->ClaimOne(id, 1, kT0, "w");
+  auto give_back = [&](uint64_t token, Time now) {
+    NackRequest n{id, LeaseToken(token), 0ms, std::nullopt, "not delivered", false};
+    n.undelivered = true;
+    return Must(this->store().Nack(std::vector<NackRequest>{n}, now)).at(0);
+  };
+  // A stale token gives nothing back.
+  EXPECT_EQ(give_back(9, kT0).status.code(), Code::kFailedPrecondition);
+  ItemOutcome first = give_back(1, kT0 + 1s);
+  ASSERT_TRUE(first.status.ok());
+  EXPECT_EQ(first.transition->to, ItemState::kReady);
+  EXPECT_EQ(this->ReadyRows("t").size(), 1u);
+  TaskRecord t = this->Task(id);
+  EXPECT_EQ(t.attempts, 1u);
+  EXPECT_EQ(t.last_error, "not delivered");
+  EXPECT_EQ(Kinds(t.history), (std::vector<std::string>{"leased", "undelivered"}));
+  EXPECT_EQ(t.history[1].attempt, 1u);
+  // The attempt counted: given back again at the last attempt, the task is dead, as
+  // after an expired lease.
+  this->ClaimOne(id, 2, kT0 + 2s);
+  EXPECT_EQ(give_back(2, kT0 + 3s).transition->to, ItemState::kDead);
+  EXPECT_EQ(
+      Kinds(this->Task(id).history),
+      (std::vector<std::string>{"leased", "undelivered", "leased", "dead_lettered"}));
+}
+
 TYPED_TEST(StoreContractTest, CancelOfALeaseIsReportedByExtendAndEndsWithTheNack) {
   RowId id = this->InsertOne(Item("t", 0, kT0));
   this->ClaimOne(id, 1);
