@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "engine/dequeue_op.h"
+#include "engine/placement.h"
 
 namespace shardq::engine {
 
@@ -54,26 +55,10 @@ void Engine::Shutdown() { waits_.ExpireAll(); }
 
 // ---------------------------------------------------------------- Enqueue
 
-namespace {
-
-// FNV-1a: a hash that is the same in every build, so a dedup key keeps its shard
-// across restarts and upgrades (as long as the shard list does not change).
-uint64_t StableHash(const std::string& ns, const std::string& key) {
-  uint64_t h = 1469598103934665603ull;
-  auto mix = [&](const std::string& s) {
-    for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
-    h = (h ^ 0xff) * 1099511628211ull;  // separator: ("ab","c") != ("a","bc")
-  };
-  mix(ns);
-  mix(key);
-  return h;
-}
-
-}  // namespace
-
 void Engine::Enqueue(std::vector<NewItem> items, EnqueueDone done) {
-  // Group the call: unkeyed items travel together to one round-robin shard; keyed
-  // items to the shard their key hashes to. Each group is one transaction.
+  // Group the call (engine/placement.h): unkeyed items travel together to the shard
+  // of the current slot; keyed items to the shard of their key. Each group is one
+  // transaction.
   struct Group {
     std::vector<size_t> positions;
     std::vector<NewItem> items;
@@ -84,7 +69,7 @@ void Engine::Enqueue(std::vector<NewItem> items, EnqueueDone done) {
   for (size_t i = 0; i < items.size(); ++i) {
     Group& g = items[i].dedup_key.empty()
                    ? unkeyed
-                   : keyed[StableHash(items[i].ns, items[i].dedup_key) % shards];
+                   : keyed[KeyPosition(items[i].ns, items[i].dedup_key, shards)];
     g.positions.push_back(i);
     g.items.push_back(std::move(items[i]));
   }
@@ -120,8 +105,9 @@ void Engine::Enqueue(std::vector<NewItem> items, EnqueueDone done) {
     return;
   }
   if (!unkeyed.items.empty()) {
-    EnqueueOn(0, next_shard_.fetch_add(1), std::move(unkeyed.items),
-              answer(std::move(unkeyed.positions)));
+    const size_t start =
+        SlotPosition(unkeyed.items.front().ns, ToUnixMillis(clock_.Now()), shards);
+    EnqueueOn(0, start, std::move(unkeyed.items), answer(std::move(unkeyed.positions)));
   }
   for (auto& [position, group] : keyed) {
     EnqueueFixed(position, std::move(group.items), answer(std::move(group.positions)));

@@ -144,9 +144,9 @@ class Engine {
 
   // Items must be valid (frontend/validation.h). One callback with one result per
   // item, in order, once every item is committed or has failed. Items without a
-  // dedup key go, one call together, to a healthy shard (round-robin); an item with
-  // a key always goes to the shard its (namespace, key) hashes to, so that shard can
-  // tell a repeat.
+  // dedup key go, one call together, to the shard of the current time slot, or the
+  // next healthy one; an item with a key always goes to the shard of its key, so that
+  // shard can tell a repeat (engine/placement.h).
   void Enqueue(std::vector<NewItem> items, EnqueueDone done);
 
   // A handle to cancel a parked long poll (e.g. the client went away).
@@ -225,7 +225,6 @@ class Engine {
   std::map<ShardId, size_t> position_;
   WaitList waits_;
   Ticker ticker_;
-  std::atomic<size_t> next_shard_{0};
   std::atomic<int> parked_calls_{0};
   // Last readiness told to options_.on_readiness (guarded: strands race to report).
   std::mutex readiness_mu_;

@@ -154,10 +154,12 @@ class StallableProxy {
 constexpr char kNs[] = "stall";
 constexpr int kBigItems = 1000;  // one Dequeue's most: about 10 MB of payload
 
-// `n` (a multiple of 100) items of the largest payload on `topic`.
-void EnqueueBig(QueueClient& client, const std::string& topic = "big",
-                int n = kBigItems) {
+// `n` (a multiple of 100) items of the largest payload on `topic`, spread evenly over
+// the server's `shards` (one Dequeue takes at most a window, 512, from a shard).
+void EnqueueBig(QueueClient& client, FakeClock& clock, size_t shards,
+                const std::string& topic = "big", int n = kBigItems) {
   for (int batch = 0; batch < n / 100; ++batch) {
+    AdvanceToSlotOf(clock, kNs, static_cast<size_t>(batch) % shards, shards);
     v1::EnqueueRequest req;
     req.set_namespace_(kNs);
     for (int i = 0; i < 100; ++i) {
@@ -231,8 +233,8 @@ class StalledClientTest : public LiveServerTest {
 };
 
 TEST_F(StalledClientTest, AClientThatStopsReadingStallsNobodyElse) {
-  EnqueueBig(*client_);
-  EnqueueBig(*client_, "warm", 900);
+  EnqueueBig(*client_, clock_, server_->engine().shard_count());
+  EnqueueBig(*client_, clock_, server_->engine().shard_count(), "warm", 900);
   StallableProxy proxy(server_->port());
   QueueClient stalled(proxy.port());
   // Big answers while the link is good let HTTP/2's window grow (BDP probing) to
@@ -327,7 +329,7 @@ class UnreadAnswersTest : public LiveServerTest {
 };
 
 TEST_F(UnreadAnswersTest, AStreamWhoseClientDoesNotReadIsCancelledAndItsItemsComeBack) {
-  EnqueueBig(*client_);
+  EnqueueBig(*client_, clock_, server_->engine().shard_count());
   StallableProxy proxy(server_->port());
   QueueClient stalled(proxy.port());
   ASSERT_TRUE(stalled.EnqueueOne(kNs, "warm-up").ok()) << "the proxy connects";
@@ -385,7 +387,7 @@ TEST_F(UnreadAnswersTest, AStreamWhoseClientDoesNotReadIsCancelledAndItsItemsCom
 
 TEST_F(UnreadAnswersTest,
        ADequeueWhoseClientDiesBeforeItsAnswerIsSentGivesTheLeasesBack) {
-  EnqueueBig(*client_);
+  EnqueueBig(*client_, clock_, server_->engine().shard_count());
   StallableProxy proxy(server_->port());
   QueueClient stalled(proxy.port());
   // An answer that reaches its client keeps its leases.
@@ -435,7 +437,7 @@ TEST_F(UnreadAnswersTest,
 }
 
 TEST_F(UnreadAnswersTest, AClientThatReadsGetsAnswersLargerThanTheLimit) {
-  EnqueueBig(*client_);
+  EnqueueBig(*client_, clock_, server_->engine().shard_count());
   grpc::ClientContext ctx;
   SetDeadline(ctx);
   auto stream = client_->stub().ConsumeStream(&ctx);

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 
+#include "engine/placement.h"
 #include "shardq/v1/message_limits.h"
 #include "tests/support/mariadb_instance.h"
 
@@ -88,6 +89,15 @@ grpc::Status WriteGarbageOnStream(int port, const std::string& method,
   while (cq.Next(&tag, &ok)) {
   }
   return status;
+}
+
+void AdvanceToSlotOf(FakeClock& clock, const std::string& ns, size_t position,
+                     size_t shards) {
+  for (int i = 0; i < 1000; ++i) {
+    if (engine::SlotPosition(ns, ToUnixMillis(clock.Now()), shards) == position) return;
+    clock.Advance(engine::kPlacementSlot);
+  }
+  ADD_FAILURE() << "no slot of position " << position;
 }
 
 void SetDeadline(grpc::ClientContext& ctx, int64_t ms) {

@@ -73,6 +73,12 @@ grpc::Status WriteGarbageOnStream(int port, const std::string& method,
 grpc::health::v1::HealthCheckResponse::ServingStatus HealthCheck(
     int port, const std::string& service = "");
 
+// Moves `clock` a placement slot at a time (engine/placement.h) until enqueues
+// without a dedup key in `ns` go to the shard in `position` (of `shards`, in ShardId
+// order). A frozen clock keeps every such enqueue on one shard.
+void AdvanceToSlotOf(FakeClock& clock, const std::string& ns, size_t position,
+                     size_t shards);
+
 // Polls (real time, bounded) for something the server does asynchronously.
 template <typename Pred>
 bool Eventually(Pred pred, std::chrono::seconds limit = std::chrono::seconds(30)) {

@@ -95,11 +95,13 @@ TEST_F(MultiServerTest, OneServerDownLeavesTheOtherShardsWorkingAndTheyReturn) {
     before.insert(*id);
   }
   ASSERT_TRUE(a_->Kill().ok());
+  AdvanceToSlotOf(clock_, kNs, 0, 4);  // enqueues try A's shard 0 first
 
   int failures = 0;
   auto shards = EnqueueUntilHealthy(30, &failures);
   ASSERT_EQ(shards.size(), 30u) << "enqueue never recovered with A down";
   EXPECT_EQ(shards.count(0) + shards.count(1), 0u) << "nothing may land on A's shards";
+  EXPECT_GE(failures, 1) << "calls tried A's shard first";
   EXPECT_LE(failures, 20) << "the breakers should open after a few failures";
 
   // Dequeue still serves B's items while A is down.
@@ -113,8 +115,12 @@ TEST_F(MultiServerTest, OneServerDownLeavesTheOtherShardsWorkingAndTheyReturn) {
   ASSERT_TRUE(a_->StartAgain().ok());
   // Past the cool-down the breakers probe A, reconnect and close.
   ASSERT_TRUE(AdvanceUntilAllClosed());
-  shards = EnqueueUntilHealthy(8, &failures);
-  EXPECT_GT(shards.count(0) + shards.count(1), 0u) << "A's shards take enqueues again";
+  for (size_t position = 0; position < 4; ++position) {
+    AdvanceToSlotOf(clock_, kNs, position, 4);
+    auto id = client_->EnqueueOne(kNs, "t", 1);
+    ASSERT_TRUE(id.ok()) << id.status().ToString();
+    EXPECT_EQ(ShardOf(*id), position) << "every shard, A's too, takes enqueues again";
+  }
 
   // A's items from before the outage are delivered again.
   std::set<std::string> seen;

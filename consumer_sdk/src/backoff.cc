@@ -40,10 +40,11 @@ std::string Jitter::RandomHex128() {
 
 std::string Jitter::TimeOrderedKey(int64_t unix_ms) {
   static constexpr char kHex[] = "0123456789abcdef";
-  std::string out = RandomHex128();
+  std::string out = RandomHex128();  // 19 of its random digits are kept
+  out[0] = '~';
   const uint64_t ms = static_cast<uint64_t>(unix_ms) & ((uint64_t{1} << 48) - 1);
   for (int i = 0; i < 12; ++i)
-    out[static_cast<size_t>(i)] = kHex[(ms >> (4 * (11 - i))) & 0xF];
+    out[static_cast<size_t>(1 + i)] = kHex[(ms >> (4 * (11 - i))) & 0xF];
   return out;
 }
 

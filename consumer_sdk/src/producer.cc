@@ -149,13 +149,15 @@ class Producer::Impl : public std::enable_shared_from_this<Impl> {
     op->deadline = std::chrono::system_clock::now() + deadline;
     op->done = std::move(done);
     op->results.resize(tasks.size());
+    // One time for the whole call: its generated keys then share a placement slot,
+    // so the server commits the call on one shard, in one transaction.
+    const int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                               std::chrono::system_clock::now().time_since_epoch())
+                               .count();
     for (size_t i = 0; i < tasks.size(); ++i) {
       op->items.push_back(ToProto(tasks[i]));
       if (op->max_attempts > 1 && tasks[i].dedup_key.empty()) {
-        op->items.back().set_dedup_key(jitter_.TimeOrderedKey(
-            std::chrono::duration_cast<std::chrono::milliseconds>(
-                std::chrono::system_clock::now().time_since_epoch())
-                .count()));
+        op->items.back().set_dedup_key(jitter_.TimeOrderedKey(now_ms));
       }
       op->results[i].dedup_key = op->items.back().dedup_key();
       op->pending.push_back(i);

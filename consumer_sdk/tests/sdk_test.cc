@@ -199,10 +199,11 @@ TEST(BackoffTest, CeilingDoublesUpToTheCapAndJitterStaysBelowIt) {
   std::string early = jitter.TimeOrderedKey(1'700'000'000'000);
   std::string late = jitter.TimeOrderedKey(1'700'000'000'001);
   EXPECT_EQ(early.size(), 32u);
-  EXPECT_EQ(early.find_first_not_of("0123456789abcdef"), std::string::npos);
-  EXPECT_EQ(early.substr(0, 12), "018bcfe56800");  // 1'700'000'000'000 in hex
+  EXPECT_EQ(early[0], '~') << "marks a time-ordered key for the server's placement";
+  EXPECT_EQ(early.find_first_not_of("0123456789abcdef", 1), std::string::npos);
+  EXPECT_EQ(early.substr(1, 12), "018bcfe56800");  // 1'700'000'000'000 in hex
   EXPECT_LT(early, late);
-  EXPECT_NE(early.substr(12), jitter.TimeOrderedKey(1'700'000'000'000).substr(12));
+  EXPECT_NE(early.substr(13), jitter.TimeOrderedKey(1'700'000'000'000).substr(13));
 }
 
 TEST(ManualClockTest, WaitsEndOnlyWhenAdvancedPastTheDeadline) {

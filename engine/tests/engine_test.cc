@@ -30,6 +30,7 @@
 
 #include "common/clock.h"
 #include "common/ordering.h"
+#include "engine/placement.h"
 #include "store/memory_store.h"
 #include "tests/support/new_item.h"
 
@@ -176,6 +177,16 @@ class Harness {
 
   Engine& engine() { return *engine_; }
   FakeClock& clock() { return clock_; }
+  // Moves the clock, a placement slot at a time, until unkeyed enqueues of namespace
+  // "ns" start at the shard in `position` (engine/placement.h).
+  void AdvanceToSlotOf(size_t position) {
+    for (int i = 0; i < 1000; ++i) {
+      if (SlotPosition("ns", ToUnixMillis(clock_.Now()), stores_.size()) == position)
+        return;
+      clock_.Advance(kPlacementSlot);
+    }
+    ADD_FAILURE() << "no slot of position " << position;
+  }
   MemoryShardStore& store(uint32_t id) { return *stores_.at(id); }
   InsertGate& gate(uint32_t id) { return gates_.at(id); }
 
@@ -287,6 +298,7 @@ TEST(EngineBreakerTest, FailingShardIsSkippedUntilItsProbeSucceeds) {
   MemoryShardStore& a = h.store(1);  // position 0
   MemoryShardStore& b = h.store(2);  // position 1
   a.FailAll(Status::Unavailable("shard A is down"));
+  h.AdvanceToSlotOf(0);  // every call tries A first
 
   int failures = 0, successes_after_open = 0;
   bool opened = false;
@@ -328,13 +340,11 @@ TEST(EngineBreakerTest, FailingShardIsSkippedUntilItsProbeSucceeds) {
   h.clock().Advance(Duration(500));  // the jump pokes the ticker: the probe runs
   ASSERT_TRUE(WaitUntil([&] { return h.Breaker(0) == BreakerState::kClosed; }));
 
-  // Round robin again: two of four single-item calls reach A.
-  int on_a = 0;
-  for (int i = 0; i < 4; ++i) {
-    ItemId id = h.EnqueueOk(Item("t"));
-    if (id.shard == ShardId(1)) ++on_a;
+  // Placement again: calls in A's slots reach A, calls in B's reach B.
+  for (size_t position : {0, 1, 0, 1}) {
+    h.AdvanceToSlotOf(position);
+    EXPECT_EQ(h.EnqueueOk(Item("t")).shard, ShardId(position == 0 ? 1 : 2));
   }
-  EXPECT_EQ(on_a, 2);
   EXPECT_EQ(a.size(), 2u);
 }
 
@@ -549,6 +559,7 @@ TEST(EngineDequeueTest, GlobalOrderAcrossFourShards) {
       expected.push_back({priority, due, id});
     }
     if (i % 4 == 0) others.insert(h.EnqueueOk(Item("other", 0)));
+    h.clock().Advance(kPlacementSlot);  // the next call may go to another shard
   }
   std::sort(expected.begin(), expected.end());
   std::set<ShardId> shards_used;
@@ -950,7 +961,9 @@ TEST(EngineThreadsTest, ThreadCountDoesNotDependOnShardsOrParkedCalls) {
 
 TEST(EngineRoutingTest, AckNackExtendAreRoutedByShardInRequestOrder) {
   Harness h({3, 7});  // ids that differ from positions
+  h.AdvanceToSlotOf(0);
   ItemId x = h.EnqueueOk(Item("r"));
+  h.AdvanceToSlotOf(1);
   ItemId y = h.EnqueueOk(Item("r"));
   ASSERT_NE(x.shard, y.shard);
   auto d = h.Dequeue("r", 2);

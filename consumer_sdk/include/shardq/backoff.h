@@ -37,10 +37,13 @@ class Jitter {
   }
   // 128 random bits as 32 lowercase hex characters.
   std::string RandomHex128();
-  // A dedup key: 32 lowercase hex characters, `unix_ms` (48 bits) then 80 random bits.
-  // Keys made later sort later, so the server's unique index on them grows at its
-  // right edge (like UUIDv7) instead of at random pages: random keys made enqueues
-  // into a table much larger than the buffer pool read a page per key.
+  // A dedup key of 32 characters: "~", `unix_ms` (48 bits) as 12 lowercase hex digits,
+  // then 76 random bits as 19 more. Keys made later sort later, so the server's unique
+  // index on them grows at its right edge (like UUIDv7) instead of at random pages:
+  // random keys made enqueues into a table much larger than the buffer pool read a
+  // page per key. The "~" and the time make it a time-ordered key for the server's
+  // placement: keys made within the same 32 ms go to the same shard and share its
+  // commits (see EnqueueItem.dedup_key in queue.proto).
   std::string TimeOrderedKey(int64_t unix_ms);
 
  private:

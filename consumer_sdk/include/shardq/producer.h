@@ -3,8 +3,8 @@
 // (std::future or a callback). Each call has a deadline that bounds all its attempts;
 // UNAVAILABLE / RESOURCE_EXHAUSTED answers are retried with capped full-jitter
 // exponential backoff. With retries on, every item carries a dedup_key (unless the
-// caller gave one: 32 hex characters, a millisecond timestamp then 80 random bits,
-// see Jitter::TimeOrderedKey), so a retry of an enqueue that did
+// caller gave one: "~", a millisecond timestamp, then 76 random bits, see
+// Jitter::TimeOrderedKey), so a retry of an enqueue that did
 // commit is deduplicated by the server instead of creating a second task.
 //
 // Each attempt goes out at once as one message of the Producer's EnqueueStream (opened
