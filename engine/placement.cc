@@ -1,7 +1,6 @@
 #include "engine/placement.h"
 
 #include <charconv>
-#include <string>
 
 namespace shardq::engine {
 
@@ -39,8 +38,15 @@ std::optional<int64_t> KeyTimeMs(std::string_view key) {
 }
 
 size_t SlotPosition(std::string_view ns, int64_t unix_ms, size_t shards) {
-  const std::string slot = "~" + std::to_string(unix_ms / kPlacementSlot.count());
-  return StableHash(ns, slot) % shards;
+  // FNV-1a's low bits see only the low bits of each byte, so `% 4` of it would walk
+  // every namespace through the shards in the same lockstep; splitmix64's finaliser
+  // spreads the slot number over all 64 bits first. No string is built per item.
+  uint64_t h =
+      StableHash(ns, "~") ^ static_cast<uint64_t>(unix_ms / kPlacementSlot.count());
+  h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ull;
+  h = (h ^ (h >> 27)) * 0x94d049bb133111ebull;
+  h ^= h >> 31;
+  return h % shards;
 }
 
 size_t KeyPosition(std::string_view ns, std::string_view key, size_t shards) {

@@ -435,6 +435,7 @@ TEST(EngineBreakerTest, ReroutedEnqueuesAreNotStoredTwice) {
   Harness h({1, 2}, BreakerOptions(1, 0.25));
   MemoryShardStore& a = h.store(1);
   MemoryShardStore& b = h.store(2);
+  h.AdvanceToSlotOf(0);  // every call tries A first
 
   // Hold A's strand inside its first insert, so later calls for A queue up behind it
   // while A still looks healthy.
