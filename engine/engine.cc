@@ -64,6 +64,11 @@ void Engine::Enqueue(std::vector<NewItem> items, EnqueueDone done) {
     std::vector<NewItem> items;
   };
   const size_t shards = workers_.size();
+  if (shards == 0) {  // the config refuses this; placement must not divide by it
+    done(std::vector<Result<EnqueueOutcome>>(
+        items.size(), Status::Unavailable("this server has no shards")));
+    return;
+  }
   std::map<size_t, Group> keyed;  // by shard position
   Group unkeyed;
   for (size_t i = 0; i < items.size(); ++i) {
@@ -131,25 +136,21 @@ void Engine::EnqueueOn(size_t attempt, size_t start, std::vector<NewItem> items,
     shard_worker::ShardWorker* w = workers_[(start + k) % shards].get();
     if (!w->AcceptsEnqueues()) continue;
     ShardId shard = w->id();
-    // The worker consumes the items; keep a copy only for the rare re-route, which
-    // is safe because a worker that did not attempt the insert did not commit it.
-    auto retry_items = std::make_shared<std::vector<NewItem>>(items);
-    w->Enqueue(std::move(items),
-               [this, k, start, shard, retry_items, done = std::move(done)](
-                   Result<std::vector<store::Inserted>> rows, bool attempted) mutable {
-                 // Not attempted (breaker open, or its buffer full): nothing was written,
-                 // so another shard may take the items without risk of a duplicate.
-                 if (!rows.ok() && !attempted) {
-                   EnqueueOn(k + 1, start, std::move(*retry_items), std::move(done),
-                             rows.status());
-                   return;
-                 }
-                 if (!rows.ok()) {
-                   done(rows.status());
-                   return;
-                 }
-                 done(ToOutcomes(shard, *rows));
-               });
+    w->Enqueue(std::move(items), [this, k, start, shard, done = std::move(done)](
+                                     Result<std::vector<store::Inserted>> rows,
+                                     std::vector<NewItem> untried) mutable {
+      // Not tried (breaker open, or its buffer full): nothing was written,
+      // so another shard may take the items without risk of a duplicate.
+      if (!rows.ok() && !untried.empty()) {
+        EnqueueOn(k + 1, start, std::move(untried), std::move(done), rows.status());
+        return;
+      }
+      if (!rows.ok()) {
+        done(rows.status());
+        return;
+      }
+      done(ToOutcomes(shard, *rows));
+    });
     return;
   }
   // Every shard refused. Full buffers are back-pressure (retry later); otherwise
@@ -169,14 +170,15 @@ void Engine::EnqueueFixed(size_t position, std::vector<NewItem> items, GroupDone
     return;
   }
   ShardId shard = w->id();
-  w->Enqueue(std::move(items), [shard, done = std::move(done)](
-                                   Result<std::vector<store::Inserted>> rows, bool) {
-    if (!rows.ok()) {
-      done(rows.status());
-      return;
-    }
-    done(ToOutcomes(shard, *rows));
-  });
+  w->Enqueue(std::move(items),
+             [shard, done = std::move(done)](Result<std::vector<store::Inserted>> rows,
+                                             std::vector<NewItem> /*untried*/) {
+               if (!rows.ok()) {
+                 done(rows.status());
+                 return;
+               }
+               done(ToOutcomes(shard, *rows));
+             });
 }
 
 // ---------------------------------------------------------------- Dequeue

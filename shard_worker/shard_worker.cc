@@ -120,7 +120,7 @@ void ShardWorker::Enqueue(std::vector<NewItem> items, EnqueueDone done) {
     lock.unlock();
     done(Status::ResourceExhausted("shard " + std::to_string(id_.value()) +
                                    " enqueue buffer is full; retry later"),
-         false);
+         std::move(items));
     return;
   }
   pending_enqueue_items_ += items.size();
@@ -268,7 +268,7 @@ void ShardWorker::RunWork(Work& work) {
       for (PendingEnqueue& p : work.enqueues) {
         p.done(Status::Unavailable("shard " + std::to_string(id_.value()) +
                                    " could not be opened"),
-               false);
+               std::move(p.items));
       }
     }
   }
@@ -435,9 +435,9 @@ void ShardWorker::RunEnqueues(std::span<PendingEnqueue> pending) {
     if (ids.ok()) {
       p.done(
           std::vector<store::Inserted>(ids->begin() + offset, ids->begin() + offset + n),
-          true);
+          {});
     } else {
-      p.done(ids.status(), true);
+      p.done(ids.status(), {});
     }
     offset += n;
   }
@@ -600,7 +600,7 @@ void ShardWorker::ScheduleRelease(const ItemTransition& t) {
 }
 
 void ShardWorker::FailAll(Work& work, const Status& status) {
-  for (auto& e : work.enqueues) e.done(status, /*attempted=*/false);
+  for (auto& e : work.enqueues) e.done(status, std::move(e.items));
   for (auto& c : work.claims) {
     for (const ReadyKey& k : c.keys) c.buffer->Unreserve(position_, k.row);
     c.done({});

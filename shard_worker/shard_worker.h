@@ -48,10 +48,12 @@ struct WorkerOptions {
   BreakerOptions breaker;
 };
 
-// attempted == false means the shard did not try (breaker open): the caller may send
-// the same items to another shard without risk of duplicates.
-using EnqueueDone =
-    std::function<void(Result<std::vector<store::Inserted>>, bool attempted)>;
+// `untried` is empty when the shard tried the insert. Otherwise (breaker open, buffer
+// full, shard not open) `rows` is the refusal and `untried` holds the items back:
+// nothing was written, so the caller may send them to another shard without risk of
+// duplicates, and needs no copy of its own.
+using EnqueueDone = std::function<void(Result<std::vector<store::Inserted>> rows,
+                                       std::vector<NewItem> untried)>;
 using ClaimDone = std::function<void(std::vector<LeasedItem>)>;
 using OutcomesDone = std::function<void(std::vector<store::ItemOutcome>)>;
 

@@ -2,11 +2,13 @@
 // state, retries, max attempts and dead letters, redrive, cancel, dedup, fatal
 // failures and the retention purge. Real server, real MariaDB, FakeClock.
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <thread>
 
 #include "common/ids.h"
+#include "engine/placement.h"
 #include "tests/e2e_support.h"
 #include "tests/support/mariadb_instance.h"
 
@@ -286,6 +288,25 @@ TEST_F(LifecycleTest, DedupKeysReturnTheExistingItem) {
   auto topics = server_->engine().ActiveTopics(kNs);
   ASSERT_EQ(topics.size(), 1u);
   EXPECT_EQ(topics[0].counts.ready, 2) << "the repeat created nothing";
+}
+
+// The SDK's keys carry their time (`~` + ms): a retry made long after, when unkeyed
+// enqueues go to the other shard, still finds the item on the shard of the key's time.
+TEST_F(LifecycleTest, ATimeOrderedKeyRetriedInALaterSlotIsDeduplicated) {
+  const std::string key =
+      fmt::format("~{:012x}{}", ToUnixMillis(clock_.Now()), "0123456789abcdef012");
+  const size_t key_position = engine::KeyPosition(kNs, key, 2);
+  std::string first = Enqueue("d", 0, 0, key);
+  EXPECT_FALSE(last_deduplicated_);
+  EXPECT_EQ(ItemId::Parse(first)->shard.value(), key_position);  // ids 0 and 1
+
+  clock_.Advance(Duration(10'000));  // the retry comes ten seconds later
+  AdvanceToSlotOf(clock_, kNs, 1 - key_position, 2);
+  std::string retry = Enqueue("d", 0, 0, key);
+  EXPECT_TRUE(last_deduplicated_);
+  EXPECT_EQ(retry, first);
+  EXPECT_EQ(ItemId::Parse(Enqueue("d"))->shard.value(), 1 - key_position)
+      << "unkeyed enqueues do go to the other shard now";
 }
 
 TEST_F(LifecycleTest, FatalFailureIsFinal) {

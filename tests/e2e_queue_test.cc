@@ -214,11 +214,15 @@ TEST_F(E2ETest, ActiveTopicsCountsEachState) {
 
 TEST_F(E2ETest, RestartRebuildsTheIndexAndKeepsLeases) {
   std::set<std::string> ids;
+  std::set<uint32_t> shards_used;
   for (int i = 0; i < 40; ++i) {
+    AdvanceToSlotOf(clock_, kNs, static_cast<size_t>(i) % 4, 4);  // every shard rebuilds
     auto id = client_->EnqueueOne(kNs, "restart", {.priority = i % 5, .lease_ms = 3000});
     ASSERT_TRUE(id.ok());
     ids.insert(*id);
+    shards_used.insert(ItemId::Parse(*id)->shard.value());
   }
+  ASSERT_EQ(shards_used.size(), 4u);
   auto leased = client_->Dequeue(kNs, "restart", 5);
   ASSERT_EQ(leased.size(), 5u);
 

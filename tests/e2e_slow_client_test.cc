@@ -214,7 +214,10 @@ class StalledClientTest : public LiveServerTest {
   // Everyone else goes on: every shard enqueues, leases and acks, and the ticker
   // answers a long poll at its deadline.
   void OthersGoOn() {
+    const size_t shards = server_->engine().shard_count();
     for (int i = 0; i < 20; ++i) {
+      // Every shard enqueues, whichever I/O thread the stalled answer could hold.
+      AdvanceToSlotOf(clock_, kNs, static_cast<size_t>(i) % shards, shards);
       ASSERT_TRUE(client_->EnqueueOne(kNs, "small", i % 10).ok());
     }
     std::set<std::string> acked;

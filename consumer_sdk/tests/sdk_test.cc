@@ -258,6 +258,16 @@ TEST_F(SdkTest, ProducerEnqueuesSyncAsyncAndBatches) {
   for (int i = 0; i < 4; ++i) EXPECT_TRUE(results[i].ok()) << i;
   EXPECT_EQ(results[4].status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_EQ(results[4].attempts, 1) << "not retried";
+  // One call, one time in its keys: the server commits it on one shard.
+  std::set<std::string> keys, shards;
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_EQ(results[i].dedup_key.size(), 32u) << i;
+    EXPECT_EQ(results[i].dedup_key.substr(0, 13), results[0].dedup_key.substr(0, 13));
+    keys.insert(results[i].dedup_key);
+    shards.insert(results[i].id.substr(0, results[i].id.find('-')));
+  }
+  EXPECT_EQ(keys.size(), 4u) << "each item its own key";
+  EXPECT_EQ(shards.size(), 1u);
 
   auto async_batch = producer.EnqueueBatchAsync(
       {{.topic = "p", .payload = "ab1"}, {.topic = "p", .payload = "ab2"}});

@@ -430,6 +430,17 @@ TEST(EngineBreakerTest, NoShardAvailableIsUnavailable) {
   EXPECT_EQ(h.store(1).size() + h.store(2).size(), 0u);
 }
 
+// The config refuses a server without shards; an engine built without them anyway
+// answers every enqueue, keyed or not, instead of placing it modulo zero.
+TEST(EngineBreakerTest, AnEngineWithoutShardsRefusesEnqueues) {
+  Harness h({});
+  NewItem keyed = Item("t");
+  keyed.dedup_key = "order-17";
+  auto r = h.Enqueue({Item("t"), std::move(keyed)});
+  ASSERT_EQ(r.size(), 2u);
+  for (const auto& x : r) EXPECT_EQ(x.status().code(), Code::kUnavailable);
+}
+
 TEST(EngineBreakerTest, ReroutedEnqueuesAreNotStoredTwice) {
   // One failure opens the breaker.
   Harness h({1, 2}, BreakerOptions(1, 0.25));
@@ -1056,8 +1067,13 @@ TEST(EngineBulkTest, AWholeTopicRedrivesShardStepsRunAtTheSameTime) {
 TEST(EngineClaimTest, FailedClaimPutsItemsBack) {
   Harness h({1, 2});
   std::set<ItemId> all;
-  for (int i = 0; i < 6; ++i) all.insert(h.EnqueueOk(Item("cf", i)));
+  for (int i = 0; i < 6; ++i) {
+    h.AdvanceToSlotOf(i % 2);  // three items on each shard
+    all.insert(h.EnqueueOk(Item("cf", i)));
+  }
   ASSERT_EQ(all.size(), 6u);
+  ASSERT_EQ(Counts(h.store(1), "cf").ready, 3u);
+  ASSERT_EQ(Counts(h.store(2), "cf").ready, 3u);
   // The next claim on each shard fails.
   h.store(1).FailNext(MemoryShardStore::Op::kClaim,
                       Status::Unavailable("lost connection"));

@@ -91,6 +91,7 @@ bool StartAndAwaitOpen(ShardWorker& worker) {
 struct EnqueueOutcome {
   Result<std::vector<store::Inserted>> rows = Status::Internal("not called");
   bool attempted = false;
+  size_t untried = 0;  // items handed back
   int calls = 0;
 };
 
@@ -171,12 +172,13 @@ class ShardWorkerTest : public ::testing::Test {
   // Enqueues without running the strand; the outcome fills in when it does.
   std::shared_ptr<EnqueueOutcome> EnqueueAsync(std::vector<NewItem> items) {
     auto out = std::make_shared<EnqueueOutcome>();
-    worker_->Enqueue(std::move(items),
-                     [out](Result<std::vector<store::Inserted>> rows, bool attempted) {
-                       out->rows = std::move(rows);
-                       out->attempted = attempted;
-                       ++out->calls;
-                     });
+    worker_->Enqueue(std::move(items), [out](Result<std::vector<store::Inserted>> rows,
+                                             std::vector<NewItem> untried) {
+      out->rows = std::move(rows);
+      out->attempted = untried.empty();
+      out->untried = untried.size();
+      ++out->calls;
+    });
     return out;
   }
 
@@ -296,10 +298,11 @@ TEST_F(ShardWorkerTest, EnqueueCallbackGetsRowIdsOnThreadPool) {
 
   std::promise<std::pair<Result<std::vector<store::Inserted>>, bool>> p;
   auto f = p.get_future();
-  worker.Enqueue({Item("t"), Item("t"), Item("t")},
-                 [&p](Result<std::vector<store::Inserted>> rows, bool attempted) {
-                   p.set_value({std::move(rows), attempted});
-                 });
+  worker.Enqueue(
+      {Item("t"), Item("t"), Item("t")},
+      [&p](Result<std::vector<store::Inserted>> rows, std::vector<NewItem> untried) {
+        p.set_value({std::move(rows), untried.empty()});
+      });
   ASSERT_EQ(f.wait_for(kRealTimeout), std::future_status::ready);
   auto [rows, attempted] = f.get();
   ASSERT_TRUE(rows.ok()) << rows.status().ToString();
@@ -324,7 +327,8 @@ TEST_F(ShardWorkerTest, ConcurrentEnqueuesFromManyThreadsGetDistinctIds) {
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&] {
       for (int i = 0; i < kPerThread; ++i) {
-        worker.Enqueue({Item("t")}, [&](Result<std::vector<store::Inserted>> rows, bool) {
+        worker.Enqueue({Item("t")}, [&](Result<std::vector<store::Inserted>> rows,
+                                        std::vector<NewItem>) {
           std::lock_guard lock(mu);
           if (rows.ok() && rows->size() == 1) {
             all.push_back((*rows)[0].row);
@@ -502,6 +506,7 @@ TEST_F(ShardWorkerTest, FullBufferIsResourceExhausted) {
   EXPECT_EQ(refused->calls, 1);
   EXPECT_EQ(refused->rows.status().code(), Code::kResourceExhausted);
   EXPECT_FALSE(refused->attempted);
+  EXPECT_EQ(refused->untried, 2u) << "the items come back for another shard";
   auto fits = EnqueueAsync({Item("t")});  // 3 + 1 == 4
   EXPECT_EQ(fits->calls, 0);
   io_.RunAll();
@@ -577,10 +582,11 @@ TEST_F(ShardWorkerTest, EnqueuedItemIsInTheWindowWhenTheCallbackRuns) {
   LoadWindow("t");  // complete (and empty): new items go straight in
   auto buffer = Buffer("t");
   size_t window_in_callback = 99;
-  worker_->Enqueue({Item("t")}, [&](Result<std::vector<store::Inserted>> rows, bool) {
-    EXPECT_TRUE(rows.ok());
-    window_in_callback = buffer->WindowSize(0);
-  });
+  worker_->Enqueue({Item("t")},
+                   [&](Result<std::vector<store::Inserted>> rows, std::vector<NewItem>) {
+                     EXPECT_TRUE(rows.ok());
+                     window_in_callback = buffer->WindowSize(0);
+                   });
   io_.RunAll();
   EXPECT_EQ(window_in_callback, 1u);
 }
@@ -802,7 +808,8 @@ TEST_F(ShardWorkerTest, DueItemsArePromotedBeforeTheTurnsEnqueuesAndAcks) {
   worker_->Tick(clock_.Now());  // the delayed item fell due: a promotion is pending
   auto due = Buffer("d");
   std::vector<std::string> order;
-  worker_->Enqueue({Item("t", 2)}, [&](Result<std::vector<store::Inserted>>, bool) {
+  worker_->Enqueue({Item("t", 2)}, [&](Result<std::vector<store::Inserted>>,
+                                       std::vector<NewItem>) {
     order.push_back("enqueue, ready due items: " + std::to_string(due->Counts().ready));
   });
   worker_->Ack({{leased[0].row, leased[0].token}}, [&](std::vector<store::ItemOutcome>) {
@@ -898,6 +905,7 @@ TEST_F(ShardWorkerTest, EnqueuesTakenWhileStartingAreNotAttemptedIfTheOpenFails)
   ASSERT_EQ(out->calls, 1);
   EXPECT_EQ(out->rows.status().code(), Code::kUnavailable);
   EXPECT_FALSE(out->attempted) << "nothing written: the engine may use another shard";
+  EXPECT_EQ(out->untried, 1u);
   EXPECT_EQ(store_->calls(MemoryShardStore::Op::kInsert), 0);
   EXPECT_FALSE(worker_->AcceptsEnqueues()) << "started, and down";
 }
@@ -927,6 +935,7 @@ TEST_F(ShardWorkerTest, OpenBreakerRefusesEnqueuesWithoutAttemptingThem) {
   io_.RunAll();
   EXPECT_EQ(out->rows.status().code(), Code::kUnavailable);
   EXPECT_FALSE(out->attempted);
+  EXPECT_EQ(out->untried, 1u);
   EXPECT_EQ(store_->calls(MemoryShardStore::Op::kInsert), inserts);
 
   store_->ClearFailures();
