@@ -139,7 +139,7 @@ void Engine::EnqueueOn(size_t attempt, size_t start, std::vector<NewItem> items,
     w->Enqueue(std::move(items), [this, k, start, shard, done = std::move(done)](
                                      Result<std::vector<store::Inserted>> rows,
                                      std::vector<NewItem> untried) mutable {
-      // Not tried (breaker open, or its buffer full): nothing was written,
+      // Not tried (breaker open, buffer full, or not open): nothing written,
       // so another shard may take the items without risk of a duplicate.
       if (!rows.ok() && !untried.empty()) {
         EnqueueOn(k + 1, start, std::move(untried), std::move(done), rows.status());

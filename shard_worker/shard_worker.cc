@@ -115,6 +115,10 @@ ShardHealth ShardWorker::Health() const {
 }
 
 void ShardWorker::Enqueue(std::vector<NewItem> items, EnqueueDone done) {
+  if (items.empty()) {  // nothing to write; an empty `untried` would read as "tried"
+    done(std::vector<store::Inserted>{}, {});
+    return;
+  }
   std::unique_lock lock(mu_);
   if (pending_enqueue_items_ + items.size() > options_.max_pending_enqueues) {
     lock.unlock();

@@ -430,17 +430,6 @@ TEST(EngineBreakerTest, NoShardAvailableIsUnavailable) {
   EXPECT_EQ(h.store(1).size() + h.store(2).size(), 0u);
 }
 
-// The config refuses a server without shards; an engine built without them anyway
-// answers every enqueue, keyed or not, instead of placing it modulo zero.
-TEST(EngineBreakerTest, AnEngineWithoutShardsRefusesEnqueues) {
-  Harness h({});
-  NewItem keyed = Item("t");
-  keyed.dedup_key = "order-17";
-  auto r = h.Enqueue({Item("t"), std::move(keyed)});
-  ASSERT_EQ(r.size(), 2u);
-  for (const auto& x : r) EXPECT_EQ(x.status().code(), Code::kUnavailable);
-}
-
 TEST(EngineBreakerTest, ReroutedEnqueuesAreNotStoredTwice) {
   // One failure opens the breaker.
   Harness h({1, 2}, BreakerOptions(1, 0.25));
@@ -970,6 +959,49 @@ TEST(EngineThreadsTest, ThreadCountDoesNotDependOnShardsOrParkedCalls) {
 }
 
 // ------------------------------------------------------------ ack / nack / extend
+
+// The config refuses a server without shards; an engine built without them anyway
+// answers every enqueue, keyed or not, instead of placing it modulo zero.
+TEST(EngineRoutingTest, AnEngineWithoutShardsRefusesEnqueues) {
+  Harness h({});
+  NewItem keyed = Item("t");
+  keyed.dedup_key = "order-17";
+  auto r = h.Enqueue({Item("t"), std::move(keyed)});
+  ASSERT_EQ(r.size(), 2u);
+  for (const auto& x : r) EXPECT_EQ(x.status().code(), Code::kUnavailable);
+}
+
+// A shard whose enqueue buffer is full refuses at once without trying, and hands the
+// items back: the call goes to the next shard whole, and is stored once.
+TEST(EngineRoutingTest, AFullBufferSendsTheCallToTheNextShard) {
+  EngineOptions options = Harness::DefaultOptions();
+  options.worker.max_pending_enqueues = 1;
+  Harness h({1, 2}, options);
+  h.AdvanceToSlotOf(0);  // every call tries A first
+  h.gate(1).Close();     // A's strand holds in its first insert
+  EnqueueAnswer first, second;
+  h.engine().Enqueue({Item("t", 0, Time{}, Duration(30'000), "first")}, first.Callback());
+  ASSERT_TRUE(h.gate(1).AwaitHeld());
+  h.engine().Enqueue({Item("t", 0, Time{}, Duration(30'000), "second")},
+                     second.Callback());  // fills A's buffer (1 of 1)
+  // Refused by A on the caller's thread, then taken by B.
+  auto third = h.Enqueue({Item("t", 0, Time{}, Duration(30'000), "third")});
+  ASSERT_EQ(third.size(), 1u);
+  ASSERT_TRUE(third[0].ok()) << third[0].status().ToString();
+  EXPECT_EQ(third[0]->shard, ShardId(2));
+  h.gate(1).Open();
+  for (EnqueueAnswer* a : {&first, &second}) {
+    auto got = a->Get();
+    ASSERT_TRUE(got.has_value());
+    ASSERT_TRUE((*got)[0].ok());
+    EXPECT_EQ((*got)[0]->id.shard, ShardId(1));
+  }
+  EXPECT_EQ(h.store(1).size(), 2u);
+  EXPECT_EQ(h.store(2).size(), 1u);
+  std::multiset<std::string> payloads;
+  for (const auto& d : h.Dequeue("t", 10)) payloads.insert(d.item.payload);
+  EXPECT_EQ(payloads, (std::multiset<std::string>{"first", "second", "third"}));
+}
 
 TEST(EngineRoutingTest, AckNackExtendAreRoutedByShardInRequestOrder) {
   Harness h({3, 7});  // ids that differ from positions

@@ -495,6 +495,16 @@ TEST_F(ShardWorkerTest, AClaimArrivingMidTurnRunsBeforeTheTurnsNextStep) {
   EXPECT_EQ(buffer->Counts().succeeded, 1);
 }
 
+TEST_F(ShardWorkerTest, AnEmptyEnqueueIsAnsweredAtOnceWithNoRows) {
+  MakeWorker(QuietOptions());
+  StartWorker();
+  auto out = EnqueueAsync({});
+  EXPECT_EQ(out->calls, 1);
+  ASSERT_TRUE(out->rows.ok()) << out->rows.status().ToString();
+  EXPECT_TRUE(out->rows->empty());
+  EXPECT_EQ(store_->calls(MemoryShardStore::Op::kInsert), 0);
+}
+
 TEST_F(ShardWorkerTest, FullBufferIsResourceExhausted) {
   WorkerOptions o = QuietOptions();
   o.max_pending_enqueues = 4;
