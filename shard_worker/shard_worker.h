@@ -51,8 +51,8 @@ struct WorkerOptions {
 // `untried` is empty when the shard tried the insert. Otherwise (breaker open, buffer
 // full, shard not open) `rows` is the refusal and `untried` holds the items back:
 // nothing was written, so the caller may send them to another shard without risk of
-// duplicates, and needs no copy of its own. `items` must not be empty (the engine
-// never sends an empty group): an empty call is answered at once with no rows.
+// duplicates, and needs no copy of its own. A call without items (the engine never
+// makes one) is answered at once with no rows.
 using EnqueueDone = std::function<void(Result<std::vector<store::Inserted>> rows,
                                        std::vector<NewItem> untried)>;
 using ClaimDone = std::function<void(std::vector<LeasedItem>)>;
