@@ -19,6 +19,13 @@ inline int64_t NowUs() {
       .count();
 }
 
+// Wall-clock unix ms, to compare with the server's times (same host).
+inline int64_t NowUnixMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
 struct PayloadHeader {
   int64_t seq = 0;
   int32_t priority = 0;

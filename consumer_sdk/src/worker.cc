@@ -899,6 +899,7 @@ int32_t TaskContext::priority() const { return state_->item.priority(); }
 uint32_t TaskContext::attempt() const { return state_->item.attempts(); }
 uint32_t TaskContext::max_attempts() const { return state_->item.max_attempts(); }
 int64_t TaskContext::enqueued_at_ms() const { return state_->item.enqueued_at_ms(); }
+int64_t TaskContext::due_at_ms() const { return state_->item.deliver_after_ms(); }
 StopReason TaskContext::stop_reason() const { return state_->stop.load(); }
 bool TaskContext::WaitCancelled(Millis timeout) const {
   return worker_->impl_->WaitCancelled(*state_, timeout);

@@ -539,6 +539,26 @@ TEST_F(SdkTest, WorkerFallsBackToUnaryCallsWhenTheServerHasNoConsumeStream) {
 
 // ---- worker ----
 
+TEST_F(SdkTest, AHandlerSeesWhenItsTaskWasEnqueuedAndWhenItFellDue) {
+  {
+    sdk::Producer producer(ProducerOptions());
+    ASSERT_TRUE(producer.Enqueue({.topic = "due", .delay = Millis(500)}).ok());
+  }
+  std::atomic<int64_t> enqueued{0}, due{0};
+  sdk::Worker worker(WorkerOptions({"due"}));
+  worker.Handle("", [&](TaskContext& task) {
+    enqueued = task.enqueued_at_ms();
+    due = task.due_at_ms();
+    return Outcome::Success();
+  });
+  worker.Start();
+  Advance(Millis(500));
+  ASSERT_TRUE(Eventually([&] { return worker.stats().succeeded == 1; }));
+  worker.Stop();
+  EXPECT_GT(enqueued.load(), 0);
+  EXPECT_EQ(due.load() - enqueued.load(), 500) << "the server's clock stood still";
+}
+
 TEST_F(SdkTest, WorkerRunsHandlersAtConcurrencyNNeverTheSameTaskTwiceAtOnce) {
   constexpr int kTasks = 40, kConcurrency = 4;
   {

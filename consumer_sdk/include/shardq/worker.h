@@ -111,6 +111,10 @@ class TaskContext {
   uint32_t max_attempts() const;
   // When it was enqueued (unix ms, server time).
   int64_t enqueued_at_ms() const;
+  // When this delivery became due (unix ms, server time): the task's deliver-after
+  // time, or for a redelivery the end of its nack's delay or of its last lease. The
+  // handler's start minus this is how late the task ran.
+  int64_t due_at_ms() const;
 
   // True once the handler should stop (see stop_reason()). Cheap; poll it.
   bool cancelled() const { return stop_reason() != StopReason::kNone; }
