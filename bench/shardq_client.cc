@@ -422,7 +422,7 @@ void ShardqClient::Priority(const std::string& topic, Figures* out) {
 void ShardqClient::Delay(const std::string& topic, Figures* out) {
   Samples lateness;
   // The same lateness from the server's due time (TaskContext::due_at_ms, ms), which
-  // leaves out the enqueue call's own time: where the rest of the lateness is.
+  // leaves out the call's time until the server read it: where the rest of it is.
   Samples after_server_due;
   auto workers = StartWorkers(
       w1_.consumers, w1_.worker_concurrency, ns_, topic, [this] { return NewChannel(); },

@@ -540,23 +540,31 @@ TEST_F(SdkTest, WorkerFallsBackToUnaryCallsWhenTheServerHasNoConsumeStream) {
 // ---- worker ----
 
 TEST_F(SdkTest, AHandlerSeesWhenItsTaskWasEnqueuedAndWhenItFellDue) {
+  const int64_t t0 = ToUnixMillis(server_clock_.Now());
   {
     sdk::Producer producer(ProducerOptions());
     ASSERT_TRUE(producer.Enqueue({.topic = "due", .delay = Millis(500)}).ok());
   }
-  std::atomic<int64_t> enqueued{0}, due{0};
+  std::atomic<int64_t> enqueued{0}, due{0}, due_again{0};
   sdk::Worker worker(WorkerOptions({"due"}));
   worker.Handle("", [&](TaskContext& task) {
-    enqueued = task.enqueued_at_ms();
-    due = task.due_at_ms();
+    if (task.attempt() == 1) {
+      enqueued = task.enqueued_at_ms();
+      due = task.due_at_ms();
+      return Outcome::Retry("again", Millis(300));  // nacked at t0 + 500
+    }
+    due_again = task.due_at_ms();
     return Outcome::Success();
   });
   worker.Start();
   Advance(Millis(500));
+  ASSERT_TRUE(Eventually([&] { return worker.stats().retried == 1; }));
+  Advance(Millis(300));
   ASSERT_TRUE(Eventually([&] { return worker.stats().succeeded == 1; }));
   worker.Stop();
-  EXPECT_GT(enqueued.load(), 0);
-  EXPECT_EQ(due.load() - enqueued.load(), 500) << "the server's clock stood still";
+  EXPECT_EQ(enqueued.load(), t0);
+  EXPECT_EQ(due.load(), t0 + 500) << "due_at_ms is the enqueue time plus the delay";
+  EXPECT_EQ(due_again.load(), t0 + 800) << "a redelivery: the end of the nack's delay";
 }
 
 TEST_F(SdkTest, WorkerRunsHandlersAtConcurrencyNNeverTheSameTaskTwiceAtOnce) {

@@ -112,8 +112,10 @@ class TaskContext {
   // When it was enqueued (unix ms, server time).
   int64_t enqueued_at_ms() const;
   // When this delivery became due (unix ms, server time): the task's deliver-after
-  // time, or for a redelivery the end of its nack's delay or of its last lease. The
-  // handler's start minus this is how late the task ran.
+  // time (for an item without a delay, when the server read the enqueue), or for a
+  // redelivery the end of its nack's delay or of its last lease, or its redrive. The
+  // handler's start minus this is how late the task ran, on the server's clock (a
+  // worker on another host adds the hosts' clock offset).
   int64_t due_at_ms() const;
 
   // True once the handler should stop (see stop_reason()). Cheap; poll it.
