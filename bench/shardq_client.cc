@@ -199,21 +199,22 @@ std::vector<std::unique_ptr<sdk::Worker>> StartWorkers(
   return workers;
 }
 
-// SDK workers whose handler records, per task, now minus the payload's `since` field
-// (start_us or due_us) in ms.
+// SDK workers whose handler passes each task with a W1 payload, and its parsed
+// header, to `record` (at the handler's start) and succeeds.
 std::vector<std::unique_ptr<sdk::Worker>> StartRecorders(
     const W1& w1, const std::string& ns, const std::string& topic,
-    const std::function<std::shared_ptr<grpc::Channel>()>& channel, Samples& samples,
-    int64_t PayloadHeader::*since) {
+    const std::function<std::shared_ptr<grpc::Channel>()>& channel,
+    std::function<void(const sdk::TaskContext&, const PayloadHeader&)> record) {
   return StartWorkers(w1.consumers, w1.worker_concurrency, ns, topic, channel,
-                      [&samples, since](sdk::TaskContext& t) {
+                      [record = std::move(record)](sdk::TaskContext& t) {
                         PayloadHeader h;
-                        if (ParsePayload(t.payload(), &h)) {
-                          samples.Add(static_cast<double>(NowUs() - h.*since) / 1e3);
-                        }
+                        if (ParsePayload(t.payload(), &h)) record(t, h);
                         return sdk::Outcome::Success();
                       });
 }
+
+// Milliseconds from `since_us` (steady clock) to now.
+double MsSince(int64_t since_us) { return static_cast<double>(NowUs() - since_us) / 1e3; }
 
 // One Dequeue of up to `count` items of `topic` (long poll of 200 ms); false if the
 // call failed.
@@ -315,8 +316,10 @@ double ShardqClient::DrainBatched(const std::string& topic, int items, int consu
 void ShardqClient::Latency(const std::string& topic, Figures* out) {
   Samples latency;
   auto workers = StartRecorders(
-      w1_, ns_, topic, [this] { return NewChannel(); }, latency,
-      &PayloadHeader::start_us);
+      w1_, ns_, topic, [this] { return NewChannel(); },
+      [&](const sdk::TaskContext&, const PayloadHeader& h) {
+        latency.Add(MsSince(h.start_us));
+      });
   const int per_producer = w1_.c_rate * w1_.c_seconds / w1_.producers;
   const auto period =
       std::chrono::nanoseconds(1'000'000'000LL * w1_.producers / w1_.c_rate);
@@ -424,15 +427,11 @@ void ShardqClient::Delay(const std::string& topic, Figures* out) {
   // The same lateness from the server's due time (TaskContext::due_at_ms, ms), which
   // leaves out the call's time until the server read it: where the rest of it is.
   Samples after_server_due;
-  auto workers = StartWorkers(
-      w1_.consumers, w1_.worker_concurrency, ns_, topic, [this] { return NewChannel(); },
-      [&](sdk::TaskContext& t) {
-        PayloadHeader h;
-        if (ParsePayload(t.payload(), &h)) {
-          lateness.Add(static_cast<double>(NowUs() - h.due_us) / 1e3);
-          after_server_due.Add(static_cast<double>(NowUnixMs() - t.due_at_ms()));
-        }
-        return sdk::Outcome::Success();
+  auto workers = StartRecorders(
+      w1_, ns_, topic, [this] { return NewChannel(); },
+      [&](const sdk::TaskContext& t, const PayloadHeader& h) {
+        lateness.Add(MsSince(h.due_us));
+        after_server_due.Add(static_cast<double>(NowUnixMs() - t.due_at_ms()));
       });
   const int64_t delay_us = int64_t{w1_.e_delay_ms} * 1000;
   Lanes lanes = RunLanes(w1_.e_items, 1, [&](int64_t seq, int64_t start_us) {

@@ -23,6 +23,7 @@
 #include <sstream>
 #include <thread>
 
+#include "common/ids.h"
 #include "tests/e2e_support.h"
 #include "tests/support/mariadb_instance.h"
 
@@ -259,12 +260,13 @@ TEST_F(SdkTest, ProducerEnqueuesSyncAsyncAndBatches) {
   EXPECT_EQ(results[4].status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_EQ(results[4].attempts, 1) << "not retried";
   // One call, one time in its keys: the server commits it on one shard.
-  std::set<std::string> keys, shards;
+  std::set<std::string> keys;
+  std::set<uint32_t> shards;
   for (int i = 0; i < 4; ++i) {
     ASSERT_EQ(results[i].dedup_key.size(), 32u) << i;
     EXPECT_EQ(results[i].dedup_key.substr(0, 13), results[0].dedup_key.substr(0, 13));
     keys.insert(results[i].dedup_key);
-    shards.insert(results[i].id.substr(0, results[i].id.find('-')));
+    shards.insert(ItemId::Parse(results[i].id)->shard.value());
   }
   EXPECT_EQ(keys.size(), 4u) << "each item its own key";
   EXPECT_EQ(shards.size(), 1u);
