@@ -2192,6 +2192,9 @@ TEST(MySqlShardStoreTest, ALesseeNameLostWithItsConnectionIsRegisteredAgain) {
   locker->Execute("UNLOCK TABLES");
   promote.join();
   EXPECT_EQ(promoted.status().code(), Code::kUnavailable);
+  // The killed session holds the shard's ownership lock until MariaDB has ended it, a
+  // moment after the KILL; a reconnect before that is refused as "owned by another".
+  ASSERT_TRUE(testing::AwaitOwnershipFreed(db));
 
   // The next calls reconnect; a claim by "w-new" registers the name for real.
   std::vector<NewItem> more{Item("t", 2, kT0)};
