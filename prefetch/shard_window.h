@@ -46,6 +46,15 @@ class ShardWindow {
   bool MarkUnavailable(bool shard_down = false);
   // The shard's circuit closed again: an unavailable window wants its refill now.
   void MarkShardUp() { shard_down_ = false; }
+  // What the window holds may be wrong (a store call's outcome is unknown): back to
+  // knowing nothing, as before its first refill, so a merge does not look past it
+  // and it wants a refill. Reserved rows stay reserved. An unavailable window is
+  // left as it is (it wants a refill already, or its shard is down).
+  void Reset() {
+    if (!available_) return;
+    keys_.clear();
+    complete_ = false;
+  }
 
   // Source interface for KWayMerge: Pop() moves the front to the reserved set.
   bool Empty() const { return keys_.empty(); }

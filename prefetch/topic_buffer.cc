@@ -84,6 +84,12 @@ void TopicBuffer::RefillFailed(size_t shard) {
   WakeAll(lock);
 }
 
+void TopicBuffer::Reset(size_t shard) {
+  std::unique_lock lock(mu_);
+  windows_[shard].Reset();
+  WakeAll(lock);
+}
+
 void TopicBuffer::ShardDown(size_t shard) {
   std::unique_lock lock(mu_);
   windows_[shard].refill_pending = false;

@@ -95,6 +95,10 @@ class TopicBuffer {
   // A refill failed while the shard is up: the window is unavailable, and the next
   // Take asks again. Wakes the waiters, whose Takes do.
   void RefillFailed(size_t shard);
+  // The window may be wrong (a store call's outcome is unknown): it knows nothing, as
+  // before its first refill, and so holds merges back (the ordering rule) until the
+  // refill that the next Take asks for. Wakes the waiters, whose Takes do.
+  void Reset(size_t shard);
   // The shard's circuit opened (or it could not be opened): the window is unavailable
   // and wants no refill until ShardUp(), so that a parked dequeue's Take does not ask
   // for one refill after another, each refused at once and each waking it again.

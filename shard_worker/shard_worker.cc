@@ -4,9 +4,11 @@
 
 #include <algorithm>
 #include <chrono>
+#include <map>
 #include <span>
 #include <thread>
 #include <unordered_map>
+#include <utility>
 
 #include "shard_worker/handoff.h"
 
@@ -245,6 +247,8 @@ void ShardWorker::RunWork(Work& work) {
                                       " is unavailable (circuit open)"));
     return;
   }
+  // A failed call of an earlier turn may have committed: first make the index true.
+  const bool resync_failed = resync_ && !Resync();
   // Claims first: a waiting consumer is the most latency-sensitive caller. Then the
   // promotion of items that fell due, which are late from now on, and the claims of
   // the consumers waiting for them, before the enqueues and acks of the turn.
@@ -307,6 +311,13 @@ void ShardWorker::RunWork(Work& work) {
   }
   RunNewClaims();
   if (work.purge) RunPurge();
+  if (resync_ && !resync_failed) {
+    // A call of this turn failed: resync in the next turn, without waiting for work.
+    // (One that failed itself is not retried at once: it would spin while the store
+    // is down; the next work or the ticker's next promotion or purge brings it.)
+    std::lock_guard lock(mu_);
+    pending_.resync = true;
+  }
 }
 
 void ShardWorker::RunClaimRuns(std::vector<PendingClaim>& claims) {
@@ -325,6 +336,14 @@ void ShardWorker::RunNewClaims() {
   RunClaimRuns(claims);
 }
 
+namespace {
+prefetch::StateCounts ToStateCounts(const store::TopicCounts& c) {
+  auto n = [](uint64_t v) { return static_cast<int64_t>(v); };
+  return {n(c.delayed), n(c.ready), n(c.leased),   n(c.succeeded),
+          n(c.failed),  n(c.dead),  n(c.cancelled)};
+}
+}  // namespace
+
 bool ShardWorker::Recover() {
   Status st = store_->Open();
   if (!st.ok()) {
@@ -340,10 +359,7 @@ bool ShardWorker::Recover() {
   }
   releases_.Clear();  // what was released counts as DELAYED again, as MySQL says
   for (const store::TopicCounts& c : *counts) {
-    auto n = [](uint64_t v) { return static_cast<int64_t>(v); };
-    prefetch::StateCounts counts{n(c.delayed), n(c.ready), n(c.leased),   n(c.succeeded),
-                                 n(c.failed),  n(c.dead),  n(c.cancelled)};
-    index_.GetOrCreate(c.ns, c.topic)->SetCounts(position_, counts);
+    index_.GetOrCreate(c.ns, c.topic)->SetCounts(position_, ToStateCounts(c));
   }
   {
     std::lock_guard lock(mu_);
@@ -352,6 +368,38 @@ bool ShardWorker::Recover() {
   }
   NoteDeadline(clock_.Now());  // promote whatever fell due while we were away
   spdlog::info("shard {}: open, {} topics", id_.value(), counts->size());
+  return true;
+}
+
+bool ShardWorker::Resync() {
+  // What may be wrong after an unknown outcome: a READY row missing from its window
+  // (an insert, nack or promotion that did commit; a retried enqueue then answers
+  // "deduplicated" with its id), a row in a window that is not READY any more (its
+  // claim then skips it), a lease whose deadline was never noted (a claim that did
+  // commit), and the counts. Without this, a complete window would never look
+  // again, and nothing might promote that lease when it expires.
+  auto counts = store_->CountByTopic();
+  Observe(counts.status(), {});
+  if (!counts.ok()) return false;
+  resync_ = false;
+  std::map<std::pair<std::string, std::string>, prefetch::StateCounts> stored;
+  for (const store::TopicCounts& c : *counts) {
+    stored[{c.ns, c.topic}] = ToStateCounts(c);
+    index_.GetOrCreate(c.ns, c.topic);
+  }
+  for (const auto& buffer : index_.All()) {
+    prefetch::StateCounts n = stored[{buffer->ns(), buffer->topic()}];  // or zeros
+    // Released items are READY here while MySQL still says DELAYED.
+    const auto released =
+        static_cast<int64_t>(releases_.ReleasedOf(buffer->ns(), buffer->topic()).size());
+    n.delayed -= released;
+    n.ready += released;
+    buffer->SetCounts(position_, n);
+    buffer->Reset(position_);  // the next Take refills it (released items included)
+  }
+  spdlog::info("shard {}: resynced the index after a call whose outcome is unknown",
+               id_.value());
+  NoteDeadline(clock_.Now());  // the promotion reads the next deadline from the store
   return true;
 }
 
@@ -474,6 +522,10 @@ void ShardWorker::RunClaims(std::span<PendingClaim> pending) {
         NoteDeadline(it->second->lease_deadline);
         c.buffer->CountTransition(position_, ItemState::kReady, ItemState::kLeased);
         out.push_back(std::move(*it->second));
+        // Leased once, to one caller: another key of the same row in this batch (a
+        // stale one, left in a window by a claim whose outcome was unknown) gets
+        // nothing, as for a row that is not READY.
+        by_row.erase(it);
       } else if (!leased.ok()) {
         // Not leased because the store failed: still READY there, so put it back.
         // (If the claim did commit after all, its CAS makes the next claim skip it.)
@@ -631,6 +683,7 @@ void ShardWorker::Observe(const Status& status, Duration latency) {
   bool was_open = !breaker_.AllowsTraffic();
   breaker_.Record(!failed, latency);
   if (failed) {
+    resync_ = true;
     std::lock_guard lock(mu_);
     last_error_ = status.ToString();
   }

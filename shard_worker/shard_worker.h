@@ -146,10 +146,11 @@ class ShardWorker final : public Tickable {
     bool promote = false;
     bool purge = false;
     bool probe = false;
+    bool resync = false;  // only a wake-up: resync_ says whether one is owed
     bool empty() const {
       return enqueues.empty() && claims.empty() && acks.empty() && nacks.empty() &&
              extends.empty() && refills.empty() && exclusive.empty() && !promote &&
-             !purge && !probe;
+             !purge && !probe && !resync;
     }
   };
 
@@ -159,6 +160,10 @@ class ShardWorker final : public Tickable {
   void RunWork(Work& work);
   // Both record why they failed in last_error_ (and clear it on success).
   bool Recover();
+  // After a store call failed with its outcome unknown (it may have committed), this
+  // shard's part of the index may be wrong; re-reads it as Recover does. False if the
+  // store could not be read (resync_ stays set).
+  bool Resync();
   bool Reopen();  // a probe of a shard recovered before: reconnect (Open) and Ping
   void RunProbe();
   // Claims that came in while this turn runs go before its next transaction, so a
@@ -184,7 +189,8 @@ class ShardWorker final : public Tickable {
   void ScheduleRelease(const ItemTransition& t);
   void OnShardDown();
   void OnShardUp();
-  // Records an outcome in the breaker; on a trip, marks the shard's windows down.
+  // Records an outcome in the breaker; on a trip, marks the shard's windows down. A
+  // failure (its outcome unknown) also owes a Resync.
   void Observe(const Status& status, Duration latency);
   void NoteDeadline(Time t);
 
@@ -210,6 +216,7 @@ class ShardWorker final : public Tickable {
   std::optional<Time> next_due_;  // when to promote next (DELAYED/LEASED deadlines)
   ReleaseSchedule releases_;
   Time next_purge_{};
+  bool resync_ = false;  // strand only: a Resync is owed (Observe saw a failure)
   std::string last_error_;
 };
 

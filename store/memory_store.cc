@@ -31,6 +31,50 @@ void MemoryShardStore::ClearFailures() {
   std::lock_guard lock(mu_);
   fail_next_.clear();
   fail_all_.reset();
+  lose_reply_.clear();
+}
+
+void MemoryShardStore::LoseNextReply(Op op) {
+  std::lock_guard lock(mu_);
+  lose_reply_.insert(op);
+}
+
+template <typename T>
+Result<T> MemoryShardStore::Reply(Op op, Result<T> result) {
+  std::lock_guard lock(mu_);
+  if (!result.ok() || lose_reply_.erase(op) == 0) return result;
+  return Status::Unavailable("memory store: the reply was lost after the change");
+}
+
+Result<std::vector<Inserted>> MemoryShardStore::Insert(
+    std::span<const NewItem> items, Time now, std::span<const InsertLease> leases) {
+  return Reply(Op::kInsert, DoInsert(items, now, leases));
+}
+
+Result<std::vector<LeasedItem>> MemoryShardStore::Claim(
+    std::span<const ClaimRequest> rows, LeaseToken token, Time now) {
+  return Reply(Op::kClaim, DoClaim(rows, token, now));
+}
+
+Result<std::vector<ItemOutcome>> MemoryShardStore::Ack(std::span<const AckRequest> acks,
+                                                       Time now) {
+  return Reply(Op::kAck, DoAck(acks, now));
+}
+
+Result<std::vector<ItemOutcome>> MemoryShardStore::Nack(
+    std::span<const NackRequest> nacks, Time now) {
+  return Reply(Op::kNack, DoNack(nacks, now));
+}
+
+Result<std::vector<ItemOutcome>> MemoryShardStore::Extend(
+    std::span<const ExtendRequest> reqs, Time now) {
+  return Reply(Op::kExtend, DoExtend(reqs, now));
+}
+
+Result<Promotion> MemoryShardStore::PromoteDue(Time now, size_t limit,
+                                               const PromoteHandoff& handoff,
+                                               const Lookahead& look) {
+  return Reply(Op::kPromoteDue, DoPromoteDue(now, limit, handoff, look));
 }
 
 Status MemoryShardStore::TakeFailure(Op op) {
@@ -142,7 +186,7 @@ size_t MemoryShardStore::size() const {
   return rows_.size();
 }
 
-Result<std::vector<Inserted>> MemoryShardStore::Insert(
+Result<std::vector<Inserted>> MemoryShardStore::DoInsert(
     std::span<const NewItem> items, Time now, std::span<const InsertLease> leases) {
   BeforeCall(Op::kInsert);
   std::lock_guard lock(mu_);
@@ -209,7 +253,7 @@ Result<std::vector<ReadyKey>> MemoryShardStore::FetchReady(const std::string& ns
   return keys;
 }
 
-Result<std::vector<LeasedItem>> MemoryShardStore::Claim(
+Result<std::vector<LeasedItem>> MemoryShardStore::DoClaim(
     std::span<const ClaimRequest> rows, LeaseToken token, Time now) {
   std::lock_guard lock(mu_);
   ++calls_[static_cast<size_t>(Op::kClaim)];
@@ -266,8 +310,8 @@ void MemoryShardStore::Lease(Row& r, const std::string& worker_id, LeaseToken to
   AddEvent(r, now, "leased");
 }
 
-Result<std::vector<ItemOutcome>> MemoryShardStore::Ack(std::span<const AckRequest> acks,
-                                                       Time now) {
+Result<std::vector<ItemOutcome>> MemoryShardStore::DoAck(std::span<const AckRequest> acks,
+                                                         Time now) {
   std::lock_guard lock(mu_);
   ++calls_[static_cast<size_t>(Op::kAck)];
   SHARDQ_RETURN_IF_ERROR(TakeFailure(Op::kAck));
@@ -335,7 +379,7 @@ Status CheckLease(const char* op, const Rows& rows, RowId row, LeaseToken token)
 
 }  // namespace
 
-Result<std::vector<ItemOutcome>> MemoryShardStore::Nack(
+Result<std::vector<ItemOutcome>> MemoryShardStore::DoNack(
     std::span<const NackRequest> nacks, Time now) {
   std::lock_guard lock(mu_);
   ++calls_[static_cast<size_t>(Op::kNack)];
@@ -372,7 +416,7 @@ Result<std::vector<ItemOutcome>> MemoryShardStore::Nack(
   return out;
 }
 
-Result<std::vector<ItemOutcome>> MemoryShardStore::Extend(
+Result<std::vector<ItemOutcome>> MemoryShardStore::DoExtend(
     std::span<const ExtendRequest> reqs, Time now) {
   std::lock_guard lock(mu_);
   ++calls_[static_cast<size_t>(Op::kExtend)];
@@ -395,9 +439,9 @@ Result<std::vector<ItemOutcome>> MemoryShardStore::Extend(
   return out;
 }
 
-Result<Promotion> MemoryShardStore::PromoteDue(Time now, size_t limit,
-                                               const PromoteHandoff& handoff,
-                                               const Lookahead& look) {
+Result<Promotion> MemoryShardStore::DoPromoteDue(Time now, size_t limit,
+                                                 const PromoteHandoff& handoff,
+                                                 const Lookahead& look) {
   std::lock_guard lock(mu_);
   ++calls_[static_cast<size_t>(Op::kPromoteDue)];
   SHARDQ_RETURN_IF_ERROR(TakeFailure(Op::kPromoteDue));

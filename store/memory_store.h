@@ -12,6 +12,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -49,6 +50,11 @@ class MemoryShardStore final : public ShardStore {
   void FailNext(Op op, Status s);
   // Every call returns `s` and changes nothing, until ClearFailures().
   void FailAll(Status s);
+  // The next successful call of `op` (Insert, Claim, Ack, Nack, Extend or PromoteDue)
+  // makes its change and then returns UNAVAILABLE, as MySQL's does when the
+  // connection dies after the COMMIT and before its answer: the caller cannot know
+  // the outcome (store_api.h), and the change is there.
+  void LoseNextReply(Op op);
   void ClearFailures();
 
   void SetPolicies(NamespacePolicies policies) override;
@@ -121,6 +127,20 @@ class MemoryShardStore final : public ShardStore {
 
   // The injected failure for `op`, or OK.
   Status TakeFailure(Op op);
+  // `result`, or UNAVAILABLE if LoseNextReply(op) is pending (and then no more).
+  template <typename T>
+  Result<T> Reply(Op op, Result<T> result);
+  // The calls whose reply LoseNextReply can take away: their work, under mu_.
+  Result<std::vector<Inserted>> DoInsert(std::span<const NewItem> items, Time now,
+                                         std::span<const InsertLease> leases);
+  Result<std::vector<LeasedItem>> DoClaim(std::span<const ClaimRequest> rows,
+                                          LeaseToken token, Time now);
+  Result<std::vector<ItemOutcome>> DoAck(std::span<const AckRequest> acks, Time now);
+  Result<std::vector<ItemOutcome>> DoNack(std::span<const NackRequest> nacks, Time now);
+  Result<std::vector<ItemOutcome>> DoExtend(std::span<const ExtendRequest> reqs,
+                                            Time now);
+  Result<Promotion> DoPromoteDue(Time now, size_t limit, const PromoteHandoff& handoff,
+                                 const Lookahead& look);
   // The transition of a row that was in `from` and is now as `r` says.
   static ItemTransition Changed(uint64_t id, const Row& r, ItemState from);
   // The transition of a row about to be deleted.
@@ -163,6 +183,7 @@ class MemoryShardStore final : public ShardStore {
   uint64_t next_id_ = 1;
   std::map<Op, Status> fail_next_;
   std::optional<Status> fail_all_;
+  std::set<Op> lose_reply_;
 };
 
 }  // namespace shardq::store

@@ -387,6 +387,28 @@ TEST(TopicBufferTest, ADownShardWakesWaitersOnceAndAsksForNothingAFailedRefillAg
   EXPECT_EQ(Rows(TakeFrom(buf, 2, &refill)), (std::vector<uint64_t>{2}));
 }
 
+// A window reset (its shard's store call has an unknown outcome) knows nothing
+// again: unlike an unavailable one, it holds the merge back, since its shard may have
+// better READY items than the others' windows show.
+TEST(TopicBufferTest, AResetWindowHoldsTheMergeBackUntilItsRefill) {
+  TopicBuffer buf("ns", "t", 2, 8);
+  buf.ApplyRefill(0, {Key(0, 0, 1)});
+  buf.ApplyRefill(1, {Key(5, 0, 2)});
+  auto waiter = std::make_shared<CountingWaiter>();
+  buf.AddWaiter(waiter);
+  buf.Reset(0);
+  EXPECT_EQ(waiter->wakes, 1) << "a waiter's Take asks for the refill";
+  EXPECT_EQ(buf.WindowSize(0), 0u);
+
+  std::vector<size_t> refill;
+  bool blocked = false;
+  EXPECT_TRUE(TakeFrom(buf, 1, &refill, &blocked).empty()) << "not past shard 0";
+  EXPECT_TRUE(blocked);
+  EXPECT_EQ(refill, (std::vector<size_t>{0}));
+  buf.ApplyRefill(0, {Key(0, 0, 1), Key(1, 0, 3)});
+  EXPECT_EQ(Rows(TakeFrom(buf, 3, &refill)), (std::vector<uint64_t>{1, 3, 2}));
+}
+
 TEST(TopicBufferTest, ClaimRefillOfOneShard) {
   TopicBuffer buf("ns", "t", 3, 8);
   EXPECT_TRUE(buf.ClaimRefill(1));

@@ -926,12 +926,13 @@ TEST_F(ShardWorkerTest, OpenBreakerRefusesEnqueuesWithoutAttemptingThem) {
   io_.RunAll();  // recovery only: no samples in the breaker yet
   store_->FailAll(Status::Unavailable("db down"));
 
-  for (int i = 0; i < 2; ++i) {
-    auto out = EnqueueAsync({Item("t")});
-    io_.RunAll();
-    EXPECT_EQ(out->rows.status().code(), Code::kUnavailable);
-    EXPECT_EQ(out->untried, 0u) << i;  // the insert was tried and failed
-  }
+  auto first = EnqueueAsync({Item("t")});
+  io_.RunAll();
+  EXPECT_EQ(first->rows.status().code(), Code::kUnavailable);
+  EXPECT_EQ(first->untried, 0u);  // the insert was tried and failed
+  // Its outcome unknown, the next turn's resync read the store, and failed too: two
+  // failures of two samples.
+  EXPECT_EQ(store_->calls(MemoryShardStore::Op::kCountByTopic), 2u);  // start, resync
   EXPECT_EQ(worker_->Health().breaker, BreakerState::kOpen);
   EXPECT_FALSE(worker_->AcceptsEnqueues());
   int inserts = store_->calls(MemoryShardStore::Op::kInsert);
@@ -1071,7 +1072,7 @@ TEST_F(ShardWorkerTest, ARefillInTheTurnThatOpensTheCircuitLeavesTheWindowToTheP
   EXPECT_EQ(TakeAndClaim("t", 3).size(), 3u);
 }
 
-TEST_F(ShardWorkerTest, FailedClaimPutsKeysBack) {
+TEST_F(ShardWorkerTest, AFailedClaimLeavesItsItemsReadyAndTheWindowIsReloaded) {
   MakeWorker();
   StartWorker();
   auto out = EnqueueAsync({Item("t", 1), Item("t", 2)});
@@ -1083,16 +1084,99 @@ TEST_F(ShardWorkerTest, FailedClaimPutsKeysBack) {
 
   store_->FailNext(MemoryShardStore::Op::kClaim, Status::Unavailable("lost connection"));
   EXPECT_TRUE(TakeAndClaim("t", 2).empty());
-  EXPECT_EQ(buffer->WindowSize(0), 2u);  // back in the window
   prefetch::StateCounts c = buffer->Counts();
   EXPECT_EQ(c.ready, 2);
   EXPECT_EQ(c.leased, 0);
   EXPECT_EQ(worker_->Health().breaker, BreakerState::kClosed);  // one failure only
+  // Its outcome unknown, the claim made the next turn resync: the window is
+  // unloaded, and this Take asks for its refill.
+  EXPECT_EQ(buffer->WindowSize(0), 0u);
+  EXPECT_TRUE(TakeKeys("t", 2).empty());
+  io_.RunAll();
 
   auto leased = TakeAndClaim("t", 2);
   ASSERT_EQ(leased.size(), 2u);
   EXPECT_EQ(buffer->Counts().leased, 2);
   EXPECT_EQ(buffer->WindowSize(0), 0u);
+}
+
+// Two claims of one row in one batch (a window can hold a stale key of a row beside
+// its current one): the store leases it once, and only one caller may get it.
+TEST_F(ShardWorkerTest, ARowClaimedTwiceInOneBatchGoesToOneCallerOnly) {
+  MakeWorker();
+  StartWorker();
+  auto out = EnqueueAsync({Item("t")});
+  io_.RunAll();
+  ASSERT_TRUE(out->rows.ok());
+  LoadWindow("t");
+  const std::vector<ReadyKey> keys = TakeKeys("t", 1);
+  ASSERT_EQ(keys.size(), 1u);
+  std::vector<LeasedItem> got[2];
+  for (int i = 0; i < 2; ++i) {
+    worker_->Claim(
+        Buffer("t"), keys, "w" + std::to_string(i),
+        [&got, i](std::vector<LeasedItem> items) { got[i] = std::move(items); });
+  }
+  io_.RunAll();
+  EXPECT_EQ(got[0].size() + got[1].size(), 1u);
+  prefetch::StateCounts c = Buffer("t")->Counts();
+  EXPECT_EQ(c.leased, 1);
+  EXPECT_EQ(c.ready, 0);
+}
+
+// The connection dies after the COMMIT and before its answer: the insert is stored,
+// its caller got UNAVAILABLE, and the window (complete and empty) knew nothing of it.
+TEST_F(ShardWorkerTest, AnEnqueueWhoseReplyWasLostIsDeliveredAfterTheResync) {
+  MakeWorker();
+  StartWorker();
+  LoadWindow("t");  // complete and empty: it would never look at the store again
+  NewItem item = Item("t");
+  item.dedup_key = "k";
+  store_->LoseNextReply(MemoryShardStore::Op::kInsert);
+  auto lost = EnqueueAsync({item});
+  io_.RunAll();  // the insert's turn, then the resync's
+  ASSERT_EQ(lost->calls, 1);
+  EXPECT_EQ(lost->rows.status().code(), Code::kUnavailable);
+  EXPECT_EQ(store_->size(), 1u);
+
+  // The producer's retry is deduplicated to the stored row...
+  auto retry = EnqueueAsync({item});
+  io_.RunAll();
+  ASSERT_TRUE(retry->rows.ok());
+  ASSERT_TRUE((*retry->rows)[0].deduplicated);
+  EXPECT_EQ(Buffer("t")->Counts().ready, 1);  // re-read from the store
+  // ...and that row is delivered.
+  EXPECT_TRUE(TakeKeys("t", 1).empty());  // the unloaded window asks for its refill
+  io_.RunAll();
+  auto got = TakeAndClaim("t", 1);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].row, (*retry->rows)[0].row);
+}
+
+// A claim that committed but whose answer was lost leases the item to nobody: the
+// worker never learned the lease's deadline, and must still redeliver when it ends.
+TEST_F(ShardWorkerTest, AClaimWhoseReplyWasLostIsDeliveredAgainWhenItsLeaseEnds) {
+  MakeWorker();
+  StartWorker();
+  auto out = EnqueueAsync({Item("t", 0, Time{}, Duration(500))});
+  io_.RunAll();
+  ASSERT_TRUE(out->rows.ok());
+  LoadWindow("t");
+  store_->LoseNextReply(MemoryShardStore::Op::kClaim);
+  EXPECT_TRUE(TakeAndClaim("t", 1).empty());
+  EXPECT_EQ(Buffer("t")->Counts().leased, 1);  // the resync read the store's counts
+  // The resync asked for a promotion, which learns the lease's deadline.
+  TickAndRun(1);
+  EXPECT_EQ(worker_->Tick(clock_.Now()), Duration(500));
+
+  clock_.Advance(Duration(500));
+  TickAndRun(1);
+  EXPECT_EQ(Buffer("t")->Counts().ready, 1);
+  EXPECT_TRUE(TakeKeys("t", 1).empty());  // the window was unloaded by the resync
+  io_.RunAll();
+  auto again = TakeAndClaim("t", 1);
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].attempts, 2u);
 }
 
 }  // namespace
