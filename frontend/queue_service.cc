@@ -2,8 +2,10 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <unordered_set>
 
 #include "frontend/call_stream.h"
@@ -345,10 +347,18 @@ void QueueService::HandleShards(
 
 void QueueService::HandleActiveTopics(
     UnaryCall<v1::GetActiveTopicsRequest, v1::GetActiveTopicsResponse>* call) {
-  const std::string& ns = call->request().namespace_();
-  Status st = ValidateName("namespace", ns, kMaxNamespaceLen);
-  if (!st.ok()) return call->Finish(st);
-  for (const engine::TopicInfo& t : engine_.ActiveTopics(ns)) {
+  auto page = ToTopicsPage(call->request(), limits_);
+  if (!page.ok()) return call->Finish(page.status());
+  const std::vector<engine::TopicInfo> all =
+      engine_.ActiveTopics(call->request().namespace_());
+  auto first = std::upper_bound(all.begin(), all.end(), page->after,
+                                [](const std::string& after, const engine::TopicInfo& t) {
+                                  return after < t.topic;
+                                });
+  auto end = static_cast<size_t>(all.end() - first) > page->limit ? first + page->limit
+                                                                  : all.end();
+  if (end != all.end()) call->response()->set_next_after_topic((end - 1)->topic);
+  for (const engine::TopicInfo& t : std::span(first, end)) {
     v1::TopicInfo* out = call->response()->add_topics();
     out->set_topic(t.topic);
     out->set_ready(static_cast<uint64_t>(std::max<int64_t>(0, t.counts.ready)));

@@ -148,12 +148,25 @@ Result<Duration> ToWait(const v1::DequeueRequest& req, const Limits& limits) {
   return Duration(req.wait_ms());
 }
 
+Result<TopicsPage> ToTopicsPage(const v1::GetActiveTopicsRequest& req,
+                                const Limits& limits) {
+  SHARDQ_RETURN_IF_ERROR(ValidateName("namespace", req.namespace_(), kMaxNamespaceLen));
+  if (req.limit() > limits.max_topics_page) {
+    return Status::InvalidArgument(fmt::format("limit must be at most {} topics, got {}",
+                                               limits.max_topics_page, req.limit()));
+  }
+  // Any bytes: a cursor compared with names, never stored.
+  SHARDQ_RETURN_IF_ERROR(ValidateLength("after_topic", req.after_topic(), kMaxTopicLen));
+  return TopicsPage{req.limit() == 0 ? limits.default_topics_page : req.limit(),
+                    req.after_topic()};
+}
+
 Result<engine::LeaseOp> ToLeaseOp(const v1::LeaseRef& ref) {
   auto id = ToItemId(ref.id());
   if (!id.ok()) return id.status();
   auto token = DecodeLeaseToken(ref.lease_token());
   if (!token)
-    return Status::InvalidArgument("malformed lease token for item " + ref.id());
+    return Status::InvalidArgument("malformed lease token for item " + id->ToString());
   return engine::LeaseOp{*id, *token, {}};
 }
 

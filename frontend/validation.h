@@ -29,6 +29,10 @@ struct Limits {
   // bytes of answers unread is cancelled (frontend/call_stream.h). 64 MiB is five of
   // the largest Dequeue answers: 1,000 items of 10 KiB payload and 2 KiB metadata.
   size_t max_unread_stream_bytes = 64 << 20;
+  // GetActiveTopics' page: its default and largest size (10,000 topics with the
+  // longest names and counts are about 1.4 MB).
+  size_t default_topics_page = 1000;
+  size_t max_topics_page = 10'000;
 };
 
 // Namespace and topic names: 1..max chars of [A-Za-z0-9._-], first a letter or digit.
@@ -42,6 +46,13 @@ Status ValidateLength(std::string_view what, std::string_view value, size_t max_
 Result<std::vector<engine::TopicAsk>> ToTopicAsks(const v1::DequeueRequest& req,
                                                   const Limits& limits);
 Result<Duration> ToWait(const v1::DequeueRequest& req, const Limits& limits);
+// GetActiveTopics' page: at most `limit` topics, those named after `after`.
+struct TopicsPage {
+  size_t limit = 0;
+  std::string after;
+};
+Result<TopicsPage> ToTopicsPage(const v1::GetActiveTopicsRequest& req,
+                                const Limits& limits);
 
 // Parses an id + token; a malformed one is kInvalidArgument.
 Result<engine::LeaseOp> ToLeaseOp(const v1::LeaseRef& ref);

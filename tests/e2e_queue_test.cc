@@ -212,6 +212,42 @@ TEST_F(E2ETest, ActiveTopicsCountsEachState) {
   EXPECT_EQ(resp.topics(1).delayed(), 1u);
 }
 
+// A namespace may hold any number of topics; one answer must fit the message limit.
+TEST_F(E2ETest, ActiveTopicsComeInPages) {
+  for (const char* topic : {"p-c", "p-a", "p-d", "p-b", "p-e"})
+    ASSERT_TRUE(client_->EnqueueOne(kNs, topic, 1).ok());
+  auto page = [&](uint32_t limit, const std::string& after,
+                  v1::GetActiveTopicsResponse* resp) {
+    v1::GetActiveTopicsRequest req;
+    req.set_namespace_(kNs);
+    req.set_limit(limit);
+    req.set_after_topic(after);
+    grpc::ClientContext ctx;
+    SetDeadline(ctx);
+    return client_->stub().GetActiveTopics(&ctx, req, resp).error_code();
+  };
+  std::vector<std::string> seen;
+  std::string after;
+  int pages = 0;
+  do {
+    v1::GetActiveTopicsResponse resp;
+    ASSERT_EQ(page(2, after, &resp), grpc::StatusCode::OK);
+    ASSERT_LE(resp.topics_size(), 2);
+    for (const auto& t : resp.topics()) seen.push_back(t.topic());
+    after = resp.next_after_topic();
+    ++pages;
+  } while (!after.empty() && pages < 10);
+  EXPECT_EQ(pages, 3);
+  EXPECT_EQ(seen, (std::vector<std::string>{"p-a", "p-b", "p-c", "p-d", "p-e"}));
+
+  v1::GetActiveTopicsResponse whole;
+  ASSERT_EQ(page(0, "", &whole), grpc::StatusCode::OK);  // 0: the default, 1,000
+  EXPECT_EQ(whole.topics_size(), 5);
+  EXPECT_TRUE(whole.next_after_topic().empty());
+  v1::GetActiveTopicsResponse refused;
+  EXPECT_EQ(page(10'001, "", &refused), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
 TEST_F(E2ETest, RestartRebuildsTheIndexAndKeepsLeases) {
   std::set<std::string> ids;
   std::set<uint32_t> shards_used;

@@ -608,12 +608,17 @@ int RunExtend(const GlobalOptions& global, const ExtendOptions& options) {
 int RunTopics(const GlobalOptions& global) {
   v1::GetActiveTopicsRequest request;
   request.set_namespace_(global.ns);
-  v1::GetActiveTopicsResponse response;
-  grpc::ClientContext context;
-  SetDeadline(context, global.timeout_ms);
-  const grpc::Status status =
-      MakeQueueStub(global)->GetActiveTopics(&context, request, &response);
-  if (!status.ok()) return ReportRpcError(status);
+  auto stub = MakeQueueStub(global);
+  v1::GetActiveTopicsResponse response;  // every page's topics, in order
+  do {
+    v1::GetActiveTopicsResponse page;
+    grpc::ClientContext context;
+    SetDeadline(context, global.timeout_ms);
+    const grpc::Status status = stub->GetActiveTopics(&context, request, &page);
+    if (!status.ok()) return ReportRpcError(status);
+    for (auto& t : *page.mutable_topics()) *response.add_topics() = std::move(t);
+    request.set_after_topic(page.next_after_topic());
+  } while (!request.after_topic().empty());
   if (global.json) {
     PrintJson(TopicsJson(response));
   } else {

@@ -459,6 +459,14 @@ TEST(ToLeaseOpTest, RejectsMalformedTokens) {
   }
 }
 
+// An id may be long and still valid (leading zeros): the refusal must not echo it, or a
+// batch of such refusals outgrows the request, and the answer the 16 MiB limit.
+TEST(ToLeaseOpTest, AMalformedTokensMessageNamesTheItemInItsShortForm) {
+  auto r = ToLeaseOp(Ref("1-" + std::string(10'000, '0') + "2", ""));
+  ASSERT_EQ(r.status().code(), Code::kInvalidArgument);
+  EXPECT_EQ(r.status().message(), "malformed lease token for item 1-2");
+}
+
 TEST(ToNackOpTest, DelayRange) {
   v1::NackItem item;
   *item.mutable_item() = Ref("2-7", GoodToken());
