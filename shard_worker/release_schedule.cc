@@ -79,6 +79,9 @@ std::optional<Time> ReleaseSchedule::NextPromotion(const store::Lookahead& look,
   const Time next = *done.next_due;
   if (next <= now) return next;  // more were due than one call moves
   std::optional<Time> at = next == done.next_expiry ? next : PromoteAt(next);
+  // PromoteAt() of a DELAYED item already read ahead is later than the item (half
+  // the window on): a lease ending before then must not wait for it.
+  if (done.next_expiry && *done.next_expiry < *at) at = done.next_expiry;
   if (auto settled = Settled(look); settled && *settled < *at) at = settled;
   return at;
 }

@@ -56,7 +56,7 @@ class ReleaseSchedule {
   // When the promotion that asked for `look` at `now` and answered `done` should be
   // followed by the next: at once if more are due, at a lease's end, PromoteAt() for
   // a DELAYED item, and a grace() after the oldest released item it left to claims
-  // (Settle). nullopt: nothing to wait for.
+  // (Settle), whichever comes first. nullopt: nothing to wait for.
   std::optional<Time> NextPromotion(const store::Lookahead& look,
                                     const store::Promotion& done, Time now);
 

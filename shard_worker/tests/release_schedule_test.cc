@@ -92,6 +92,18 @@ TEST(ReleaseScheduleTest, NextPromotionAfterAPromotion) {
   EXPECT_EQ(s.NextPromotion(look, done, kT0 + Duration(30)), kT0 + Duration(120));
 }
 
+// A DELAYED item already read ahead is promoted for when half the window is used;
+// a lease that ends before that is promoted at its end all the same.
+TEST(ReleaseScheduleTest, ALeasesEndIsNotPostponedByADelayedItemReadAhead) {
+  ReleaseSchedule s(Duration(100), 10);
+  s.Learned(s.Window(kT0), std::vector{Delayed(1, kT0 + Duration(10))});
+  store::Promotion done;
+  done.next_due = kT0 + Duration(10);
+  EXPECT_EQ(s.NextPromotion(s.Window(kT0), done, kT0), kT0 + Duration(50));
+  done.next_expiry = kT0 + Duration(20);
+  EXPECT_EQ(s.NextPromotion(s.Window(kT0), done, kT0), kT0 + Duration(20));
+}
+
 TEST(ReleaseScheduleTest, AFullAnswerIsReadAgainFromItsLastMillisecond) {
   ReleaseSchedule s(Duration(100), 2);
   store::Lookahead asked = s.Window(kT0);
