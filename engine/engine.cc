@@ -69,6 +69,24 @@ void Engine::Enqueue(std::vector<NewItem> items, EnqueueDone done) {
         items.size(), Status::Unavailable("this server has no shards")));
     return;
   }
+  // What the call's items hold in memory until they commit: the budget's unit.
+  size_t bytes = 0;
+  for (const NewItem& item : items) {
+    bytes += sizeof(NewItem) + item.ns.size() + item.topic.size() + item.payload.size() +
+             item.metadata.size() + item.task_type.size() + item.dedup_key.size();
+  }
+  if (!TakeEnqueueBudget(bytes)) {
+    done(std::vector<Result<EnqueueOutcome>>(
+        items.size(), Status::ResourceExhausted(
+                          "the server holds " +
+                          std::to_string(options_.max_buffered_enqueue_bytes >> 20) +
+                          " MiB of enqueues not yet committed, its limit; retry later")));
+    return;
+  }
+  done = [this, bytes, done = std::move(done)](std::vector<Result<EnqueueOutcome>> r) {
+    buffered_enqueue_bytes_.fetch_sub(bytes);  // the items are committed or dropped
+    done(std::move(r));
+  };
   std::map<size_t, Group> keyed;  // by shard position
   Group unkeyed;
   for (size_t i = 0; i < items.size(); ++i) {
@@ -117,6 +135,14 @@ void Engine::Enqueue(std::vector<NewItem> items, EnqueueDone done) {
   for (auto& [position, group] : keyed) {
     EnqueueFixed(position, std::move(group.items), answer(std::move(group.positions)));
   }
+}
+
+bool Engine::TakeEnqueueBudget(size_t bytes) {
+  size_t held = buffered_enqueue_bytes_.load();
+  do {
+    if (held != 0 && held + bytes > options_.max_buffered_enqueue_bytes) return false;
+  } while (!buffered_enqueue_bytes_.compare_exchange_weak(held, held + bytes));
+  return true;
 }
 
 namespace {

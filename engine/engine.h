@@ -43,6 +43,12 @@ struct EngineOptions {
   // Redrive/PurgeDead of a whole topic act on at most this many rows per shard per
   // call (one transaction each); the answer's count tells whether to call again.
   size_t bulk_limit = 10'000;
+  // Bytes of enqueued items the server may hold before they commit, over all shards
+  // (their buffers and the inserts in flight): past it, an enqueue is answered
+  // RESOURCE_EXHAUSTED at once (load shedding), so memory does not grow with
+  // producers or shards while MariaDB falls behind. A call is taken when nothing is
+  // held, whatever its size.
+  size_t max_buffered_enqueue_bytes = 256 << 20;
   // Called when Ready() changes (first with true once the server becomes ready), on a
   // shard strand; calls are serialized. For the gRPC health service.
   std::function<void(bool ready)> on_readiness;
@@ -187,6 +193,8 @@ class Engine {
   bool Ready() const;
   // Dequeue calls parked right now (waiting for items).
   int ParkedCalls() const { return parked_calls_.load(); }
+  // Bytes of enqueued items taken and not yet committed or failed (the budget's use).
+  size_t BufferedEnqueueBytes() const { return buffered_enqueue_bytes_.load(); }
   // Topics in the prefetch index (idle ones leave it every index_sweep_interval).
   size_t IndexedTopics() const { return index_.size(); }
   std::vector<shard_worker::ShardHealth> Health() const;
@@ -226,6 +234,10 @@ class Engine {
   WaitList waits_;
   Ticker ticker_;
   std::atomic<int> parked_calls_{0};
+  std::atomic<size_t> buffered_enqueue_bytes_{0};
+  // Takes `bytes` into the enqueue budget (EngineOptions::max_buffered_enqueue_bytes);
+  // false if they do not fit.
+  bool TakeEnqueueBudget(size_t bytes);
   // Last readiness told to options_.on_readiness (guarded: strands race to report).
   std::mutex readiness_mu_;
   bool ready_ = false;

@@ -5,6 +5,7 @@
 // JSON form (see docs/config.example.json):
 //   {"listen": "127.0.0.1:50051", "io_threads": 8, "window_capacity": 512,
 //    "delay_lookahead_ms": 100, "delay_release_gap_ms": 5,
+//    "max_buffered_enqueue_mb": 256,
 //    "mysql_servers": [{"name": "a", "socket": "/run/a.sock"},
 //                      {"name": "b", "host": "10.0.0.2", "port": 3306,
 //                       "user": "shardq", "password": "..."}],
@@ -43,6 +44,9 @@ struct ServerConfig {
   // At most one such release per shard per gap: under load the items falling due
   // meanwhile go out together, in fewer and bigger claims.
   int64_t delay_release_gap_ms = 5;
+  // MiB of enqueued items held before they commit, over all shards: past it,
+  // enqueues are answered RESOURCE_EXHAUSTED (engine::EngineOptions).
+  size_t max_buffered_enqueue_mb = 256;
   std::vector<MysqlServerConfig> mysql_servers;
   std::vector<ShardConfig> shards;
   // Task lifecycle settings per namespace (max attempts, retention).

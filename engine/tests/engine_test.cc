@@ -1014,6 +1014,35 @@ TEST(EngineRoutingTest, AFullBufferSendsTheCallToTheNextShard) {
   EXPECT_EQ(payloads, (std::multiset<std::string>{"first", "second", "third"}));
 }
 
+// Load shedding: what the server holds of enqueues not yet committed is bounded over
+// all shards, not per shard.
+TEST(EngineRoutingTest, EnqueuesPastTheMemoryBudgetAreRefusedUntilHeldOnesCommit) {
+  EngineOptions options = Harness::DefaultOptions();
+  options.max_buffered_enqueue_bytes = 1;  // one call at a time, whatever its size
+  Harness h({1, 2}, options);
+  h.AdvanceToSlotOf(0);
+  h.gate(1).Close();  // A's strand holds in its first insert
+  EnqueueAnswer first;
+  h.engine().Enqueue({Item("t", 0, Time{}, Duration(30'000), "first")}, first.Callback());
+  ASSERT_TRUE(h.gate(1).AwaitHeld());
+  EXPECT_GT(h.engine().BufferedEnqueueBytes(), 0u);
+
+  // B is free, but the budget is used: refused at once, written nowhere.
+  auto refused = h.Enqueue({Item("t", 0, Time{}, Duration(30'000), "second")});
+  ASSERT_EQ(refused.size(), 1u);
+  EXPECT_EQ(refused[0].status().code(), Code::kResourceExhausted);
+  EXPECT_EQ(h.store(2).size(), 0u);
+
+  h.gate(1).Open();
+  auto got = first.Get();
+  ASSERT_TRUE(got.has_value());
+  ASSERT_TRUE((*got)[0].ok());
+  EXPECT_EQ(h.engine().BufferedEnqueueBytes(), 0u);
+  auto later = h.Enqueue({Item("t", 0, Time{}, Duration(30'000), "third")});
+  ASSERT_EQ(later.size(), 1u);
+  EXPECT_TRUE(later[0].ok()) << later[0].status().ToString();
+}
+
 TEST(EngineRoutingTest, AckNackExtendAreRoutedByShardInRequestOrder) {
   Harness h({3, 7});  // ids that differ from positions
   h.AdvanceToSlotOf(0);

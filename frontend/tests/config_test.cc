@@ -22,6 +22,7 @@ constexpr char kFullConfig[] = R"({
   "window_capacity": 1024,
   "delay_lookahead_ms": 250,
   "delay_release_gap_ms": 7,
+  "max_buffered_enqueue_mb": 64,
   "mysql_servers": [
     {"name": "local", "socket": "/run/mysqld/mysqld.sock"},
     {"name": "remote", "host": "10.0.0.2", "port": 3307, "user": "shardq",
@@ -58,6 +59,7 @@ TEST(ParseConfigTest, FullExample) {
   EXPECT_EQ(c.window_capacity, 1024u);
   EXPECT_EQ(c.delay_lookahead_ms, 250);
   EXPECT_EQ(c.delay_release_gap_ms, 7);
+  EXPECT_EQ(c.max_buffered_enqueue_mb, 64u);
 
   ASSERT_EQ(c.mysql_servers.size(), 2u);
   EXPECT_EQ(c.mysql_servers[0].name, "local");
@@ -95,6 +97,7 @@ TEST(ParseConfigTest, Defaults) {
   EXPECT_EQ(r->window_capacity, 512u);
   EXPECT_EQ(r->delay_lookahead_ms, 100);
   EXPECT_EQ(r->delay_release_gap_ms, 5);
+  EXPECT_EQ(r->max_buffered_enqueue_mb, 256u);
   ASSERT_EQ(r->mysql_servers.size(), 1u);
   const store::MysqlEndpoint& e = r->mysql_servers[0].endpoint;
   EXPECT_EQ(e.socket, "");
