@@ -184,6 +184,16 @@ class ShardWorkerTest : public ::testing::Test {
     return index_.GetOrCreate("ns", topic);
   }
 
+  // Enqueues `items`, runs the strand, and loads the window of topic "t", as many
+  // tests begin; false if the enqueue failed.
+  bool EnqueueAndLoad(std::vector<NewItem> items) {
+    auto out = EnqueueAsync(std::move(items));
+    io_.RunAll();
+    if (!out->rows.ok()) return false;
+    LoadWindow("t");
+    return true;
+  }
+
   // Loads the window of `topic` from the store (a refill), as a first dequeue would.
   void LoadWindow(const std::string& topic) {
     auto buffer = Buffer(topic);
@@ -603,10 +613,7 @@ TEST_F(ShardWorkerTest, EnqueuedItemIsInTheWindowWhenTheCallbackRuns) {
 TEST_F(ShardWorkerTest, NackedItemIsInTheWindowWhenTheCallbackRuns) {
   MakeWorker();
   StartWorker();
-  auto out = EnqueueAsync({Item("t")});
-  io_.RunAll();
-  ASSERT_TRUE(out->rows.ok());
-  LoadWindow("t");
+  ASSERT_TRUE(EnqueueAndLoad({Item("t")}));
   auto leased = TakeAndClaim("t", 1);
   ASSERT_EQ(leased.size(), 1u);
   auto buffer = Buffer("t");
@@ -745,10 +752,7 @@ TEST_F(ShardWorkerTest, ReadAheadOfABatchDueInOneMillisecondWaitsForIt) {
 
 TEST_F(ShardWorkerTest, ReadAheadReleasedItemNoClaimTookIsPromotedAndCountedOnce) {
   StartReadingAhead(Duration(100));
-  auto out = EnqueueAsync({Item("t", 0, clock_.Now() + Duration(50))});
-  io_.RunAll();
-  ASSERT_TRUE(out->rows.ok());
-  LoadWindow("t");
+  ASSERT_TRUE(EnqueueAndLoad({Item("t", 0, clock_.Now() + Duration(50))}));
   auto buffer = Buffer("t");
   // Due within the window the start-up promotion read: scheduled at its enqueue.
   EXPECT_EQ(worker_->Tick(clock_.Now()), Duration(50));
@@ -804,10 +808,7 @@ TEST_F(ShardWorkerTest, DueItemsArePromotedBeforeTheTurnsEnqueuesAndAcks) {
   MakeWorker();
   StartWorker();
   Time now = clock_.Now();
-  auto out = EnqueueAsync({Item("t", 1), Item("d", 0, now + Duration(100))});
-  io_.RunAll();
-  ASSERT_TRUE(out->rows.ok());
-  LoadWindow("t");
+  ASSERT_TRUE(EnqueueAndLoad({Item("t", 1), Item("d", 0, now + Duration(100))}));
   std::vector<LeasedItem> leased = TakeAndClaim("t", 1);
   ASSERT_EQ(leased.size(), 1u);
 
@@ -858,10 +859,7 @@ TEST_F(ShardWorkerTest, PromotionOfMoreThanABatchGoesOnAtOnceInOneTransactionEac
 TEST_F(ShardWorkerTest, ExpiredLeaseIsPromotedAndRedelivered) {
   MakeWorker();
   StartWorker();
-  auto out = EnqueueAsync({Item("t", 0, Time{}, Duration(500))});
-  io_.RunAll();
-  ASSERT_TRUE(out->rows.ok());
-  LoadWindow("t");
+  ASSERT_TRUE(EnqueueAndLoad({Item("t", 0, Time{}, Duration(500))}));
   auto first = TakeAndClaim("t", 1);
   ASSERT_EQ(first.size(), 1u);
   EXPECT_EQ(first[0].attempts, 1u);
@@ -959,10 +957,7 @@ TEST_F(ShardWorkerTest, OpenBreakerRefusesEnqueuesWithoutAttemptingThem) {
 TEST_F(ShardWorkerTest, PromotionDueDuringOutageRunsAfterRecovery) {
   StartWithATouchyBreaker();
   Time now = clock_.Now();
-  auto out = EnqueueAsync({Item("t", 0, now + Duration(300))});
-  io_.RunAll();
-  ASSERT_TRUE(out->rows.ok());
-  LoadWindow("t");
+  ASSERT_TRUE(EnqueueAndLoad({Item("t", 0, now + Duration(300))}));
   auto buffer = Buffer("t");
 
   // The shard goes down and the breaker opens.
@@ -1075,10 +1070,7 @@ TEST_F(ShardWorkerTest, ARefillInTheTurnThatOpensTheCircuitLeavesTheWindowToTheP
 TEST_F(ShardWorkerTest, AFailedClaimLeavesItsItemsReadyAndTheWindowIsReloaded) {
   MakeWorker();
   StartWorker();
-  auto out = EnqueueAsync({Item("t", 1), Item("t", 2)});
-  io_.RunAll();
-  ASSERT_TRUE(out->rows.ok());
-  LoadWindow("t");
+  ASSERT_TRUE(EnqueueAndLoad({Item("t", 1), Item("t", 2)}));
   auto buffer = Buffer("t");
   ASSERT_EQ(buffer->WindowSize(0), 2u);
 
@@ -1105,10 +1097,7 @@ TEST_F(ShardWorkerTest, AFailedClaimLeavesItsItemsReadyAndTheWindowIsReloaded) {
 TEST_F(ShardWorkerTest, ARowClaimedTwiceInOneBatchGoesToOneCallerOnly) {
   MakeWorker();
   StartWorker();
-  auto out = EnqueueAsync({Item("t")});
-  io_.RunAll();
-  ASSERT_TRUE(out->rows.ok());
-  LoadWindow("t");
+  ASSERT_TRUE(EnqueueAndLoad({Item("t")}));
   const std::vector<ReadyKey> keys = TakeKeys("t", 1);
   ASSERT_EQ(keys.size(), 1u);
   std::vector<LeasedItem> got[2];
@@ -1158,10 +1147,7 @@ TEST_F(ShardWorkerTest, AnEnqueueWhoseReplyWasLostIsDeliveredAfterTheResync) {
 TEST_F(ShardWorkerTest, AClaimWhoseReplyWasLostIsDeliveredAgainWhenItsLeaseEnds) {
   MakeWorker();
   StartWorker();
-  auto out = EnqueueAsync({Item("t", 0, Time{}, Duration(500))});
-  io_.RunAll();
-  ASSERT_TRUE(out->rows.ok());
-  LoadWindow("t");
+  ASSERT_TRUE(EnqueueAndLoad({Item("t", 0, Time{}, Duration(500))}));
   store_->LoseNextReply(MemoryShardStore::Op::kClaim);
   EXPECT_TRUE(TakeAndClaim("t", 1).empty());
   EXPECT_EQ(Buffer("t")->Counts().leased, 1);  // the resync read the store's counts
