@@ -77,10 +77,12 @@ void Engine::Enqueue(std::vector<NewItem> items, EnqueueDone done) {
   }
   if (!TakeEnqueueBudget(bytes)) {
     done(std::vector<Result<EnqueueOutcome>>(
-        items.size(), Status::ResourceExhausted(
-                          "the server holds " +
-                          std::to_string(options_.max_buffered_enqueue_bytes >> 20) +
-                          " MiB of enqueues not yet committed, its limit; retry later")));
+        items.size(),
+        Status::ResourceExhausted(
+            "the server holds " + std::to_string(buffered_enqueue_bytes_.load()) +
+            " bytes of enqueues not yet committed, and this call's " +
+            std::to_string(bytes) + " would pass its limit of " +
+            std::to_string(options_.max_buffered_enqueue_bytes) + "; retry later")));
     return;
   }
   done = [this, bytes, done = std::move(done)](std::vector<Result<EnqueueOutcome>> r) {

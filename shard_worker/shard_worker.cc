@@ -200,6 +200,7 @@ Duration ShardWorker::Tick(Time now) {
 }
 
 void ShardWorker::ReleaseDue(Time now) {
+  std::lock_guard release_lock(release_mu_);
   std::vector<ItemTransition> due = releases_.TakeDue(now);
   if (due.empty()) return;
   // Not under mu_: OnReady wakes dequeues, whose claims come back to this worker.
@@ -378,8 +379,9 @@ bool ShardWorker::Resync() {
   // claim then skips it), a lease whose deadline was never noted (a claim that did
   // commit), and the counts. Without this, a complete window would never look
   // again, and nothing might promote that lease when it expires.
-  auto counts = store_->CountByTopic();
-  Observe(counts.status(), {});
+  Duration latency;
+  auto counts = Timed([&] { return store_->CountByTopic(); }, &latency);
+  Observe(counts.status(), latency);
   if (!counts.ok()) return false;
   resync_ = false;
   std::map<std::pair<std::string, std::string>, prefetch::StateCounts> stored;
@@ -387,19 +389,23 @@ bool ShardWorker::Resync() {
     stored[{c.ns, c.topic}] = ToStateCounts(c);
     index_.GetOrCreate(c.ns, c.topic);
   }
-  for (const auto& buffer : index_.All()) {
-    prefetch::StateCounts n = stored[{buffer->ns(), buffer->topic()}];  // or zeros
-    // Released items are READY here while MySQL still says DELAYED.
-    const auto released =
-        static_cast<int64_t>(releases_.ReleasedOf(buffer->ns(), buffer->topic()).size());
-    n.delayed -= released;
-    n.ready += released;
-    buffer->SetCounts(position_, n);
-    buffer->Reset(position_);  // the next Take refills it (released items included)
+  {
+    // As at start-up, MySQL is the truth: what was released counts as DELAYED again
+    // (a promotion that did commit made some READY already), and the promotion below
+    // moves what is due. Not while the ticker is between a release and its count.
+    std::lock_guard lock(release_mu_);
+    releases_.Clear();
+    for (const auto& buffer : index_.All()) {
+      buffer->SetCounts(position_, stored[{buffer->ns(), buffer->topic()}]);  // or 0s
+      buffer->Reset(position_);  // the next Take refills it
+    }
   }
   spdlog::info("shard {}: resynced the index after a call whose outcome is unknown",
                id_.value());
-  NoteDeadline(clock_.Now());  // the promotion reads the next deadline from the store
+  // The promotion reads the next lease or delay deadline from the store; after the
+  // same pause as a failed promotion's retry, so that a store failing every call is
+  // not asked twice in a row.
+  NoteDeadline(clock_.Now() + kRetryAfterFailure);
   return true;
 }
 
@@ -609,7 +615,7 @@ void ShardWorker::RunPromote() {
   Observe(promoted.status(), latency);
   if (!promoted.ok()) {
     if (handoffs) handoffs->Deliver(promoted, id_);  // nothing: the calls wait on
-    NoteDeadline(now + Duration(100));               // try again soon
+    NoteDeadline(now + kRetryAfterFailure);          // try again soon
     return;
   }
   ReadyBatch ready_keys;
@@ -682,8 +688,11 @@ void ShardWorker::Observe(const Status& status, Duration latency) {
   bool failed = status.code() == Code::kUnavailable || status.code() == Code::kInternal;
   bool was_open = !breaker_.AllowsTraffic();
   breaker_.Record(!failed, latency);
+  // UNAVAILABLE is the store's "outcome unknown" (store_api.h): the connection was
+  // lost, maybe after the COMMIT. (A deadlock answers it too, after a rollback: then
+  // the resync is only wasted work.)
+  if (status.code() == Code::kUnavailable) resync_ = true;
   if (failed) {
-    resync_ = true;
     std::lock_guard lock(mu_);
     last_error_ = status.ToString();
   }

@@ -189,8 +189,8 @@ class ShardWorker final : public Tickable {
   void ScheduleRelease(const ItemTransition& t);
   void OnShardDown();
   void OnShardUp();
-  // Records an outcome in the breaker; on a trip, marks the shard's windows down. A
-  // failure (its outcome unknown) also owes a Resync.
+  // Records an outcome in the breaker; on a trip, marks the shard's windows down. An
+  // UNAVAILABLE (its outcome unknown) also owes a Resync.
   void Observe(const Status& status, Duration latency);
   void NoteDeadline(Time t);
 
@@ -216,7 +216,13 @@ class ShardWorker final : public Tickable {
   std::optional<Time> next_due_;  // when to promote next (DELAYED/LEASED deadlines)
   ReleaseSchedule releases_;
   Time next_purge_{};
-  bool resync_ = false;  // strand only: a Resync is owed (Observe saw a failure)
+  bool resync_ = false;  // strand only: a Resync is owed (Observe saw UNAVAILABLE)
+  // Held by the ticker across a release (TakeDue to its counts and keys) and by
+  // Resync across resetting the releases and the counts. Taken before mu_, never
+  // while holding it.
+  std::mutex release_mu_;
+  // The pause before a promotion after a failed one, or after a resync.
+  static constexpr Duration kRetryAfterFailure{100};
   std::string last_error_;
 };
 

@@ -617,6 +617,13 @@ int RunTopics(const GlobalOptions& global) {
     const grpc::Status status = stub->GetActiveTopics(&context, request, &page);
     if (!status.ok()) return ReportRpcError(status);
     for (auto& t : *page.mutable_topics()) *response.add_topics() = std::move(t);
+    if (!page.next_after_topic().empty() &&
+        page.next_after_topic() <= request.after_topic()) {
+      // Pages go forward by name; one that does not would repeat for ever.
+      fmt::print(stderr,
+                 "shardqctl: the server's next page of topics does not move forward\n");
+      return kExitRpcFailed;
+    }
     request.set_after_topic(page.next_after_topic());
   } while (!request.after_topic().empty());
   if (global.json) {

@@ -67,10 +67,21 @@ module.exports = {
   },
   async count(cfg) {
     const c = client();
-    const resp = await call(c, 'GetActiveTopics', { namespace: NS });
-    c.close();
-    const t = resp.topics.find((x) => x.topic === cfg.queue);
-    return t ? t.ready + t.delayed + t.leased : 0;
+    try {
+      // The topics come in pages, sorted by name; a namespace may hold many.
+      let after = '';
+      do {
+        const resp = await call(c, 'GetActiveTopics', {
+          namespace: NS, limit: 10000, after_topic: after,
+        });
+        const t = resp.topics.find((x) => x.topic === cfg.queue);
+        if (t) return t.ready + t.delayed + t.leased;
+        after = resp.next_after_topic;
+      } while (after);
+      return 0;
+    } finally {
+      c.close();
+    }
   },
   async producer(cfg) {
     const c = client();

@@ -1151,11 +1151,12 @@ TEST_F(ShardWorkerTest, AClaimWhoseReplyWasLostIsDeliveredAgainWhenItsLeaseEnds)
   store_->LoseNextReply(MemoryShardStore::Op::kClaim);
   EXPECT_TRUE(TakeAndClaim("t", 1).empty());
   EXPECT_EQ(Buffer("t")->Counts().leased, 1);  // the resync read the store's counts
-  // The resync asked for a promotion, which learns the lease's deadline.
+  // The resync asked for a promotion 100 ms on, which learns the lease's deadline.
+  clock_.Advance(Duration(100));
   TickAndRun(1);
-  EXPECT_EQ(worker_->Tick(clock_.Now()), Duration(500));
+  EXPECT_EQ(worker_->Tick(clock_.Now()), Duration(400));
 
-  clock_.Advance(Duration(500));
+  clock_.Advance(Duration(400));
   TickAndRun(1);
   EXPECT_EQ(Buffer("t")->Counts().ready, 1);
   EXPECT_TRUE(TakeKeys("t", 1).empty());  // the window was unloaded by the resync
@@ -1163,6 +1164,57 @@ TEST_F(ShardWorkerTest, AClaimWhoseReplyWasLostIsDeliveredAgainWhenItsLeaseEnds)
   auto again = TakeAndClaim("t", 1);
   ASSERT_EQ(again.size(), 1u);
   EXPECT_EQ(again[0].attempts, 2u);
+}
+
+// A nack that committed (the row is READY) but whose answer was lost.
+TEST_F(ShardWorkerTest, ANackWhoseReplyWasLostIsDeliveredAfterTheResync) {
+  MakeWorker();
+  StartWorker();
+  ASSERT_TRUE(EnqueueAndLoad({Item("t")}));
+  auto leased = TakeAndClaim("t", 1);
+  ASSERT_EQ(leased.size(), 1u);
+  store_->LoseNextReply(MemoryShardStore::Op::kNack);
+  std::vector<store::ItemOutcome> outcome;
+  worker_->Nack({{leased[0].row, leased[0].token, Duration(0), std::nullopt}},
+                [&](std::vector<store::ItemOutcome> o) { outcome = std::move(o); });
+  io_.RunAll();
+  ASSERT_EQ(outcome.size(), 1u);
+  EXPECT_EQ(outcome[0].status.code(), Code::kUnavailable);
+  prefetch::StateCounts c = Buffer("t")->Counts();
+  EXPECT_EQ(c.ready, 1);
+  EXPECT_EQ(c.leased, 0);
+  EXPECT_TRUE(TakeKeys("t", 1).empty());  // the unloaded window asks for its refill
+  io_.RunAll();
+  auto again = TakeAndClaim("t", 1);
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].row, leased[0].row);
+}
+
+// A promotion that committed but whose answer was lost, of an item released early
+// (read ahead): READY in the store, READY in memory; counted once, delivered once.
+TEST_F(ShardWorkerTest, APromotionWhoseReplyWasLostIsCountedAndDeliveredOnce) {
+  StartReadingAhead(Duration(100));
+  const Time due = clock_.Now() + Duration(50);
+  auto out = EnqueueAsync({Item("t", 0, due)});
+  io_.RunAll();
+  ASSERT_TRUE(out->rows.ok());
+  clock_.Advance(Duration(50));
+  TickAndRun(1);  // released into the index, DELAYED in the store
+  ASSERT_EQ(Buffer("t")->Counts().ready, 1);
+
+  store_->LoseNextReply(MemoryShardStore::Op::kPromoteDue);
+  clock_.Advance(Duration(100));  // no claim took it: a promotion marks it READY
+  TickAndRun(2);
+  ASSERT_EQ(StoredCounts().ready, 1u);
+  prefetch::StateCounts c = Buffer("t")->Counts();
+  EXPECT_EQ(c.ready, 1);
+  EXPECT_EQ(c.delayed, 0);
+  EXPECT_TRUE(TakeKeys("t", 2).empty());  // the unloaded window asks for its refill
+  io_.RunAll();
+  auto got = TakeAndClaim("t", 2);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].row, (*out->rows)[0].row);
+  EXPECT_EQ(Buffer("t")->Counts().leased, 1);
 }
 
 }  // namespace
