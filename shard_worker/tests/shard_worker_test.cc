@@ -229,6 +229,14 @@ class ShardWorkerTest : public ::testing::Test {
     return got;
   }
 
+  // After a resync reset the window of `topic`: a first Take finds it unknown and asks
+  // for its refill; then takes up to `n` keys and claims them.
+  std::vector<LeasedItem> TakeAfterReset(const std::string& topic, size_t n) {
+    EXPECT_TRUE(TakeKeys(topic, n).empty()) << "the window was not reset";
+    io_.RunAll();
+    return TakeAndClaim(topic, n);
+  }
+
   // The store's own counts of the one topic (as MySQL would say).
   store::TopicCounts StoredCounts() {
     auto counts = store_->CountByTopic();
@@ -1080,13 +1088,9 @@ TEST_F(ShardWorkerTest, AFailedClaimLeavesItsItemsReadyAndTheWindowIsReloaded) {
   EXPECT_EQ(c.ready, 2);
   EXPECT_EQ(c.leased, 0);
   EXPECT_EQ(worker_->Health().breaker, BreakerState::kClosed);  // one failure only
-  // Its outcome unknown, the claim made the next turn resync: the window is
-  // unloaded, and this Take asks for its refill.
+  // Its outcome unknown, the claim made the next turn resync: the window is reset.
   EXPECT_EQ(buffer->WindowSize(0), 0u);
-  EXPECT_TRUE(TakeKeys("t", 2).empty());
-  io_.RunAll();
-
-  auto leased = TakeAndClaim("t", 2);
+  auto leased = TakeAfterReset("t", 2);
   ASSERT_EQ(leased.size(), 2u);
   EXPECT_EQ(buffer->Counts().leased, 2);
   EXPECT_EQ(buffer->WindowSize(0), 0u);
@@ -1135,9 +1139,7 @@ TEST_F(ShardWorkerTest, AnEnqueueWhoseReplyWasLostIsDeliveredAfterTheResync) {
   ASSERT_TRUE((*retry->rows)[0].deduplicated);
   EXPECT_EQ(Buffer("t")->Counts().ready, 1);  // re-read from the store
   // ...and that row is delivered.
-  EXPECT_TRUE(TakeKeys("t", 1).empty());  // the unloaded window asks for its refill
-  io_.RunAll();
-  auto got = TakeAndClaim("t", 1);
+  auto got = TakeAfterReset("t", 1);
   ASSERT_EQ(got.size(), 1u);
   EXPECT_EQ(got[0].row, (*retry->rows)[0].row);
 }
@@ -1159,9 +1161,7 @@ TEST_F(ShardWorkerTest, AClaimWhoseReplyWasLostIsDeliveredAgainWhenItsLeaseEnds)
   clock_.Advance(Duration(400));
   TickAndRun(1);
   EXPECT_EQ(Buffer("t")->Counts().ready, 1);
-  EXPECT_TRUE(TakeKeys("t", 1).empty());  // the window was unloaded by the resync
-  io_.RunAll();
-  auto again = TakeAndClaim("t", 1);
+  auto again = TakeAfterReset("t", 1);
   ASSERT_EQ(again.size(), 1u);
   EXPECT_EQ(again[0].attempts, 2u);
 }
@@ -1183,9 +1183,7 @@ TEST_F(ShardWorkerTest, ANackWhoseReplyWasLostIsDeliveredAfterTheResync) {
   prefetch::StateCounts c = Buffer("t")->Counts();
   EXPECT_EQ(c.ready, 1);
   EXPECT_EQ(c.leased, 0);
-  EXPECT_TRUE(TakeKeys("t", 1).empty());  // the unloaded window asks for its refill
-  io_.RunAll();
-  auto again = TakeAndClaim("t", 1);
+  auto again = TakeAfterReset("t", 1);
   ASSERT_EQ(again.size(), 1u);
   EXPECT_EQ(again[0].row, leased[0].row);
 }
@@ -1209,9 +1207,7 @@ TEST_F(ShardWorkerTest, APromotionWhoseReplyWasLostIsCountedAndDeliveredOnce) {
   prefetch::StateCounts c = Buffer("t")->Counts();
   EXPECT_EQ(c.ready, 1);
   EXPECT_EQ(c.delayed, 0);
-  EXPECT_TRUE(TakeKeys("t", 2).empty());  // the unloaded window asks for its refill
-  io_.RunAll();
-  auto got = TakeAndClaim("t", 2);
+  auto got = TakeAfterReset("t", 2);
   ASSERT_EQ(got.size(), 1u);
   EXPECT_EQ(got[0].row, (*out->rows)[0].row);
   EXPECT_EQ(Buffer("t")->Counts().leased, 1);
