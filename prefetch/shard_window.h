@@ -48,12 +48,13 @@ class ShardWindow {
   void MarkShardUp() { shard_down_ = false; }
   // What the window holds may be wrong (a store call's outcome is unknown): back to
   // knowing nothing, as before its first refill, so a merge does not look past it
-  // and it wants a refill. Reserved rows stay reserved. An unavailable window is
-  // left as it is (it wants a refill already, or its shard is down).
+  // and it wants a refill. So is one whose refill failed, which merges skipped. A
+  // window of a shard that is down stays as it is. Reserved rows stay reserved.
   void Reset() {
-    if (!available_) return;
+    if (shard_down_) return;
     keys_.clear();
     complete_ = false;
+    available_ = true;
   }
 
   // Source interface for KWayMerge: Pop() moves the front to the reserved set.

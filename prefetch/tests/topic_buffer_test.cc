@@ -407,6 +407,20 @@ TEST(TopicBufferTest, AResetWindowHoldsTheMergeBackUntilItsRefill) {
   EXPECT_EQ(refill, (std::vector<size_t>{0}));
   buf.ApplyRefill(0, {Key(0, 0, 1), Key(1, 0, 3)});
   EXPECT_EQ(Rows(TakeFrom(buf, 3, &refill)), (std::vector<uint64_t>{1, 3, 2}));
+
+  // A window whose refill failed is skipped by merges; reset, it holds them back too.
+  // A down shard's window stays skipped.
+  buf.ApplyRefill(1, {Key(5, 0, 4)});
+  buf.RefillFailed(0);
+  EXPECT_EQ(Rows(TakeFrom(buf, 1, &refill, &blocked)), (std::vector<uint64_t>{4}));
+  buf.OnReady(1, Key(5, 0, 5));
+  buf.Reset(0);
+  blocked = false;
+  EXPECT_TRUE(TakeFrom(buf, 1, &refill, &blocked).empty());
+  EXPECT_TRUE(blocked);
+  buf.ShardDown(0);
+  buf.Reset(0);
+  EXPECT_EQ(Rows(TakeFrom(buf, 1, &refill)), (std::vector<uint64_t>{5}));
 }
 
 TEST(TopicBufferTest, ClaimRefillOfOneShard) {
