@@ -325,11 +325,22 @@ void Engine::Extend(std::vector<ExtendOp> ops, ExtendDone done) {
 
 // ---------------------------------------------------------------- Observers
 
-std::vector<TopicInfo> Engine::ActiveTopics(const std::string& ns) const {
+std::vector<TopicInfo> Engine::ActiveTopics(const std::string& ns,
+                                            const std::string& after,
+                                            size_t limit) const {
+  // In chunks of what is still wanted: a page reads about its own size of the index,
+  // not the whole namespace (idle topics, counted zero, are skipped).
   std::vector<TopicInfo> out;
-  for (const auto& buffer : index_.ForNamespace(ns)) {
-    prefetch::StateCounts c = buffer->Counts();
-    if (c.total() > 0) out.push_back({buffer->topic(), c});
+  std::string cursor = after;
+  while (out.size() < limit) {
+    const size_t wanted = limit - out.size();
+    const auto chunk = index_.ForNamespace(ns, cursor, wanted);
+    for (const auto& buffer : chunk) {
+      prefetch::StateCounts c = buffer->Counts();
+      if (c.total() > 0) out.push_back({buffer->topic(), c});
+    }
+    if (chunk.size() < wanted) break;
+    cursor = chunk.back()->topic();
   }
   return out;
 }

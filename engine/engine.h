@@ -12,6 +12,7 @@
 #include <atomic>
 #include <chrono>
 #include <functional>
+#include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -183,7 +184,11 @@ class Engine {
                  BulkDone done);
 
   const NamespacePolicies& policies() const { return options_.policies; }
-  std::vector<TopicInfo> ActiveTopics(const std::string& ns) const;
+  // The topics of `ns` that hold items, sorted: at most `limit`, of those that sort
+  // after `after` (all when it is empty).
+  std::vector<TopicInfo> ActiveTopics(
+      const std::string& ns, const std::string& after = "",
+      size_t limit = std::numeric_limits<size_t>::max()) const;
   // Waits (real time, at most `timeout`) until every shard has opened and recovered;
   // false on timeout. For start-up readiness checks and tests.
   bool AwaitShardsOpen(std::chrono::milliseconds timeout) const;

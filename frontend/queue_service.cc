@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <memory>
 #include <mutex>
-#include <span>
 #include <unordered_set>
 
 #include "frontend/call_stream.h"
@@ -349,16 +348,14 @@ void QueueService::HandleActiveTopics(
     UnaryCall<v1::GetActiveTopicsRequest, v1::GetActiveTopicsResponse>* call) {
   auto page = ToTopicsPage(call->request(), limits_);
   if (!page.ok()) return call->Finish(page.status());
-  const std::vector<engine::TopicInfo> all =
-      engine_.ActiveTopics(call->request().namespace_());
-  auto first = std::upper_bound(all.begin(), all.end(), page->after,
-                                [](const std::string& after, const engine::TopicInfo& t) {
-                                  return after < t.topic;
-                                });
-  auto end = static_cast<size_t>(all.end() - first) > page->limit ? first + page->limit
-                                                                  : all.end();
-  if (end != all.end()) call->response()->set_next_after_topic((end - 1)->topic);
-  for (const engine::TopicInfo& t : std::span(first, end)) {
+  // One more than the page: whether another page follows.
+  std::vector<engine::TopicInfo> topics =
+      engine_.ActiveTopics(call->request().namespace_(), page->after, page->limit + 1);
+  if (topics.size() > page->limit) {
+    topics.pop_back();
+    call->response()->set_next_after_topic(topics.back().topic);
+  }
+  for (const engine::TopicInfo& t : topics) {
     v1::TopicInfo* out = call->response()->add_topics();
     out->set_topic(t.topic);
     out->set_ready(static_cast<uint64_t>(std::max<int64_t>(0, t.counts.ready)));

@@ -21,11 +21,12 @@ std::shared_ptr<TopicBuffer> PrefetchIndex::Find(const std::string& ns,
 }
 
 std::vector<std::shared_ptr<TopicBuffer>> PrefetchIndex::ForNamespace(
-    const std::string& ns) const {
+    const std::string& ns, const std::string& after, size_t max) const {
   std::vector<std::shared_ptr<TopicBuffer>> out;
   std::shared_lock lock(mu_);
-  for (auto it = buffers_.lower_bound({ns, ""});
-       it != buffers_.end() && it->first.first == ns; ++it) {
+  // Topic names are never empty, so after "" is from the first.
+  for (auto it = buffers_.upper_bound({ns, after});
+       it != buffers_.end() && it->first.first == ns && out.size() < max; ++it) {
     out.push_back(it->second);
   }
   return out;

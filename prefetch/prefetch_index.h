@@ -6,6 +6,7 @@
 //
 // Threads: any; a shared mutex guards the map, each buffer guards itself.
 
+#include <limits>
 #include <map>
 #include <memory>
 #include <optional>
@@ -28,8 +29,11 @@ class PrefetchIndex {
                                            const std::string& topic);
   std::shared_ptr<TopicBuffer> Find(const std::string& ns,
                                     const std::string& topic) const;
-  // Every buffer of a namespace, sorted by topic.
-  std::vector<std::shared_ptr<TopicBuffer>> ForNamespace(const std::string& ns) const;
+  // The buffers of a namespace, sorted by topic: at most `max`, of the topics that
+  // sort after `after` (all of them when it is empty).
+  std::vector<std::shared_ptr<TopicBuffer>> ForNamespace(
+      const std::string& ns, const std::string& after = "",
+      size_t max = std::numeric_limits<size_t>::max()) const;
   std::vector<std::shared_ptr<TopicBuffer>> All() const;
   // Drops the buffers that are Idle() and used by nobody else (a dequeue or a shard
   // strand holding one keeps it); returns how many.

