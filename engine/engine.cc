@@ -55,6 +55,18 @@ void Engine::Shutdown() { waits_.ExpireAll(); }
 
 // ---------------------------------------------------------------- Enqueue
 
+namespace {
+// What a call's items hold in memory until they commit: the enqueue budget's unit.
+size_t HeldBytes(const std::vector<NewItem>& items) {
+  size_t bytes = 0;
+  for (const NewItem& item : items) {
+    bytes += sizeof(NewItem) + item.ns.size() + item.topic.size() + item.payload.size() +
+             item.metadata.size() + item.task_type.size() + item.dedup_key.size();
+  }
+  return bytes;
+}
+}  // namespace
+
 void Engine::Enqueue(std::vector<NewItem> items, EnqueueDone done) {
   // Group the call (engine/placement.h): unkeyed items travel together to the shard
   // of the current slot; keyed items to the shard of their key. Each group is one
@@ -69,12 +81,11 @@ void Engine::Enqueue(std::vector<NewItem> items, EnqueueDone done) {
         items.size(), Status::Unavailable("this server has no shards")));
     return;
   }
-  // What the call's items hold in memory until they commit: the budget's unit.
-  size_t bytes = 0;
-  for (const NewItem& item : items) {
-    bytes += sizeof(NewItem) + item.ns.size() + item.topic.size() + item.payload.size() +
-             item.metadata.size() + item.task_type.size() + item.dedup_key.size();
+  if (items.empty()) {
+    done({});
+    return;
   }
+  const size_t bytes = HeldBytes(items);
   if (!TakeEnqueueBudget(bytes)) {
     done(std::vector<Result<EnqueueOutcome>>(
         items.size(),
@@ -85,10 +96,6 @@ void Engine::Enqueue(std::vector<NewItem> items, EnqueueDone done) {
             std::to_string(options_.max_buffered_enqueue_bytes) + "; retry later")));
     return;
   }
-  done = [this, bytes, done = std::move(done)](std::vector<Result<EnqueueOutcome>> r) {
-    buffered_enqueue_bytes_.fetch_sub(bytes);  // the items are committed or dropped
-    done(std::move(r));
-  };
   std::map<size_t, Group> keyed;  // by shard position
   Group unkeyed;
   for (size_t i = 0; i < items.size(); ++i) {
@@ -103,14 +110,17 @@ void Engine::Enqueue(std::vector<NewItem> items, EnqueueDone done) {
     std::mutex mu;
     std::vector<Result<EnqueueOutcome>> results;
     size_t pending = 0;
+    size_t bytes = 0;  // taken from the enqueue budget
     EnqueueDone done;
   };
   auto g = std::make_shared<Gather>();
   g->results.assign(items.size(), Status::Internal("unanswered"));
   g->done = std::move(done);
   g->pending = keyed.size() + (unkeyed.items.empty() ? 0 : 1);
-  auto answer = [g](std::vector<size_t> positions) {
-    return [g, positions = std::move(positions)](Result<std::vector<EnqueueOutcome>> r) {
+  g->bytes = bytes;
+  auto answer = [this, g](std::vector<size_t> positions) {
+    return [this, g,
+            positions = std::move(positions)](Result<std::vector<EnqueueOutcome>> r) {
       std::unique_lock lock(g->mu);
       for (size_t k = 0; k < positions.size(); ++k) {
         if (r.ok()) {
@@ -121,14 +131,11 @@ void Engine::Enqueue(std::vector<NewItem> items, EnqueueDone done) {
       }
       if (--g->pending == 0) {
         lock.unlock();
+        buffered_enqueue_bytes_.fetch_sub(g->bytes);  // committed or dropped: not held
         g->done(std::move(g->results));
       }
     };
   };
-  if (g->pending == 0) {
-    g->done({});
-    return;
-  }
   if (!unkeyed.items.empty()) {
     const size_t start =
         SlotPosition(unkeyed.items.front().ns, ToUnixMillis(clock_.Now()), shards);

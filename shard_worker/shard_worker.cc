@@ -345,6 +345,22 @@ prefetch::StateCounts ToStateCounts(const store::TopicCounts& c) {
 }
 }  // namespace
 
+void ShardWorker::ApplyStoredCounts(const std::vector<store::TopicCounts>& counts) {
+  std::map<std::pair<std::string, std::string>, prefetch::StateCounts> stored;
+  for (const store::TopicCounts& c : counts) {
+    stored[{c.ns, c.topic}] = ToStateCounts(c);
+    index_.GetOrCreate(c.ns, c.topic);
+  }
+  // MySQL is the truth: what was released counts as DELAYED again (a promotion that
+  // did commit made some READY already), and the next promotion moves what is due.
+  // Not while the ticker is between a release and its count.
+  std::lock_guard lock(release_mu_);
+  releases_.Clear();
+  for (const auto& buffer : index_.All()) {
+    buffer->SetCounts(position_, stored[{buffer->ns(), buffer->topic()}]);  // or 0s
+  }
+}
+
 bool ShardWorker::Recover() {
   Status st = store_->Open();
   if (!st.ok()) {
@@ -358,10 +374,7 @@ bool ShardWorker::Recover() {
     last_error_ = counts.status().ToString();
     return false;
   }
-  releases_.Clear();  // what was released counts as DELAYED again, as MySQL says
-  for (const store::TopicCounts& c : *counts) {
-    index_.GetOrCreate(c.ns, c.topic)->SetCounts(position_, ToStateCounts(c));
-  }
+  ApplyStoredCounts(*counts);
   {
     std::lock_guard lock(mu_);
     recovered_ = true;
@@ -384,22 +397,8 @@ bool ShardWorker::Resync() {
   Observe(counts.status(), latency);
   if (!counts.ok()) return false;
   resync_ = false;
-  std::map<std::pair<std::string, std::string>, prefetch::StateCounts> stored;
-  for (const store::TopicCounts& c : *counts) {
-    stored[{c.ns, c.topic}] = ToStateCounts(c);
-    index_.GetOrCreate(c.ns, c.topic);
-  }
-  {
-    // As at start-up, MySQL is the truth: what was released counts as DELAYED again
-    // (a promotion that did commit made some READY already), and the promotion below
-    // moves what is due. Not while the ticker is between a release and its count.
-    std::lock_guard lock(release_mu_);
-    releases_.Clear();
-    for (const auto& buffer : index_.All()) {
-      buffer->SetCounts(position_, stored[{buffer->ns(), buffer->topic()}]);  // or 0s
-      buffer->Reset(position_);  // the next Take refills it
-    }
-  }
+  ApplyStoredCounts(*counts);
+  for (const auto& buffer : index_.All()) buffer->Reset(position_);  // Take refills it
   spdlog::info("shard {}: resynced the index after a call whose outcome is unknown",
                id_.value());
   // The promotion reads the next lease or delay deadline from the store; after the

@@ -164,6 +164,9 @@ class ShardWorker final : public Tickable {
   // shard's part of the index may be wrong; re-reads it as Recover does. False if the
   // store could not be read (resync_ stays set).
   bool Resync();
+  // What Recover and Resync take from the store's counts (CountByTopic): every topic's
+  // counts of this shard (0 for a topic the store has none of), the releases dropped.
+  void ApplyStoredCounts(const std::vector<store::TopicCounts>& counts);
   bool Reopen();  // a probe of a shard recovered before: reconnect (Open) and Ping
   void RunProbe();
   // Claims that came in while this turn runs go before its next transaction, so a
@@ -218,8 +221,8 @@ class ShardWorker final : public Tickable {
   Time next_purge_{};
   bool resync_ = false;  // strand only: a Resync is owed (Observe saw UNAVAILABLE)
   // Held by the ticker across a release (TakeDue to its counts and keys) and by
-  // Resync across resetting the releases and the counts. Taken before mu_, never
-  // while holding it.
+  // ApplyStoredCounts across resetting the releases and the counts. Taken before mu_,
+  // never while holding it.
   std::mutex release_mu_;
   // The pause before a promotion after a failed one, or after a resync.
   static constexpr Duration kRetryAfterFailure{100};
