@@ -2,6 +2,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <functional>
@@ -454,6 +455,10 @@ void ShardqClient::Delay(const std::string& topic, Figures* out) {
   std::vector<double> s = after_server_due.Take();
   (*out)["E lateness after the server's due time p50 (ms)"] = Percentile(s, 0.50);
   (*out)["E lateness after the server's due time p99 (ms)"] = Percentile(s, 0.99);
+  // How fast the items were enqueued is how fast they fall due: the lateness above is
+  // measured against a burst of this rate.
+  (*out)["E enqueue, the rate its items fall due at (items/s)"] =
+      static_cast<double>(lanes.confirmed) / std::max(lanes.seconds, 1e-9);
   (*out)["E lost (confirmed, not received)"] =
       static_cast<double>(confirmed) - static_cast<double>(received);
 }

@@ -1,7 +1,9 @@
 // ConsumeStream over real gRPC: dequeue, ack, nack and extend calls answered by call
 // id in completion order (a parked dequeue does not hold up the acks behind it),
 // call-level errors answered in the stream, a cancelled stream's parked dequeue ended
-// at once, one call cancelled alone, garbage ending the stream with INVALID_ARGUMENT.
+// at once, one call cancelled alone, garbage ending the stream with INVALID_ARGUMENT;
+// batched messages: calls in `more` each answered, answers batched only for a client
+// that asked, a message past the batching rules refused.
 
 #include <gtest/gtest.h>
 
@@ -10,6 +12,7 @@
 #include <set>
 #include <thread>
 
+#include "shardq/v1/stream_batching.h"
 #include "tests/e2e_support.h"
 
 namespace shardq::testing {
@@ -279,6 +282,104 @@ TEST_F(ConsumeStreamTest, GarbageEndsTheStreamWithInvalidArgumentAfterEarlierAns
   EXPECT_NE(status.error_message().find("ConsumeStreamRequest"), std::string::npos)
       << status.error_message();
   EXPECT_TRUE(client_->Dequeue(kNs, "g", 1).empty()) << "the call before the garbage ran";
+}
+
+// Sends `calls` empty calls (answered at once, INVALID_ARGUMENT) in one message, the
+// first call with the rest in `more`, and half-closes. Returns the answers per message
+// read; `ids` gets every answered call id, `announced` whether the server's headers
+// carry the batching key.
+std::vector<int> SendEmptyCallsInOneMessage(v1::Queue::Stub& stub, bool ask, int calls,
+                                            std::multiset<uint64_t>* ids, bool* announced,
+                                            grpc::Status* status) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  if (ask) ctx.AddMetadata(v1::kBatchingHeader, "1");
+  auto stream = stub.ConsumeStream(&ctx);
+  v1::ConsumeStreamRequest message;
+  message.set_call_id(1);
+  for (int id = 2; id <= calls; ++id) message.add_more()->set_call_id(id);
+  EXPECT_TRUE(stream->Write(message));
+  // Not checked: a server that refused the message may have ended the stream already.
+  stream->WritesDone();
+  std::vector<int> per_message;
+  v1::ConsumeStreamResponse answer;
+  while (stream->Read(&answer)) {
+    per_message.push_back(1 + answer.more_size());
+    EXPECT_EQ(answer.status().code(), grpc::StatusCode::INVALID_ARGUMENT);
+    ids->insert(answer.call_id());
+    for (const auto& more : answer.more()) {
+      EXPECT_EQ(more.status().code(), grpc::StatusCode::INVALID_ARGUMENT);
+      EXPECT_EQ(more.more_size(), 0);
+      ids->insert(more.call_id());
+    }
+  }
+  *status = stream->Finish();
+  *announced = ctx.GetServerInitialMetadata().count(v1::kBatchingHeader) == 1;
+  return per_message;
+}
+
+std::multiset<uint64_t> Ids(uint64_t from, uint64_t to) {
+  std::multiset<uint64_t> ids;
+  for (uint64_t id = from; id <= to; ++id) ids.insert(id);
+  return ids;
+}
+
+TEST_F(ConsumeStreamTest,
+       CallsInMoreAreEachAnsweredAndAnswersReadyTogetherShareAMessage) {
+  std::multiset<uint64_t> ids;
+  bool announced = false;
+  grpc::Status status;
+  std::vector<int> per_message = SendEmptyCallsInOneMessage(
+      client_->stub(), /*ask=*/true, v1::kMaxCallsPerMessage, &ids, &announced, &status);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  EXPECT_TRUE(announced);
+  EXPECT_EQ(ids, Ids(1, v1::kMaxCallsPerMessage)) << "each call answered once";
+  // The 100 answers are made in one loop while the first is being written: the ones
+  // behind it go out together.
+  EXPECT_LT(per_message.size(), v1::kMaxCallsPerMessage);
+}
+
+TEST_F(ConsumeStreamTest, AClientThatDidNotAskGetsOneAnswerPerMessage) {
+  std::multiset<uint64_t> ids;
+  bool announced = true;
+  grpc::Status status;
+  std::vector<int> per_message = SendEmptyCallsInOneMessage(
+      client_->stub(), /*ask=*/false, v1::kMaxCallsPerMessage, &ids, &announced, &status);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  EXPECT_FALSE(announced);
+  EXPECT_EQ(ids, Ids(1, v1::kMaxCallsPerMessage));
+  EXPECT_EQ(per_message, std::vector<int>(v1::kMaxCallsPerMessage, 1));
+}
+
+TEST_F(ConsumeStreamTest, AMessagePastTheBatchingRulesEndsTheStreamAndRunsNothing) {
+  ASSERT_TRUE(client_->EnqueueOne(kNs, "rules").ok());
+  std::multiset<uint64_t> ids;
+  bool announced = false;
+  grpc::Status status;
+  SendEmptyCallsInOneMessage(client_->stub(), true, v1::kMaxCallsPerMessage + 1, &ids,
+                             &announced, &status);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(status.error_message().find("calls in one message"), std::string::npos)
+      << status.error_message();
+  EXPECT_TRUE(ids.empty());
+
+  // A `more` inside `more`: refused the same way, and the dequeue in front of it never
+  // ran.
+  grpc::ClientContext ctx;
+  SetDeadline(ctx);
+  auto stream = client_->stub().ConsumeStream(&ctx);
+  v1::ConsumeStreamRequest message = DequeueCall(1, "rules", 1, 0);
+  *message.add_more() = DequeueCall(2, "rules", 1, 0);
+  *message.mutable_more(0)->add_more() = DequeueCall(3, "rules", 1, 0);
+  EXPECT_TRUE(stream->Write(message));
+  stream->WritesDone();
+  v1::ConsumeStreamResponse answer;
+  EXPECT_FALSE(stream->Read(&answer));
+  status = stream->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(status.error_message().find("of its own"), std::string::npos)
+      << status.error_message();
+  EXPECT_EQ(client_->Dequeue(kNs, "rules", 10).size(), 1u) << "nothing was leased";
 }
 
 }  // namespace

@@ -1,11 +1,13 @@
 // EnqueueStream over real gRPC: answers by call id once committed, call-level errors
-// answered in the stream, garbage ends the stream with INVALID_ARGUMENT.
+// answered in the stream, garbage ends the stream with INVALID_ARGUMENT, calls batched
+// in one message each committed and answered.
 
 #include <gtest/gtest.h>
 
 #include <map>
 #include <set>
 
+#include "shardq/v1/stream_batching.h"
 #include "tests/e2e_support.h"
 
 namespace shardq::testing {
@@ -115,6 +117,35 @@ TEST_F(EnqueueStreamTest, GarbageEndsTheStreamWithInvalidArgumentAfterEarlierAns
   EXPECT_NE(status.error_message().find("EnqueueStreamRequest"), std::string::npos)
       << status.error_message();
   EXPECT_EQ(client_->Dequeue(kNs, "g", 10).size(), 1u) << "the call before the garbage";
+}
+
+TEST_F(EnqueueStreamTest, CallsBatchedInOneMessageAreEachCommittedAndAnswered) {
+  grpc::ClientContext ctx;
+  SetDeadline(ctx);
+  ctx.AddMetadata(v1::kBatchingHeader, "1");
+  auto stream = client_->stub().EnqueueStream(&ctx);
+  v1::EnqueueStreamRequest message = Call(1, kNs, {"batched"});
+  for (uint64_t id = 2; id <= 10; ++id) *message.add_more() = Call(id, kNs, {"batched"});
+  *message.add_more() = Call(11, "bad namespace!", {"batched"});
+  EXPECT_TRUE(stream->Write(message));
+  EXPECT_TRUE(stream->WritesDone());
+  std::map<uint64_t, v1::EnqueueStreamResponse> answers;
+  v1::EnqueueStreamResponse answer;
+  while (stream->Read(&answer)) {
+    for (const auto& more : answer.more()) answers.emplace(more.call_id(), more);
+    answer.clear_more();
+    EXPECT_TRUE(answers.emplace(answer.call_id(), answer).second);
+  }
+  grpc::Status status = stream->Finish();
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  ASSERT_EQ(answers.size(), 11u);
+  for (uint64_t id = 1; id <= 10; ++id) {
+    EXPECT_EQ(answers[id].status().code(), 0);
+    EXPECT_EQ(answers[id].response().results_size(), 1);
+  }
+  EXPECT_EQ(answers[11].status().code(), grpc::StatusCode::INVALID_ARGUMENT)
+      << "a refused call in a batch is refused alone";
+  EXPECT_EQ(client_->Dequeue(kNs, "batched", 100).size(), 10u);
 }
 
 }  // namespace

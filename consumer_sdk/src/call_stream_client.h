@@ -5,6 +5,13 @@
 // thread. When the stream ends, every call still waiting gets the end status
 // (UNAVAILABLE if the server closed the stream cleanly), and so does every later
 // Send(), at once, so the caller opens a new stream for its retries.
+//
+// Batching (queue.proto, "Batched messages"): a stream opened with Answers::kBatched
+// asks the server for its answers batched (the producer's does, for A1's throughput;
+// a worker's do not: on them batched answers lengthened the delay phase's tail), and
+// any answer in a message's `more` goes to its own call. Calls still go one per
+// message: joining the calls queued behind a write gained little over batched
+// answers and lengthened the latency tails (docs/BENCHMARKS.md, nineteenth round).
 
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/support/client_callback.h>
@@ -18,6 +25,7 @@
 #include <utility>
 
 #include "shardq/v1/queue.pb.h"
+#include "shardq/v1/stream_batching.h"
 
 namespace shardq::sdk {
 
@@ -31,12 +39,18 @@ class CallStreamClient final : public grpc::ClientBidiReactor<StreamReq, StreamR
   // Starts the RPC on the stub, e.g. stub.async()->EnqueueStream(ctx, reactor).
   using StartRpc = std::function<void(grpc::ClientContext*, Base*)>;
 
+  // Whether to ask the server for its answers batched (queue.proto, "Batched
+  // messages"). Answers that come batched are handed out one by one either way.
+  enum class Answers { kOnePerMessage, kBatched };
+
   // Starts a stream; `on_done` runs once, after the stream ended, every answer ran and
   // the stream object is gone (on whichever thread let go of it last).
-  static std::shared_ptr<CallStreamClient> Open(const StartRpc& start,
-                                                std::function<void()> on_done) {
+  static std::shared_ptr<CallStreamClient> Open(
+      const StartRpc& start, std::function<void()> on_done,
+      Answers answers = Answers::kOnePerMessage) {
     std::shared_ptr<CallStreamClient> s(new CallStreamClient(std::move(on_done)));
     s->self_ = s;
+    if (answers == Answers::kBatched) s->ctx_.AddMetadata(v1::kBatchingHeader, "1");
     start(&s->ctx_, s.get());
     // Send() starts writes from the caller's threads: the hold keeps the stream from
     // completing until no more writes can come.
@@ -146,17 +160,27 @@ class CallStreamClient final : public grpc::ClientBidiReactor<StreamReq, StreamR
       Start(next);
       return;
     }
+    // The answers in `more` first leave the message: an answer's callback may move
+    // its response away, `more` and all.
+    google::protobuf::RepeatedPtrField<StreamResp> more;
+    more.Swap(read_.mutable_more());
+    Deliver(&read_);
+    for (StreamResp& answer : more) Deliver(&answer);
+    this->StartRead(&read_);
+  }
+
+  // Runs the callback of the call `response` answers, if it still waits.
+  void Deliver(StreamResp* response) {
     Answer answer;
     {
       std::lock_guard lock(mu_);
-      auto it = waiting_.find(read_.call_id());
+      auto it = waiting_.find(response->call_id());
       if (it != waiting_.end()) {  // else abandoned (deadline) or unknown: dropped
         answer = std::move(it->second);
         waiting_.erase(it);
       }
     }
-    if (answer) answer(grpc::Status::OK, &read_);
-    this->StartRead(&read_);
+    if (answer) answer(grpc::Status::OK, response);
   }
 
   void OnDone(const grpc::Status& status) override {

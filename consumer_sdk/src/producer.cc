@@ -239,7 +239,7 @@ class Producer::Impl : public std::enable_shared_from_this<Impl> {
           [this](grpc::ClientContext* ctx, auto* reactor) {
             stub_->async()->EnqueueStream(ctx, reactor);
           },
-          [guard] {});
+          [guard] {}, EnqueueStreamClient::Answers::kBatched);
     });
     if (!stream) {
       return OnStreamAnswer(
