@@ -25,10 +25,10 @@
 //
 // Lifetime: gRPC deletes the reactor after Finish, and Finish waits until no read,
 // write or header send is outstanding and every call read has been answered, so the
-// engine never calls back into a deleted reactor. On a cancellation (client gone, server shutdown)
-// the calls still running are cancelled (a parked dequeue ends at once), answers are
-// dropped, and the reactor still waits for them. One call can be cancelled alone
-// (CancelCall, for a client that gave up on it).
+// engine never calls back into a deleted reactor. On a cancellation (client gone, server
+// shutdown) the calls still running are cancelled (a parked dequeue ends at once),
+// answers are dropped, and the reactor still waits for them. One call can be cancelled
+// alone (CancelCall, for a client that gave up on it).
 
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/impl/codegen/proto_utils.h>
