@@ -1,5 +1,6 @@
 #include "frontend/answer_join.h"
 
+#include <google/protobuf/io/coded_stream.h>
 #include <grpcpp/support/slice.h>
 
 #include <cstdint>
@@ -10,26 +11,23 @@
 namespace shardq::frontend {
 namespace {
 
-// The key and length that introduce one entry of `more` (field 15, length-delimited).
+using google::protobuf::io::CodedOutputStream;
+
+// The key of an entry of `more`: field 15, length-delimited (wire type 2).
+constexpr uint32_t kMoreKey = (v1::kMoreFieldNumber << 3) | 2;
+
+// The key and length that introduce one entry of `more` holding `length` bytes.
 grpc::Slice EntryHeader(size_t length) {
-  uint8_t head[11];
-  size_t n = 0;
-  head[n++] = static_cast<uint8_t>((v1::kMoreFieldNumber << 3) | 2);
-  do {
-    uint8_t low = length & 0x7F;
-    length >>= 7;
-    head[n++] = low | (length != 0 ? 0x80 : 0);
-  } while (length != 0);
-  return grpc::Slice(head, n);
+  uint8_t head[20];  // two varints of at most 10 bytes each
+  uint8_t* end = CodedOutputStream::WriteVarint32ToArray(kMoreKey, head);
+  end = CodedOutputStream::WriteVarint64ToArray(length, end);
+  return grpc::Slice(head, static_cast<size_t>(end - head));
 }
 
-size_t VarintBytes(size_t length) {
-  size_t n = 1;
-  while (length >= 0x80) {
-    length >>= 7;
-    ++n;
-  }
-  return n;
+// The bytes one entry of `more` holding `length` bytes adds to a message.
+size_t EntryBytes(size_t length) {
+  return CodedOutputStream::VarintSize32(kMoreKey) +
+         CodedOutputStream::VarintSize64(length) + length;
 }
 
 void Append(const grpc::ByteBuffer& bytes, std::vector<grpc::Slice>* slices) {
@@ -47,7 +45,7 @@ Joined JoinAnswers(std::deque<grpc::ByteBuffer>& queue, size_t max_count,
   size_t total = joined.answer_bytes;
   while (joined.count < queue.size() && joined.count < max_count) {
     size_t length = queue[joined.count].Length();
-    size_t entry = 1 + VarintBytes(length) + length;
+    size_t entry = EntryBytes(length);
     if (total + entry > max_bytes) break;
     total += entry;
     joined.answer_bytes += length;

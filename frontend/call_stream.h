@@ -166,7 +166,6 @@ class CallStream final
     Abandoned abandoned;
     {
       std::lock_guard lock(mu_);
-      writing_ = false;
       writing_answers_ = 0;
       writing_buf_.Clear();
       if (!ok) abandoned = CancelLocked();  // the client is gone: nobody reads answers
@@ -294,7 +293,7 @@ class CallStream final
         queued_bytes_ += bytes.Length();
         answers_.push_back(std::move(bytes));
         // One answer alone, however big, never ends a stream.
-        waiting = queued_bytes_ - (writing_ ? 0 : answers_.front().Length());
+        waiting = queued_bytes_ - (Writing() ? 0 : answers_.front().Length());
         cut = waiting > max_unread_bytes_;
         if (cut) {
           end_status_ = grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
@@ -342,6 +341,9 @@ class CallStream final
     return out;
   }
 
+  // Requires mu_. Whether a message is being written.
+  bool Writing() const { return writing_answers_ > 0; }
+
   // Requires mu_. Decides the next read, write or Finish.
   void PlanLocked(Next& next) {
     // Cancelled: no read starts again, so once none is in flight the reads are over.
@@ -352,8 +354,7 @@ class CallStream final
       reading_ = true;
       next.read = true;
     }
-    if (!writing_ && !answers_.empty()) {
-      writing_ = true;
+    if (!Writing() && !answers_.empty()) {
       static_assert(StreamResp::kMoreFieldNumber == v1::kMoreFieldNumber,
                     "answer_join.cc appends answers as this field");
       Joined joined = JoinAnswers(answers_, batch_answers_ ? v1::kMaxCallsPerMessage : 1,
@@ -363,7 +364,7 @@ class CallStream final
       next.write = &writing_buf_;
     }
     if (!finished_ && !cancel_pending_ && !metadata_pending_ && reads_done_ &&
-        !reading_ && !writing_ && running_.empty() && answers_.empty()) {
+        !reading_ && !Writing() && running_.empty() && answers_.empty()) {
       finished_ = true;
       next.finish = end_status_;
     }
@@ -388,7 +389,7 @@ class CallStream final
   std::deque<grpc::ByteBuffer> answers_;  // one each, waiting for a write to start
   size_t queued_bytes_ = 0;               // their sizes, summed
   grpc::ByteBuffer writing_buf_;          // the message being written
-  size_t writing_answers_ = 0;            // how many answers it holds
+  size_t writing_answers_ = 0;            // how many answers it holds; 0: no write
   // A call read and not answered yet.
   struct Running {
     uint64_t call_id = 0;          // the client's tag
@@ -399,7 +400,6 @@ class CallStream final
   std::map<uint64_t, Running> running_;
   uint64_t next_seq_ = 0;
   bool reading_ = false;
-  bool writing_ = false;
   bool reads_done_ = false;  // the client half-closed, sent garbage, or went away
   bool cancelled_ = false;   // answers are dropped from now on
   bool finished_ = false;
