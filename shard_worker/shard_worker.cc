@@ -7,6 +7,7 @@
 #include <map>
 #include <span>
 #include <thread>
+#include <type_traits>
 #include <unordered_map>
 #include <utility>
 
@@ -265,13 +266,7 @@ void ShardWorker::RunWork(Work& work) {
       std::lock_guard lock(mu_);
       open = recovered_;
     }
-    if (open) {
-      for (auto run :
-           RunsOf(work.enqueues, max_rows, [](auto& e) { return e.items.size(); })) {
-        RunNewClaims();
-        RunEnqueues(run);
-      }
-    } else {
+    if (!open) {
       // Taken while the shard was starting, and the start-up open failed: nothing was
       // written, so the engine may send them to another shard.
       for (PendingEnqueue& p : work.enqueues) {
@@ -279,20 +274,26 @@ void ShardWorker::RunWork(Work& work) {
                                    " could not be opened"),
                std::move(p.items));
       }
+      work.enqueues.clear();
     }
   }
+  // The enqueues, acks, nacks and extensions: one transaction for the first max_rows
+  // of each, then one for the next, and so on (group commit across kinds).
   auto reqs_of = [](auto& b) { return b.reqs.size(); };
-  for (auto run : RunsOf(work.acks, max_rows, reqs_of)) {
+  const auto enqueues =
+      RunsOf(work.enqueues, max_rows, [](auto& e) { return e.items.size(); });
+  const auto acks = RunsOf(work.acks, max_rows, reqs_of);
+  const auto nacks = RunsOf(work.nacks, max_rows, reqs_of);
+  const auto extends = RunsOf(work.extends, max_rows, reqs_of);
+  const size_t rounds =
+      std::max({enqueues.size(), acks.size(), nacks.size(), extends.size()});
+  auto run = [](const auto& runs, size_t i) {
+    return i < runs.size() ? runs[i]
+                           : typename std::decay_t<decltype(runs)>::value_type{};
+  };
+  for (size_t i = 0; i < rounds; ++i) {
     RunNewClaims();
-    RunBatches(run, [this](auto reqs) { return store_->Ack(reqs, clock_.Now()); });
-  }
-  for (auto run : RunsOf(work.nacks, max_rows, reqs_of)) {
-    RunNewClaims();
-    RunBatches(run, [this](auto reqs) { return store_->Nack(reqs, clock_.Now()); });
-  }
-  for (auto run : RunsOf(work.extends, max_rows, reqs_of)) {
-    RunNewClaims();
-    RunBatches(run, [this](auto reqs) { return store_->Extend(reqs, clock_.Now()); });
+    RunWrites(run(enqueues, i), run(acks, i), run(nacks, i), run(extends, i));
   }
   // A buffer may be queued for refill several times; once is enough.
   std::sort(work.refills.begin(), work.refills.end());
@@ -451,19 +452,53 @@ void ShardWorker::RunProbe() {
   if (health_listener_) health_listener_();
 }
 
-void ShardWorker::RunEnqueues(std::span<PendingEnqueue> pending) {
+namespace {
+
+// The requests of all callers of a batch, in order.
+template <typename Batch>
+auto Requests(std::span<Batch> pending) {
+  std::remove_cvref_t<decltype(pending.front().reqs)> reqs;
+  for (auto& p : pending) reqs.insert(reqs.end(), p.reqs.begin(), p.reqs.end());
+  return reqs;
+}
+
+}  // namespace
+
+void ShardWorker::RunWrites(std::span<PendingEnqueue> enqueues,
+                            std::span<PendingBatch<store::AckRequest>> acks,
+                            std::span<PendingBatch<store::NackRequest>> nacks,
+                            std::span<PendingBatch<store::ExtendRequest>> extends) {
   std::vector<NewItem> rows;
-  for (PendingEnqueue& p : pending) {
+  for (PendingEnqueue& p : enqueues) {
     for (NewItem& item : p.items) rows.push_back(std::move(item));
   }
+  const std::vector<store::AckRequest> ack_reqs = Requests(acks);
+  const std::vector<store::NackRequest> nack_reqs = Requests(nacks);
+  const std::vector<store::ExtendRequest> extend_reqs = Requests(extends);
   Time now = clock_.Now();
   HandoffPlan handoffs(rows, now, index_);
   Duration latency;
-  auto ids =
-      Timed([&] { return store_->Insert(rows, now, handoffs.leases()); }, &latency);
-  Observe(ids.status(), latency);
+  auto written = Timed(
+      [&] {
+        return store_->Write({.acks = ack_reqs,
+                              .nacks = nack_reqs,
+                              .extends = extend_reqs,
+                              .items = rows,
+                              .leases = handoffs.leases()},
+                             now);
+      },
+      &latency);
+  Observe(written.status(), latency);
+  // Update the windows before answering: a caller told that its nack succeeded must
+  // find the item in a dequeue that follows.
+  ReadyBatch ready_keys;
+  auto ack_outs = TakeOutcomes(acks, written, &store::Written::acked, ready_keys);
+  auto nack_outs = TakeOutcomes(nacks, written, &store::Written::nacked, ready_keys);
+  auto extend_outs =
+      TakeOutcomes(extends, written, &store::Written::extended, ready_keys);
+  Result<std::vector<store::Inserted>> ids = written.status();
+  if (written.ok()) ids = std::move(written->inserted);
   if (ids.ok()) {
-    ReadyBatch ready_keys;
     for (size_t k = 0; k < rows.size(); ++k) {
       const NewItem& item = rows[k];
       const store::Inserted& got = (*ids)[k];
@@ -482,12 +517,12 @@ void ShardWorker::RunEnqueues(std::span<PendingEnqueue> pending) {
                          state, item.deliver_after});
       }
     }
-    ready_keys.Flush(position_);
   }
+  ready_keys.Flush(position_);
   // The waiting consumers first: theirs is the latency this saves.
   handoffs.Deliver(rows, ids, now, id_);
   size_t offset = 0;
-  for (PendingEnqueue& p : pending) {
+  for (PendingEnqueue& p : enqueues) {
     size_t n = p.items.size();
     if (ids.ok()) {
       p.done(
@@ -498,6 +533,9 @@ void ShardWorker::RunEnqueues(std::span<PendingEnqueue> pending) {
     }
     offset += n;
   }
+  for (size_t i = 0; i < acks.size(); ++i) acks[i].done(std::move(ack_outs[i]));
+  for (size_t i = 0; i < nacks.size(); ++i) nacks[i].done(std::move(nack_outs[i]));
+  for (size_t i = 0; i < extends.size(); ++i) extends[i].done(std::move(extend_outs[i]));
 }
 
 void ShardWorker::RunClaims(std::span<PendingClaim> pending) {
@@ -542,36 +580,26 @@ void ShardWorker::RunClaims(std::span<PendingClaim> pending) {
   }
 }
 
-template <typename Req, typename Fn>
-void ShardWorker::RunBatches(std::span<PendingBatch<Req>> pending, Fn call) {
-  if (pending.empty()) return;
-  std::vector<Req> reqs;
-  for (auto& p : pending) reqs.insert(reqs.end(), p.reqs.begin(), p.reqs.end());
-  Duration latency;
-  auto outcomes = Timed([&] { return call(std::span<const Req>(reqs)); }, &latency);
-  Observe(outcomes.status(), latency);
-  size_t offset = 0;
-  ReadyBatch ready_keys;
+template <typename Req>
+std::vector<std::vector<store::ItemOutcome>> ShardWorker::TakeOutcomes(
+    std::span<PendingBatch<Req>> pending, Result<store::Written>& written,
+    std::vector<store::ItemOutcome> store::Written::*part, ReadyBatch& ready_keys) {
   std::vector<std::vector<store::ItemOutcome>> outs(pending.size());
+  size_t offset = 0;
   for (size_t i = 0; i < pending.size(); ++i) {
-    auto& p = pending[i];
-    std::vector<store::ItemOutcome>& out = outs[i];
-    for (size_t k = 0; k < p.reqs.size(); ++k) {
-      if (outcomes.ok()) {
-        store::ItemOutcome& o = (*outcomes)[offset + k];
-        if (o.transition) ApplyTransition(*o.transition, ready_keys);
-        if (o.status.ok() && o.new_deadline != Time{}) NoteDeadline(o.new_deadline);
-        out.push_back(std::move(o));
-      } else {
-        out.push_back({outcomes.status(), std::nullopt, {}});
+    for (size_t k = 0; k < pending[i].reqs.size(); ++k) {
+      if (!written.ok()) {
+        outs[i].push_back({written.status(), std::nullopt, {}});
+        continue;
       }
+      store::ItemOutcome& o = ((*written).*part)[offset + k];
+      if (o.transition) ApplyTransition(*o.transition, ready_keys);
+      if (o.status.ok() && o.new_deadline != Time{}) NoteDeadline(o.new_deadline);
+      outs[i].push_back(std::move(o));
     }
-    offset += p.reqs.size();
+    offset += pending[i].reqs.size();
   }
-  // Update the windows before answering, as RunEnqueues does: a caller told that its
-  // nack succeeded must find the item in a dequeue that follows.
-  ready_keys.Flush(position_);
-  for (size_t i = 0; i < pending.size(); ++i) pending[i].done(std::move(outs[i]));
+  return outs;
 }
 
 void ShardWorker::RunRefill(const std::shared_ptr<prefetch::TopicBuffer>& buffer) {

@@ -175,16 +175,23 @@ class ShardWorker final : public Tickable {
   void RunNewClaims();
   void RunClaimRuns(std::vector<PendingClaim>& claims);
   // One store call (transaction) each; RunWork splits the pending requests into runs
-  // of at most max_batch rows.
-  void RunEnqueues(std::span<PendingEnqueue> pending);
+  // of at most max_batch rows (per kind: a Write may have one run of each).
+  void RunWrites(std::span<PendingEnqueue> enqueues,
+                 std::span<PendingBatch<store::AckRequest>> acks,
+                 std::span<PendingBatch<store::NackRequest>> nacks,
+                 std::span<PendingBatch<store::ExtendRequest>> extends);
   void RunClaims(std::span<PendingClaim> pending);
-  template <typename Req, typename Fn>
-  void RunBatches(std::span<PendingBatch<Req>> pending, Fn call);
+  class ReadyBatch;
+  // A Write part's outcomes, split per caller, applied to the index (`ready_keys`);
+  // each caller gets the call's error if the Write failed.
+  template <typename Req>
+  std::vector<std::vector<store::ItemOutcome>> TakeOutcomes(
+      std::span<PendingBatch<Req>> pending, Result<store::Written>& written,
+      std::vector<store::ItemOutcome> store::Written::*part, ReadyBatch& ready_keys);
   void RunRefill(const std::shared_ptr<prefetch::TopicBuffer>& buffer);
   void RunPromote();
   void RunPurge();
   void FailAll(Work& work, const Status& status);
-  class ReadyBatch;
   void ApplyTransition(const ItemTransition& t, ReadyBatch& ready_keys);
   // Puts the scheduled DELAYED items due at `now` into the ready index (ticker).
   void ReleaseDue(Time now);

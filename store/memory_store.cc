@@ -46,29 +46,42 @@ Result<T> MemoryShardStore::Reply(Op op, Result<T> result) {
   return Status::Unavailable("memory store: the reply was lost after the change");
 }
 
-Result<std::vector<Inserted>> MemoryShardStore::Insert(
-    std::span<const NewItem> items, Time now, std::span<const InsertLease> leases) {
-  return Reply(Op::kInsert, DoInsert(items, now, leases));
+Result<Written> MemoryShardStore::Write(const Writes& w, Time now) {
+  std::vector<Op> ops;  // the parts, as the ops whose failures they take
+  if (!w.acks.empty()) ops.push_back(Op::kAck);
+  if (!w.nacks.empty()) ops.push_back(Op::kNack);
+  if (!w.extends.empty()) ops.push_back(Op::kExtend);
+  if (!w.items.empty()) ops.push_back(Op::kInsert);
+  if (!w.items.empty()) BeforeCall(Op::kInsert);
+  std::lock_guard lock(mu_);
+  ++calls_[static_cast<size_t>(Op::kWrite)];
+  // One transaction: a failure injected into any part fails all of it.
+  Status failure = Status::Ok();
+  for (Op op : ops) {
+    ++calls_[static_cast<size_t>(op)];
+    Status s = TakeFailure(op);
+    if (failure.ok()) failure = std::move(s);
+  }
+  SHARDQ_RETURN_IF_ERROR(failure);
+  for (const NewItem& item : w.items) SHARDQ_RETURN_IF_ERROR(ValidateNewItem(item));
+  for (const NackRequest& n : w.nacks) {
+    if (n.metadata) SHARDQ_RETURN_IF_ERROR(ValidateMetadata(*n.metadata));
+  }
+  Written out;
+  out.acked = ApplyAcks(w.acks, now);
+  out.nacked = ApplyNacks(w.nacks, now);
+  out.extended = ApplyExtends(w.extends, now);
+  out.inserted = ApplyInserts(w.items, now, w.leases);
+  bool lost = false;
+  for (Op op : ops) lost = lose_reply_.erase(op) > 0 || lost;
+  if (lost)
+    return Status::Unavailable("memory store: the reply was lost after the change");
+  return out;
 }
 
 Result<std::vector<LeasedItem>> MemoryShardStore::Claim(
     std::span<const ClaimRequest> rows, LeaseToken token, Time now) {
   return Reply(Op::kClaim, DoClaim(rows, token, now));
-}
-
-Result<std::vector<ItemOutcome>> MemoryShardStore::Ack(std::span<const AckRequest> acks,
-                                                       Time now) {
-  return Reply(Op::kAck, DoAck(acks, now));
-}
-
-Result<std::vector<ItemOutcome>> MemoryShardStore::Nack(
-    std::span<const NackRequest> nacks, Time now) {
-  return Reply(Op::kNack, DoNack(nacks, now));
-}
-
-Result<std::vector<ItemOutcome>> MemoryShardStore::Extend(
-    std::span<const ExtendRequest> reqs, Time now) {
-  return Reply(Op::kExtend, DoExtend(reqs, now));
 }
 
 Result<Promotion> MemoryShardStore::PromoteDue(Time now, size_t limit,
@@ -186,13 +199,8 @@ size_t MemoryShardStore::size() const {
   return rows_.size();
 }
 
-Result<std::vector<Inserted>> MemoryShardStore::DoInsert(
+std::vector<Inserted> MemoryShardStore::ApplyInserts(
     std::span<const NewItem> items, Time now, std::span<const InsertLease> leases) {
-  BeforeCall(Op::kInsert);
-  std::lock_guard lock(mu_);
-  ++calls_[static_cast<size_t>(Op::kInsert)];
-  SHARDQ_RETURN_IF_ERROR(TakeFailure(Op::kInsert));
-  for (const NewItem& item : items) SHARDQ_RETURN_IF_ERROR(ValidateNewItem(item));
   std::map<size_t, const InsertLease*> lease_of;
   for (const InsertLease& l : leases) lease_of.emplace(l.item, &l);
   std::vector<Inserted> out;
@@ -310,11 +318,8 @@ void MemoryShardStore::Lease(Row& r, const std::string& worker_id, LeaseToken to
   AddEvent(r, now, "leased");
 }
 
-Result<std::vector<ItemOutcome>> MemoryShardStore::DoAck(std::span<const AckRequest> acks,
-                                                         Time now) {
-  std::lock_guard lock(mu_);
-  ++calls_[static_cast<size_t>(Op::kAck)];
-  SHARDQ_RETURN_IF_ERROR(TakeFailure(Op::kAck));
+std::vector<ItemOutcome> MemoryShardStore::ApplyAcks(std::span<const AckRequest> acks,
+                                                     Time now) {
   std::vector<ItemOutcome> out(acks.size());
   for (size_t i = 0; i < acks.size(); ++i) {
     const std::string row = std::to_string(acks[i].row.value());
@@ -379,14 +384,8 @@ Status CheckLease(const char* op, const Rows& rows, RowId row, LeaseToken token)
 
 }  // namespace
 
-Result<std::vector<ItemOutcome>> MemoryShardStore::DoNack(
-    std::span<const NackRequest> nacks, Time now) {
-  std::lock_guard lock(mu_);
-  ++calls_[static_cast<size_t>(Op::kNack)];
-  SHARDQ_RETURN_IF_ERROR(TakeFailure(Op::kNack));
-  for (const NackRequest& n : nacks) {
-    if (n.metadata) SHARDQ_RETURN_IF_ERROR(ValidateMetadata(*n.metadata));
-  }
+std::vector<ItemOutcome> MemoryShardStore::ApplyNacks(std::span<const NackRequest> nacks,
+                                                      Time now) {
   std::vector<ItemOutcome> out(nacks.size());
   for (size_t i = 0; i < nacks.size(); ++i) {
     const NackRequest& n = nacks[i];
@@ -416,11 +415,8 @@ Result<std::vector<ItemOutcome>> MemoryShardStore::DoNack(
   return out;
 }
 
-Result<std::vector<ItemOutcome>> MemoryShardStore::DoExtend(
+std::vector<ItemOutcome> MemoryShardStore::ApplyExtends(
     std::span<const ExtendRequest> reqs, Time now) {
-  std::lock_guard lock(mu_);
-  ++calls_[static_cast<size_t>(Op::kExtend)];
-  SHARDQ_RETURN_IF_ERROR(TakeFailure(Op::kExtend));
   std::vector<ItemOutcome> out(reqs.size());
   for (size_t i = 0; i < reqs.size(); ++i) {
     const ExtendRequest& e = reqs[i];

@@ -27,6 +27,7 @@ class MemoryShardStore final : public ShardStore {
   enum class Op {
     kOpen,
     kPing,
+    kWrite,  // every Write; its parts also count as kInsert, kAck, kNack, kExtend
     kInsert,
     kFetchReady,
     kClaim,
@@ -46,33 +47,28 @@ class MemoryShardStore final : public ShardStore {
     kCount_,  // number of ops
   };
 
-  // The next call of `op` returns `s` (must not be OK) and changes nothing.
+  // The next call of `op` returns `s` (must not be OK) and changes nothing. For
+  // kInsert, kAck, kNack and kExtend: the next Write with that part, all of which
+  // fails (one transaction).
   void FailNext(Op op, Status s);
   // Every call returns `s` and changes nothing, until ClearFailures().
   void FailAll(Status s);
-  // The next successful call of `op` (Insert, Claim, Ack, Nack, Extend or PromoteDue)
-  // makes its change and then returns UNAVAILABLE, as MySQL's does when the
-  // connection dies after the COMMIT and before its answer: the caller cannot know
-  // the outcome (store_api.h), and the change is there.
+  // The next successful call of `op` (Claim, PromoteDue, or a Write with an Insert,
+  // Ack, Nack or Extend part) makes its change and then returns UNAVAILABLE, as MySQL's
+  // does when the connection dies after the COMMIT and before its answer: the caller
+  // cannot know the outcome (store_api.h), and the change is there.
   void LoseNextReply(Op op);
   void ClearFailures();
 
   void SetPolicies(NamespacePolicies policies) override;
   Status Open() override;
   Status Ping() override;
-  Result<std::vector<Inserted>> Insert(std::span<const NewItem> items, Time now,
-                                       std::span<const InsertLease> leases = {}) override;
+  Result<Written> Write(const Writes& writes, Time now) override;
   Result<std::vector<ReadyKey>> FetchReady(const std::string& ns,
                                            const std::string& topic,
                                            size_t limit) override;
   Result<std::vector<LeasedItem>> Claim(std::span<const ClaimRequest> rows,
                                         LeaseToken token, Time now) override;
-  Result<std::vector<ItemOutcome>> Ack(std::span<const AckRequest> acks,
-                                       Time now) override;
-  Result<std::vector<ItemOutcome>> Nack(std::span<const NackRequest> nacks,
-                                        Time now) override;
-  Result<std::vector<ItemOutcome>> Extend(std::span<const ExtendRequest> reqs,
-                                          Time now) override;
   Result<Promotion> PromoteDue(Time now, size_t limit, const PromoteHandoff& handoff = {},
                                const Lookahead& look = {}) override;
   Result<std::vector<ItemTransition>> PurgeExpired(Time now, size_t limit) override;
@@ -130,15 +126,15 @@ class MemoryShardStore final : public ShardStore {
   // `result`, or UNAVAILABLE if LoseNextReply(op) is pending (and then no more).
   template <typename T>
   Result<T> Reply(Op op, Result<T> result);
-  // The calls whose reply LoseNextReply can take away: their work, under mu_.
-  Result<std::vector<Inserted>> DoInsert(std::span<const NewItem> items, Time now,
-                                         std::span<const InsertLease> leases);
+  // Write's parts, under mu_, after the failures and the validation.
+  std::vector<Inserted> ApplyInserts(std::span<const NewItem> items, Time now,
+                                     std::span<const InsertLease> leases);
+  std::vector<ItemOutcome> ApplyAcks(std::span<const AckRequest> acks, Time now);
+  std::vector<ItemOutcome> ApplyNacks(std::span<const NackRequest> nacks, Time now);
+  std::vector<ItemOutcome> ApplyExtends(std::span<const ExtendRequest> reqs, Time now);
+  // The other calls whose reply LoseNextReply can take away: their work, under mu_.
   Result<std::vector<LeasedItem>> DoClaim(std::span<const ClaimRequest> rows,
                                           LeaseToken token, Time now);
-  Result<std::vector<ItemOutcome>> DoAck(std::span<const AckRequest> acks, Time now);
-  Result<std::vector<ItemOutcome>> DoNack(std::span<const NackRequest> nacks, Time now);
-  Result<std::vector<ItemOutcome>> DoExtend(std::span<const ExtendRequest> reqs,
-                                            Time now);
   Result<Promotion> DoPromoteDue(Time now, size_t limit, const PromoteHandoff& handoff,
                                  const Lookahead& look);
   // The transition of a row that was in `from` and is now as `r` says.

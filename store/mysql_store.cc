@@ -783,185 +783,225 @@ std::optional<std::vector<ItemOutcome>> MySqlShardStore::AckLeased(
 
 // --- the queue ----------------------------------------------------------------------
 
-Result<std::vector<Inserted>> MySqlShardStore::Insert(
-    std::span<const NewItem> items, Time now, std::span<const InsertLease> leases) {
-  using R = Result<std::vector<Inserted>>;
-  for (const NewItem& item : items) SHARDQ_RETURN_IF_ERROR(ValidateNewItem(item));
-  if (items.empty()) return std::vector<Inserted>{};
+Result<Written> MySqlShardStore::Write(const Writes& w, Time now) {
+  using R = Result<Written>;
+  for (const NewItem& item : w.items) SHARDQ_RETURN_IF_ERROR(ValidateNewItem(item));
+  for (const NackRequest& n : w.nacks) {
+    if (n.metadata) SHARDQ_RETURN_IF_ERROR(ValidateMetadata(*n.metadata));
+  }
+  if (w.empty()) return Written{};
   const int64_t now_ms = ToUnixMillis(now);
   // The items stored LEASED (InsertLease): index -> the lease, and lessees' names.
   std::map<size_t, const InsertLease*> lease_of;
   std::map<uint64_t, std::string> lessee;  // by item index, for WorkerRefs
-  for (const InsertLease& l : leases) {
-    if (l.item >= items.size()) continue;
-    const NewItem& it = items[l.item];
+  for (const InsertLease& l : w.leases) {
+    if (l.item >= w.items.size()) continue;
+    const NewItem& it = w.items[l.item];
     const bool expired = it.expires_at && ToUnixMillis(*it.expires_at) <= now_ms;
     if (ToUnixMillis(it.deliver_after) > now_ms || expired) continue;
     if (lease_of.emplace(l.item, &l).second) {
       lessee.emplace(l.item, TruncateTo(l.worker_id, kMaxWorkerIdLen));
     }
   }
+  auto ids_of = [](auto reqs) {
+    std::vector<uint64_t> ids;
+    for (const auto& r : reqs) ids.push_back(r.row.value());
+    return UniqueIds(std::move(ids));
+  };
+  const std::vector<uint64_t> ack_ids = ids_of(w.acks);
+  const std::vector<uint64_t> nack_ids = ids_of(w.nacks);
+  const std::vector<uint64_t> extend_ids = ids_of(w.extends);
   std::map<size_t, uint32_t> worker_ref;  // by item index
   // One attempt; `look_up_keys` = read which dedup keys are already taken first.
-  auto insert = [&](bool look_up_keys) -> R {
-    std::vector<Inserted> out(items.size());
-    // Dedup keys: the first item of this call with each (ns, key) (views into
-    // `items`: no copies on the common path), and (when looking them up) the rows
-    // that already hold one, by that first item.
-    std::unordered_map<DedupKey, size_t, DedupKeyHash> first;
-    std::vector<size_t> first_of(items.size(), 0);
-    std::vector<const DedupKey*> lookup;
-    for (size_t i = 0; i < items.size(); ++i) {
-      if (items[i].dedup_key.empty()) continue;
-      auto [it, added] = first.emplace(DedupKey(items[i].ns, items[i].dedup_key), i);
-      if (added) lookup.push_back(&it->first);
-      first_of[i] = it->second;
-    }
-    std::unordered_map<size_t, uint64_t> owner;  // first item -> the row holding its key
-    // One `ns = ? AND dedup_key IN (...)` per namespace and chunk: a range read of the
-    // unique key `dedup`. (An OR of (ns, key) pairs made the range optimizer take
-    // ~100 ms for 100 keys.)
-    std::map<std::string_view, std::vector<std::string_view>> keys_by_ns;
-    for (const DedupKey* k : lookup) {
-      if (look_up_keys) keys_by_ns[k->first].push_back(k->second);
-    }
-    for (const auto& [ns, keys] : keys_by_ns) {
-      if (!look_up_keys) break;
-      for (size_t begin = 0; begin < keys.size(); begin += kMaxIdsPerStatement) {
-        // The single writer of a shard is this store, so nothing can take a key
-        // between this read and the INSERT; the unique key `dedup` would refuse it.
-        const size_t n = std::min(kMaxIdsPerStatement, keys.size() - begin);
-        const size_t padded = PaddedCount(n);
-        DbStatement& st =
-            Stmt("SELECT id, dedup_key FROM items WHERE ns = ? AND dedup_key IN (" +
-                 Placeholders(padded) + ")");
-        st.SetString(1, ns);
-        for (size_t i = 0; i < padded; ++i) {
-          st.SetString(static_cast<unsigned>(i + 2), keys[begin + std::min(i, n - 1)]);
-        }
-        DbRows& rs = st.ExecuteQuery();
-        while (rs.Next()) {
-          const std::string key = Str(rs, 2);
-          if (auto f = first.find(DedupKey(ns, key)); f != first.end()) {
-            owner[f->second] = rs.GetUInt64(1);
-          }
-        }
+  // The acks go first: their fast path rolls back its own compare-and-swap when a
+  // row does not match, which must not take other parts with it.
+  auto attempt = [&](bool look_up_keys) -> R {
+    Written out;
+    if (!w.acks.empty()) out.acked = AckRows(w.acks, ack_ids, now_ms);
+    if (!w.nacks.empty()) out.nacked = NackRows(w.nacks, nack_ids, now);
+    if (!w.extends.empty()) out.extended = ExtendRows(w.extends, extend_ids, now);
+    if (!w.items.empty()) {
+      auto inserted = InsertRows(w.items, now_ms, lease_of, worker_ref, look_up_keys);
+      if (!inserted.ok()) {
+        Rollback();
+        return inserted.status();
       }
-    }
-    std::vector<size_t> fresh;  // the items to insert, in input order
-    fresh.reserve(items.size());
-    for (size_t i = 0; i < items.size(); ++i) {
-      if (items[i].dedup_key.empty()) {
-        fresh.push_back(i);
-        continue;
-      }
-      if (first_of[i] == i && !owner.count(i)) fresh.push_back(i);
-    }
-    size_t got = 0;
-    for (size_t begin = 0, n = 0; begin < fresh.size(); begin += n) {
-      n = InsertChunk(fresh.size() - begin);
-      // One shape for every row, READY, DELAYED or LEASED (the claim's columns are
-      // 0 unless leased), so one prepared statement serves each row count.
-      std::string sql =
-          "INSERT INTO items (ns, topic, priority, state, deliver_after, lease_ms, "
-          "enqueued_at, expires_at, payload, metadata, task_type, max_attempts, "
-          "dedup_key, lease_token, worker, attempts, first_delivered_at, "
-          "last_delivered_at) VALUES ";
-      const std::string tuple = "(" + Placeholders(18) + ")";
-      for (size_t i = 0; i < n; ++i) sql += i == 0 ? tuple : "," + tuple;
-      // RETURNING gives the ids in one round trip (no SELECT LAST_INSERT_ID()), in
-      // the order of the VALUES.
-      sql += " RETURNING id";
-      DbStatement& st = Stmt(sql);
-      unsigned p = 1;
-      for (size_t j = begin; j < begin + n; ++j) {
-        const NewItem& it = items[fresh[j]];
-        const int64_t due = ToUnixMillis(it.deliver_after);
-        auto lease = lease_of.find(fresh[j]);
-        const bool leased = lease != lease_of.end();
-        st.SetString(p++, it.ns);
-        st.SetString(p++, it.topic);
-        st.SetInt(p++, it.priority);
-        st.SetInt(p++, leased ? kLeased : due <= now_ms ? kReady : kDelayed);
-        st.SetInt64(p++, leased ? now_ms + it.lease.count() : due);
-        st.SetUInt(p++, static_cast<uint32_t>(it.lease.count()));
-        st.SetInt64(p++, now_ms);
-        if (it.expires_at) {
-          st.SetInt64(p++, ToUnixMillis(*it.expires_at));
-        } else {
-          st.SetNull(p++);
-        }
-        // std::string carries its length: NUL and high bytes are sent as they are.
-        st.SetString(p++, it.payload);
-        st.SetString(p++, it.metadata);
-        st.SetString(p++, it.task_type);
-        st.SetUInt(p++, it.max_attempts);
-        // NULL, not '', when there is no key: the unique key ignores NULLs.
-        if (it.dedup_key.empty()) {
-          st.SetNull(p++);
-        } else {
-          st.SetString(p++, it.dedup_key);
-        }
-        st.SetUInt64(p++, leased ? lease->second->token.value() : 0);
-        st.SetUInt(p++, leased ? worker_ref.at(fresh[j]) : 0);
-        st.SetUInt(p++, leased ? 1 : 0);
-        st.SetInt64(p++, leased ? now_ms : 0);
-        st.SetInt64(p++, leased ? now_ms : 0);
-      }
-      DbRows& rs = st.ExecuteQuery();
-      while (rs.Next()) {
-        if (got < fresh.size()) {
-          out[fresh[got]] = {RowId(rs.GetUInt64(1)), false,
-                             lease_of.count(fresh[got]) > 0};
-        }
-        ++got;
-      }
-    }
-    if (got != fresh.size()) {
-      Rollback();
-      return Status::Internal("insert: got " + std::to_string(got) + " ids for " +
-                              std::to_string(fresh.size()) + " rows");
-    }
-    for (size_t i = 0; i < items.size(); ++i) {
-      if (items[i].dedup_key.empty()) continue;
-      const size_t f = first_of[i];
-      if (auto o = owner.find(f); o != owner.end()) {
-        out[i] = {RowId(o->second), true};
-      } else if (f != i) {
-        out[i] = {out[f].row, true};
-      }
+      out.inserted = std::move(*inserted);
     }
     Commit();
-    for (size_t i = 0; i < items.size(); ++i) {
-      if (out[i].leased) {
-        RememberLeased(out[i].row.value(), items[i].ns, items[i].topic,
-                       items[i].priority);
+    for (size_t i = 0; i < w.items.size(); ++i) {
+      if (out.inserted[i].leased) {
+        RememberLeased(out.inserted[i].row.value(), w.items[i].ns, w.items[i].topic,
+                       w.items[i].priority);
       }
     }
     return out;
   };
-  return Run<R>("insert", [&]() -> R {
-    // Lessees' names are registered (committed) before the insert, as for a claim.
+  // The op's name in error messages: the part's, when there is one.
+  const int parts =
+      !w.acks.empty() + !w.nacks.empty() + !w.extends.empty() + !w.items.empty();
+  const char* op = parts > 1          ? "write"
+                   : !w.items.empty() ? "insert"
+                   : !w.acks.empty()  ? "ack"
+                   : !w.nacks.empty() ? "nack"
+                                      : "extend";
+  return Run<R>(op, [&]() -> R {
+    // Lessees' names are registered (committed) before the transaction, as for a
+    // claim.
     if (!lessee.empty()) {
       const std::map<std::string, uint32_t> refs = WorkerRefs(lessee);
       for (const auto& [i, name] : lessee) worker_ref[i] = refs.at(name);
     }
     // Optimistic: a key is almost always new (a producer's retry is the exception),
     // so insert without reading the keys first; the unique key `dedup` refuses a
-    // taken one (1062), and then the insert is redone with the lookup.
-    const bool has_keys = std::any_of(items.begin(), items.end(), [](const NewItem& i) {
-      return !i.dedup_key.empty();
-    });
+    // taken one (1062), and then the whole transaction is redone with the lookup.
+    const bool has_keys =
+        std::any_of(w.items.begin(), w.items.end(),
+                    [](const NewItem& i) { return !i.dedup_key.empty(); });
     if (has_keys) {
       try {
-        return insert(false);
+        return attempt(false);
       } catch (const DbError& e) {
         if (e.code() != kErDupEntry) throw;
         Rollback();
       }
     }
-    return insert(true);
+    return attempt(true);
   });
+}
+
+// The inserts of a Write, in its transaction (see Write for lease_of and worker_ref).
+Result<std::vector<Inserted>> MySqlShardStore::InsertRows(
+    std::span<const NewItem> items, int64_t now_ms,
+    const std::map<size_t, const InsertLease*>& lease_of,
+    const std::map<size_t, uint32_t>& worker_ref, bool look_up_keys) {
+  std::vector<Inserted> out(items.size());
+  // Dedup keys: the first item of this call with each (ns, key) (views into
+  // `items`: no copies on the common path), and (when looking them up) the rows
+  // that already hold one, by that first item.
+  std::unordered_map<DedupKey, size_t, DedupKeyHash> first;
+  std::vector<size_t> first_of(items.size(), 0);
+  std::vector<const DedupKey*> lookup;
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (items[i].dedup_key.empty()) continue;
+    auto [it, added] = first.emplace(DedupKey(items[i].ns, items[i].dedup_key), i);
+    if (added) lookup.push_back(&it->first);
+    first_of[i] = it->second;
+  }
+  std::unordered_map<size_t, uint64_t> owner;  // first item -> the row holding its key
+  // One `ns = ? AND dedup_key IN (...)` per namespace and chunk: a range read of the
+  // unique key `dedup`. (An OR of (ns, key) pairs made the range optimizer take
+  // ~100 ms for 100 keys.)
+  std::map<std::string_view, std::vector<std::string_view>> keys_by_ns;
+  for (const DedupKey* k : lookup) {
+    if (look_up_keys) keys_by_ns[k->first].push_back(k->second);
+  }
+  for (const auto& [ns, keys] : keys_by_ns) {
+    if (!look_up_keys) break;
+    for (size_t begin = 0; begin < keys.size(); begin += kMaxIdsPerStatement) {
+      // The single writer of a shard is this store, so nothing can take a key
+      // between this read and the INSERT; the unique key `dedup` would refuse it.
+      const size_t n = std::min(kMaxIdsPerStatement, keys.size() - begin);
+      const size_t padded = PaddedCount(n);
+      DbStatement& st =
+          Stmt("SELECT id, dedup_key FROM items WHERE ns = ? AND dedup_key IN (" +
+               Placeholders(padded) + ")");
+      st.SetString(1, ns);
+      for (size_t i = 0; i < padded; ++i) {
+        st.SetString(static_cast<unsigned>(i + 2), keys[begin + std::min(i, n - 1)]);
+      }
+      DbRows& rs = st.ExecuteQuery();
+      while (rs.Next()) {
+        const std::string key = Str(rs, 2);
+        if (auto f = first.find(DedupKey(ns, key)); f != first.end()) {
+          owner[f->second] = rs.GetUInt64(1);
+        }
+      }
+    }
+  }
+  std::vector<size_t> fresh;  // the items to insert, in input order
+  fresh.reserve(items.size());
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (items[i].dedup_key.empty()) {
+      fresh.push_back(i);
+      continue;
+    }
+    if (first_of[i] == i && !owner.count(i)) fresh.push_back(i);
+  }
+  size_t got = 0;
+  for (size_t begin = 0, n = 0; begin < fresh.size(); begin += n) {
+    n = InsertChunk(fresh.size() - begin);
+    // One shape for every row, READY, DELAYED or LEASED (the claim's columns are
+    // 0 unless leased), so one prepared statement serves each row count.
+    std::string sql =
+        "INSERT INTO items (ns, topic, priority, state, deliver_after, lease_ms, "
+        "enqueued_at, expires_at, payload, metadata, task_type, max_attempts, "
+        "dedup_key, lease_token, worker, attempts, first_delivered_at, "
+        "last_delivered_at) VALUES ";
+    const std::string tuple = "(" + Placeholders(18) + ")";
+    for (size_t i = 0; i < n; ++i) sql += i == 0 ? tuple : "," + tuple;
+    // RETURNING gives the ids in one round trip (no SELECT LAST_INSERT_ID()), in
+    // the order of the VALUES.
+    sql += " RETURNING id";
+    DbStatement& st = Stmt(sql);
+    unsigned p = 1;
+    for (size_t j = begin; j < begin + n; ++j) {
+      const NewItem& it = items[fresh[j]];
+      const int64_t due = ToUnixMillis(it.deliver_after);
+      auto lease = lease_of.find(fresh[j]);
+      const bool leased = lease != lease_of.end();
+      st.SetString(p++, it.ns);
+      st.SetString(p++, it.topic);
+      st.SetInt(p++, it.priority);
+      st.SetInt(p++, leased ? kLeased : due <= now_ms ? kReady : kDelayed);
+      st.SetInt64(p++, leased ? now_ms + it.lease.count() : due);
+      st.SetUInt(p++, static_cast<uint32_t>(it.lease.count()));
+      st.SetInt64(p++, now_ms);
+      if (it.expires_at) {
+        st.SetInt64(p++, ToUnixMillis(*it.expires_at));
+      } else {
+        st.SetNull(p++);
+      }
+      // std::string carries its length: NUL and high bytes are sent as they are.
+      st.SetString(p++, it.payload);
+      st.SetString(p++, it.metadata);
+      st.SetString(p++, it.task_type);
+      st.SetUInt(p++, it.max_attempts);
+      // NULL, not '', when there is no key: the unique key ignores NULLs.
+      if (it.dedup_key.empty()) {
+        st.SetNull(p++);
+      } else {
+        st.SetString(p++, it.dedup_key);
+      }
+      st.SetUInt64(p++, leased ? lease->second->token.value() : 0);
+      st.SetUInt(p++, leased ? worker_ref.at(fresh[j]) : 0);
+      st.SetUInt(p++, leased ? 1 : 0);
+      st.SetInt64(p++, leased ? now_ms : 0);
+      st.SetInt64(p++, leased ? now_ms : 0);
+    }
+    DbRows& rs = st.ExecuteQuery();
+    while (rs.Next()) {
+      if (got < fresh.size()) {
+        out[fresh[got]] = {RowId(rs.GetUInt64(1)), false, lease_of.count(fresh[got]) > 0};
+      }
+      ++got;
+    }
+  }
+  if (got != fresh.size()) {
+    Rollback();
+    return Status::Internal("insert: got " + std::to_string(got) + " ids for " +
+                            std::to_string(fresh.size()) + " rows");
+  }
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (items[i].dedup_key.empty()) continue;
+    const size_t f = first_of[i];
+    if (auto o = owner.find(f); o != owner.end()) {
+      out[i] = {RowId(o->second), true};
+    } else if (f != i) {
+      out[i] = {out[f].row, true};
+    }
+  }
+  return out;
 }
 
 void MySqlShardStore::RememberLeased(uint64_t row, const std::string& ns,
@@ -1125,176 +1165,150 @@ Result<std::vector<LeasedItem>> MySqlShardStore::LeaseRows(
   return out;
 }
 
-Result<std::vector<ItemOutcome>> MySqlShardStore::Ack(std::span<const AckRequest> acks,
-                                                      Time now) {
-  using R = Result<std::vector<ItemOutcome>>;
-  if (acks.empty()) return std::vector<ItemOutcome>{};
-  std::vector<uint64_t> ids;
-  for (const AckRequest& a : acks) ids.push_back(a.row.value());
-  ids = UniqueIds(std::move(ids));
-  return Run<R>("ack", [&]() -> R {
-    const int64_t now_ms = ToUnixMillis(now);
-    if (auto fast = AckLeased(acks, ids, now_ms)) {
-      Commit();
-      return std::move(*fast);
+// The acks of a Write, in its transaction (`ids`: their rows, each once).
+std::vector<ItemOutcome> MySqlShardStore::AckRows(std::span<const AckRequest> acks,
+                                                  const std::vector<uint64_t>& ids,
+                                                  int64_t now_ms) {
+  if (auto fast = AckLeased(acks, ids, now_ms)) return std::move(*fast);
+  std::map<uint64_t, LockedRow> rows = LockRows(ids);
+  std::vector<SucceededRow> done;
+  std::vector<uint64_t> gone;  // deleted at once (retention 0)
+  std::vector<ItemOutcome> out(acks.size());
+  for (size_t i = 0; i < acks.size(); ++i) {
+    const uint64_t id = acks[i].row.value();
+    const std::string what = "ack of row " + std::to_string(id);
+    auto it = rows.find(id);
+    if (it == rows.end()) {
+      out[i].status = Status::NotFound("ack: no row " + std::to_string(id));
+      continue;
     }
-    std::map<uint64_t, LockedRow> rows = LockRows(ids);
-    std::vector<SucceededRow> done;
-    std::vector<uint64_t> gone;  // deleted at once (retention 0)
-    std::vector<ItemOutcome> out(acks.size());
-    for (size_t i = 0; i < acks.size(); ++i) {
-      const uint64_t id = acks[i].row.value();
-      const std::string what = "ack of row " + std::to_string(id);
-      auto it = rows.find(id);
-      if (it == rows.end()) {
-        out[i].status = Status::NotFound("ack: no row " + std::to_string(id));
-        continue;
-      }
-      LockedRow& r = it->second;
-      // Token 0 means "never leased" and never matches.
-      const bool token_ok =
-          acks[i].token.value() != 0 && r.token == acks[i].token.value();
-      if (r.state == kSucceeded && token_ok) continue;  // a repeated ack: OK, no change
-      if (r.state >= kSucceeded) {
-        out[i].status = Status::FailedPrecondition(
-            what + ": already " + ItemStateName(static_cast<ItemState>(r.state)));
-      } else if (!token_ok) {
-        out[i].status = Status::FailedPrecondition(what + ": stale lease token");
-      } else if (r.state != kLeased && r.state != kReady) {
-        out[i].status = Status::FailedPrecondition(what + ": not leased");
-      } else if (PurgeTime(r.ns, now_ms) <= now_ms) {
-        // Retention 0: nothing of a finished task is kept, so the row (and any
-        // history) goes now -- one DELETE instead of an UPDATE and a later purge.
-        out[i].transition = MakeTransition(id, r, static_cast<ItemState>(r.state),
-                                           ItemState::kGone, r.deliver_after);
-        gone.push_back(id);
-        rows.erase(it);  // a repeat in this batch finds no row
-      } else {
-        const ItemState from = static_cast<ItemState>(r.state);
-        r.state = kSucceeded;
-        r.deliver_after = PurgeTime(r.ns, now_ms);
-        done.push_back(
-            {id, r.deliver_after, TruncateTo(acks[i].result, kMaxResultBytes), r.token});
-        // No event rows: GetTask derives "leased" and "succeeded" from the row.
-        out[i].transition =
-            MakeTransition(id, r, from, ItemState::kSucceeded, r.deliver_after);
-      }
+    LockedRow& r = it->second;
+    // Token 0 means "never leased" and never matches.
+    const bool token_ok = acks[i].token.value() != 0 && r.token == acks[i].token.value();
+    if (r.state == kSucceeded && token_ok) continue;  // a repeated ack: OK, no change
+    if (r.state >= kSucceeded) {
+      out[i].status = Status::FailedPrecondition(
+          what + ": already " + ItemStateName(static_cast<ItemState>(r.state)));
+    } else if (!token_ok) {
+      out[i].status = Status::FailedPrecondition(what + ": stale lease token");
+    } else if (r.state != kLeased && r.state != kReady) {
+      out[i].status = Status::FailedPrecondition(what + ": not leased");
+    } else if (PurgeTime(r.ns, now_ms) <= now_ms) {
+      // Retention 0: nothing of a finished task is kept, so the row (and any
+      // history) goes now -- one DELETE instead of an UPDATE and a later purge.
+      out[i].transition = MakeTransition(id, r, static_cast<ItemState>(r.state),
+                                         ItemState::kGone, r.deliver_after);
+      gone.push_back(id);
+      rows.erase(it);  // a repeat in this batch finds no row
+    } else {
+      const ItemState from = static_cast<ItemState>(r.state);
+      r.state = kSucceeded;
+      r.deliver_after = PurgeTime(r.ns, now_ms);
+      done.push_back(
+          {id, r.deliver_after, TruncateTo(acks[i].result, kMaxResultBytes), r.token});
+      // No event rows: GetTask derives "leased" and "succeeded" from the row.
+      out[i].transition =
+          MakeTransition(id, r, from, ItemState::kSucceeded, r.deliver_after);
     }
-    if (!done.empty()) MarkSucceeded(done, now_ms, /*cas=*/false);
-    if (!gone.empty()) {
-      ExecuteForIds("DELETE FROM task_events WHERE item_id IN ", gone, nullptr);
-      ExecuteForIds("DELETE FROM items WHERE id IN ", gone, nullptr);
-    }
-    Commit();
-    return out;
-  });
-}
-
-Result<std::vector<ItemOutcome>> MySqlShardStore::Nack(std::span<const NackRequest> nacks,
-                                                       Time now) {
-  using R = Result<std::vector<ItemOutcome>>;
-  for (const NackRequest& n : nacks) {
-    if (n.metadata) SHARDQ_RETURN_IF_ERROR(ValidateMetadata(*n.metadata));
   }
-  if (nacks.empty()) return std::vector<ItemOutcome>{};
-  std::vector<uint64_t> ids;
-  for (const NackRequest& n : nacks) ids.push_back(n.row.value());
-  ids = UniqueIds(std::move(ids));
-  return Run<R>("nack", [&]() -> R {
-    const int64_t now_ms = ToUnixMillis(now);
-    std::map<uint64_t, LockedRow> rows = LockRows(ids);
-    std::vector<PendingEvent> events;
-    std::vector<std::pair<uint64_t, LockedRow>> ended;  // leases this call ends
-    std::vector<ItemOutcome> out(nacks.size());
-    for (size_t i = 0; i < nacks.size(); ++i) {
-      const NackRequest& n = nacks[i];
-      out[i].status = CheckLease("nack", n.row.value(), n.token.value(), rows);
-      if (!out[i].status.ok()) continue;
-      LockedRow& r = rows[n.row.value()];
-      ItemState to;
-      std::string_view kind;
-      if (r.cancel_requested) {
-        to = ItemState::kCancelled;
-        kind = "cancelled";
-      } else if (n.fatal) {
-        to = ItemState::kFailed;
-        kind = "failed";
-      } else if (r.attempts >= r.max_attempts) {
-        to = ItemState::kDead;
-        kind = "dead_lettered";
-      } else {
-        const Time due = now + std::max(n.delay, Duration(0));
-        to = due <= now ? ItemState::kReady : ItemState::kDelayed;
-        kind = n.undelivered ? "undelivered" : "retry";
-      }
-      const bool final = IsFinal(to);
-      const int64_t due = final ? PurgeTime(r.ns, now_ms)
-                                : ToUnixMillis(now + std::max(n.delay, Duration(0)));
-      std::string error = TruncateTo(n.error, kMaxErrorBytes);
-      DbStatement& st =
-          n.metadata
-              ? Stmt(
-                    "UPDATE items SET state = ?, deliver_after = ?, finished_at = ?, "
-                    "expires_at = IF(?, NULL, expires_at), last_error = ?, metadata = ? "
-                    "WHERE id = ?")
-              : Stmt(
-                    "UPDATE items SET state = ?, deliver_after = ?, finished_at = ?, "
-                    "expires_at = IF(?, NULL, expires_at), last_error = ? WHERE id = ?");
-      unsigned p = 1;
-      st.SetInt(p++, static_cast<int>(to));
-      st.SetInt64(p++, due);
-      st.SetInt64(p++, final ? now_ms : 0);
-      st.SetInt(p++, final ? 1 : 0);
-      st.SetString(p++, error);
-      if (n.metadata) st.SetString(p++, *n.metadata);
-      st.SetUInt64(p++, n.row.value());
-      st.ExecuteUpdate();
-      ended.emplace_back(n.row.value(), r);
-      // Later requests for the same row in this batch see the new state.
-      r.state = static_cast<int>(to);
-      r.deliver_after = due;
-      events.push_back(Event(n.row.value(), r, now_ms, kind, std::move(error)));
-      out[i].transition = MakeTransition(n.row.value(), r, ItemState::kLeased, to, due);
-    }
-    AppendEvents(LeaseEventsToWrite(ended, std::move(events)));
-    Commit();
-    return out;
-  });
+  if (!done.empty()) MarkSucceeded(done, now_ms, /*cas=*/false);
+  if (!gone.empty()) {
+    ExecuteForIds("DELETE FROM task_events WHERE item_id IN ", gone, nullptr);
+    ExecuteForIds("DELETE FROM items WHERE id IN ", gone, nullptr);
+  }
+  return out;
 }
 
-Result<std::vector<ItemOutcome>> MySqlShardStore::Extend(
-    std::span<const ExtendRequest> reqs, Time now) {
-  using R = Result<std::vector<ItemOutcome>>;
-  if (reqs.empty()) return std::vector<ItemOutcome>{};
-  std::vector<uint64_t> ids;
-  for (const ExtendRequest& e : reqs) ids.push_back(e.row.value());
-  ids = UniqueIds(std::move(ids));
-  return Run<R>("extend", [&]() -> R {
-    std::map<uint64_t, LockedRow> rows = LockRows(ids);
-    const int64_t now_ms = ToUnixMillis(now);
-    std::vector<ItemOutcome> out(reqs.size());
-    for (size_t i = 0; i < reqs.size(); ++i) {
-      const ExtendRequest& e = reqs[i];
-      out[i].status = CheckLease("extend", e.row.value(), e.token.value(), rows);
-      if (!out[i].status.ok()) continue;
-      LockedRow& r = rows[e.row.value()];
-      if (r.deliver_after <= now_ms) {
-        out[i].status = Status::FailedPrecondition(
-            "extend of row " + std::to_string(e.row.value()) + ": lease already expired");
-        continue;
-      }
-      const Time deadline = now + std::max(e.extension, Duration(0));
-      DbStatement& st = Stmt("UPDATE items SET deliver_after = ? WHERE id = ?");
-      st.SetInt64(1, ToUnixMillis(deadline));
-      st.SetUInt64(2, e.row.value());
-      st.ExecuteUpdate();
-      r.deliver_after = ToUnixMillis(deadline);
-      out[i].new_deadline = deadline;
-      out[i].cancel_requested = r.cancel_requested;
+// The nacks of a Write, in its transaction (`ids`: their rows, each once).
+std::vector<ItemOutcome> MySqlShardStore::NackRows(std::span<const NackRequest> nacks,
+                                                   const std::vector<uint64_t>& ids,
+                                                   Time now) {
+  const int64_t now_ms = ToUnixMillis(now);
+  std::map<uint64_t, LockedRow> rows = LockRows(ids);
+  std::vector<PendingEvent> events;
+  std::vector<std::pair<uint64_t, LockedRow>> ended;  // leases this call ends
+  std::vector<ItemOutcome> out(nacks.size());
+  for (size_t i = 0; i < nacks.size(); ++i) {
+    const NackRequest& n = nacks[i];
+    out[i].status = CheckLease("nack", n.row.value(), n.token.value(), rows);
+    if (!out[i].status.ok()) continue;
+    LockedRow& r = rows[n.row.value()];
+    ItemState to;
+    std::string_view kind;
+    if (r.cancel_requested) {
+      to = ItemState::kCancelled;
+      kind = "cancelled";
+    } else if (n.fatal) {
+      to = ItemState::kFailed;
+      kind = "failed";
+    } else if (r.attempts >= r.max_attempts) {
+      to = ItemState::kDead;
+      kind = "dead_lettered";
+    } else {
+      const Time due = now + std::max(n.delay, Duration(0));
+      to = due <= now ? ItemState::kReady : ItemState::kDelayed;
+      kind = n.undelivered ? "undelivered" : "retry";
     }
-    Commit();
-    return out;
-  });
+    const bool final = IsFinal(to);
+    const int64_t due = final ? PurgeTime(r.ns, now_ms)
+                              : ToUnixMillis(now + std::max(n.delay, Duration(0)));
+    std::string error = TruncateTo(n.error, kMaxErrorBytes);
+    DbStatement& st =
+        n.metadata
+            ? Stmt(
+                  "UPDATE items SET state = ?, deliver_after = ?, finished_at = ?, "
+                  "expires_at = IF(?, NULL, expires_at), last_error = ?, metadata = ? "
+                  "WHERE id = ?")
+            : Stmt(
+                  "UPDATE items SET state = ?, deliver_after = ?, finished_at = ?, "
+                  "expires_at = IF(?, NULL, expires_at), last_error = ? WHERE id = ?");
+    unsigned p = 1;
+    st.SetInt(p++, static_cast<int>(to));
+    st.SetInt64(p++, due);
+    st.SetInt64(p++, final ? now_ms : 0);
+    st.SetInt(p++, final ? 1 : 0);
+    st.SetString(p++, error);
+    if (n.metadata) st.SetString(p++, *n.metadata);
+    st.SetUInt64(p++, n.row.value());
+    st.ExecuteUpdate();
+    ended.emplace_back(n.row.value(), r);
+    // Later requests for the same row in this batch see the new state.
+    r.state = static_cast<int>(to);
+    r.deliver_after = due;
+    events.push_back(Event(n.row.value(), r, now_ms, kind, std::move(error)));
+    out[i].transition = MakeTransition(n.row.value(), r, ItemState::kLeased, to, due);
+  }
+  AppendEvents(LeaseEventsToWrite(ended, std::move(events)));
+  return out;
+}
+
+// The extensions of a Write, in its transaction (`ids`: their rows, each once).
+std::vector<ItemOutcome> MySqlShardStore::ExtendRows(std::span<const ExtendRequest> reqs,
+                                                     const std::vector<uint64_t>& ids,
+                                                     Time now) {
+  std::map<uint64_t, LockedRow> rows = LockRows(ids);
+  const int64_t now_ms = ToUnixMillis(now);
+  std::vector<ItemOutcome> out(reqs.size());
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    const ExtendRequest& e = reqs[i];
+    out[i].status = CheckLease("extend", e.row.value(), e.token.value(), rows);
+    if (!out[i].status.ok()) continue;
+    LockedRow& r = rows[e.row.value()];
+    if (r.deliver_after <= now_ms) {
+      out[i].status = Status::FailedPrecondition(
+          "extend of row " + std::to_string(e.row.value()) + ": lease already expired");
+      continue;
+    }
+    const Time deadline = now + std::max(e.extension, Duration(0));
+    DbStatement& st = Stmt("UPDATE items SET deliver_after = ? WHERE id = ?");
+    st.SetInt64(1, ToUnixMillis(deadline));
+    st.SetUInt64(2, e.row.value());
+    st.ExecuteUpdate();
+    r.deliver_after = ToUnixMillis(deadline);
+    out[i].new_deadline = deadline;
+    out[i].cancel_requested = r.cancel_requested;
+  }
+  return out;
 }
 
 Result<Promotion> MySqlShardStore::PromoteDue(Time now, size_t limit,

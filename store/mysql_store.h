@@ -53,19 +53,12 @@ class MySqlShardStore final : public ShardStore {
   void SetPolicies(NamespacePolicies policies) override;
   Status Open() override;
   Status Ping() override;
-  Result<std::vector<Inserted>> Insert(std::span<const NewItem> items, Time now,
-                                       std::span<const InsertLease> leases = {}) override;
+  Result<Written> Write(const Writes& writes, Time now) override;
   Result<std::vector<ReadyKey>> FetchReady(const std::string& ns,
                                            const std::string& topic,
                                            size_t limit) override;
   Result<std::vector<LeasedItem>> Claim(std::span<const ClaimRequest> rows,
                                         LeaseToken token, Time now) override;
-  Result<std::vector<ItemOutcome>> Ack(std::span<const AckRequest> acks,
-                                       Time now) override;
-  Result<std::vector<ItemOutcome>> Nack(std::span<const NackRequest> nacks,
-                                        Time now) override;
-  Result<std::vector<ItemOutcome>> Extend(std::span<const ExtendRequest> reqs,
-                                          Time now) override;
   Result<Promotion> PromoteDue(Time now, size_t limit, const PromoteHandoff& handoff = {},
                                const Lookahead& look = {}) override;
   Result<std::vector<ItemTransition>> PurgeExpired(Time now, size_t limit) override;
@@ -139,6 +132,20 @@ class MySqlShardStore final : public ShardStore {
   Result<std::vector<LeasedItem>> LeaseRows(const std::map<uint64_t, std::string>& worker,
                                             const std::map<uint64_t, uint64_t>& token_of,
                                             int from_state, bool names_apart, Time now);
+  // The parts of Write, each inside its transaction (throw DbError; `ids`: the
+  // requests' rows, each once). InsertRows' `lease_of` names the items stored LEASED
+  // and `worker_ref` their lessees' workers.id; `look_up_keys` reads which dedup keys
+  // are taken before inserting.
+  Result<std::vector<Inserted>> InsertRows(
+      std::span<const NewItem> items, int64_t now_ms,
+      const std::map<size_t, const InsertLease*>& lease_of,
+      const std::map<size_t, uint32_t>& worker_ref, bool look_up_keys);
+  std::vector<ItemOutcome> AckRows(std::span<const AckRequest> acks,
+                                   const std::vector<uint64_t>& ids, int64_t now_ms);
+  std::vector<ItemOutcome> NackRows(std::span<const NackRequest> nacks,
+                                    const std::vector<uint64_t>& ids, Time now);
+  std::vector<ItemOutcome> ExtendRows(std::span<const ExtendRequest> reqs,
+                                      const std::vector<uint64_t>& ids, Time now);
   // A row an ack moves to SUCCEEDED (MarkSucceeded).
   struct SucceededRow {
     uint64_t id = 0;

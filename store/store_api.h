@@ -219,6 +219,27 @@ struct TopicCounts {
   }
 };
 
+// What ShardStore::Write does in one transaction (any part may be empty).
+struct Writes {
+  std::span<const AckRequest> acks;
+  std::span<const NackRequest> nacks;
+  std::span<const ExtendRequest> extends;
+  std::span<const NewItem> items;
+  std::span<const InsertLease> leases;  // indexes into `items`
+
+  bool empty() const {
+    return acks.empty() && nacks.empty() && extends.empty() && items.empty();
+  }
+};
+
+// Write's results: one per request of each part, in request order.
+struct Written {
+  std::vector<ItemOutcome> acked;
+  std::vector<ItemOutcome> nacked;
+  std::vector<ItemOutcome> extended;
+  std::vector<Inserted> inserted;
+};
+
 // Every transition below appends a TaskEvent to the item's history in the same
 // transaction (task_events). Final states set finished_at = now and deliver_after =
 // now + the namespace's retention (the purge time), from `policies`.
@@ -240,7 +261,18 @@ class ShardStore {
   // A cheap round trip, used by the circuit breaker's probe.
   virtual Status Ping() = 0;
 
-  // Inserts the items in one transaction; returns their row ids in input order.
+  // The writes of one shard-worker turn, in ONE transaction: the acks, then the
+  // nacks, then the extensions, then the inserts, each as the call of that name below
+  // describes, but committed together, so a turn that has enqueues and acks waiting
+  // pays one commit (one log write) for both. Any part may be empty. The whole call
+  // fails, and nothing of it is committed, if any part fails as a whole (a bad item
+  // or metadata: kInvalidArgument before anything runs; the database: kUnavailable or
+  // kInternal); per-item refusals are in the outcomes, as for the single calls.
+  virtual Result<Written> Write(const Writes& writes, Time now) = 0;
+
+  // Write with one part: conveniences for callers that have one kind of work.
+  //
+  // Insert: returns the items' row ids in input order.
   // An item whose deliver_after <= now is stored READY, otherwise DELAYED.
   // Dedup: an item whose non-empty dedup_key is already used by a row of the same
   // namespace in this shard (or by an earlier item of the same call) is not inserted;
@@ -249,9 +281,32 @@ class ShardStore {
   // `now` (its token and lessee, attempts 1, deliver_after = now + its lease) -- unless
   // it is deduplicated, not due at `now` or expired by its TTL; then the entry is
   // ignored. The first entry for an item counts.
-  virtual Result<std::vector<Inserted>> Insert(
-      std::span<const NewItem> items, Time now,
-      std::span<const InsertLease> leases = {}) = 0;
+  Result<std::vector<Inserted>> Insert(std::span<const NewItem> items, Time now,
+                                       std::span<const InsertLease> leases = {}) {
+    return Part(Writes{.items = items, .leases = leases}, now, &Written::inserted);
+  }
+  // One outcome per request, in request order.
+  // Ack: LEASED (or READY after an expired lease, token still matching) -> SUCCEEDED
+  // with the result; event "succeeded". Acking a SUCCEEDED row with its token again
+  // is OK (idempotent). A row that is gone: kNotFound.
+  Result<std::vector<ItemOutcome>> Ack(std::span<const AckRequest> acks, Time now) {
+    return Part(Writes{.acks = acks}, now, &Written::acked);
+  }
+  // Nack of a LEASED row (token must match):
+  //  - cancel_requested -> CANCELLED (event "cancelled");
+  //  - fatal -> FAILED (event "failed");
+  //  - attempts >= max_attempts -> DEAD (event "dead_lettered");
+  //  - otherwise READY (delay 0) or DELAYED until now + delay (event "retry", or
+  //    "undelivered" for a lease the server gives back).
+  // The error text becomes last_error in every case.
+  Result<std::vector<ItemOutcome>> Nack(std::span<const NackRequest> nacks, Time now) {
+    return Part(Writes{.nacks = nacks}, now, &Written::nacked);
+  }
+  // Refused (kFailedPrecondition) if the lease has already expired at `now`. The
+  // outcome carries cancel_requested.
+  Result<std::vector<ItemOutcome>> Extend(std::span<const ExtendRequest> reqs, Time now) {
+    return Part(Writes{.extends = reqs}, now, &Written::extended);
+  }
 
   // The best `limit` READY items of a topic, in ordering-rule order.
   virtual Result<std::vector<ReadyKey>> FetchReady(const std::string& ns,
@@ -266,26 +321,6 @@ class ShardStore {
   // own worker_id: one batch serves many callers.)
   virtual Result<std::vector<LeasedItem>> Claim(std::span<const ClaimRequest> rows,
                                                 LeaseToken token, Time now) = 0;
-
-  // One outcome per request, in request order.
-  // Ack: LEASED (or READY after an expired lease, token still matching) -> SUCCEEDED
-  // with the result; event "succeeded". Acking a SUCCEEDED row with its token again
-  // is OK (idempotent). A row that is gone: kNotFound.
-  virtual Result<std::vector<ItemOutcome>> Ack(std::span<const AckRequest> acks,
-                                               Time now) = 0;
-  // Nack of a LEASED row (token must match):
-  //  - cancel_requested -> CANCELLED (event "cancelled");
-  //  - fatal -> FAILED (event "failed");
-  //  - attempts >= max_attempts -> DEAD (event "dead_lettered");
-  //  - otherwise READY (delay 0) or DELAYED until now + delay (event "retry", or
-  //    "undelivered" for a lease the server gives back).
-  // The error text becomes last_error in every case.
-  virtual Result<std::vector<ItemOutcome>> Nack(std::span<const NackRequest> nacks,
-                                                Time now) = 0;
-  // Refused (kFailedPrecondition) if the lease has already expired at `now`. The
-  // outcome carries cancel_requested.
-  virtual Result<std::vector<ItemOutcome>> Extend(std::span<const ExtendRequest> reqs,
-                                                  Time now) = 0;
 
   // Moves up to `limit` items that are due at `now`, earliest first:
   //  - DELAYED with deliver_after <= now -> READY;
@@ -348,6 +383,14 @@ class ShardStore {
   // (a row repeated in `rows` is kNotFound the second time: it is gone).
   virtual Result<BulkOutcome> PurgeDead(const std::string& ns, const std::string& topic,
                                         std::span<const RowId> rows, size_t limit) = 0;
+
+ private:
+  template <typename T>
+  Result<T> Part(const Writes& writes, Time now, T Written::*part) {
+    Result<Written> written = Write(writes, now);
+    if (!written.ok()) return written.status();
+    return std::move(*written.*part);
+  }
 };
 
 }  // namespace shardq::store

@@ -414,6 +414,64 @@ TEST_F(ShardWorkerTest, MaxBatchSplitsInserts) {
   EXPECT_EQ(store_->size(), 8u);
 }
 
+// Group commit across kinds: an ack and an enqueue waiting in the same turn are one
+// store Write (one transaction, one commit), and each caller gets its own answer.
+TEST_F(ShardWorkerTest, AnAckAndAnEnqueueOfOneTurnShareOneWrite) {
+  MakeWorker();
+  StartWorker();
+  auto in = EnqueueAsync({Item("t", 1)});
+  io_.RunAll();
+  ASSERT_TRUE(in->rows.ok());
+  LoadWindow("t");
+  std::vector<LeasedItem> leased = TakeAndClaim("t", 1);
+  ASSERT_EQ(leased.size(), 1u);
+  auto calls = [&](MemoryShardStore::Op op) { return store_->calls(op); };
+  const size_t writes = calls(MemoryShardStore::Op::kWrite);
+  const size_t inserts = calls(MemoryShardStore::Op::kInsert);
+  const size_t acks = calls(MemoryShardStore::Op::kAck);
+  std::vector<store::ItemOutcome> acked;
+  worker_->Ack({{leased[0].row, leased[0].token}},
+               [&](std::vector<store::ItemOutcome> o) { acked = std::move(o); });
+  auto second = EnqueueAsync({Item("t", 2)});
+  EXPECT_EQ(io_.queued(), 1u);  // one strand turn for both
+  io_.RunAll();
+  EXPECT_EQ(calls(MemoryShardStore::Op::kWrite) - writes, 1u);
+  EXPECT_EQ(calls(MemoryShardStore::Op::kInsert) - inserts, 1u);
+  EXPECT_EQ(calls(MemoryShardStore::Op::kAck) - acks, 1u);
+  ASSERT_EQ(acked.size(), 1u);
+  EXPECT_TRUE(acked[0].status.ok());
+  ASSERT_TRUE(second->rows.ok());
+  ASSERT_EQ(second->rows->size(), 1u);
+  EXPECT_EQ(Buffer("t")->Counts().succeeded, 1);
+  EXPECT_EQ(Buffer("t")->Counts().ready, 1);
+}
+
+// The other side of sharing a transaction: when it fails, it fails for every caller
+// in it, and none of them is told otherwise.
+TEST_F(ShardWorkerTest, AFailedWriteFailsEveryCallerInIt) {
+  MakeWorker();
+  StartWorker();
+  auto in = EnqueueAsync({Item("t", 1)});
+  io_.RunAll();
+  ASSERT_TRUE(in->rows.ok());
+  LoadWindow("t");
+  std::vector<LeasedItem> leased = TakeAndClaim("t", 1);
+  ASSERT_EQ(leased.size(), 1u);
+  store_->FailNext(MemoryShardStore::Op::kAck, Status::Internal("disk on fire"));
+  std::vector<store::ItemOutcome> acked;
+  worker_->Ack({{leased[0].row, leased[0].token}},
+               [&](std::vector<store::ItemOutcome> o) { acked = std::move(o); });
+  auto second = EnqueueAsync({Item("t", 2)});
+  io_.RunAll();
+  ASSERT_EQ(acked.size(), 1u);
+  EXPECT_EQ(acked[0].status.code(), Code::kInternal);
+  EXPECT_EQ(second->rows.status().code(), Code::kInternal);
+  EXPECT_EQ(second->untried, 0u);  // tried: not for another shard to redo
+  EXPECT_EQ(store_->size(), 1u);
+  EXPECT_EQ(Buffer("t")->Counts().leased, 1);
+  EXPECT_EQ(Buffer("t")->Counts().ready, 0);
+}
+
 // Claims, acks and nacks from many callers are split the same way, so no statement's id
 // list grows with the number of callers waiting.
 TEST_F(ShardWorkerTest, MaxBatchSplitsClaimsAndAcks) {

@@ -712,6 +712,85 @@ TYPED_TEST(StoreContractTest, ExtendIsRefusedAfterExpiryAndForStaleOrMissing) {
             Code::kFailedPrecondition);
 }
 
+// --- Write: a turn's acks, nacks, extensions and inserts in one transaction ---------
+
+TYPED_TEST(StoreContractTest, WriteDoesEveryPartAsItsOwnCallWould) {
+  std::vector<RowId> ids =
+      this->Insert({Item("t", 0, kT0), Item("t", 1, kT0), Item("t", 2, kT0)});
+  this->Claim(ids, 41);
+  std::vector<AckRequest> acks{{ids[0], LeaseToken(41), "done"}};
+  std::vector<NackRequest> nacks{{ids[1], LeaseToken(41), Duration(0), "m2", "boom"}};
+  std::vector<ExtendRequest> extends{{ids[2], LeaseToken(41), 60s},
+                                     {ids[0], LeaseToken(99), 60s}};
+  std::vector<NewItem> items{Item("t", 3, kT0), Item("t", 4, kT0 + 10s)};
+  Written w = Must(this->store().Write(
+      {.acks = acks, .nacks = nacks, .extends = extends, .items = items}, kT0 + 1s));
+  ASSERT_EQ(w.acked.size(), 1u);
+  EXPECT_TRUE(w.acked[0].status.ok());
+  ASSERT_TRUE(w.acked[0].transition.has_value());
+  EXPECT_EQ(w.acked[0].transition->to, ItemState::kSucceeded);
+  ASSERT_EQ(w.nacked.size(), 1u);
+  ASSERT_TRUE(w.nacked[0].transition.has_value());
+  EXPECT_EQ(w.nacked[0].transition->to, ItemState::kReady);
+  ASSERT_EQ(w.extended.size(), 2u);
+  EXPECT_EQ(w.extended[0].new_deadline, kT0 + 61s);
+  EXPECT_EQ(w.extended[1].status.code(), Code::kFailedPrecondition);  // stale token
+  ASSERT_EQ(w.inserted.size(), 2u);
+  EXPECT_FALSE(w.inserted[0].deduplicated);
+  EXPECT_EQ(this->Task(ids[0]).result, "done");
+  EXPECT_EQ(this->Task(ids[1]).metadata, "m2");
+  EXPECT_EQ(this->Task(ids[1]).last_error, "boom");
+  EXPECT_EQ(this->Task(ids[2]).deliver_after, kT0 + 61s);
+  EXPECT_EQ(this->Task(w.inserted[0].row).state, ItemState::kReady);
+  EXPECT_EQ(this->Task(w.inserted[1].row).state, ItemState::kDelayed);
+  const TopicCounts c = this->Counts("t");
+  EXPECT_EQ(c.succeeded, 1u);
+  EXPECT_EQ(c.ready, 2u);
+  EXPECT_EQ(c.leased, 1u);
+  EXPECT_EQ(c.delayed, 1u);
+}
+
+TYPED_TEST(StoreContractTest, WriteThatFailsAsAWholeChangesNothing) {
+  RowId id = this->InsertOne(Item("t", 0, kT0));
+  this->ClaimOne(id, 7);
+  std::vector<AckRequest> acks{{id, LeaseToken(7), ""}};
+  std::vector<NewItem> items{Item("t", 1, kT0), Item("t", 2, kT0)};
+  items[1].task_type = std::string(kMaxTaskTypeLen + 1, 'x');  // more than the column
+  EXPECT_EQ(this->store().Write({.acks = acks, .items = items}, kT0).status().code(),
+            Code::kInvalidArgument);
+  EXPECT_EQ(this->Task(id).state, ItemState::kLeased);
+  EXPECT_EQ(this->Counts("t").ready, 0u);
+  EXPECT_TRUE(this->AckOne(id, 7).status.ok());  // the lease is still good
+}
+
+// A taken dedup key makes MySQL redo its optimistic insert with a lookup (after a
+// rollback of the whole transaction): the acks before it are done once, not twice.
+TYPED_TEST(StoreContractTest, WriteWithATakenDedupKeyAcksOnce) {
+  RowId keyed = this->InsertOne(Keyed("k"));
+  RowId leased = this->InsertOne(Item("t", 5, kT0));
+  this->ClaimOne(leased, 8);
+  std::vector<AckRequest> acks{{leased, LeaseToken(8), "r"}};
+  std::vector<NewItem> items{Keyed("k2"), Keyed("k")};
+  Written w = Must(this->store().Write({.acks = acks, .items = items}, kT0 + 1s));
+  ASSERT_EQ(w.acked.size(), 1u);
+  EXPECT_TRUE(w.acked[0].status.ok());
+  ASSERT_TRUE(w.acked[0].transition.has_value());
+  EXPECT_EQ(w.acked[0].transition->from, ItemState::kLeased);
+  ASSERT_EQ(w.inserted.size(), 2u);
+  EXPECT_FALSE(w.inserted[0].deduplicated);
+  EXPECT_TRUE(w.inserted[1].deduplicated);
+  EXPECT_EQ(w.inserted[1].row, keyed);
+  EXPECT_EQ(this->Task(leased).result, "r");
+  EXPECT_EQ(this->Counts("t").succeeded, 1u);
+  EXPECT_EQ(this->Counts("t").ready, 2u);  // "k" and "k2"
+}
+
+TYPED_TEST(StoreContractTest, WriteOfNothingIsOk) {
+  Written w = Must(this->store().Write({}, kT0));
+  EXPECT_TRUE(w.acked.empty() && w.nacked.empty() && w.extended.empty() &&
+              w.inserted.empty());
+}
+
 // --- PromoteDue ---------------------------------------------------------------------
 
 TYPED_TEST(StoreContractTest, PromoteDueMovesDueDelayedItemsEarliestFirst) {
