@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "shard_worker/handoff.h"
+#include "store/validation.h"
 
 namespace shardq::shard_worker {
 namespace {
@@ -277,6 +278,7 @@ void ShardWorker::RunWork(Work& work) {
       work.enqueues.clear();
     }
   }
+  RefuseInvalid(work);
   // The enqueues, acks, nacks and extensions: one transaction for the first max_rows
   // of each, then one for the next, and so on (group commit across kinds).
   auto reqs_of = [](auto& b) { return b.reqs.size(); };
@@ -320,6 +322,32 @@ void ShardWorker::RunWork(Work& work) {
     std::lock_guard lock(mu_);
     pending_.resync = true;
   }
+}
+
+void ShardWorker::RefuseInvalid(Work& work) {
+  auto refuse = [](auto& pending, auto invalid) {
+    std::erase_if(pending, [&](auto& p) {
+      const Status s = invalid(p);
+      if (s.ok()) return false;
+      if constexpr (std::is_same_v<std::decay_t<decltype(p)>, PendingEnqueue>) {
+        p.done(s, {});  // not for another shard to try either
+      } else {
+        p.done(std::vector<store::ItemOutcome>(p.reqs.size(), {s, std::nullopt, {}}));
+      }
+      return true;
+    });
+  };
+  refuse(work.enqueues, [](const PendingEnqueue& p) {
+    for (const NewItem& item : p.items)
+      SHARDQ_RETURN_IF_ERROR(store::ValidateNewItem(item));
+    return Status::Ok();
+  });
+  refuse(work.nacks, [](const PendingBatch<store::NackRequest>& p) {
+    for (const store::NackRequest& n : p.reqs) {
+      if (n.metadata) SHARDQ_RETURN_IF_ERROR(store::ValidateMetadata(*n.metadata));
+    }
+    return Status::Ok();
+  });
 }
 
 void ShardWorker::RunClaimRuns(std::vector<PendingClaim>& claims) {
@@ -496,8 +524,9 @@ void ShardWorker::RunWrites(std::span<PendingEnqueue> enqueues,
   auto nack_outs = TakeOutcomes(nacks, written, &store::Written::nacked, ready_keys);
   auto extend_outs =
       TakeOutcomes(extends, written, &store::Written::extended, ready_keys);
-  Result<std::vector<store::Inserted>> ids = written.status();
-  if (written.ok()) ids = std::move(written->inserted);
+  Result<std::vector<store::Inserted>> ids =
+      written.ok() ? Result<std::vector<store::Inserted>>(std::move(written->inserted))
+                   : Result<std::vector<store::Inserted>>(written.status());
   if (ids.ok()) {
     for (size_t k = 0; k < rows.size(); ++k) {
       const NewItem& item = rows[k];

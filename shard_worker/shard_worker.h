@@ -192,6 +192,10 @@ class ShardWorker final : public Tickable {
   void RunPromote();
   void RunPurge();
   void FailAll(Work& work, const Status& status);
+  // Answers the enqueues and nacks the store would refuse as a whole (a bad item or
+  // metadata: kInvalidArgument) and takes them out of `work`, so that they do not
+  // fail the callers who share their transaction.
+  void RefuseInvalid(Work& work);
   void ApplyTransition(const ItemTransition& t, ReadyBatch& ready_keys);
   // Puts the scheduled DELAYED items due at `now` into the ready index (ticker).
   void ReleaseDue(Time now);

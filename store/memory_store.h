@@ -27,7 +27,7 @@ class MemoryShardStore final : public ShardStore {
   enum class Op {
     kOpen,
     kPing,
-    kWrite,  // every Write; its parts also count as kInsert, kAck, kNack, kExtend
+    kWrite,  // counted only: every Write (its parts count as kInsert, kAck, ...)
     kInsert,
     kFetchReady,
     kClaim,

@@ -777,7 +777,6 @@ std::optional<std::vector<ItemOutcome>> MySqlShardStore::AckLeased(
     Rollback();
     return std::nullopt;
   }
-  for (const SucceededRow& d : done) leased_.erase(d.id);
   return out;
 }
 
@@ -829,6 +828,11 @@ Result<Written> MySqlShardStore::Write(const Writes& w, Time now) {
       out.inserted = std::move(*inserted);
     }
     Commit();
+    // Only now: a rollback (a later part's error, the redo for a taken key) would
+    // leave the acked rows LEASED, and their next ack would miss the fast path.
+    for (size_t i = 0; i < w.acks.size(); ++i) {
+      if (out.acked[i].transition) leased_.erase(w.acks[i].row.value());
+    }
     for (size_t i = 0; i < w.items.size(); ++i) {
       if (out.inserted[i].leased) {
         RememberLeased(out.inserted[i].row.value(), w.items[i].ns, w.items[i].topic,

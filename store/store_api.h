@@ -57,7 +57,7 @@ struct ClaimRequest {
   LeaseToken token{};
 };
 
-// A new item to store LEASED instead of READY, in its insert's own transaction: the
+// A new item to store LEASED instead of READY, in its insert's transaction: the
 // direct handoff of an item to a consumer that is waiting for one, which saves the
 // claim's transaction (shard_worker/ decides when that keeps the ordering rule).
 // PromoteDue takes the same for items falling due (PromoteHandoff).

@@ -472,6 +472,34 @@ TEST_F(ShardWorkerTest, AFailedWriteFailsEveryCallerInIt) {
   EXPECT_EQ(Buffer("t")->Counts().ready, 0);
 }
 
+// A request the store would refuse as a whole is answered on its own, before the
+// transaction, so it does not fail the callers who would have shared it.
+TEST_F(ShardWorkerTest, AnInvalidEnqueueDoesNotFailTheAckOfItsTurn) {
+  MakeWorker();
+  StartWorker();
+  auto in = EnqueueAsync({Item("t", 1)});
+  io_.RunAll();
+  ASSERT_TRUE(in->rows.ok());
+  LoadWindow("t");
+  std::vector<LeasedItem> leased = TakeAndClaim("t", 1);
+  ASSERT_EQ(leased.size(), 1u);
+  std::vector<store::ItemOutcome> acked;
+  worker_->Ack({{leased[0].row, leased[0].token}},
+               [&](std::vector<store::ItemOutcome> o) { acked = std::move(o); });
+  NewItem bad = Item("t", 2);
+  bad.task_type = std::string(shardq::kMaxTaskTypeLen + 1, 'x');
+  auto refused = EnqueueAsync({Item("t", 3), bad});
+  auto good = EnqueueAsync({Item("t", 4)});
+  io_.RunAll();
+  ASSERT_EQ(acked.size(), 1u);
+  EXPECT_TRUE(acked[0].status.ok());
+  EXPECT_EQ(refused->rows.status().code(), Code::kInvalidArgument);
+  EXPECT_EQ(refused->untried, 0u);  // no other shard would take it either
+  ASSERT_TRUE(good->rows.ok());
+  EXPECT_EQ(store_->size(), 2u);  // the first item and the good enqueue's
+  EXPECT_EQ(Buffer("t")->Counts().succeeded, 1);
+}
+
 // Claims, acks and nacks from many callers are split the same way, so no statement's id
 // list grows with the number of callers waiting.
 TEST_F(ShardWorkerTest, MaxBatchSplitsClaimsAndAcks) {
@@ -674,8 +702,9 @@ TEST_F(ShardWorkerTest, EnqueuedItemIsInTheWindowWhenTheCallbackRuns) {
   EXPECT_EQ(window_in_callback, 1u);
 }
 
-// The same for a nack. RunBatches calls `done` before ReadyBatch::Flush, so the item
-// is not in the window yet when the caller learns the nack succeeded.
+// The same for a nack. RunBatches (before RunWrites) called `done` before
+// ReadyBatch::Flush, so the item was not in the window yet when the caller learned
+// the nack succeeded.
 TEST_F(ShardWorkerTest, NackedItemIsInTheWindowWhenTheCallbackRuns) {
   MakeWorker();
   StartWorker();
