@@ -1,7 +1,7 @@
 #pragma once
 // Direct handoff: due items go straight to the consumers parked on their topics,
-// leased in the transaction that makes them due -- an insert batch's (Insert with
-// InsertLeases) or a promotion's (PromoteDue with a PromoteHandoff). At low load,
+// leased in the transaction that makes them due -- an insert batch's (a store Write
+// with InsertLeases) or a promotion's (PromoteDue with a PromoteHandoff). At low load,
 // where a consumer is usually waiting, that saves an item its claim: a transaction and
 // a commit on the way from the producer (or the timer) to the handler.
 //
@@ -9,7 +9,7 @@
 // the topic is ready in memory and no window is still loading
 // (TopicBuffer::IdleWaiters), and then the best items first.
 //
-// Threads: the shard worker's strand, around one store Insert or PromoteDue.
+// Threads: the shard worker's strand, around one store Write or PromoteDue.
 
 #include <map>
 #include <memory>
@@ -38,7 +38,7 @@ class HandoffPlan {
   HandoffPlan(std::span<const ItemTransition> due, ShardId shard,
               prefetch::PrefetchIndex& index);
 
-  // For the store's Insert, or as the PromoteHandoff's answer.
+  // For the store's Write (its inserts), or as the PromoteHandoff's answer.
   std::span<const store::InsertLease> leases() const { return leases_; }
 
   // After the insert: hands each waiter what was leased to it (nothing if the insert

@@ -36,6 +36,12 @@ std::vector<std::span<T>> RunsOf(std::vector<T>& pending, size_t max_rows, Rows 
   return runs;
 }
 
+// The i-th run of RunsOf's answer, or an empty one past its end.
+template <typename T>
+std::span<T> RunAt(const std::vector<std::span<T>>& runs, size_t i) {
+  return i < runs.size() ? runs[i] : std::span<T>{};
+}
+
 // Calls fn and measures it with a steady clock (latency is for the breaker only).
 template <typename Fn>
 auto Timed(Fn fn, Duration* latency) {
@@ -289,13 +295,9 @@ void ShardWorker::RunWork(Work& work) {
   const auto extends = RunsOf(work.extends, max_rows, reqs_of);
   const size_t rounds =
       std::max({enqueues.size(), acks.size(), nacks.size(), extends.size()});
-  auto run = [](const auto& runs, size_t i) {
-    return i < runs.size() ? runs[i]
-                           : typename std::decay_t<decltype(runs)>::value_type{};
-  };
   for (size_t i = 0; i < rounds; ++i) {
     RunNewClaims();
-    RunWrites(run(enqueues, i), run(acks, i), run(nacks, i), run(extends, i));
+    RunWrites(RunAt(enqueues, i), RunAt(acks, i), RunAt(nacks, i), RunAt(extends, i));
   }
   // A buffer may be queued for refill several times; once is enough.
   std::sort(work.refills.begin(), work.refills.end());
@@ -325,28 +327,24 @@ void ShardWorker::RunWork(Work& work) {
 }
 
 void ShardWorker::RefuseInvalid(Work& work) {
-  auto refuse = [](auto& pending, auto invalid) {
-    std::erase_if(pending, [&](auto& p) {
-      const Status s = invalid(p);
-      if (s.ok()) return false;
-      if constexpr (std::is_same_v<std::decay_t<decltype(p)>, PendingEnqueue>) {
-        p.done(s, {});  // not for another shard to try either
-      } else {
-        p.done(std::vector<store::ItemOutcome>(p.reqs.size(), {s, std::nullopt, {}}));
-      }
+  std::erase_if(work.enqueues, [](PendingEnqueue& p) {
+    for (const NewItem& item : p.items) {
+      Status s = store::ValidateNewItem(item);
+      if (s.ok()) continue;
+      p.done(std::move(s), {});  // not for another shard to try either
       return true;
-    });
-  };
-  refuse(work.enqueues, [](const PendingEnqueue& p) {
-    for (const NewItem& item : p.items)
-      SHARDQ_RETURN_IF_ERROR(store::ValidateNewItem(item));
-    return Status::Ok();
-  });
-  refuse(work.nacks, [](const PendingBatch<store::NackRequest>& p) {
-    for (const store::NackRequest& n : p.reqs) {
-      if (n.metadata) SHARDQ_RETURN_IF_ERROR(store::ValidateMetadata(*n.metadata));
     }
-    return Status::Ok();
+    return false;
+  });
+  std::erase_if(work.nacks, [](PendingBatch<store::NackRequest>& p) {
+    for (const store::NackRequest& n : p.reqs) {
+      if (!n.metadata) continue;
+      Status s = store::ValidateMetadata(*n.metadata);
+      if (s.ok()) continue;
+      p.done(std::vector<store::ItemOutcome>(p.reqs.size(), {s, std::nullopt, {}}));
+      return true;
+    }
+    return false;
   });
 }
 

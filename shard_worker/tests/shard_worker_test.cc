@@ -229,6 +229,23 @@ class ShardWorkerTest : public ::testing::Test {
     return got;
   }
 
+  // Enqueues one item of topic "t", loads the window and claims it: a leased item
+  // whose ack or nack a test can then send.
+  LeasedItem LeaseOne() {
+    EXPECT_TRUE(EnqueueAndLoad({Item("t", 1)}));
+    std::vector<LeasedItem> leased = TakeAndClaim("t", 1);
+    EXPECT_EQ(leased.size(), 1u);
+    return leased.empty() ? LeasedItem{} : leased[0];
+  }
+
+  // Sends an ack of `item`; its outcomes land in the result once the strand runs.
+  std::shared_ptr<std::vector<store::ItemOutcome>> AckAsync(const LeasedItem& item) {
+    auto out = std::make_shared<std::vector<store::ItemOutcome>>();
+    worker_->Ack({{item.row, item.token}},
+                 [out](std::vector<store::ItemOutcome> o) { *out = std::move(o); });
+    return out;
+  }
+
   // After a resync reset the window of `topic`: a first Take finds it unknown and asks
   // for its refill; then takes up to `n` keys and claims them.
   std::vector<LeasedItem> TakeAfterReset(const std::string& topic, size_t n) {
@@ -419,27 +436,20 @@ TEST_F(ShardWorkerTest, MaxBatchSplitsInserts) {
 TEST_F(ShardWorkerTest, AnAckAndAnEnqueueOfOneTurnShareOneWrite) {
   MakeWorker();
   StartWorker();
-  auto in = EnqueueAsync({Item("t", 1)});
-  io_.RunAll();
-  ASSERT_TRUE(in->rows.ok());
-  LoadWindow("t");
-  std::vector<LeasedItem> leased = TakeAndClaim("t", 1);
-  ASSERT_EQ(leased.size(), 1u);
+  const LeasedItem leased = LeaseOne();
   auto calls = [&](MemoryShardStore::Op op) { return store_->calls(op); };
   const size_t writes = calls(MemoryShardStore::Op::kWrite);
   const size_t inserts = calls(MemoryShardStore::Op::kInsert);
   const size_t acks = calls(MemoryShardStore::Op::kAck);
-  std::vector<store::ItemOutcome> acked;
-  worker_->Ack({{leased[0].row, leased[0].token}},
-               [&](std::vector<store::ItemOutcome> o) { acked = std::move(o); });
+  auto acked = AckAsync(leased);
   auto second = EnqueueAsync({Item("t", 2)});
   EXPECT_EQ(io_.queued(), 1u);  // one strand turn for both
   io_.RunAll();
   EXPECT_EQ(calls(MemoryShardStore::Op::kWrite) - writes, 1u);
   EXPECT_EQ(calls(MemoryShardStore::Op::kInsert) - inserts, 1u);
   EXPECT_EQ(calls(MemoryShardStore::Op::kAck) - acks, 1u);
-  ASSERT_EQ(acked.size(), 1u);
-  EXPECT_TRUE(acked[0].status.ok());
+  ASSERT_EQ(acked->size(), 1u);
+  EXPECT_TRUE((*acked)[0].status.ok());
   ASSERT_TRUE(second->rows.ok());
   ASSERT_EQ(second->rows->size(), 1u);
   EXPECT_EQ(Buffer("t")->Counts().succeeded, 1);
@@ -451,20 +461,13 @@ TEST_F(ShardWorkerTest, AnAckAndAnEnqueueOfOneTurnShareOneWrite) {
 TEST_F(ShardWorkerTest, AFailedWriteFailsEveryCallerInIt) {
   MakeWorker();
   StartWorker();
-  auto in = EnqueueAsync({Item("t", 1)});
-  io_.RunAll();
-  ASSERT_TRUE(in->rows.ok());
-  LoadWindow("t");
-  std::vector<LeasedItem> leased = TakeAndClaim("t", 1);
-  ASSERT_EQ(leased.size(), 1u);
+  const LeasedItem leased = LeaseOne();
   store_->FailNext(MemoryShardStore::Op::kAck, Status::Internal("disk on fire"));
-  std::vector<store::ItemOutcome> acked;
-  worker_->Ack({{leased[0].row, leased[0].token}},
-               [&](std::vector<store::ItemOutcome> o) { acked = std::move(o); });
+  auto acked = AckAsync(leased);
   auto second = EnqueueAsync({Item("t", 2)});
   io_.RunAll();
-  ASSERT_EQ(acked.size(), 1u);
-  EXPECT_EQ(acked[0].status.code(), Code::kInternal);
+  ASSERT_EQ(acked->size(), 1u);
+  EXPECT_EQ((*acked)[0].status.code(), Code::kInternal);
   EXPECT_EQ(second->rows.status().code(), Code::kInternal);
   EXPECT_EQ(second->untried, 0u);  // tried: not for another shard to redo
   EXPECT_EQ(store_->size(), 1u);
@@ -477,22 +480,15 @@ TEST_F(ShardWorkerTest, AFailedWriteFailsEveryCallerInIt) {
 TEST_F(ShardWorkerTest, AnInvalidEnqueueDoesNotFailTheAckOfItsTurn) {
   MakeWorker();
   StartWorker();
-  auto in = EnqueueAsync({Item("t", 1)});
-  io_.RunAll();
-  ASSERT_TRUE(in->rows.ok());
-  LoadWindow("t");
-  std::vector<LeasedItem> leased = TakeAndClaim("t", 1);
-  ASSERT_EQ(leased.size(), 1u);
-  std::vector<store::ItemOutcome> acked;
-  worker_->Ack({{leased[0].row, leased[0].token}},
-               [&](std::vector<store::ItemOutcome> o) { acked = std::move(o); });
+  const LeasedItem leased = LeaseOne();
+  auto acked = AckAsync(leased);
   NewItem bad = Item("t", 2);
   bad.task_type = std::string(shardq::kMaxTaskTypeLen + 1, 'x');
   auto refused = EnqueueAsync({Item("t", 3), bad});
   auto good = EnqueueAsync({Item("t", 4)});
   io_.RunAll();
-  ASSERT_EQ(acked.size(), 1u);
-  EXPECT_TRUE(acked[0].status.ok());
+  ASSERT_EQ(acked->size(), 1u);
+  EXPECT_TRUE((*acked)[0].status.ok());
   EXPECT_EQ(refused->rows.status().code(), Code::kInvalidArgument);
   EXPECT_EQ(refused->untried, 0u);  // no other shard would take it either
   ASSERT_TRUE(good->rows.ok());
