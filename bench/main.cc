@@ -132,9 +132,9 @@ void ThreadCounts(const Options& o, const W1& w, const std::string& socket, Figu
     if (!client.AwaitReady()) throw std::runtime_error("shardqd's shards did not open");
     client.Enqueue("t", w.items / 4, w.batch);
     client.DrainBatched("t", w.items / 4, w.consumers);
-    // gRPC's event-engine pool adds a thread for a moment when its reserve threads are
-    // busy, and lets it go when idle: the steady count is the lowest of ten samples
-    // over a second; the highest is shown too.
+    // gRPC's pools can add a thread while busy: the steady count is the lowest of ten
+    // samples over a second; the highest is shown too. (The event-engine pool's third
+    // thread, once started, stays: it is part of the steady count.)
     double steady = 1e9, peak = 0;
     for (int i = 0; i < 10; ++i) {
       if (i > 0) std::this_thread::sleep_for(std::chrono::milliseconds(100));

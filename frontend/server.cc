@@ -8,6 +8,7 @@
 
 #include <map>
 
+#include "frontend/executor_warmup.h"
 #include "shardq/v1/message_limits.h"
 
 namespace shardq::frontend {
@@ -56,8 +57,13 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerConfig& config, Clock&
     server->health_ = server->grpc_->GetHealthCheckService();
     server->ApplyHealthLocked();
   }
-  spdlog::info("shardq listening on port {} with {} shards, {} I/O threads",
-               server->port_, config.shards.size(), config.io_threads);
+  // Only now that the server holds gRPC up: with no gRPC object alive, gRPC shuts
+  // down, its executor included, and a later object starts a fresh one-thread pool.
+  const int executor_threads = GrowGrpcExecutor();
+  spdlog::info(
+      "shardq listening on port {} with {} shards, {} I/O threads; gRPC's "
+      "default executor has {} threads",
+      server->port_, config.shards.size(), config.io_threads, executor_threads);
   return server;
 }
 

@@ -1,6 +1,7 @@
 // Guarantee 6: the server's threads are bounded. shardqd (a child process, so that
 // its threads are its own) runs the same load with 4 shards and with 32; afterwards
-// both have shardq's fixed threads, and no more of gRPC's than gRPC's pools allow.
+// both have shardq's fixed threads, gRPC's default executor at its bound, and no more
+// of gRPC's other threads than its pools allow.
 
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -85,6 +86,12 @@ std::string Describe(const std::map<std::string, int>& threads) {
   return out;
 }
 
+// Linux keeps the first 15 characters of a thread's name.
+int Named(const std::map<std::string, int>& threads, const std::string& name) {
+  const auto it = threads.find(name);
+  return it == threads.end() ? 0 : it->second;
+}
+
 int All(const std::map<std::string, int>& threads) {
   int all = 0;
   for (const auto& [name, count] : threads) all += count;
@@ -93,7 +100,7 @@ int All(const std::map<std::string, int>& threads) {
 
 // What gRPC 1.51 can have, whatever the shards: a few fixed threads (the callback
 // queue's pollers, timers, the resolver, the sync server reflection runs on), its
-// default executor (at most twice the cores, kept once started) and its event-engine
+// default executor (twice the cores, grown at start-up) and its event-engine
 // pool (a reserve of the cores, at least 2, plus threads lent while it is busy).
 int GrpcThreadsAtMost() {
   const int cores = std::max<int>(1, sysconf(_SC_NPROCESSORS_CONF));
@@ -108,7 +115,13 @@ TEST(ServerThreadsTest, ThreadsDoNotGrowWithTheShards) {
   EXPECT_EQ(ServerProcess::ShardqThreads(four), kIoThreads + 2) << Describe(four);
   EXPECT_EQ(ServerProcess::ShardqThreads(thirty_two), kIoThreads + 2)
       << Describe(thirty_two);
-  // gRPC's pools grow with the load, not with the shards, and only so far. (28 more
+  // gRPC's default executor is grown to its bound before the first call
+  // (frontend/executor_warmup.h), so it is the same whatever the load has been.
+  const int twice_the_cores = 2 * std::max(1u, std::thread::hardware_concurrency());
+  EXPECT_EQ(Named(four, "default-executo"), twice_the_cores) << Describe(four);
+  EXPECT_EQ(Named(thirty_two, "default-executo"), twice_the_cores)
+      << Describe(thirty_two);
+  // gRPC's other pools grow with the load, not with the shards, and only so far. (28 more
   // shards would be 28 more threads if anything started one per shard.)
   EXPECT_LE(All(four) - ServerProcess::ShardqThreads(four), GrpcThreadsAtMost())
       << Describe(four);
