@@ -1,8 +1,8 @@
 #include "frontend/executor_warmup.h"
 
+#include <grpc/support/cpu.h>
 #include <grpcpp/alarm.h>
 
-#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <filesystem>
@@ -24,8 +24,8 @@ struct Burst {
 };
 
 // One burst: `alarms` callbacks due together, so that they queue behind each other on
-// the executor and make it add threads. Returns once all have run (or been cancelled).
-void RunBurst(int alarms) {
+// the executor and make it add threads. False if they did not all run within a second.
+bool RunBurst(int alarms) {
   auto burst = std::make_shared<Burst>();
   burst->pending = alarms;
   std::vector<std::unique_ptr<grpc::Alarm>> started;
@@ -39,14 +39,20 @@ void RunBurst(int alarms) {
       if (--burst->pending == 0) burst->done_cv.notify_all();
     });
   }
-  std::unique_lock lock(burst->mu);
-  // Bounded, so that a stalled gRPC cannot stall start-up; destroying the alarms
-  // then cancels the ones still waiting.
-  burst->done_cv.wait_for(lock, std::chrono::seconds(2),
-                          [&] { return burst->pending == 0; });
+  bool finished = false;
+  {
+    // Released before the alarms are destroyed: destroying one cancels it, and its
+    // callback (run at once if gRPC runs it inline) takes this mutex.
+    std::unique_lock lock(burst->mu);
+    finished = burst->done_cv.wait_for(lock, std::chrono::seconds(1),
+                                       [&] { return burst->pending == 0; });
+  }
+  return finished;
 }
 
 }  // namespace
+
+int GrpcExecutorBound() { return 2 * static_cast<int>(gpr_cpu_num_cores()); }
 
 int GrpcExecutorThreads() {
   // gRPC names them "default-executor"; Linux keeps the first 15 characters.
@@ -61,16 +67,21 @@ int GrpcExecutorThreads() {
   return threads;
 }
 
-int GrowGrpcExecutor(int target, int max_bursts) {
-  const int cores = std::max(1u, std::thread::hardware_concurrency());
-  if (target <= 0) target = 2 * cores;
+ExecutorWarmup GrowGrpcExecutor(int target, int max_bursts) {
+  if (target <= 0) target = GrpcExecutorBound();
   // Holds gRPC up between the bursts: when its last object goes, gRPC shuts down, its
   // executor with it, and the next burst would start from a fresh one-thread pool.
   const grpc::Alarm hold_grpc;
-  for (int i = 0; i < max_bursts && GrpcExecutorThreads() < target; ++i) {
-    RunBurst(4 * target);
+  ExecutorWarmup warmup;
+  while (warmup.bursts < max_bursts && GrpcExecutorThreads() < target) {
+    ++warmup.bursts;
+    if (!RunBurst(4 * target)) {
+      warmup.timed_out = true;
+      break;
+    }
   }
-  return GrpcExecutorThreads();
+  warmup.threads = GrpcExecutorThreads();
+  return warmup;
 }
 
 }  // namespace shardq::frontend

@@ -59,11 +59,15 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerConfig& config, Clock&
   }
   // Only now that the server holds gRPC up: with no gRPC object alive, gRPC shuts
   // down, its executor included, and a later object starts a fresh one-thread pool.
-  const int executor_threads = GrowGrpcExecutor();
-  spdlog::info(
-      "shardq listening on port {} with {} shards, {} I/O threads; gRPC's "
-      "default executor has {} threads",
-      server->port_, config.shards.size(), config.io_threads, executor_threads);
+  const ExecutorWarmup warmup = GrowGrpcExecutor();
+  // Short of the bound, the thread count will still grow with the load: worth a warning.
+  const auto level =
+      warmup.threads < GrpcExecutorBound() ? spdlog::level::warn : spdlog::level::info;
+  spdlog::log(level,
+              "shardq listening on port {} with {} shards, {} I/O threads; gRPC's "
+              "default executor has {} of its {} threads{}",
+              server->port_, config.shards.size(), config.io_threads, warmup.threads,
+              GrpcExecutorBound(), warmup.timed_out ? " (its warm-up timed out)" : "");
   return server;
 }
 

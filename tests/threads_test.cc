@@ -1,10 +1,10 @@
 // Guarantee 6: the server's threads are bounded. shardqd (a child process, so that
-// its threads are its own) runs the same load with 4 shards and with 32; afterwards
-// both have shardq's fixed threads, gRPC's default executor at its bound, and no more
-// of gRPC's other threads than its pools allow.
+// its threads are its own) runs the same load with 4 shards and with 32. Both have
+// gRPC's default executor at its bound from start-up, and after the load shardq's
+// fixed threads and no more of gRPC's other threads than its pools allow.
 
+#include <grpc/support/cpu.h>
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "frontend/executor_warmup.h"
 #include "tests/e2e_support.h"
 #include "tests/support/mariadb_instance.h"
 #include "tests/support/server_process.h"
@@ -55,21 +56,31 @@ void RunLoad(int port) {
   EXPECT_EQ(acked.load(), enqueued.load());
 }
 
-// The server's threads after RunLoad, counted by name.
-std::map<std::string, int> ThreadsAfterLoad(const std::string& socket, int shards) {
+using Threads = std::map<std::string, int>;  // by name
+
+struct ServerThreads {
+  Threads at_start;    // as soon as the server listens
+  Threads after_load;  // after RunLoad
+};
+
+// The server's threads as it starts and after RunLoad.
+ServerThreads ThreadsOfAServer(const std::string& socket, int shards) {
   auto server = ServerProcess::Start({.binary = SHARDQD_PATH,
                                       .socket = socket,
                                       .shards = shards,
                                       .io_threads = kIoThreads});
   EXPECT_TRUE(server.ok()) << server.status().ToString();
   if (!server.ok()) return {};
+  ServerThreads threads;
+  // shardqd writes its port file, which Start waits for, once Server::Start returns.
+  threads.at_start = server->ThreadNames();
   const int port = server->port();
   EXPECT_TRUE(Eventually(
       [&] { return HealthCheck(port) == grpc::health::v1::HealthCheckResponse::SERVING; },
       std::chrono::seconds(120)))
       << "shardqd's " << shards << " shards did not open";
   RunLoad(port);
-  std::map<std::string, int> threads = server->ThreadNames();
+  threads.after_load = server->ThreadNames();
   server->Stop();
   // The next server takes over the same databases once MariaDB has freed each
   // shard's ownership lock, a moment after the connection closed.
@@ -79,20 +90,20 @@ std::map<std::string, int> ThreadsAfterLoad(const std::string& socket, int shard
   return threads;
 }
 
-std::string Describe(const std::map<std::string, int>& threads) {
+std::string Describe(const Threads& threads) {
   std::string out;
   for (const auto& [name, count] : threads)
     out += name + " x" + std::to_string(count) + " ";
   return out;
 }
 
-// Linux keeps the first 15 characters of a thread's name.
-int Named(const std::map<std::string, int>& threads, const std::string& name) {
-  const auto it = threads.find(name);
+// gRPC's default executor threads ("default-executor": Linux keeps 15 characters).
+int ExecutorThreads(const Threads& threads) {
+  const auto it = threads.find("default-executo");
   return it == threads.end() ? 0 : it->second;
 }
 
-int All(const std::map<std::string, int>& threads) {
+int All(const Threads& threads) {
   int all = 0;
   for (const auto& [name, count] : threads) all += count;
   return all;
@@ -103,26 +114,30 @@ int All(const std::map<std::string, int>& threads) {
 // default executor (twice the cores, grown at start-up) and its event-engine
 // pool (a reserve of the cores, at least 2, plus threads lent while it is busy).
 int GrpcThreadsAtMost() {
-  const int cores = std::max<int>(1, sysconf(_SC_NPROCESSORS_CONF));
+  const int cores = static_cast<int>(gpr_cpu_num_cores());
   return 8 + 2 * cores + 2 * std::max(2, cores);
 }
 
 TEST(ServerThreadsTest, ThreadsDoNotGrowWithTheShards) {
-  const auto four = ThreadsAfterLoad(SharedMariaDb().socket(), 4);
-  const auto thirty_two = ThreadsAfterLoad(SharedMariaDb().socket(), 32);
+  const ServerThreads four_shards = ThreadsOfAServer(SharedMariaDb().socket(), 4);
+  const ServerThreads thirty_two_shards = ThreadsOfAServer(SharedMariaDb().socket(), 32);
+  const Threads& four = four_shards.after_load;
+  const Threads& thirty_two = thirty_two_shards.after_load;
 
   // shardq's own: the I/O pool, the ticker and main, with 4 shards and with 32.
   EXPECT_EQ(ServerProcess::ShardqThreads(four), kIoThreads + 2) << Describe(four);
   EXPECT_EQ(ServerProcess::ShardqThreads(thirty_two), kIoThreads + 2)
       << Describe(thirty_two);
-  // gRPC's default executor is grown to its bound before the first call
-  // (frontend/executor_warmup.h), so it is the same whatever the load has been.
-  const int twice_the_cores = 2 * std::max(1u, std::thread::hardware_concurrency());
-  EXPECT_EQ(Named(four, "default-executo"), twice_the_cores) << Describe(four);
-  EXPECT_EQ(Named(thirty_two, "default-executo"), twice_the_cores)
-      << Describe(thirty_two);
-  // gRPC's other pools grow with the load, not with the shards, and only so far. (28 more
-  // shards would be 28 more threads if anything started one per shard.)
+  // gRPC's default executor is at its bound as soon as the server listens
+  // (frontend/executor_warmup.h) and stays there, whatever the load.
+  for (const ServerThreads* server : {&four_shards, &thirty_two_shards}) {
+    EXPECT_EQ(ExecutorThreads(server->at_start), frontend::GrpcExecutorBound())
+        << Describe(server->at_start);
+    EXPECT_EQ(ExecutorThreads(server->after_load), frontend::GrpcExecutorBound())
+        << Describe(server->after_load);
+  }
+  // gRPC's other pools grow with the load, not with the shards, and only so far. (28
+  // more shards would be 28 more threads if anything started one per shard.)
   EXPECT_LE(All(four) - ServerProcess::ShardqThreads(four), GrpcThreadsAtMost())
       << Describe(four);
   EXPECT_LE(All(thirty_two) - ServerProcess::ShardqThreads(thirty_two),

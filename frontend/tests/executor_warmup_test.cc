@@ -6,23 +6,23 @@
 
 #include <gtest/gtest.h>
 
-#include <algorithm>
-#include <thread>
-
 namespace shardq::frontend {
 namespace {
 
-int TwiceTheCores() {
-  return 2 * static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+TEST(GrowGrpcExecutorTest, ReachesGrpcsBound) {
+  const ExecutorWarmup warmup = GrowGrpcExecutor();
+  EXPECT_EQ(warmup.threads, GrpcExecutorBound());
+  EXPECT_FALSE(warmup.timed_out);
+  EXPECT_GE(warmup.bursts, 1);
 }
 
-TEST(GrowGrpcExecutorTest, ReachesTwiceTheCores) {
-  EXPECT_EQ(GrowGrpcExecutor(), TwiceTheCores());
-}
-
-TEST(GrowGrpcExecutorTest, GivesUpOnATargetAboveGrpcsBound) {
-  // gRPC stops at twice the cores: the bursts run out, and the warm-up returns.
-  EXPECT_EQ(GrowGrpcExecutor(TwiceTheCores() + 1, 2), TwiceTheCores());
+TEST(GrowGrpcExecutorTest, StopsAfterItsBurstsWhenTheTargetIsOutOfReach) {
+  // gRPC stops at its bound, so a target above it is never reached: every burst is
+  // fired, and the executor is left at the bound.
+  const ExecutorWarmup warmup = GrowGrpcExecutor(GrpcExecutorBound() + 1, 5);
+  EXPECT_EQ(warmup.bursts, 5);
+  EXPECT_EQ(warmup.threads, GrpcExecutorBound());
+  EXPECT_FALSE(warmup.timed_out);
 }
 
 }  // namespace
