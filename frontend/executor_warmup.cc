@@ -55,14 +55,13 @@ bool RunBurst(int alarms) {
 int GrpcExecutorBound() { return 2 * static_cast<int>(gpr_cpu_num_cores()); }
 
 int GrpcExecutorThreads() {
-  // gRPC names them "default-executor"; Linux keeps the first 15 characters.
   int threads = 0;
   std::error_code ec;
   for (const auto& task : std::filesystem::directory_iterator("/proc/self/task", ec)) {
     std::ifstream comm(task.path() / "comm");
     std::string name;
     std::getline(comm, name);
-    if (name == "default-executo") ++threads;
+    if (name == kGrpcExecutorThreadName) ++threads;
   }
   return threads;
 }

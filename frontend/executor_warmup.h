@@ -32,7 +32,11 @@ ExecutorWarmup GrowGrpcExecutor(int target = 0, int max_bursts = 5);
 // CPUs of the host, not a container's CPU quota).
 int GrpcExecutorBound();
 
-// The threads of gRPC's default executor in this process, counted by name (Linux).
+// The name of the executor's threads as Linux shows it: gRPC names them
+// "default-executor", and Linux keeps the first 15 characters.
+inline constexpr char kGrpcExecutorThreadName[] = "default-executo";
+
+// The threads of gRPC's default executor in this process, counted by name.
 int GrpcExecutorThreads();
 
 }  // namespace shardq::frontend

@@ -97,9 +97,8 @@ std::string Describe(const Threads& threads) {
   return out;
 }
 
-// gRPC's default executor threads ("default-executor": Linux keeps 15 characters).
 int ExecutorThreads(const Threads& threads) {
-  const auto it = threads.find("default-executo");
+  const auto it = threads.find(frontend::kGrpcExecutorThreadName);
   return it == threads.end() ? 0 : it->second;
 }
 
