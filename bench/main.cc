@@ -132,9 +132,10 @@ void ThreadCounts(const Options& o, const W1& w, const std::string& socket, Figu
     if (!client.AwaitReady()) throw std::runtime_error("shardqd's shards did not open");
     client.Enqueue("t", w.items / 4, w.batch);
     client.DrainBatched("t", w.items / 4, w.consumers);
-    // gRPC's pools can add a thread while busy: the steady count is the lowest of ten
-    // samples over a second; the highest is shown too. (The event-engine pool's third
-    // thread, once started, stays: it is part of the steady count.)
+    // gRPC's pools can add a thread for a moment: the steady count is the lowest of
+    // ten samples over a second; the highest is shown too. (The event-engine pool's
+    // third thread, started or not as gRPC creates the pool, stays: it is part of the
+    // steady count.)
     double steady = 1e9, peak = 0;
     for (int i = 0; i < 10; ++i) {
       if (i > 0) std::this_thread::sleep_for(std::chrono::milliseconds(100));
