@@ -897,11 +897,10 @@ Result<std::vector<Inserted>> MySqlShardStore::InsertRows(
   // unique key `dedup`. (An OR of (ns, key) pairs made the range optimizer take
   // ~100 ms for 100 keys.)
   std::map<std::string_view, std::vector<std::string_view>> keys_by_ns;
-  for (const DedupKey* k : lookup) {
-    if (look_up_keys) keys_by_ns[k->first].push_back(k->second);
+  if (look_up_keys) {
+    for (const DedupKey* k : lookup) keys_by_ns[k->first].push_back(k->second);
   }
   for (const auto& [ns, keys] : keys_by_ns) {
-    if (!look_up_keys) break;
     for (size_t begin = 0; begin < keys.size(); begin += kMaxIdsPerStatement) {
       // The single writer of a shard is this store, so nothing can take a key
       // between this read and the INSERT; the unique key `dedup` would refuse it.
@@ -991,8 +990,7 @@ Result<std::vector<Inserted>> MySqlShardStore::InsertRows(
       ++got;
     }
   }
-  if (got != fresh.size()) {
-    Rollback();
+  if (got != fresh.size()) {  // Write rolls the whole transaction back
     return Status::Internal("insert: got " + std::to_string(got) + " ids for " +
                             std::to_string(fresh.size()) + " rows");
   }

@@ -135,7 +135,7 @@ class MySqlShardStore final : public ShardStore {
   // The parts of Write, each inside its transaction (throw DbError; `ids`: the
   // requests' rows, each once). InsertRows' `lease_of` names the items stored LEASED
   // and `worker_ref` their lessees' workers.id; `look_up_keys` reads which dedup keys
-  // are taken before inserting.
+  // are taken before inserting. On its error, Write rolls the transaction back.
   Result<std::vector<Inserted>> InsertRows(
       std::span<const NewItem> items, int64_t now_ms,
       const std::map<size_t, const InsertLease*>& lease_of,
