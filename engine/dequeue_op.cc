@@ -26,9 +26,9 @@ size_t DequeueOp::GotLocked() const {
 
 void DequeueOp::Attempt() {
   std::unique_lock lock(mu_);
-  if (finished_) return;
-  // A wake while claims are in flight is not lost: OnClaimed looks again.
-  if (claims_in_flight_ > 0) return;
+  // A wake while claims are in flight is not lost: OnClaimed looks again. One while
+  // the answer is held has nothing to add.
+  if (finished_ || holding_ || claims_in_flight_ > 0) return;
   auto self = shared_from_this();
   // Register as a waiter before looking, so an item that arrives between the look and
   // the park still wakes us (wakes are one-shot; a spurious one costs a look).
@@ -75,7 +75,8 @@ void DequeueOp::Attempt() {
     return;
   }
   if (deadline != parked_until_) {
-    if (parked_until_ == Time{}) {
+    if (!parked_) {
+      parked_ = true;
       engine_.parked_calls_.fetch_add(1);
       keep_alive_ = self;
     }
@@ -89,7 +90,11 @@ void DequeueOp::OnClaimed(size_t topic, ShardId shard, std::vector<LeasedItem> i
   std::unique_lock lock(mu_);
   for (LeasedItem& item : items) topics_[topic].got.push_back({shard, std::move(item)});
   if (--claims_in_flight_ > 0) return;
-  if (GotLocked() > 0 || expired_ || finished_) {
+  if (GotLocked() > 0) {
+    FinishOrHoldLocked(lock);
+    return;
+  }
+  if (expired_ || finished_) {
     FinishLocked(lock);
     return;
   }
@@ -129,20 +134,69 @@ void DequeueOp::Expire(bool forced) {
   // A stale entry (re-parked later) -- unless the engine is shutting down.
   if (!forced && engine_.clock_.Now() < parked_until_) return;
   expired_ = true;
-  if (claims_in_flight_ == 0) FinishLocked(lock);
+  ended_ = ended_ || forced;
+  if (holding_ && forced) {
+    GiveBackLocked(lock);
+  } else if (claims_in_flight_ == 0) {
+    FinishLocked(lock);
+  }
   // Otherwise the last claim to land finishes the call.
 }
 
 void DequeueOp::Cancel() {
   std::unique_lock lock(mu_);
+  if (finished_) return;
   expired_ = true;
-  if (claims_in_flight_ == 0) FinishLocked(lock);
+  ended_ = true;
+  if (holding_) {
+    GiveBackLocked(lock);
+  } else if (claims_in_flight_ == 0) {
+    FinishLocked(lock);
+  }
+}
+
+void DequeueOp::FinishOrHoldLocked(std::unique_lock<std::mutex>& lock) {
+  Time due{};
+  for (const Topic& t : topics_) {
+    for (const Delivered& d : t.got) due = std::max(due, d.item.deliver_after);
+  }
+  if (due <= engine_.clock_.Now()) {
+    FinishLocked(lock);
+    return;
+  }
+  if (ended_) {
+    GiveBackLocked(lock);
+    return;
+  }
+  holding_ = true;
+  parked_until_ = due;
+  keep_alive_ = shared_from_this();
+  lock.unlock();
+  engine_.waits_.Add(due, weak_from_this());
+}
+
+void DequeueOp::GiveBackLocked(std::unique_lock<std::mutex>& lock) {
+  const Time now = engine_.clock_.Now();
+  std::vector<NackOp> ops;
+  for (Topic& t : topics_) {
+    for (const Delivered& d : t.got) {
+      NackOp op{d.id(), d.item.token};
+      op.delay = std::max(Duration(0), d.item.deliver_after - now);
+      op.error = "the call ended before its answer was due";
+      op.undelivered = true;
+      ops.push_back(std::move(op));
+    }
+    t.got.clear();
+  }
+  FinishLocked(lock);  // answers nothing; unlocks
+  // Refused ones (a shard that is down) come back when their leases run out.
+  engine_.Nack(std::move(ops), [](std::vector<Status>) {});
 }
 
 void DequeueOp::FinishLocked(std::unique_lock<std::mutex>& lock) {
   if (finished_) return;
   finished_ = true;
-  if (parked_until_ != Time{}) engine_.parked_calls_.fetch_sub(1);
+  if (parked_) engine_.parked_calls_.fetch_sub(1);
   std::vector<Delivered> out;
   for (Topic& t : topics_) {
     std::sort(t.got.begin(), t.got.end(), [](const Delivered& a, const Delivered& b) {

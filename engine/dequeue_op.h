@@ -8,6 +8,12 @@
 // leases them to it in their insert's or promotion's transaction
 // (prefetch::Waiter::OfferHandoff), which it then treats as one more claim in flight.
 //
+// An item released a lead before its due time (shard_worker/release_schedule.h) is
+// leased from its due time; the call then holds its answer until its latest item is
+// due (an entry in the WaitList, like a park), so no item is delivered early. A call
+// that ends while it holds (cancelled, server shutting down) gives those leases back,
+// the items DELAYED until their due time, and answers nothing.
+//
 // Threads: Attempt() runs on whichever thread woke it (a gRPC thread, a shard strand
 // after new items, the ticker at the deadline); its own mutex serialises them.
 
@@ -52,6 +58,11 @@ class DequeueOp final : public prefetch::Waiter,
     std::vector<Delivered> got;
   };
   void OnClaimed(size_t topic, ShardId shard, std::vector<LeasedItem> items);
+  // Requires mu_, no claim in flight, something got. Answers the call now, or holds
+  // the answer until its latest item is due.
+  void FinishOrHoldLocked(std::unique_lock<std::mutex>& lock);
+  // Requires mu_ and a hold. Gives back what was got (see above) and answers nothing.
+  void GiveBackLocked(std::unique_lock<std::mutex>& lock);
   // The index in topics_ of `buffer`'s topic, or topics_.size(). No lock: the
   // topics and their buffers are fixed at construction.
   size_t TopicOf(const prefetch::TopicBuffer& buffer) const;
@@ -70,8 +81,11 @@ class DequeueOp final : public prefetch::Waiter,
   std::vector<Topic> topics_;
   size_t claims_in_flight_ = 0;
   bool expired_ = false;
+  bool ended_ = false;  // cancelled, or the engine is shutting down
   bool finished_ = false;
-  Time parked_until_{};  // the deadline last registered in the WaitList
+  Time parked_until_{};   // the deadline last registered in the WaitList
+  bool parked_ = false;   // counted in Engine::parked_calls_
+  bool holding_ = false;  // the answer waits for its items' due time (parked_until_)
   // Set while parked: the call lives until it is answered, even if the caller dropped
   // its handle (the WaitList and the topic buffers hold only weak references).
   std::shared_ptr<DequeueOp> keep_alive_;

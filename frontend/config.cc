@@ -85,6 +85,10 @@ Result<ServerConfig> ParseConfig(const std::string& json_text) {
       c.delay_release_gap_ms = GetUnsigned<int64_t>(j.at("delay_release_gap_ms"),
                                                     "delay_release_gap_ms", 0, 1'000);
     }
+    if (j.contains("delay_release_max_lead_ms")) {
+      c.delay_release_max_lead_ms = GetUnsigned<int64_t>(
+          j.at("delay_release_max_lead_ms"), "delay_release_max_lead_ms", 0, 30'000);
+    }
     if (j.contains("max_buffered_enqueue_mb")) {
       c.max_buffered_enqueue_mb = GetUnsigned<size_t>(
           j.at("max_buffered_enqueue_mb"), "max_buffered_enqueue_mb", 1, 1 << 20);

@@ -4,9 +4,9 @@
 //
 // JSON form (see docs/config.example.json):
 //   {"listen": "127.0.0.1:50051", "io_threads": 8, "window_capacity": 512,
-//    "delay_lookahead_ms": 100, "delay_release_gap_ms": 5,
-//    "max_buffered_enqueue_mb": 256,
-//    "mysql_servers": [{"name": "a", "socket": "/run/a.sock"},
+//    "delay_lookahead_ms": 100, "delay_release_gap_ms": 5, "delay_release_max_lead_ms":
+//    20, "max_buffered_enqueue_mb": 256, "mysql_servers": [{"name": "a", "socket":
+//    "/run/a.sock"},
 //                      {"name": "b", "host": "10.0.0.2", "port": 3306,
 //                       "user": "shardq", "password": "..."}],
 //    "shards": [{"id": 0, "server": "a", "database": "shardq_0"}, ...],
@@ -44,6 +44,11 @@ struct ServerConfig {
   // At most one such release per shard per gap: under load the items falling due
   // meanwhile go out together, in fewer and bigger claims.
   int64_t delay_release_gap_ms = 5;
+  // Each release comes up to this long before its items' due time (at most half the
+  // lookahead), by the shard's recent claim latency: their claims commit meanwhile,
+  // leases that start at the due time, and the dequeues answer then, so a claim's
+  // transaction no longer makes items late.
+  int64_t delay_release_max_lead_ms = 20;
   // MiB of enqueued items held before they commit, over all shards: past it,
   // enqueues are answered RESOURCE_EXHAUSTED (engine::EngineOptions).
   size_t max_buffered_enqueue_mb = 256;

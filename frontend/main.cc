@@ -49,6 +49,12 @@ int main(int argc, char** argv) {
                  "at most one release of due delayed items per shard per this many ms "
                  "(overrides the config)")
       ->check(CLI::Range(int64_t{0}, int64_t{1'000}));
+  int64_t max_lead_ms = -1;
+  app.add_option("--delay-release-max-lead-ms", max_lead_ms,
+                 "release delayed items up to this many ms early (by the recent claim "
+                 "latency), to be claimed by their due time (0 = off; overrides the "
+                 "config)")
+      ->check(CLI::Range(int64_t{0}, int64_t{30'000}));
   app.add_option("--port-file", port_file,
                  "write the bound port here once listening (for --listen host:0)");
   CLI11_PARSE(app, argc, argv);
@@ -67,6 +73,7 @@ int main(int argc, char** argv) {
   if (app.count("--io-threads") || config_path.empty()) config->io_threads = io_threads;
   if (lookahead_ms >= 0) config->delay_lookahead_ms = lookahead_ms;
   if (release_gap_ms >= 0) config->delay_release_gap_ms = release_gap_ms;
+  if (max_lead_ms >= 0) config->delay_release_max_lead_ms = max_lead_ms;
   if (retention_ms >= 0 && !config_path.empty()) {
     spdlog::error(
         "--retention-ms is for the embedded default; with --config set "

@@ -340,6 +340,7 @@ void QueueService::HandleShards(
         break;
     }
     out->set_last_error(h.last_error);
+    out->set_release_lead_ms(static_cast<uint32_t>(h.release_lead.count()));
   }
   call->Finish(Status::Ok());
 }

@@ -28,6 +28,7 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerConfig& config, Clock&
   options.window_capacity = config.window_capacity;
   options.worker.lookahead = Duration(config.delay_lookahead_ms);
   options.worker.release_gap = Duration(config.delay_release_gap_ms);
+  options.worker.max_release_lead = Duration(config.delay_release_max_lead_ms);
   options.policies = config.policies;
   options.max_buffered_enqueue_bytes = config.max_buffered_enqueue_mb << 20;
 

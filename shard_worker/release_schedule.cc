@@ -93,11 +93,21 @@ std::optional<Time> ReleaseSchedule::Settled(const store::Lookahead& look) {
   return *oldest + grace();
 }
 
+void ReleaseSchedule::SetLead(Duration lead) {
+  std::lock_guard lock(mu_);
+  lead_ = std::clamp(lead, Duration(0), max_lead_);
+}
+
+Duration ReleaseSchedule::lead() const {
+  std::lock_guard lock(mu_);
+  return lead_;
+}
+
 std::vector<ItemTransition> ReleaseSchedule::TakeDue(Time now) {
   std::vector<ItemTransition> due;
   std::lock_guard lock(mu_);
   if (auto end = GapEndLocked(now); end && now < *end) return due;
-  while (!by_time_.empty() && by_time_.begin()->first.first <= now) {
+  while (!by_time_.empty() && by_time_.begin()->first.first <= now + lead_) {
     auto node = by_time_.extract(by_time_.begin());
     at_.erase(node.mapped().row);
     released_.emplace(node.mapped().row, node.mapped());
@@ -110,9 +120,9 @@ std::vector<ItemTransition> ReleaseSchedule::TakeDue(Time now) {
 std::optional<Time> ReleaseSchedule::NextRelease(Time now) const {
   std::lock_guard lock(mu_);
   if (by_time_.empty()) return std::nullopt;
-  const Time due = by_time_.begin()->first.first;
+  const Time at = by_time_.begin()->first.first - lead_;
   auto end = GapEndLocked(now);
-  return end ? std::max(due, *end) : due;
+  return end ? std::max(at, *end) : at;
 }
 
 std::optional<Time> ReleaseSchedule::GapEndLocked(Time now) const {

@@ -14,6 +14,7 @@
 // the worker asks Forget() on every transition out of DELAYED: a released row then
 // counts as leaving READY. Thread-safe (the ticker releases, the strand learns and
 // forgets); never calls out while holding its lock.
+#include <algorithm>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -33,9 +34,19 @@ namespace shardq::shard_worker {
 class ReleaseSchedule {
  public:
   // `lookahead` 0 turns it off: Window() asks for nothing. Releases come at most one
-  // per `gap`: see TakeDue().
-  ReleaseSchedule(Duration lookahead, size_t limit, Duration gap = Duration(0))
-      : lookahead_(lookahead), limit_(limit), gap_(gap) {}
+  // per `gap`, each a lead (SetLead) ahead of its items' due time: see TakeDue().
+  ReleaseSchedule(Duration lookahead, size_t limit, Duration gap = Duration(0),
+                  Duration max_lead = Duration(0))
+      : lookahead_(lookahead),
+        limit_(limit),
+        gap_(gap),
+        max_lead_(std::clamp(max_lead, Duration(0), lookahead / 2)) {}
+
+  // How long before their due time items are released from now on: `lead`, within
+  // [0, max_lead] (at most half the lookahead, so a release never passes the part
+  // read).
+  void SetLead(Duration lead);
+  Duration lead() const;
 
   // What a promotion at `now` should read ahead: the part of (now, now + lookahead]
   // not read yet; and which due DELAYED items it should leave to claims: those
@@ -60,11 +71,18 @@ class ReleaseSchedule {
   std::optional<Time> NextPromotion(const store::Lookahead& look,
                                     const store::Promotion& done, Time now);
 
-  // Removes the scheduled items due at `now` and marks them released; returns them.
-  // Nothing if the last release was less than a gap ago: under load the items falling
-  // due then go out together, so a parked dequeue takes many in one claim instead of
-  // one claim (and one transaction) per millisecond's few; when items are sparse the
-  // first one goes out at its due time.
+  // Removes the scheduled items due by `now` + lead and marks them released; returns
+  // them. Nothing if the last release was less than a gap ago: under load the items
+  // falling due then go out together, so a parked dequeue takes many in one claim
+  // instead of one claim (and one transaction) per millisecond's few; when items are
+  // sparse the first one goes out a lead before its due time.
+  //
+  // Why the lead: a released item still has to be claimed (a transaction behind the
+  // shard's current one) and answered. Released early, its claim commits a lease
+  // that starts at its due time (store::ClaimRequest::due_by), and the dequeue holds
+  // the answer until then (engine::DequeueOp), so the claim is off the item's
+  // lateness. The shard worker sets the lead to its claims' recent latency: a longer
+  // one would only hold answers, and with them the consumers' capacity.
   std::vector<ItemTransition> TakeDue(Time now);
   // When TakeDue() next has something to release (asked at `now`).
   std::optional<Time> NextRelease(Time now) const;
@@ -96,7 +114,9 @@ class ReleaseSchedule {
   const Duration lookahead_;
   const size_t limit_;
   const Duration gap_;
+  const Duration max_lead_;
   mutable std::mutex mu_;
+  Duration lead_{0};
   std::map<std::pair<Time, RowId>, ItemTransition> by_time_;
   std::unordered_map<RowId, Time> at_;
   std::unordered_map<RowId, ItemTransition> released_;

@@ -98,7 +98,8 @@ ShardWorker::ShardWorker(size_t position, ShardId id,
       index_(index),
       options_(options),
       breaker_(clock, options.breaker),
-      releases_(options.lookahead, options.promote_batch, options.release_gap) {}
+      releases_(options.lookahead, options.promote_batch, options.release_gap,
+                options.max_release_lead) {}
 
 ShardWorker::~ShardWorker() {
   // The strand may still be running on the pool; wait for it to let go of `this`.
@@ -121,7 +122,7 @@ bool ShardWorker::AcceptsEnqueues() const {
 
 ShardHealth ShardWorker::Health() const {
   std::lock_guard lock(mu_);
-  return {id_, breaker_.state(), recovered_, starting_, last_error_};
+  return {id_, breaker_.state(), recovered_, starting_, last_error_, releases_.lead()};
 }
 
 void ShardWorker::Enqueue(std::vector<NewItem> items, EnqueueDone done) {
@@ -146,8 +147,8 @@ void ShardWorker::Claim(std::shared_ptr<prefetch::TopicBuffer> buffer,
                         std::vector<ReadyKey> keys, std::string worker_id,
                         ClaimDone done) {
   std::lock_guard lock(mu_);
-  pending_.claims.push_back(
-      {std::move(buffer), std::move(keys), std::move(worker_id), std::move(done)});
+  pending_.claims.push_back({std::move(buffer), std::move(keys), std::move(worker_id),
+                             std::move(done), clock_.Now()});
   ScheduleLocked();
 }
 
@@ -569,14 +570,19 @@ void ShardWorker::RunClaims(std::span<PendingClaim> pending) {
   std::vector<store::ClaimRequest> rows;
   for (const PendingClaim& c : pending) {
     // A token per item: no consumer's token fits another consumer's item.
+    // A released item may be claimed a lead before its due time (due_by).
     for (const ReadyKey& k : c.keys)
-      rows.push_back({k.row, c.worker_id, NewLeaseToken()});
+      rows.push_back({k.row, c.worker_id, NewLeaseToken(), k.deliver_after});
   }
   Time now = clock_.Now();
   Duration latency;
   auto leased =
       Timed([&] { return store_->Claim(rows, NewLeaseToken(), now); }, &latency);
   Observe(leased.status(), latency);
+  // Each claim's time from Claim() to its commit: the release lead.
+  const Time done_at = clock_.Now();
+  for (const PendingClaim& c : pending) claim_latency_.Add(done_at - c.arrived);
+  releases_.SetLead(claim_latency_.Bound());
   std::unordered_map<RowId, LeasedItem*> by_row;
   if (leased.ok()) {
     for (LeasedItem& item : *leased) by_row[item.row] = &item;

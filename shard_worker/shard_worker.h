@@ -30,6 +30,7 @@
 #include "common/ticker.h"
 #include "prefetch/prefetch_index.h"
 #include "shard_worker/circuit_breaker.h"
+#include "shard_worker/latency_estimate.h"
 #include "shard_worker/release_schedule.h"
 #include "store/store_api.h"
 
@@ -44,6 +45,10 @@ struct WorkerOptions {
   Duration lookahead{100};
   // With a lookahead: at most one release into the index per gap (release_schedule.h).
   Duration release_gap{5};
+  // With a lookahead: at most how long before its due time an item is released, so
+  // its claim commits by then and the dequeue answers at the due time; the lead used
+  // is the shard's recent claim latency (release_schedule.h).
+  Duration max_release_lead{0};
   Duration purge_interval{1'000};  // how often TTL purge runs
   BreakerOptions breaker;
 };
@@ -64,6 +69,9 @@ struct ShardHealth {
   bool open = false;      // the store is open and recovered
   bool starting = false;  // Start() was called and its first open has not finished
   std::string last_error;
+  // How long before their due time delayed items are released now: the recent claim
+  // latency's bound (LatencyEstimate), at most WorkerOptions::max_release_lead.
+  Duration release_lead{0};
 };
 
 class ShardWorker final : public Tickable {
@@ -129,6 +137,7 @@ class ShardWorker final : public Tickable {
     std::vector<ReadyKey> keys;
     std::string worker_id;
     ClaimDone done;
+    Time arrived{};
   };
   template <typename Req>
   struct PendingBatch {
@@ -231,6 +240,8 @@ class ShardWorker final : public Tickable {
   ReleaseSchedule releases_;
   Time next_purge_{};
   bool resync_ = false;  // strand only: a Resync is owed (Observe saw UNAVAILABLE)
+  // Strand only: the time from Claim() to its commit, which sets the release lead.
+  LatencyEstimate claim_latency_;
   // Held by the ticker across a release (TakeDue to its counts and keys) and by
   // ApplyStoredCounts across resetting the releases and the counts. Taken before mu_,
   // never while holding it.

@@ -81,6 +81,7 @@ Result<Written> MemoryShardStore::Write(const Writes& w, Time now) {
 
 Result<std::vector<LeasedItem>> MemoryShardStore::Claim(
     std::span<const ClaimRequest> rows, LeaseToken token, Time now) {
+  BeforeCall(Op::kClaim);
   return Reply(Op::kClaim, DoClaim(rows, token, now));
 }
 
@@ -273,7 +274,7 @@ Result<std::vector<LeasedItem>> MemoryShardStore::DoClaim(
     if (it == rows_.end()) continue;
     Row& r = it->second;
     // Also skips a duplicate in `rows`: the first one leased it.
-    if (!Leasable(r, now)) continue;
+    if (!Leasable(r, now, std::max(now, req.due_by))) continue;
     out.push_back(
         LeaseOut(id, r, req.worker_id, req.token.value() != 0 ? req.token : token, now));
   }
@@ -300,22 +301,24 @@ LeasedItem MemoryShardStore::LeaseOut(RowId id, Row& r, const std::string& worke
   return item;
 }
 
-bool MemoryShardStore::Leasable(const Row& r, Time now) {
+bool MemoryShardStore::Leasable(const Row& r, Time now, Time due_by) {
   const bool due = r.state == ItemState::kReady ||
-                   (r.state == ItemState::kDelayed && r.deliver_after <= now);
+                   (r.state == ItemState::kDelayed && r.deliver_after <= due_by);
   return due && !(r.expires_at && *r.expires_at <= now);
 }
 
 void MemoryShardStore::Lease(Row& r, const std::string& worker_id, LeaseToken token,
                              Time now) {
+  // Leased ahead of its due time (the release lead): the lease starts then.
+  const Time start = std::max(now, r.deliver_after);
   r.state = ItemState::kLeased;
   r.lease_token = token.value();
-  r.deliver_after = now + r.lease;
+  r.deliver_after = start + r.lease;
   ++r.attempts;
   r.worker_id = TruncateTo(worker_id, kMaxWorkerIdLen);
-  if (r.first_delivered_at == Time{}) r.first_delivered_at = now;
-  r.last_delivered_at = now;
-  AddEvent(r, now, "leased");
+  if (r.first_delivered_at == Time{}) r.first_delivered_at = start;
+  r.last_delivered_at = start;
+  AddEvent(r, start, "leased");
 }
 
 std::vector<ItemOutcome> MemoryShardStore::ApplyAcks(std::span<const AckRequest> acks,

@@ -89,7 +89,7 @@ class MemoryShardStore final : public ShardStore {
   size_t size() const;
   // How many times `op` was called (failed calls included).
   size_t calls(Op op) const;
-  // Runs `hook` at the start of every call of `op` (Insert, Redrive or PurgeDead),
+  // Runs `hook` at the start of every call of `op` (Insert, Claim, Redrive or PurgeDead),
   // before the store's lock is taken: a test can block there to hold a call in flight.
   void SetBeforeCall(Op op, std::function<void()> hook);
 
@@ -144,10 +144,12 @@ class MemoryShardStore final : public ShardStore {
   // Moves `r` to the final state `to` at `now` (finished_at, purge time, no TTL).
   void Finish(Row& r, ItemState to, Time now) const;
   static void AddEvent(Row& r, Time at, std::string kind, std::string detail = "");
-  // Whether a claim (or a handoff) may lease `r` at `now`: READY, or DELAYED and due,
-  // and not past its TTL.
-  static bool Leasable(const Row& r, Time now);
-  // Leases the READY row `r` at `now` (Claim, and Insert with an InsertLease).
+  // Whether a claim (or a handoff) may lease `r` at `now`: READY, or DELAYED and due
+  // by `due_by`, and not past its TTL.
+  static bool Leasable(const Row& r, Time now, Time due_by);
+  static bool Leasable(const Row& r, Time now) { return Leasable(r, now, now); }
+  // Leases the row `r` at `now`, or from its due time if that is later (Claim, and
+  // Insert with an InsertLease).
   static void Lease(Row& r, const std::string& worker_id, LeaseToken token, Time now);
   // Leases `r` (row `id`) as a claim does and returns what the consumer gets.
   static LeasedItem LeaseOut(RowId id, Row& r, const std::string& worker_id,

@@ -1045,14 +1045,16 @@ Result<std::vector<LeasedItem>> MySqlShardStore::Claim(std::span<const ClaimRequ
   // The first request for a row wins (a repeated row is skipped, as not READY).
   std::map<uint64_t, std::string> worker;
   std::map<uint64_t, uint64_t> token_of;
+  std::map<uint64_t, Time> due_by;
   for (const ClaimRequest& r : rows) {
     worker.emplace(r.row.value(), TruncateTo(r.worker_id, kMaxWorkerIdLen));
     token_of.emplace(r.row.value(),
                      r.token.value() != 0 ? r.token.value() : token.value());
+    due_by.emplace(r.row.value(), std::max(now, r.due_by));
   }
   if (worker.empty()) return std::vector<LeasedItem>{};
   return Run<R>("claim", [&]() -> R {
-    R out = LeaseRows(worker, token_of, kReady, /*names_apart=*/true, now);
+    R out = LeaseRows(worker, token_of, &due_by, kReady, /*names_apart=*/true, now);
     if (!out.ok()) {
       Rollback();
       return out;
@@ -1067,8 +1069,8 @@ Result<std::vector<LeasedItem>> MySqlShardStore::Claim(std::span<const ClaimRequ
 
 Result<std::vector<LeasedItem>> MySqlShardStore::LeaseRows(
     const std::map<uint64_t, std::string>& worker,
-    const std::map<uint64_t, uint64_t>& token_of, int from_state, bool names_apart,
-    Time now) {
+    const std::map<uint64_t, uint64_t>& token_of, const std::map<uint64_t, Time>* due_by,
+    int from_state, bool names_apart, Time now) {
   // Every field a lease writes has a fixed size, so InnoDB updates the row in place:
   // the lessee is a reference, its name is in `workers`.
   const std::map<std::string, uint32_t> refs = WorkerRefs(worker, names_apart);
@@ -1084,19 +1086,25 @@ Result<std::vector<LeasedItem>> MySqlShardStore::LeaseRows(
   // then a SELECT) because LeasedItem.deliver_after is the pre-claim due time,
   // which the UPDATE overwrites. Under READ COMMITTED rows that fail the WHERE are
   // not kept locked.
-  // A claim (from READY) also takes a DELAYED row that is due: the shard worker
-  // releases those into the ready index at their time, ahead of their promotion.
-  const bool claim = from_state == kReady;
+  // A claim (from READY) also takes a DELAYED row due by its due_by: the shard
+  // worker releases those into the ready index at their time (or a release lead
+  // before it), ahead of their promotion. The SELECT asks for the latest due_by; each
+  // row's own is checked below.
+  const bool claim = due_by != nullptr;
+  Time latest = now;
+  if (claim) {
+    for (const auto& [id, t] : *due_by) latest = std::max(latest, t);
+  }
   DbStatement& sel = Stmt(
       "SELECT id, ns, topic, priority, deliver_after, lease_ms, attempts, enqueued_at, "
-      "payload, metadata, task_type, max_attempts FROM items WHERE id IN " +
+      "payload, metadata, task_type, max_attempts, state FROM items WHERE id IN " +
       in +
-      (claim ? " AND (state = " + std::to_string(kReady) + " OR (state = " +
+      (claim ? " AND (state = " + std::to_string(from_state) + " OR (state = " +
                    std::to_string(kDelayed) + " AND deliver_after <= ?))"
              : " AND state = " + std::to_string(from_state)) +
       " AND (expires_at IS NULL OR expires_at > ?) FOR UPDATE");
   unsigned p = BindIds(sel, 1, ids);
-  if (claim) sel.SetInt64(p++, now_ms);
+  if (claim) sel.SetInt64(p++, ToUnixMillis(latest));
   sel.SetInt64(p, now_ms);
   std::vector<LeasedItem> out;
   std::vector<uint64_t> locked;
@@ -1105,11 +1113,17 @@ Result<std::vector<LeasedItem>> MySqlShardStore::LeaseRows(
     while (rs.Next()) {
       LeasedItem item;
       item.row = RowId(rs.GetUInt64(1));
+      item.deliver_after = FromUnixMillis(rs.GetInt64(5));
+      // Locked by the SELECT all the same; the claim's COMMIT follows at once.
+      if (claim && rs.GetInt(13) == kDelayed &&
+          item.deliver_after > due_by->at(item.row.value())) {
+        continue;
+      }
       item.ns = Str(rs, 2);
       item.topic = Str(rs, 3);
       item.priority = rs.GetInt(4);
-      item.deliver_after = FromUnixMillis(rs.GetInt64(5));
-      item.lease_deadline = now + Duration(rs.GetUInt(6));
+      // The lease starts at the later of now and the row's due time.
+      item.lease_deadline = std::max(now, item.deliver_after) + Duration(rs.GetUInt(6));
       item.attempts = rs.GetUInt(7) + 1;
       item.enqueued_at = FromUnixMillis(rs.GetInt64(8));
       item.payload = Str(rs, 9);
@@ -1129,14 +1143,18 @@ Result<std::vector<LeasedItem>> MySqlShardStore::LeaseRows(
     const bool one_token = std::all_of(locked.begin(), locked.end(), [&](uint64_t id) {
       return token_of.at(id) == token_of.at(locked[0]);
     });
+    // The lease starts at GREATEST(deliver_after, now): the delivery times are set
+    // before deliver_after, since MariaDB assigns left to right and later
+    // assignments see the new value.
     DbStatement& upd =
         Stmt("UPDATE items SET state = 2, lease_token = " +
              (one_token ? std::string("?") : CaseById(PaddedCount(n), "lease_token")) +
-             ", deliver_after = ? + lease_ms, "
-             "attempts = attempts + 1, worker = " +
+             ", attempts = attempts + 1, worker = " +
              (one_worker ? std::string("?") : CaseById(PaddedCount(n), "worker")) +
-             ", first_delivered_at = IF(first_delivered_at = 0, ?, first_delivered_at), "
-             "last_delivered_at = ? WHERE id IN (" +
+             ", first_delivered_at = IF(first_delivered_at = 0, "
+             "GREATEST(deliver_after, ?), first_delivered_at), "
+             "last_delivered_at = GREATEST(deliver_after, ?), "
+             "deliver_after = GREATEST(deliver_after, ?) + lease_ms WHERE id IN (" +
              Placeholders(PaddedCount(n)) + ")");
     unsigned q = 1;
     if (one_token) {
@@ -1146,7 +1164,6 @@ Result<std::vector<LeasedItem>> MySqlShardStore::LeaseRows(
           upd, q, n, [&](size_t k) { return locked[k]; },
           [&](unsigned at, size_t k) { upd.SetUInt64(at, token_of.at(locked[k])); });
     }
-    upd.SetInt64(q++, now_ms);
     if (one_worker) {
       upd.SetUInt(q++, worker_ref.at(locked[0]));
     } else {
@@ -1154,6 +1171,7 @@ Result<std::vector<LeasedItem>> MySqlShardStore::LeaseRows(
           upd, q, n, [&](size_t k) { return locked[k]; },
           [&](unsigned at, size_t k) { upd.SetUInt(at, worker_ref.at(locked[k])); });
     }
+    upd.SetInt64(q++, now_ms);
     upd.SetInt64(q++, now_ms);
     upd.SetInt64(q++, now_ms);
     BindIds(upd, q, locked);
@@ -1501,7 +1519,8 @@ Status MySqlShardStore::HandOff(const PromoteHandoff& handoff, Time now, Promoti
   // SELECT): each secondary-index entry moves once. One past its TTL is not leased
   // and goes READY with the rest. New lessee names are registered in this
   // transaction: a lease must not outlive a rollback of its promotion.
-  auto leased = LeaseRows(worker, token_of, kDelayed, /*names_apart=*/false, now);
+  auto leased =
+      LeaseRows(worker, token_of, nullptr, kDelayed, /*names_apart=*/false, now);
   if (!leased.ok()) return leased.status();
   for (const LeasedItem& item : *leased) {
     to_ready.erase(std::find(to_ready.begin(), to_ready.end(), item.row.value()));

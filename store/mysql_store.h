@@ -125,12 +125,15 @@ class MySqlShardStore final : public ShardStore {
   Status HandOff(const PromoteHandoff& handoff, Time now, Promotion& out,
                  std::vector<uint64_t>& to_ready);
   // A claim's work inside the caller's transaction: locks the rows of `worker` (row
-  // -> lessee name) that are in `from_state` (READY for a claim, DELAYED for a
-  // promotion's handoff) and not TTL-expired, leases each to its lessee with
-  // token_of[row], and returns them. New lessee names are registered by WorkerRefs:
-  // committed apart first (`names_apart`), or in the caller's transaction.
+  // -> lessee name) that are in `from_state` (READY for a claim, which also takes a
+  // DELAYED row due by its due_by[row]; DELAYED for a promotion's handoff, `due_by`
+  // null) and not TTL-expired, leases each to its lessee with token_of[row] from the
+  // later of `now` and its due time, and returns them. New lessee names are
+  // registered by WorkerRefs: committed apart first (`names_apart`), or in the
+  // caller's transaction.
   Result<std::vector<LeasedItem>> LeaseRows(const std::map<uint64_t, std::string>& worker,
                                             const std::map<uint64_t, uint64_t>& token_of,
+                                            const std::map<uint64_t, Time>* due_by,
                                             int from_state, bool names_apart, Time now);
   // The parts of Write, each inside its transaction (throw DbError; `ids`: the
   // requests' rows, each once). InsertRows' `lease_of` names the items stored LEASED

@@ -55,6 +55,10 @@ struct ClaimRequest {
   // consumers' claims give each row its own, so no consumer can present a token
   // that also fits another consumer's item.
   LeaseToken token{};
+  // A DELAYED row is leased if it is due by this time, even if that is after the
+  // claim's `now` (the release lead: shard_worker/release_schedule.h); its lease then
+  // starts at its due time. {} = the claim's `now`.
+  Time due_by{};
 };
 
 // A new item to store LEASED instead of READY, in its insert's transaction: the
@@ -313,10 +317,13 @@ class ShardStore {
                                                    const std::string& topic,
                                                    size_t limit) = 0;
 
-  // Leases the given rows if they are still READY, or DELAYED and due at `now`
-  // (compare-and-swap), and not expired by TTL: state LEASED, lease_token = token,
-  // deliver_after = now + the item's lease duration, attempts + 1, worker_id, first (if
-  // unset) and last delivered = now; event "leased". Returns the rows that were leased
+  // Leases the given rows if they are still READY, or DELAYED and due by their
+  // `due_by` (compare-and-swap), and not expired by TTL at `now`: state LEASED,
+  // lease_token = token, attempts + 1, worker_id; the lease starts at the later of
+  // `now` and the row's due time (so a row leased ahead of its due time by the release
+  // lead is leased from then, and its caller answers then): deliver_after = start +
+  // the item's lease duration, first (if unset) and last delivered = start; event
+  // "leased". Returns the rows that were leased
   // (others are skipped), in any order, with payload and metadata. (Each row carries its
   // own worker_id: one batch serves many callers.)
   virtual Result<std::vector<LeasedItem>> Claim(std::span<const ClaimRequest> rows,

@@ -845,13 +845,14 @@ int RunShards(const GlobalOptions& global) {
                      {"open", s.open()},
                      {"starting", s.starting()},
                      {"breaker", breaker},
-                     {"last_error", s.last_error()}});
+                     {"last_error", s.last_error()},
+                     {"release_lead_ms", s.release_lead_ms()}});
       continue;
     }
     const char* state = s.starting() ? "starting" : (up ? "up" : "down");
-    fmt::print("shard {}: {} (breaker {}{}){}{}\n", s.id(), state, breaker,
-               s.open() ? "" : ", never opened", s.last_error().empty() ? "" : ": ",
-               s.last_error());
+    fmt::print("shard {}: {} (breaker {}{}, release lead {} ms){}{}\n", s.id(), state,
+               breaker, s.open() ? "" : ", never opened", s.release_lead_ms(),
+               s.last_error().empty() ? "" : ": ", s.last_error());
   }
   if (global.json) PrintJson(doc);
   return all_up ? kExitOk : kExitNotServing;

@@ -756,6 +756,128 @@ TEST(EngineTimeTest, DelayedItemBecomesReadyExactlyAtItsTime) {
   EXPECT_EQ(got[0].item.priority, 3);
 }
 
+// ------------------------------------------------------------ the release lead
+
+// What the store holds about `id` (a default record, and a failure, if nothing).
+store::TaskRecord TaskOf(MemoryShardStore& m, ItemId id) {
+  auto t = m.GetTask(id.row, false);
+  if (!t.ok()) {
+    ADD_FAILURE() << t.status().ToString();
+    return {};
+  }
+  return *t;
+}
+
+// An engine of one shard whose claims have each taken 10 ms (of the fake clock), so
+// the shard releases delayed items a lead ahead of their due time (release_schedule.h).
+class LeadHarness : public Harness {
+ public:
+  LeadHarness() : Harness({1}, Options()) {
+    store(1).SetBeforeCall(MemoryShardStore::Op::kClaim,
+                           [this] { clock().Advance(Duration(10)); });
+    for (int i = 0; i < 20; ++i) {
+      EnqueueOk(Item("warm-up"));
+      EXPECT_EQ(Dequeue("warm-up", 1).size(), 1u);
+    }
+    store(1).SetBeforeCall(MemoryShardStore::Op::kClaim, {});
+    lead_ = engine().Health().at(0).release_lead;
+  }
+  static EngineOptions Options() {
+    EngineOptions o = DefaultOptions();
+    o.worker.max_release_lead = Duration(20);
+    return o;
+  }
+  Duration lead() const { return lead_; }
+  // Parks a long poll on `topic` for an item due at `due`, and moves the clock to a
+  // millisecond before `due`: the item is released and leased (from `due`) meanwhile.
+  std::shared_ptr<Engine::DequeueHandle> ParkAndLeaseEarly(const std::string& topic,
+                                                           Time due, DequeueAnswer& a) {
+    EXPECT_TRUE(Dequeue(topic, 1).empty());  // loads the (empty) window
+    auto handle =
+        engine().Dequeue("ns", {{topic, 1}}, kLongWait, "test-worker", a.Callback());
+    EXPECT_TRUE(WaitUntil([&] { return engine().ParkedCalls() == 1; }));
+    clock().Advance(due - Duration(1) - clock().Now());
+    EXPECT_TRUE(WaitUntil([&] { return Counts(store(1), topic).leased == 1; }));
+    return handle;
+  }
+
+ private:
+  Duration lead_{};
+};
+
+TEST(EngineLeadTest, TheLeadFollowsTheClaimsLatency) {
+  LeadHarness h;
+  // Ten milliseconds a claim, steady: the bound settles just above it.
+  EXPECT_GE(h.lead(), Duration(9));
+  EXPECT_LE(h.lead(), Duration(12));
+}
+
+// Released a lead early, the item is leased from its due time, and the call's answer
+// is held until then: no delivery before the due time, and the whole lease after it.
+TEST(EngineLeadTest, AnItemClaimedAheadIsAnsweredAtItsDueTime) {
+  LeadHarness h;
+  ASSERT_GE(h.lead(), Duration(2));
+  const Time due = h.clock().Now() + Duration(500);
+  const ItemId id = h.EnqueueOk(Item("later", 3, due, Duration(30'000)));
+  DequeueAnswer a;
+  auto handle = h.ParkAndLeaseEarly("later", due, a);
+  EXPECT_FALSE(a.ready());
+  store::TaskRecord t = TaskOf(h.store(1), id);
+  EXPECT_EQ(t.state, ItemState::kLeased);
+  EXPECT_EQ(t.first_delivered_at, due);
+
+  h.clock().Advance(Duration(1));
+  auto got = a.Get();
+  ASSERT_TRUE(got.has_value());
+  ASSERT_EQ(got->size(), 1u);
+  EXPECT_EQ((*got)[0].id(), id);
+  EXPECT_EQ((*got)[0].item.deliver_after, due);
+  EXPECT_EQ((*got)[0].item.lease_deadline, due + Duration(30'000));
+  EXPECT_TRUE(h.Ack({{id, (*got)[0].item.token}})[0].ok());
+}
+
+// A call that ends while it holds its answer gives the lease back, and the item stays
+// DELAYED until its due time; then it is delivered as usual.
+TEST(EngineLeadTest, ACallCancelledWhileHoldingGivesTheItemBackUntilItsDueTime) {
+  LeadHarness h;
+  ASSERT_GE(h.lead(), Duration(2));
+  const Time due = h.clock().Now() + Duration(500);
+  const ItemId id = h.EnqueueOk(Item("later", 3, due));
+  DequeueAnswer a;
+  auto handle = h.ParkAndLeaseEarly("later", due, a);
+  handle->Cancel();
+  auto got = a.Get(kShortTimeout);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_TRUE(got->empty());
+  ASSERT_TRUE(WaitUntil([&] { return Counts(h.store(1), "later").delayed == 1; }));
+  store::TaskRecord t = TaskOf(h.store(1), id);
+  EXPECT_EQ(t.deliver_after, due);
+  ASSERT_FALSE(t.history.empty());
+  EXPECT_EQ(t.history.back().kind, "undelivered");
+
+  // Released again after the gap that follows its first release (5 ms by default).
+  h.clock().Advance(Duration(5));
+  auto again = h.Dequeue("later", 1, kLongWait);
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].id(), id);
+  EXPECT_EQ(again[0].item.attempts, 2u);
+}
+
+TEST(EngineLeadTest, ShutdownWhileHoldingGivesTheItemBack) {
+  LeadHarness h;
+  ASSERT_GE(h.lead(), Duration(2));
+  const Time due = h.clock().Now() + Duration(500);
+  const ItemId id = h.EnqueueOk(Item("later", 3, due));
+  DequeueAnswer a;
+  auto handle = h.ParkAndLeaseEarly("later", due, a);
+  h.engine().Shutdown();
+  auto got = a.Get(kShortTimeout);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_TRUE(got->empty());
+  ASSERT_TRUE(WaitUntil([&] { return Counts(h.store(1), "later").delayed == 1; }));
+  EXPECT_EQ(TaskOf(h.store(1), id).deliver_after, due);
+}
+
 // ------------------------------------------------------------ direct handoff
 
 // A parked call is handed the best item of an enqueue batch in the insert's own

@@ -22,6 +22,7 @@ constexpr char kFullConfig[] = R"({
   "window_capacity": 1024,
   "delay_lookahead_ms": 250,
   "delay_release_gap_ms": 7,
+  "delay_release_max_lead_ms": 12,
   "max_buffered_enqueue_mb": 64,
   "mysql_servers": [
     {"name": "local", "socket": "/run/mysqld/mysqld.sock"},
@@ -59,6 +60,7 @@ TEST(ParseConfigTest, FullExample) {
   EXPECT_EQ(c.window_capacity, 1024u);
   EXPECT_EQ(c.delay_lookahead_ms, 250);
   EXPECT_EQ(c.delay_release_gap_ms, 7);
+  EXPECT_EQ(c.delay_release_max_lead_ms, 12);
   EXPECT_EQ(c.max_buffered_enqueue_mb, 64u);
 
   ASSERT_EQ(c.mysql_servers.size(), 2u);
@@ -97,6 +99,7 @@ TEST(ParseConfigTest, Defaults) {
   EXPECT_EQ(r->window_capacity, 512u);
   EXPECT_EQ(r->delay_lookahead_ms, 100);
   EXPECT_EQ(r->delay_release_gap_ms, 5);
+  EXPECT_EQ(r->delay_release_max_lead_ms, 20);
   EXPECT_EQ(r->max_buffered_enqueue_mb, 256u);
   ASSERT_EQ(r->mysql_servers.size(), 1u);
   const store::MysqlEndpoint& e = r->mysql_servers[0].endpoint;
@@ -218,6 +221,11 @@ TEST(ParseConfigTest, IoThreadsAndWindowCapacityRanges) {
   EXPECT_EQ(ParseCode(with(R"("delay_release_gap_ms": -1)")), Code::kInvalidArgument);
   EXPECT_EQ(ParseCode(with(R"("delay_release_gap_ms": 1001)")), Code::kInvalidArgument);
   EXPECT_TRUE(ParseConfig(with(R"("delay_release_gap_ms": 0)")).ok());
+  EXPECT_EQ(ParseCode(with(R"("delay_release_max_lead_ms": -1)")),
+            Code::kInvalidArgument);
+  EXPECT_EQ(ParseCode(with(R"("delay_release_max_lead_ms": 30001)")),
+            Code::kInvalidArgument);
+  EXPECT_TRUE(ParseConfig(with(R"("delay_release_max_lead_ms": 0)")).ok());
 }
 
 // KNOWN BUG (disabled until config.cc is fixed): nlohmann's get<uint32_t>() /

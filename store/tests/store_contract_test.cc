@@ -936,6 +936,48 @@ TYPED_TEST(StoreContractTest, ClaimLeasesADelayedItemOnceItIsDue) {
   EXPECT_TRUE(this->AckOne(id, 1, kT0 + 2s).status.ok());
 }
 
+// The release lead (shard_worker/release_schedule.h): a claim may lease a DELAYED row
+// before its due time if the row is due by its request's due_by, and the lease then
+// starts at the due time. Each row is held to its own due_by.
+TYPED_TEST(StoreContractTest, ClaimAheadOfTheDueTimeLeasesFromTheDueTime) {
+  RowId early = this->InsertOne(Item("t", 3, kT0 + 1s, "p", 30s));
+  RowId later = this->InsertOne(Item("t", 3, kT0 + 2s, "p", 30s));
+  RowId ready = this->InsertOne(Item("t", 3, kT0, "p", 30s));
+  const Time now = kT0 + 1s - 10ms;
+  std::vector<ClaimRequest> reqs{{early, "w1", LeaseToken(1), kT0 + 1s},
+                                 {later, "w1", LeaseToken(2), kT0 + 1s},
+                                 {ready, "w1", LeaseToken(3), kT0 + 1s}};
+  std::vector<LeasedItem> got = Must(this->store().Claim(reqs, LeaseToken(9), now));
+  ASSERT_EQ(got.size(), 2u);  // not `later`: due after its due_by
+  std::sort(got.begin(), got.end(),
+            [](const LeasedItem& a, const LeasedItem& b) { return a.row < b.row; });
+  EXPECT_EQ(got[0].row, early);
+  EXPECT_EQ(got[0].deliver_after, kT0 + 1s);
+  EXPECT_EQ(got[0].lease_deadline, kT0 + 31s);  // from the due time, not from `now`
+  EXPECT_EQ(got[1].row, ready);
+  EXPECT_EQ(got[1].lease_deadline, now + 30s);
+  TaskRecord t = this->Task(early);
+  EXPECT_EQ(t.state, ItemState::kLeased);
+  EXPECT_EQ(t.first_delivered_at, kT0 + 1s);
+  EXPECT_EQ(t.last_delivered_at, kT0 + 1s);
+  ASSERT_EQ(t.history.size(), 1u);
+  EXPECT_EQ(t.history[0].at, kT0 + 1s);
+  EXPECT_EQ(this->Task(ready).first_delivered_at, now);
+  EXPECT_EQ(this->Task(later).state, ItemState::kDelayed);
+  // Without a due_by, the claim's `now` is the limit, as before.
+  EXPECT_TRUE(this->Claim({later}, 4, kT0 + 2s - 1ms).empty());
+  // Its lease ends a lease after the due time: `later` and `ready`'s lease move first.
+  std::vector<RowId> moved;
+  for (const ItemTransition& m :
+       Must(this->store().PromoteDue(kT0 + 31s - 1ms, 10)).moved)
+    moved.push_back(m.row);
+  EXPECT_EQ(moved, (std::vector<RowId>{later, ready}));
+  moved.clear();
+  for (const ItemTransition& m : Must(this->store().PromoteDue(kT0 + 31s, 10)).moved)
+    moved.push_back(m.row);
+  EXPECT_EQ(moved, std::vector<RowId>{early});
+}
+
 TYPED_TEST(StoreContractTest, ExpiredLeaseBecomesReadyAndKeepsItsTokenForALateAck) {
   RowId id = this->InsertOne(Item("t", 2, kT0, "p", 30s));
   this->ClaimOne(id, 41);
