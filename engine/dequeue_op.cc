@@ -181,9 +181,10 @@ void DequeueOp::GiveBackLocked(std::unique_lock<std::mutex>& lock) {
   for (Topic& t : topics_) {
     for (const Delivered& d : t.got) {
       NackOp op{d.id(), d.item.token};
-      op.delay = std::max(Duration(0), d.item.deliver_after - now);
       op.error = "the call ended before its answer was due";
       op.undelivered = true;
+      // Not delivered, and its lease had not started if the item was not due yet.
+      if (d.item.deliver_after > now) op.unstarted_until = d.item.deliver_after;
       ops.push_back(std::move(op));
     }
     t.got.clear();

@@ -12,7 +12,8 @@
 // leased from its due time; the call then holds its answer until its latest item is
 // due (an entry in the WaitList, like a park), so no item is delivered early. A call
 // that ends while it holds (cancelled, server shutting down) gives those leases back,
-// the items DELAYED until their due time, and answers nothing.
+// the items not yet due DELAYED until their due time with their attempt not counted,
+// and answers nothing.
 //
 // Threads: Attempt() runs on whichever thread woke it (a gRPC thread, a shard strand
 // after new items, the ticker at the deadline); its own mutex serialises them.

@@ -312,7 +312,7 @@ void Engine::Nack(std::vector<NackOp> ops, StatusesDone done) {
         std::vector<store::NackRequest> reqs;
         for (const NackOp* op : mine) {
           reqs.push_back({op->id.row, op->token, op->delay, op->metadata, op->error,
-                          op->fatal, op->undelivered});
+                          op->fatal, op->undelivered, op->unstarted_until});
         }
         w.Nack(std::move(reqs), std::move(cb));
       });

@@ -95,6 +95,8 @@ struct NackOp {
   bool fatal = false;
   // The server gives back a lease whose answer it never sent (store::NackRequest).
   bool undelivered = false;
+  // ... and which had not started: store::NackRequest::unstarted_until.
+  std::optional<Time> unstarted_until;
 };
 struct ExtendOp {
   ItemId id;

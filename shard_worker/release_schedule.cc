@@ -93,21 +93,27 @@ std::optional<Time> ReleaseSchedule::Settled(const store::Lookahead& look) {
   return *oldest + grace();
 }
 
-void ReleaseSchedule::SetLead(Duration lead) {
+void ReleaseSchedule::SetLead(Duration lead, Time now) {
   std::lock_guard lock(mu_);
   lead_ = std::clamp(lead, Duration(0), max_lead_);
+  lead_set_ = now;
 }
 
-Duration ReleaseSchedule::lead() const {
+Duration ReleaseSchedule::lead(Time now) const {
   std::lock_guard lock(mu_);
-  return lead_;
+  return LeadLocked(now);
+}
+
+Duration ReleaseSchedule::LeadLocked(Time now) const {
+  return now - lead_set_ <= LatencyEstimate::kQuiet ? lead_ : Duration(0);
 }
 
 std::vector<ItemTransition> ReleaseSchedule::TakeDue(Time now) {
   std::vector<ItemTransition> due;
   std::lock_guard lock(mu_);
   if (auto end = GapEndLocked(now); end && now < *end) return due;
-  while (!by_time_.empty() && by_time_.begin()->first.first <= now + lead_) {
+  const Duration lead = LeadLocked(now);
+  while (!by_time_.empty() && by_time_.begin()->first.first <= now + lead) {
     auto node = by_time_.extract(by_time_.begin());
     at_.erase(node.mapped().row);
     released_.emplace(node.mapped().row, node.mapped());
@@ -120,7 +126,7 @@ std::vector<ItemTransition> ReleaseSchedule::TakeDue(Time now) {
 std::optional<Time> ReleaseSchedule::NextRelease(Time now) const {
   std::lock_guard lock(mu_);
   if (by_time_.empty()) return std::nullopt;
-  const Time at = by_time_.begin()->first.first - lead_;
+  const Time at = by_time_.begin()->first.first - LeadLocked(now);
   auto end = GapEndLocked(now);
   return end ? std::max(at, *end) : at;
 }

@@ -27,6 +27,7 @@
 #include "common/clock.h"
 #include "common/ids.h"
 #include "common/item.h"
+#include "shard_worker/latency_estimate.h"
 #include "store/store_api.h"
 
 namespace shardq::shard_worker {
@@ -42,11 +43,12 @@ class ReleaseSchedule {
         gap_(gap),
         max_lead_(std::clamp(max_lead, Duration(0), lookahead / 2)) {}
 
-  // How long before their due time items are released from now on: `lead`, within
+  // How long before their due time items are released from `now` on: `lead`, within
   // [0, max_lead] (at most half the lookahead, so a release never passes the part
-  // read).
-  void SetLead(Duration lead);
-  Duration lead() const;
+  // read). It holds for LatencyEstimate::kQuiet, then falls back to 0 until set again:
+  // a lead measured under a load that has gone would only hold answers.
+  void SetLead(Duration lead, Time now);
+  Duration lead(Time now) const;
 
   // What a promotion at `now` should read ahead: the part of (now, now + lookahead]
   // not read yet; and which due DELAYED items it should leave to claims: those
@@ -110,6 +112,8 @@ class ReleaseSchedule {
   // Requires mu_. When the gap after the last release ends; nullopt if there was no
   // release, or only one after `now` (the clock stepped back).
   std::optional<Time> GapEndLocked(Time now) const;
+  // Requires mu_. The lead at `now` (SetLead).
+  Duration LeadLocked(Time now) const;
 
   const Duration lookahead_;
   const size_t limit_;
@@ -117,6 +121,7 @@ class ReleaseSchedule {
   const Duration max_lead_;
   mutable std::mutex mu_;
   Duration lead_{0};
+  Time lead_set_{};  // when lead_ was set
   std::map<std::pair<Time, RowId>, ItemTransition> by_time_;
   std::unordered_map<RowId, Time> at_;
   std::unordered_map<RowId, ItemTransition> released_;

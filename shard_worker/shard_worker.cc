@@ -122,7 +122,8 @@ bool ShardWorker::AcceptsEnqueues() const {
 
 ShardHealth ShardWorker::Health() const {
   std::lock_guard lock(mu_);
-  return {id_, breaker_.state(), recovered_, starting_, last_error_, releases_.lead()};
+  return {id_,       breaker_.state(), recovered_,
+          starting_, last_error_,      releases_.lead(clock_.Now())};
 }
 
 void ShardWorker::Enqueue(std::vector<NewItem> items, EnqueueDone done) {
@@ -581,8 +582,8 @@ void ShardWorker::RunClaims(std::span<PendingClaim> pending) {
   Observe(leased.status(), latency);
   // Each claim's time from Claim() to its commit: the release lead.
   const Time done_at = clock_.Now();
-  for (const PendingClaim& c : pending) claim_latency_.Add(done_at - c.arrived);
-  releases_.SetLead(claim_latency_.Bound());
+  for (const PendingClaim& c : pending) claim_latency_.Add(done_at - c.arrived, done_at);
+  releases_.SetLead(claim_latency_.Bound(), done_at);
   std::unordered_map<RowId, LeasedItem*> by_row;
   if (leased.ok()) {
     for (LeasedItem& item : *leased) by_row[item.row] = &item;

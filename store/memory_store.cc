@@ -304,7 +304,8 @@ LeasedItem MemoryShardStore::LeaseOut(RowId id, Row& r, const std::string& worke
 bool MemoryShardStore::Leasable(const Row& r, Time now, Time due_by) {
   const bool due = r.state == ItemState::kReady ||
                    (r.state == ItemState::kDelayed && r.deliver_after <= due_by);
-  return due && !(r.expires_at && *r.expires_at <= now);
+  // The TTL must outlast the lease's start (Lease).
+  return due && !(r.expires_at && *r.expires_at <= std::max(now, r.deliver_after));
 }
 
 void MemoryShardStore::Lease(Row& r, const std::string& worker_id, LeaseToken token,
@@ -401,6 +402,13 @@ std::vector<ItemOutcome> MemoryShardStore::ApplyNacks(std::span<const NackReques
     if (r.cancel_requested) {
       Finish(r, ItemState::kCancelled, now);
       AddEvent(r, now, "cancelled", std::move(error));
+    } else if (n.unstarted_until) {
+      // The lease never started: its attempt is taken back.
+      const Time due = std::max(now, *n.unstarted_until);
+      r.state = due <= now ? ItemState::kReady : ItemState::kDelayed;
+      r.deliver_after = due;
+      AddEvent(r, now, "undelivered", std::move(error));
+      --r.attempts;
     } else if (n.fatal) {
       Finish(r, ItemState::kFailed, now);
       AddEvent(r, now, "failed", std::move(error));

@@ -1089,7 +1089,7 @@ Result<std::vector<LeasedItem>> MySqlShardStore::LeaseRows(
   // A claim (from READY) also takes a DELAYED row due by its due_by: the shard
   // worker releases those into the ready index at their time (or a release lead
   // before it), ahead of their promotion. The SELECT asks for the latest due_by; each
-  // row's own is checked below.
+  // row's own is checked below. The TTL must outlast the lease's start.
   const bool claim = due_by != nullptr;
   Time latest = now;
   if (claim) {
@@ -1102,7 +1102,7 @@ Result<std::vector<LeasedItem>> MySqlShardStore::LeaseRows(
       (claim ? " AND (state = " + std::to_string(from_state) + " OR (state = " +
                    std::to_string(kDelayed) + " AND deliver_after <= ?))"
              : " AND state = " + std::to_string(from_state)) +
-      " AND (expires_at IS NULL OR expires_at > ?) FOR UPDATE");
+      " AND (expires_at IS NULL OR expires_at > GREATEST(deliver_after, ?)) FOR UPDATE");
   unsigned p = BindIds(sel, 1, ids);
   if (claim) sel.SetInt64(p++, ToUnixMillis(latest));
   sel.SetInt64(p, now_ms);
@@ -1255,9 +1255,16 @@ std::vector<ItemOutcome> MySqlShardStore::NackRows(std::span<const NackRequest> 
     LockedRow& r = rows[n.row.value()];
     ItemState to;
     std::string_view kind;
+    // A lease that never started (NackRequest::unstarted_until): its attempt is taken
+    // back, and the item is due again at the given time.
+    const Time again = n.unstarted_until ? std::max(now, *n.unstarted_until)
+                                         : now + std::max(n.delay, Duration(0));
     if (r.cancel_requested) {
       to = ItemState::kCancelled;
       kind = "cancelled";
+    } else if (n.unstarted_until) {
+      to = again <= now ? ItemState::kReady : ItemState::kDelayed;
+      kind = "undelivered";
     } else if (n.fatal) {
       to = ItemState::kFailed;
       kind = "failed";
@@ -1265,29 +1272,30 @@ std::vector<ItemOutcome> MySqlShardStore::NackRows(std::span<const NackRequest> 
       to = ItemState::kDead;
       kind = "dead_lettered";
     } else {
-      const Time due = now + std::max(n.delay, Duration(0));
-      to = due <= now ? ItemState::kReady : ItemState::kDelayed;
+      to = again <= now ? ItemState::kReady : ItemState::kDelayed;
       kind = n.undelivered ? "undelivered" : "retry";
     }
     const bool final = IsFinal(to);
-    const int64_t due = final ? PurgeTime(r.ns, now_ms)
-                              : ToUnixMillis(now + std::max(n.delay, Duration(0)));
+    const bool refund = n.unstarted_until && !final;
+    const int64_t due = final ? PurgeTime(r.ns, now_ms) : ToUnixMillis(again);
     std::string error = TruncateTo(n.error, kMaxErrorBytes);
     DbStatement& st =
         n.metadata
             ? Stmt(
                   "UPDATE items SET state = ?, deliver_after = ?, finished_at = ?, "
-                  "expires_at = IF(?, NULL, expires_at), last_error = ?, metadata = ? "
-                  "WHERE id = ?")
+                  "expires_at = IF(?, NULL, expires_at), last_error = ?, "
+                  "attempts = attempts - ?, metadata = ? WHERE id = ?")
             : Stmt(
                   "UPDATE items SET state = ?, deliver_after = ?, finished_at = ?, "
-                  "expires_at = IF(?, NULL, expires_at), last_error = ? WHERE id = ?");
+                  "expires_at = IF(?, NULL, expires_at), last_error = ?, "
+                  "attempts = attempts - ? WHERE id = ?");
     unsigned p = 1;
     st.SetInt(p++, static_cast<int>(to));
     st.SetInt64(p++, due);
     st.SetInt64(p++, final ? now_ms : 0);
     st.SetInt(p++, final ? 1 : 0);
     st.SetString(p++, error);
+    st.SetInt(p++, refund ? 1 : 0);
     if (n.metadata) st.SetString(p++, *n.metadata);
     st.SetUInt64(p++, n.row.value());
     st.ExecuteUpdate();
@@ -1296,6 +1304,7 @@ std::vector<ItemOutcome> MySqlShardStore::NackRows(std::span<const NackRequest> 
     r.state = static_cast<int>(to);
     r.deliver_after = due;
     events.push_back(Event(n.row.value(), r, now_ms, kind, std::move(error)));
+    if (refund) --r.attempts;
     out[i].transition = MakeTransition(n.row.value(), r, ItemState::kLeased, to, due);
   }
   AppendEvents(LeaseEventsToWrite(ended, std::move(events)));

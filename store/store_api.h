@@ -45,6 +45,12 @@ struct NackRequest {
   // carried it was never sent (the client went away). The event is "undelivered"
   // instead of "retry"; the attempt still counts, as for an expired lease.
   bool undelivered = false;
+  // Set when the lease had not started: it was taken a release lead ahead of the
+  // item's due time and the answer, held until then, was never sent (its call ended
+  // first: engine::DequeueOp). The attempt does not count (attempts - 1, so this nack
+  // never dead-letters the item), and the item is redelivered from this time on
+  // (absolute; `delay` is ignored). Event "undelivered" as above.
+  std::optional<Time> unstarted_until;
 };
 
 // One row to lease, and who leases it.
@@ -318,14 +324,14 @@ class ShardStore {
                                                    size_t limit) = 0;
 
   // Leases the given rows if they are still READY, or DELAYED and due by their
-  // `due_by` (compare-and-swap), and not expired by TTL at `now`: state LEASED,
-  // lease_token = token, attempts + 1, worker_id; the lease starts at the later of
-  // `now` and the row's due time (so a row leased ahead of its due time by the release
-  // lead is leased from then, and its caller answers then): deliver_after = start +
-  // the item's lease duration, first (if unset) and last delivered = start; event
-  // "leased". Returns the rows that were leased
-  // (others are skipped), in any order, with payload and metadata. (Each row carries its
-  // own worker_id: one batch serves many callers.)
+  // `due_by` (compare-and-swap), and not past their TTL when the lease starts. The
+  // lease starts at the later of `now` and the row's due time (so a row leased ahead
+  // of its due time by the release lead is leased from then, and its caller answers
+  // then): state LEASED, lease_token = token, attempts + 1, worker_id, deliver_after =
+  // start + the item's lease duration, first (if unset) and last delivered = start;
+  // event "leased". Returns the rows that were leased (others are skipped), in any
+  // order, with payload and metadata. (Each row carries its own worker_id: one batch
+  // serves many callers.)
   virtual Result<std::vector<LeasedItem>> Claim(std::span<const ClaimRequest> rows,
                                                 LeaseToken token, Time now) = 0;
 

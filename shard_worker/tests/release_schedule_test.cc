@@ -161,41 +161,56 @@ TEST(ReleaseScheduleTest, ReleasesAtMostOncePerGap) {
 
 // The release lead: items go out that long before their due time (their claims then
 // lease them from it); the lead stays within [0, max_lead], and max_lead within half
-// the lookahead, so a release never passes the part of the window read.
+// the lookahead, so a release never passes the part of the window read. A lead not
+// set again within a quiet second falls back to 0.
 TEST(ReleaseScheduleTest, ReleasesALeadBeforeTheDueTime) {
   ReleaseSchedule s(Duration(100), 10, /*gap=*/Duration(5), /*max_lead=*/Duration(20));
   s.Learned(s.Window(kT0),
             std::vector{Delayed(1, kT0 + Duration(30)), Delayed(2, kT0 + Duration(40))});
-  EXPECT_EQ(s.lead(), Duration(0));  // until the worker has measured its claims
+  EXPECT_EQ(s.lead(kT0), Duration(0));  // until the worker has measured its claims
   EXPECT_EQ(s.NextRelease(kT0), kT0 + Duration(30));
-  s.SetLead(Duration(8));
+  s.SetLead(Duration(8), kT0);
   EXPECT_EQ(s.NextRelease(kT0), kT0 + Duration(22));
   EXPECT_TRUE(s.TakeDue(kT0 + Duration(21)).empty());
   EXPECT_EQ(Rows(s.TakeDue(kT0 + Duration(22))), (std::vector<uint64_t>{1}));
   EXPECT_EQ(s.released(), 1u);
-  s.SetLead(Duration(50));  // capped at max_lead
-  EXPECT_EQ(s.lead(), Duration(20));
+  s.SetLead(Duration(50), kT0);  // capped at max_lead
+  EXPECT_EQ(s.lead(kT0), Duration(20));
   EXPECT_EQ(s.NextRelease(kT0 + Duration(22)), kT0 + Duration(27));  // the gap first
   EXPECT_EQ(Rows(s.TakeDue(kT0 + Duration(27))), (std::vector<uint64_t>{2}));
-  s.SetLead(Duration(-3));
-  EXPECT_EQ(s.lead(), Duration(0));
+  s.SetLead(Duration(-3), kT0);
+  EXPECT_EQ(s.lead(kT0), Duration(0));
+
+  s.SetLead(Duration(10), kT0);
+  EXPECT_EQ(s.lead(kT0 + LatencyEstimate::kQuiet), Duration(10));
+  EXPECT_EQ(s.lead(kT0 + LatencyEstimate::kQuiet + Duration(1)), Duration(0));
+  const Time later = kT0 + Duration(2'000);
+  ASSERT_TRUE(s.MaybeAdd(Delayed(3, kT0 + Duration(60))));  // inside the part read
+  EXPECT_EQ(s.NextRelease(later), kT0 + Duration(60));      // due already; no lead
+  EXPECT_EQ(Rows(s.TakeDue(later)), (std::vector<uint64_t>{3}));
 
   ReleaseSchedule wide(Duration(30), 10, Duration(0), /*max_lead=*/Duration(20));
-  wide.SetLead(Duration(20));
-  EXPECT_EQ(wide.lead(), Duration(15));  // half the lookahead
+  wide.SetLead(Duration(20), kT0);
+  EXPECT_EQ(wide.lead(kT0), Duration(15));  // half the lookahead
 }
 
 TEST(LatencyEstimateTest, BoundsTheSmoothedLatencyByTwiceItsDeviation) {
   LatencyEstimate e;
+  Time at = kT0;
+  auto add = [&](int ms) { e.Add(Duration(ms), at += Duration(1)); };
   EXPECT_EQ(e.Bound(), Duration(0));
-  e.Add(Duration(8));  // mean 1, deviation 2
-  EXPECT_EQ(e.Bound(), Duration(5));
-  for (int i = 0; i < 200; ++i) e.Add(Duration(4));
+  add(8);  // the first sample: mean 8, deviation 4
+  EXPECT_EQ(e.Bound(), Duration(16));
+  for (int i = 0; i < 200; ++i) add(4);
   EXPECT_EQ(e.Bound(), Duration(4));  // steady: the deviation has gone
-  for (int i = 0; i < 200; ++i) e.Add(Duration(i % 2 == 0 ? 2 : 6));
+  for (int i = 0; i < 200; ++i) add(i % 2 == 0 ? 2 : 6);
   // Mean about 4, mean deviation about 2: the bound covers the slower half.
   EXPECT_GE(e.Bound(), Duration(7));
   EXPECT_LE(e.Bound(), Duration(9));
+  // After a quiet spell the next sample starts it afresh.
+  at += LatencyEstimate::kQuiet + Duration(1);
+  add(2);
+  EXPECT_EQ(e.Bound(), Duration(4));
 }
 
 // The system clock stepped back after a release: the gap is counted from the new time,

@@ -943,12 +943,16 @@ TYPED_TEST(StoreContractTest, ClaimAheadOfTheDueTimeLeasesFromTheDueTime) {
   RowId early = this->InsertOne(Item("t", 3, kT0 + 1s, "p", 30s));
   RowId later = this->InsertOne(Item("t", 3, kT0 + 2s, "p", 30s));
   RowId ready = this->InsertOne(Item("t", 3, kT0, "p", 30s));
+  // Its TTL ends before its lease would start.
+  RowId short_ttl = this->InsertOne(Item("t", 3, kT0 + 1s, "p", 30s, kT0 + 1s - 5ms));
   const Time now = kT0 + 1s - 10ms;
   std::vector<ClaimRequest> reqs{{early, "w1", LeaseToken(1), kT0 + 1s},
                                  {later, "w1", LeaseToken(2), kT0 + 1s},
-                                 {ready, "w1", LeaseToken(3), kT0 + 1s}};
+                                 {ready, "w1", LeaseToken(3), kT0 + 3s},
+                                 {short_ttl, "w1", LeaseToken(4), kT0 + 1s}};
   std::vector<LeasedItem> got = Must(this->store().Claim(reqs, LeaseToken(9), now));
-  ASSERT_EQ(got.size(), 2u);  // not `later`: due after its due_by
+  // Not `later`: due after its own due_by (though before another row's).
+  ASSERT_EQ(got.size(), 2u);
   std::sort(got.begin(), got.end(),
             [](const LeasedItem& a, const LeasedItem& b) { return a.row < b.row; });
   EXPECT_EQ(got[0].row, early);
@@ -964,6 +968,7 @@ TYPED_TEST(StoreContractTest, ClaimAheadOfTheDueTimeLeasesFromTheDueTime) {
   EXPECT_EQ(t.history[0].at, kT0 + 1s);
   EXPECT_EQ(this->Task(ready).first_delivered_at, now);
   EXPECT_EQ(this->Task(later).state, ItemState::kDelayed);
+  EXPECT_EQ(this->Task(short_ttl).state, ItemState::kDelayed);
   // Without a due_by, the claim's `now` is the limit, as before.
   EXPECT_TRUE(this->Claim({later}, 4, kT0 + 2s - 1ms).empty());
   // Its lease ends a lease after the due time: `later` and `ready`'s lease move first.
@@ -971,11 +976,43 @@ TYPED_TEST(StoreContractTest, ClaimAheadOfTheDueTimeLeasesFromTheDueTime) {
   for (const ItemTransition& m :
        Must(this->store().PromoteDue(kT0 + 31s - 1ms, 10)).moved)
     moved.push_back(m.row);
-  EXPECT_EQ(moved, (std::vector<RowId>{later, ready}));
+  EXPECT_EQ(moved, (std::vector<RowId>{short_ttl, later, ready}));
   moved.clear();
   for (const ItemTransition& m : Must(this->store().PromoteDue(kT0 + 31s, 10)).moved)
     moved.push_back(m.row);
   EXPECT_EQ(moved, std::vector<RowId>{early});
+}
+
+// The server gives back a lease taken ahead of the due time whose answer it never
+// sent: the attempt does not count (so even an item of one attempt is not
+// dead-lettered), and the item is due again at the given time.
+TYPED_TEST(StoreContractTest, ANackOfALeaseThatNeverStartedTakesItsAttemptBack) {
+  RowId id = this->InsertOne(Item("t", 0, kT0 + 1s, "p", 30s, std::nullopt, "ns", 1));
+  std::vector<ClaimRequest> req{{id, "w1", LeaseToken(1), kT0 + 1s}};
+  ASSERT_EQ(Must(this->store().Claim(req, LeaseToken(1), kT0 + 1s - 10ms)).size(), 1u);
+  NackRequest give_back{id, LeaseToken(1)};
+  give_back.undelivered = true;
+  give_back.unstarted_until = kT0 + 1s;
+  std::vector<NackRequest> nacks{give_back};
+  ItemOutcome out = Must(this->store().Nack(nacks, kT0 + 1s - 5ms)).at(0);
+  ASSERT_TRUE(out.status.ok()) << out.status.ToString();
+  ASSERT_TRUE(out.transition.has_value());
+  EXPECT_EQ(out.transition->to, ItemState::kDelayed);
+  EXPECT_EQ(out.transition->deliver_after, kT0 + 1s);
+  TaskRecord t = this->Task(id);
+  EXPECT_EQ(t.state, ItemState::kDelayed);
+  EXPECT_EQ(t.attempts, 0u);
+  EXPECT_EQ(t.deliver_after, kT0 + 1s);
+  EXPECT_EQ(Kinds(t.history), (std::vector<std::string>{"leased", "undelivered"}));
+  // Delivered later, it is the first attempt; a plain undelivered nack of it, which
+  // counts, then dead-letters it.
+  LeasedItem again = this->ClaimOne(id, 2, kT0 + 1s);
+  EXPECT_EQ(again.attempts, 1u);
+  NackRequest plain{id, LeaseToken(2)};
+  plain.undelivered = true;
+  nacks = {plain};
+  ASSERT_TRUE(Must(this->store().Nack(nacks, kT0 + 2s)).at(0).status.ok());
+  EXPECT_EQ(this->Task(id).state, ItemState::kDead);
 }
 
 TYPED_TEST(StoreContractTest, ExpiredLeaseBecomesReadyAndKeepsItsTokenForALateAck) {
