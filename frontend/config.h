@@ -4,9 +4,9 @@
 //
 // JSON form (see docs/config.example.json):
 //   {"listen": "127.0.0.1:50051", "io_threads": 8, "window_capacity": 512,
-//    "delay_lookahead_ms": 100, "delay_release_gap_ms": 5, "delay_release_max_lead_ms":
-//    20, "max_buffered_enqueue_mb": 256, "mysql_servers": [{"name": "a", "socket":
-//    "/run/a.sock"},
+//    "delay_lookahead_ms": 100, "delay_release_gap_ms": 5,
+//    "delay_release_max_lead_ms": 20, "max_buffered_enqueue_mb": 256,
+//    "mysql_servers": [{"name": "a", "socket": "/run/a.sock"},
 //                      {"name": "b", "host": "10.0.0.2", "port": 3306,
 //                       "user": "shardq", "password": "..."}],
 //    "shards": [{"id": 0, "server": "a", "database": "shardq_0"}, ...],

@@ -122,8 +122,9 @@ bool ShardWorker::AcceptsEnqueues() const {
 
 ShardHealth ShardWorker::Health() const {
   std::lock_guard lock(mu_);
-  return {id_,       breaker_.state(), recovered_,
-          starting_, last_error_,      releases_.lead(clock_.Now())};
+  ShardHealth health{id_, breaker_.state(), recovered_, starting_, last_error_};
+  health.release_lead = releases_.lead(clock_.Now());
+  return health;
 }
 
 void ShardWorker::Enqueue(std::vector<NewItem> items, EnqueueDone done) {
