@@ -5,7 +5,7 @@
 // JSON form (see docs/config.example.json):
 //   {"listen": "127.0.0.1:50051", "io_threads": 8, "window_capacity": 512,
 //    "delay_lookahead_ms": 100, "delay_release_gap_ms": 5,
-//    "delay_release_max_lead_ms": 20, "max_buffered_enqueue_mb": 256,
+//    "delay_release_max_lead_ms": 10, "max_buffered_enqueue_mb": 256,
 //    "mysql_servers": [{"name": "a", "socket": "/run/a.sock"},
 //                      {"name": "b", "host": "10.0.0.2", "port": 3306,
 //                       "user": "shardq", "password": "..."}],
@@ -48,7 +48,7 @@ struct ServerConfig {
   // lookahead), by the shard's recent claim latency: their claims commit meanwhile,
   // leases that start at the due time, and the dequeues answer then, so a claim's
   // transaction no longer makes items late.
-  int64_t delay_release_max_lead_ms = 20;
+  int64_t delay_release_max_lead_ms = 10;
   // MiB of enqueued items held before they commit, over all shards: past it,
   // enqueues are answered RESOURCE_EXHAUSTED (engine::EngineOptions).
   size_t max_buffered_enqueue_mb = 256;

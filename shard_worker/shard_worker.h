@@ -48,7 +48,7 @@ struct WorkerOptions {
   // With a lookahead: at most how long before its due time an item is released, so
   // its claim commits by then and the dequeue answers at the due time; the lead used
   // is the shard's recent claim latency (release_schedule.h).
-  Duration max_release_lead{20};
+  Duration max_release_lead{10};
   Duration purge_interval{1'000};  // how often TTL purge runs
   BreakerOptions breaker;
 };

@@ -99,7 +99,7 @@ TEST(ParseConfigTest, Defaults) {
   EXPECT_EQ(r->window_capacity, 512u);
   EXPECT_EQ(r->delay_lookahead_ms, 100);
   EXPECT_EQ(r->delay_release_gap_ms, 5);
-  EXPECT_EQ(r->delay_release_max_lead_ms, 20);
+  EXPECT_EQ(r->delay_release_max_lead_ms, 10);
   EXPECT_EQ(r->max_buffered_enqueue_mb, 256u);
   ASSERT_EQ(r->mysql_servers.size(), 1u);
   const store::MysqlEndpoint& e = r->mysql_servers[0].endpoint;
