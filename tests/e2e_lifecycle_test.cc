@@ -206,16 +206,7 @@ TEST_F(LifecycleTest, MaxAttemptsThenDeadLetterThenRedriveThenSuccess) {
   ASSERT_EQ(topics.size(), 1u);
   EXPECT_EQ(topics[0].counts.dead, 1);
 
-  v1::RedriveDeadLettersRequest redrive;
-  redrive.set_namespace_(kNs);
-  redrive.set_topic("dlq");
-  v1::RedriveDeadLettersResponse redriven;
-  {
-    grpc::ClientContext ctx;
-    SetDeadline(ctx);
-    ASSERT_TRUE(client_->stub().RedriveDeadLetters(&ctx, redrive, &redriven).ok());
-  }
-  EXPECT_EQ(redriven.redriven(), 1u);
+  EXPECT_EQ(client_->Redrive(kNs, "dlq").redriven(), 1u);
   v1::DequeuedItem d = DequeueOne("dlq");
   EXPECT_EQ(d.attempts(), 1u) << "a fresh attempt budget";
   ASSERT_EQ(Ack(d, ""), grpc::StatusCode::OK);
@@ -336,14 +327,7 @@ TEST_F(LifecycleTest, FinishedTasksArePurgedAfterTheRetention) {
 
 TEST_F(LifecycleTest, RedriveAndPurgeRefuseTasksThatAreNotDead) {
   std::string live = Enqueue("x");
-  v1::RedriveDeadLettersRequest redrive;
-  redrive.set_namespace_(kNs);
-  redrive.set_topic("x");
-  redrive.add_ids(live);
-  v1::RedriveDeadLettersResponse resp;
-  grpc::ClientContext ctx;
-  SetDeadline(ctx);
-  ASSERT_TRUE(client_->stub().RedriveDeadLetters(&ctx, redrive, &resp).ok());
+  v1::RedriveDeadLettersResponse resp = client_->Redrive(kNs, "x", {live});
   ASSERT_EQ(resp.results_size(), 1);
   EXPECT_EQ(resp.results(0).code(),
             static_cast<int>(grpc::StatusCode::FAILED_PRECONDITION));
@@ -353,9 +337,9 @@ TEST_F(LifecycleTest, RedriveAndPurgeRefuseTasksThatAreNotDead) {
   purge.set_namespace_(kNs);
   purge.set_topic("x");
   v1::PurgeDeadLettersResponse purged;
-  grpc::ClientContext ctx2;
-  SetDeadline(ctx2);
-  ASSERT_TRUE(client_->stub().PurgeDeadLetters(&ctx2, purge, &purged).ok());
+  grpc::ClientContext ctx;
+  SetDeadline(ctx);
+  ASSERT_TRUE(client_->stub().PurgeDeadLetters(&ctx, purge, &purged).ok());
   EXPECT_EQ(purged.purged(), 0u);
   EXPECT_EQ(GetTask(live).state(), v1::READY) << "a live task is untouched";
 }

@@ -205,6 +205,21 @@ grpc::StatusCode QueueClient::Extend(const std::string& id, const std::string& t
   return static_cast<grpc::StatusCode>(resp.results(0).status().code());
 }
 
+v1::RedriveDeadLettersResponse QueueClient::Redrive(const std::string& ns,
+                                                    const std::string& topic,
+                                                    const std::vector<std::string>& ids) {
+  v1::RedriveDeadLettersRequest req;
+  req.set_namespace_(ns);
+  req.set_topic(topic);
+  for (const std::string& id : ids) req.add_ids(id);
+  v1::RedriveDeadLettersResponse resp;
+  grpc::ClientContext ctx;
+  SetDeadline(ctx);
+  grpc::Status st = stub_->RedriveDeadLetters(&ctx, req, &resp);
+  EXPECT_TRUE(st.ok()) << st.error_message();
+  return st.ok() ? resp : v1::RedriveDeadLettersResponse();
+}
+
 v1::Task QueueClient::GetTask(const std::string& id, grpc::Status* status) {
   v1::GetTaskRequest req;
   req.set_id(id);

@@ -53,6 +53,10 @@ class QueueClient {
   // GetTask; an empty Task (state UNSPECIFIED) if the call failed, its status in
   // `status` when given.
   v1::Task GetTask(const std::string& id, grpc::Status* status = nullptr);
+  // RedriveDeadLetters of `topic` (of the given ids only, if any); a failed call
+  // fails the test and answers nothing.
+  v1::RedriveDeadLettersResponse Redrive(const std::string& ns, const std::string& topic,
+                                         const std::vector<std::string>& ids = {});
 
  private:
   std::unique_ptr<v1::Queue::Stub> stub_;

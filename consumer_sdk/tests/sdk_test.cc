@@ -947,14 +947,7 @@ TEST_F(SdkTest, MaxAttemptsThenDeadLetterThenRedriveThenSuccess) {
   EXPECT_EQ(task().last_error(), "downstream is down");
 
   fixed = true;
-  v1::RedriveDeadLettersRequest redrive;
-  redrive.set_namespace_(kNs);
-  redrive.set_topic("dlq");
-  v1::RedriveDeadLettersResponse redriven;
-  grpc::ClientContext ctx;
-  SetDeadline(ctx);
-  ASSERT_TRUE(client_->stub().RedriveDeadLetters(&ctx, redrive, &redriven).ok());
-  EXPECT_EQ(redriven.redriven(), 1u);
+  EXPECT_EQ(client_->Redrive(kNs, "dlq").redriven(), 1u);
   ASSERT_TRUE(Eventually([&] { return worker.stats().succeeded == 1; }));
   worker.Stop();
   EXPECT_EQ(task().state(), v1::SUCCEEDED);
