@@ -19,6 +19,7 @@
 #include "common/ids.h"
 #include "common/namespace_policy.h"
 #include "common/status.h"
+#include "engine/engine.h"
 #include "store/mysql_store.h"
 
 namespace shardq::frontend {
@@ -34,24 +35,35 @@ struct ShardConfig {
   std::string database;
 };
 
+namespace detail {
+// The engine's own defaults: the settings below that map onto engine::EngineOptions
+// start from them, so a default is changed in one place.
+inline const engine::EngineOptions& EngineDefaults() {
+  static const engine::EngineOptions defaults;
+  return defaults;
+}
+}  // namespace detail
+
 struct ServerConfig {
   std::string listen = "127.0.0.1:50051";
-  size_t io_threads = 8;
-  size_t window_capacity = 512;
+  size_t io_threads = detail::EngineDefaults().io_threads;
+  size_t window_capacity = detail::EngineDefaults().window_capacity;
   // How far ahead each shard reads delayed items, to release them into the index at
   // their due time (shard_worker/release_schedule.h); 0 = only promotions do.
-  int64_t delay_lookahead_ms = 100;
+  int64_t delay_lookahead_ms = detail::EngineDefaults().worker.lookahead.count();
   // At most one such release per shard per gap: under load the items falling due
   // meanwhile go out together, in fewer and bigger claims.
-  int64_t delay_release_gap_ms = 5;
+  int64_t delay_release_gap_ms = detail::EngineDefaults().worker.release_gap.count();
   // Each release comes up to this long before its items' due time (at most half the
   // lookahead), by the shard's recent claim latency: their claims commit meanwhile,
   // leases that start at the due time, and the dequeues answer then, so a claim's
   // transaction no longer makes items late.
-  int64_t delay_release_max_lead_ms = 10;
+  int64_t delay_release_max_lead_ms =
+      detail::EngineDefaults().worker.max_release_lead.count();
   // MiB of enqueued items held before they commit, over all shards: past it,
   // enqueues are answered RESOURCE_EXHAUSTED (engine::EngineOptions).
-  size_t max_buffered_enqueue_mb = 256;
+  size_t max_buffered_enqueue_mb =
+      detail::EngineDefaults().max_buffered_enqueue_bytes >> 20;
   std::vector<MysqlServerConfig> mysql_servers;
   std::vector<ShardConfig> shards;
   // Task lifecycle settings per namespace (max attempts, retention).
