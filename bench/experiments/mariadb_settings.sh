@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# shardq_bench's phases under MariaDB settings that keep durability (docs/BENCHMARKS.md,
+# twenty-fourth round). Each NAME="mariadbd options" is one arm; each round runs every
+# arm once, in a rotating order, on one private MariaDB restarted with the arm's
+# options (the same data directory; the bench makes fresh databases per run). Each
+# run is `shardq_bench --runs 1 --no-threads --fetch 100` with the references, so the
+# ratios compare like with like. It prints each run's figures, then each arm's
+# medians, and leaves every run's JSON in $WORK.
+#   bench/experiments/mariadb_settings.sh PHASES ROUNDS NAME="options" ...
+#   e.g. ... A1,A2,B2 6 base="" purge1="--innodb-purge-threads=1"
+# Every arm also gets the bench's own settings first (128 MiB pool, 96 MiB log;
+# an arm's options come after them, so it may override them). EXTRA adds bench options
+# (EXTRA="--scale 0.05" for a quick try).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PHASES=${1:?usage: mariadb_settings.sh PHASES ROUNDS NAME=options ...}
+ROUNDS=${2:?usage: mariadb_settings.sh PHASES ROUNDS NAME=options ...}
+shift 2
+WORK=${WORK:-/tmp/shardq-mariadb-settings}
+BENCH=${BENCH:-build/bench/shardq_bench}
+SHARDQD=${SHARDQD:-build/frontend/shardqd}
+SOCK=$WORK/mysql.sock
+names=() opts=()
+for arm in "$@"; do names+=("${arm%%=*}") opts+=("${arm#*=}"); done
+rm -rf "$WORK" && mkdir -p "$WORK/tmp"
+mariadb-install-db --no-defaults --datadir="$WORK/data" --tmpdir="$WORK/tmp" --user=root \
+  --auth-root-authentication-method=normal >"$WORK/install.log" 2>&1
+
+pid=""
+stop() {
+  if [ -n "$pid" ]; then
+    kill "$pid" 2>/dev/null || true
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+    pid=""
+  fi
+}
+trap stop EXIT
+start() {
+  # $1 is word-split on purpose: it is a list of options.
+  # shellcheck disable=SC2086
+  mariadbd --no-defaults --datadir="$WORK/data" --tmpdir="$WORK/tmp" --socket="$SOCK" \
+    --skip-networking --user=root --log-error="$WORK/error.log" \
+    --innodb-buffer-pool-size=128M --innodb-log-file-size=96M $1 &
+  pid=$!
+  for _ in $(seq 1 300); do
+    mariadb --no-defaults --socket="$SOCK" -uroot -e 'select 1' >/dev/null 2>&1 && return
+    sleep 0.1
+  done
+  echo "MariaDB did not start with: $1 (see $WORK/error.log)" >&2
+  exit 1
+}
+
+n=${#names[@]}
+for round in $(seq 1 "$ROUNDS"); do
+  for j in $(seq 0 $((n - 1))); do
+    k=$(((round + j) % n))
+    start "${opts[$k]}"
+    # shellcheck disable=SC2086
+    "$BENCH" --runs 1 --phases "$PHASES" --no-threads --fetch 100 ${EXTRA:-} --mysql-socket "$SOCK" \
+      --shardqd "$SHARDQD" --json "$WORK/${names[$k]}.$round.json" >"$WORK/${names[$k]}.$round.log" 2>&1
+    stop
+    echo "round $round: ${names[$k]} done"
+  done
+done
+
+python3 - "$WORK" "${names[@]}" <<'PY'
+import glob, json, statistics, sys
+work, names = sys.argv[1], sys.argv[2:]
+ratios = {  # figure / its reference in the same run
+    "A1 x naive": ("A1 enqueue, single (items/s)", "ref naive enqueue, single (items/s)"),
+    "A2 / raw": ("A2 enqueue, batch (items/s)", "ref raw INSERT, batch (rows/s)"),
+    "B2 x naive": ("B2 drain, batch ack (items/s)", "ref naive drain, batch ack (items/s)"),
+}
+for name in names:
+    runs = [json.load(open(f))[0] for f in sorted(glob.glob(f"{work}/{name}.*.json"))]
+    print(f"{name} ({len(runs)} runs, medians):")
+    for key in runs[0]:
+        values = [r[key] for r in runs if isinstance(r.get(key), (int, float))]
+        if values and "threads" not in key:
+            print(f"  {key}: {statistics.median(values):.2f}  (runs: "
+                  + ", ".join(f"{v:.0f}" for v in values) + ")")
+    for label, (num, den) in ratios.items():
+        values = [r[num] / r[den] for r in runs if r.get(num) and r.get(den)]
+        if values:
+            print(f"  {label}: {statistics.median(values):.2f}")
+PY
