@@ -136,7 +136,7 @@ void DequeueOp::Expire(bool forced) {
   expired_ = true;
   ended_ = ended_ || forced;
   if (holding_ && forced) {
-    GiveBackLocked(lock);
+    GiveBackLocked(lock, /*only_not_due=*/false);
   } else if (claims_in_flight_ == 0) {
     FinishLocked(lock);
   }
@@ -149,23 +149,28 @@ void DequeueOp::Cancel() {
   expired_ = true;
   ended_ = true;
   if (holding_) {
-    GiveBackLocked(lock);
+    GiveBackLocked(lock, /*only_not_due=*/false);
   } else if (claims_in_flight_ == 0) {
     FinishLocked(lock);
   }
 }
 
 void DequeueOp::FinishOrHoldLocked(std::unique_lock<std::mutex>& lock) {
+  const Time now = engine_.clock_.Now();
   Time due{};
   for (const Topic& t : topics_) {
     for (const Delivered& d : t.got) due = std::max(due, d.item.deliver_after);
   }
-  if (due <= engine_.clock_.Now()) {
+  if (due <= now) {
     FinishLocked(lock);
     return;
   }
   if (ended_) {
-    GiveBackLocked(lock);
+    GiveBackLocked(lock, /*only_not_due=*/false);
+    return;
+  }
+  if (HoldWouldSpendLeasesLocked(now, due)) {
+    GiveBackLocked(lock, /*only_not_due=*/true);
     return;
   }
   holding_ = true;
@@ -175,21 +180,43 @@ void DequeueOp::FinishOrHoldLocked(std::unique_lock<std::mutex>& lock) {
   engine_.waits_.Add(due, weak_from_this());
 }
 
-void DequeueOp::GiveBackLocked(std::unique_lock<std::mutex>& lock) {
+bool DequeueOp::HoldWouldSpendLeasesLocked(Time now, Time hold_until) const {
+  for (const Topic& t : topics_) {
+    for (const Delivered& d : t.got) {
+      // Only a due item's lease runs during the hold; the others start at their due
+      // time. Half of what is left must remain when the consumer gets it.
+      if (d.item.deliver_after > now) continue;
+      if (2 * (d.item.lease_deadline - hold_until) < d.item.lease_deadline - now) {
+        return true;
+      }
+    }
+  }
+  return false;
+}
+
+void DequeueOp::GiveBackLocked(std::unique_lock<std::mutex>& lock, bool only_not_due) {
   const Time now = engine_.clock_.Now();
   std::vector<NackOp> ops;
   for (Topic& t : topics_) {
-    for (const Delivered& d : t.got) {
+    std::vector<Delivered> kept;
+    for (Delivered& d : t.got) {
+      const bool due = d.item.deliver_after <= now;
+      if (only_not_due && due) {
+        kept.push_back(std::move(d));
+        continue;
+      }
       NackOp op{d.id(), d.item.token};
-      op.error = "the call ended before its answer was due";
+      op.error = only_not_due ? "a hold until its due time would have spent another "
+                                "item's lease"
+                              : "the call ended before its answer was due";
       op.undelivered = true;
       // Not delivered, and its lease had not started if the item was not due yet.
-      if (d.item.deliver_after > now) op.unstarted_until = d.item.deliver_after;
+      if (!due) op.unstarted_until = d.item.deliver_after;
       ops.push_back(std::move(op));
     }
-    t.got.clear();
+    t.got = std::move(kept);
   }
-  FinishLocked(lock);  // answers nothing; unlocks
+  FinishLocked(lock);  // answers what was kept, if anything; unlocks
   // Refused ones (a shard that is down) come back when their leases run out.
   engine_.Nack(std::move(ops), [](std::vector<Status>) {});
 }

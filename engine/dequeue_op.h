@@ -13,7 +13,9 @@
 // due (an entry in the WaitList, like a park), so no item is delivered early. A call
 // that ends while it holds (cancelled, server shutting down) gives those leases back,
 // the items not yet due DELAYED until their due time with their attempt not counted,
-// and answers nothing.
+// and answers nothing. A call whose hold would spend more than half of a due item's
+// lease (a lease of a few milliseconds) does not hold: it gives back the items not
+// yet due, the same way, and answers with the due ones at once.
 //
 // Threads: Attempt() runs on whichever thread woke it (a gRPC thread, a shard strand
 // after new items, the ticker at the deadline); its own mutex serialises them.
@@ -62,8 +64,14 @@ class DequeueOp final : public prefetch::Waiter,
   // Requires mu_, no claim in flight, something got. Answers the call now, or holds
   // the answer until its latest item is due.
   void FinishOrHoldLocked(std::unique_lock<std::mutex>& lock);
-  // Requires mu_ and a hold. Gives back what was got (see above) and answers nothing.
-  void GiveBackLocked(std::unique_lock<std::mutex>& lock);
+  // Requires mu_. Whether holding the answer until `hold_until` would leave a due
+  // item (whose lease started at its claim) less than half of its remaining lease.
+  // A lease shorter than a hold would otherwise run out before its consumer got it,
+  // and the item could be leased to another meanwhile (guarantee 3).
+  bool HoldWouldSpendLeasesLocked(Time now, Time hold_until) const;
+  // Requires mu_. Gives back the items got (see above), or only those not yet due,
+  // and answers with the rest (nothing, or the due ones).
+  void GiveBackLocked(std::unique_lock<std::mutex>& lock, bool only_not_due);
   // The index in topics_ of `buffer`'s topic, or topics_.size(). No lock: the
   // topics and their buffers are fixed at construction.
   size_t TopicOf(const prefetch::TopicBuffer& buffer) const;

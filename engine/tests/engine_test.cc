@@ -811,6 +811,17 @@ class LeadHarness : public Harness {
   Duration lead_{};
 };
 
+// A lease given back before its due time: the item, alone in `topic`, is DELAYED until
+// `due` again, its attempt not counted, its last event "undelivered".
+void ExpectGivenBackUntil(LeadHarness& h, const std::string& topic, ItemId id, Time due) {
+  ASSERT_TRUE(WaitUntil([&] { return Counts(h.store(1), topic).delayed == 1; }));
+  store::TaskRecord t = TaskOf(h.store(1), id);
+  EXPECT_EQ(t.deliver_after, due);
+  EXPECT_EQ(t.attempts, 0u);
+  ASSERT_FALSE(t.history.empty());
+  EXPECT_EQ(t.history.back().kind, "undelivered");
+}
+
 TEST(EngineLeadTest, TheLeadFollowsTheClaimsLatency) {
   LeadHarness h;
   // Ten milliseconds a claim, steady: the bound settles on it as the deviation fades.
@@ -861,12 +872,7 @@ TEST(EngineLeadTest, ACallCancelledWhileHoldingGivesTheItemBackUntilItsDueTime) 
   auto got = a.Get(kShortTimeout);
   ASSERT_TRUE(got.has_value());
   EXPECT_TRUE(got->empty());
-  ASSERT_TRUE(WaitUntil([&] { return Counts(h.store(1), "later").delayed == 1; }));
-  store::TaskRecord t = TaskOf(h.store(1), id);
-  EXPECT_EQ(t.deliver_after, due);
-  EXPECT_EQ(t.attempts, 0u);
-  ASSERT_FALSE(t.history.empty());
-  EXPECT_EQ(t.history.back().kind, "undelivered");
+  ExpectGivenBackUntil(h, "later", id, due);
 
   // Released again after the gap that follows its first release (5 ms by default).
   h.clock().Advance(Duration(5));
@@ -890,6 +896,65 @@ TEST(EngineLeadTest, ShutdownWhileHoldingGivesTheItemBack) {
   EXPECT_TRUE(got->empty());
   ASSERT_TRUE(WaitUntil([&] { return Counts(h.store(1), "later").delayed == 1; }));
   EXPECT_EQ(TaskOf(h.store(1), id).deliver_after, due);
+}
+
+// What the engine counts as READY in `topic` (released items included).
+int64_t ReadyInEngine(Harness& h, const std::string& topic) {
+  for (const auto& ti : h.engine().ActiveTopics("ns")) {
+    if (ti.topic == topic) return ti.counts.ready;
+  }
+  return 0;
+}
+
+// An item of priority 1 in `topic`, due 500 ms from now, released ahead of that: the
+// clock is left 8 ms before its due time (`*due`), within the shard's lead.
+ItemId ReleasedAhead(LeadHarness& h, const std::string& topic, Time* due) {
+  EXPECT_GE(h.lead(), Duration(9));
+  EXPECT_TRUE(h.Dequeue(topic, 1).empty());  // loads the (empty) window
+  *due = h.clock().Now() + Duration(500);
+  const ItemId id = h.EnqueueOk(Item(topic, 1, *due));
+  h.clock().Advance(*due - Duration(8) - h.clock().Now());
+  EXPECT_TRUE(WaitUntil([&] { return ReadyInEngine(h, topic) == 1; }));
+  return id;
+}
+
+// One call gets an item released ahead of its due time and a due one, whose lease
+// started at its claim. Holding the answer runs that lease; when the hold would spend
+// more than half of it (here 8 of 5 ms), the call does not hold: it answers the due
+// item at once, with its lease still running, and gives the other back DELAYED until
+// its due time, its attempt not counted.
+TEST(EngineLeadTest, AHoldThatWouldSpendADueItemsLeaseAnswersTheDueItemAtOnce) {
+  LeadHarness h;
+  Time due{};
+  const ItemId later = ReleasedAhead(h, "mixed", &due);
+  const ItemId short_lease = h.EnqueueOk(Item("mixed", 5, Time{}, Duration(5)));
+
+  auto got = h.Dequeue("mixed", 2);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].id(), short_lease);
+  EXPECT_EQ(got[0].item.lease_deadline, h.clock().Now() + Duration(5));
+  ExpectGivenBackUntil(h, "mixed", later, due);
+}
+
+// The same answer with a lease that outlasts the hold is held until the item not yet
+// due is due, and then carries both.
+TEST(EngineLeadTest, AHoldThatLeavesMostOfTheDueItemsLeaseAnswersBothAtTheDueTime) {
+  LeadHarness h;
+  Time due{};
+  const ItemId later = ReleasedAhead(h, "mixed", &due);
+  const ItemId now_due = h.EnqueueOk(Item("mixed", 5, Time{}, Duration(1'000)));
+
+  DequeueAnswer a;
+  auto handle =
+      h.engine().Dequeue("ns", {{"mixed", 2}}, Duration(0), "test-worker", a.Callback());
+  ASSERT_TRUE(WaitUntil([&] { return Counts(h.store(1), "mixed").leased == 2; }));
+  EXPECT_FALSE(a.ready());
+  h.clock().Advance(due - h.clock().Now());
+  auto got = a.Get();
+  ASSERT_TRUE(got.has_value());
+  ASSERT_EQ(got->size(), 2u);
+  EXPECT_EQ((*got)[0].id(), later);
+  EXPECT_EQ((*got)[1].id(), now_due);
 }
 
 // ------------------------------------------------------------ direct handoff
