@@ -217,8 +217,11 @@ void DequeueOp::GiveBackLocked(std::unique_lock<std::mutex>& lock, bool only_not
     t.got = std::move(kept);
   }
   FinishLocked(lock);  // answers what was kept, if anything; unlocks
+  if (ops.empty()) return;
   // Refused ones (a shard that is down) come back when their leases run out.
-  engine_.Nack(std::move(ops), [](std::vector<Status>) {});
+  Engine& engine = engine_;  // `this` may be gone when the nack is done
+  engine.GiveBackStarted();
+  engine.Nack(std::move(ops), [&engine](std::vector<Status>) { engine.GiveBackDone(); });
 }
 
 void DequeueOp::FinishLocked(std::unique_lock<std::mutex>& lock) {

@@ -42,8 +42,23 @@ Engine::~Engine() {
     destroying_ = true;
   }
   Shutdown();
+  {
+    std::unique_lock lock(give_backs_mu_);
+    give_backs_done_.wait_for(lock, kGiveBackDrain,
+                              [this] { return give_backs_in_flight_ == 0; });
+  }
   ticker_.Stop();
   workers_.clear();  // each waits for its strand to finish
+}
+
+void Engine::GiveBackStarted() {
+  std::lock_guard lock(give_backs_mu_);
+  ++give_backs_in_flight_;
+}
+
+void Engine::GiveBackDone() {
+  std::lock_guard lock(give_backs_mu_);
+  if (--give_backs_in_flight_ == 0) give_backs_done_.notify_all();
 }
 
 void Engine::Start() {

@@ -152,22 +152,82 @@ using DequeueAnswer = Answer<std::vector<Delivered>>;
 using StatusesAnswer = Answer<std::vector<Status>>;
 using ExtendAnswer = Answer<std::vector<Result<ExtendOutcome>>>;
 
-// An engine over `ids.size()` MemoryShardStores, started and open. The clock outlives it.
+// A ShardStore that forwards to a MemoryShardStore it does not own, so a test can
+// read the store after the engine is gone.
+class StoreRef final : public store::ShardStore {
+ public:
+  explicit StoreRef(MemoryShardStore& m) : m_(m) {}
+  void SetPolicies(NamespacePolicies p) override { m_.SetPolicies(std::move(p)); }
+  Status Open() override { return m_.Open(); }
+  Status Ping() override { return m_.Ping(); }
+  Result<store::Written> Write(const store::Writes& w, Time now) override {
+    return m_.Write(w, now);
+  }
+  Result<std::vector<ReadyKey>> FetchReady(const std::string& ns,
+                                           const std::string& topic,
+                                           size_t limit) override {
+    return m_.FetchReady(ns, topic, limit);
+  }
+  Result<std::vector<LeasedItem>> Claim(std::span<const store::ClaimRequest> rows,
+                                        LeaseToken token, Time now) override {
+    return m_.Claim(rows, token, now);
+  }
+  Result<store::Promotion> PromoteDue(Time now, size_t limit,
+                                      const store::PromoteHandoff& handoff,
+                                      const store::Lookahead& look) override {
+    return m_.PromoteDue(now, limit, handoff, look);
+  }
+  Result<std::vector<ItemTransition>> PurgeExpired(Time now, size_t limit) override {
+    return m_.PurgeExpired(now, limit);
+  }
+  Result<std::optional<Time>> NextDue() override { return m_.NextDue(); }
+  Result<std::vector<store::TopicCounts>> CountByTopic() override {
+    return m_.CountByTopic();
+  }
+  Result<store::TaskRecord> GetTask(RowId row, bool include_payload) override {
+    return m_.GetTask(row, include_payload);
+  }
+  Result<store::ItemOutcome> Cancel(RowId row, Time now) override {
+    return m_.Cancel(row, now);
+  }
+  Result<std::vector<store::TaskRecord>> ListDead(const std::string& ns,
+                                                  const std::string& topic,
+                                                  size_t limit) override {
+    return m_.ListDead(ns, topic, limit);
+  }
+  Result<BulkOutcome> Redrive(const std::string& ns, const std::string& topic,
+                              std::span<const RowId> rows, size_t limit,
+                              Time now) override {
+    return m_.Redrive(ns, topic, rows, limit, now);
+  }
+  Result<BulkOutcome> PurgeDead(const std::string& ns, const std::string& topic,
+                                std::span<const RowId> rows, size_t limit) override {
+    return m_.PurgeDead(ns, topic, rows, limit);
+  }
+
+ private:
+  MemoryShardStore& m_;
+};
+
+// An engine over `ids.size()` MemoryShardStores, started and open. The clock and the
+// stores outlive it.
 class Harness {
  public:
   explicit Harness(std::vector<uint32_t> ids, EngineOptions options = DefaultOptions()) {
     std::vector<ShardSpec> specs;
     for (uint32_t id : ids) {
-      auto s = std::make_unique<MemoryShardStore>();
-      stores_[id] = s.get();
+      auto& s = stores_[id];
+      s = std::make_unique<MemoryShardStore>();
       gates_[id].Attach(*s);
-      specs.push_back({ShardId(id), std::move(s)});
+      specs.push_back({ShardId(id), std::make_unique<StoreRef>(*s)});
     }
     engine_ = std::make_unique<Engine>(std::move(specs), clock_, options);
     engine_->Start();
     EXPECT_TRUE(engine_->AwaitShardsOpen(kRealTimeout));
   }
   ~Harness() { engine_.reset(); }
+  // Destroys the engine (shutting it down); the stores stay readable.
+  void DestroyEngine() { engine_.reset(); }
 
   static EngineOptions DefaultOptions() {
     EngineOptions o;
@@ -277,7 +337,7 @@ class Harness {
 
  private:
   FakeClock clock_;
-  std::map<uint32_t, MemoryShardStore*> stores_;
+  std::map<uint32_t, std::unique_ptr<MemoryShardStore>> stores_;  // outlive engine_
   std::map<uint32_t, InsertGate> gates_;  // before engine_: strands may be in Pass()
   std::unique_ptr<Engine> engine_;
 };
@@ -896,6 +956,36 @@ TEST(EngineLeadTest, ShutdownWhileHoldingGivesTheItemBack) {
   EXPECT_TRUE(got->empty());
   ASSERT_TRUE(WaitUntil([&] { return Counts(h.store(1), "later").delayed == 1; }));
   EXPECT_EQ(TaskOf(h.store(1), id).deliver_after, due);
+}
+
+// A call held at shutdown gives its lease back even when the engine is destroyed at
+// once and the shard's strand is still in another turn: the engine waits for the
+// give-back before it stops its workers, which drop what is queued behind a turn.
+TEST(EngineLeadTest, DestroyingTheEngineAtShutdownStillWritesTheGiveBack) {
+  LeadHarness h;
+  ASSERT_GE(h.lead(), Duration(2));
+  const Time due = h.clock().Now() + Duration(500);
+  NewItem item = Item("later", 3, due);
+  item.max_attempts = 1;
+  const ItemId id = h.EnqueueOk(std::move(item));
+  DequeueAnswer a;
+  std::atomic<Time> answered_at{};
+  auto handle = h.ParkAndLeaseEarly("later", due, a, &answered_at);
+
+  h.gate(1).Close();  // the strand's next turn waits in its insert
+  std::thread enqueue([&] { h.Enqueue({Item("other")}); });
+  ASSERT_TRUE(h.gate(1).AwaitHeld());
+  h.engine().Shutdown();  // the give-back's nack queues behind that turn
+  std::thread destroy([&] { h.DestroyEngine(); });
+  h.gate(1).Open();
+  destroy.join();
+  enqueue.join();
+  handle.reset();
+
+  auto got = a.Get(kShortTimeout);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_TRUE(got->empty());
+  ExpectGivenBackUntil(h, "later", id, due);
 }
 
 // What the engine counts as READY in `topic` (released items included).
