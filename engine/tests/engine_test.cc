@@ -866,9 +866,21 @@ class LeadHarness : public Harness {
     EXPECT_TRUE(WaitUntil([&] { return Counts(store(1), topic).leased == 1; }));
     return handle;
   }
+  // A one-attempt item of "later", due 500 ms from now (`*due`), leased early to a
+  // parked call whose answer `a` is now held.
+  std::shared_ptr<Engine::DequeueHandle> HoldOneAttemptItem(DequeueAnswer& a, ItemId* id,
+                                                            Time* due) {
+    EXPECT_GE(lead(), Duration(2));
+    *due = clock().Now() + Duration(500);
+    NewItem item = Item("later", 3, *due);
+    item.max_attempts = 1;
+    *id = EnqueueOk(std::move(item));
+    return ParkAndLeaseEarly("later", *due, a, &held_answered_at_);
+  }
 
  private:
   Duration lead_{};
+  std::atomic<Time> held_answered_at_{};
 };
 
 // A lease given back before its due time: the item, alone in `topic`, is DELAYED until
@@ -920,14 +932,10 @@ TEST(EngineLeadTest, AnItemClaimedAheadIsAnsweredAtItsDueTime) {
 // dead-lettered); then it is delivered as usual.
 TEST(EngineLeadTest, ACallCancelledWhileHoldingGivesTheItemBackUntilItsDueTime) {
   LeadHarness h;
-  ASSERT_GE(h.lead(), Duration(2));
-  const Time due = h.clock().Now() + Duration(500);
-  NewItem item = Item("later", 3, due);
-  item.max_attempts = 1;
-  const ItemId id = h.EnqueueOk(std::move(item));
   DequeueAnswer a;
-  std::atomic<Time> answered_at{};
-  auto handle = h.ParkAndLeaseEarly("later", due, a, &answered_at);
+  ItemId id;
+  Time due{};
+  auto handle = h.HoldOneAttemptItem(a, &id, &due);
   handle->Cancel();
   auto got = a.Get(kShortTimeout);
   ASSERT_TRUE(got.has_value());
@@ -963,14 +971,10 @@ TEST(EngineLeadTest, ShutdownWhileHoldingGivesTheItemBack) {
 // give-back before it stops its workers, which drop what is queued behind a turn.
 TEST(EngineLeadTest, DestroyingTheEngineAtShutdownStillWritesTheGiveBack) {
   LeadHarness h;
-  ASSERT_GE(h.lead(), Duration(2));
-  const Time due = h.clock().Now() + Duration(500);
-  NewItem item = Item("later", 3, due);
-  item.max_attempts = 1;
-  const ItemId id = h.EnqueueOk(std::move(item));
   DequeueAnswer a;
-  std::atomic<Time> answered_at{};
-  auto handle = h.ParkAndLeaseEarly("later", due, a, &answered_at);
+  ItemId id;
+  Time due{};
+  auto handle = h.HoldOneAttemptItem(a, &id, &due);
 
   h.gate(1).Close();  // the strand's next turn waits in its insert
   std::thread enqueue([&] { h.Enqueue({Item("other")}); });
