@@ -219,9 +219,7 @@ void DequeueOp::GiveBackLocked(std::unique_lock<std::mutex>& lock, bool only_not
   FinishLocked(lock);  // answers what was kept, if anything; unlocks
   if (ops.empty()) return;
   // Refused ones (a shard that is down) come back when their leases run out.
-  Engine& engine = engine_;  // `this` may be gone when the nack is done
-  engine.GiveBackStarted();
-  engine.Nack(std::move(ops), [&engine](std::vector<Status>) { engine.GiveBackDone(); });
+  engine_.Nack(std::move(ops), [](std::vector<Status>) {});
 }
 
 void DequeueOp::FinishLocked(std::unique_lock<std::mutex>& lock) {

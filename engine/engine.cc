@@ -41,24 +41,18 @@ Engine::~Engine() {
     std::lock_guard lock(readiness_mu_);
     destroying_ = true;
   }
-  Shutdown();
-  {
-    std::unique_lock lock(give_backs_mu_);
-    give_backs_done_.wait_for(lock, kGiveBackDrain,
-                              [this] { return give_backs_in_flight_ == 0; });
-  }
+  Shutdown();  // held calls queue their give-backs
   ticker_.Stop();
+  // What is queued still runs (give-backs, acks, nacks): a worker being destroyed
+  // drops it. One worker's work can queue more on another (a claim's give-back), so
+  // pass over them until all were idle in one pass.
+  const auto deadline = std::chrono::steady_clock::now() + kDrainTimeout;
+  bool all_idle = false;
+  while (!all_idle && std::chrono::steady_clock::now() < deadline) {
+    all_idle = true;
+    for (auto& w : workers_) all_idle = w->DrainUntil(deadline) && all_idle;
+  }
   workers_.clear();  // each waits for its strand to finish
-}
-
-void Engine::GiveBackStarted() {
-  std::lock_guard lock(give_backs_mu_);
-  ++give_backs_in_flight_;
-}
-
-void Engine::GiveBackDone() {
-  std::lock_guard lock(give_backs_mu_);
-  if (--give_backs_in_flight_ == 0) give_backs_done_.notify_all();
 }
 
 void Engine::Start() {

@@ -11,7 +11,6 @@
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <functional>
 #include <limits>
 #include <map>
@@ -242,16 +241,9 @@ class Engine {
   WaitList waits_;
   Ticker ticker_;
   std::atomic<int> parked_calls_{0};
-  // Give-backs of held calls (DequeueOp) whose nacks are not done yet. The destructor
-  // waits for them, up to kGiveBackDrain, before it stops the shard workers: a worker
-  // that stops drops the work queued behind its last turn, and a dropped give-back
-  // would leave its item LEASED, its attempt counted, until the lease runs out.
-  static constexpr std::chrono::seconds kGiveBackDrain{5};
-  std::mutex give_backs_mu_;
-  std::condition_variable give_backs_done_;
-  int give_backs_in_flight_ = 0;
-  void GiveBackStarted();
-  void GiveBackDone();
+  // How long the destructor lets the shard workers run what is queued (DrainUntil)
+  // before it destroys them.
+  static constexpr std::chrono::seconds kDrainTimeout{5};
   std::atomic<size_t> buffered_enqueue_bytes_{0};
   // Takes `bytes` into the enqueue budget (EngineOptions::max_buffered_enqueue_bytes);
   // false if they do not fit.

@@ -108,6 +108,14 @@ ShardWorker::~ShardWorker() {
   idle_.wait(lock, [this] { return !running_; });
 }
 
+bool ShardWorker::DrainUntil(std::chrono::steady_clock::time_point deadline) {
+  std::unique_lock lock(mu_);
+  auto drained = [this] { return !running_ && pending_.empty(); };
+  if (drained()) return true;
+  idle_.wait_until(lock, deadline, drained);
+  return false;
+}
+
 void ShardWorker::Start() {
   std::lock_guard lock(mu_);
   starting_ = true;

@@ -13,6 +13,7 @@
 // Threads: public methods are thread-safe and never block on I/O. Store calls run on
 // at most one pool thread at a time per shard (the strand).
 
+#include <chrono>
 #include <condition_variable>
 #include <functional>
 #include <memory>
@@ -79,6 +80,7 @@ class ShardWorker final : public Tickable {
   ShardWorker(size_t position, ShardId id, std::unique_ptr<store::ShardStore> store,
               Executor& io, Clock& clock, prefetch::PrefetchIndex& index,
               WorkerOptions options = {});
+  // Drops whatever is still queued behind the strand's current turn; see DrainUntil.
   ~ShardWorker() override;
 
   ShardId id() const { return id_; }
@@ -87,6 +89,11 @@ class ShardWorker final : public Tickable {
   // Opens the store and rebuilds this shard's part of the index (crash recovery is
   // just start-up). Asynchronous; failures are retried by the breaker's probes.
   void Start();
+  // Waits (real time, until `deadline` at most) for the strand to run everything
+  // queued, including what that queues here meanwhile. True if there was nothing to
+  // wait for. For shutting down: the destructor drops what is still queued, and a
+  // dropped give-back of a held call leaves its item LEASED with its attempt counted.
+  bool DrainUntil(std::chrono::steady_clock::time_point deadline);
   // True when new enqueues should come here: the shard is open and its breaker lets
   // traffic through, or it is still starting (the enqueues wait in its buffer for the
   // first open, instead of failing while a cold start of many shards runs).

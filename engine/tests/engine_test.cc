@@ -967,8 +967,8 @@ TEST(EngineLeadTest, ShutdownWhileHoldingGivesTheItemBack) {
 }
 
 // A call held at shutdown gives its lease back even when the engine is destroyed at
-// once and the shard's strand is still in another turn: the engine waits for the
-// give-back before it stops its workers, which drop what is queued behind a turn.
+// once and the shard's strand is still in another turn: the engine lets its workers
+// run what is queued before it destroys them, which drops what is queued behind a turn.
 TEST(EngineLeadTest, DestroyingTheEngineAtShutdownStillWritesTheGiveBack) {
   LeadHarness h;
   DequeueAnswer a;

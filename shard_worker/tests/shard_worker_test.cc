@@ -456,6 +456,28 @@ TEST_F(ShardWorkerTest, AnAckAndAnEnqueueOfOneTurnShareOneWrite) {
   EXPECT_EQ(Buffer("t")->Counts().ready, 1);
 }
 
+// What is queued when a worker is to be destroyed (which drops it) still runs if the
+// owner drains the worker first: DrainUntil returns once the strand has run it, and
+// says whether there was anything to wait for.
+TEST_F(ShardWorkerTest, DrainUntilWaitsForWhatIsQueued) {
+  MakeWorker();
+  StartWorker();
+  const LeasedItem leased = LeaseOne();
+  EXPECT_TRUE(worker_->DrainUntil(std::chrono::steady_clock::now()));  // idle
+  auto acked = AckAsync(leased);  // queued: the strand's turn has not run
+  EXPECT_FALSE(worker_->DrainUntil(std::chrono::steady_clock::now()));
+
+  size_t acked_when_drained = 0;
+  std::thread drain([&] {
+    worker_->DrainUntil(std::chrono::steady_clock::now() + kRealTimeout);
+    acked_when_drained = acked->size();
+  });
+  io_.RunAll();  // the strand's turn, on this thread
+  drain.join();
+  EXPECT_EQ(acked_when_drained, 1u);
+  EXPECT_EQ(Buffer("t")->Counts().succeeded, 1);
+}
+
 // The other side of sharing a transaction: when it fails, it fails for every caller
 // in it, and none of them is told otherwise.
 TEST_F(ShardWorkerTest, AFailedWriteFailsEveryCallerInIt) {
