@@ -7,6 +7,8 @@
 #
 #   scripts/mariadb.sh start DIR   # initialises DIR on first use; prints the socket
 #   scripts/mariadb.sh stop DIR
+# SHARDQ_MARIADB_ARGS: more mariadbd options, after these (so they may override them);
+# bench/experiments/mariadb_settings.sh uses it.
 set -euo pipefail
 cmd=${1:?usage: mariadb.sh start|stop DIR}
 dir=$(realpath -m "${2:?usage: mariadb.sh start|stop DIR}")
@@ -23,9 +25,10 @@ case "$cmd" in
         --auth-root-authentication-method=normal >"$dir/install.log" 2>&1
     fi
     if ! running; then
+      # shellcheck disable=SC2086  # a list of options
       mariadbd --no-defaults --datadir="$dir/data" --tmpdir="$dir/tmp" --socket="$sock" --skip-networking \
         --user=root --pid-file="$pidfile" --log-error="$dir/error.log" \
-        --innodb-buffer-pool-size=256M --innodb-log-file-size=1G &
+        --innodb-buffer-pool-size=256M --innodb-log-file-size=1G ${SHARDQ_MARIADB_ARGS:-} &
       for _ in $(seq 1 300); do
         mariadb --no-defaults --socket="$sock" -uroot -e 'select 1' >/dev/null 2>&1 && break
         sleep 0.1

@@ -22,33 +22,15 @@ SHARDQD=${SHARDQD:-build/frontend/shardqd}
 SOCK=$WORK/mysql.sock
 names=() opts=()
 for arm in "$@"; do names+=("${arm%%=*}") opts+=("${arm#*=}"); done
-rm -rf "$WORK" && mkdir -p "$WORK/tmp"
-mariadb-install-db --no-defaults --datadir="$WORK/data" --tmpdir="$WORK/tmp" --user=root \
-  --auth-root-authentication-method=normal >"$WORK/install.log" 2>&1
-
-pid=""
-stop() {
-  if [ -n "$pid" ]; then
-    kill "$pid" 2>/dev/null || true
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
-    pid=""
-  fi
-}
-trap stop EXIT
+rm -rf "$WORK"
+# The service's own MariaDB script, with the bench's pool and log sizes and the arm's
+# options after them.
 start() {
-  # $1 is word-split on purpose: it is a list of options.
-  # shellcheck disable=SC2086
-  mariadbd --no-defaults --datadir="$WORK/data" --tmpdir="$WORK/tmp" --socket="$SOCK" \
-    --skip-networking --user=root --log-error="$WORK/error.log" \
-    --innodb-buffer-pool-size=128M --innodb-log-file-size=96M $1 &
-  pid=$!
-  for _ in $(seq 1 300); do
-    mariadb --no-defaults --socket="$SOCK" -uroot -e 'select 1' >/dev/null 2>&1 && return
-    sleep 0.1
-  done
-  echo "MariaDB did not start with: $1 (see $WORK/error.log)" >&2
-  exit 1
+  SHARDQ_MARIADB_ARGS="--innodb-buffer-pool-size=128M --innodb-log-file-size=96M $1" \
+    scripts/mariadb.sh start "$WORK" >/dev/null
 }
+stop() { scripts/mariadb.sh stop "$WORK"; }
+trap stop EXIT
 
 n=${#names[@]}
 for round in $(seq 1 "$ROUNDS"); do
