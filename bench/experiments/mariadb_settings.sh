@@ -45,24 +45,4 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
-python3 - "$WORK" "${names[@]}" <<'PY'
-import glob, json, statistics, sys
-work, names = sys.argv[1], sys.argv[2:]
-ratios = {  # figure / its reference in the same run
-    "A1 x naive": ("A1 enqueue, single (items/s)", "ref naive enqueue, single (items/s)"),
-    "A2 / raw": ("A2 enqueue, batch (items/s)", "ref raw INSERT, batch (rows/s)"),
-    "B2 x naive": ("B2 drain, batch ack (items/s)", "ref naive drain, batch ack (items/s)"),
-}
-for name in names:
-    runs = [json.load(open(f))[0] for f in sorted(glob.glob(f"{work}/{name}.*.json"))]
-    print(f"{name} ({len(runs)} runs, medians):")
-    for key in runs[0]:
-        values = [r[key] for r in runs if isinstance(r.get(key), (int, float))]
-        if values and "threads" not in key:
-            print(f"  {key}: {statistics.median(values):.2f}  (runs: "
-                  + ", ".join(f"{v:.0f}" for v in values) + ")")
-    for label, (num, den) in ratios.items():
-        values = [r[num] / r[den] for r in runs if r.get(num) and r.get(den)]
-        if values:
-            print(f"  {label}: {statistics.median(values):.2f}")
-PY
+bench/experiments/medians.py "$WORK" "${names[@]}"
