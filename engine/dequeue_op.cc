@@ -26,9 +26,12 @@ size_t DequeueOp::GotLocked() const {
 
 void DequeueOp::Attempt() {
   std::unique_lock lock(mu_);
-  // A wake while claims are in flight is not lost: OnClaimed looks again. One while
-  // the answer is held has nothing to add.
-  if (finished_ || holding_ || claims_in_flight_ > 0) return;
+  // A wake while claims are in flight is not lost: OnClaimed looks again.
+  if (finished_ || claims_in_flight_ > 0) return;
+  if (holding_) {
+    LookDuringHoldLocked();
+    return;
+  }
   auto self = shared_from_this();
   // Register as a waiter before looking, so an item that arrives between the look and
   // the park still wakes us (wakes are one-shot; a spurious one costs a look).
@@ -48,21 +51,7 @@ void DequeueOp::Attempt() {
     if (!taken.empty()) takes.emplace_back(i, std::move(taken));
   }
 
-  // One claim per (topic, shard): each shard batches claims of all calls anyway.
-  for (auto& [topic, taken] : takes) {
-    std::vector<std::vector<ReadyKey>> per_shard(engine_.workers_.size());
-    for (const auto& tk : taken) per_shard[tk.shard].push_back(tk.key);
-    for (size_t s = 0; s < per_shard.size(); ++s) {
-      if (per_shard[s].empty()) continue;
-      ++claims_in_flight_;
-      ShardId shard = engine_.workers_[s]->id();
-      engine_.workers_[s]->Claim(topics_[topic].buffer, std::move(per_shard[s]),
-                                 worker_id_,
-                                 [self, topic, shard](std::vector<LeasedItem> items) {
-                                   self->OnClaimed(topic, shard, std::move(items));
-                                 });
-    }
-  }
+  for (auto& [topic, taken] : takes) ClaimLocked(topic, taken);
   if (claims_in_flight_ > 0) return;
 
   // A window still loading is "unknown", not "empty": wait for it (bounded), even
@@ -83,6 +72,23 @@ void DequeueOp::Attempt() {
     parked_until_ = deadline;
     lock.unlock();
     engine_.waits_.Add(deadline, weak_from_this());
+  }
+}
+
+void DequeueOp::ClaimLocked(size_t topic,
+                            const std::vector<prefetch::TopicBuffer::Taken>& taken) {
+  // One claim per (topic, shard): each shard batches claims of all calls anyway.
+  std::vector<std::vector<ReadyKey>> per_shard(engine_.workers_.size());
+  for (const auto& tk : taken) per_shard[tk.shard].push_back(tk.key);
+  for (size_t s = 0; s < per_shard.size(); ++s) {
+    if (per_shard[s].empty()) continue;
+    ++claims_in_flight_;
+    ShardId shard = engine_.workers_[s]->id();
+    engine_.workers_[s]->Claim(
+        topics_[topic].buffer, std::move(per_shard[s]), worker_id_,
+        [self = shared_from_this(), topic, shard](std::vector<LeasedItem> items) {
+          self->OnClaimed(topic, shard, std::move(items));
+        });
   }
 }
 
@@ -135,12 +141,13 @@ void DequeueOp::Expire(bool forced) {
   if (!forced && engine_.clock_.Now() < parked_until_) return;
   expired_ = true;
   ended_ = ended_ || forced;
-  if (holding_ && forced) {
+  // Otherwise the last claim to land finishes the call (or gives a hold back).
+  if (claims_in_flight_ > 0) return;
+  if (holding_ && ended_) {
     GiveBackLocked(lock, /*only_not_due=*/false);
-  } else if (claims_in_flight_ == 0) {
+  } else {
     FinishLocked(lock);
   }
-  // Otherwise the last claim to land finishes the call.
 }
 
 void DequeueOp::Cancel() {
@@ -148,14 +155,16 @@ void DequeueOp::Cancel() {
   if (finished_) return;
   expired_ = true;
   ended_ = true;
+  if (claims_in_flight_ > 0) return;  // as in Expire
   if (holding_) {
     GiveBackLocked(lock, /*only_not_due=*/false);
-  } else if (claims_in_flight_ == 0) {
+  } else {
     FinishLocked(lock);
   }
 }
 
 void DequeueOp::FinishOrHoldLocked(std::unique_lock<std::mutex>& lock) {
+  std::vector<NackOp> displaced = TrimLocked();
   const Time now = engine_.clock_.Now();
   Time due{};
   for (const Topic& t : topics_) {
@@ -163,21 +172,72 @@ void DequeueOp::FinishOrHoldLocked(std::unique_lock<std::mutex>& lock) {
   }
   if (due <= now) {
     FinishLocked(lock);
-    return;
-  }
-  if (ended_) {
+  } else if (ended_) {
     GiveBackLocked(lock, /*only_not_due=*/false);
-    return;
-  }
-  if (HoldWouldSpendLeasesLocked(now, due)) {
+  } else if (HoldWouldSpendLeasesLocked(now, due)) {
     GiveBackLocked(lock, /*only_not_due=*/true);
-    return;
+  } else {
+    HoldLocked(lock, due);
   }
-  holding_ = true;
+  SendGiveBacks(std::move(displaced));
+}
+
+void DequeueOp::HoldLocked(std::unique_lock<std::mutex>& lock, Time due) {
+  if (!holding_) {
+    holding_ = true;
+    keep_alive_ = shared_from_this();
+    size_t budget = kMaxItemsPerDequeue - std::min(kMaxItemsPerDequeue, GotLocked());
+    for (Topic& t : topics_) {
+      if (t.got.empty()) continue;  // nothing held here to rank against
+      // Room left in the ask takes better items without giving a held one back.
+      const size_t room =
+          std::min(t.ask.count - std::min(t.ask.count, t.got.size()), budget);
+      budget -= room;
+      t.keep = t.got.size() + room;
+    }
+  }
+  // Displacing the latest item makes the hold shorter; the old entry then finds the
+  // call answered.
+  const bool moved = due != parked_until_;
   parked_until_ = due;
-  keep_alive_ = shared_from_this();
+  LookDuringHoldLocked();
   lock.unlock();
-  engine_.waits_.Add(due, weak_from_this());
+  if (moved) engine_.waits_.Add(due, weak_from_this());
+}
+
+void DequeueOp::LookDuringHoldLocked() {
+  // Registered first, as in Attempt(): an item that arrives after the look wakes us.
+  for (Topic& t : topics_) {
+    if (!t.got.empty()) t.buffer->AddWaiter(weak_from_this());
+  }
+  for (size_t i = 0; i < topics_.size(); ++i) {
+    Topic& t = topics_[i];
+    if (t.got.empty()) continue;
+    auto worst = std::max_element(t.got.begin(), t.got.end(), Delivered::Before);
+    const prefetch::TopicBuffer::Taken bound{
+        engine_.position_.at(worst->shard),
+        {worst->item.priority, worst->item.deliver_after, worst->item.row}};
+    std::vector<size_t> refill;
+    // Due by the end of the hold: taking them does not make it longer.
+    auto taken = t.buffer->TakeDueBefore(bound, parked_until_, t.keep, &refill);
+    for (size_t shard : refill) engine_.workers_[shard]->Refill(t.buffer);
+    if (!taken.empty()) ClaimLocked(i, taken);
+  }
+}
+
+std::vector<NackOp> DequeueOp::TrimLocked() {
+  std::vector<NackOp> ops;
+  if (!holding_) return ops;  // no keep set yet
+  for (Topic& t : topics_) {
+    if (t.got.size() <= t.keep) continue;
+    std::sort(t.got.begin(), t.got.end(), Delivered::Before);
+    for (size_t i = t.keep; i < t.got.size(); ++i) {
+      ops.push_back(GiveBack(t.got[i], "better items became ready before its answer",
+                             /*refund=*/true));
+    }
+    t.got.resize(t.keep);
+  }
+  return ops;
 }
 
 bool DequeueOp::HoldWouldSpendLeasesLocked(Time now, Time hold_until) const {
@@ -194,6 +254,15 @@ bool DequeueOp::HoldWouldSpendLeasesLocked(Time now, Time hold_until) const {
   return false;
 }
 
+NackOp DequeueOp::GiveBack(const Delivered& d, std::string error, bool refund) {
+  NackOp op{d.id(), d.item.token};
+  op.error = std::move(error);
+  op.undelivered = true;
+  // Where it was in the order, READY again if that time has passed.
+  if (refund) op.unstarted_until = d.item.deliver_after;
+  return op;
+}
+
 void DequeueOp::GiveBackLocked(std::unique_lock<std::mutex>& lock, bool only_not_due) {
   const Time now = engine_.clock_.Now();
   std::vector<NackOp> ops;
@@ -205,18 +274,20 @@ void DequeueOp::GiveBackLocked(std::unique_lock<std::mutex>& lock, bool only_not
         kept.push_back(std::move(d));
         continue;
       }
-      NackOp op{d.id(), d.item.token};
-      op.error = only_not_due ? "a hold until its due time would have spent another "
-                                "item's lease"
-                              : "the call ended before its answer was due";
-      op.undelivered = true;
-      // Not delivered, and its lease had not started if the item was not due yet.
-      if (!due) op.unstarted_until = d.item.deliver_after;
-      ops.push_back(std::move(op));
+      // Its lease had not started if the item was not due yet.
+      ops.push_back(GiveBack(d,
+                             only_not_due ? "a hold until its due time would have "
+                                            "spent another item's lease"
+                                          : "the call ended before its answer was due",
+                             /*refund=*/!due));
     }
     t.got = std::move(kept);
   }
   FinishLocked(lock);  // answers what was kept, if anything; unlocks
+  SendGiveBacks(std::move(ops));
+}
+
+void DequeueOp::SendGiveBacks(std::vector<NackOp> ops) {
   if (ops.empty()) return;
   // Refused ones (a shard that is down) come back when their leases run out.
   engine_.Nack(std::move(ops), [](std::vector<Status>) {});
@@ -228,10 +299,7 @@ void DequeueOp::FinishLocked(std::unique_lock<std::mutex>& lock) {
   if (parked_) engine_.parked_calls_.fetch_sub(1);
   std::vector<Delivered> out;
   for (Topic& t : topics_) {
-    std::sort(t.got.begin(), t.got.end(), [](const Delivered& a, const Delivered& b) {
-      return OrderKey{a.item.priority, a.item.deliver_after, a.id()} <
-             OrderKey{b.item.priority, b.item.deliver_after, b.id()};
-    });
+    std::sort(t.got.begin(), t.got.end(), Delivered::Before);
     for (Delivered& d : t.got) out.push_back(std::move(d));
   }
   auto done = std::move(done_);

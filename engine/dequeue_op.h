@@ -17,6 +17,16 @@
 // lease (a lease of a few milliseconds) does not hold: it gives back the items not
 // yet due, the same way, and answers with the due ones at once.
 //
+// While it holds, the call stays a waiter of its topics: an item that becomes
+// ready, or is released, due by the end of the hold and ranking before a held item of
+// its topic is claimed too (it does not make the hold longer), and the answer keeps
+// the best, as many as the call asked for. Those that no longer fit go back where
+// they were in the order, their attempt not counted (NackOp::unstarted_until at their
+// own due time: READY if that has passed, DELAYED until then otherwise). So the
+// answer is ordered when it is sent, not only when its items were taken (guarantee
+// 4), except for an item that comes within one claim turn of its sending, as for any
+// call. Such a claim in flight when the hold ends delays the answer until it lands.
+//
 // Threads: Attempt() runs on whichever thread woke it (a gRPC thread, a shard strand
 // after new items, the ticker at the deadline); its own mutex serialises them.
 
@@ -59,11 +69,27 @@ class DequeueOp final : public prefetch::Waiter,
     TopicAsk ask;
     std::shared_ptr<prefetch::TopicBuffer> buffer;
     std::vector<Delivered> got;
+    size_t keep = 0;  // while holding: how many of `got` the answer may carry
   };
+  // Requires mu_. Has the shards lease `taken` (items of topics_[topic]), one claim
+  // per shard; each counts in claims_in_flight_ until OnClaimed.
+  void ClaimLocked(size_t topic, const std::vector<prefetch::TopicBuffer::Taken>& taken);
   void OnClaimed(size_t topic, ShardId shard, std::vector<LeasedItem> items);
-  // Requires mu_, no claim in flight, something got. Answers the call now, or holds
-  // the answer until its latest item is due.
+  // Requires mu_, no claim in flight, something got. Gives back what a hold's
+  // ranking displaced (TrimLocked), then answers the call now, or holds the answer
+  // until its latest item is due.
   void FinishOrHoldLocked(std::unique_lock<std::mutex>& lock);
+  // Requires mu_; unlocks. Holds (or goes on holding) the answer until `due`, and
+  // looks for better items (LookDuringHoldLocked). On the first call, sets each
+  // topic's `keep`.
+  void HoldLocked(std::unique_lock<std::mutex>& lock, Time due);
+  // Requires mu_, holding, no claim in flight. Registers as a waiter again, and
+  // claims the items due by the end of the hold that rank before the worst held item
+  // of their topic (prefetch::TopicBuffer::TakeDueBefore).
+  void LookDuringHoldLocked();
+  // Requires mu_. While holding: the items past each topic's `keep`, worst first
+  // out of `got`, as give-backs (refunded).
+  std::vector<NackOp> TrimLocked();
   // Requires mu_. Whether holding the answer until `hold_until` would leave a due
   // item (whose lease started at its claim) less than half of its remaining lease.
   // A lease shorter than a hold would otherwise run out before its consumer got it,
@@ -72,6 +98,12 @@ class DequeueOp final : public prefetch::Waiter,
   // Requires mu_. Gives back the items got (see above), or only those not yet due,
   // and answers with the rest (nothing, or the due ones).
   void GiveBackLocked(std::unique_lock<std::mutex>& lock, bool only_not_due);
+  // A nack that gives back `d`, never delivered. With `refund` its attempt does not
+  // count and it is due again at its own due time (NackOp::unstarted_until): its
+  // lease had not started, or a better item took its place in the answer.
+  static NackOp GiveBack(const Delivered& d, std::string error, bool refund);
+  // Sends give-backs (no lock needed); a refused one comes back when its lease ends.
+  void SendGiveBacks(std::vector<NackOp> ops);
   // The index in topics_ of `buffer`'s topic, or topics_.size(). No lock: the
   // topics and their buffers are fixed at construction.
   size_t TopicOf(const prefetch::TopicBuffer& buffer) const;

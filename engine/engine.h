@@ -25,6 +25,7 @@
 #include "common/ids.h"
 #include "common/item.h"
 #include "common/namespace_policy.h"
+#include "common/ordering.h"
 #include "common/status.h"
 #include "common/ticker.h"
 #include "engine/wait_list.h"
@@ -64,6 +65,11 @@ struct Delivered {
   ShardId shard;
   LeasedItem item;
   ItemId id() const { return {shard, item.row}; }
+  // Where it stands in the ordering rule (as it was when claimed).
+  OrderKey order_key() const { return {item.priority, item.deliver_after, id()}; }
+  static bool Before(const Delivered& a, const Delivered& b) {
+    return a.order_key() < b.order_key();
+  }
 };
 
 struct TopicAsk {

@@ -61,8 +61,15 @@ class ShardWindow {
   bool Empty() const { return keys_.empty(); }
   const ReadyKey& Front() const { return *keys_.begin(); }
   void Pop();
+  // Moves `key` (one of keys()) to the reserved set, as Pop() does the front.
+  void Reserve(const ReadyKey& key) {
+    keys_.erase(key);
+    reserved_.insert(key.row);
+  }
   // The claim of a reserved item finished (leased, or gone).
   void Unreserve(RowId row) { reserved_.erase(row); }
+  // The keys, best first.
+  const std::set<ReadyKey, ReadyKeyLess>& keys() const { return keys_; }
 
   size_t size() const { return keys_.size(); }
   size_t capacity() const { return capacity_; }

@@ -1,5 +1,7 @@
 #include "prefetch/topic_buffer.h"
 
+#include <algorithm>
+
 #include "prefetch/kway_merge.h"
 
 namespace shardq::prefetch {
@@ -32,6 +34,29 @@ std::vector<TopicBuffer::Taken> TopicBuffer::Take(size_t count,
     merge.Pop();
   }
   if (out.size() < count && (stopped || blocked_now())) *blocked = true;
+  ClaimRefillsLocked(refill);
+  return out;
+}
+
+std::vector<TopicBuffer::Taken> TopicBuffer::TakeDueBefore(const Taken& bound,
+                                                           Time due_by, size_t count,
+                                                           std::vector<size_t>* refill) {
+  std::vector<Taken> out;
+  std::lock_guard lock(mu_);
+  // Each window gives at most `count` (its best due ones before the bound); the best
+  // `count` of those are the answer. Windows are small (capacity), and so is this.
+  for (size_t s = 0; s < windows_.size(); ++s) {
+    size_t found = 0;
+    for (const ReadyKey& key : windows_[s].keys()) {
+      if (found == count || !RanksBefore({s, key}, bound)) break;
+      if (key.deliver_after > due_by) continue;
+      out.push_back({s, key});
+      ++found;
+    }
+  }
+  std::sort(out.begin(), out.end(), RanksBefore);
+  if (out.size() > count) out.resize(count);
+  for (const Taken& t : out) windows_[t.shard].Reserve(t.key);
   ClaimRefillsLocked(refill);
   return out;
 }

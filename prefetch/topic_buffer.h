@@ -79,6 +79,21 @@ class TopicBuffer {
   // `blocked` is set when fewer than `count` came back because a shard's window is
   // still unknown (empty, incomplete); it is left alone otherwise.
   std::vector<Taken> Take(size_t count, std::vector<size_t>* refill, bool* blocked);
+  // The ordering rule between taken items of any shards. Positions stand in for shard
+  // ids: the engine lists its shards in ShardId order.
+  static bool RanksBefore(const Taken& a, const Taken& b) {
+    return a.key.ToOrderKey(ShardId(static_cast<uint32_t>(a.shard))) <
+           b.key.ToOrderKey(ShardId(static_cast<uint32_t>(b.shard)));
+  }
+  // For an answer held until its items' due time (engine::DequeueOp): removes and
+  // returns up to `count` items that are due by `due_by` (the hold's end) and rank
+  // before `bound` (the answer's worst item), best first: better items that became
+  // ready, or were released, during the hold. Unlike Take() it passes over items due
+  // later (they would make the hold longer), and it does not stop at a blocking
+  // shard: anything it finds ranks before an item of the answer, so taking it can
+  // only improve the answer. Reservation and `refill` as with Take().
+  std::vector<Taken> TakeDueBefore(const Taken& bound, Time due_by, size_t count,
+                                   std::vector<size_t>* refill);
 
   // Shards whose windows want a refill (marked pending, as with Take).
   std::vector<size_t> ClaimRefills();

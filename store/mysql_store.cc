@@ -1256,9 +1256,9 @@ std::vector<ItemOutcome> MySqlShardStore::NackRows(std::span<const NackRequest> 
     ItemState to;
     std::string_view kind;
     // A lease that never started (NackRequest::unstarted_until): its attempt is taken
-    // back, and the item is due again at the given time.
-    const Time again = n.unstarted_until ? std::max(now, *n.unstarted_until)
-                                         : now + std::max(n.delay, Duration(0));
+    // back, and the item is due again at the given time (a past one keeps its place).
+    const Time again =
+        n.unstarted_until ? *n.unstarted_until : now + std::max(n.delay, Duration(0));
     if (r.cancel_requested) {
       to = ItemState::kCancelled;
       kind = "cancelled";

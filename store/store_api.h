@@ -49,7 +49,9 @@ struct NackRequest {
   // item's due time and the answer, held until then, was never sent (its call ended
   // first: engine::DequeueOp). The attempt does not count (attempts - 1, so this nack
   // never dead-letters the item), and the item is redelivered from this time on
-  // (absolute; `delay` is ignored). Event "undelivered" as above.
+  // (absolute; `delay` is ignored). A time already past makes it READY in its old place
+  // in the order: an item given back by a call that was answered without it
+  // (DequeueOp's re-ranking). Event "undelivered" as above.
   std::optional<Time> unstarted_until;
 };
 

@@ -557,6 +557,51 @@ TEST(TopicBufferTest, TakeStopsAtABlockingShardAndReportsItsRefillOnce) {
   EXPECT_FALSE(blocked);
 }
 
+// For a call whose held answer has `bound` as its worst item: only items due by the
+// hold's end that rank before it are taken, best first across shards (ties by
+// shard), at most `count`, and they are reserved like Take()'s.
+TEST(TopicBufferTest, TakeDueBeforeTakesOnlyDueItemsThatRankBeforeTheBound) {
+  TopicBuffer buf("ns", "t", 2, 8);
+  const Time now = FromUnixMillis(200);
+  buf.ApplyRefill(0, {Key(1, 100, 1), Key(2, 300, 2), Key(3, 100, 3), Key(5, 100, 4)});
+  buf.ApplyRefill(1, {Key(1, 100, 1), Key(4, 100, 5), Key(4, 150, 6)});
+  // The bound is an item of shard 0: shard 1's equal key ranks after it.
+  const TopicBuffer::Taken bound{0, Key(4, 100, 5)};
+  std::vector<size_t> refill;
+
+  auto two = buf.TakeDueBefore(bound, now, 2, &refill);
+  ASSERT_EQ(two.size(), 2u);
+  EXPECT_EQ(two[0].shard, 0u);
+  EXPECT_EQ(two[0].key, Key(1, 100, 1));
+  EXPECT_EQ(two[1].shard, 1u);
+  EXPECT_EQ(two[1].key, Key(1, 100, 1));
+
+  // Priority 2 is not due until 300 ms; (4, 100, 5) on shard 1 ties with the bound
+  // but for the shard, which ranks it after.
+  auto rest = buf.TakeDueBefore(bound, now, 10, &refill);
+  ASSERT_EQ(rest.size(), 1u);
+  EXPECT_EQ(rest[0].shard, 0u);
+  EXPECT_EQ(rest[0].key, Key(3, 100, 3));
+  EXPECT_TRUE(buf.TakeDueBefore(bound, now, 10, &refill).empty());
+  EXPECT_TRUE(refill.empty()) << "both windows are complete";
+
+  // What was taken is reserved: a later refill that still lists it does not show it.
+  buf.ApplyRefill(0, {Key(1, 100, 1), Key(2, 300, 2), Key(3, 100, 3), Key(5, 100, 4)});
+  EXPECT_EQ(Rows(TakeFrom(buf, 10, &refill)), (std::vector<uint64_t>{2, 5, 6, 4}));
+}
+
+// A held answer's re-ranking takes whatever ranks before its worst item even when a
+// shard's window is still unknown (Take would stop there): it can only improve the
+// answer. It asks for that window's refill, as Take does.
+TEST(TopicBufferTest, TakeDueBeforeDoesNotStopAtABlockingShard) {
+  TopicBuffer buf("ns", "t", 2, 8);
+  buf.ApplyRefill(1, {Key(0, 0, 1), Key(9, 0, 2)});
+  std::vector<size_t> refill;
+  auto taken = buf.TakeDueBefore({1, Key(5, 0, 3)}, FromUnixMillis(10), 10, &refill);
+  EXPECT_EQ(Rows(taken), std::vector<uint64_t>{1});
+  EXPECT_EQ(refill, std::vector<size_t>{0});
+}
+
 TEST(TopicBufferTest, RefillIsRequestedAgainOnlyAfterTheLastOneLanded) {
   TopicBuffer buf("ns", "t", 1, 8);
   std::vector<ReadyKey> keys;

@@ -1015,6 +1015,29 @@ TYPED_TEST(StoreContractTest, ANackOfALeaseThatNeverStartedTakesItsAttemptBack) 
   EXPECT_EQ(this->Task(id).state, ItemState::kDead);
 }
 
+// A due item whose answer went out without it (a held answer's re-ranking gave it
+// back for a better one) is given back with its own, past, due time: READY at once,
+// in its old place in the order, its attempt not counted (one attempt in all here).
+TYPED_TEST(StoreContractTest,
+           ANackOfALeaseThatNeverStartedWithAPastDueTimeKeepsItsPlace) {
+  RowId later = this->InsertOne(Item("t", 0, kT0 + 5ms), kT0 + 5ms);
+  RowId id = this->InsertOne(Item("t", 0, kT0, "p", 30s, std::nullopt, "ns", 1));
+  this->ClaimOne(id, 1, kT0 + 10ms);
+  NackRequest give_back{id, LeaseToken(1)};
+  give_back.undelivered = true;
+  give_back.unstarted_until = kT0;
+  std::vector<NackRequest> nacks{give_back};
+  ItemOutcome out = Must(this->store().Nack(nacks, kT0 + 20ms)).at(0);
+  ASSERT_TRUE(out.status.ok()) << out.status.ToString();
+  ASSERT_TRUE(out.transition.has_value());
+  EXPECT_EQ(out.transition->to, ItemState::kReady);
+  EXPECT_EQ(out.transition->deliver_after, kT0);
+  TaskRecord t = this->Task(id);
+  EXPECT_EQ(t.attempts, 0u);
+  EXPECT_EQ(Kinds(t.history), (std::vector<std::string>{"leased", "undelivered"}));
+  EXPECT_EQ(this->ReadyRows("t"), (std::vector<RowId>{id, later}));
+}
+
 TYPED_TEST(StoreContractTest, ExpiredLeaseBecomesReadyAndKeepsItsTokenForALateAck) {
   RowId id = this->InsertOne(Item("t", 2, kT0, "p", 30s));
   this->ClaimOne(id, 41);
