@@ -24,6 +24,21 @@ size_t DequeueOp::GotLocked() const {
   return n;
 }
 
+void DequeueOp::Wake(const prefetch::TopicBuffer& buffer) {
+  {
+    std::lock_guard lock(mu_);
+    const size_t topic = TopicOf(buffer);
+    if (topic < topics_.size()) topics_[topic].registered = false;
+  }
+  Attempt();
+}
+
+void DequeueOp::RegisterLocked(Topic& t) {
+  if (t.registered) return;
+  t.registered = true;
+  t.buffer->AddWaiter(weak_from_this());
+}
+
 void DequeueOp::Attempt() {
   std::unique_lock lock(mu_);
   // A wake while claims are in flight is not lost: OnClaimed looks again.
@@ -35,7 +50,7 @@ void DequeueOp::Attempt() {
   auto self = shared_from_this();
   // Register as a waiter before looking, so an item that arrives between the look and
   // the park still wakes us (wakes are one-shot; a spurious one costs a look).
-  for (Topic& t : topics_) t.buffer->AddWaiter(weak_from_this());
+  for (Topic& t : topics_) RegisterLocked(t);
 
   bool blocked = false;
   std::vector<std::pair<size_t, std::vector<prefetch::TopicBuffer::Taken>>> takes;
@@ -94,8 +109,21 @@ void DequeueOp::ClaimLocked(size_t topic,
 
 void DequeueOp::OnClaimed(size_t topic, ShardId shard, std::vector<LeasedItem> items) {
   std::unique_lock lock(mu_);
+  --claims_in_flight_;
+  if (finished_) {
+    // A held call's look whose claim landed after the answer went, or after the call
+    // ended: nobody got these.
+    std::vector<NackOp> ops;
+    for (LeasedItem& item : items) {
+      ops.push_back(
+          GiveBack({shard, std::move(item)}, "claimed for an answer already sent"));
+    }
+    lock.unlock();
+    SendGiveBacks(std::move(ops));
+    return;
+  }
   for (LeasedItem& item : items) topics_[topic].got.push_back({shard, std::move(item)});
-  if (--claims_in_flight_ > 0) return;
+  if (claims_in_flight_ > 0) return;
   if (GotLocked() > 0) {
     FinishOrHoldLocked(lock);
     return;
@@ -141,13 +169,14 @@ void DequeueOp::Expire(bool forced) {
   if (!forced && engine_.clock_.Now() < parked_until_) return;
   expired_ = true;
   ended_ = ended_ || forced;
-  // Otherwise the last claim to land finishes the call (or gives a hold back).
-  if (claims_in_flight_ > 0) return;
+  // A hold ends on time: a look's claim still in flight is given back when it lands
+  // (OnClaimed), so a slow shard cannot delay the answer.
   if (holding_ && ended_) {
     GiveBackLocked(lock, /*only_not_due=*/false);
-  } else {
+  } else if (holding_ || claims_in_flight_ == 0) {
     FinishLocked(lock);
   }
+  // Otherwise the last claim to land finishes the call.
 }
 
 void DequeueOp::Cancel() {
@@ -155,10 +184,9 @@ void DequeueOp::Cancel() {
   if (finished_) return;
   expired_ = true;
   ended_ = true;
-  if (claims_in_flight_ > 0) return;  // as in Expire
   if (holding_) {
     GiveBackLocked(lock, /*only_not_due=*/false);
-  } else {
+  } else if (claims_in_flight_ == 0) {
     FinishLocked(lock);
   }
 }
@@ -177,6 +205,9 @@ void DequeueOp::FinishOrHoldLocked(std::unique_lock<std::mutex>& lock) {
   } else if (HoldWouldSpendLeasesLocked(now, due)) {
     GiveBackLocked(lock, /*only_not_due=*/true);
   } else {
+    // The latest item's lease starts when the hold ends, so it stays, and so does
+    // `due`.
+    TakeOutShortLeasesLocked(now, due, &displaced);
     HoldLocked(lock, due);
   }
   SendGiveBacks(std::move(displaced));
@@ -206,9 +237,11 @@ void DequeueOp::HoldLocked(std::unique_lock<std::mutex>& lock, Time due) {
 }
 
 void DequeueOp::LookDuringHoldLocked() {
+  // The hold's end is here (the ticker is about to answer): a claim would come late.
+  if (engine_.clock_.Now() >= parked_until_) return;
   // Registered first, as in Attempt(): an item that arrives after the look wakes us.
   for (Topic& t : topics_) {
-    if (!t.got.empty()) t.buffer->AddWaiter(weak_from_this());
+    if (!t.got.empty()) RegisterLocked(t);
   }
   for (size_t i = 0; i < topics_.size(); ++i) {
     Topic& t = topics_[i];
@@ -232,34 +265,49 @@ std::vector<NackOp> DequeueOp::TrimLocked() {
     if (t.got.size() <= t.keep) continue;
     std::sort(t.got.begin(), t.got.end(), Delivered::Before);
     for (size_t i = t.keep; i < t.got.size(); ++i) {
-      ops.push_back(GiveBack(t.got[i], "better items became ready before its answer",
-                             /*refund=*/true));
+      ops.push_back(GiveBack(t.got[i], "better items became ready before its answer"));
     }
     t.got.resize(t.keep);
   }
   return ops;
 }
 
+// Half of a lease, from its start (the claim, or the item's due time), must remain when
+// the consumer gets it.
+static bool HoldSpendsLease(const Delivered& d, Time now, Time hold_until) {
+  const Time start = std::max(now, d.item.deliver_after);
+  return 2 * (d.item.lease_deadline - hold_until) < d.item.lease_deadline - start;
+}
+
 bool DequeueOp::HoldWouldSpendLeasesLocked(Time now, Time hold_until) const {
   for (const Topic& t : topics_) {
     for (const Delivered& d : t.got) {
-      // Only a due item's lease runs during the hold; the others start at their due
-      // time. Half of what is left must remain when the consumer gets it.
-      if (d.item.deliver_after > now) continue;
-      if (2 * (d.item.lease_deadline - hold_until) < d.item.lease_deadline - now) {
-        return true;
-      }
+      if (d.item.deliver_after <= now && HoldSpendsLease(d, now, hold_until)) return true;
     }
   }
   return false;
 }
 
-NackOp DequeueOp::GiveBack(const Delivered& d, std::string error, bool refund) {
+void DequeueOp::TakeOutShortLeasesLocked(Time now, Time hold_until,
+                                         std::vector<NackOp>* back) {
+  for (Topic& t : topics_) {
+    std::erase_if(t.got, [&](const Delivered& d) {
+      if (d.item.deliver_after <= now || !HoldSpendsLease(d, now, hold_until))
+        return false;
+      back->push_back(GiveBack(d,
+                               "a hold until another item's due time would have spent "
+                               "its lease"));
+      return true;
+    });
+  }
+}
+
+NackOp DequeueOp::GiveBack(const Delivered& d, std::string error) {
   NackOp op{d.id(), d.item.token};
   op.error = std::move(error);
   op.undelivered = true;
-  // Where it was in the order, READY again if that time has passed.
-  if (refund) op.unstarted_until = d.item.deliver_after;
+  // Where it was in the order: READY again if that time has passed, else DELAYED.
+  op.unstarted_until = d.item.deliver_after;
   return op;
 }
 
@@ -274,12 +322,10 @@ void DequeueOp::GiveBackLocked(std::unique_lock<std::mutex>& lock, bool only_not
         kept.push_back(std::move(d));
         continue;
       }
-      // Its lease had not started if the item was not due yet.
-      ops.push_back(GiveBack(d,
-                             only_not_due ? "a hold until its due time would have "
-                                            "spent another item's lease"
-                                          : "the call ended before its answer was due",
-                             /*refund=*/!due));
+      ops.push_back(GiveBack(d, only_not_due
+                                    ? "a hold until its due time would have "
+                                      "spent another item's lease"
+                                    : "the call ended before its answer was due"));
     }
     t.got = std::move(kept);
   }

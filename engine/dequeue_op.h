@@ -10,22 +10,26 @@
 //
 // An item released a lead before its due time (shard_worker/release_schedule.h) is
 // leased from its due time; the call then holds its answer until its latest item is
-// due (an entry in the WaitList, like a park), so no item is delivered early. A call
-// that ends while it holds (cancelled, server shutting down) gives those leases back,
-// the items not yet due DELAYED until their due time with their attempt not counted,
-// and answers nothing. A call whose hold would spend more than half of a due item's
-// lease (a lease of a few milliseconds) does not hold: it gives back the items not
-// yet due, the same way, and answers with the due ones at once.
+// due (an entry in the WaitList, like a park), so no item is delivered early. Every
+// lease a held call gives back is one no consumer got: its attempt does not count
+// and it is due again at its own due time (NackOp::unstarted_until), READY in its old
+// place in the order if that has passed, DELAYED until then otherwise. A call that
+// ends while it holds (cancelled, server shutting down) gives all its leases back and
+// answers nothing. A hold may not spend more than half of a lease (from its start:
+// the claim, or the item's due time; a lease of a few milliseconds): if it would for
+// a due item, the call does not hold but gives back the items not yet due and
+// answers the due ones at once; if it would for an item due before the latest, that
+// item goes back.
 //
-// While it holds, the call stays a waiter of its topics: an item that becomes
-// ready, or is released, due by the end of the hold and ranking before a held item of
-// its topic is claimed too (it does not make the hold longer), and the answer keeps
-// the best, as many as the call asked for. Those that no longer fit go back where
-// they were in the order, their attempt not counted (NackOp::unstarted_until at their
-// own due time: READY if that has passed, DELAYED until then otherwise). So the
-// answer is ordered when it is sent, not only when its items were taken (guarantee
-// 4), except for an item that comes within one claim turn of its sending, as for any
-// call. Such a claim in flight when the hold ends delays the answer until it lands.
+// While it holds, the call stays a waiter of the topics it holds items of: an item
+// that becomes ready, or is released, due by the end of the hold and ranking before
+// the worst held item of its topic is claimed too (it does not make the hold longer),
+// and the answer keeps the best, as many as the call asked for; the others go back.
+// So the answer is ordered when it is sent, not only when its items were taken
+// (guarantee 4), except for what comes within one claim turn of the end of the hold,
+// beyond a window's loaded part, or to another parked call by a direct handoff. The
+// answer goes at the end of the hold in any case: a claim still in flight then is
+// given back when it lands.
 //
 // Threads: Attempt() runs on whichever thread woke it (a gRPC thread, a shard strand
 // after new items, the ticker at the deadline); its own mutex serialises them.
@@ -55,7 +59,7 @@ class DequeueOp final : public prefetch::Waiter,
 
   // Takes what is available and claims it; parks the call if there is nothing.
   void Attempt();
-  void Wake() override { Attempt(); }
+  void Wake(const prefetch::TopicBuffer& topic) override;
   // Takes a handoff only while parked: it then counts as a claim in flight.
   size_t OfferHandoff(const prefetch::TopicBuffer& topic, size_t max,
                       std::string* worker_id) override;
@@ -69,8 +73,12 @@ class DequeueOp final : public prefetch::Waiter,
     TopicAsk ask;
     std::shared_ptr<prefetch::TopicBuffer> buffer;
     std::vector<Delivered> got;
-    size_t keep = 0;  // while holding: how many of `got` the answer may carry
+    size_t keep = 0;          // while holding: how many of `got` the answer may carry
+    bool registered = false;  // in buffer's waiter list (until it wakes us)
   };
+  // Requires mu_. Registers with `t`'s buffer as a waiter unless still registered, so
+  // that repeated looks do not pile up entries (each a wake, and a look, per event).
+  void RegisterLocked(Topic& t);
   // Requires mu_. Has the shards lease `taken` (items of topics_[topic]), one claim
   // per shard; each counts in claims_in_flight_ until OnClaimed.
   void ClaimLocked(size_t topic, const std::vector<prefetch::TopicBuffer::Taken>& taken);
@@ -83,25 +91,30 @@ class DequeueOp final : public prefetch::Waiter,
   // looks for better items (LookDuringHoldLocked). On the first call, sets each
   // topic's `keep`.
   void HoldLocked(std::unique_lock<std::mutex>& lock, Time due);
-  // Requires mu_, holding, no claim in flight. Registers as a waiter again, and
-  // claims the items due by the end of the hold that rank before the worst held item
-  // of their topic (prefetch::TopicBuffer::TakeDueBefore).
+  // Requires mu_, holding, no claim in flight. Registers as a waiter (if a wake used
+  // that up) and claims the items due by the end of the hold that rank before the
+  // worst held item of their topic (prefetch::TopicBuffer::TakeDueBefore). Nothing
+  // once the end of the hold has come.
   void LookDuringHoldLocked();
   // Requires mu_. While holding: the items past each topic's `keep`, worst first
-  // out of `got`, as give-backs (refunded).
+  // out of `got`, as give-backs.
   std::vector<NackOp> TrimLocked();
   // Requires mu_. Whether holding the answer until `hold_until` would leave a due
   // item (whose lease started at its claim) less than half of its remaining lease.
   // A lease shorter than a hold would otherwise run out before its consumer got it,
   // and the item could be leased to another meanwhile (guarantee 3).
   bool HoldWouldSpendLeasesLocked(Time now, Time hold_until) const;
+  // Requires mu_. Moves the items not due yet whose lease (from their due time) the
+  // hold would spend more than half of into `back` as give-backs. (The latest item's
+  // lease starts when the hold ends: it is never among them.)
+  void TakeOutShortLeasesLocked(Time now, Time hold_until, std::vector<NackOp>* back);
   // Requires mu_. Gives back the items got (see above), or only those not yet due,
   // and answers with the rest (nothing, or the due ones).
   void GiveBackLocked(std::unique_lock<std::mutex>& lock, bool only_not_due);
-  // A nack that gives back `d`, never delivered. With `refund` its attempt does not
-  // count and it is due again at its own due time (NackOp::unstarted_until): its
-  // lease had not started, or a better item took its place in the answer.
-  static NackOp GiveBack(const Delivered& d, std::string error, bool refund);
+  // A nack that gives back `d`, which no consumer got (the answer that carried it was
+  // never sent): its attempt does not count and it is due again at its own due time
+  // (NackOp::unstarted_until), READY in its old place if that has passed.
+  static NackOp GiveBack(const Delivered& d, std::string error);
   // Sends give-backs (no lock needed); a refused one comes back when its lease ends.
   void SendGiveBacks(std::vector<NackOp> ops);
   // The index in topics_ of `buffer`'s topic, or topics_.size(). No lock: the

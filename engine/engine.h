@@ -101,7 +101,8 @@ struct NackOp {
   bool fatal = false;
   // The server gives back a lease whose answer it never sent (store::NackRequest).
   bool undelivered = false;
-  // ... and which had not started: store::NackRequest::unstarted_until.
+  // ... and which no consumer got, due again at this time (its own due time):
+  // store::NackRequest::unstarted_until.
   std::optional<Time> unstarted_until;
 };
 struct ExtendOp {

@@ -232,7 +232,7 @@ void TopicBuffer::WakeAll(std::unique_lock<std::mutex>& lock) {
   waiters.swap(waiters_);
   lock.unlock();
   for (auto& weak : waiters) {
-    if (auto w = weak.lock()) w->Wake();
+    if (auto w = weak.lock()) w->Wake(*this);
   }
 }
 

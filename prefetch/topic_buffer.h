@@ -27,7 +27,8 @@ class TopicBuffer;
 class Waiter {
  public:
   virtual ~Waiter() = default;
-  virtual void Wake() = 0;
+  // The waiter's registration with `topic` (AddWaiter) is used up: it is woken once.
+  virtual void Wake(const TopicBuffer& topic) = 0;
   // Direct handoff (TopicBuffer::IdleWaiters): up to `max` new or newly due items of
   // `topic`, which the shard worker will lease to this waiter in the transaction that
   // inserts or promotes them. Returns how many it takes, and if any, sets `worker_id`

@@ -45,13 +45,13 @@ struct NackRequest {
   // carried it was never sent (the client went away). The event is "undelivered"
   // instead of "retry"; the attempt still counts, as for an expired lease.
   bool undelivered = false;
-  // Set when the lease had not started: it was taken a release lead ahead of the
-  // item's due time and the answer, held until then, was never sent (its call ended
-  // first: engine::DequeueOp). The attempt does not count (attempts - 1, so this nack
-  // never dead-letters the item), and the item is redelivered from this time on
-  // (absolute; `delay` is ignored). A time already past makes it READY in its old place
-  // in the order: an item given back by a call that was answered without it
-  // (DequeueOp's re-ranking). Event "undelivered" as above.
+  // Set when the server knows no consumer got the lease: the answer that carried it
+  // was held until the items' due time and never sent (engine::DequeueOp: the call
+  // ended first, a better item took its place, or the hold would have spent its
+  // lease). The attempt does not count (attempts - 1, so this nack never
+  // dead-letters the item), and the item is redelivered from this time on (absolute;
+  // `delay` is ignored): the item's own due time, so a time already past makes it
+  // READY in its old place in the order. Event "undelivered" as above.
   std::optional<Time> unstarted_until;
 };
 

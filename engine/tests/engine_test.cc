@@ -883,22 +883,25 @@ class LeadHarness : public Harness {
   std::atomic<Time> held_answered_at_{};
 };
 
-// A lease given back before its due time: the item, alone in `topic`, is DELAYED until
-// `due` again, its attempt not counted, its last event "undelivered".
-void ExpectGivenBackUntil(LeadHarness& h, const std::string& topic, ItemId id, Time due) {
-  ASSERT_TRUE(WaitUntil([&] { return Counts(h.store(1), topic).delayed == 1; }));
+// A lease given back by a held call: the item is in `state` again (DELAYED until `due`
+// if that is still to come, READY otherwise), with its own due time `due` (so its place
+// in the order), its attempt not counted, its last event "undelivered".
+void ExpectGivenBack(Harness& h, ItemId id, Time due, ItemState state) {
+  ASSERT_TRUE(WaitUntil([&] {
+    store::TaskRecord t = TaskOf(h.store(1), id);
+    return !t.history.empty() && t.history.back().kind == "undelivered";
+  }));
   store::TaskRecord t = TaskOf(h.store(1), id);
+  EXPECT_EQ(t.state, state);
   EXPECT_EQ(t.deliver_after, due);
   EXPECT_EQ(t.attempts, 0u);
-  ASSERT_FALSE(t.history.empty());
-  EXPECT_EQ(t.history.back().kind, "undelivered");
 }
 
 // The same, and then the item is released again after the gap that follows its first
 // release (5 ms by default) and delivered as its first attempt.
 void ExpectGivenBackThenDelivered(LeadHarness& h, const std::string& topic, ItemId id,
                                   Time due) {
-  ExpectGivenBackUntil(h, topic, id, due);
+  ExpectGivenBack(h, id, due, ItemState::kDelayed);
   h.clock().Advance(due + Duration(5) - h.clock().Now());
   auto again = h.Dequeue(topic, 1, kLongWait);
   ASSERT_EQ(again.size(), 1u);
@@ -1006,7 +1009,7 @@ TEST(EngineLeadTest, DestroyingTheEngineAtShutdownStillWritesTheGiveBack) {
   auto got = a.Get(kShortTimeout);
   ASSERT_TRUE(got.has_value());
   EXPECT_TRUE(got->empty());
-  ExpectGivenBackUntil(h, "later", id, due);
+  ExpectGivenBack(h, id, due, ItemState::kDelayed);
 }
 
 // What the engine counts as READY in `topic` (released items included).
@@ -1044,7 +1047,7 @@ TEST(EngineLeadTest, AHoldThatWouldSpendADueItemsLeaseAnswersTheDueItemAtOnce) {
   ASSERT_EQ(got.size(), 1u);
   EXPECT_EQ(got[0].id(), short_lease);
   EXPECT_EQ(got[0].item.lease_deadline, h.clock().Now() + Duration(5));
-  ExpectGivenBackUntil(h, "mixed", later, due);
+  ExpectGivenBack(h, later, due, ItemState::kDelayed);
 }
 
 // The same answer with a lease that outlasts the hold is held until the item not yet
@@ -1105,26 +1108,73 @@ TEST(EngineLeadTest, AHeldAnswerWithRoomAddsTheBetterItemInOrder) {
   HeldCall c(2);
   const ItemId better = c.h.EnqueueOk(Item("rank", 0));
   ASSERT_TRUE(WaitUntil([&] { return Counts(c.h.store(1), "rank").leased == 2; }));
+  // The claim is committed; an enqueue's later turn on the same strand waits for its
+  // callback too. (A hold that ended before would answer without the item.)
+  c.h.EnqueueOk(Item("barrier"));
   EXPECT_FALSE(c.a.ready());
   ExpectAnsweredAt(c.h, c.a, c.due, {better, c.held});
 }
 
 // The hold ends while the better item's claim is in flight (the claim takes 10 ms, the
-// hold 8): the answer waits for it, and carries both. (As a detector of an answer
-// sent without the claim it is probabilistic: the ticker's end of the hold races the
-// claim's landing.)
-TEST(EngineLeadTest, AHoldThatEndsDuringItsClaimWaitsForIt) {
+// hold 8, and it waits for the answer): the answer goes at the end of the hold
+// without it, and the better item, which nobody got, goes back READY in its place,
+// its attempt not counted.
+TEST(EngineLeadTest, AHoldEndsOnTimeAndGivesBackWhatItsClaimBringsLate) {
   HeldCall c(2);
-  c.h.store(1).SetBeforeCall(MemoryShardStore::Op::kClaim,
-                             [&c] { c.h.clock().Advance(Duration(10)); });
-  const ItemId better = c.h.EnqueueOk(Item("rank", 0));
+  c.h.store(1).SetBeforeCall(MemoryShardStore::Op::kClaim, [&c] {
+    c.h.clock().Advance(Duration(10));
+    EXPECT_TRUE(WaitUntil([&c] { return c.a.ready(); }));
+  });
+  const Time its_due = c.h.clock().Now();
+  const ItemId better = c.h.EnqueueOk(Item("rank", 0, its_due));
 
   auto got = c.a.Get();
   ASSERT_TRUE(got.has_value());
-  ASSERT_EQ(got->size(), 2u);
-  EXPECT_EQ((*got)[0].id(), better);
-  EXPECT_EQ((*got)[1].id(), c.held);
-  EXPECT_GT(c.h.clock().Now(), c.due);
+  ASSERT_EQ(got->size(), 1u);
+  EXPECT_EQ((*got)[0].id(), c.held);
+  ExpectGivenBack(c.h, better, its_due, ItemState::kReady);
+}
+
+// A due item that the answer already held is displaced by a better one too: it goes
+// back READY with its own due time, so it keeps its place, its attempt not counted.
+TEST(EngineLeadTest, ADueItemDisplacedFromAHeldAnswerKeepsItsPlace) {
+  LeadHarness h;
+  Time due{};
+  const ItemId later = ReleasedAhead(h, "rank", &due);
+  const Time its_due = h.clock().Now();
+  const ItemId now_due = h.EnqueueOk(Item("rank", 5, its_due));
+  DequeueAnswer a;
+  auto handle =
+      h.engine().Dequeue("ns", {{"rank", 2}}, kLongWait, "test-worker", a.Callback());
+  ASSERT_TRUE(WaitUntil([&] { return Counts(h.store(1), "rank").leased == 2; }));
+
+  const ItemId better = h.EnqueueOk(Item("rank", 0));
+  ExpectGivenBack(h, now_due, its_due, ItemState::kReady);
+  ExpectAnsweredAt(h, a, due, {better, later});
+}
+
+// An item released while the call holds, due before the end of the hold with a lease
+// the rest of the hold would more than half spend (2 ms, from its due time 2 ms before
+// the end), is given back DELAYED until its due time; the hold goes on.
+TEST(EngineLeadTest, AHeldAnswerGivesBackAnItemWhoseLeaseTheHoldWouldSpend) {
+  HeldCall c(2);
+  const Time short_due = c.due - Duration(2);
+  const ItemId short_lease = c.h.EnqueueOk(Item("rank", 0, short_due, Duration(2)));
+  c.h.clock().Advance(Duration(5));  // the release gap after the held item's release
+  ExpectGivenBack(c.h, short_lease, short_due, ItemState::kDelayed);
+  EXPECT_FALSE(c.a.ready());
+  ExpectAnsweredAt(c.h, c.a, c.due, {c.held});
+}
+
+// The same item with a lease of 4 ms keeps half of it (2 ms) when the hold ends,
+// counted from its due time, not from its claim: the answer carries it.
+TEST(EngineLeadTest, AHeldAnswerKeepsAnItemWithHalfItsLeaseLeftAtTheEnd) {
+  HeldCall c(2);
+  const ItemId four_ms = c.h.EnqueueOk(Item("rank", 0, c.due - Duration(2), Duration(4)));
+  c.h.clock().Advance(Duration(5));  // the release gap after the held item's release
+  ASSERT_TRUE(WaitUntil([&] { return Counts(c.h.store(1), "rank").leased == 2; }));
+  c.h.EnqueueOk(Item("barrier"));  // as in AHeldAnswerWithRoomAddsTheBetterItemInOrder
+  ExpectAnsweredAt(c.h, c.a, c.due, {four_ms, c.held});
 }
 
 // An item that ranks after the held one is not an inversion: the answer is the held
@@ -1149,7 +1199,7 @@ TEST(EngineLeadTest, AHeldAnswerThatTakesAShortLeaseAnswersItAtOnce) {
   ASSERT_EQ(got->size(), 1u);
   EXPECT_EQ((*got)[0].id(), better);
   EXPECT_EQ((*got)[0].item.lease_deadline, c.h.clock().Now() + Duration(5));
-  ExpectGivenBackUntil(c.h, "rank", c.held, c.due);
+  ExpectGivenBack(c.h, c.held, c.due, ItemState::kDelayed);
 }
 
 // ------------------------------------------------------------ direct handoff

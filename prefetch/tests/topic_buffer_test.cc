@@ -290,7 +290,7 @@ TEST(ShardWindowTest, AWindowOfADownShardWantsNoRefillUntilTheShardIsUp) {
 
 class CountingWaiter : public Waiter {
  public:
-  void Wake() override { ++wakes; }
+  void Wake(const TopicBuffer&) override { ++wakes; }
   std::atomic<int> wakes{0};
 };
 
@@ -298,7 +298,7 @@ class CountingWaiter : public Waiter {
 class ExternalCountingWaiter : public Waiter {
  public:
   explicit ExternalCountingWaiter(int* counter) : counter_(counter) {}
-  void Wake() override { ++*counter_; }
+  void Wake(const TopicBuffer&) override { ++*counter_; }
 
  private:
   int* counter_;
@@ -732,7 +732,7 @@ TEST(TopicBufferTest, WaiterMayCallBackIntoTheBuffer) {
   struct TakingWaiter : Waiter {
     TopicBuffer* buf = nullptr;
     std::vector<uint64_t> got;
-    void Wake() override {
+    void Wake(const TopicBuffer&) override {
       std::vector<size_t> refill;
       for (const auto& t : TakeFrom(*buf, 10, &refill)) got.push_back(t.key.row.value());
     }

@@ -21,7 +21,7 @@ namespace {
 class RecordingWaiter final : public prefetch::Waiter {
  public:
   RecordingWaiter(std::string name, size_t take) : name_(std::move(name)), take_(take) {}
-  void Wake() override {}
+  void Wake(const prefetch::TopicBuffer&) override {}
   size_t OfferHandoff(const prefetch::TopicBuffer&, size_t max,
                       std::string* worker_id) override {
     *worker_id = name_;

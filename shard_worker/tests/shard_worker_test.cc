@@ -1104,7 +1104,7 @@ class RetakingWaiter : public prefetch::Waiter,
  public:
   RetakingWaiter(std::shared_ptr<prefetch::TopicBuffer> buffer, ShardWorker& worker)
       : buffer_(std::move(buffer)), worker_(worker) {}
-  void Wake() override {
+  void Wake(const prefetch::TopicBuffer&) override {
     ++wakes;
     Attempt();
   }
