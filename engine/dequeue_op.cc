@@ -1,6 +1,7 @@
 #include "engine/dequeue_op.h"
 
 #include <algorithm>
+#include <iterator>
 
 namespace shardq::engine {
 
@@ -122,8 +123,15 @@ void DequeueOp::OnClaimed(size_t topic, ShardId shard, std::vector<LeasedItem> i
     SendGiveBacks(std::move(ops));
     return;
   }
-  for (LeasedItem& item : items) topics_[topic].got.push_back({shard, std::move(item)});
+  Topic& t = topics_[topic];
+  for (LeasedItem& item : items) {
+    (holding_ ? t.landed : t.got).push_back({shard, std::move(item)});
+  }
   if (claims_in_flight_ > 0) return;
+  for (Topic& each : topics_) {
+    std::move(each.landed.begin(), each.landed.end(), std::back_inserter(each.got));
+    each.landed.clear();
+  }
   if (GotLocked() > 0) {
     FinishOrHoldLocked(lock);
     return;
@@ -169,14 +177,18 @@ void DequeueOp::Expire(bool forced) {
   if (!forced && engine_.clock_.Now() < parked_until_) return;
   expired_ = true;
   ended_ = ended_ || forced;
-  // A hold ends on time: a look's claim still in flight is given back when it lands
-  // (OnClaimed), so a slow shard cannot delay the answer.
+  // A hold ends on time: what its look's claims brought is given back, now if it
+  // landed and when it lands otherwise (OnClaimed), so a slow shard cannot delay the
+  // answer and nothing goes out unranked or unchecked.
+  std::vector<NackOp> landed = GiveBackLandedLocked();
   if (holding_ && ended_) {
     GiveBackLocked(lock, /*only_not_due=*/false);
   } else if (holding_ || claims_in_flight_ == 0) {
     FinishLocked(lock);
+  } else {
+    return;  // the last claim to land finishes the call
   }
-  // Otherwise the last claim to land finishes the call.
+  SendGiveBacks(std::move(landed));
 }
 
 void DequeueOp::Cancel() {
@@ -184,11 +196,15 @@ void DequeueOp::Cancel() {
   if (finished_) return;
   expired_ = true;
   ended_ = true;
+  std::vector<NackOp> landed = GiveBackLandedLocked();  // as in Expire
   if (holding_) {
     GiveBackLocked(lock, /*only_not_due=*/false);
   } else if (claims_in_flight_ == 0) {
     FinishLocked(lock);
+  } else {
+    return;
   }
+  SendGiveBacks(std::move(landed));
 }
 
 void DequeueOp::FinishOrHoldLocked(std::unique_lock<std::mutex>& lock) {
@@ -331,6 +347,17 @@ void DequeueOp::GiveBackLocked(std::unique_lock<std::mutex>& lock, bool only_not
   }
   FinishLocked(lock);  // answers what was kept, if anything; unlocks
   SendGiveBacks(std::move(ops));
+}
+
+std::vector<NackOp> DequeueOp::GiveBackLandedLocked() {
+  std::vector<NackOp> ops;
+  for (Topic& t : topics_) {
+    for (const Delivered& d : t.landed) {
+      ops.push_back(GiveBack(d, "claimed for an answer already sent"));
+    }
+    t.landed.clear();
+  }
+  return ops;
 }
 
 void DequeueOp::SendGiveBacks(std::vector<NackOp> ops) {

@@ -28,8 +28,9 @@
 // So the answer is ordered when it is sent, not only when its items were taken
 // (guarantee 4), except for what comes within one claim turn of the end of the hold,
 // beyond a window's loaded part, or to another parked call by a direct handoff. The
-// answer goes at the end of the hold in any case: a claim still in flight then is
-// given back when it lands.
+// answer goes at the end of the hold in any case: if a look's claims have not all
+// landed by then, what they brought is given back (the rest when it lands), so
+// nothing goes out unranked or unchecked.
 //
 // Threads: Attempt() runs on whichever thread woke it (a gRPC thread, a shard strand
 // after new items, the ticker at the deadline); its own mutex serialises them.
@@ -75,6 +76,9 @@ class DequeueOp final : public prefetch::Waiter,
     std::vector<Delivered> got;
     size_t keep = 0;          // while holding: how many of `got` the answer may carry
     bool registered = false;  // in buffer's waiter list (until it wakes us)
+    // While holding: what the claims of a look brought, until the last of them lands
+    // and it is ranked and checked with `got` (FinishOrHoldLocked).
+    std::vector<Delivered> landed;
   };
   // Requires mu_. Registers with `t`'s buffer as a waiter unless still registered, so
   // that repeated looks do not pile up entries (each a wake, and a look, per event).
@@ -115,6 +119,9 @@ class DequeueOp final : public prefetch::Waiter,
   // never sent): its attempt does not count and it is due again at its own due time
   // (NackOp::unstarted_until), READY in its old place if that has passed.
   static NackOp GiveBack(const Delivered& d, std::string error);
+  // Requires mu_. While holding: the items of `landed`, as give-backs, at the end of
+  // a hold whose look still has claims in flight.
+  std::vector<NackOp> GiveBackLandedLocked();
   // Sends give-backs (no lock needed); a refused one comes back when its lease ends.
   void SendGiveBacks(std::vector<NackOp> ops);
   // The index in topics_ of `buffer`'s topic, or topics_.size(). No lock: the

@@ -361,6 +361,13 @@ std::vector<TopicInfo> Engine::ActiveTopics(const std::string& ns,
   return out;
 }
 
+size_t Engine::WindowedKeys(const std::string& ns, const std::string& topic) const {
+  auto buffer = index_.Find(ns, topic);
+  size_t n = 0;
+  for (size_t s = 0; buffer && s < workers_.size(); ++s) n += buffer->WindowSize(s);
+  return n;
+}
+
 bool Engine::AwaitShardsOpen(std::chrono::milliseconds timeout) const {
   auto until = std::chrono::steady_clock::now() + timeout;
   for (;;) {

@@ -211,6 +211,10 @@ class Engine {
   size_t BufferedEnqueueBytes() const { return buffered_enqueue_bytes_.load(); }
   // Topics in the prefetch index (idle ones leave it every index_sweep_interval).
   size_t IndexedTopics() const { return index_.size(); }
+  // Keys of a topic in the prefetch windows now, over all shards: what a Dequeue
+  // would find without a refill. (An item counts READY a moment before its key
+  // reaches a window.)
+  size_t WindowedKeys(const std::string& ns, const std::string& topic) const;
   std::vector<shard_worker::ShardHealth> Health() const;
   bool HasShard(ShardId id) const { return position_.contains(id); }
   size_t shard_count() const { return workers_.size(); }

@@ -830,16 +830,34 @@ store::TaskRecord TaskOf(MemoryShardStore& m, ItemId id) {
 
 // An engine of one shard whose claims have each taken 10 ms (of the fake clock), so
 // the shard releases delayed items a lead ahead of their due time (release_schedule.h).
+// A dedup key that places its item on the shard in `position` of an engine of `shards`
+// shards (engine/placement.h); `prefix` keeps keys apart.
+std::string KeyAt(size_t position, size_t shards, const std::string& prefix) {
+  for (int i = 0;; ++i) {
+    std::string key = prefix + std::to_string(i);
+    if (KeyPosition("ns", key, shards) == position) return key;
+  }
+}
+
+// An item for the shard in `position` of `h`'s engine (a dedup key that places it).
+NewItem ItemAt(Harness& h, size_t position, NewItem item) {
+  static std::atomic<int> next{0};
+  item.dedup_key = KeyAt(position, h.engine().shard_count(),
+                         "at-" + std::to_string(next.fetch_add(1)) + "-");
+  return item;
+}
+
 class LeadHarness : public Harness {
  public:
-  LeadHarness() : Harness({1}, Options()) {
-    store(1).SetBeforeCall(MemoryShardStore::Op::kClaim,
-                           [this] { clock().Advance(Duration(10)); });
+  // Only the first shard (position 0) gets a lead.
+  explicit LeadHarness(std::vector<uint32_t> ids = {1}) : Harness(ids, Options()) {
+    store(ids[0]).SetBeforeCall(MemoryShardStore::Op::kClaim,
+                                [this] { clock().Advance(Duration(10)); });
     for (int i = 0; i < 20; ++i) {
-      EnqueueOk(Item("warm-up"));
+      EnqueueOk(ItemAt(*this, 0, Item("warm-up")));
       EXPECT_EQ(Dequeue("warm-up", 1).size(), 1u);
     }
-    store(1).SetBeforeCall(MemoryShardStore::Op::kClaim, {});
+    store(ids[0]).SetBeforeCall(MemoryShardStore::Op::kClaim, {});
     lead_ = engine().Health().at(0).release_lead;
   }
   static EngineOptions Options() {
@@ -888,10 +906,10 @@ class LeadHarness : public Harness {
 // in the order), its attempt not counted, its last event "undelivered".
 void ExpectGivenBack(Harness& h, ItemId id, Time due, ItemState state) {
   ASSERT_TRUE(WaitUntil([&] {
-    store::TaskRecord t = TaskOf(h.store(1), id);
+    store::TaskRecord t = TaskOf(h.store(id.shard.value()), id);
     return !t.history.empty() && t.history.back().kind == "undelivered";
   }));
-  store::TaskRecord t = TaskOf(h.store(1), id);
+  store::TaskRecord t = TaskOf(h.store(id.shard.value()), id);
   EXPECT_EQ(t.state, state);
   EXPECT_EQ(t.deliver_after, due);
   EXPECT_EQ(t.attempts, 0u);
@@ -1026,9 +1044,10 @@ ItemId ReleasedAhead(LeadHarness& h, const std::string& topic, Time* due) {
   EXPECT_GE(h.lead(), Duration(9));
   EXPECT_TRUE(h.Dequeue(topic, 1).empty());  // loads the (empty) window
   *due = h.clock().Now() + Duration(500);
-  const ItemId id = h.EnqueueOk(Item(topic, 1, *due));
+  const ItemId id = h.EnqueueOk(ItemAt(h, 0, Item(topic, 1, *due)));
   h.clock().Advance(*due - Duration(8) - h.clock().Now());
-  EXPECT_TRUE(WaitUntil([&] { return ReadyInEngine(h, topic) == 1; }));
+  // In the window, not only counted READY (which comes a moment before).
+  EXPECT_TRUE(WaitUntil([&] { return h.engine().WindowedKeys("ns", topic) == 1; }));
   return id;
 }
 
@@ -1175,6 +1194,53 @@ TEST(EngineLeadTest, AHeldAnswerKeepsAnItemWithHalfItsLeaseLeftAtTheEnd) {
   ASSERT_TRUE(WaitUntil([&] { return Counts(c.h.store(1), "rank").leased == 2; }));
   c.h.EnqueueOk(Item("barrier"));  // as in AHeldAnswerWithRoomAddsTheBetterItemInOrder
   ExpectAnsweredAt(c.h, c.a, c.due, {four_ms, c.held});
+}
+
+// A look that claims on two shards, and the hold ends after one claim landed and
+// before the other did: the answer is what was ranked and checked (the held items and
+// one that came before), and both items of that look go back READY, their attempts
+// not counted. Shard 3's claim holds the look back until both items are in.
+TEST(EngineLeadTest, AHoldThatEndsBetweenTwoClaimsOfALookAnswersOnlyWhatWasChecked) {
+  LeadHarness h({1, 2, 3});
+  ASSERT_TRUE(h.Dequeue({{"a", 1}, {"b", 1}}).empty());  // loads the windows
+  const Time due = h.clock().Now() + Duration(500);
+  const ItemId held_a = h.EnqueueOk(ItemAt(h, 0, Item("a", 1, due)));
+  const ItemId held_b = h.EnqueueOk(ItemAt(h, 0, Item("b", 1, due)));
+  h.clock().Advance(due - Duration(8) - h.clock().Now());
+  ASSERT_TRUE(WaitUntil([&] {
+    return h.engine().WindowedKeys("ns", "a") == 1 &&
+           h.engine().WindowedKeys("ns", "b") == 1;
+  }));
+  DequeueAnswer a;
+  auto handle = h.engine().Dequeue("ns", {{"a", 3}, {"b", 3}}, kLongWait, "test-worker",
+                                   a.Callback());
+  ASSERT_TRUE(WaitUntil([&] { return Counts(h.store(1), "a").leased == 1; }));
+  ASSERT_TRUE(WaitUntil([&] { return Counts(h.store(1), "b").leased == 1; }));
+
+  std::atomic<bool> go{false};
+  h.store(3).SetBeforeCall(MemoryShardStore::Op::kClaim,
+                           [&] { EXPECT_TRUE(WaitUntil([&] { return go.load(); })); });
+  const Time now = h.clock().Now();
+  const ItemId first = h.EnqueueOk(ItemAt(h, 2, Item("a", 0, now)));  // its claim waits
+  const ItemId better_a = h.EnqueueOk(ItemAt(h, 0, Item("a", 0, now)));
+  const ItemId better_b = h.EnqueueOk(ItemAt(h, 1, Item("b", 0, now)));
+  // Shard 2's claim lets shard 1's land (an enqueue behind it on the same strand),
+  // then ends the hold and waits for the answer.
+  h.store(2).SetBeforeCall(MemoryShardStore::Op::kClaim, [&] {
+    EXPECT_TRUE(WaitUntil([&] { return Counts(h.store(1), "a").leased == 2; }));
+    h.EnqueueOk(ItemAt(h, 0, Item("barrier")));
+    h.clock().Advance(due - h.clock().Now());
+    EXPECT_TRUE(WaitUntil([&] { return a.ready(); }));
+  });
+  go = true;
+
+  auto got = a.Get();
+  ASSERT_TRUE(got.has_value());
+  std::vector<ItemId> ids;
+  for (const Delivered& d : *got) ids.push_back(d.id());
+  EXPECT_EQ(ids, (std::vector<ItemId>{first, held_a, held_b}));
+  ExpectGivenBack(h, better_a, now, ItemState::kReady);
+  ExpectGivenBack(h, better_b, now, ItemState::kReady);
 }
 
 // An item that ranks after the held one is not an inversion: the answer is the held
