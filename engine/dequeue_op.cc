@@ -116,8 +116,8 @@ void DequeueOp::OnClaimed(size_t topic, ShardId shard, std::vector<LeasedItem> i
     // ended: nobody got these.
     std::vector<NackOp> ops;
     for (LeasedItem& item : items) {
-      ops.push_back(
-          GiveBack({shard, std::move(item)}, "claimed for an answer already sent"));
+      ops.push_back(GiveBack({shard, std::move(item)},
+                             "the call it was claimed for had answered or ended"));
     }
     lock.unlock();
     SendGiveBacks(std::move(ops));
@@ -353,7 +353,7 @@ std::vector<NackOp> DequeueOp::GiveBackLandedLocked() {
   std::vector<NackOp> ops;
   for (Topic& t : topics_) {
     for (const Delivered& d : t.landed) {
-      ops.push_back(GiveBack(d, "claimed for an answer already sent"));
+      ops.push_back(GiveBack(d, "the call it was claimed for had answered or ended"));
     }
     t.landed.clear();
   }

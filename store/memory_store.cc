@@ -403,7 +403,7 @@ std::vector<ItemOutcome> MemoryShardStore::ApplyNacks(std::span<const NackReques
       Finish(r, ItemState::kCancelled, now);
       AddEvent(r, now, "cancelled", std::move(error));
     } else if (n.unstarted_until) {
-      // The lease never started: its attempt is taken back (a past due time keeps
+      // No consumer got the lease: its attempt is taken back (a past due time keeps
       // the item's place in the order).
       const Time due = *n.unstarted_until;
       r.state = due <= now ? ItemState::kReady : ItemState::kDelayed;

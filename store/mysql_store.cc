@@ -1255,7 +1255,7 @@ std::vector<ItemOutcome> MySqlShardStore::NackRows(std::span<const NackRequest> 
     LockedRow& r = rows[n.row.value()];
     ItemState to;
     std::string_view kind;
-    // A lease that never started (NackRequest::unstarted_until): its attempt is taken
+    // A lease no consumer got (NackRequest::unstarted_until): its attempt is taken
     // back, and the item is due again at the given time (a past one keeps its place).
     const Time again =
         n.unstarted_until ? *n.unstarted_until : now + std::max(n.delay, Duration(0));
