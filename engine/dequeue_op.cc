@@ -268,7 +268,12 @@ void DequeueOp::LookDuringHoldLocked() {
         {worst->item.priority, worst->item.deliver_after, worst->item.row}};
     std::vector<size_t> refill;
     // Due by the end of the hold: taking them does not make it longer.
-    auto taken = t.buffer->TakeDueBefore(bound, parked_until_, t.keep, &refill);
+    auto taken = t.buffer->TakeDueBefore(
+        bound, parked_until_, t.keep, &refill, [this](size_t shard, RowId row) {
+          const ItemId id{engine_.workers_[shard]->id(), row};
+          return std::find(short_leases_.begin(), short_leases_.end(), id) !=
+                 short_leases_.end();
+        });
     for (size_t shard : refill) engine_.workers_[shard]->Refill(t.buffer);
     if (!taken.empty()) ClaimLocked(i, taken);
   }
@@ -313,6 +318,7 @@ void DequeueOp::TakeOutShortLeasesLocked(Time now, Time hold_until,
       back->push_back(GiveBack(d,
                                "a hold until another item's due time would have spent "
                                "its lease"));
+      short_leases_.push_back(d.id());
       return true;
     });
   }

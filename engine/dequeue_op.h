@@ -19,7 +19,7 @@
 // the claim, or the item's due time; a lease of a few milliseconds): if it would for
 // a due item, the call does not hold but gives back the items not yet due and
 // answers the due ones at once; if it would for an item due before the latest, that
-// item goes back.
+// item goes back, and the hold does not take it again.
 //
 // While it holds, the call stays a waiter of the topics it holds items of: an item
 // that becomes ready, or is released, due by the end of the hold and ranking before
@@ -147,6 +147,10 @@ class DequeueOp final : public prefetch::Waiter,
   Time parked_until_{};   // the deadline last registered in the WaitList
   bool parked_ = false;   // counted in Engine::parked_calls_
   bool holding_ = false;  // the answer waits for its items' due time (parked_until_)
+  // Items this hold gave back for their short leases (TakeOutShortLeasesLocked): a
+  // look passes over them, or a release gap of 0 would have them claimed and given
+  // back again and again until the hold ends.
+  std::vector<ItemId> short_leases_;
   // Set while parked: the call lives until it is answered, even if the caller dropped
   // its handle (the WaitList and the topic buffers hold only weak references).
   std::shared_ptr<DequeueOp> keep_alive_;

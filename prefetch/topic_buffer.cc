@@ -38,9 +38,9 @@ std::vector<TopicBuffer::Taken> TopicBuffer::Take(size_t count,
   return out;
 }
 
-std::vector<TopicBuffer::Taken> TopicBuffer::TakeDueBefore(const Taken& bound,
-                                                           Time due_by, size_t count,
-                                                           std::vector<size_t>* refill) {
+std::vector<TopicBuffer::Taken> TopicBuffer::TakeDueBefore(
+    const Taken& bound, Time due_by, size_t count, std::vector<size_t>* refill,
+    const std::function<bool(size_t shard, RowId row)>& skip) {
   std::vector<Taken> out;
   std::lock_guard lock(mu_);
   // Each window gives at most `count` (its best due ones before the bound); the best
@@ -49,7 +49,7 @@ std::vector<TopicBuffer::Taken> TopicBuffer::TakeDueBefore(const Taken& bound,
     size_t found = 0;
     for (const ReadyKey& key : windows_[s].keys()) {
       if (found == count || !RanksBefore({s, key}, bound)) break;
-      if (key.deliver_after > due_by) continue;
+      if (key.deliver_after > due_by || (skip && skip(s, key.row))) continue;
       out.push_back({s, key});
       ++found;
     }

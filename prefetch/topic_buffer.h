@@ -9,6 +9,7 @@
 // across I/O or while calling a waiter.
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -92,9 +93,11 @@ class TopicBuffer {
   // ready, or were released, during the hold. Unlike Take() it passes over items due
   // later (they would make the hold longer), and it does not stop at a blocking
   // shard: anything it finds ranks before an item of the answer, so taking it can
-  // only improve the answer. Reservation and `refill` as with Take().
-  std::vector<Taken> TakeDueBefore(const Taken& bound, Time due_by, size_t count,
-                                   std::vector<size_t>* refill);
+  // only improve the answer. It passes over the items `skip` names (by shard
+  // position and row) too. Reservation and `refill` as with Take().
+  std::vector<Taken> TakeDueBefore(
+      const Taken& bound, Time due_by, size_t count, std::vector<size_t>* refill,
+      const std::function<bool(size_t shard, RowId row)>& skip = {});
 
   // Shards whose windows want a refill (marked pending, as with Take).
   std::vector<size_t> ClaimRefills();

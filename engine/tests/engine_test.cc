@@ -850,7 +850,8 @@ NewItem ItemAt(Harness& h, size_t position, NewItem item) {
 class LeadHarness : public Harness {
  public:
   // Only the first shard (position 0) gets a lead.
-  explicit LeadHarness(std::vector<uint32_t> ids = {1}) : Harness(ids, Options()) {
+  explicit LeadHarness(std::vector<uint32_t> ids = {1}, EngineOptions options = Options())
+      : Harness(ids, options) {
     store(ids[0]).SetBeforeCall(MemoryShardStore::Op::kClaim,
                                 [this] { clock().Advance(Duration(10)); });
     for (int i = 0; i < 20; ++i) {
@@ -1089,10 +1090,9 @@ TEST(EngineLeadTest, AHoldThatLeavesMostOfTheDueItemsLeaseAnswersBothAtTheDueTim
 // ReleasedAhead (priority 1, `held`) and nothing else: its answer `a` waits until
 // `due`.
 struct HeldCall {
-  explicit HeldCall(size_t count) {
+  explicit HeldCall(size_t count, EngineOptions options = LeadHarness::Options())
+      : h({1}, options) {
     held = ReleasedAhead(h, "rank", &due);
-    // A long poll: the release counts the item READY just before its key reaches the
-    // window, and a call with no wait could look in between.
     handle = h.engine().Dequeue("ns", {{"rank", count}}, kLongWait, "test-worker",
                                 a.Callback());
     EXPECT_TRUE(WaitUntil([&] { return Counts(h.store(1), "rank").leased == 1; }));
@@ -1182,6 +1182,26 @@ TEST(EngineLeadTest, AHeldAnswerGivesBackAnItemWhoseLeaseTheHoldWouldSpend) {
   c.h.clock().Advance(Duration(5));  // the release gap after the held item's release
   ExpectGivenBack(c.h, short_lease, short_due, ItemState::kDelayed);
   EXPECT_FALSE(c.a.ready());
+  ExpectAnsweredAt(c.h, c.a, c.due, {c.held});
+}
+
+// With no release gap, the item given back is released again at once, and is still
+// due before the end of the hold with too short a lease: the call passes over it
+// instead of claiming it and giving it back again until the hold ends.
+TEST(EngineLeadTest, AHeldAnswerDoesNotTakeAgainAnItemItGaveBackForItsLease) {
+  EngineOptions no_gap = LeadHarness::Options();
+  no_gap.worker.release_gap = Duration(0);
+  HeldCall c(2, no_gap);
+  const Time short_due = c.due - Duration(2);
+  const ItemId short_lease = c.h.EnqueueOk(Item("rank", 0, short_due, Duration(2)));
+  ExpectGivenBack(c.h, short_lease, short_due, ItemState::kDelayed);
+  // Released again: in the window, where the holder leaves it.
+  ASSERT_TRUE(WaitUntil([&] { return c.h.engine().WindowedKeys("ns", "rank") == 1; }));
+  c.h.EnqueueOk(Item("barrier"));  // the shard's strand has run what was queued
+  const auto history = TaskOf(c.h.store(1), short_lease).history;
+  ASSERT_EQ(history.size(), 2u);  // leased once, given back once
+  EXPECT_EQ(history[0].kind, "leased");
+  EXPECT_EQ(history[1].kind, "undelivered");
   ExpectAnsweredAt(c.h, c.a, c.due, {c.held});
 }
 

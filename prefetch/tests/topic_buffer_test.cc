@@ -602,6 +602,23 @@ TEST(TopicBufferTest, TakeDueBeforeDoesNotStopAtABlockingShard) {
   EXPECT_EQ(refill, std::vector<size_t>{0});
 }
 
+// Items the caller names are passed over, and stay in their window.
+TEST(TopicBufferTest, TakeDueBeforePassesOverSkippedItems) {
+  TopicBuffer buf("ns", "t", 2, 8);
+  buf.ApplyRefill(0, {Key(0, 0, 1), Key(0, 0, 2)});
+  buf.ApplyRefill(1, {Key(0, 0, 1)});
+  std::vector<size_t> refill;
+  auto taken = buf.TakeDueBefore(
+      {1, Key(5, 0, 9)}, FromUnixMillis(10), 10, &refill,
+      [](size_t shard, RowId row) { return shard == 0 && row == RowId(1); });
+  ASSERT_EQ(taken.size(), 2u);
+  EXPECT_EQ(taken[0].shard, 1u);  // row 1 before row 2: the row ranks before the shard
+  EXPECT_EQ(taken[0].key, Key(0, 0, 1));
+  EXPECT_EQ(taken[1].shard, 0u);
+  EXPECT_EQ(taken[1].key, Key(0, 0, 2));
+  EXPECT_EQ(buf.WindowSize(0), 1u);
+}
+
 TEST(TopicBufferTest, RefillIsRequestedAgainOnlyAfterTheLastOneLanded) {
   TopicBuffer buf("ns", "t", 1, 8);
   std::vector<ReadyKey> keys;
