@@ -368,6 +368,11 @@ size_t Engine::WindowedKeys(const std::string& ns, const std::string& topic) con
   return n;
 }
 
+size_t Engine::WaiterEntries(const std::string& ns, const std::string& topic) const {
+  auto buffer = index_.Find(ns, topic);
+  return buffer ? buffer->WaiterEntries() : 0;
+}
+
 bool Engine::AwaitShardsOpen(std::chrono::milliseconds timeout) const {
   auto until = std::chrono::steady_clock::now() + timeout;
   for (;;) {

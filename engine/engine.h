@@ -215,6 +215,9 @@ class Engine {
   // would find without a refill. (An item counts READY a moment before its key
   // reaches a window.)
   size_t WindowedKeys(const std::string& ns, const std::string& topic) const;
+  // Entries in a topic's waiter list: a parked or held Dequeue has one per topic
+  // until a wake uses it up.
+  size_t WaiterEntries(const std::string& ns, const std::string& topic) const;
   std::vector<shard_worker::ShardHealth> Health() const;
   bool HasShard(ShardId id) const { return position_.contains(id); }
   size_t shard_count() const { return workers_.size(); }

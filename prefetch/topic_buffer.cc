@@ -188,6 +188,11 @@ size_t TopicBuffer::WindowSize(size_t shard) const {
   return windows_[shard].size();
 }
 
+size_t TopicBuffer::WaiterEntries() const {
+  std::lock_guard lock(mu_);
+  return waiters_.size();
+}
+
 void TopicBuffer::AddWaiter(std::weak_ptr<Waiter> w) {
   std::lock_guard lock(mu_);
   // Calls that finished while waiting leave dead entries; on an idle topic nothing

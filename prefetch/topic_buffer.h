@@ -133,6 +133,8 @@ class TopicBuffer {
   // --- Observers --------------------------------------------------------------
   StateCounts Counts() const;
   size_t WindowSize(size_t shard) const;
+  // Entries in the waiter list (AddWaiter since the last wake), dead ones included.
+  size_t WaiterEntries() const;
   // Nothing of this topic on any shard, no window loading, nobody waiting: the index
   // may drop it (PrefetchIndex::EvictIdle), and recreates it on next use.
   bool Idle() const;

@@ -1131,6 +1131,9 @@ TEST(EngineLeadTest, AHeldAnswerWithRoomAddsTheBetterItemInOrder) {
   // callback too. (A hold that ended before would answer without the item.)
   c.h.EnqueueOk(Item("barrier"));
   EXPECT_FALSE(c.a.ready());
+  // Registered once, though it looked again when its claims landed (each entry would
+  // be a wake, and a look, at every event of the topic).
+  EXPECT_EQ(c.h.engine().WaiterEntries("ns", "rank"), 1u);
   ExpectAnsweredAt(c.h, c.a, c.due, {better, c.held});
 }
 

@@ -688,8 +688,10 @@ TEST(TopicBufferTest, OnReadyWakesAWaiterOnce) {
   auto waiter = std::make_shared<CountingWaiter>();
   buf.AddWaiter(waiter);
   EXPECT_EQ(waiter->wakes, 0);
+  EXPECT_EQ(buf.WaiterEntries(), 1u);
   buf.OnReady(0, Key(0, 0, 1));
   EXPECT_EQ(waiter->wakes, 1);
+  EXPECT_EQ(buf.WaiterEntries(), 0u) << "the wake used the entry up";
   EXPECT_EQ(buf.WindowSize(0), 1u);
   buf.OnReady(1, Key(0, 0, 2));
   buf.ApplyRefill(1, {});
