@@ -1155,6 +1155,7 @@ TEST(EngineLeadTest, AHoldEndsOnTimeAndGivesBackWhatItsClaimBringsLate) {
   ASSERT_EQ(got->size(), 1u);
   EXPECT_EQ((*got)[0].id(), c.held);
   ExpectGivenBack(c.h, better, its_due, ItemState::kReady);
+  c.h.store(1).SetBeforeCall(MemoryShardStore::Op::kClaim, {});  // it uses c.a
 }
 
 // A due item that the answer already held is displaced by a better one too: it goes
@@ -1264,6 +1265,9 @@ TEST(EngineLeadTest, AHoldThatEndsBetweenTwoClaimsOfALookAnswersOnlyWhatWasCheck
   EXPECT_EQ(ids, (std::vector<ItemId>{first, held_a, held_b}));
   ExpectGivenBack(h, better_a, now, ItemState::kReady);
   ExpectGivenBack(h, better_b, now, ItemState::kReady);
+  // The hooks use this test's locals, which go before the engine.
+  h.store(2).SetBeforeCall(MemoryShardStore::Op::kClaim, {});
+  h.store(3).SetBeforeCall(MemoryShardStore::Op::kClaim, {});
 }
 
 // An item that ranks after the held one is not an inversion: the answer is the held
