@@ -177,6 +177,18 @@ void DequeueOp::Expire(bool forced) {
   if (!forced && engine_.clock_.Now() < parked_until_) return;
   expired_ = true;
   ended_ = ended_ || forced;
+  CloseLocked(lock);
+}
+
+void DequeueOp::Cancel() {
+  std::unique_lock lock(mu_);
+  if (finished_) return;
+  expired_ = true;
+  ended_ = true;
+  CloseLocked(lock);
+}
+
+void DequeueOp::CloseLocked(std::unique_lock<std::mutex>& lock) {
   // A hold ends on time: what its look's claims brought is given back, now if it
   // landed and when it lands otherwise (OnClaimed), so a slow shard cannot delay the
   // answer and nothing goes out unranked or unchecked.
@@ -187,22 +199,6 @@ void DequeueOp::Expire(bool forced) {
     FinishLocked(lock);
   } else {
     return;  // the last claim to land finishes the call
-  }
-  SendGiveBacks(std::move(landed));
-}
-
-void DequeueOp::Cancel() {
-  std::unique_lock lock(mu_);
-  if (finished_) return;
-  expired_ = true;
-  ended_ = true;
-  std::vector<NackOp> landed = GiveBackLandedLocked();  // as in Expire
-  if (holding_) {
-    GiveBackLocked(lock, /*only_not_due=*/false);
-  } else if (claims_in_flight_ == 0) {
-    FinishLocked(lock);
-  } else {
-    return;
   }
   SendGiveBacks(std::move(landed));
 }

@@ -87,6 +87,10 @@ class DequeueOp final : public prefetch::Waiter,
   // per shard; each counts in claims_in_flight_ until OnClaimed.
   void ClaimLocked(size_t topic, const std::vector<prefetch::TopicBuffer::Taken>& taken);
   void OnClaimed(size_t topic, ShardId shard, std::vector<LeasedItem> items);
+  // Requires mu_, expired_ set (and ended_ if the call ended); unlocks if it answers.
+  // Answers the call, or gives a hold's leases back if it ended, unless claims of a
+  // call not holding are in flight (the last to land answers).
+  void CloseLocked(std::unique_lock<std::mutex>& lock);
   // Requires mu_, no claim in flight, something got. Gives back what a hold's
   // ranking displaced (TrimLocked), then answers the call now, or holds the answer
   // until its latest item is due.

@@ -828,8 +828,6 @@ store::TaskRecord TaskOf(MemoryShardStore& m, ItemId id) {
   return *t;
 }
 
-// An engine of one shard whose claims have each taken 10 ms (of the fake clock), so
-// the shard releases delayed items a lead ahead of their due time (release_schedule.h).
 // A dedup key that places its item on the shard in `position` of an engine of `shards`
 // shards (engine/placement.h); `prefix` keeps keys apart.
 std::string KeyAt(size_t position, size_t shards, const std::string& prefix) {
@@ -847,9 +845,11 @@ NewItem ItemAt(Harness& h, size_t position, NewItem item) {
   return item;
 }
 
+// An engine whose first shard's claims have each taken 10 ms (of the fake clock), so
+// that shard releases delayed items a lead ahead of their due time
+// (release_schedule.h). The other shards, if any, have no lead.
 class LeadHarness : public Harness {
  public:
-  // Only the first shard (position 0) gets a lead.
   explicit LeadHarness(std::vector<uint32_t> ids = {1}, EngineOptions options = Options())
       : Harness(ids, options) {
     store(ids[0]).SetBeforeCall(MemoryShardStore::Op::kClaim,
@@ -869,15 +869,15 @@ class LeadHarness : public Harness {
   Duration lead() const { return lead_; }
   // Parks a long poll on `topic` for an item due at `due`, and moves the clock to a
   // millisecond before `due`: the item is released and leased (from `due`) meanwhile.
-  // `answered_at` gets the clock's time when the call is answered.
+  // `answered_at`, if given, gets the clock's time when the call is answered.
   std::shared_ptr<Engine::DequeueHandle> ParkAndLeaseEarly(
       const std::string& topic, Time due, DequeueAnswer& a,
-      std::atomic<Time>* answered_at) {
+      std::atomic<Time>* answered_at = nullptr) {
     EXPECT_TRUE(Dequeue(topic, 1).empty());  // loads the (empty) window
     auto handle = engine().Dequeue(
         "ns", {{topic, 1}}, kLongWait, "test-worker",
         [this, answered_at, done = a.Callback()](std::vector<Delivered> got) {
-          answered_at->store(clock().Now());
+          if (answered_at) answered_at->store(clock().Now());
           done(std::move(got));
         });
     EXPECT_TRUE(WaitUntil([&] { return engine().ParkedCalls() == 1; }));
@@ -894,12 +894,11 @@ class LeadHarness : public Harness {
     NewItem item = Item("later", 3, *due);
     item.max_attempts = 1;
     *id = EnqueueOk(std::move(item));
-    return ParkAndLeaseEarly("later", *due, a, &held_answered_at_);
+    return ParkAndLeaseEarly("later", *due, a);
   }
 
  private:
   Duration lead_{};
-  std::atomic<Time> held_answered_at_{};
 };
 
 // A lease given back by a held call: the item is in `state` again (DELAYED until `due`
@@ -991,18 +990,15 @@ TEST(EngineLeadTest, ACallCancelledWhileHoldingGivesTheItemBackUntilItsDueTime) 
 
 TEST(EngineLeadTest, ShutdownWhileHoldingGivesTheItemBack) {
   LeadHarness h;
-  ASSERT_GE(h.lead(), Duration(2));
-  const Time due = h.clock().Now() + Duration(500);
-  const ItemId id = h.EnqueueOk(Item("later", 3, due));
   DequeueAnswer a;
-  std::atomic<Time> answered_at{};
-  auto handle = h.ParkAndLeaseEarly("later", due, a, &answered_at);
+  ItemId id;
+  Time due{};
+  auto handle = h.HoldOneAttemptItem(a, &id, &due);
   h.engine().Shutdown();
   auto got = a.Get(kShortTimeout);
   ASSERT_TRUE(got.has_value());
   EXPECT_TRUE(got->empty());
-  ASSERT_TRUE(WaitUntil([&] { return Counts(h.store(1), "later").delayed == 1; }));
-  EXPECT_EQ(TaskOf(h.store(1), id).deliver_after, due);
+  ExpectGivenBack(h, id, due, ItemState::kDelayed);
 }
 
 // A call held at shutdown gives its lease back even when the engine is destroyed at
@@ -1029,14 +1025,6 @@ TEST(EngineLeadTest, DestroyingTheEngineAtShutdownStillWritesTheGiveBack) {
   ASSERT_TRUE(got.has_value());
   EXPECT_TRUE(got->empty());
   ExpectGivenBack(h, id, due, ItemState::kDelayed);
-}
-
-// What the engine counts as READY in `topic` (released items included).
-int64_t ReadyInEngine(Harness& h, const std::string& topic) {
-  for (const auto& ti : h.engine().ActiveTopics("ns")) {
-    if (ti.topic == topic) return ti.counts.ready;
-  }
-  return 0;
 }
 
 // An item of priority 1 in `topic`, due 500 ms from now, released ahead of that: the
@@ -1275,7 +1263,7 @@ TEST(EngineLeadTest, AHoldThatEndsBetweenTwoClaimsOfALookAnswersOnlyWhatWasCheck
 TEST(EngineLeadTest, AHeldAnswerLeavesAWorseItemThatBecameReady) {
   HeldCall c(2);
   c.h.EnqueueOk(Item("rank", 5));
-  ASSERT_TRUE(WaitUntil([&] { return ReadyInEngine(c.h, "rank") == 1; }));
+  ASSERT_TRUE(WaitUntil([&] { return c.h.engine().WindowedKeys("ns", "rank") == 1; }));
   ExpectAnsweredAt(c.h, c.a, c.due, {c.held});
   EXPECT_EQ(Counts(c.h.store(1), "rank").ready, 1u);
 }
