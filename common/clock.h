@@ -21,7 +21,14 @@ inline Time FromUnixMillis(int64_t ms) { return Time(Duration(ms)); }
 class Clock {
  public:
   virtual ~Clock() = default;
+  // The current time, rounded down to a whole millisecond: a deadline is due once
+  // Now() reaches it, which is never before the deadline itself.
   virtual Time Now() const = 0;
+  // The current time rounded up to a whole millisecond: a due time `now + delay`
+  // counts from this, so that it is never before the caller's now plus the delay
+  // (counted from Now(), the part of a millisecond already gone would make it up to
+  // 1 ms early). Up to 1 ms after Now().
+  virtual Time NowRoundedUp() const { return Now(); }
   // Called after the clock jumps (only a fake clock jumps), so that threads waiting
   // for a deadline re-evaluate it at once. The listener must not block. Returns an
   // id for RemoveJumpListener (the listener's owner may die before the clock).
@@ -32,7 +39,10 @@ class Clock {
 class SystemClock final : public Clock {
  public:
   Time Now() const override {
-    return std::chrono::time_point_cast<Duration>(std::chrono::system_clock::now());
+    return std::chrono::floor<Duration>(std::chrono::system_clock::now());
+  }
+  Time NowRoundedUp() const override {
+    return std::chrono::ceil<Duration>(std::chrono::system_clock::now());
   }
   static SystemClock& Instance();
 };
@@ -44,13 +54,25 @@ class FakeClock final : public Clock {
     std::lock_guard lock(mu_);
     return now_;
   }
+  // Whole milliseconds, unless the test says the time is part-way into the next one.
+  Time NowRoundedUp() const override {
+    std::lock_guard lock(mu_);
+    return between_ms_ ? now_ + Duration(1) : now_;
+  }
   void Advance(Duration d);
+  // From now on the time is part-way between Now() and the next millisecond, as a
+  // real clock almost always is: NowRoundedUp() is Now() + 1 ms.
+  void SetBetweenMilliseconds(bool between) {
+    std::lock_guard lock(mu_);
+    between_ms_ = between;
+  }
   int OnJump(std::function<void()> listener) override;
   void RemoveJumpListener(int id) override;
 
  private:
   mutable std::mutex mu_;
   Time now_;
+  bool between_ms_ = false;
   int next_listener_id_ = 1;
   std::map<int, std::function<void()>> listeners_;
 };

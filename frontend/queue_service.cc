@@ -125,12 +125,12 @@ void QueueService::RunEnqueue(const v1::EnqueueRequest& req, v1::EnqueueResponse
   Status st = ValidateName("namespace", req.namespace_(), kMaxNamespaceLen);
   if (st.ok()) st = ValidateBatchSize(req.items_size(), limits_);
   if (!st.ok()) return done(st);
-  Time now = clock_.Now();
+  const ReadTime at{.now = clock_.Now(), .delay_from = clock_.NowRoundedUp()};
   std::vector<Result<NewItem>> parsed;
   parsed.reserve(req.items_size());
   const NamespacePolicy& policy = engine_.policies().For(req.namespace_());
   for (const v1::EnqueueItem& item : req.items()) {
-    parsed.push_back(ToNewItem(req.namespace_(), item, now, limits_, policy));
+    parsed.push_back(ToNewItem(req.namespace_(), item, at, limits_, policy));
   }
   Dispatch<Result<engine::EnqueueOutcome>>(
       std::move(parsed),

@@ -55,8 +55,9 @@ Status ValidateLength(std::string_view what, std::string_view value, size_t max_
   return Status::Ok();
 }
 
-Result<NewItem> ToNewItem(const std::string& ns, const v1::EnqueueItem& item, Time now,
+Result<NewItem> ToNewItem(const std::string& ns, const v1::EnqueueItem& item, ReadTime at,
                           const Limits& limits, const NamespacePolicy& policy) {
+  const Time now = at.now;
   SHARDQ_RETURN_IF_ERROR(ValidateName("topic", item.topic(), kMaxTopicLen));
   if (!item.task_type().empty()) {
     SHARDQ_RETURN_IF_ERROR(ValidateName("task_type", item.task_type(), kMaxTaskTypeLen));
@@ -92,7 +93,9 @@ Result<NewItem> ToNewItem(const std::string& ns, const v1::EnqueueItem& item, Ti
     case v1::EnqueueItem::kDelayMs:
       SHARDQ_RETURN_IF_ERROR(
           Range("delay_ms", item.delay_ms(), 0, limits.max_delay.count()));
-      out.deliver_after = now + Duration(item.delay_ms());
+      // A delay of 0 is due at `now`: READY at once, as with no delay.
+      if (item.delay_ms() > 0)
+        out.deliver_after = at.delay_from + Duration(item.delay_ms());
       break;
     case v1::EnqueueItem::kDeliverAfterMs:
       if (item.deliver_after_ms() < 0) {

@@ -38,8 +38,16 @@ struct Limits {
 // Namespace and topic names: 1..max chars of [A-Za-z0-9._-], first a letter or digit.
 Status ValidateName(std::string_view what, std::string_view name, size_t max_len);
 
+// When the server read an enqueue: `now` (Clock::Now) and the time its delays count
+// from (Clock::NowRoundedUp), so that an item is due no earlier than the call's
+// arrival plus its delay_ms, as queue.proto promises, to the microsecond.
+struct ReadTime {
+  Time now;
+  Time delay_from;
+};
+
 // `policy` is the namespace's (for the default max_attempts).
-Result<NewItem> ToNewItem(const std::string& ns, const v1::EnqueueItem& item, Time now,
+Result<NewItem> ToNewItem(const std::string& ns, const v1::EnqueueItem& item, ReadTime at,
                           const Limits& limits, const NamespacePolicy& policy);
 // Optional free-form identifiers (worker ids): at most `max_len` bytes.
 Status ValidateLength(std::string_view what, std::string_view value, size_t max_len);

@@ -510,9 +510,16 @@ void ShardWorker::RunWrites(std::span<PendingEnqueue> enqueues,
     for (NewItem& item : p.items) rows.push_back(std::move(item));
   }
   const std::vector<store::AckRequest> ack_reqs = Requests(acks);
-  const std::vector<store::NackRequest> nack_reqs = Requests(nacks);
+  std::vector<store::NackRequest> nack_reqs = Requests(nacks);
   const std::vector<store::ExtendRequest> extend_reqs = Requests(extends);
   Time now = clock_.Now();
+  // The store counts a retry delay from `now`, which is rounded down, maybe to before
+  // the nack came in: from the millisecond rounded up, the item is never due before
+  // the nack's arrival plus its delay (queue.proto).
+  const Duration part_ms = clock_.NowRoundedUp() - now;
+  for (store::NackRequest& n : nack_reqs) {
+    if (n.delay > Duration(0)) n.delay += part_ms;
+  }
   HandoffPlan handoffs(rows, now, index_);
   Duration latency;
   auto written = Timed(

@@ -27,6 +27,7 @@ constexpr int64_t kMaxDelayMs = 366 * kDayMs;
 constexpr int64_t kMaxLeaseMs = 12LL * 3600 * 1000;
 
 const Time kNow = FromUnixMillis(kNowMs);
+const ReadTime kAt{.now = kNow, .delay_from = kNow};  // read on a whole millisecond
 const Limits kLimits;
 
 v1::EnqueueItem Item(std::string topic = "t") {
@@ -36,7 +37,7 @@ v1::EnqueueItem Item(std::string topic = "t") {
 }
 
 Result<NewItem> Convert(const v1::EnqueueItem& item) {
-  return ToNewItem("ns", item, kNow, kLimits, NamespacePolicy{});
+  return ToNewItem("ns", item, kAt, kLimits, NamespacePolicy{});
 }
 
 // A metadata message whose encoding is exactly `size` bytes (size >= ~200).
@@ -110,7 +111,7 @@ TEST(ToNewItemTest, PlainItemGetsDefaults) {
   v1::EnqueueItem item = Item("orders");
   item.set_priority(-7);
   item.set_payload("hello");
-  auto r = ToNewItem("tenant", item, kNow, kLimits, NamespacePolicy{});
+  auto r = ToNewItem("tenant", item, kAt, kLimits, NamespacePolicy{});
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   EXPECT_EQ(r->ns, "tenant");
   EXPECT_EQ(r->topic, "orders");
@@ -208,6 +209,35 @@ TEST(ToNewItemTest, DelayIsApplied) {
   EXPECT_EQ(r->deliver_after, kNow + Duration(kMaxDelayMs));
 }
 
+// Read part-way into a millisecond: a delay counts from the next whole one, so the
+// item is never due before the call's arrival plus its delay (queue.proto). No delay
+// and an absolute time are not moved.
+TEST(ToNewItemTest, DelayCountsFromTheMillisecondRoundedUp) {
+  const ReadTime between{.now = kNow, .delay_from = kNow + Duration(1)};
+  auto convert = [&](const v1::EnqueueItem& item) {
+    return ToNewItem("ns", item, between, kLimits, NamespacePolicy{});
+  };
+  v1::EnqueueItem item = Item();
+  item.set_delay_ms(2'000);
+  auto r = convert(item);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->deliver_after, kNow + Duration(2'001));
+
+  item.set_delay_ms(0);  // READY at once
+  r = convert(item);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->deliver_after, kNow);
+
+  item.set_deliver_after_ms(kNowMs + 2'000);
+  r = convert(item);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->deliver_after, kNow + Duration(2'000));
+
+  r = convert(Item());
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->deliver_after, kNow);
+}
+
 TEST(ToNewItemTest, DelayOutOfRangeIsRejected) {
   for (int64_t d :
        {int64_t{-1}, int64_t{INT64_MIN}, kMaxDelayMs + 1, int64_t{INT64_MAX}}) {
@@ -258,7 +288,7 @@ TEST(ToNewItemTest, LeaseZeroMeansDefault30s) {
 
   Limits custom;
   custom.default_lease = Duration(1'234);
-  r = ToNewItem("ns", item, kNow, custom, NamespacePolicy{});
+  r = ToNewItem("ns", item, kAt, custom, NamespacePolicy{});
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->lease, Duration(1'234));
 }

@@ -703,6 +703,33 @@ TEST_F(ShardWorkerTest, CountsFollowEnqueueClaimAckNack) {
   EXPECT_EQ(buffer->WindowSize(0), 2u);  // the nacked item is back in the window
 }
 
+// The turn's `now` is rounded down, maybe to before the nack came in: a retry delay
+// counts from the millisecond rounded up, so the item is never due before the nack's
+// arrival plus its delay. A nack with no delay stays READY at once.
+TEST_F(ShardWorkerTest, ANackDelayCountsFromTheMillisecondRoundedUp) {
+  MakeWorker();
+  StartWorker();
+  ASSERT_TRUE(EnqueueAndLoad({Item("t", 1), Item("t", 2)}));
+  std::vector<LeasedItem> leased = TakeAndClaim("t", 2);
+  ASSERT_EQ(leased.size(), 2u);
+  clock_.SetBetweenMilliseconds(true);
+  const Time now = clock_.Now();
+  std::vector<store::ItemOutcome> nacked;
+  worker_->Nack({{leased[0].row, leased[0].token, Duration(500), std::nullopt},
+                 {leased[1].row, leased[1].token, Duration(0), std::nullopt}},
+                [&](std::vector<store::ItemOutcome> o) { nacked = std::move(o); });
+  io_.RunAll();
+  ASSERT_EQ(nacked.size(), 2u);
+  auto later = store_->GetTask(leased[0].row, false);
+  ASSERT_TRUE(later.ok());
+  EXPECT_EQ(later->state, ItemState::kDelayed);
+  EXPECT_EQ(later->deliver_after, now + Duration(501));
+  auto at_once = store_->GetTask(leased[1].row, false);
+  ASSERT_TRUE(at_once.ok());
+  EXPECT_EQ(at_once->state, ItemState::kReady);
+  EXPECT_EQ(at_once->deliver_after, now);
+}
+
 // The index is updated before a caller is told the outcome, so a dequeue that follows
 // an answered enqueue finds the item.
 TEST_F(ShardWorkerTest, EnqueuedItemIsInTheWindowWhenTheCallbackRuns) {
