@@ -94,6 +94,7 @@ void PrintTargets(std::ostream& out, const std::vector<Figures>& runs) {
       {"D inversions per item (%)", value("D inversions per item (%)"), "= 0", equals(0)},
       {"E delay lateness p99 (ms)", value("E delay lateness p99 (ms)"), "< 20",
        below(20)},
+      {"E delivered early (items)", value("E delivered early (items)"), "= 0", equals(0)},
       {"F A1 / A1 (1M backlog)", ratio("F " + a1, a1), ">= 0.8", at_least(0.8)},
       {"F A2 / A2 (1M backlog)", ratio("F " + a2, a2), ">= 0.8", at_least(0.8)},
       {"F B1 / B1 (1M backlog)", ratio("F " + b1, b1), ">= 0.8", at_least(0.8)},
