@@ -176,6 +176,14 @@ module.exports = {
       calls.ack({
         items: items.map((x) => ({ id: x.id, lease_token: x.lease_token })),
       }).then((resp) => allOk(resp, 'ack'));
+    // A batch's acks go out without holding up the next Dequeue, as the C++ SDK's
+    // reporter does: on the stream they overtake a parked Dequeue, so the consumer is
+    // waiting for new items again while its acks commit. At most one batch's acks
+    // are in flight (the next batch waits for them, and an ack error stops the
+    // loop). SHARDQ_ACK_FIRST=1 waits for each batch's acks before the next Dequeue
+    // (the adapter until the twenty-sixth round).
+    const ackFirst = process.env.SHARDQ_ACK_FIRST === '1';
+    let acking = Promise.resolve();
     async function loop() {
       while (running) {
         const resp = await calls.dequeue({
@@ -186,13 +194,14 @@ module.exports = {
         if (!resp.items.length) continue;
         batchNo++;
         for (const x of resp.items) hooks.onRecv(x.payload.toString('latin1'), batchNo);
-        if (cfg.ackMode === 'batch') {
-          await ack(resp.items);
-          hooks.onAck(resp.items.length);
-        } else {
-          await Promise.all(resp.items.map((x) => ack([x]).then(() => hooks.onAck(1))));
-        }
+        await acking;
+        acking = cfg.ackMode === 'batch'
+          ? ack(resp.items).then(() => hooks.onAck(resp.items.length))
+          : Promise.all(resp.items.map((x) => ack([x]).then(() => hooks.onAck(1))));
+        acking.catch(() => {}); // handled: the next `await acking` throws it
+        if (ackFirst) await acking;
       }
+      await acking;
     }
     return {
       run() { running = true; loopP = loop(); },
