@@ -720,6 +720,8 @@ TEST_F(ShardWorkerTest, ANackDelayCountsFromTheMillisecondRoundedUp) {
                 [&](std::vector<store::ItemOutcome> o) { nacked = std::move(o); });
   io_.RunAll();
   ASSERT_EQ(nacked.size(), 2u);
+  EXPECT_TRUE(nacked[0].status.ok());
+  EXPECT_TRUE(nacked[1].status.ok());
   auto later = store_->GetTask(leased[0].row, false);
   ASSERT_TRUE(later.ok());
   EXPECT_EQ(later->state, ItemState::kDelayed);
