@@ -62,6 +62,18 @@ void PrintTargets(std::ostream& out, const std::vector<Figures>& runs) {
     return per_run.empty() ? std::nan("") : Median(per_run);
   };
   auto value = [&](const std::string& name) { return Get(m, name); };
+  // A count that must be 0 in every run, not only in the median one.
+  auto total = [&](const std::string& name) {
+    double sum = 0;
+    bool any = false;
+    for (const Figures& run : runs) {
+      const double v = Get(run, name);
+      if (std::isnan(v)) continue;
+      sum += v;
+      any = true;
+    }
+    return any ? sum : std::nan("");
+  };
   auto at_least = [](double goal) { return [goal](double v) { return v >= goal; }; };
   auto below = [](double goal) { return [goal](double v) { return v < goal; }; };
   auto equals = [](double goal) { return [goal](double v) { return v == goal; }; };
@@ -94,7 +106,8 @@ void PrintTargets(std::ostream& out, const std::vector<Figures>& runs) {
       {"D inversions per item (%)", value("D inversions per item (%)"), "= 0", equals(0)},
       {"E delay lateness p99 (ms)", value("E delay lateness p99 (ms)"), "< 20",
        below(20)},
-      {"E delivered early (items)", value("E delivered early (items)"), "= 0", equals(0)},
+      {"E delivered early (items, all runs)", total("E delivered early (items)"), "= 0",
+       equals(0)},
       {"F A1 / A1 (1M backlog)", ratio("F " + a1, a1), ">= 0.8", at_least(0.8)},
       {"F A2 / A2 (1M backlog)", ratio("F " + a2, a2), ">= 0.8", at_least(0.8)},
       {"F B1 / B1 (1M backlog)", ratio("F " + b1, b1), ">= 0.8", at_least(0.8)},

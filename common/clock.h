@@ -27,8 +27,8 @@ class Clock {
   // The current time rounded up to a whole millisecond: a due time `now + delay`
   // counts from this, so that it is never before the caller's now plus the delay
   // (counted from Now(), the part of a millisecond already gone would make it up to
-  // 1 ms early). Up to 1 ms after Now().
-  virtual Time NowRoundedUp() const { return Now(); }
+  // 1 ms early). Up to 1 ms after Now(), unless the clock steps in between.
+  virtual Time NowRoundedUp() const = 0;
   // Called after the clock jumps (only a fake clock jumps), so that threads waiting
   // for a deadline re-evaluate it at once. The listener must not block. Returns an
   // id for RemoveJumpListener (the listener's owner may die before the clock).

@@ -118,7 +118,9 @@ Result<NewItem> ToNewItem(const std::string& ns, const v1::EnqueueItem& item, Re
   }
   if (item.ttl_ms() != 0) {
     SHARDQ_RETURN_IF_ERROR(Range("ttl_ms", item.ttl_ms(), 1, limits.max_delay.count()));
-    out.expires_at = now + Duration(item.ttl_ms());
+    // From the same rounded-up millisecond as a delay: an item is never dropped
+    // before ttl_ms has passed, and ttl_ms > delay_ms always leaves it time to run.
+    out.expires_at = at.delay_from + Duration(item.ttl_ms());
   }
   return out;
 }

@@ -179,13 +179,15 @@ module.exports = {
     // A batch's acks go out without holding up the next Dequeue, as the C++ SDK's
     // reporter does: on the stream they overtake a parked Dequeue, so the consumer is
     // waiting for new items again while its acks commit. At most one batch's acks
-    // are in flight (the next batch waits for them, and an ack error stops the
-    // loop). SHARDQ_ACK_FIRST=1 waits for each batch's acks before the next Dequeue
-    // (the adapter until the twenty-sixth round).
+    // are in flight (the next batch waits for them), and an ack error stops the loop
+    // at its next turn. SHARDQ_ACK_FIRST=1 waits for each batch's acks before the
+    // next Dequeue (the adapter until the twenty-sixth round).
     const ackFirst = process.env.SHARDQ_ACK_FIRST === '1';
     let acking = Promise.resolve();
+    let ackError = null;
     async function loop() {
       while (running) {
+        if (ackError) throw ackError;
         const resp = await calls.dequeue({
           namespace: NS,
           topics: [{ topic: cfg.queue, count: cfg.batch }],
@@ -198,18 +200,26 @@ module.exports = {
         acking = cfg.ackMode === 'batch'
           ? ack(resp.items).then(() => hooks.onAck(resp.items.length))
           : Promise.all(resp.items.map((x) => ack([x]).then(() => hooks.onAck(1))));
-        acking.catch(() => {}); // handled: the next `await acking` throws it
+        acking.catch((e) => { ackError = ackError || e; });
         if (ackFirst) await acking;
       }
       await acking;
     }
     return {
-      run() { running = true; loopP = loop(); },
+      run() {
+        running = true;
+        loopP = loop();
+        // Seen at stop(); until then a failed loop must not kill the process.
+        loopP.catch(() => {});
+      },
       async stop() {
         running = false;
-        await loopP;
-        calls.end();
-        c.close();
+        try {
+          await loopP;
+        } finally {
+          calls.end();
+          c.close();
+        }
       },
     };
   },

@@ -23,7 +23,6 @@ TEST(SystemClockTest, NowRoundsDownAndNowRoundedUpRoundsUp) {
     EXPECT_GE(down, std::chrono::floor<Duration>(before));
     EXPECT_GE(up, before);
     EXPECT_LE(up, std::chrono::ceil<Duration>(after));
-    EXPECT_LE(up - down, Duration(2));  // 1, or 2 if a millisecond began in between
   }
 }
 

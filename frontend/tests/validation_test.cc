@@ -236,6 +236,15 @@ TEST(ToNewItemTest, DelayCountsFromTheMillisecondRoundedUp) {
   r = convert(Item());
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->deliver_after, kNow);
+
+  item = Item();  // a TTL counts from the same millisecond as a delay
+  item.set_delay_ms(2'000);
+  item.set_ttl_ms(2'001);
+  r = convert(item);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->deliver_after, kNow + Duration(2'001));
+  ASSERT_TRUE(r->expires_at.has_value());
+  EXPECT_EQ(*r->expires_at, kNow + Duration(2'002));
 }
 
 TEST(ToNewItemTest, DelayOutOfRangeIsRejected) {
