@@ -3,6 +3,7 @@
 // and move time with Advance(), never with sleep. Tick functions take `now` and
 // return how long until their next deadline (as beanstalkd's prottick does).
 
+#include <algorithm>
 #include <chrono>
 #include <functional>
 #include <map>
@@ -35,6 +36,13 @@ class Clock {
   virtual int OnJump(std::function<void()> listener) { return 0; }
   virtual void RemoveJumpListener(int id) {}
 };
+
+// The time a delay counts from, for `now` just read from clock.Now(): the millisecond
+// rounded up, read again and kept within [now, now + 1 ms] (a millisecond that began
+// between the two reads, or a step of the clock, must not stretch or shorten a delay).
+inline Time DelayFrom(const Clock& clock, Time now) {
+  return std::clamp(clock.NowRoundedUp(), now, now + Duration(1));
+}
 
 class SystemClock final : public Clock {
  public:

@@ -111,21 +111,17 @@ void DequeueOp::ClaimLocked(size_t topic,
 void DequeueOp::OnClaimed(size_t topic, ShardId shard, std::vector<LeasedItem> items) {
   std::unique_lock lock(mu_);
   --claims_in_flight_;
+  Topic& t = topics_[topic];
+  for (LeasedItem& item : items) {
+    (holding_ || finished_ ? t.landed : t.got).push_back({shard, std::move(item)});
+  }
   if (finished_) {
     // A held call's look whose claim landed after the answer went, or after the call
     // ended: nobody got these.
-    std::vector<NackOp> ops;
-    for (LeasedItem& item : items) {
-      ops.push_back(GiveBack({shard, std::move(item)},
-                             "the call it was claimed for had answered or ended"));
-    }
+    std::vector<NackOp> ops = GiveBackLandedLocked();
     lock.unlock();
     SendGiveBacks(std::move(ops));
     return;
-  }
-  Topic& t = topics_[topic];
-  for (LeasedItem& item : items) {
-    (holding_ ? t.landed : t.got).push_back({shard, std::move(item)});
   }
   if (claims_in_flight_ > 0) return;
   for (Topic& each : topics_) {

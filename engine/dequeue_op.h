@@ -123,8 +123,8 @@ class DequeueOp final : public prefetch::Waiter,
   // never sent): its attempt does not count and it is due again at its own due time
   // (NackOp::unstarted_until), READY in its old place if that has passed.
   static NackOp GiveBack(const Delivered& d, std::string error);
-  // Requires mu_. While holding: the items of `landed`, as give-backs, at the end of
-  // a hold whose look still has claims in flight.
+  // Requires mu_. The items of `landed`, as give-backs: at the end of a hold whose
+  // look still has claims in flight, and as each of them lands after it.
   std::vector<NackOp> GiveBackLandedLocked();
   // Sends give-backs (no lock needed); a refused one comes back when its lease ends.
   void SendGiveBacks(std::vector<NackOp> ops);

@@ -125,12 +125,8 @@ void QueueService::RunEnqueue(const v1::EnqueueRequest& req, v1::EnqueueResponse
   Status st = ValidateName("namespace", req.namespace_(), kMaxNamespaceLen);
   if (st.ok()) st = ValidateBatchSize(req.items_size(), limits_);
   if (!st.ok()) return done(st);
-  // Two reads: the second is at most a millisecond on (a step of the clock between
-  // them must not move a due time before `now`).
   const Time now = clock_.Now();
-  const ReadTime at{
-      .now = now,
-      .delay_from = std::clamp(clock_.NowRoundedUp(), now, now + Duration(1))};
+  const ReadTime at{.now = now, .delay_from = DelayFrom(clock_, now)};
   std::vector<Result<NewItem>> parsed;
   parsed.reserve(req.items_size());
   const NamespacePolicy& policy = engine_.policies().For(req.namespace_());

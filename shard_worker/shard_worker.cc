@@ -516,10 +516,7 @@ void ShardWorker::RunWrites(std::span<PendingEnqueue> enqueues,
   // The store counts a retry delay from `now`, which is rounded down, maybe to before
   // the nack came in: from the millisecond rounded up, the item is never due before
   // the nack's arrival plus its delay (queue.proto).
-  // (At most 1 ms: a millisecond that began between the two reads, or a step of the
-  // clock, must not shorten or stretch the delay.)
-  const Duration part_ms =
-      std::clamp(clock_.NowRoundedUp() - now, Duration(0), Duration(1));
+  const Duration part_ms = DelayFrom(clock_, now) - now;
   for (store::NackRequest& n : nack_reqs) {
     if (n.delay > Duration(0)) n.delay += part_ms;
   }

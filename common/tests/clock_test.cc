@@ -26,6 +26,19 @@ TEST(SystemClockTest, NowRoundsDownAndNowRoundedUpRoundsUp) {
   }
 }
 
+// DelayFrom keeps the second read within a millisecond of the first, whatever the
+// clock did in between.
+TEST(DelayFromTest, TheRoundedUpMillisecondWithinOneOfNow) {
+  FakeClock clock;
+  const Time t = clock.Now();
+  EXPECT_EQ(DelayFrom(clock, t), t);  // read on a whole millisecond
+  clock.SetBetweenMilliseconds(true);
+  EXPECT_EQ(DelayFrom(clock, t), t + Duration(1));
+  clock.Advance(Duration(3));  // three milliseconds began after `t` was read
+  EXPECT_EQ(DelayFrom(clock, t), t + Duration(1));
+  EXPECT_EQ(DelayFrom(clock, t + Duration(10)), t + Duration(10));  // stepped back
+}
+
 TEST(FakeClockTest, WholeMillisecondsUnlessToldOtherwise) {
   FakeClock clock;
   const Time t = clock.Now();
