@@ -578,7 +578,8 @@ std::vector<PendingEvent> MySqlShardStore::LeaseEventsToWrite(
   std::vector<uint64_t> ids;
   for (const auto& [id, r] : current) ids.push_back(id);
   // Written already: a "leased" event of the current attempt since the last
-  // "redriven" (a redrive restarts the attempt count).
+  // "redriven" (a redrive restarts the attempt count) or "undelivered" (a lease given
+  // back unstarted takes its attempt back, so the next lease has the same number).
   std::set<uint64_t> written;
   for (const std::vector<uint64_t>& chunk : IdChunks(ids)) {
     DbStatement& st =
@@ -589,7 +590,7 @@ std::vector<PendingEvent> MySqlShardStore::LeaseEventsToWrite(
     while (rs.Next()) {
       const uint64_t id = rs.GetUInt64(1);
       const std::string kind = Str(rs, 2);
-      if (kind == "redriven") {
+      if (kind == "redriven" || kind == "undelivered") {
         written.erase(id);
       } else if (kind == "leased" && rs.GetUInt(3) == current[id]->attempts) {
         written.insert(id);
@@ -1697,7 +1698,7 @@ Result<TaskRecord> MySqlShardStore::GetTask(RowId row, bool include_payload) {
     if (t->state == ItemState::kLeased || t->state == ItemState::kSucceeded) {
       bool written = false;
       for (const TaskEvent& e : t->history) {
-        if (e.kind == "redriven") written = false;
+        if (e.kind == "redriven" || e.kind == "undelivered") written = false;
         if (e.kind == "leased" && e.attempt == t->attempts) written = true;
       }
       if (!written && t->attempts > 0) {

@@ -1008,11 +1008,17 @@ TYPED_TEST(StoreContractTest, ANackOfALeaseThatNeverStartedTakesItsAttemptBack) 
   // counts, then dead-letters it.
   LeasedItem again = this->ClaimOne(id, 2, kT0 + 1s);
   EXPECT_EQ(again.attempts, 1u);
+  // Its history tells the two leases of attempt 1 apart.
+  EXPECT_EQ(Kinds(this->Task(id).history),
+            (std::vector<std::string>{"leased", "undelivered", "leased"}));
   NackRequest plain{id, LeaseToken(2)};
   plain.undelivered = true;
   nacks = {plain};
   ASSERT_TRUE(Must(this->store().Nack(nacks, kT0 + 2s)).at(0).status.ok());
-  EXPECT_EQ(this->Task(id).state, ItemState::kDead);
+  t = this->Task(id);
+  EXPECT_EQ(t.state, ItemState::kDead);
+  EXPECT_EQ(Kinds(t.history), (std::vector<std::string>{"leased", "undelivered", "leased",
+                                                        "dead_lettered"}));
 }
 
 // A due item whose answer went out without it (a held answer's re-ranking gave it
