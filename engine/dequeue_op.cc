@@ -166,11 +166,11 @@ void DequeueOp::Handed(const prefetch::TopicBuffer& buffer, ShardId shard,
   OnClaimed(TopicOf(buffer), shard, std::move(items));
 }
 
-void DequeueOp::Expire(bool forced) {
+void DequeueOp::Expire(Time deadline, bool forced) {
   std::unique_lock lock(mu_);
   if (finished_) return;
   // A stale entry (re-parked later) -- unless the engine is shutting down.
-  if (!forced && engine_.clock_.Now() < parked_until_) return;
+  if (!forced && deadline < parked_until_) return;
   expired_ = true;
   ended_ = ended_ || forced;
   CloseLocked(lock);
@@ -206,10 +206,12 @@ void DequeueOp::FinishOrHoldLocked(std::unique_lock<std::mutex>& lock) {
   for (const Topic& t : topics_) {
     for (const Delivered& d : t.got) due = std::max(due, d.item.deliver_after);
   }
-  if (due <= now) {
-    FinishLocked(lock);
-  } else if (ended_) {
+  if (ended_) {
+    // Cancelled (or the server is shutting down) while the claims were in flight:
+    // nobody reads the answer, so its leases go back, their attempts not counted.
     GiveBackLocked(lock, /*only_not_due=*/false);
+  } else if (due <= now) {
+    FinishLocked(lock);
   } else if (HoldWouldSpendLeasesLocked(now, due)) {
     GiveBackLocked(lock, /*only_not_due=*/true);
   } else {
@@ -285,8 +287,8 @@ std::vector<NackOp> DequeueOp::TrimLocked() {
   return ops;
 }
 
-// Half of a lease, from its start (the claim, or the item's due time), must remain when
-// the consumer gets it.
+// Half of what is left of a lease when the call holds (from now, when its claim has
+// landed, or from the item's due time) must remain when the consumer gets it.
 static bool HoldSpendsLease(const Delivered& d, Time now, Time hold_until) {
   const Time start = std::max(now, d.item.deliver_after);
   return 2 * (d.item.lease_deadline - hold_until) < d.item.lease_deadline - start;
@@ -336,10 +338,9 @@ void DequeueOp::GiveBackLocked(std::unique_lock<std::mutex>& lock, bool only_not
         kept.push_back(std::move(d));
         continue;
       }
-      ops.push_back(GiveBack(d, only_not_due
-                                    ? "a hold until its due time would have "
-                                      "spent another item's lease"
-                                    : "the call ended before its answer was due"));
+      ops.push_back(GiveBack(d, only_not_due ? "a hold until its due time would have "
+                                               "spent another item's lease"
+                                             : "the call ended before its answer went"));
     }
     t.got = std::move(kept);
   }

@@ -14,12 +14,13 @@
 // lease a held call gives back is one no consumer got: its attempt does not count
 // and it is due again at its own due time (NackOp::unstarted_until), READY in its old
 // place in the order if that has passed, DELAYED until then otherwise. A call that
-// ends while it holds (cancelled, server shutting down) gives all its leases back and
-// answers nothing. A hold may not spend more than half of a lease (from its start:
-// the claim, or the item's due time; a lease of a few milliseconds): if it would for
-// a due item, the call does not hold but gives back the items not yet due and
-// answers the due ones at once; if it would for an item due before the latest, that
-// item goes back, and the hold does not take it again.
+// ends (cancelled, server shutting down) while it holds, or while its claims are in
+// flight, gives all its leases back, those of its claims when they land, and answers
+// nothing. A hold may not spend more than half of what is left of a lease (from when
+// its claim landed, or the item's due time; a lease of a few milliseconds): if it
+// would for a due item, the call does not hold but gives back the items not yet due
+// and answers the due ones at once; if it would for an item due before the latest,
+// that item goes back, and the hold does not take it again.
 //
 // While it holds, the call stays a waiter of the topics it holds items of: an item
 // that becomes ready, or is released, due by the end of the hold and ranking before
@@ -66,7 +67,7 @@ class DequeueOp final : public prefetch::Waiter,
                       std::string* worker_id) override;
   void Handed(const prefetch::TopicBuffer& topic, ShardId shard,
               std::vector<LeasedItem> items) override;
-  void Expire(bool forced) override;
+  void Expire(Time deadline, bool forced) override;
   void Cancel() override;
 
  private:

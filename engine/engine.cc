@@ -52,7 +52,10 @@ Engine::~Engine() {
     all_idle = true;
     for (auto& w : workers_) all_idle = w->DrainUntil(deadline) && all_idle;
   }
-  workers_.clear();  // each waits for its strand to finish
+  // Past the drain's deadline a strand may still run, and queue work on another
+  // worker (through workers_): stop them all before destroying any.
+  for (auto& w : workers_) w->Stop();
+  workers_.clear();
 }
 
 void Engine::Start() {

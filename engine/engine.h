@@ -165,7 +165,9 @@ class Engine {
   // shard can tell a repeat (engine/placement.h).
   void Enqueue(std::vector<NewItem> items, EnqueueDone done);
 
-  // A handle to cancel a parked long poll (e.g. the client went away).
+  // A handle to cancel a call (e.g. the client went away): a parked one answers
+  // nothing at once; the leases of one holding its answer, or whose claims are in
+  // flight, are given back, their attempts not counted (dequeue_op.h).
   class DequeueHandle {
    public:
     virtual ~DequeueHandle() = default;
@@ -232,8 +234,10 @@ class Engine {
   // Sends items to one given shard (dedup keys), or fails them if it is down.
   void EnqueueFixed(size_t position, std::vector<NewItem> items, GroupDone done);
   // Runs `fn` with the store of `id`'s shard on that shard's strand; kNotFound if the
-  // shard is unknown, kUnavailable (fn not run) if it is down.
-  using StoreCall = std::function<std::vector<ItemTransition>(store::ShardStore&)>;
+  // shard is unknown, kUnavailable (fn not run) if it is down. `fn` returns the
+  // transitions it made and the status of its store calls (ShardWorker::Exclusive).
+  using StoreCall =
+      std::function<shard_worker::ShardWorker::Exclusive(store::ShardStore&)>;
   Status OnShard(ShardId shard, std::function<void(const Status&)> failed, StoreCall fn);
   // Bulk dead-letter operation (Redrive / PurgeDead) over ids or whole shards.
   using BulkCall = std::function<Result<store::ShardStore::BulkOutcome>(

@@ -19,7 +19,7 @@ Status Engine::OnShard(ShardId shard, std::function<void(const Status&)> failed,
                                      " is unavailable"));
           return shard_worker::ShardWorker::Exclusive{};
         }
-        return shard_worker::ShardWorker::Exclusive{fn(*s), nullptr};
+        return fn(*s);
       });
   return Status::Ok();
 }
@@ -30,12 +30,13 @@ void Engine::GetTask(ItemId id, bool include_payload, TaskDone done) {
       id.shard, [answer](const Status& s) { (*answer)(s); },
       [id, include_payload, answer](store::ShardStore& s) {
         auto task = s.GetTask(id.row, include_payload);
+        Status st = task.status();
         if (task.ok()) {
           (*answer)(ShardTask{id.shard, std::move(*task)});
         } else {
-          (*answer)(task.status());
+          (*answer)(st);
         }
-        return std::vector<ItemTransition>{};
+        return shard_worker::ShardWorker::Exclusive{{}, nullptr, std::move(st)};
       });
   if (!st.ok()) (*answer)(st);
 }
@@ -45,20 +46,22 @@ void Engine::CancelTask(ItemId id, TaskDone done) {
   Status st = OnShard(
       id.shard, [answer](const Status& s) { (*answer)(s); },
       [this, id, answer](store::ShardStore& s) {
-        std::vector<ItemTransition> transitions;
+        shard_worker::ShardWorker::Exclusive done;
         auto outcome = s.Cancel(id.row, clock_.Now());
         if (!outcome.ok() || !outcome->status.ok()) {
           (*answer)(outcome.ok() ? outcome->status : outcome.status());
-          return transitions;
+          done.status = outcome.status();  // a refusal of the row is an answer
+          return done;
         }
-        if (outcome->transition) transitions.push_back(*outcome->transition);
+        if (outcome->transition) done.transitions.push_back(*outcome->transition);
         auto task = s.GetTask(id.row, /*include_payload=*/false);
+        done.status = task.status();
         if (task.ok()) {
           (*answer)(ShardTask{id.shard, std::move(*task)});
         } else {
-          (*answer)(task.status());
+          (*answer)(done.status);
         }
-        return transitions;
+        return done;
       });
   if (!st.ok()) (*answer)(st);
 }
@@ -93,14 +96,16 @@ void Engine::ListDead(const std::string& ns, const std::string& topic, size_t li
     // A shard that is down is left out: a partial list beats none for an operator.
     w->RunExclusive([=](store::ShardStore* s) {
       std::vector<ShardTask> mine;
+      shard_worker::ShardWorker::Exclusive done;
       if (s != nullptr) {
         auto dead = s->ListDead(ns, topic, limit);
+        done.status = dead.status();
         if (dead.ok()) {
           for (store::TaskRecord& t : *dead) mine.push_back({shard, std::move(t)});
         }
       }
       finish_one(std::move(mine));
-      return shard_worker::ShardWorker::Exclusive{};
+      return done;
     });
   }
 }
@@ -173,13 +178,14 @@ void Engine::Bulk(const std::string& ns, const std::string& topic,
   for (size_t p : targets) {
     workers_[p]->RunExclusive([=, mine = rows[p],
                                positions = where[p]](store::ShardStore* s) {
-      std::vector<ItemTransition> transitions;
+      shard_worker::ShardWorker::Exclusive done;
       // The store call runs outside g->mu: the shards' strands run it at once, and
       // a lock held across their I/O would serialise them and hold pool threads.
       Result<store::ShardStore::BulkOutcome> out =
           s == nullptr ? Result<store::ShardStore::BulkOutcome>(
                              Status::Unavailable("a shard of this topic is unavailable"))
                        : call(*s, mine, by_id ? mine.size() : limit);
+      done.status = out.status();
       {
         std::lock_guard lock(g->mu);
         if (!out.ok()) {
@@ -190,11 +196,12 @@ void Engine::Bulk(const std::string& ns, const std::string& topic,
             g->result.per_id[positions[k]] = out->per_row[k].status;
           }
           g->result.count += out->transitions.size();
-          transitions = std::move(out->transitions);
+          done.transitions = std::move(out->transitions);
         }
       }
       // Answered once the index shows the change (see RunExclusive).
-      return shard_worker::ShardWorker::Exclusive{std::move(transitions), finish_one};
+      done.then = finish_one;
+      return done;
     });
   }
 }

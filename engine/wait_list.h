@@ -15,9 +15,11 @@ namespace shardq::engine {
 class Expirable {
  public:
   virtual ~Expirable() = default;
-  // The deadline registered in the WaitList passed. `forced` (shutdown): give up now,
-  // whatever the deadline.
-  virtual void Expire(bool forced) = 0;
+  // The entry registered in the WaitList for `deadline` is due. `forced` (shutdown):
+  // give up now, whatever the deadline. An entry carries its own deadline so that the
+  // callee need not read the clock again: a wall clock stepped back between the
+  // ticker's read and that one would make a due entry look early, and it is gone.
+  virtual void Expire(Time deadline, bool forced) = 0;
 };
 
 class WaitList final : public Tickable {

@@ -101,7 +101,9 @@ ShardWorker::ShardWorker(size_t position, ShardId id,
       releases_(options.lookahead, options.promote_batch, options.release_gap,
                 options.max_release_lead) {}
 
-ShardWorker::~ShardWorker() {
+ShardWorker::~ShardWorker() { Stop(); }
+
+void ShardWorker::Stop() {
   // The strand may still be running on the pool; wait for it to let go of `this`.
   std::unique_lock lock(mu_);
   stopping_ = true;
@@ -320,7 +322,9 @@ void ShardWorker::RunWork(Work& work) {
   }
   for (StoreFn& fn : work.exclusive) {
     RunNewClaims();
-    Exclusive done = fn(store_.get());
+    Duration latency;
+    Exclusive done = Timed([&] { return fn(store_.get()); }, &latency);
+    Observe(done.status, latency);
     ReadyBatch ready_keys;
     for (const ItemTransition& t : done.transitions) ApplyTransition(t, ready_keys);
     ready_keys.Flush(position_);
@@ -385,9 +389,12 @@ prefetch::StateCounts ToStateCounts(const store::TopicCounts& c) {
 
 void ShardWorker::ApplyStoredCounts(const std::vector<store::TopicCounts>& counts) {
   std::map<std::pair<std::string, std::string>, prefetch::StateCounts> stored;
+  // Held until the counts are set: the ticker's sweep drops a buffer nobody holds
+  // whose counts are all zero, as a new one's are until then.
+  std::vector<std::shared_ptr<prefetch::TopicBuffer>> held;
   for (const store::TopicCounts& c : counts) {
     stored[{c.ns, c.topic}] = ToStateCounts(c);
-    index_.GetOrCreate(c.ns, c.topic);
+    held.push_back(index_.GetOrCreate(c.ns, c.topic));
   }
   // MySQL is the truth: what was released counts as DELAYED again (a promotion that
   // did commit made some READY already), and the next promotion moves what is due.

@@ -94,6 +94,11 @@ class ShardWorker final : public Tickable {
   // wait for. For shutting down: the destructor drops what is still queued, and a
   // dropped give-back of a held call leaves its item LEASED with its attempt counted.
   bool DrainUntil(std::chrono::steady_clock::time_point deadline);
+  // Runs nothing more: waits for a turn in progress to end. What is queued later
+  // stays queued, and is dropped with the worker. Another worker's strand may still
+  // queue work here meanwhile, so an owner of several stops all before it destroys
+  // any (the destructor stops too).
+  void Stop();
   // True when new enqueues should come here: the shard is open and its breaker lets
   // traffic through, or it is still starting (the enqueues wait in its buffer for the
   // first open, instead of failing while a cold start of many shards runs).
@@ -116,10 +121,14 @@ class ShardWorker final : public Tickable {
   // letters). `fn` returns the transitions it made, which the worker then applies to
   // the index, and, if set, `then`, which it runs after that: a caller answered there
   // finds the index already changed (a redriven item can be dequeued at once). If the
-  // shard is down, `fn` gets nullptr.
+  // shard is down, `fn` gets nullptr. `status` is the store's answer, taken as the
+  // worker's own calls' are: a failure counts against the breaker, and an UNAVAILABLE
+  // (the outcome unknown: a redrive may have committed) has the worker re-read the
+  // store before its next work, since `transitions` cannot say what changed.
   struct Exclusive {
     std::vector<ItemTransition> transitions;
     std::function<void()> then;
+    Status status;
   };
   using StoreFn = std::function<Exclusive(store::ShardStore*)>;
   void RunExclusive(StoreFn fn);

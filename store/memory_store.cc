@@ -602,6 +602,10 @@ Result<TaskRecord> MemoryShardStore::GetTask(RowId row, bool include_payload) {
 }
 
 Result<ItemOutcome> MemoryShardStore::Cancel(RowId row, Time now) {
+  return Reply(Op::kCancel, DoCancel(row, now));
+}
+
+Result<ItemOutcome> MemoryShardStore::DoCancel(RowId row, Time now) {
   std::lock_guard lock(mu_);
   ++calls_[static_cast<size_t>(Op::kCancel)];
   SHARDQ_RETURN_IF_ERROR(TakeFailure(Op::kCancel));
@@ -694,6 +698,13 @@ Result<ShardStore::BulkOutcome> MemoryShardStore::Redrive(const std::string& ns,
                                                           std::span<const RowId> rows,
                                                           size_t limit, Time now) {
   BeforeCall(Op::kRedrive);
+  return Reply(Op::kRedrive, DoRedrive(ns, topic, rows, limit, now));
+}
+
+Result<ShardStore::BulkOutcome> MemoryShardStore::DoRedrive(const std::string& ns,
+                                                            const std::string& topic,
+                                                            std::span<const RowId> rows,
+                                                            size_t limit, Time now) {
   std::lock_guard lock(mu_);
   ++calls_[static_cast<size_t>(Op::kRedrive)];
   SHARDQ_RETURN_IF_ERROR(TakeFailure(Op::kRedrive));
@@ -722,6 +733,13 @@ Result<ShardStore::BulkOutcome> MemoryShardStore::PurgeDead(const std::string& n
                                                             std::span<const RowId> rows,
                                                             size_t limit) {
   BeforeCall(Op::kPurgeDead);
+  return Reply(Op::kPurgeDead, DoPurgeDead(ns, topic, rows, limit));
+}
+
+Result<ShardStore::BulkOutcome> MemoryShardStore::DoPurgeDead(const std::string& ns,
+                                                              const std::string& topic,
+                                                              std::span<const RowId> rows,
+                                                              size_t limit) {
   std::lock_guard lock(mu_);
   ++calls_[static_cast<size_t>(Op::kPurgeDead)];
   SHARDQ_RETURN_IF_ERROR(TakeFailure(Op::kPurgeDead));

@@ -53,10 +53,11 @@ class MemoryShardStore final : public ShardStore {
   void FailNext(Op op, Status s);
   // Every call returns `s` and changes nothing, until ClearFailures().
   void FailAll(Status s);
-  // The next successful call of `op` (Claim, PromoteDue, or a Write with an Insert,
-  // Ack, Nack or Extend part) makes its change and then returns UNAVAILABLE, as MySQL's
-  // does when the connection dies after the COMMIT and before its answer: the caller
-  // cannot know the outcome (store_api.h), and the change is there.
+  // The next successful call of `op` (Claim, PromoteDue, Cancel, Redrive, PurgeDead,
+  // or a Write with an Insert, Ack, Nack or Extend part) makes its change and then
+  // returns UNAVAILABLE, as MySQL's does when the connection dies after the COMMIT
+  // and before its answer: the caller cannot know the outcome (store_api.h), and the
+  // change is there.
   void LoseNextReply(Op op);
   void ClearFailures();
 
@@ -137,6 +138,11 @@ class MemoryShardStore final : public ShardStore {
                                           LeaseToken token, Time now);
   Result<Promotion> DoPromoteDue(Time now, size_t limit, const PromoteHandoff& handoff,
                                  const Lookahead& look);
+  Result<ItemOutcome> DoCancel(RowId row, Time now);
+  Result<BulkOutcome> DoRedrive(const std::string& ns, const std::string& topic,
+                                std::span<const RowId> rows, size_t limit, Time now);
+  Result<BulkOutcome> DoPurgeDead(const std::string& ns, const std::string& topic,
+                                  std::span<const RowId> rows, size_t limit);
   // The transition of a row that was in `from` and is now as `r` says.
   static ItemTransition Changed(uint64_t id, const Row& r, ItemState from);
   // The transition of a row about to be deleted.

@@ -26,11 +26,13 @@
 #include <string>
 #include <thread>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "common/clock.h"
 #include "common/ordering.h"
 #include "engine/placement.h"
+#include "engine/wait_list.h"
 #include "store/memory_store.h"
 #include "tests/support/new_item.h"
 
@@ -762,6 +764,46 @@ TEST(EngineLongPollTest, NoNewLongPollsAfterShutdown) {
   handle->Cancel();
 }
 
+// A WaitList entry is expired with its own deadline, and a call goes by that, not by
+// a second read of the clock: a wall clock stepped back after the ticker read it would
+// make the call's only entry (gone from the list) look early, and the call would
+// never end.
+TEST(EngineLongPollTest, AnEntryIsExpiredWithItsOwnDeadline) {
+  struct Recorder final : Expirable {
+    std::vector<std::pair<Time, bool>> got;
+    void Expire(Time deadline, bool forced) override {
+      got.emplace_back(deadline, forced);
+    }
+  };
+  auto r = std::make_shared<Recorder>();
+  WaitList waits;
+  const Time t0 = FromUnixMillis(1'000);
+  for (int ms : {5, 9, 20}) waits.Add(t0 + Duration(ms), r);
+  EXPECT_EQ(waits.Tick(t0 + Duration(10)), Duration(10));
+  using Got = std::vector<std::pair<Time, bool>>;
+  EXPECT_EQ(r->got, (Got{{t0 + Duration(5), false}, {t0 + Duration(9), false}}));
+  waits.ExpireAll();
+  EXPECT_EQ(r->got.back(), std::make_pair(t0 + Duration(20), true));
+}
+
+TEST(EngineLongPollTest, AWaitEndsByItsEntrysDeadlineWhateverTheClockReadsThen) {
+  Harness h({1});
+  ASSERT_TRUE(h.Dequeue("w", 1).empty());  // loads the (empty) window
+  DequeueAnswer a;
+  const Time deadline = h.clock().Now() + Duration(2'000);
+  auto handle =
+      h.engine().Dequeue("ns", {{"w", 1}}, Duration(2'000), "test-worker", a.Callback());
+  ASSERT_TRUE(WaitUntil([&] { return h.engine().ParkedCalls() == 1; }));
+  auto entry = std::dynamic_pointer_cast<Expirable>(handle);
+  ASSERT_NE(entry, nullptr);
+  entry->Expire(deadline - Duration(1), /*forced=*/false);  // an older entry: stale
+  EXPECT_FALSE(a.ready());
+  entry->Expire(deadline, /*forced=*/false);  // the clock reads 2 s before it
+  ASSERT_TRUE(a.ready());
+  EXPECT_TRUE(a.Get()->empty());
+  EXPECT_EQ(h.engine().ParkedCalls(), 0);
+}
+
 // ------------------------------------------------------------ leases and delays
 
 TEST(EngineTimeTest, ExpiredLeaseIsRedeliveredThroughTheTicker) {
@@ -938,6 +980,74 @@ void ExpectAnsweredAt(LeadHarness& h, DequeueAnswer& a, Time due,
   for (const Delivered& d : *got) got_ids.push_back(d.id());
   EXPECT_EQ(got_ids, ids);
 }
+
+// ------------------------------------------------------------ calls that end early
+
+// A call cancelled while its claim is in flight (the worker gave up on that call at
+// its deadline, say) gives the claimed item back when the claim lands: nobody reads
+// its answer. The attempt does not count, so an item of one attempt is not
+// dead-lettered.
+TEST(EngineCancelTest, ACallCancelledWhileItsClaimIsInFlightGivesTheItemBack) {
+  std::atomic<bool> entered{false}, go{false};  // outlive h: its store's hook uses them
+  Harness h({1});
+  const Time due = h.clock().Now();
+  NewItem item = Item("c", 0, due);
+  item.max_attempts = 1;
+  const ItemId id = h.EnqueueOk(std::move(item));
+  h.store(1).SetBeforeCall(MemoryShardStore::Op::kClaim, [&] {
+    entered = true;
+    WaitUntil([&] { return go.load(); });
+  });
+  DequeueAnswer a;
+  auto handle =
+      h.engine().Dequeue("ns", {{"c", 1}}, kLongWait, "test-worker", a.Callback());
+  ASSERT_TRUE(WaitUntil([&] { return entered.load(); }));
+  handle->Cancel();
+  go = true;
+  auto got = a.Get();
+  ASSERT_TRUE(got.has_value());
+  EXPECT_TRUE(got->empty());
+  ExpectGivenBack(h, id, due, ItemState::kReady);
+  h.store(1).SetBeforeCall(MemoryShardStore::Op::kClaim, {});
+  auto again = h.Dequeue("c", 1);
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].id(), id);
+  EXPECT_EQ(again[0].item.attempts, 1u);
+}
+
+// The same for a parked call handed an item in its insert's transaction: cancelled
+// while that insert is in flight, it gives the item back when the insert lands.
+TEST(EngineCancelTest, ACallCancelledWhileAHandoffIsInFlightGivesTheItemBack) {
+  Harness h({1});
+  ASSERT_TRUE(h.Dequeue("c", 1).empty());  // loads the (empty) window
+  DequeueAnswer a;
+  auto handle =
+      h.engine().Dequeue("ns", {{"c", 1}}, kLongWait, "test-worker", a.Callback());
+  ASSERT_TRUE(WaitUntil([&] { return h.engine().ParkedCalls() == 1; }));
+  h.gate(1).Close();
+  const Time due = h.clock().Now();
+  NewItem item = Item("c", 0, due);
+  item.max_attempts = 1;
+  EnqueueAnswer enqueued;
+  h.engine().Enqueue({std::move(item)}, enqueued.Callback());
+  ASSERT_TRUE(h.gate(1).AwaitHeld());  // the handoff was offered before the insert
+  handle->Cancel();
+  EXPECT_FALSE(a.ready());  // the insert in flight answers it
+  h.gate(1).Open();
+  auto got = a.Get();
+  ASSERT_TRUE(got.has_value());
+  EXPECT_TRUE(got->empty());
+  auto ids = Harness::Ids(enqueued.Get().value_or(std::vector<Result<EnqueueOutcome>>{}));
+  ASSERT_EQ(ids.size(), 1u);
+  ASSERT_TRUE(ids[0].ok());
+  ExpectGivenBack(h, *ids[0], due, ItemState::kReady);
+  auto again = h.Dequeue("c", 1);
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].id(), *ids[0]);
+  EXPECT_EQ(again[0].item.attempts, 1u);
+}
+
+// ------------------------------------------------------------ held answers
 
 TEST(EngineLeadTest, TheLeadFollowsTheClaimsLatency) {
   LeadHarness h;
@@ -1670,6 +1780,38 @@ TEST(EngineBulkTest, AWholeTopicRedrivesShardStepsRunAtTheSameTime) {
   EXPECT_TRUE(got->ok()) << got->status().ToString();
   std::lock_guard lock(mu);
   EXPECT_EQ(met, 2);
+}
+
+// A redrive whose answer was lost (the connection died after its COMMIT) is not
+// known to have happened: the shard re-reads its store, and the redriven item, READY
+// there, is delivered, though the shard's window of the topic was complete and
+// empty (it would never have looked at the store again).
+TEST(EngineBulkTest, ARedriveWhoseAnswerWasLostIsDeliveredAfterTheResync) {
+  Harness h({1});
+  NewItem item = Item("r");
+  item.max_attempts = 1;
+  const ItemId id = h.EnqueueOk(std::move(item));
+  auto leased = h.Dequeue("r", 1);
+  ASSERT_EQ(leased.size(), 1u);
+  NackOp fail{id, leased[0].item.token};
+  ASSERT_TRUE(h.Nack({fail})[0].ok());
+  ASSERT_EQ(Counts(h.store(1), "r").dead, 1u);
+  ASSERT_TRUE(h.Dequeue("r", 1).empty());  // the window: complete, empty
+
+  h.store(1).LoseNextReply(MemoryShardStore::Op::kRedrive);
+  Answer<Result<BulkResult>> answer;
+  h.engine().Redrive("ns", "r", {id}, answer.Callback());
+  auto got = answer.Get();
+  ASSERT_TRUE(got.has_value());
+  ASSERT_TRUE(got->ok()) << got->status().ToString();
+  ASSERT_EQ((*got)->per_id.size(), 1u);
+  EXPECT_EQ((*got)->per_id[0].code(), Code::kUnavailable);
+  EXPECT_EQ(Counts(h.store(1), "r").ready, 1u);  // it did commit
+
+  auto again = h.Dequeue("r", 1, kLongWait);
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].id(), id);
+  EXPECT_EQ(h.engine().ActiveTopics("ns").at(0).counts.dead, 0);
 }
 
 // ------------------------------------------------------------ claim failure

@@ -615,6 +615,25 @@ TEST_F(ShardWorkerTest, AClaimArrivingMidTurnRunsBeforeTheTurnsNextStep) {
   EXPECT_EQ(buffer->Counts().succeeded, 1);
 }
 
+// Stopped, a worker runs nothing more, and what is queued later stays queued: the
+// engine stops all its workers before it destroys any, since one's strand can queue
+// work on another (a claim's give-back).
+TEST_F(ShardWorkerTest, AStoppedWorkerRunsNothingMore) {
+  MakeWorker();
+  StartWorker();
+  ASSERT_TRUE(EnqueueAndLoad({Item("t")}));
+  std::vector<LeasedItem> leased = TakeAndClaim("t", 1);
+  ASSERT_EQ(leased.size(), 1u);
+  worker_->Stop();
+  bool answered = false;
+  worker_->Ack({{leased[0].row, leased[0].token}},
+               [&](std::vector<store::ItemOutcome>) { answered = true; });
+  io_.RunAll();
+  EXPECT_FALSE(answered);
+  EXPECT_EQ(store_->calls(MemoryShardStore::Op::kAck), 0);
+  EXPECT_EQ(StoredCounts().leased, 1u);
+}
+
 TEST_F(ShardWorkerTest, AnEmptyEnqueueIsAnsweredAtOnceWithNoRows) {
   MakeWorker(QuietOptions());
   StartWorker();
