@@ -2,6 +2,7 @@
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/resource_quota.h>
 #include <grpcpp/security/server_credentials.h>
 #include <grpcpp/server_builder.h>
 #include <spdlog/spdlog.h>
@@ -45,6 +46,14 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerConfig& config, Clock&
   builder.AddListeningPort(config.listen, grpc::InsecureServerCredentials(),
                            &server->port_);
   builder.RegisterService(server->service_.get());
+  // Reflection (for operators' tools such as grpcurl) is a synchronous service in
+  // gRPC 1.51: each open stream of it holds a thread of the sync server's pool, which
+  // grows without bound unless a quota caps it (guarantee 6). Past the cap a call is
+  // answered RESOURCE_EXHAUSTED. The queue's service and health are callback ones and
+  // take no thread of that pool.
+  grpc::ResourceQuota quota("shardqd");
+  quota.SetMaxThreads(kMaxSyncServerThreads);
+  builder.SetResourceQuota(quota);
   // 1000 items of 10 KiB fit; larger calls get RESOURCE_EXHAUSTED from gRPC itself.
   builder.SetMaxReceiveMessageSize(v1::kMaxMessageBytes);
   builder.SetMaxSendMessageSize(v1::kMaxMessageBytes);

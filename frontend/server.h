@@ -24,6 +24,10 @@ class Server {
                                                Limits limits = {});
   ~Server();
 
+  // The cap on gRPC's sync-server thread pool, which only reflection uses: its
+  // pollers and the streams open at once (more get RESOURCE_EXHAUSTED).
+  static constexpr int kMaxSyncServerThreads = 4;
+
   int port() const { return port_; }
   engine::Engine& engine() { return *engine_; }
   QueueService& service() { return *service_; }

@@ -4,16 +4,21 @@
 // fixed threads and no more of gRPC's other threads than its pools allow.
 
 #include <grpc/support/cpu.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <map>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "frontend/executor_warmup.h"
+#include "frontend/server.h"
 #include "tests/e2e_support.h"
 #include "tests/support/mariadb_instance.h"
 #include "tests/support/server_process.h"
@@ -142,6 +147,93 @@ TEST(ServerThreadsTest, ThreadsDoNotGrowWithTheShards) {
   EXPECT_LE(All(thirty_two) - ServerProcess::ShardqThreads(thirty_two),
             GrpcThreadsAtMost())
       << Describe(thirty_two);
+}
+
+// A server reflection stream (what grpcurl opens), through the generic stub: it asks
+// for the list of services, reads the answer and stays open until destroyed. gRPC
+// 1.51 runs reflection as a sync service, whose handler holds a thread for as long as
+// the stream is open.
+class ReflectionStream {
+ public:
+  explicit ReflectionStream(const std::shared_ptr<grpc::Channel>& channel)
+      : stub_(channel) {
+    call_ = stub_.PrepareCall(
+        &context_, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        &cq_);
+    call_->StartCall(this);
+    if (!Next()) return;
+    // ServerReflectionRequest{list_services: ""}: field 7, length-delimited, empty.
+    const char kListServices[] = {0x3a, 0x00};
+    grpc::Slice slice(kListServices, sizeof kListServices);
+    grpc::ByteBuffer request(&slice, 1);
+    call_->Write(request, this);
+    if (!Next()) return;
+    grpc::ByteBuffer response;
+    call_->Read(&response, this);
+    answered_ = Next() && response.Length() > 0;
+  }
+  ~ReflectionStream() {
+    context_.TryCancel();
+    grpc::Status status;
+    call_->Finish(&status, this);
+    Next();
+    cq_.Shutdown();
+    void* tag;
+    bool ok;
+    while (cq_.Next(&tag, &ok)) {
+    }
+  }
+  bool answered() const { return answered_; }
+
+ private:
+  // The outcome of the one operation in flight (bounded wait).
+  bool Next() {
+    void* tag;
+    bool ok = false;
+    const auto deadline = std::chrono::system_clock::now() + std::chrono::seconds(10);
+    return cq_.AsyncNext(&tag, &ok, deadline) == grpc::CompletionQueue::GOT_EVENT && ok;
+  }
+  grpc::GenericStub stub_;
+  grpc::ClientContext context_;
+  grpc::CompletionQueue cq_;
+  std::unique_ptr<grpc::GenericClientAsyncReaderWriter> call_;
+  bool answered_ = false;
+};
+
+// Guarantee 6 for clients: streams of the one sync service, reflection, each of which
+// holds a server thread while open, are capped (frontend::Server::kMaxSyncServerThreads).
+TEST(ServerThreadsTest, ThreadsDoNotGrowWithReflectionStreams) {
+  const std::string socket = SharedMariaDb().socket();
+  auto server = ServerProcess::Start(
+      {.binary = SHARDQD_PATH, .socket = socket, .shards = 4, .io_threads = kIoThreads});
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  const int port = server->port();
+  ASSERT_TRUE(Eventually(
+      [&] { return HealthCheck(port) == grpc::health::v1::HealthCheckResponse::SERVING; },
+      std::chrono::seconds(120)));
+  const Threads before = server->ThreadNames();
+  constexpr int kStreams = 16;
+  int answered = 0;
+  Threads during;
+  {
+    auto channel = grpc::CreateChannel("localhost:" + std::to_string(port),
+                                       grpc::InsecureChannelCredentials());
+    std::vector<std::unique_ptr<ReflectionStream>> streams;
+    for (int i = 0; i < kStreams; ++i) {
+      streams.push_back(std::make_unique<ReflectionStream>(channel));
+      if (streams.back()->answered()) ++answered;
+    }
+    during = server->ThreadNames();
+  }
+  EXPECT_GE(answered, 1) << "reflection does not answer";
+  EXPECT_LT(answered, kStreams) << "no stream was refused past the cap";
+  EXPECT_LE(All(during) - All(before), frontend::Server::kMaxSyncServerThreads)
+      << "before: " << Describe(before)
+      << "; with the streams open: " << Describe(during);
+  server->Stop();
+  for (const auto& shard : frontend::EmbeddedConfig(socket, 4).shards) {
+    EXPECT_TRUE(AwaitOwnershipFreed(shard.database));
+  }
 }
 
 }  // namespace
