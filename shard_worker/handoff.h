@@ -7,7 +7,8 @@
 //
 // It keeps the ordering rule: a topic's waiters are offered items only when nothing of
 // the topic is ready in memory and no window is still loading
-// (TopicBuffer::IdleWaiters), and then the best items first.
+// (TopicBuffer::IdleWaiters), and then the best items first. (An insert's Write that
+// also makes an item READY by a nack hands nothing off: ShardWorker::RunWrites.)
 //
 // Threads: the shard worker's strand, around one store Write or PromoteDue.
 

@@ -527,7 +527,14 @@ void ShardWorker::RunWrites(std::span<PendingEnqueue> enqueues,
   for (store::NackRequest& n : nack_reqs) {
     if (n.delay > Duration(0)) n.delay += part_ms;
   }
-  HandoffPlan handoffs(rows, now, index_);
+  // A nack of this Write may make an item READY at once, maybe one better than the
+  // inserts, and the plan sees only what the windows hold now: then nothing is handed
+  // off, and the inserts go READY with it for the waiters to claim in order.
+  const bool nack_readies =
+      std::any_of(nack_reqs.begin(), nack_reqs.end(), [now](const store::NackRequest& n) {
+        return n.unstarted_until ? *n.unstarted_until <= now : n.delay <= Duration(0);
+      });
+  HandoffPlan handoffs(nack_readies ? std::span<const NewItem>() : rows, now, index_);
   Duration latency;
   auto written = Timed(
       [&] {

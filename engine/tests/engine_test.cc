@@ -1538,6 +1538,38 @@ TEST(EngineHandoffTest, FailedInsertHandsNothingAndTheCallWaitsOn) {
   EXPECT_EQ(a.calls(), 1);
 }
 
+// A nack that makes a better item READY in the same transaction as an insert: the
+// insert is not handed to a parked call (it would go out before the better item,
+// against the order); both go READY and the call claims the better one.
+TEST(EngineHandoffTest, NoHandoffWhenANackOfTheSameWriteReadiesAnItem) {
+  Harness h({1});
+  const ItemId better = h.EnqueueOk(Item("t", 0));
+  auto leased = h.Dequeue("t", 1);
+  ASSERT_EQ(leased.size(), 1u);
+  ASSERT_TRUE(h.Dequeue("t", 1).empty());  // the window: complete, empty
+  DequeueAnswer a;
+  auto handle =
+      h.engine().Dequeue("ns", {{"t", 1}}, kLongWait, "test-worker", a.Callback());
+  ASSERT_TRUE(WaitUntil([&] { return h.engine().ParkedCalls() == 1; }));
+  h.gate(1).Close();
+  EnqueueAnswer other;
+  h.engine().Enqueue({Item("other")}, other.Callback());
+  ASSERT_TRUE(h.gate(1).AwaitHeld());  // the strand waits in that insert
+  StatusesAnswer nacked;
+  h.engine().Nack({{better, leased[0].item.token}}, nacked.Callback());  // READY at once
+  EnqueueAnswer worse;
+  h.engine().Enqueue({Item("t", 5)}, worse.Callback());
+  h.gate(1).Open();  // the nack and the insert go in the strand's next Write
+  auto got = a.Get();
+  ASSERT_TRUE(got.has_value());
+  ASSERT_EQ(got->size(), 1u);
+  EXPECT_EQ((*got)[0].id(), better);
+  ASSERT_TRUE(nacked.Get().has_value());
+  EXPECT_TRUE(nacked.Get()->at(0).ok());
+  ASSERT_TRUE(worse.Get().has_value());
+  EXPECT_TRUE(worse.Get()->at(0).ok());
+}
+
 // ------------------------------------------------------------ threads
 
 // The engine's threads (its pool and ticker are named "shardq-..."). Counting every
