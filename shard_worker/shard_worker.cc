@@ -610,6 +610,7 @@ void ShardWorker::RunClaims(std::span<PendingClaim> pending) {
   auto leased =
       Timed([&] { return store_->Claim(rows, NewLeaseToken(), now); }, &latency);
   Observe(leased.status(), latency);
+  if (leased.status().code() == Code::kUnavailable) GiveBackUnanswered(rows);
   // Each claim's time from Claim() to its commit: the release lead.
   const Time done_at = clock_.Now();
   for (const PendingClaim& c : pending) claim_latency_.Add(done_at - c.arrived, done_at);
@@ -642,6 +643,20 @@ void ShardWorker::RunClaims(std::span<PendingClaim> pending) {
     }
     c.done(std::move(out));
   }
+}
+
+void ShardWorker::GiveBackUnanswered(std::span<const store::ClaimRequest> rows) {
+  std::vector<store::NackRequest> back;
+  for (const store::ClaimRequest& r : rows) {
+    store::NackRequest n{r.row, r.token};
+    n.error = "the answer of the claim that leased it was lost";
+    n.undelivered = true;
+    n.unstarted_until = r.due_by;  // the item's own due time: its place in the order
+    back.push_back(std::move(n));
+  }
+  std::lock_guard lock(mu_);
+  pending_.nacks.push_back({std::move(back), [](std::vector<store::ItemOutcome>) {}});
+  ScheduleLocked();
 }
 
 template <typename Req>

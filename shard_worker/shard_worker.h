@@ -206,6 +206,13 @@ class ShardWorker final : public Tickable {
                  std::span<PendingBatch<store::NackRequest>> nacks,
                  std::span<PendingBatch<store::ExtendRequest>> extends);
   void RunClaims(std::span<PendingClaim> pending);
+  // After a claim whose outcome is unknown (UNAVAILABLE: it may have committed, under
+  // tokens no consumer holds): queues nacks of its rows as never started, for the
+  // next turn, after the resync. If the claim committed, each item is due again in
+  // its place, its attempt not counted (so an item of one attempt is not
+  // dead-lettered by a lease nobody had); if not, the token does not match and the
+  // nack changes nothing.
+  void GiveBackUnanswered(std::span<const store::ClaimRequest> rows);
   class ReadyBatch;
   // A Write part's outcomes, split per caller, applied to the index (`ready_keys`);
   // each caller gets the call's error if the Write failed.

@@ -1298,25 +1298,39 @@ TEST_F(ShardWorkerTest, AnEnqueueWhoseReplyWasLostIsDeliveredAfterTheResync) {
 }
 
 // A claim that committed but whose answer was lost leases the item to nobody: the
-// worker never learned the lease's deadline, and must still redeliver when it ends.
-TEST_F(ShardWorkerTest, AClaimWhoseReplyWasLostIsDeliveredAgainWhenItsLeaseEnds) {
+// worker gives that lease back as never started (it knows the token), so the item is
+// READY again at once, its attempt not counted -- an item of one attempt is not
+// dead-lettered by a lease nobody had.
+TEST_F(ShardWorkerTest, AClaimWhoseReplyWasLostIsGivenBackAtOnce) {
   MakeWorker();
   StartWorker();
-  ASSERT_TRUE(EnqueueAndLoad({Item("t", 0, Time{}, Duration(500))}));
+  NewItem item = Item("t", 0, Time{}, Duration(500));
+  item.max_attempts = 1;
+  ASSERT_TRUE(EnqueueAndLoad({item}));
   store_->LoseNextReply(MemoryShardStore::Op::kClaim);
-  EXPECT_TRUE(TakeAndClaim("t", 1).empty());
-  EXPECT_EQ(Buffer("t")->Counts().leased, 1);  // the resync read the store's counts
-  // The resync asked for a promotion 100 ms on, which learns the lease's deadline.
-  clock_.Advance(Duration(100));
-  TickAndRun(1);
-  EXPECT_EQ(worker_->Tick(clock_.Now()), Duration(400));
-
-  clock_.Advance(Duration(400));
-  TickAndRun(1);
+  EXPECT_TRUE(TakeAndClaim("t", 1).empty());  // and the turns it queued: resync, nack
+  store::TopicCounts stored = StoredCounts();
+  EXPECT_EQ(stored.ready, 1u);
+  EXPECT_EQ(stored.leased, 0u);
   EXPECT_EQ(Buffer("t")->Counts().ready, 1);
   auto again = TakeAfterReset("t", 1);
   ASSERT_EQ(again.size(), 1u);
-  EXPECT_EQ(again[0].attempts, 2u);
+  EXPECT_EQ(again[0].attempts, 1u);
+}
+
+// The same give-back after a claim that did not commit (the connection died before
+// the COMMIT reached MariaDB) finds the token unknown and changes nothing.
+TEST_F(ShardWorkerTest, AGiveBackOfAClaimThatDidNotCommitChangesNothing) {
+  MakeWorker();
+  StartWorker();
+  ASSERT_TRUE(EnqueueAndLoad({Item("t")}));
+  store_->FailNext(MemoryShardStore::Op::kClaim, Status::Unavailable("connection lost"));
+  EXPECT_TRUE(TakeAndClaim("t", 1).empty());
+  EXPECT_EQ(store_->calls(MemoryShardStore::Op::kNack), 1);  // the give-back
+  EXPECT_EQ(StoredCounts().ready, 1u);
+  auto got = TakeAfterReset("t", 1);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].attempts, 1u);
 }
 
 // A nack that committed (the row is READY) but whose answer was lost.
