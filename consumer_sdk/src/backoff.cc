@@ -7,7 +7,10 @@ namespace shardq::sdk {
 Millis Backoff::Ceiling(uint32_t attempt) const {
   if (base <= Millis(0) || cap <= Millis(0)) return Millis(0);
   Millis ceiling = base;
-  for (uint32_t i = 1; i < attempt && ceiling < cap; ++i) ceiling *= 2;
+  // Doubling a ceiling past half the cap would pass the cap (or overflow, for a cap
+  // near Millis::max()): it saturates there instead.
+  for (uint32_t i = 1; i < attempt && ceiling < cap; ++i)
+    ceiling = ceiling > cap / 2 ? cap : ceiling * 2;
   return std::min(ceiling, cap);
 }
 

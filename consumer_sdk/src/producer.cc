@@ -12,6 +12,7 @@
 
 #include "call_stream_client.h"
 #include "shardq/v1/queue.grpc.pb.h"
+#include "utf8.h"
 
 namespace shardq::sdk {
 
@@ -23,6 +24,21 @@ namespace {
 bool Retriable(int code) {
   return code == grpc::StatusCode::UNAVAILABLE ||
          code == grpc::StatusCode::RESOURCE_EXHAUSTED;
+}
+
+// Why `task` cannot be sent, if a string of it that goes in a proto3 `string` field is
+// not valid UTF-8: the server could not parse the message, and would end the stream
+// and every other call on it. The task is refused here instead (its data is not
+// altered behind the caller's back).
+std::optional<std::string> NotUtf8(const NewTask& task) {
+  if (!IsValidUtf8(task.topic)) return "topic is not valid UTF-8";
+  if (!IsValidUtf8(task.task_type)) return "task_type is not valid UTF-8";
+  if (!IsValidUtf8(task.dedup_key)) return "dedup_key is not valid UTF-8";
+  for (const auto& [key, value] : task.metadata) {
+    if (!IsValidUtf8(key)) return "a metadata key is not valid UTF-8";
+    if (!IsValidUtf8(value)) return "metadata['" + key + "'] is not valid UTF-8";
+  }
+  return std::nullopt;
 }
 
 v1::EnqueueItem ToProto(const NewTask& task) {
@@ -154,7 +170,16 @@ class Producer::Impl : public std::enable_shared_from_this<Impl> {
     const int64_t now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                                std::chrono::system_clock::now().time_since_epoch())
                                .count();
+    const bool ns_ok = IsValidUtf8(options_.ns);
     for (size_t i = 0; i < tasks.size(); ++i) {
+      std::optional<std::string> refused = NotUtf8(tasks[i]);
+      if (!ns_ok) refused = "namespace is not valid UTF-8";
+      if (refused) {
+        op->items.emplace_back();  // keeps items[i] the i-th task's; never sent
+        op->results[i].status =
+            grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, std::move(*refused));
+        continue;
+      }
       op->items.push_back(ToProto(tasks[i]));
       if (op->max_attempts > 1 && tasks[i].dedup_key.empty()) {
         op->items.back().set_dedup_key(jitter_.TimeOrderedKey(now_ms));
@@ -166,7 +191,7 @@ class Producer::Impl : public std::enable_shared_from_this<Impl> {
       std::lock_guard lock(mu_);
       ++in_flight_;
     }
-    if (tasks.empty()) {
+    if (op->pending.empty()) {  // no tasks, or all refused
       Finish(op);
       return;
     }
@@ -381,8 +406,9 @@ class Producer::Impl : public std::enable_shared_from_this<Impl> {
       Finish(op);
       return;
     }
-    Millis wait =
-        jitter_.Delay(options_.retry.backoff, static_cast<uint32_t>(op->attempt));
+    // Bounded: a cap near Millis::max() must not overflow the times below.
+    const Millis wait = Bounded(
+        jitter_.Delay(options_.retry.backoff, static_cast<uint32_t>(op->attempt)));
     Millis due = clock_.Now() + wait;
     bool in_time = due < op->clock_deadline &&
                    std::chrono::system_clock::now() + wait < op->deadline;

@@ -17,16 +17,21 @@
 
 #include "consume_calls.h"
 #include "shardq/v1/queue.grpc.pb.h"
+#include "utf8.h"
 
 namespace shardq::sdk {
 
 namespace {
 
 constexpr size_t kMaxBatch = 1000;  // items per Ack / Nack / ExtendLease call
-// The server's limits on an outcome (proto/shardq/v1/queue.proto: AckItem.result,
-// NackItem.delay_ms).
+// The server's limits (proto/shardq/v1/queue.proto: AckItem.result, NackItem.error
+// (longer is cut there, but must first fit the message), NackItem.delay_ms,
+// DequeueRequest.worker_id, ExtendItem.extension_ms).
 constexpr size_t kMaxResultBytes = 4096;
+constexpr size_t kMaxErrorBytes = 4096;
 constexpr Millis kMaxRetryDelay{366LL * 24 * 3600 * 1000};
+constexpr size_t kMaxWorkerIdBytes = 128;
+constexpr Millis kMaxLeaseExtension{12LL * 3600 * 1000};
 
 std::string DefaultWorkerId(Jitter& jitter) {
   char host[256] = {};
@@ -126,13 +131,20 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
         jitter_(options_.seed) {
     options_.concurrency = std::max(1, options_.concurrency);
     if (options_.buffer_size <= 0) options_.buffer_size = options_.concurrency;
-    if (options_.heartbeat_interval <= Millis(0)) {
-      options_.heartbeat_interval = std::max(Millis(1), options_.lease_extension / 3);
-    }
+    // Durations within what the server takes (an extension it refuses would let
+    // every lease run out) and what the clocks can add without overflow (Bounded).
+    options_.lease_extension =
+        std::clamp(options_.lease_extension, Millis(1), kMaxLeaseExtension);
+    options_.heartbeat_interval = options_.heartbeat_interval <= Millis(0)
+                                      ? std::max(Millis(1), options_.lease_extension / 3)
+                                      : Bounded(options_.heartbeat_interval);
     options_.poll_wait = std::clamp(options_.poll_wait, Millis(0), Millis(60'000));
+    options_.rpc_deadline = std::max(Millis(1), Bounded(options_.rpc_deadline));
+    options_.report_budget = Bounded(options_.report_budget);
     if (options_.worker_id.empty()) options_.worker_id = DefaultWorkerId(jitter_);
-    if (options_.worker_id.size() > 128)
-      options_.worker_id.resize(128);  // the API's limit
+    // It goes in every Dequeue: bytes that are not UTF-8, or a character cut in half,
+    // would make them all unreadable to the server.
+    options_.worker_id = ValidUtf8(options_.worker_id, kMaxWorkerIdBytes);
   }
 
   // ---- registration and lifecycle (called by Worker) ----
@@ -305,9 +317,15 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
     return st.stop.load() != StopReason::kNone;
   }
 
-  void SetRetryMetadata(State& st, std::map<std::string, std::string> m) {
+  bool SetRetryMetadata(State& st, std::map<std::string, std::string> m) {
+    // Not valid UTF-8: the server could not read the Nack (and would end the stream
+    // of every report with it). The handler's data is not altered: refused.
+    for (const auto& [key, value] : m) {
+      if (!IsValidUtf8(key) || !IsValidUtf8(value)) return false;
+    }
     std::lock_guard lock(mu_);
     st.retry_metadata = std::move(m);
+    return true;
   }
 
  private:
@@ -328,7 +346,7 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
   // Returns false if interrupted.
   template <typename Pred>
   bool BackoffWait(std::unique_lock<std::mutex>& lock, Millis wait, Pred interrupted) {
-    Millis until = clock_.Now() + wait;
+    Millis until = clock_.Now() + Bounded(wait);
     while (!interrupted() && clock_.Now() < until) clock_.WaitUntil(cv_, lock, until);
     return !interrupted();
   }
@@ -531,7 +549,9 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
       // until dead-lettered), so it is cut here, as Outcome::Success documents.
       r.text = outcome.result().substr(0, kMaxResultBytes);
     } else {
-      r.text = outcome.error();  // the server cuts it itself
+      // The server keeps 4 KiB of it, but the whole Nack must fit its message limit
+      // and parse: a proto3 string, so any bytes that are not UTF-8 are replaced.
+      r.text = ValidUtf8(outcome.error(), kMaxErrorBytes);
     }
     if (outcome.kind() == Outcome::Kind::kRetry) {
       const HandlerEntry* entry = Find(st->item.task_type());
@@ -616,8 +636,9 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
             n->set_delay_ms(r.delay.count());
           }
           if (r.metadata) {
-            for (const auto& [key, v] : *r.metadata)
-              (*n->mutable_metadata()->mutable_entries())[key] = v;
+            // Set even when empty: a set metadata replaces the task's, so {} clears it.
+            auto& entries = *n->mutable_metadata()->mutable_entries();
+            for (const auto& [key, v] : *r.metadata) entries[key] = v;
           }
         },
         [&](const v1::NackRequest& req, v1::NackResponse* resp) {
@@ -686,7 +707,7 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
       left.swap(again);
       if (left.empty()) break;
       std::unique_lock lock(mu_);
-      Millis wait = jitter_.Delay(options_.reconnect_backoff, attempt);
+      const Millis wait = Bounded(jitter_.Delay(options_.reconnect_backoff, attempt));
       if (abort_reports_ || clock_.Now() + wait >= give_up) break;
       if (!BackoffWait(lock, wait, [&] { return abort_reports_; })) break;
     }
@@ -904,8 +925,8 @@ StopReason TaskContext::stop_reason() const { return state_->stop.load(); }
 bool TaskContext::WaitCancelled(Millis timeout) const {
   return worker_->impl_->WaitCancelled(*state_, timeout);
 }
-void TaskContext::SetRetryMetadata(std::map<std::string, std::string> metadata) {
-  worker_->impl_->SetRetryMetadata(*state_, std::move(metadata));
+bool TaskContext::SetRetryMetadata(std::map<std::string, std::string> metadata) {
+  return worker_->impl_->SetRetryMetadata(*state_, std::move(metadata));
 }
 
 // ---- Worker ----

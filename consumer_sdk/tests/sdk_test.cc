@@ -21,9 +21,11 @@
 #include <optional>
 #include <set>
 #include <sstream>
+#include <stdexcept>
 #include <thread>
 
 #include "common/ids.h"
+#include "consumer_sdk/src/utf8.h"
 #include "tests/e2e_support.h"
 #include "tests/support/mariadb_instance.h"
 
@@ -207,6 +209,35 @@ TEST(BackoffTest, CeilingDoublesUpToTheCapAndJitterStaysBelowIt) {
   EXPECT_NE(early.substr(13), jitter.TimeOrderedKey(1'700'000'000'000).substr(13));
 }
 
+// A cap near Millis::max() ("no cap"): doubling the ceiling overflowed into a
+// negative (then zero) wait.
+TEST(BackoffTest, ACeilingNearMillisMaxSaturatesInsteadOfOverflowing) {
+  const sdk::Backoff b{.base = Millis(1000), .cap = Millis::max()};
+  EXPECT_GT(b.Ceiling(60), Millis(0));
+  Millis previous{0};
+  for (uint32_t attempt = 1; attempt <= 1000; ++attempt) {
+    const Millis ceiling = b.Ceiling(attempt);
+    ASSERT_GE(ceiling, previous) << "attempt " << attempt;
+    previous = ceiling;
+  }
+  EXPECT_EQ(previous, Millis::max()) << "it reaches the cap and stays there";
+}
+
+// What the SDK sends in proto3 strings on the user's behalf (error texts, the
+// worker id) must be UTF-8 the server's parser takes, and fit its limits.
+TEST(Utf8Test, TextIsMadeValidAndCutBetweenCharacters) {
+  EXPECT_TRUE(sdk::IsValidUtf8("plain, \xC3\xA9, \xE2\x82\xAC, \xF0\x9F\x98\x80"));
+  for (const char* bad :
+       {"\xFF", "\xC3", "\xC0\xAF" /* an overlong '/' */,
+        "\xED\xA0\x80" /* a surrogate */, "\xF4\x90\x80\x80" /* > U+10FFFF */}) {
+    EXPECT_FALSE(sdk::IsValidUtf8(bad)) << ::testing::PrintToString(bad);
+  }
+  EXPECT_EQ(sdk::ValidUtf8("bad \xFF!", 100), "bad \xEF\xBF\xBD!");
+  EXPECT_EQ(sdk::ValidUtf8("ab\xC3\xA9", 3), "ab") << "not half an e-acute";
+  EXPECT_EQ(sdk::ValidUtf8("ab\xC3\xA9", 4), "ab\xC3\xA9");
+  EXPECT_EQ(sdk::ValidUtf8("ab\xFF", 4), "ab") << "nor half a replacement";
+}
+
 TEST(ManualClockTest, WaitsEndOnlyWhenAdvancedPastTheDeadline) {
   sdk::ManualClock clock;
   std::mutex mu;
@@ -339,6 +370,34 @@ TEST_F(SdkTest, ProducerGivesUpAfterItsAttemptsWhenTheServerIsDown) {
   EXPECT_TRUE(r.status.error_code() == grpc::StatusCode::UNAVAILABLE ||
               r.status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED)
       << r.status.error_message();
+}
+
+// A task whose strings are not UTF-8 is refused before it is sent: the server cannot
+// parse such a message, and on the producer's stream that ended every call on it.
+TEST_F(SdkTest, ATaskThatIsNotUtf8IsRefusedLocallyAndTheOthersGoOn) {
+  sdk::Producer producer(ProducerOptions());
+  auto bad =
+      producer.Enqueue({.topic = "utf8", .payload = "p", .metadata = {{"k", "\xff"}}});
+  EXPECT_EQ(bad.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+      << bad.status.error_message();
+  EXPECT_EQ(bad.attempts, 0) << "not sent";
+  auto good = producer.Enqueue({.topic = "utf8", .payload = "good"});
+  ASSERT_TRUE(good.ok()) << good.status.error_message();
+
+  // In a batch only such tasks fail; the others are enqueued.
+  auto results =
+      producer.EnqueueBatch({{.topic = "utf8", .payload = "b0"},
+                             {.topic = "utf8\xff", .payload = "b1"},
+                             {.topic = "utf8", .payload = "b2", .task_type = "t\xC3"},
+                             {.topic = "utf8", .payload = "b3"}});
+  ASSERT_EQ(results.size(), 4u);
+  EXPECT_TRUE(results[0].ok()) << results[0].status.error_message();
+  EXPECT_EQ(results[1].status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(results[2].status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_TRUE(results[3].ok()) << results[3].status.error_message();
+  std::multiset<std::string> payloads;
+  for (const auto& d : DrainNow("utf8")) payloads.insert(d.payload());
+  EXPECT_EQ(payloads, (std::multiset<std::string>{"good", "b0", "b3"}));
 }
 
 // Turns the first `n` Enqueue answers into UNAVAILABLE after the server committed
@@ -1254,6 +1313,183 @@ TEST_F(SdkTest, AnOversizedResultIsCutAndANegativeRetryDelayIsNone) {
   EXPECT_EQ(client_->GetTask(again.id).state(), v1::SUCCEEDED);
   EXPECT_EQ(again_runs.load(), 2);
   EXPECT_EQ(worker.stats().report_errors, 0u);
+}
+
+// An error text that is not UTF-8 (here an exception's) made the Nack unreadable to
+// the server, which ended the stream of reports: the task was never retried.
+TEST_F(SdkTest, AnErrorTextThatIsNotUtf8IsMadeValidAndTheTaskRetried) {
+  sdk::Producer producer(ProducerOptions());
+  auto task = producer.Enqueue({.topic = "bad-error", .payload = "p"});
+  ASSERT_TRUE(task.ok()) << task.status.error_message();
+  sdk::Worker worker(WorkerOptions({"bad-error"}));
+  worker.Handle("", [](TaskContext& task) {
+    if (task.attempt() == 1) throw std::runtime_error("bad \xff");
+    return Outcome::Success();
+  });
+  worker.Start();
+  ASSERT_TRUE(Eventually([&] {
+    auto s = worker.stats();
+    return s.retried == 1 || s.report_errors > 0;
+  }));
+  worker.Stop(Millis(0));
+  EXPECT_EQ(worker.stats().retried, 1u);
+  EXPECT_EQ(worker.stats().report_errors, 0u);
+  EXPECT_EQ(client_->GetTask(task.id).last_error(), "bad \xEF\xBF\xBD");
+}
+
+// An error text over the server's 4 KiB is cut by the SDK, between characters: the
+// server would cut it too, but a long one made the Nack too big for a message (then
+// RESOURCE_EXHAUSTED, retried until report_budget).
+TEST_F(SdkTest, AnOversizedErrorTextIsCutBetweenCharacters) {
+  sdk::Producer producer(ProducerOptions());
+  auto task = producer.Enqueue({.topic = "long-error", .payload = "p"});
+  ASSERT_TRUE(task.ok()) << task.status.error_message();
+  sdk::Worker worker(WorkerOptions({"long-error"}));
+  worker.Handle("", [](TaskContext&) {
+    return Outcome::Fatal(std::string(4095, 'e') + "\xC3\xA9" +
+                          std::string(17 << 20, 'x'));
+  });
+  worker.Start();
+  const bool failed = Eventually([&] { return worker.stats().failed == 1; });
+  worker.Stop(Millis(0));  // a Nack still being retried is given up at once
+  EXPECT_TRUE(failed);
+  EXPECT_EQ(worker.stats().report_errors, 0u);
+  const std::string error = client_->GetTask(task.id).last_error();
+  EXPECT_EQ(error.size(), 4095u) << "the e-acute would pass 4096 bytes";
+  EXPECT_EQ(error.find_first_not_of('e'), std::string::npos);
+}
+
+// SetRetryMetadata({}) clears the metadata: the Nack carries a set, empty Metadata,
+// which replaces the task's (it was sent unset, which keeps it).
+TEST_F(SdkTest, EmptyRetryMetadataClearsTheTasksMetadata) {
+  sdk::Producer producer(ProducerOptions());
+  ASSERT_TRUE(
+      producer
+          .Enqueue({.topic = "clear", .payload = "p", .metadata = {{"progress", "half"}}})
+          .ok());
+  sdk::Worker worker(WorkerOptions({"clear"}));
+  std::promise<std::map<std::string, std::string>> second;
+  worker.Handle("", [&](TaskContext& task) {
+    if (task.attempt() == 1) {
+      EXPECT_EQ(task.metadata().size(), 1u);
+      EXPECT_TRUE(task.SetRetryMetadata({}));
+      return Outcome::Retry("again", Millis(0));
+    }
+    second.set_value(task.metadata());
+    return Outcome::Success();
+  });
+  worker.Start();
+  auto seen = second.get_future();
+  ASSERT_EQ(seen.wait_for(30s), std::future_status::ready);
+  EXPECT_TRUE(seen.get().empty());
+  ASSERT_TRUE(Eventually([&] { return worker.stats().succeeded == 1; }));
+  worker.Stop(Millis(0));
+}
+
+// Retry metadata that is not UTF-8 is refused (the server could not read the Nack);
+// the retry goes on with what was set before.
+TEST_F(SdkTest, RetryMetadataThatIsNotUtf8IsRefusedAndTheRetryGoesOn) {
+  sdk::Producer producer(ProducerOptions());
+  ASSERT_TRUE(
+      producer
+          .Enqueue(
+              {.topic = "bad-meta", .payload = "p", .metadata = {{"progress", "none"}}})
+          .ok());
+  sdk::Worker worker(WorkerOptions({"bad-meta"}));
+  std::promise<std::map<std::string, std::string>> second;
+  worker.Handle("", [&](TaskContext& task) {
+    if (task.attempt() == 1) {
+      EXPECT_TRUE(task.SetRetryMetadata({{"progress", "half"}}));
+      EXPECT_FALSE(task.SetRetryMetadata({{"progress", "\xff"}}));
+      EXPECT_FALSE(task.SetRetryMetadata({{"\xff", "half"}}));
+      return Outcome::Retry("again", Millis(0));
+    }
+    second.set_value(task.metadata());
+    return Outcome::Success();
+  });
+  worker.Start();
+  auto seen = second.get_future();
+  ASSERT_EQ(seen.wait_for(30s), std::future_status::ready);
+  EXPECT_EQ(seen.get(), (std::map<std::string, std::string>{{"progress", "half"}}));
+  ASSERT_TRUE(Eventually([&] { return worker.stats().succeeded == 1; }));
+  worker.Stop(Millis(0));
+  EXPECT_EQ(worker.stats().retried, 1u);
+  EXPECT_EQ(worker.stats().report_errors, 0u);
+}
+
+// The worker id is cut to the server's 128 bytes between characters: half an e-acute
+// made every Dequeue unreadable to the server.
+TEST_F(SdkTest, ALongWorkerIdIsCutBetweenCharacters) {
+  sdk::Producer producer(ProducerOptions());
+  auto task = producer.Enqueue({.topic = "long-id", .payload = "p"});
+  ASSERT_TRUE(task.ok()) << task.status.error_message();
+  auto options = WorkerOptions({"long-id"});
+  options.worker_id = std::string(127, 'w') + "\xC3\xA9";
+  sdk::Worker worker(options);
+  worker.Handle("", [](TaskContext&) { return Outcome::Success(); });
+  worker.Start();
+  ASSERT_TRUE(Eventually([&] { return worker.stats().succeeded == 1; }));
+  worker.Stop(Millis(0));
+  EXPECT_EQ(worker.worker_id(), std::string(127, 'w'));
+  EXPECT_EQ(client_->GetTask(task.id).worker_id(), std::string(127, 'w'));
+}
+
+// Millis::max() as the deadline of the worker's calls and as its report budget ("as
+// long as it takes") overflowed: every call was DEADLINE_EXCEEDED at once.
+TEST_F(SdkTest, AnEndlessRpcDeadlineAndReportBudgetDoNotOverflow) {
+  sdk::Producer producer(ProducerOptions());
+  ASSERT_TRUE(producer.Enqueue({.topic = "endless-rpc", .payload = "p"}).ok());
+  auto options = WorkerOptions({"endless-rpc"});
+  options.rpc_deadline = Millis::max();
+  options.report_budget = Millis::max();
+  sdk::Worker worker(options);
+  worker.Handle("", [](TaskContext&) { return Outcome::Success(); });
+  worker.Start();
+  const bool reported = Eventually([&] {
+    auto s = worker.stats();
+    return s.succeeded == 1 || s.report_errors > 0;
+  });
+  worker.Stop(Millis(0));
+  EXPECT_TRUE(reported);
+  EXPECT_EQ(worker.stats().succeeded, 1u);
+  EXPECT_EQ(worker.stats().report_errors, 0u);
+}
+
+// An endless heartbeat interval made the next beat overflow into the past (a busy
+// loop of ExtendLease calls), and an extension beyond the server's 12 h was refused
+// (every lease ran out): both are brought within range. A 3 s lease is then renewed
+// once, two thirds into it, by 12 h.
+TEST_F(SdkTest, AnEndlessHeartbeatIntervalAndLeaseExtensionAreBroughtWithinRange) {
+  sdk::Producer producer(ProducerOptions());
+  auto task = producer.Enqueue({.topic = "beat", .payload = "p", .lease = Millis(3000)});
+  ASSERT_TRUE(task.ok()) << task.status.error_message();
+  auto options = WorkerOptions({"beat"});
+  options.concurrency = 1;
+  options.heartbeat_interval = Millis::max();
+  options.lease_extension = Millis::max();
+  sdk::Worker worker(options);
+  Gate started;
+  std::promise<sdk::StopReason> reason;
+  worker.Handle("", [&](TaskContext& task) {
+    started.Open();
+    task.WaitCancelled(Millis(3'600'000));  // until the stop below
+    reason.set_value(task.stop_reason());
+    return Outcome::Success();
+  });
+  worker.Start();
+  ASSERT_TRUE(started.Pass());
+  Advance(Millis(2000));  // two thirds into the lease: its renewal is due
+  const bool renewed = Eventually([&] { return worker.stats().extends_ok >= 1; });
+  v1::Task t = client_->GetTask(task.id);
+  worker.Stop(Millis(0));  // flags the handler (which would wait an hour) at once
+  EXPECT_TRUE(renewed);
+  EXPECT_EQ(t.next_at_ms() - t.last_delivered_at_ms(), 2000 + 12 * 3600 * 1000)
+      << "the lease now ends 12 h after the renewal";
+  auto stopped = reason.get_future();
+  ASSERT_EQ(stopped.wait_for(30s), std::future_status::ready);
+  EXPECT_EQ(stopped.get(), sdk::StopReason::kShutdown);
+  EXPECT_EQ(worker.stats().extends_ok, 1u) << "the next renewal is 8 h away";
+  EXPECT_EQ(worker.stats().lease_lost, 0u);
 }
 
 // Needs the server's task lifecycle (issue #3): GetTask, results, errors, worker ids,

@@ -7,6 +7,13 @@
 // Jitter::TimeOrderedKey), so a retry of an enqueue that did
 // commit is deduplicated by the server instead of creating a second task.
 //
+// The strings of a task that go in proto3 `string` fields (topic, task_type,
+// dedup_key, metadata keys and values, and the namespace) must be valid UTF-8: the
+// server could not read a message with other bytes, and would end the stream it came
+// on, failing the other calls on it too. A task with such a string is refused here,
+// unsent: its result is INVALID_ARGUMENT with attempts 0 (the other tasks of a batch
+// go on as usual). Bytes go in the payload.
+//
 // Each attempt goes out at once as one message of the Producer's EnqueueStream (opened
 // on first use, and again after it broke) and is answered as soon as its items are
 // committed. Against a server without that stream (UNIMPLEMENTED) the Producer falls
@@ -72,7 +79,7 @@ struct EnqueueResult {
   bool deduplicated = false;
   // The dedup key sent with the task (the caller's or the generated one; empty if none).
   std::string dedup_key{};
-  // How many RPC attempts it took.
+  // How many RPC attempts it took (0: refused before sending, see the file comment).
   int attempts = 0;
 
   // Shorthand for status.ok().

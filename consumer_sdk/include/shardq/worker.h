@@ -65,9 +65,11 @@ class Outcome {
   static Outcome Success(std::string result = {});
   // Failed, try again later: Nack with `error` and a full-jitter backoff delay (or
   // `delay` if given, brought within 0 .. 366 days). Past max_attempts the server
-  // dead-letters the task.
+  // dead-letters the task. The error becomes the task's last_error: its first 4 KiB
+  // (the server's limit; cut between characters), with each byte that is not UTF-8
+  // replaced by U+FFFD (it travels as a proto3 string).
   static Outcome Retry(std::string error, std::optional<Millis> delay = std::nullopt);
-  // Failed for good: Nack with fatal = true.
+  // Failed for good: Nack with fatal = true (`error` as for Retry).
   static Outcome Fatal(std::string error);
 
   // Which kind of outcome this is.
@@ -127,8 +129,11 @@ class TaskContext {
   bool WaitCancelled(Millis timeout) const;
 
   // Replaces the task's metadata if this delivery ends in a Retry/Fatal Nack (e.g. to
-  // carry progress to the next attempt).
-  void SetRetryMetadata(std::map<std::string, std::string> metadata);
+  // carry progress to the next attempt); {} clears it. Returns false, and changes
+  // nothing, if a key or value is not valid UTF-8 (proto3 strings: the server could
+  // not read the Nack): the Nack then carries what an earlier call set, or leaves
+  // the task's metadata as it is.
+  bool SetRetryMetadata(std::map<std::string, std::string> metadata);
 
   struct State;  // the worker's view of the delivery (implementation detail)
   TaskContext(std::shared_ptr<State> state, Worker* worker);
@@ -177,8 +182,9 @@ struct WorkerOptions {
   std::string ns = "default";
   // The topics to consume (1..100).
   std::vector<std::string> topics{};
-  // Sent with every Dequeue (DequeueRequest.worker_id, recorded with each lease; at
-  // most 128 bytes); empty = "<host>-<pid>-<random>".
+  // Sent with every Dequeue (DequeueRequest.worker_id, recorded with each lease);
+  // empty = "<host>-<pid>-<random>". Made what the server reads: bytes that are not
+  // UTF-8 become U+FFFD, and it is cut to 128 bytes between characters.
   std::string worker_id{};
   // Handlers running at once (executor threads).
   int concurrency = 4;
@@ -187,15 +193,18 @@ struct WorkerOptions {
   int buffer_size = 0;
   // Long-poll wait of a Dequeue (server time), at most 60 s.
   Millis poll_wait{20'000};
-  // Each heartbeat extends leases to now + this (server time). A lease shorter than
-  // the heartbeat interval (as enqueued) is extended two thirds into it all the same
-  // (by a server that sends its time with each Dequeue answer: this release's).
+  // Each heartbeat extends leases to now + this (server time), 1 ms .. 12 h (what
+  // the server takes; brought within). A lease shorter than the heartbeat interval
+  // (as enqueued) is extended two thirds into it all the same (by a server that
+  // sends its time with each Dequeue answer: this release's).
   Millis lease_extension{30'000};
-  // Time between heartbeats; 0 = lease_extension / 3.
+  // Time between heartbeats; 0 = lease_extension / 3; at most kLongestWait.
   Millis heartbeat_interval{0};
-  // Deadline of each unary call (Ack, Nack, ExtendLease), real time.
+  // Deadline of each unary call (Ack, Nack, ExtendLease), real time; 1 ms ..
+  // kLongestWait (Millis::max() = as long as it takes).
   Millis rpc_deadline{10'000};
-  // How long an Ack/Nack is retried while the server is unreachable (worker clock).
+  // How long an Ack/Nack is retried while the server is unreachable (worker clock);
+  // 0 .. kLongestWait.
   Millis report_budget{30'000};
   // Waits between failed Dequeue calls (and Ack/Nack retries).
   Backoff reconnect_backoff{.base = Millis(100), .cap = Millis(10'000)};
