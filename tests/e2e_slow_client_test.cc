@@ -353,8 +353,9 @@ TEST_F(UnreadAnswersTest, AStreamWhoseClientDoesNotReadIsCancelledAndItsItemsCom
   // At the cut more than 1 MiB waited behind the answer being written: at least two
   // answers of 100 items. Answers written before it (into the sockets, which hold
   // some) and the one being written are not given back: their bytes may have reached
-  // the client. (A claim still in flight at the cut answers a cancelled call: given
-  // back too.)
+  // the client. (A claim still in flight at the cut lands for a cancelled call: the
+  // engine gives its items back itself, uncounted by the service, so more items may
+  // come back at once than the service counts.)
   std::set<std::string> back;
   auto take = [&] {
     for (const auto& item : client_->Dequeue(kNs, "big", kBigItems)) {
@@ -374,10 +375,10 @@ TEST_F(UnreadAnswersTest, AStreamWhoseClientDoesNotReadIsCancelledAndItsItemsCom
   EXPECT_TRUE(Eventually([&] {
     take();
     const uint64_t given_back = server_->service().LeasesGivenBack();
-    return given_back >= 200 && given_back_came() == given_back;
+    return given_back >= 200 && given_back_came() >= given_back;
   })) << given_back_came()
-      << " of " << server_->service().LeasesGivenBack()
-      << " given back came back at once";
+      << " came back at once; the service gave back "
+      << server_->service().LeasesGivenBack();
   EXPECT_LT(back.size(), static_cast<size_t>(kBigItems));
   // The others come back when their leases run out.
   clock_.Advance(ServerLimits().default_lease + Duration(1));
