@@ -10,6 +10,7 @@
 #include <map>
 
 #include "frontend/executor_warmup.h"
+#include "shardq/v1/keepalive.h"
 #include "shardq/v1/message_limits.h"
 
 namespace shardq::frontend {
@@ -57,6 +58,15 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerConfig& config, Clock&
   // 1000 items of 10 KiB fit; larger calls get RESOURCE_EXHAUSTED from gRPC itself.
   builder.SetMaxReceiveMessageSize(v1::kMaxMessageBytes);
   builder.SetMaxSendMessageSize(v1::kMaxMessageBytes);
+  // Pings find a client that vanished without a TCP reset within a minute or so, and
+  // end its streams (its parked calls answer, their leases go back); the SDK's own
+  // pings are accepted (shardq/v1/keepalive.h).
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, v1::kServerPingIntervalMs);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, v1::kPingTimeoutMs);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
+                             v1::kServerMinPingIntervalMs);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);  // no cap
   server->grpc_ = builder.BuildAndStart();
   if (!server->grpc_ || server->port_ == 0) {
     return Status::Unavailable("cannot listen on " + config.listen);

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 
+#include "shardq/v1/keepalive.h"
 #include "shardq/v1/message_limits.h"
 
 namespace shardq::sdk {
@@ -21,6 +22,13 @@ std::shared_ptr<grpc::Channel> MakeChannel(const ConnectionOptions& options) {
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, max_ms);
   // A fetch of many large tasks is one answer of up to 12.6 MB.
   args.SetMaxReceiveMessageSize(v1::kMaxMessageBytes);
+  // A server that vanished without a TCP reset is noticed within a ping interval and
+  // its timeout, not the kernel's 15 minutes: the streams fail and are opened again
+  // on a new connection (shardq/v1/keepalive.h). Pings go on while a long poll is
+  // parked and nothing else is sent.
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, v1::kClientPingIntervalMs);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, v1::kPingTimeoutMs);
+  args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   return grpc::CreateCustomChannel(options.server, grpc::InsecureChannelCredentials(),
                                    args);
 }
