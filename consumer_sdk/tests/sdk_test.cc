@@ -15,6 +15,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <fstream>
+#include <functional>
 #include <future>
 #include <map>
 #include <mutex>
@@ -1359,62 +1360,68 @@ TEST_F(SdkTest, AnOversizedErrorTextIsCutBetweenCharacters) {
   EXPECT_EQ(error.find_first_not_of('e'), std::string::npos);
 }
 
+// A task of `topic` enqueued with `metadata`, whose first attempt runs `first` and
+// retries at once: the metadata its second attempt sees, and the worker's stats once
+// it succeeded (the worker stopped).
+class RetryMetadataTest : public SdkTest {
+ protected:
+  std::map<std::string, std::string> SecondAttemptsMetadata(
+      const std::string& topic, std::map<std::string, std::string> metadata,
+      const std::function<void(TaskContext&)>& first, sdk::WorkerStats* stats) {
+    sdk::Producer producer(ProducerOptions());
+    EXPECT_TRUE(
+        producer.Enqueue({.topic = topic, .payload = "p", .metadata = metadata}).ok());
+    sdk::Worker worker(WorkerOptions({topic}));
+    std::promise<std::map<std::string, std::string>> second;
+    worker.Handle("", [&](TaskContext& task) {
+      if (task.attempt() == 1) {
+        first(task);
+        return Outcome::Retry("again", Millis(0));
+      }
+      second.set_value(task.metadata());
+      return Outcome::Success();
+    });
+    worker.Start();
+    auto seen = second.get_future();
+    const bool ready = seen.wait_for(30s) == std::future_status::ready;
+    EXPECT_TRUE(ready) << "no second attempt";
+    EXPECT_TRUE(Eventually([&] { return worker.stats().succeeded == 1; }));
+    worker.Stop(Millis(0));
+    *stats = worker.stats();
+    return ready ? seen.get() : std::map<std::string, std::string>{};
+  }
+};
+
 // SetRetryMetadata({}) clears the metadata: the Nack carries a set, empty Metadata,
 // which replaces the task's (it was sent unset, which keeps it).
-TEST_F(SdkTest, EmptyRetryMetadataClearsTheTasksMetadata) {
-  sdk::Producer producer(ProducerOptions());
-  ASSERT_TRUE(
-      producer
-          .Enqueue({.topic = "clear", .payload = "p", .metadata = {{"progress", "half"}}})
-          .ok());
-  sdk::Worker worker(WorkerOptions({"clear"}));
-  std::promise<std::map<std::string, std::string>> second;
-  worker.Handle("", [&](TaskContext& task) {
-    if (task.attempt() == 1) {
-      EXPECT_EQ(task.metadata().size(), 1u);
-      EXPECT_TRUE(task.SetRetryMetadata({}));
-      return Outcome::Retry("again", Millis(0));
-    }
-    second.set_value(task.metadata());
-    return Outcome::Success();
-  });
-  worker.Start();
-  auto seen = second.get_future();
-  ASSERT_EQ(seen.wait_for(30s), std::future_status::ready);
-  EXPECT_TRUE(seen.get().empty());
-  ASSERT_TRUE(Eventually([&] { return worker.stats().succeeded == 1; }));
-  worker.Stop(Millis(0));
+TEST_F(RetryMetadataTest, EmptyRetryMetadataClearsTheTasksMetadata) {
+  sdk::WorkerStats stats;
+  auto seen = SecondAttemptsMetadata(
+      "clear", {{"progress", "half"}},
+      [](TaskContext& task) {
+        EXPECT_EQ(task.metadata().size(), 1u);
+        EXPECT_TRUE(task.SetRetryMetadata({}));
+      },
+      &stats);
+  EXPECT_TRUE(seen.empty());
+  EXPECT_EQ(stats.retried, 1u);
 }
 
 // Retry metadata that is not UTF-8 is refused (the server could not read the Nack);
 // the retry goes on with what was set before.
-TEST_F(SdkTest, RetryMetadataThatIsNotUtf8IsRefusedAndTheRetryGoesOn) {
-  sdk::Producer producer(ProducerOptions());
-  ASSERT_TRUE(
-      producer
-          .Enqueue(
-              {.topic = "bad-meta", .payload = "p", .metadata = {{"progress", "none"}}})
-          .ok());
-  sdk::Worker worker(WorkerOptions({"bad-meta"}));
-  std::promise<std::map<std::string, std::string>> second;
-  worker.Handle("", [&](TaskContext& task) {
-    if (task.attempt() == 1) {
-      EXPECT_TRUE(task.SetRetryMetadata({{"progress", "half"}}));
-      EXPECT_FALSE(task.SetRetryMetadata({{"progress", "\xff"}}));
-      EXPECT_FALSE(task.SetRetryMetadata({{"\xff", "half"}}));
-      return Outcome::Retry("again", Millis(0));
-    }
-    second.set_value(task.metadata());
-    return Outcome::Success();
-  });
-  worker.Start();
-  auto seen = second.get_future();
-  ASSERT_EQ(seen.wait_for(30s), std::future_status::ready);
-  EXPECT_EQ(seen.get(), (std::map<std::string, std::string>{{"progress", "half"}}));
-  ASSERT_TRUE(Eventually([&] { return worker.stats().succeeded == 1; }));
-  worker.Stop(Millis(0));
-  EXPECT_EQ(worker.stats().retried, 1u);
-  EXPECT_EQ(worker.stats().report_errors, 0u);
+TEST_F(RetryMetadataTest, RetryMetadataThatIsNotUtf8IsRefusedAndTheRetryGoesOn) {
+  sdk::WorkerStats stats;
+  auto seen = SecondAttemptsMetadata(
+      "bad-meta", {{"progress", "none"}},
+      [](TaskContext& task) {
+        EXPECT_TRUE(task.SetRetryMetadata({{"progress", "half"}}));
+        EXPECT_FALSE(task.SetRetryMetadata({{"progress", "\xff"}}));
+        EXPECT_FALSE(task.SetRetryMetadata({{"\xff", "half"}}));
+      },
+      &stats);
+  EXPECT_EQ(seen, (std::map<std::string, std::string>{{"progress", "half"}}));
+  EXPECT_EQ(stats.retried, 1u);
+  EXPECT_EQ(stats.report_errors, 0u);
 }
 
 // The worker id is cut to the server's 128 bytes between characters: half an e-acute
