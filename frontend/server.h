@@ -24,8 +24,8 @@ class Server {
                                                Limits limits = {});
   ~Server();
 
-  // The cap on gRPC's sync-server thread pool, which only reflection uses: its
-  // pollers and the streams open at once (more get RESOURCE_EXHAUSTED).
+  // The cap on gRPC's sync-server thread pool, which only reflection uses: its poller
+  // and the streams open at once (3 here; more get RESOURCE_EXHAUSTED).
   static constexpr int kMaxSyncServerThreads = 4;
 
   int port() const { return port_; }

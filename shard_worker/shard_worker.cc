@@ -271,6 +271,7 @@ void ShardWorker::RunWork(Work& work) {
   }
   // A failed call of an earlier turn may have committed: first make the index true.
   const bool resync_failed = resync_ && !Resync();
+  TakeOwedGiveBacks(work);
   // Claims first: a waiting consumer is the most latency-sensitive caller. Then the
   // promotion of items that fell due, which are late from now on, and the claims of
   // the consumers waiting for them, before the enqueues and acks of the turn.
@@ -322,9 +323,10 @@ void ShardWorker::RunWork(Work& work) {
   }
   for (StoreFn& fn : work.exclusive) {
     RunNewClaims();
-    Duration latency;
-    Exclusive done = Timed([&] { return fn(store_.get()); }, &latency);
-    Observe(done.status, latency);
+    Exclusive done = fn(store_.get());
+    // Failures count, and an unknown outcome resyncs; slowness does not: a redrive
+    // of 10,000 rows may well take the breaker's "slow" 2 s.
+    Observe(done.status, Duration(0));
     ReadyBatch ready_keys;
     for (const ItemTransition& t : done.transitions) ApplyTransition(t, ready_keys);
     ready_keys.Flush(position_);
@@ -646,17 +648,25 @@ void ShardWorker::RunClaims(std::span<PendingClaim> pending) {
 }
 
 void ShardWorker::GiveBackUnanswered(std::span<const store::ClaimRequest> rows) {
-  std::vector<store::NackRequest> back;
   for (const store::ClaimRequest& r : rows) {
     store::NackRequest n{r.row, r.token};
     n.error = "the answer of the claim that leased it was lost";
     n.undelivered = true;
     n.unstarted_until = r.due_by;  // the item's own due time: its place in the order
-    back.push_back(std::move(n));
+    owed_give_backs_.push_back(std::move(n));
   }
-  std::lock_guard lock(mu_);
-  pending_.nacks.push_back({std::move(back), [](std::vector<store::ItemOutcome>) {}});
-  ScheduleLocked();
+}
+
+void ShardWorker::TakeOwedGiveBacks(Work& work) {
+  if (owed_give_backs_.empty() || resync_) return;
+  auto reqs = std::exchange(owed_give_backs_, {});
+  work.nacks.push_back({reqs, [this, reqs](std::vector<store::ItemOutcome> outs) {
+                          // Any other answer (done, or the lease is gone) settles it.
+                          for (size_t i = 0; i < outs.size() && i < reqs.size(); ++i) {
+                            if (outs[i].status.code() == Code::kUnavailable)
+                              owed_give_backs_.push_back(reqs[i]);
+                          }
+                        }});
 }
 
 template <typename Req>

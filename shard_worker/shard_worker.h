@@ -207,12 +207,15 @@ class ShardWorker final : public Tickable {
                  std::span<PendingBatch<store::ExtendRequest>> extends);
   void RunClaims(std::span<PendingClaim> pending);
   // After a claim whose outcome is unknown (UNAVAILABLE: it may have committed, under
-  // tokens no consumer holds): queues nacks of its rows as never started, for the
-  // next turn, after the resync. If the claim committed, each item is due again in
-  // its place, its attempt not counted (so an item of one attempt is not
-  // dead-lettered by a lease nobody had); if not, the token does not match and the
-  // nack changes nothing.
+  // tokens no consumer holds): owes nacks of its rows as never started. If the claim
+  // committed, each item is due again in its place, its attempt not counted (so an
+  // item of one attempt is not dead-lettered by a lease nobody had); if not, the
+  // token does not match and the nack changes nothing.
   void GiveBackUnanswered(std::span<const store::ClaimRequest> rows);
+  // Adds the owed give-backs to `work`'s nacks, unless a resync is still owed (the
+  // index must be true before their transitions apply). Those whose Write fails are
+  // owed again: they wait out an outage, not only one turn.
+  void TakeOwedGiveBacks(Work& work);
   class ReadyBatch;
   // A Write part's outcomes, split per caller, applied to the index (`ready_keys`);
   // each caller gets the call's error if the Write failed.
@@ -263,6 +266,9 @@ class ShardWorker final : public Tickable {
   ReleaseSchedule releases_;
   Time next_purge_{};
   bool resync_ = false;  // strand only: a Resync is owed (Observe saw UNAVAILABLE)
+  // Strand only: give-backs of claims whose outcome was unknown (GiveBackUnanswered),
+  // until the store has answered them.
+  std::vector<store::NackRequest> owed_give_backs_;
   // Strand only: the time from Claim() to its commit, which sets the release lead.
   LatencyEstimate claim_latency_;
   // Held by the ticker across a release (TakeDue to its counts and keys) and by

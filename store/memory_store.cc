@@ -397,7 +397,8 @@ std::vector<ItemOutcome> MemoryShardStore::ApplyNacks(std::span<const NackReques
     if (!out[i].status.ok()) continue;
     Row& r = rows_[n.row.value()];
     std::string error = TruncateTo(n.error, kMaxErrorBytes);
-    r.last_error = error;
+    // A lease nobody had is no error of the task's: its reason goes in the event.
+    if (!n.unstarted_until) r.last_error = error;
     if (n.metadata) r.metadata = *n.metadata;
     if (r.cancel_requested) {
       Finish(r, ItemState::kCancelled, now);

@@ -1284,17 +1284,22 @@ std::vector<ItemOutcome> MySqlShardStore::NackRows(std::span<const NackRequest> 
         n.metadata
             ? Stmt(
                   "UPDATE items SET state = ?, deliver_after = ?, finished_at = ?, "
-                  "expires_at = IF(?, NULL, expires_at), last_error = ?, "
-                  "attempts = attempts - ?, metadata = ? WHERE id = ?")
+                  "expires_at = IF(?, NULL, expires_at), "
+                  "last_error = IF(?, last_error, ?), attempts = attempts - ?, "
+                  "metadata = ? WHERE id = ?")
             : Stmt(
                   "UPDATE items SET state = ?, deliver_after = ?, finished_at = ?, "
-                  "expires_at = IF(?, NULL, expires_at), last_error = ?, "
-                  "attempts = attempts - ? WHERE id = ?");
+                  "expires_at = IF(?, NULL, expires_at), "
+                  "last_error = IF(?, last_error, ?), attempts = attempts - ? "
+                  "WHERE id = ?");
     unsigned p = 1;
     st.SetInt(p++, static_cast<int>(to));
     st.SetInt64(p++, due);
     st.SetInt64(p++, final ? now_ms : 0);
     st.SetInt(p++, final ? 1 : 0);
+    // A lease nobody had (given back unstarted) is no error of the task's: the
+    // reason goes in its event only, and the last error stays the handler's.
+    st.SetInt(p++, n.unstarted_until ? 1 : 0);
     st.SetString(p++, error);
     st.SetInt(p++, refund ? 1 : 0);
     if (n.metadata) st.SetString(p++, *n.metadata);

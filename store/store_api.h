@@ -46,12 +46,13 @@ struct NackRequest {
   // instead of "retry"; the attempt still counts, as for an expired lease.
   bool undelivered = false;
   // Set when the server knows no consumer got the lease: the answer that carried it
-  // was held until the items' due time and never sent (engine::DequeueOp: the call
-  // ended first, a better item took its place, or the hold would have spent its
-  // lease). The attempt does not count (attempts - 1, so this nack never
+  // was never sent (engine::DequeueOp: the call ended first, a better item took its
+  // place in a held answer, or the hold would have spent its lease), or the claim
+  // that took it lost its own answer (ShardWorker::GiveBackUnanswered). The attempt does not count (attempts - 1, so this nack never
   // dead-letters the item), and the item is redelivered from this time on (absolute;
   // `delay` is ignored): the item's own due time, so a time already past makes it
-  // READY in its old place in the order. Event "undelivered" as above.
+  // READY in its old place in the order. Event "undelivered" as above, with `error`
+  // as its detail; the task's last_error is left as it was (no handler failed).
   std::optional<Time> unstarted_until;
 };
 

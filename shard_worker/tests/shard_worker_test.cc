@@ -1318,6 +1318,30 @@ TEST_F(ShardWorkerTest, AClaimWhoseReplyWasLostIsGivenBackAtOnce) {
   EXPECT_EQ(again[0].attempts, 1u);
 }
 
+// The shard goes down with a claim whose reply was lost (its breaker opens): the
+// give-back is owed, not dropped, and goes once the shard is up again, after the
+// resync it waits for.
+TEST_F(ShardWorkerTest, AGiveBackOwedWhileTheShardIsDownGoesOnceItIsUp) {
+  StartWithATouchyBreaker();
+  NewItem item = Item("t", 0, Time{}, Duration(500));
+  item.max_attempts = 1;
+  ASSERT_TRUE(EnqueueAndLoad({item}));
+  store_->LoseNextReply(MemoryShardStore::Op::kClaim);
+  EXPECT_TRUE(TakeAndClaim("t", 1).empty());  // the breaker opens at it
+  ASSERT_EQ(worker_->Health().breaker, BreakerState::kOpen);
+  EXPECT_EQ(store_->calls(MemoryShardStore::Op::kNack), 0);
+  EXPECT_EQ(StoredCounts().leased, 1u);
+
+  ASSERT_TRUE(ProbeAfterTheCooldown());
+  io_.RunAll();
+  store::TopicCounts stored = StoredCounts();
+  EXPECT_EQ(stored.ready, 1u);
+  EXPECT_EQ(stored.leased, 0u);
+  auto again = TakeAndClaim("t", 1);  // the probe's refill loaded the window
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].attempts, 1u);
+}
+
 // The same give-back after a claim that did not commit (the connection died before
 // the COMMIT reached MariaDB) finds the token unknown and changes nothing.
 TEST_F(ShardWorkerTest, AGiveBackOfAClaimThatDidNotCommitChangesNothing) {

@@ -993,6 +993,7 @@ TYPED_TEST(StoreContractTest, ANackOfALeaseThatNeverStartedTakesItsAttemptBack) 
   NackRequest give_back{id, LeaseToken(1)};
   give_back.undelivered = true;
   give_back.unstarted_until = kT0 + 1s;
+  give_back.error = "the call ended";
   std::vector<NackRequest> nacks{give_back};
   ItemOutcome out = Must(this->store().Nack(nacks, kT0 + 1s - 5ms)).at(0);
   ASSERT_TRUE(out.status.ok()) << out.status.ToString();
@@ -1004,6 +1005,9 @@ TYPED_TEST(StoreContractTest, ANackOfALeaseThatNeverStartedTakesItsAttemptBack) 
   EXPECT_EQ(t.attempts, 0u);
   EXPECT_EQ(t.deliver_after, kT0 + 1s);
   EXPECT_EQ(Kinds(t.history), (std::vector<std::string>{"leased", "undelivered"}));
+  // Nobody had that lease: its reason is in the event, not the task's last error.
+  EXPECT_EQ(t.history.back().detail, "the call ended");
+  EXPECT_EQ(t.last_error, "");
   // Delivered later, it is the first attempt; a plain undelivered nack of it, which
   // counts, then dead-letters it.
   LeasedItem again = this->ClaimOne(id, 2, kT0 + 1s);
