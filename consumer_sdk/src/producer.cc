@@ -178,6 +178,7 @@ class Producer::Impl : public std::enable_shared_from_this<Impl> {
         op->items.emplace_back();  // keeps items[i] the i-th task's; never sent
         op->results[i].status =
             grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, std::move(*refused));
+        op->results[i].dedup_key = tasks[i].dedup_key;  // the caller's, if any
         continue;
       }
       op->items.push_back(ToProto(tasks[i]));

@@ -377,11 +377,14 @@ TEST_F(SdkTest, ProducerGivesUpAfterItsAttemptsWhenTheServerIsDown) {
 // parse such a message, and on the producer's stream that ended every call on it.
 TEST_F(SdkTest, ATaskThatIsNotUtf8IsRefusedLocallyAndTheOthersGoOn) {
   sdk::Producer producer(ProducerOptions());
-  auto bad =
-      producer.Enqueue({.topic = "utf8", .payload = "p", .metadata = {{"k", "\xff"}}});
+  auto bad = producer.Enqueue({.topic = "utf8",
+                               .payload = "p",
+                               .metadata = {{"k", "\xff"}},
+                               .dedup_key = "mine"});
   EXPECT_EQ(bad.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
       << bad.status.error_message();
   EXPECT_EQ(bad.attempts, 0) << "not sent";
+  EXPECT_EQ(bad.dedup_key, "mine");
   auto good = producer.Enqueue({.topic = "utf8", .payload = "good"});
   ASSERT_TRUE(good.ok()) << good.status.error_message();
 
