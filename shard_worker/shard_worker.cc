@@ -170,22 +170,33 @@ void ShardWorker::RunExclusive(StoreFn fn) {
   ScheduleLocked();
 }
 
-void ShardWorker::Ack(std::vector<store::AckRequest> reqs, OutcomesDone done) {
-  std::lock_guard lock(mu_);
-  pending_.acks.push_back({std::move(reqs), std::move(done)});
+template <typename Req>
+void ShardWorker::QueueReports(std::vector<PendingBatch<Req>> Work::*list,
+                               std::vector<Req> reqs, OutcomesDone done) {
+  std::unique_lock lock(mu_);
+  if (pending_report_items_ + reqs.size() > options_.max_pending_reports) {
+    lock.unlock();
+    const Status full = Status::ResourceExhausted(
+        "shard " + std::to_string(id_.value()) +
+        ": too many acks, nacks and extensions wait for it; retry later");
+    done(std::vector<store::ItemOutcome>(reqs.size(), {full, std::nullopt, {}}));
+    return;
+  }
+  pending_report_items_ += reqs.size();
+  (pending_.*list).push_back({std::move(reqs), std::move(done)});
   ScheduleLocked();
+}
+
+void ShardWorker::Ack(std::vector<store::AckRequest> reqs, OutcomesDone done) {
+  QueueReports(&Work::acks, std::move(reqs), std::move(done));
 }
 
 void ShardWorker::Nack(std::vector<store::NackRequest> reqs, OutcomesDone done) {
-  std::lock_guard lock(mu_);
-  pending_.nacks.push_back({std::move(reqs), std::move(done)});
-  ScheduleLocked();
+  QueueReports(&Work::nacks, std::move(reqs), std::move(done));
 }
 
 void ShardWorker::Extend(std::vector<store::ExtendRequest> reqs, OutcomesDone done) {
-  std::lock_guard lock(mu_);
-  pending_.extends.push_back({std::move(reqs), std::move(done)});
-  ScheduleLocked();
+  QueueReports(&Work::extends, std::move(reqs), std::move(done));
 }
 
 void ShardWorker::Refill(std::shared_ptr<prefetch::TopicBuffer> buffer) {
@@ -248,6 +259,7 @@ void ShardWorker::Run() {
     std::lock_guard lock(mu_);
     std::swap(work, pending_);
     pending_enqueue_items_ = 0;
+    pending_report_items_ = 0;
   }
   RunWork(work);
   std::lock_guard lock(mu_);

@@ -40,7 +40,10 @@ namespace shardq::shard_worker {
 struct WorkerOptions {
   size_t max_batch = 500;                // rows per store call (of every kind)
   size_t max_pending_enqueues = 50'000;  // beyond this: RESOURCE_EXHAUSTED
-  size_t promote_batch = 1'000;          // due items moved per transaction
+  // Acks, nacks and extensions (items) waiting for the strand: beyond this, while the
+  // store stalls, RESOURCE_EXHAUSTED (the SDK retries), not unbounded memory.
+  size_t max_pending_reports = 100'000;
+  size_t promote_batch = 1'000;  // due items moved per transaction
   // How far ahead a promotion reads DELAYED items, to release each into the ready
   // index at its due time (release_schedule.h); 0: only promotions make items ready.
   Duration lookahead{100};
@@ -179,6 +182,12 @@ class ShardWorker final : public Tickable {
     }
   };
 
+  // Queues acks, nacks or extensions (`list` of pending_), or refuses them all with
+  // RESOURCE_EXHAUSTED past max_pending_reports.
+  template <typename Req>
+  void QueueReports(std::vector<PendingBatch<Req>> Work::*list, std::vector<Req> reqs,
+                    OutcomesDone done);
+
   // Strand.
   void ScheduleLocked();
   void Run();
@@ -258,6 +267,7 @@ class ShardWorker final : public Tickable {
   std::condition_variable idle_;  // signalled when the strand stops running
   Work pending_;
   size_t pending_enqueue_items_ = 0;
+  size_t pending_report_items_ = 0;  // in pending_'s acks, nacks and extends
   bool running_ = false;
   bool recovered_ = false;
   bool starting_ = false;  // Start() was called, its first open has not run yet

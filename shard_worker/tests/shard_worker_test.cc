@@ -644,6 +644,36 @@ TEST_F(ShardWorkerTest, AnEmptyEnqueueIsAnsweredAtOnceWithNoRows) {
   EXPECT_EQ(store_->calls(MemoryShardStore::Op::kInsert), 0);
 }
 
+// Acks, nacks and extensions that pile up while the strand is busy (a stalled store)
+// are capped too: past max_pending_reports they are answered RESOURCE_EXHAUSTED at
+// once, and taken again once the strand has drained what waits.
+TEST_F(ShardWorkerTest, ReportsPastTheBufferAreResourceExhaustedUntilItDrains) {
+  WorkerOptions o = QuietOptions();
+  o.max_pending_reports = 1;
+  MakeWorker(o);
+  StartWorker();
+  ASSERT_TRUE(EnqueueAndLoad({Item("t"), Item("t")}));
+  std::vector<LeasedItem> leased = TakeAndClaim("t", 2);
+  ASSERT_EQ(leased.size(), 2u);
+  auto first = AckAsync(leased[0]);  // waits for the strand
+  auto refused = AckAsync(leased[1]);
+  ASSERT_EQ(refused->size(), 1u) << "answered at once";
+  EXPECT_EQ((*refused)[0].status.code(), Code::kResourceExhausted);
+  std::vector<store::ItemOutcome> extend;
+  worker_->Extend({{leased[1].row, leased[1].token, Duration(1'000)}},
+                  [&](std::vector<store::ItemOutcome> out) { extend = std::move(out); });
+  ASSERT_EQ(extend.size(), 1u);
+  EXPECT_EQ(extend[0].status.code(), Code::kResourceExhausted);
+  io_.RunAll();
+  ASSERT_EQ(first->size(), 1u);
+  EXPECT_TRUE((*first)[0].status.ok());
+  auto again = AckAsync(leased[1]);
+  io_.RunAll();
+  ASSERT_EQ(again->size(), 1u);
+  EXPECT_TRUE((*again)[0].status.ok());
+  EXPECT_EQ(StoredCounts().succeeded, 2u);
+}
+
 TEST_F(ShardWorkerTest, FullBufferIsResourceExhausted) {
   WorkerOptions o = QuietOptions();
   o.max_pending_enqueues = 4;
