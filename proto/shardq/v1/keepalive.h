@@ -6,9 +6,10 @@
 // died, a network partition) is noticed only when the kernel gives up retransmitting,
 // about 15 minutes later: until then a worker sends its dequeues and heartbeats into
 // a dead stream, and the server keeps that stream's parked calls. So the SDK pings
-// every kClientPingIntervalMs while it has calls open and drops the connection (and
-// reconnects) when a ping is not answered within kPingTimeoutMs; the server pings
-// idle clients too, and accepts a client's pings as often as kServerMinPingIntervalMs
+// when it has read nothing for kClientPingIntervalMs (a parked poll's empty answer
+// also counts as reading) and drops the connection (and reconnects) when a ping is
+// not answered within kPingTimeoutMs; the server pings quiet clients too (after
+// kServerPingIntervalMs), and accepts a client's pings as often as kServerMinPingIntervalMs
 // (gRPC's default, 5 minutes, would answer the SDK's pings with GOAWAY
 // "too_many_pings").
 
