@@ -15,7 +15,7 @@ git -C "$WORK/src" apply "$PWD/bench/experiments/a1_ceilings.patch"
 cmake -S "$WORK/src" -B "$WORK/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build "$WORK/build" -j2 --target shardqd shardq_bench >/dev/null
 for mode in echo memstore; do
-  var=SHARDQ_$(echo "$mode" | tr a-z A-Z)
+  var=SHARDQ_$(echo "$mode" | tr '[:lower:]' '[:upper:]')
   printf '#!/bin/sh\n%s=1 exec %s "$@"\n' "$var" "$WORK/build/frontend/shardqd" \
     >"$WORK/$mode"
   chmod +x "$WORK/$mode"
