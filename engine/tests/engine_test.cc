@@ -1009,7 +1009,7 @@ TEST(EngineCancelTest, ACallCancelledWhileItsClaimIsInFlightGivesTheItemBack) {
   EXPECT_TRUE(got->empty());
   ExpectGivenBack(h, id, due, ItemState::kReady);
   h.store(1).SetBeforeCall(MemoryShardStore::Op::kClaim, {});
-  auto again = h.Dequeue("c", 1);
+  auto again = h.Dequeue("c", 1, kLongWait);  // the give-back reaches the index
   ASSERT_EQ(again.size(), 1u);
   EXPECT_EQ(again[0].id(), id);
   EXPECT_EQ(again[0].item.attempts, 1u);
@@ -1041,7 +1041,7 @@ TEST(EngineCancelTest, ACallCancelledWhileAHandoffIsInFlightGivesTheItemBack) {
   ASSERT_EQ(ids.size(), 1u);
   ASSERT_TRUE(ids[0].ok());
   ExpectGivenBack(h, *ids[0], due, ItemState::kReady);
-  auto again = h.Dequeue("c", 1);
+  auto again = h.Dequeue("c", 1, kLongWait);  // the give-back reaches the index
   ASSERT_EQ(again.size(), 1u);
   EXPECT_EQ(again[0].id(), *ids[0]);
   EXPECT_EQ(again[0].item.attempts, 1u);
