@@ -30,7 +30,18 @@ HandoffPlan::HandoffPlan(std::span<const ItemTransition> due, ShardId shard,
         k, OrderKey{t.priority, t.deliver_after, ItemId{shard, t.row}});
   }
   OfferAll(by_topic, index);
-  for (const store::InsertLease& l : leases_) lease_rows_.push_back(due[l.item].row);
+  for (const store::InsertLease& l : leases_) {
+    lease_rows_.push_back(due[l.item].row);
+    lease_dues_.push_back(due[l.item].deliver_after);
+  }
+}
+
+std::vector<HandoffPlan::PlannedLease> HandoffPlan::PromotionLeases() const {
+  std::vector<PlannedLease> out;
+  for (size_t i = 0; i < lease_rows_.size(); ++i) {
+    out.push_back({lease_rows_[i], leases_[i].token, lease_dues_[i]});
+  }
+  return out;
 }
 
 void HandoffPlan::OfferAll(std::map<TopicKey, Candidates>& by_topic,

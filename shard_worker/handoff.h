@@ -49,6 +49,15 @@ class HandoffPlan {
   // After the promotion: hands each waiter what was leased to it (nothing if the
   // promotion failed). Moves the items out of `promoted->leased`.
   void Deliver(Result<store::Promotion>& promoted, ShardId shard);
+  // A promotion's leases as (row, token, due time): when its outcome is unknown
+  // they may have committed, and no waiter was handed them (ShardWorker gives them
+  // back as never started).
+  struct PlannedLease {
+    RowId row;
+    LeaseToken token;
+    Time due;
+  };
+  std::vector<PlannedLease> PromotionLeases() const;
 
  private:
   // The items of one topic that may be offered: (index, ordering key).
@@ -66,6 +75,7 @@ class HandoffPlan {
   std::vector<Offer> offers_;
   std::vector<store::InsertLease> leases_;
   std::vector<RowId> lease_rows_;  // a promotion's: the row of each lease
+  std::vector<Time> lease_dues_;   // ... and its due time
 };
 
 }  // namespace shardq::shard_worker

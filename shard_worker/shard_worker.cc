@@ -660,13 +660,16 @@ void ShardWorker::RunClaims(std::span<PendingClaim> pending) {
 }
 
 void ShardWorker::GiveBackUnanswered(std::span<const store::ClaimRequest> rows) {
-  for (const store::ClaimRequest& r : rows) {
-    store::NackRequest n{r.row, r.token};
-    n.error = "the answer of the claim that leased it was lost";
-    n.undelivered = true;
-    n.unstarted_until = r.due_by;  // the item's own due time: its place in the order
-    owed_give_backs_.push_back(std::move(n));
-  }
+  // due_by is the item's own due time: its place in the order.
+  for (const store::ClaimRequest& r : rows) OweGiveBack(r.row, r.token, r.due_by);
+}
+
+void ShardWorker::OweGiveBack(RowId row, LeaseToken token, Time due) {
+  store::NackRequest n{row, token};
+  n.error = "the answer of the transaction that leased it was lost";
+  n.undelivered = true;
+  n.unstarted_until = due;
+  owed_give_backs_.push_back(std::move(n));
 }
 
 void ShardWorker::TakeOwedGiveBacks(Work& work) {
@@ -742,6 +745,11 @@ void ShardWorker::RunPromote() {
       &latency);
   Observe(promoted.status(), latency);
   if (!promoted.ok()) {
+    if (handoffs && promoted.status().code() == Code::kUnavailable) {
+      // Its handoff leases may have committed, and nobody gets them.
+      for (const auto& l : handoffs->PromotionLeases())
+        OweGiveBack(l.row, l.token, l.due);
+    }
     if (handoffs) handoffs->Deliver(promoted, id_);  // nothing: the calls wait on
     NoteDeadline(now + kRetryAfterFailure);          // try again soon
     return;

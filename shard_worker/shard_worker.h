@@ -216,11 +216,14 @@ class ShardWorker final : public Tickable {
                  std::span<PendingBatch<store::ExtendRequest>> extends);
   void RunClaims(std::span<PendingClaim> pending);
   // After a claim whose outcome is unknown (UNAVAILABLE: it may have committed, under
-  // tokens no consumer holds): owes nacks of its rows as never started. If the claim
+  // tokens no consumer holds), or a promotion's handoff leases (RunPromote): owes
+  // nacks of its rows as never started. If the claim
   // committed, each item is due again in its place, its attempt not counted (so an
   // item of one attempt is not dead-lettered by a lease nobody had); if not, the
   // token does not match and the nack changes nothing.
   void GiveBackUnanswered(std::span<const store::ClaimRequest> rows);
+  // The same for one lease nobody got: `row` under `token`, due again at `due`.
+  void OweGiveBack(RowId row, LeaseToken token, Time due);
   // Adds the owed give-backs to `work`'s nacks, unless a resync is still owed (the
   // index must be true before their transitions apply). Those whose Write fails are
   // owed again: they wait out an outage, not only one turn.

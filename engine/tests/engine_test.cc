@@ -1489,6 +1489,34 @@ TEST(EngineHandoffTest, ParkedCallGetsTheBestItemFallingDueWithoutAClaim) {
   EXPECT_TRUE(acks[0].ok()) << acks[0].ToString();
 }
 
+// A promotion whose answer was lost (the connection died after its COMMIT) may have
+// leased a falling-due item to a parked call, which was handed nothing: the shard
+// gives that lease back after its resync, and the call gets the item as its first
+// attempt (an item of one attempt is not dead-lettered by a lease nobody had).
+TEST(EngineHandoffTest, APromotionsHandoffWhoseAnswerWasLostIsGivenBack) {
+  Harness h({1});
+  ASSERT_TRUE(h.Dequeue("d", 1).empty());  // loads the (empty) window
+  const Time due = h.clock().Now() + Duration(500);
+  NewItem item = Item("d", 0, due, Duration(1'000));
+  item.max_attempts = 1;
+  const ItemId id = h.EnqueueOk(std::move(item));
+  DequeueAnswer a;
+  auto handle = h.engine().Dequeue("ns", {{"d", 1}}, kLongWait, "worker-a", a.Callback());
+  ASSERT_TRUE(WaitUntil([&] { return h.engine().ParkedCalls() == 1; }));
+  h.store(1).LoseNextReply(MemoryShardStore::Op::kPromoteDue);
+  h.clock().Advance(Duration(500));
+  auto got = a.Get();
+  ASSERT_TRUE(got.has_value());
+  ASSERT_EQ(got->size(), 1u);
+  EXPECT_EQ((*got)[0].id(), id);
+  EXPECT_EQ((*got)[0].item.attempts, 1u);
+  EXPECT_EQ((*got)[0].item.deliver_after, due);
+  std::vector<std::string> kinds;
+  for (const auto& e : TaskOf(h.store(1), id).history) kinds.push_back(e.kind);
+  // Leased in the lost promotion, given back, leased by the call's claim.
+  EXPECT_EQ(kinds, (std::vector<std::string>{"leased", "undelivered", "leased"}));
+}
+
 // A promotion that fails is retried, and the parked call gets the item then. (The
 // memory store fails before it asks the handoff; a failure after the offers is
 // shard_worker/tests/handoff_test.cc's.)
