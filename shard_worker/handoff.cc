@@ -36,6 +36,15 @@ HandoffPlan::HandoffPlan(std::span<const ItemTransition> due, ShardId shard,
   }
 }
 
+std::vector<std::pair<LeaseToken, Time>> HandoffPlan::InsertLeases(
+    std::span<const NewItem> rows) const {
+  std::vector<std::pair<LeaseToken, Time>> out;
+  for (const store::InsertLease& l : leases_) {
+    out.emplace_back(l.token, rows[l.item].deliver_after);
+  }
+  return out;
+}
+
 std::vector<HandoffPlan::PlannedLease> HandoffPlan::PromotionLeases() const {
   std::vector<PlannedLease> out;
   for (size_t i = 0; i < lease_rows_.size(); ++i) {

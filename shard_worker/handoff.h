@@ -58,6 +58,10 @@ class HandoffPlan {
     Time due;
   };
   std::vector<PlannedLease> PromotionLeases() const;
+  // An insert's leases as (token, due time) of the items of `rows` (the insert's):
+  // when its outcome is unknown the rows' ids never came back, only the tokens.
+  std::vector<std::pair<LeaseToken, Time>> InsertLeases(
+      std::span<const NewItem> rows) const;
 
  private:
   // The items of one topic that may be offered: (index, ordering key).

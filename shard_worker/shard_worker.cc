@@ -561,6 +561,11 @@ void ShardWorker::RunWrites(std::span<PendingEnqueue> enqueues,
       },
       &latency);
   Observe(written.status(), latency);
+  if (written.status().code() == Code::kUnavailable) {
+    // The handoff leases may have committed, and nobody gets them; their rows' ids
+    // never came back.
+    for (const auto& lease : handoffs.InsertLeases(rows)) owed_by_token_.push_back(lease);
+  }
   // Update the windows before answering: a caller told that its nack succeeded must
   // find the item in a dequeue that follows.
   ReadyBatch ready_keys;
@@ -673,7 +678,23 @@ void ShardWorker::OweGiveBack(RowId row, LeaseToken token, Time due) {
 }
 
 void ShardWorker::TakeOwedGiveBacks(Work& work) {
-  if (owed_give_backs_.empty() || resync_) return;
+  if (resync_) return;
+  if (!owed_by_token_.empty()) {
+    std::vector<LeaseToken> tokens;
+    for (const auto& [token, due] : owed_by_token_) tokens.push_back(token);
+    Duration latency;
+    auto found = Timed([&] { return store_->LeasedRowsOf(tokens); }, &latency);
+    Observe(found.status(), latency);
+    if (!found.ok()) return;  // owed still
+    // A token that fits no LEASED row: the insert did not commit, or its lease ended.
+    for (const auto& [token, row] : *found) {
+      for (const auto& [owed, due] : owed_by_token_) {
+        if (owed == token) OweGiveBack(row, token, due);
+      }
+    }
+    owed_by_token_.clear();
+  }
+  if (owed_give_backs_.empty()) return;
   auto reqs = std::exchange(owed_give_backs_, {});
   work.nacks.push_back({reqs, [this, reqs](std::vector<store::ItemOutcome> outs) {
                           // Any other answer (done, or the lease is gone) settles it.

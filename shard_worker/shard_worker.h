@@ -225,8 +225,9 @@ class ShardWorker final : public Tickable {
   // The same for one lease nobody got: `row` under `token`, due again at `due`.
   void OweGiveBack(RowId row, LeaseToken token, Time due);
   // Adds the owed give-backs to `work`'s nacks, unless a resync is still owed (the
-  // index must be true before their transitions apply). Those whose Write fails are
-  // owed again: they wait out an outage, not only one turn.
+  // index must be true before their transitions apply); first finds the rows of
+  // those owed by token. Those whose Write fails are owed again: they wait out an
+  // outage, not only one turn.
   void TakeOwedGiveBacks(Work& work);
   class ReadyBatch;
   // A Write part's outcomes, split per caller, applied to the index (`ready_keys`);
@@ -282,6 +283,9 @@ class ShardWorker final : public Tickable {
   // Strand only: give-backs of claims whose outcome was unknown (GiveBackUnanswered),
   // until the store has answered them.
   std::vector<store::NackRequest> owed_give_backs_;
+  // Strand only: the (token, due time) of an insert's handoff leases whose outcome
+  // was unknown, until the store says which rows hold them (LeasedRowsOf).
+  std::vector<std::pair<LeaseToken, Time>> owed_by_token_;
   // Strand only: the time from Claim() to its commit, which sets the release lead.
   LatencyEstimate claim_latency_;
   // Held by the ticker across a release (TakeDue to its counts and keys) and by

@@ -564,6 +564,21 @@ Result<std::optional<Time>> MemoryShardStore::NextDue() {
   return NextDueLocked();
 }
 
+Result<std::vector<std::pair<LeaseToken, RowId>>> MemoryShardStore::LeasedRowsOf(
+    std::span<const LeaseToken> tokens) {
+  std::lock_guard lock(mu_);
+  ++calls_[static_cast<size_t>(Op::kLeasedRowsOf)];
+  SHARDQ_RETURN_IF_ERROR(TakeFailure(Op::kLeasedRowsOf));
+  std::vector<std::pair<LeaseToken, RowId>> out;
+  for (const auto& [id, r] : rows_) {
+    if (r.state != ItemState::kLeased) continue;
+    for (LeaseToken t : tokens) {
+      if (t.value() == r.lease_token) out.emplace_back(t, RowId(id));
+    }
+  }
+  return out;
+}
+
 std::optional<Time> MemoryShardStore::NextDueLocked() const {
   std::optional<Time> next;
   for (const auto& [id, r] : rows_) {

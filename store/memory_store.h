@@ -44,6 +44,7 @@ class MemoryShardStore final : public ShardStore {
     kListDead,
     kRedrive,
     kPurgeDead,
+    kLeasedRowsOf,
     kCount_,  // number of ops
   };
 
@@ -74,6 +75,8 @@ class MemoryShardStore final : public ShardStore {
                                const Lookahead& look = {}) override;
   Result<std::vector<ItemTransition>> PurgeExpired(Time now, size_t limit) override;
   Result<std::optional<Time>> NextDue() override;
+  Result<std::vector<std::pair<LeaseToken, RowId>>> LeasedRowsOf(
+      std::span<const LeaseToken> tokens) override;
   Result<std::vector<TopicCounts>> CountByTopic() override;
   Result<TaskRecord> GetTask(RowId row, bool include_payload) override;
   Result<ItemOutcome> Cancel(RowId row, Time now) override;

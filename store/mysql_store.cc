@@ -1638,6 +1638,29 @@ Result<std::optional<Time>> MySqlShardStore::NextDue() {
   });
 }
 
+Result<std::vector<std::pair<LeaseToken, RowId>>> MySqlShardStore::LeasedRowsOf(
+    std::span<const LeaseToken> tokens) {
+  using R = Result<std::vector<std::pair<LeaseToken, RowId>>>;
+  if (tokens.empty()) return R(std::vector<std::pair<LeaseToken, RowId>>{});
+  return Run<R>("leased_rows_of", [&]() -> R {
+    std::vector<uint64_t> values;
+    for (LeaseToken t : tokens) values.push_back(t.value());
+    std::vector<std::pair<LeaseToken, RowId>> out;
+    for (const std::vector<uint64_t>& chunk : IdChunks(values)) {
+      // `due` starts with the state: only the LEASED rows are read.
+      DbStatement& st =
+          Stmt("SELECT lease_token, id FROM items WHERE state = 2 AND lease_token IN (" +
+               Placeholders(PaddedCount(chunk.size())) + ")");
+      BindIds(st, 1, chunk);
+      DbRows& rs = st.ExecuteQuery();
+      while (rs.Next())
+        out.emplace_back(LeaseToken(rs.GetUInt64(1)), RowId(rs.GetUInt64(2)));
+    }
+    Commit();
+    return out;
+  });
+}
+
 Result<std::vector<TopicCounts>> MySqlShardStore::CountByTopic() {
   using R = Result<std::vector<TopicCounts>>;
   return Run<R>("count_by_topic", [&]() -> R {

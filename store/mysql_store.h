@@ -63,6 +63,8 @@ class MySqlShardStore final : public ShardStore {
                                const Lookahead& look = {}) override;
   Result<std::vector<ItemTransition>> PurgeExpired(Time now, size_t limit) override;
   Result<std::optional<Time>> NextDue() override;
+  Result<std::vector<std::pair<LeaseToken, RowId>>> LeasedRowsOf(
+      std::span<const LeaseToken> tokens) override;
   Result<std::vector<TopicCounts>> CountByTopic() override;
   Result<TaskRecord> GetTask(RowId row, bool include_payload) override;
   Result<ItemOutcome> Cancel(RowId row, Time now) override;

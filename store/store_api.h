@@ -48,11 +48,12 @@ struct NackRequest {
   // Set when the server knows no consumer got the lease: the answer that carried it
   // was never sent (engine::DequeueOp: the call ended first, a better item took its
   // place in a held answer, or the hold would have spent its lease), or the claim
-  // that took it lost its own answer (ShardWorker::GiveBackUnanswered). The attempt does not count (attempts - 1, so this nack never
-  // dead-letters the item), and the item is redelivered from this time on (absolute;
-  // `delay` is ignored): the item's own due time, so a time already past makes it
-  // READY in its old place in the order. Event "undelivered" as above, with `error`
-  // as its detail; the task's last_error is left as it was (no handler failed).
+  // that took it lost its own answer (ShardWorker::GiveBackUnanswered). The attempt does
+  // not count (attempts - 1, so this nack never dead-letters the item), and the item is
+  // redelivered from this time on (absolute; `delay` is ignored): the item's own due
+  // time, so a time already past makes it READY in its old place in the order. Event
+  // "undelivered" as above, with `error` as its detail; the task's last_error is left as
+  // it was (no handler failed).
   std::optional<Time> unstarted_until;
 };
 
@@ -365,6 +366,13 @@ class ShardStore {
   // when PromoteDue next has work. (PromoteDue reports it too; this is the query on its
   // own.)
   virtual Result<std::optional<Time>> NextDue() = 0;
+
+  // The LEASED rows whose current lease token is one of `tokens` (any order; a token
+  // that fits no LEASED row is left out): how the shard worker finds the rows of the
+  // handoff leases of an insert whose answer was lost (their ids never came back).
+  // Reads only LEASED rows, which are few (the `due` index's state prefix).
+  virtual Result<std::vector<std::pair<LeaseToken, RowId>>> LeasedRowsOf(
+      std::span<const LeaseToken> tokens) = 0;
 
   // Item counts per (namespace, topic, state); used once at start-up to seed the
   // in-memory counters, and by tests.

@@ -183,6 +183,10 @@ class StoreRef final : public store::ShardStore {
     return m_.PurgeExpired(now, limit);
   }
   Result<std::optional<Time>> NextDue() override { return m_.NextDue(); }
+  Result<std::vector<std::pair<LeaseToken, RowId>>> LeasedRowsOf(
+      std::span<const LeaseToken> tokens) override {
+    return m_.LeasedRowsOf(tokens);
+  }
   Result<std::vector<store::TopicCounts>> CountByTopic() override {
     return m_.CountByTopic();
   }
@@ -1487,6 +1491,33 @@ TEST(EngineHandoffTest, ParkedCallGetsTheBestItemFallingDueWithoutAClaim) {
   auto acks = h.Ack({{handed.id(), handed.item.token}});
   ASSERT_EQ(acks.size(), 1u);
   EXPECT_TRUE(acks[0].ok()) << acks[0].ToString();
+}
+
+// An insert whose answer was lost may have leased its item to a parked call in the
+// INSERT itself, and the call was handed nothing: after its resync the shard finds
+// the row by the lease's token and gives the lease back, and the call gets the item
+// as its first attempt. The producer's retry is deduplicated to that row.
+TEST(EngineHandoffTest, AnInsertsHandoffWhoseAnswerWasLostIsGivenBack) {
+  Harness h({1});
+  ASSERT_TRUE(h.Dequeue("h", 1).empty());  // loads the (empty) window
+  DequeueAnswer a;
+  auto handle = h.engine().Dequeue("ns", {{"h", 1}}, kLongWait, "worker-a", a.Callback());
+  ASSERT_TRUE(WaitUntil([&] { return h.engine().ParkedCalls() == 1; }));
+  h.store(1).LoseNextReply(MemoryShardStore::Op::kInsert);
+  NewItem item = Item("h", 0, h.clock().Now());
+  item.max_attempts = 1;
+  item.dedup_key = "lost";
+  auto lost = h.Enqueue({item});
+  ASSERT_EQ(lost.size(), 1u);
+  EXPECT_EQ(lost[0].status().code(), Code::kUnavailable);
+  auto got = a.Get();
+  ASSERT_TRUE(got.has_value());
+  ASSERT_EQ(got->size(), 1u);
+  EXPECT_EQ((*got)[0].item.attempts, 1u);
+  auto retry = h.Enqueue({item});
+  ASSERT_EQ(retry.size(), 1u);
+  ASSERT_TRUE(retry[0].ok()) << retry[0].status().ToString();
+  EXPECT_EQ(*retry[0], (*got)[0].id());
 }
 
 // A promotion whose answer was lost (the connection died after its COMMIT) may have

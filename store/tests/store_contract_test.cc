@@ -986,6 +986,29 @@ TYPED_TEST(StoreContractTest, ClaimAheadOfTheDueTimeLeasesFromTheDueTime) {
 // The server gives back a lease taken ahead of the due time whose answer it never
 // sent: the attempt does not count (so even an item of one attempt is not
 // dead-lettered), and the item is due again at the given time.
+// The LEASED rows of given lease tokens: how the shard worker finds the rows of the
+// handoff leases of an insert whose answer was lost. Tokens of finished or unknown
+// leases find nothing.
+TYPED_TEST(StoreContractTest, LeasedRowsOfFindsTheRowsOfCurrentLeasesOnly) {
+  RowId a = this->InsertOne(Item("t", 0, kT0));
+  RowId b = this->InsertOne(Item("t", 1, kT0));
+  this->InsertOne(Item("t", 2, kT0));
+  this->ClaimOne(a, 11);
+  this->ClaimOne(b, 12);
+  std::vector<LeaseToken> tokens{LeaseToken(11), LeaseToken(12), LeaseToken(99)};
+  auto found = Must(this->store().LeasedRowsOf(tokens));
+  std::sort(found.begin(), found.end(), [](const auto& x, const auto& y) {
+    return x.first.value() < y.first.value();
+  });
+  ASSERT_EQ(found.size(), 2u);
+  EXPECT_EQ(found[0], std::make_pair(LeaseToken(11), a));
+  EXPECT_EQ(found[1], std::make_pair(LeaseToken(12), b));
+  ASSERT_TRUE(this->AckOne(b, 12).status.ok());
+  std::vector<LeaseToken> acked{LeaseToken(12)};
+  EXPECT_TRUE(Must(this->store().LeasedRowsOf(acked)).empty());
+  EXPECT_TRUE(Must(this->store().LeasedRowsOf({})).empty());
+}
+
 TYPED_TEST(StoreContractTest, ANackOfALeaseThatNeverStartedTakesItsAttemptBack) {
   RowId id = this->InsertOne(Item("t", 0, kT0 + 1s, "p", 30s, std::nullopt, "ns", 1));
   std::vector<ClaimRequest> req{{id, "w1", LeaseToken(1), kT0 + 1s}};
