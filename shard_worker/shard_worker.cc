@@ -685,16 +685,24 @@ void ShardWorker::TakeOwedGiveBacks(Work& work) {
     Duration latency;
     auto found = Timed([&] { return store_->LeasedRowsOf(tokens); }, &latency);
     Observe(found.status(), latency);
-    if (!found.ok()) return;  // owed still
-    // A token that fits no LEASED row: the insert did not commit, or its lease ended.
-    for (const auto& [token, row] : *found) {
-      for (const auto& [owed, due] : owed_by_token_) {
-        if (owed == token) OweGiveBack(row, token, due);
+    if (found.ok()) {
+      // A token that fits no LEASED row: the insert did not commit, or its lease
+      // ended (an outage longer than the lease: that attempt counts).
+      for (const auto& [token, row] : *found) {
+        for (const auto& [owed, due] : owed_by_token_) {
+          if (owed == token) OweGiveBack(row, token, due);
+        }
       }
-    }
-    owed_by_token_.clear();
+      owed_by_token_.clear();
+    } else if (found.status().code() != Code::kUnavailable) {
+      // Not an outage: asking again would fail the same way, turn after turn.
+      spdlog::warn("shard {}: {} handoff leases of a lost insert not given back: {}",
+                   id_.value(), owed_by_token_.size(), found.status().ToString());
+      owed_by_token_.clear();
+    }  // UNAVAILABLE: asked again after the next resync
   }
-  if (owed_give_backs_.empty()) return;
+  // The other give-backs go on whatever the lookup did, unless it owes a resync.
+  if (owed_give_backs_.empty() || resync_) return;
   auto reqs = std::exchange(owed_give_backs_, {});
   work.nacks.push_back({reqs, [this, reqs](std::vector<store::ItemOutcome> outs) {
                           // Any other answer (done, or the lease is gone) settles it.

@@ -280,8 +280,8 @@ class ShardWorker final : public Tickable {
   ReleaseSchedule releases_;
   Time next_purge_{};
   bool resync_ = false;  // strand only: a Resync is owed (Observe saw UNAVAILABLE)
-  // Strand only: give-backs of claims whose outcome was unknown (GiveBackUnanswered),
-  // until the store has answered them.
+  // Strand only: give-backs of the leases of claims, promotions and inserts whose
+  // outcome was unknown (OweGiveBack), until the store has answered them.
   std::vector<store::NackRequest> owed_give_backs_;
   // Strand only: the (token, due time) of an insert's handoff leases whose outcome
   // was unknown, until the store says which rows hold them (LeasedRowsOf).

@@ -47,8 +47,9 @@ struct NackRequest {
   bool undelivered = false;
   // Set when the server knows no consumer got the lease: the answer that carried it
   // was never sent (engine::DequeueOp: the call ended first, a better item took its
-  // place in a held answer, or the hold would have spent its lease), or the claim
-  // that took it lost its own answer (ShardWorker::GiveBackUnanswered). The attempt does
+  // place in a held answer, or the hold would have spent its lease), or the claim,
+  // promotion or insert that leased it lost its own answer (ShardWorker::OweGiveBack).
+  // The attempt does
   // not count (attempts - 1, so this nack never dead-letters the item), and the item is
   // redelivered from this time on (absolute; `delay` is ignored): the item's own due
   // time, so a time already past makes it READY in its old place in the order. Event
@@ -312,7 +313,8 @@ class ShardStore {
   //  - attempts >= max_attempts -> DEAD (event "dead_lettered");
   //  - otherwise READY (delay 0) or DELAYED until now + delay (event "retry", or
   //    "undelivered" for a lease the server gives back).
-  // The error text becomes last_error in every case.
+  // The error text becomes last_error, except for a lease nobody had
+  // (unstarted_until), whose reason goes only in its event.
   Result<std::vector<ItemOutcome>> Nack(std::span<const NackRequest> nacks, Time now) {
     return Part(Writes{.nacks = nacks}, now, &Written::nacked);
   }
@@ -370,7 +372,8 @@ class ShardStore {
   // The LEASED rows whose current lease token is one of `tokens` (any order; a token
   // that fits no LEASED row is left out): how the shard worker finds the rows of the
   // handoff leases of an insert whose answer was lost (their ids never came back).
-  // Reads only LEASED rows, which are few (the `due` index's state prefix).
+  // Reads the LEASED rows (the `due` index's state prefix), as many as leases in
+  // flight: a rare path, taken only after such a lost answer.
   virtual Result<std::vector<std::pair<LeaseToken, RowId>>> LeasedRowsOf(
       std::span<const LeaseToken> tokens) = 0;
 

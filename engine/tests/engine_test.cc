@@ -1496,7 +1496,8 @@ TEST(EngineHandoffTest, ParkedCallGetsTheBestItemFallingDueWithoutAClaim) {
 // An insert whose answer was lost may have leased its item to a parked call in the
 // INSERT itself, and the call was handed nothing: after its resync the shard finds
 // the row by the lease's token and gives the lease back, and the call gets the item
-// as its first attempt. The producer's retry is deduplicated to that row.
+// as its first attempt, even if that look fails once. The producer's retry is
+// deduplicated to that row.
 TEST(EngineHandoffTest, AnInsertsHandoffWhoseAnswerWasLostIsGivenBack) {
   Harness h({1});
   ASSERT_TRUE(h.Dequeue("h", 1).empty());  // loads the (empty) window
@@ -1504,6 +1505,10 @@ TEST(EngineHandoffTest, AnInsertsHandoffWhoseAnswerWasLostIsGivenBack) {
   auto handle = h.engine().Dequeue("ns", {{"h", 1}}, kLongWait, "worker-a", a.Callback());
   ASSERT_TRUE(WaitUntil([&] { return h.engine().ParkedCalls() == 1; }));
   h.store(1).LoseNextReply(MemoryShardStore::Op::kInsert);
+  // The first look for the lease's row fails too (the outage goes on): it is asked
+  // again after the next resync.
+  h.store(1).FailNext(MemoryShardStore::Op::kLeasedRowsOf,
+                      Status::Unavailable("connection lost"));
   NewItem item = Item("h", 0, h.clock().Now());
   item.max_attempts = 1;
   item.dedup_key = "lost";
@@ -1514,6 +1519,12 @@ TEST(EngineHandoffTest, AnInsertsHandoffWhoseAnswerWasLostIsGivenBack) {
   ASSERT_TRUE(got.has_value());
   ASSERT_EQ(got->size(), 1u);
   EXPECT_EQ((*got)[0].item.attempts, 1u);
+  std::vector<std::string> kinds;
+  for (const auto& e : TaskOf(h.store(1), (*got)[0].id()).history)
+    kinds.push_back(e.kind);
+  // Leased in the lost insert, given back, leased by the call's claim.
+  EXPECT_EQ(kinds, (std::vector<std::string>{"leased", "undelivered", "leased"}));
+  EXPECT_EQ(h.store(1).calls(MemoryShardStore::Op::kLeasedRowsOf), 2u);
   auto retry = h.Enqueue({item});
   ASSERT_EQ(retry.size(), 1u);
   ASSERT_TRUE(retry[0].ok()) << retry[0].status().ToString();

@@ -983,9 +983,6 @@ TYPED_TEST(StoreContractTest, ClaimAheadOfTheDueTimeLeasesFromTheDueTime) {
   EXPECT_EQ(moved, std::vector<RowId>{early});
 }
 
-// The server gives back a lease taken ahead of the due time whose answer it never
-// sent: the attempt does not count (so even an item of one attempt is not
-// dead-lettered), and the item is due again at the given time.
 // The LEASED rows of given lease tokens: how the shard worker finds the rows of the
 // handoff leases of an insert whose answer was lost. Tokens of finished or unknown
 // leases find nothing.
@@ -1009,6 +1006,9 @@ TYPED_TEST(StoreContractTest, LeasedRowsOfFindsTheRowsOfCurrentLeasesOnly) {
   EXPECT_TRUE(Must(this->store().LeasedRowsOf({})).empty());
 }
 
+// The server gives back a lease taken ahead of the due time whose answer it never
+// sent: the attempt does not count (so even an item of one attempt is not
+// dead-lettered), and the item is due again at the given time.
 TYPED_TEST(StoreContractTest, ANackOfALeaseThatNeverStartedTakesItsAttemptBack) {
   RowId id = this->InsertOne(Item("t", 0, kT0 + 1s, "p", 30s, std::nullopt, "ns", 1));
   std::vector<ClaimRequest> req{{id, "w1", LeaseToken(1), kT0 + 1s}};
