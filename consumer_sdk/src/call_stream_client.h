@@ -70,9 +70,12 @@ class CallStreamClient final : public grpc::ClientBidiReactor<StreamReq, StreamR
     const uint64_t call_id = call.call_id();
     {
       std::lock_guard lock(mu_);
-      if (done_) {
+      if (closing_) {
+        // Closed by its owner (CloseWrites): no more calls, whatever the stream's end
+        // status; the owner sends them on a new stream.
+      } else if (done_) {
         over = end_;
-      } else if (!closing_) {
+      } else {
         taken = true;
         waiting_.emplace(call_id, std::move(answer));
         // Ended but not done yet (a read or write failed, OnDone still to come): the
