@@ -15,7 +15,16 @@ dir=$(realpath -m "${2:?usage: mariadb.sh start|stop DIR}")
 sock="$dir/mysql.sock"
 pidfile="$dir/mariadbd.pid"
 
-running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
+# Running: the pidfile names a live mariadbd of this data directory (after a kill -9
+# or a reboot a stale pidfile's pid may belong to another process, which must be
+# neither taken for MariaDB nor killed by stop).
+running() {
+  [ -f "$pidfile" ] || return 1
+  local pid
+  pid=$(cat "$pidfile")
+  [ -r "/proc/$pid/cmdline" ] || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "mariadbd.*--datadir=$dir/data"
+}
 
 case "$cmd" in
   start)
@@ -28,13 +37,15 @@ case "$cmd" in
       # shellcheck disable=SC2086  # a list of options
       mariadbd --no-defaults --datadir="$dir/data" --tmpdir="$dir/tmp" --socket="$sock" --skip-networking \
         --user=root --pid-file="$pidfile" --log-error="$dir/error.log" \
-        --innodb-buffer-pool-size=256M --innodb-log-file-size=1G ${SHARDQ_MARIADB_ARGS:-} &
+        --innodb-buffer-pool-size=256M --innodb-log-file-size=1G ${SHARDQ_MARIADB_ARGS:-} \
+        </dev/null >>"$dir/error.log" 2>&1 &
       for _ in $(seq 1 300); do
         mariadb --no-defaults --socket="$sock" -uroot -e 'select 1' >/dev/null 2>&1 && break
         sleep 0.1
       done
       mariadb --no-defaults --socket="$sock" -uroot -e 'select 1' >/dev/null 2>&1 || {
         echo "MariaDB did not start; see $dir/error.log" >&2
+        kill %1 2>/dev/null || true
         exit 1
       }
     fi

@@ -59,9 +59,11 @@ void AddGlobalOptions(CLI::App& app, GlobalOptions& global) {
       ->envname("SHARDQ_NAMESPACE")
       ->capture_default_str();
   app.add_flag("--json", global.json, "Print one machine-readable JSON document");
+  // At most a day: a deadline of more milliseconds would overflow the clock's
+  // nanoseconds (an instant DEADLINE_EXCEEDED).
   app.add_option("--timeout-ms", global.timeout_ms,
                  "RPC deadline in ms (dequeue adds its --wait-ms)")
-      ->check(AtLeast(1))
+      ->check(CLI::Range(int64_t{1}, int64_t{86'400'000}))
       ->capture_default_str();
 }
 
@@ -267,6 +269,11 @@ int Main(int argc, char** argv) {
     fmt::print(stderr, "shardqctl: {}\nRun with --help for more information.\n",
                e.what());
     return kExitBadArgs;
+  } catch (const std::exception& e) {
+    // Anything else (an answer it cannot print, a closed stdout): an error, not a
+    // crash.
+    fmt::print(stderr, "shardqctl: {}\n", e.what());
+    return kExitRpcFailed;
   }
   return kExitBadArgs;  // Unreachable: require_subcommand(1) guarantees one.
 }
