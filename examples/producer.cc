@@ -12,6 +12,11 @@
 int main(int argc, char** argv) {
   std::string server = "127.0.0.1:50051", ns = "demo", topic = "hello";
   int count = 10;
+  if (argc % 2 == 0) {  // flags come with values
+    std::fprintf(stderr, "usage: %s [--server|--namespace|--topic|--count VALUE]...\n",
+                 argv[0]);
+    return 2;
+  }
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string flag = argv[i], value = argv[i + 1];
     if (flag == "--server")
@@ -26,6 +31,11 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "unknown flag %s\n", flag.c_str());
       return 2;
     }
+  }
+
+  if (count < 1 || count > 1000) {  // atoi: 0 for what is not a number
+    std::fprintf(stderr, "--count must be 1..1000 (one batch)\n");
+    return 2;
   }
 
   shardq::sdk::ProducerOptions options;

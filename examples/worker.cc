@@ -6,6 +6,7 @@
 #include <signal.h>
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
@@ -32,6 +33,13 @@ void Quit() {
 int main(int argc, char** argv) {
   std::string server = "127.0.0.1:50051", ns = "demo", topic = "hello";
   int count = 0, concurrency = 4, work_ms = 0;
+  if (argc % 2 == 0) {  // flags come with values
+    std::fprintf(stderr,
+                 "usage: %s [--server|--namespace|--topic|--count|--concurrency|"
+                 "--work-ms VALUE]...\n",
+                 argv[0]);
+    return 2;
+  }
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string flag = argv[i], value = argv[i + 1];
     if (flag == "--server")
@@ -50,6 +58,11 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "unknown flag %s\n", flag.c_str());
       return 2;
     }
+  }
+
+  if (count < 0 || concurrency < 1 || work_ms < 0) {  // atoi: 0 for not a number
+    std::fprintf(stderr, "--count and --work-ms must be >= 0, --concurrency >= 1\n");
+    return 2;
   }
 
   // Ctrl-C / SIGTERM end the process through the same path as --count.
