@@ -9,9 +9,9 @@
 // when it has read nothing for kClientPingIntervalMs (a parked poll's empty answer
 // also counts as reading) and drops the connection (and reconnects) when a ping is
 // not answered within kPingTimeoutMs; the server pings quiet clients too (after
-// kServerPingIntervalMs), and accepts a client's pings as often as kServerMinPingIntervalMs
-// (gRPC's default, 5 minutes, would answer the SDK's pings with GOAWAY
-// "too_many_pings").
+// kServerPingIntervalMs), and accepts a client's pings as often as
+// kServerMinPingIntervalMs (gRPC's default, 5 minutes, would answer the SDK's pings with
+// GOAWAY "too_many_pings").
 
 namespace shardq::v1 {
 
