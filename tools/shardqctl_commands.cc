@@ -346,8 +346,9 @@ std::string EventText(const v1::TaskEvent& event) {
   return line;
 }
 
-// Everything the task carries. History and payload only when the server sent them.
-json TaskJson(const v1::Task& task) {
+// Everything the task carries; `with_history` for the calls that answer a task's
+// history (GetTask, CancelTask: `[]` when it has no events yet), not for dead letters.
+json TaskJson(const v1::Task& task, bool with_history) {
   json out = {{"id", task.id()},
               {"namespace", task.namespace_()},
               {"topic", task.topic()},
@@ -369,7 +370,7 @@ json TaskJson(const v1::Task& task) {
   auto [result_encoding, result] = EncodePayload(task.result());
   out["result_encoding"] = result_encoding;
   out["result"] = result;
-  if (task.history_size() > 0) {
+  if (with_history) {
     json history = json::array();
     for (const auto& event : task.history()) history.push_back(EventJson(event));
     out["history"] = std::move(history);
@@ -639,7 +640,7 @@ int RunStatus(const GlobalOptions& global, const StatusOptions& options) {
   int exit_code = kExitOk;
   if (!GetTask(global, options.id, options.payload, task, exit_code)) return exit_code;
   if (global.json) {
-    json doc = TaskJson(task);
+    json doc = TaskJson(task, /*with_history=*/true);
     if (options.payload) {
       auto [encoding, payload] = EncodePayload(task.payload());
       doc["payload_encoding"] = encoding;
@@ -680,7 +681,7 @@ int RunCancel(const GlobalOptions& global, const std::string& id) {
   if (!status.ok()) return ReportRpcError(status);
   const v1::Task& task = response.task();
   if (global.json) {
-    PrintJson(TaskJson(task));
+    PrintJson(TaskJson(task, /*with_history=*/true));
   } else if (task.state() == v1::CANCELLED) {
     fmt::print("{} CANCELLED\n", id);
   } else if (task.cancel_requested()) {
@@ -707,7 +708,8 @@ int RunDeadList(const GlobalOptions& global, const DeadListOptions& options) {
   if (!status.ok()) return ReportRpcError(status);
   if (global.json) {
     json doc = json::array();
-    for (const auto& task : response.tasks()) doc.push_back(TaskJson(task));
+    for (const auto& task : response.tasks())
+      doc.push_back(TaskJson(task, /*with_history=*/false));
     PrintJson(doc);
   } else if (response.tasks_size() == 0) {
     fmt::print(stderr, "no dead letters\n");
