@@ -1,5 +1,6 @@
 #include "frontend/queue_service.h"
 
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -225,6 +226,15 @@ void QueueService::RunDequeue(const v1::DequeueRequest& req, v1::DequeueResponse
   if (!wait.ok()) return done(wait.status());
   st = ValidateLength("worker_id", req.worker_id(), kMaxWorkerIdLen);
   if (!st.ok()) return done(st);
+  // Checked before the call, so a few calls running at once may pass the cap together:
+  // a bound on memory, not an exact count.
+  if (*wait > Duration(0) &&
+      static_cast<size_t>(engine_.ParkedCalls()) >= limits_.max_parked_dequeues) {
+    return done(Status::ResourceExhausted(
+        fmt::format("{} dequeues are waiting for items already (the server's limit); "
+                    "retry later, or ask with wait_ms 0",
+                    limits_.max_parked_dequeues)));
+  }
   // The server's time goes with the leases, so a worker can tell their ends on its
   // own clock (DequeueResponse.server_time_ms).
   auto answer = [clock = &clock_, out,
