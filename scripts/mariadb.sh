@@ -7,11 +7,12 @@
 #
 #   scripts/mariadb.sh start DIR   # initialises DIR on first use; prints the socket
 #   scripts/mariadb.sh stop DIR
+#   scripts/mariadb.sh status DIR  # exit 0 when DIR's MariaDB is running
 # SHARDQ_MARIADB_ARGS: more mariadbd options, after these (so they may override them);
 # bench/experiments/mariadb_settings.sh uses it.
 set -euo pipefail
-cmd=${1:?usage: mariadb.sh start|stop DIR}
-dir=$(realpath -m "${2:?usage: mariadb.sh start|stop DIR}")
+cmd=${1:?usage: mariadb.sh start|stop|status DIR}
+dir=$(realpath -m "${2:?usage: mariadb.sh start|stop|status DIR}")
 sock="$dir/mysql.sock"
 pidfile="$dir/mariadbd.pid"
 
@@ -57,5 +58,6 @@ case "$cmd" in
       while running; do sleep 0.1; done
     fi
     ;;
-  *) echo "usage: mariadb.sh start|stop DIR" >&2; exit 2 ;;
+  status) running ;;
+  *) echo "usage: mariadb.sh start|stop|status DIR" >&2; exit 2 ;;
 esac
