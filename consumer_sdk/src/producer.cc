@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "call_stream_client.h"
+#include "server_limits.h"
 #include "shardq/v1/queue.grpc.pb.h"
 #include "utf8.h"
 
@@ -220,7 +221,7 @@ class Producer::Impl : public std::enable_shared_from_this<Impl> {
   // batches -- one gRPC call and a bigger commit on the server for many items -- without
   // any added wait when the producer is idle. Retries take the same way.
   static constexpr int kMaxSharedCalls = 2;
-  static constexpr size_t kMaxItemsPerCall = 1000;
+  static constexpr size_t kMaxItemsPerCall = server_limits::kMaxItemsPerCall;
   static constexpr size_t kMaxBytesPerCall = 4 << 20;
 
   // The request bytes of an op's pending items (about: payload and metadata).

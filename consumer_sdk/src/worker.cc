@@ -16,6 +16,7 @@
 #include <utility>
 
 #include "consume_calls.h"
+#include "server_limits.h"
 #include "shardq/v1/queue.grpc.pb.h"
 #include "utf8.h"
 
@@ -23,15 +24,12 @@ namespace shardq::sdk {
 
 namespace {
 
-constexpr size_t kMaxBatch = 1000;  // items per Ack / Nack / ExtendLease call
-// The server's limits (proto/shardq/v1/queue.proto: AckItem.result, NackItem.error
-// (longer is cut there, but must first fit the message), NackItem.delay_ms,
-// DequeueRequest.worker_id, ExtendItem.extension_ms).
-constexpr size_t kMaxResultBytes = 4096;
-constexpr size_t kMaxErrorBytes = 4096;
-constexpr Millis kMaxRetryDelay{366LL * 24 * 3600 * 1000};
-constexpr size_t kMaxWorkerIdBytes = 128;
-constexpr Millis kMaxLeaseExtension{12LL * 3600 * 1000};
+constexpr size_t kMaxBatch = server_limits::kMaxItemsPerCall;  // per Ack / Nack / Extend
+using server_limits::kMaxErrorBytes;
+using server_limits::kMaxLeaseExtension;
+using server_limits::kMaxResultBytes;
+using server_limits::kMaxRetryDelay;
+using server_limits::kMaxWorkerIdBytes;
 
 std::string DefaultWorkerId(Jitter& jitter) {
   char host[256] = {};

@@ -26,7 +26,10 @@
 #include <thread>
 
 #include "common/ids.h"
+#include "common/item.h"
+#include "consumer_sdk/src/server_limits.h"
 #include "consumer_sdk/src/utf8.h"
+#include "frontend/validation.h"
 #include "tests/e2e_support.h"
 #include "tests/support/mariadb_instance.h"
 
@@ -237,6 +240,20 @@ TEST(Utf8Test, TextIsMadeValidAndCutBetweenCharacters) {
   EXPECT_EQ(sdk::ValidUtf8("ab\xC3\xA9", 3), "ab") << "not half an e-acute";
   EXPECT_EQ(sdk::ValidUtf8("ab\xC3\xA9", 4), "ab\xC3\xA9");
   EXPECT_EQ(sdk::ValidUtf8("ab\xFF", 4), "ab") << "nor half a replacement";
+}
+
+// The SDK's copies of the server's limits (consumer_sdk/src/server_limits.h) are the
+// server's values: a copy that drifted would send what the server refuses, or cut
+// what it would take.
+TEST(ServerLimitsTest, TheSdksCopiesAreTheServersValues) {
+  namespace sdk_limits = sdk::server_limits;
+  const frontend::Limits server;
+  EXPECT_EQ(sdk_limits::kMaxItemsPerCall, server.max_items_per_call);
+  EXPECT_EQ(sdk_limits::kMaxResultBytes, kMaxResultBytes);
+  EXPECT_EQ(sdk_limits::kMaxErrorBytes, kMaxErrorBytes);
+  EXPECT_EQ(sdk_limits::kMaxWorkerIdBytes, kMaxWorkerIdLen);
+  EXPECT_EQ(sdk_limits::kMaxRetryDelay.count(), server.max_delay.count());
+  EXPECT_EQ(sdk_limits::kMaxLeaseExtension.count(), server.max_lease.count());
 }
 
 TEST(ManualClockTest, WaitsEndOnlyWhenAdvancedPastTheDeadline) {
