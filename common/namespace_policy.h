@@ -15,6 +15,11 @@ struct NamespacePolicy {
   uint32_t max_attempts = 5;
   // How long finished tasks (and dead letters) stay queryable before they are purged.
   Duration retention{7LL * 24 * 3600 * 1000};
+  // Enqueue quota (engine/enqueue_quotas.h): items a second the namespace may enqueue,
+  // 0 = no quota, with bursts of up to enqueue_burst items (0 = a second's worth).
+  uint64_t enqueue_rate = 0;
+  uint64_t enqueue_burst = 0;
+  uint64_t burst() const { return enqueue_burst > 0 ? enqueue_burst : enqueue_rate; }
 };
 
 class NamespacePolicies {

@@ -28,6 +28,7 @@
 #include "common/ordering.h"
 #include "common/status.h"
 #include "common/ticker.h"
+#include "engine/enqueue_quotas.h"
 #include "engine/wait_list.h"
 #include "prefetch/prefetch_index.h"
 #include "shard_worker/shard_worker.h"
@@ -195,6 +196,10 @@ class Engine {
                  BulkDone done);
 
   const NamespacePolicies& policies() const { return options_.policies; }
+  // Takes up to `n` items of `ns`'s enqueue quota (engine/enqueue_quotas.h); returns
+  // how many it took: `n` when the namespace has no quota. The caller refuses the
+  // rest (RESOURCE_EXHAUSTED).
+  size_t TakeEnqueueQuota(const std::string& ns, size_t n) { return quotas_.Take(ns, n); }
   // The topics of `ns` that hold items, sorted: at most `limit`, of those that sort
   // after `after` (all when it is empty).
   std::vector<TopicInfo> ActiveTopics(
@@ -263,6 +268,7 @@ class Engine {
   // before it destroys them.
   static constexpr std::chrono::seconds kDrainTimeout{5};
   std::atomic<size_t> buffered_enqueue_bytes_{0};
+  EnqueueQuotas quotas_{options_.policies, clock_};
   // Takes `bytes` into the enqueue budget (EngineOptions::max_buffered_enqueue_bytes);
   // false if they do not fit.
   bool TakeEnqueueBudget(size_t bytes);

@@ -25,7 +25,8 @@ T GetUnsigned(const nlohmann::json& v, const char* what, uint64_t lo,
   return static_cast<T>(v.get<uint64_t>());
 }
 
-// {"max_attempts": 5, "retention_ms": 604800000}, each key optional.
+// {"max_attempts": 5, "retention_ms": 604800000, "enqueue_rate": 1000,
+//  "enqueue_burst": 5000}, each key optional.
 NamespacePolicy ParsePolicy(const nlohmann::json& j, NamespacePolicy p) {
   if (j.contains("max_attempts")) {
     p.max_attempts =
@@ -34,6 +35,16 @@ NamespacePolicy ParsePolicy(const nlohmann::json& j, NamespacePolicy p) {
   if (j.contains("retention_ms")) {
     p.retention = Duration(GetUnsigned<int64_t>(j.at("retention_ms"), "retention_ms", 0,
                                                 366LL * 24 * 3600 * 1000));
+  }
+  // Items a second (0 = no quota) and the burst (0 = a second's worth).
+  constexpr uint64_t kMaxQuotaItems = 1'000'000'000;
+  if (j.contains("enqueue_rate")) {
+    p.enqueue_rate =
+        GetUnsigned<uint64_t>(j.at("enqueue_rate"), "enqueue_rate", 0, kMaxQuotaItems);
+  }
+  if (j.contains("enqueue_burst")) {
+    p.enqueue_burst =
+        GetUnsigned<uint64_t>(j.at("enqueue_burst"), "enqueue_burst", 0, kMaxQuotaItems);
   }
   return p;
 }

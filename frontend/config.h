@@ -11,7 +11,8 @@
 //                       "user": "shardq", "password": "..."}],
 //    "shards": [{"id": 0, "server": "a", "database": "shardq_0"}, ...],
 //    "namespace_defaults": {"max_attempts": 5, "retention_ms": 604800000},
-//    "namespaces": {"billing": {"max_attempts": 20}}}
+//    "namespaces": {"billing": {"max_attempts": 20},
+//                   "crawler": {"enqueue_rate": 2000, "enqueue_burst": 10000}}}
 
 #include <string>
 #include <vector>

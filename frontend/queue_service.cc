@@ -131,8 +131,27 @@ void QueueService::RunEnqueue(const v1::EnqueueRequest& req, v1::EnqueueResponse
   std::vector<Result<NewItem>> parsed;
   parsed.reserve(req.items_size());
   const NamespacePolicy& policy = engine_.policies().For(req.namespace_());
+  size_t valid = 0;
   for (const v1::EnqueueItem& item : req.items()) {
     parsed.push_back(ToNewItem(req.namespace_(), item, at, limits_, policy));
+    if (parsed.back().ok()) ++valid;
+  }
+  // The namespace's enqueue quota: the valid items past what it allows now are
+  // refused, in the call's order; the others go ahead.
+  size_t allowed = engine_.TakeEnqueueQuota(req.namespace_(), valid);
+  if (allowed < valid) {
+    const Status over = Status::ResourceExhausted(
+        fmt::format("namespace {} is over its enqueue quota of {} items a second; "
+                    "retry later",
+                    req.namespace_(), policy.enqueue_rate));
+    for (Result<NewItem>& item : parsed) {
+      if (!item.ok()) continue;
+      if (allowed > 0) {
+        --allowed;
+      } else {
+        item = over;
+      }
+    }
   }
   Dispatch<Result<engine::EnqueueOutcome>>(
       std::move(parsed),

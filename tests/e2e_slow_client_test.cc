@@ -5,7 +5,6 @@
 // that waits: not a shard's I/O thread, which finished the Dequeue, nor the ticker. And
 // one that keeps asking on a stream without reading the answers must not make the server
 // hold them all. What the server leased into answers it never sent comes back at once.
-// Nor may clients that park more dequeues than the server's limit make it hold them all.
 
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
@@ -457,45 +456,6 @@ TEST_F(UnreadAnswersTest, AClientThatReadsGetsAnswersLargerThanTheLimit) {
   EXPECT_FALSE(stream->Read(&answer));
   const grpc::Status status = stream->Finish();
   EXPECT_TRUE(status.ok()) << status.error_message();
-}
-
-// A server that lets two dequeues park at once.
-class ParkedCapTest : public LiveServerTest {
- protected:
-  frontend::Limits ServerLimits() const override {
-    frontend::Limits limits;
-    limits.max_parked_dequeues = 2;
-    return limits;
-  }
-};
-
-TEST_F(ParkedCapTest, PastTheCapADequeueThatWouldWaitIsRefusedAndOneThatWouldNotRuns) {
-  // Two long polls park (the fake clock never ends their wait).
-  std::vector<std::vector<v1::DequeuedItem>> got(3);
-  std::vector<std::thread> polls;
-  for (int i = 0; i < 2; ++i) {
-    polls.emplace_back([&, i] { got[i] = client_->Dequeue(kNs, "idle", 1, 60'000); });
-  }
-  ASSERT_TRUE(Eventually([&] { return server_->engine().ParkedCalls() == 2; }));
-
-  grpc::Status refused;
-  EXPECT_TRUE(client_->Dequeue(kNs, "idle", 1, 60'000, &refused).empty());
-  EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
-  EXPECT_NE(refused.error_message().find("retry later"), std::string::npos)
-      << refused.error_message();
-  grpc::Status at_once;
-  EXPECT_TRUE(client_->Dequeue(kNs, "idle", 1, 0, &at_once).empty());
-  EXPECT_TRUE(at_once.ok()) << at_once.error_message();
-  EXPECT_EQ(server_->engine().ParkedCalls(), 2);
-
-  // An item answers one parked call; then a new one may park again.
-  ASSERT_TRUE(client_->EnqueueOne(kNs, "idle").ok());
-  ASSERT_TRUE(Eventually([&] { return server_->engine().ParkedCalls() == 1; }));
-  polls.emplace_back([&] { got[2] = client_->Dequeue(kNs, "idle", 1, 60'000); });
-  ASSERT_TRUE(Eventually([&] { return server_->engine().ParkedCalls() == 2; }));
-  for (int i = 0; i < 2; ++i) ASSERT_TRUE(client_->EnqueueOne(kNs, "idle").ok());
-  for (auto& poll : polls) poll.join();
-  for (const auto& items : got) EXPECT_EQ(items.size(), 1u);
 }
 
 }  // namespace

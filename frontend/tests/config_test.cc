@@ -228,11 +228,11 @@ TEST(ParseConfigTest, IoThreadsAndWindowCapacityRanges) {
   EXPECT_TRUE(ParseConfig(with(R"("delay_release_max_lead_ms": 0)")).ok());
 }
 
-// KNOWN BUG (disabled until config.cc is fixed): nlohmann's get<uint32_t>() /
-// get<size_t>() / get<int>() silently wrap negatives, truncate out-of-range values and
-// floats and accept booleans, so e.g. "id": 4294967296 becomes shard 0 and "id": -1
-// becomes shard 4294967295. Shard ids are permanent (item ids carry them), so such a
-// config must be refused.
+// nlohmann's get<uint32_t>() / get<size_t>() / get<int>() silently wrap negatives,
+// truncate out-of-range values and floats and accept booleans, so e.g. "id":
+// 4294967296 would become shard 0 and "id": -1 shard 4294967295. Shard ids are
+// permanent (item ids carry them), so config.cc checks each number and such a config
+// is refused.
 TEST(ParseConfigTest, RejectsNonIntegerOrOutOfRangeNumbers) {
   for (const char* id : {"-1", "4294967296", "1.7", "true"}) {
     EXPECT_EQ(ParseCode(WithShards(std::string(R"([{"id": )") + id +
@@ -267,6 +267,44 @@ TEST(ParseConfigTest, NamespaceRetentionMayBeZeroButNotNegative) {
   EXPECT_EQ(ParseCode(with(R"("namespaces": 5)")), Code::kInvalidArgument);
   EXPECT_EQ(ParseCode(with(R"("namespaces": {"x": 5})")), Code::kInvalidArgument);
   EXPECT_EQ(ParseCode(with(R"("namespace_defaults": [])")), Code::kInvalidArgument);
+}
+
+TEST(ParseConfigTest, NamespaceEnqueueQuotas) {
+  auto with = [](const std::string& policies) {
+    return R"({"mysql_servers": [{"name": "a", "socket": "/s"}],
+              "shards": [{"id": 0, "server": "a", "database": "d"}], )" +
+           policies + "}";
+  };
+  auto r = ParseConfig(with(R"("namespace_defaults": {"enqueue_rate": 100},
+                               "namespaces": {"bulk": {"enqueue_rate": 5000,
+                                                       "enqueue_burst": 20000},
+                                              "free": {"enqueue_rate": 0}})"));
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->policies.For("other").enqueue_rate, 100u);
+  EXPECT_EQ(r->policies.For("other").burst(), 100u);  // a second's worth
+  EXPECT_EQ(r->policies.For("bulk").enqueue_rate, 5000u);
+  EXPECT_EQ(r->policies.For("bulk").burst(), 20000u);
+  EXPECT_EQ(r->policies.For("free").enqueue_rate, 0u);  // no quota
+  auto none = ParseConfig(with(R"("namespaces": {})"));
+  ASSERT_TRUE(none.ok()) << none.status().ToString();
+  EXPECT_EQ(none->policies.For("x").enqueue_rate, 0u) << "no quota by default";
+  for (const char* bad :
+       {R"({"enqueue_rate": -1})", R"({"enqueue_rate": 1.5})",
+        R"({"enqueue_rate": 1000000001})", R"({"enqueue_burst": "10"})"}) {
+    EXPECT_EQ(ParseCode(with(std::string(R"("namespace_defaults": )") + bad)),
+              Code::kInvalidArgument)
+        << bad;
+  }
+}
+
+TEST(LoadConfigTest, TheDocumentedExampleIsAValidConfig) {
+  auto r = LoadConfig(SHARDQ_SOURCE_DIR "/docs/config.example.json");
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->shards.size(), 4u);
+  EXPECT_EQ(r->policies.For("billing").max_attempts, 20u);
+  EXPECT_EQ(r->policies.For("crawler").enqueue_rate, 2000u);
+  EXPECT_EQ(r->policies.For("crawler").burst(), 10000u);
+  EXPECT_EQ(r->policies.For("other").enqueue_rate, 0u);
 }
 
 TEST(EmbeddedConfigTest, FourShardsOnOneSocket) {

@@ -1,0 +1,139 @@
+// Load shedding end to end: what the server refuses when it is asked for more than
+// it holds (parked long polls over all clients) or than a namespace may have (its
+// enqueue quota), and that a refusal changes nothing.
+
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/item.h"
+#include "common/namespace_policy.h"
+#include "tests/e2e_support.h"
+#include "tests/support/mariadb_instance.h"
+
+namespace shardq::testing {
+namespace {
+
+constexpr char kNs[] = "shed";
+
+// A server that lets two dequeues park at once.
+class ParkedCapTest : public LiveServerTest {
+ protected:
+  frontend::Limits ServerLimits() const override {
+    frontend::Limits limits;
+    limits.max_parked_dequeues = 2;
+    return limits;
+  }
+};
+
+TEST_F(ParkedCapTest, PastTheCapADequeueThatWouldWaitIsRefusedAndOneThatWouldNotRuns) {
+  // Two long polls park (the fake clock never ends their wait).
+  std::vector<std::vector<v1::DequeuedItem>> got(3);
+  std::vector<std::thread> polls;
+  for (int i = 0; i < 2; ++i) {
+    polls.emplace_back([&, i] { got[i] = client_->Dequeue(kNs, "idle", 1, 60'000); });
+  }
+  ASSERT_TRUE(Eventually([&] { return server_->engine().ParkedCalls() == 2; }));
+
+  grpc::Status refused;
+  EXPECT_TRUE(client_->Dequeue(kNs, "idle", 1, 60'000, &refused).empty());
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(refused.error_message().find("retry later"), std::string::npos)
+      << refused.error_message();
+  grpc::Status at_once;
+  EXPECT_TRUE(client_->Dequeue(kNs, "idle", 1, 0, &at_once).empty());
+  EXPECT_TRUE(at_once.ok()) << at_once.error_message();
+  EXPECT_EQ(server_->engine().ParkedCalls(), 2);
+
+  // An item answers one parked call; then a new one may park again.
+  ASSERT_TRUE(client_->EnqueueOne(kNs, "idle").ok());
+  ASSERT_TRUE(Eventually([&] { return server_->engine().ParkedCalls() == 1; }));
+  polls.emplace_back([&] { got[2] = client_->Dequeue(kNs, "idle", 1, 60'000); });
+  ASSERT_TRUE(Eventually([&] { return server_->engine().ParkedCalls() == 2; }));
+  for (int i = 0; i < 2; ++i) ASSERT_TRUE(client_->EnqueueOne(kNs, "idle").ok());
+  for (auto& poll : polls) poll.join();
+  for (const auto& items : got) EXPECT_EQ(items.size(), 1u);
+}
+
+// A server whose namespace "metered" may enqueue 10 items a second, 3 at once.
+class EnqueueQuotaTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    frontend::ServerConfig config = FreshConfig(SharedMariaDb().socket(), 2);
+    NamespacePolicy metered;
+    metered.enqueue_rate = 10;
+    metered.enqueue_burst = 3;
+    config.policies = NamespacePolicies({}, {{"metered", metered}});
+    auto server = frontend::Server::Start(config, clock_);
+    ASSERT_TRUE(server.ok()) << server.status().ToString();
+    server_ = std::move(*server);
+    ASSERT_TRUE(server_->engine().AwaitShardsOpen(std::chrono::seconds(30)));
+    client_ = std::make_unique<QueueClient>(server_->port());
+  }
+
+  // One Enqueue call of `payloads` (one item each) in `ns`; its per-item results.
+  std::vector<v1::EnqueueResult> Enqueue(const std::string& ns,
+                                         const std::vector<std::string>& payloads) {
+    v1::EnqueueRequest request;
+    request.set_namespace_(ns);
+    for (const std::string& payload : payloads) {
+      v1::EnqueueItem* item = request.add_items();
+      item->set_topic("t");
+      item->set_payload(payload);
+    }
+    v1::EnqueueResponse response;
+    grpc::ClientContext context;
+    SetDeadline(context);
+    const grpc::Status status = client_->stub().Enqueue(&context, request, &response);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    return {response.results().begin(), response.results().end()};
+  }
+
+  FakeClock clock_;
+  std::unique_ptr<frontend::Server> server_;
+  std::unique_ptr<QueueClient> client_;
+};
+
+TEST_F(EnqueueQuotaTest, ItemsPastTheQuotaAreRefusedOneByOneAndStoreNothing) {
+  // Five valid items and one the server refuses anyway: the refused one does not use
+  // the quota, and the valid ones past the burst of 3 are refused in order.
+  const std::string too_big(kMaxPayloadBytes + 1, 'x');
+  const auto results = Enqueue("metered", {"a", "b", too_big, "c", "d", "e"});
+  ASSERT_EQ(results.size(), 6u);
+  for (size_t i : {0, 1, 3}) {
+    EXPECT_EQ(results[i].status().code(), grpc::StatusCode::OK) << i;
+    EXPECT_FALSE(results[i].id().empty()) << i;
+  }
+  EXPECT_EQ(results[2].status().code(), grpc::StatusCode::INVALID_ARGUMENT);
+  for (size_t i : {4, 5}) {
+    EXPECT_EQ(results[i].status().code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << i;
+    EXPECT_NE(results[i].status().message().find("enqueue quota of 10 items a second"),
+              std::string::npos)
+        << results[i].status().message();
+    EXPECT_TRUE(results[i].id().empty()) << i;
+  }
+  // Other namespaces have no quota.
+  const auto free = Enqueue("free", {"1", "2", "3", "4", "5"});
+  for (const auto& r : free) EXPECT_EQ(r.status().code(), grpc::StatusCode::OK);
+
+  // 100 ms refills one item.
+  clock_.Advance(Duration(100));
+  const auto later = Enqueue("metered", {"f", "g"});
+  ASSERT_EQ(later.size(), 2u);
+  EXPECT_EQ(later[0].status().code(), grpc::StatusCode::OK);
+  EXPECT_EQ(later[1].status().code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+
+  // Stored: exactly the items that were answered OK.
+  std::multiset<std::string> payloads;
+  for (const auto& item : client_->Dequeue("metered", "t", 100)) {
+    payloads.insert(item.payload());
+  }
+  EXPECT_EQ(payloads, (std::multiset<std::string>{"a", "b", "c", "f"}));
+}
+
+}  // namespace
+}  // namespace shardq::testing
