@@ -42,7 +42,8 @@ struct EngineOptions {
   // How often idle topics leave the index (prefetch::IndexSweeper).
   Duration index_sweep_interval{60'000};
   shard_worker::WorkerOptions worker;
-  NamespacePolicies policies;  // retention (given to every store)
+  // Retention (given to every store) and enqueue quotas (EnqueueQuotas).
+  NamespacePolicies policies;
   // Redrive/PurgeDead of a whole topic act on at most this many rows per shard per
   // call (one transaction each); the answer's count tells whether to call again.
   size_t bulk_limit = 10'000;
@@ -200,6 +201,7 @@ class Engine {
   // how many it took: `n` when the namespace has no quota. The caller refuses the
   // rest (RESOURCE_EXHAUSTED).
   size_t TakeEnqueueQuota(const std::string& ns, size_t n) { return quotas_.Take(ns, n); }
+  void RefundEnqueueQuota(const std::string& ns, size_t n) { quotas_.Refund(ns, n); }
   // The topics of `ns` that hold items, sorted: at most `limit`, of those that sort
   // after `after` (all when it is empty).
   std::vector<TopicInfo> ActiveTopics(

@@ -15,8 +15,9 @@ double EnqueueQuotas::Refilled(const Bucket& b, const NamespacePolicy& p, Time n
 size_t EnqueueQuotas::Take(const std::string& ns, size_t n) {
   const NamespacePolicy& policy = policies_.For(ns);
   if (policy.enqueue_rate == 0 || n == 0) return n;
-  const Time now = clock_.Now();
   std::lock_guard lock(mu_);
+  // Read under the lock: a `now` older than the bucket's would count its refill twice.
+  const Time now = clock_.Now();
   auto [it, fresh] = buckets_.try_emplace(ns);
   Bucket& bucket = it->second;
   bucket.tokens =
@@ -26,6 +27,16 @@ size_t EnqueueQuotas::Take(const std::string& ns, size_t n) {
   bucket.tokens -= static_cast<double>(taken);
   if (buckets_.size() > sweep_above_) SweepFullLocked(now);
   return taken;
+}
+
+void EnqueueQuotas::Refund(const std::string& ns, size_t n) {
+  const NamespacePolicy& policy = policies_.For(ns);
+  if (policy.enqueue_rate == 0 || n == 0) return;
+  std::lock_guard lock(mu_);
+  auto it = buckets_.find(ns);
+  if (it == buckets_.end()) return;  // swept: full already
+  it->second.tokens = std::min(static_cast<double>(policy.burst()),
+                               it->second.tokens + static_cast<double>(n));
 }
 
 void EnqueueQuotas::SweepFullLocked(Time now) {

@@ -5,7 +5,8 @@
 // MariaDB's commits that every namespace shares; the items past the quota are
 // refused RESOURCE_EXHAUSTED, which producers retry with backoff. Deduplicated
 // retries count as items too: the quota bounds what a namespace asks, not what it
-// stores.
+// stores. Namespaces are the clients' to name (there is no authentication yet), so a
+// quota binds a tenant that keeps to its namespace, not one that makes up names.
 //
 // Threads: any (the gRPC threads that run Enqueue calls); one mutex, taken only for
 // a namespace that has a quota.
@@ -29,10 +30,15 @@ class EnqueueQuotas {
   // Takes up to `n` items of `ns`'s quota now; returns how many it took (`n` when
   // the namespace has no quota).
   size_t Take(const std::string& ns, size_t n);
+  // Gives back `n` items taken from `ns`'s quota that were then refused without being
+  // tried (the server's enqueue budget or the shards' buffers were full), so that
+  // the retries do not pay twice.
+  void Refund(const std::string& ns, size_t n);
 
   // Past this many buckets the full ones are swept (a full bucket is the same as
-  // none), so clients that make up namespaces cannot grow the map; the next sweep
-  // waits until the map has doubled again, so sweeps cost O(1) a Take on average.
+  // none), so the map holds only the namespaces that used their quota within the
+  // last burst/rate seconds; the next sweep waits until the map has doubled again,
+  // so sweeps cost O(1) a Take on average.
   static constexpr size_t kSweepAbove = 10'000;
   size_t buckets() const {
     std::lock_guard lock(mu_);

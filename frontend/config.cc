@@ -45,6 +45,11 @@ NamespacePolicy ParsePolicy(const nlohmann::json& j, NamespacePolicy p) {
   if (j.contains("enqueue_burst")) {
     p.enqueue_burst =
         GetUnsigned<uint64_t>(j.at("enqueue_burst"), "enqueue_burst", 0, kMaxQuotaItems);
+  } else if (j.contains("enqueue_rate")) {
+    p.enqueue_burst = 0;  // a rate of its own: a second of it, not the default's burst
+  }
+  if (p.enqueue_rate == 0 && p.enqueue_burst > 0) {
+    throw std::invalid_argument("enqueue_burst needs an enqueue_rate");
   }
   return p;
 }

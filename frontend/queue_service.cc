@@ -139,6 +139,7 @@ void QueueService::RunEnqueue(const v1::EnqueueRequest& req, v1::EnqueueResponse
   // The namespace's enqueue quota: the valid items past what it allows now are
   // refused, in the call's order; the others go ahead.
   size_t allowed = engine_.TakeEnqueueQuota(req.namespace_(), valid);
+  const size_t over_quota = valid - allowed;
   if (allowed < valid) {
     const Status over = Status::ResourceExhausted(
         fmt::format("namespace {} is over its enqueue quota of {} items a second; "
@@ -158,7 +159,20 @@ void QueueService::RunEnqueue(const v1::EnqueueRequest& req, v1::EnqueueResponse
       [this](std::vector<NewItem> items, auto done) {
         engine_.Enqueue(std::move(items), std::move(done));
       },
-      [out, done = std::move(done)](std::vector<Result<engine::EnqueueOutcome>> results) {
+      [this, out, over_quota,
+       metered_ns = policy.enqueue_rate > 0 ? req.namespace_() : std::string(),
+       done = std::move(done)](std::vector<Result<engine::EnqueueOutcome>> results) {
+        if (!metered_ns.empty()) {
+          // Past the items over the quota, a RESOURCE_EXHAUSTED is the engine's (its
+          // budget or the shards' buffers were full): not tried, so its quota goes
+          // back.
+          size_t exhausted = 0;
+          for (const Result<engine::EnqueueOutcome>& r : results) {
+            if (r.status().code() == Code::kResourceExhausted) ++exhausted;
+          }
+          engine_.RefundEnqueueQuota(metered_ns,
+                                     exhausted - std::min(exhausted, over_quota));
+        }
         for (const Result<engine::EnqueueOutcome>& r : results) {
           v1::EnqueueResult* result = out->add_results();
           ToItemStatus(r.status(), result->mutable_status());
@@ -245,24 +259,28 @@ void QueueService::RunDequeue(const v1::DequeueRequest& req, v1::DequeueResponse
   if (!wait.ok()) return done(wait.status());
   st = ValidateLength("worker_id", req.worker_id(), kMaxWorkerIdLen);
   if (!st.ok()) return done(st);
-  // Checked before the call, so a few calls running at once may pass the cap together:
-  // a bound on memory, not an exact count.
-  if (*wait > Duration(0) &&
-      static_cast<size_t>(engine_.ParkedCalls()) >= limits_.max_parked_dequeues) {
-    return done(Status::ResourceExhausted(
-        fmt::format("{} dequeues are waiting for items already (the server's limit); "
-                    "retry later, or ask with wait_ms 0",
-                    limits_.max_parked_dequeues)));
-  }
+  // Load shedding: while max_parked_dequeues calls are parked, a call that asks to
+  // wait does not park. It takes what is ready now, and is refused if that is
+  // nothing, so that its client backs off instead of asking again at once. (Checked
+  // before the call: calls that arrive together may pass the cap by a few.)
+  const bool shed = *wait > Duration(0) && static_cast<size_t>(engine_.ParkedCalls()) >=
+                                               limits_.max_parked_dequeues;
   // The server's time goes with the leases, so a worker can tell their ends on its
   // own clock (DequeueResponse.server_time_ms).
-  auto answer = [clock = &clock_, out,
+  auto answer = [clock = &clock_, out, shed, cap = limits_.max_parked_dequeues,
                  done = std::move(done)](std::vector<engine::Delivered> items) {
+    if (shed && items.empty()) {
+      return done(Status::ResourceExhausted(
+          fmt::format("nothing is ready, and {} dequeues are waiting for items already "
+                      "(the server's limit); retry later",
+                      cap)));
+    }
     for (engine::Delivered& d : items) EncodeDelivered(d, out->add_items());
     out->set_server_time_ms(ToUnixMillis(clock->Now()));
     done(Status::Ok());
   };
-  slot->Set(engine_.Dequeue(req.namespace_(), std::move(*asks), *wait, req.worker_id(),
+  slot->Set(engine_.Dequeue(req.namespace_(), std::move(*asks),
+                            shed ? Duration(0) : *wait, req.worker_id(),
                             std::move(answer)));
 }
 

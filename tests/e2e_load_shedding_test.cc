@@ -30,24 +30,35 @@ class ParkedCapTest : public LiveServerTest {
   }
 };
 
-TEST_F(ParkedCapTest, PastTheCapADequeueThatWouldWaitIsRefusedAndOneThatWouldNotRuns) {
-  // Two long polls park (the fake clock never ends their wait).
+TEST_F(ParkedCapTest, PastTheCapAWaitingDequeueTakesWhatIsReadyOrIsRefused) {
+  // Two long polls park (the fake clock never ends their wait). jthreads: a failed
+  // ASSERT below still joins them (each ends by its real-time deadline).
   std::vector<std::vector<v1::DequeuedItem>> got(3);
-  std::vector<std::thread> polls;
+  std::vector<std::jthread> polls;
   for (int i = 0; i < 2; ++i) {
     polls.emplace_back([&, i] { got[i] = client_->Dequeue(kNs, "idle", 1, 60'000); });
   }
   ASSERT_TRUE(Eventually([&] { return server_->engine().ParkedCalls() == 2; }));
 
+  // Nothing ready: a call that would wait is refused at once and does not park.
   grpc::Status refused;
   EXPECT_TRUE(client_->Dequeue(kNs, "idle", 1, 60'000, &refused).empty());
   EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_NE(refused.error_message().find("retry later"), std::string::npos)
       << refused.error_message();
+  EXPECT_EQ(server_->engine().ParkedCalls(), 2);
+  // What is ready still goes to a call that asked to wait, and one that does not
+  // wait is answered as ever.
+  auto ready = client_->EnqueueOne(kNs, "busy");
+  ASSERT_TRUE(ready.ok()) << ready.status().ToString();
+  grpc::Status served;
+  const auto busy = client_->Dequeue(kNs, "busy", 5, 60'000, &served);
+  EXPECT_TRUE(served.ok()) << served.error_message();
+  ASSERT_EQ(busy.size(), 1u);
+  EXPECT_EQ(busy[0].id(), *ready);
   grpc::Status at_once;
   EXPECT_TRUE(client_->Dequeue(kNs, "idle", 1, 0, &at_once).empty());
   EXPECT_TRUE(at_once.ok()) << at_once.error_message();
-  EXPECT_EQ(server_->engine().ParkedCalls(), 2);
 
   // An item answers one parked call; then a new one may park again.
   ASSERT_TRUE(client_->EnqueueOne(kNs, "idle").ok());
@@ -55,24 +66,18 @@ TEST_F(ParkedCapTest, PastTheCapADequeueThatWouldWaitIsRefusedAndOneThatWouldNot
   polls.emplace_back([&] { got[2] = client_->Dequeue(kNs, "idle", 1, 60'000); });
   ASSERT_TRUE(Eventually([&] { return server_->engine().ParkedCalls() == 2; }));
   for (int i = 0; i < 2; ++i) ASSERT_TRUE(client_->EnqueueOne(kNs, "idle").ok());
-  for (auto& poll : polls) poll.join();
+  polls.clear();  // joins
   for (const auto& items : got) EXPECT_EQ(items.size(), 1u);
 }
 
 // A server whose namespace "metered" may enqueue 10 items a second, 3 at once.
-class EnqueueQuotaTest : public ::testing::Test {
+class EnqueueQuotaTest : public LiveServerTest {
  protected:
-  void SetUp() override {
-    frontend::ServerConfig config = FreshConfig(SharedMariaDb().socket(), 2);
+  NamespacePolicies ServerPolicies() const override {
     NamespacePolicy metered;
     metered.enqueue_rate = 10;
     metered.enqueue_burst = 3;
-    config.policies = NamespacePolicies({}, {{"metered", metered}});
-    auto server = frontend::Server::Start(config, clock_);
-    ASSERT_TRUE(server.ok()) << server.status().ToString();
-    server_ = std::move(*server);
-    ASSERT_TRUE(server_->engine().AwaitShardsOpen(std::chrono::seconds(30)));
-    client_ = std::make_unique<QueueClient>(server_->port());
+    return NamespacePolicies({}, {{"metered", metered}});
   }
 
   // One Enqueue call of `payloads` (one item each) in `ns`; its per-item results.
@@ -92,10 +97,6 @@ class EnqueueQuotaTest : public ::testing::Test {
     EXPECT_TRUE(status.ok()) << status.error_message();
     return {response.results().begin(), response.results().end()};
   }
-
-  FakeClock clock_;
-  std::unique_ptr<frontend::Server> server_;
-  std::unique_ptr<QueueClient> client_;
 };
 
 TEST_F(EnqueueQuotaTest, ItemsPastTheQuotaAreRefusedOneByOneAndStoreNothing) {

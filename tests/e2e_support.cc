@@ -14,8 +14,9 @@
 namespace shardq::testing {
 
 void LiveServerTest::SetUp() {
-  auto server = frontend::Server::Start(FreshConfig(SharedMariaDb().socket(), 2), clock_,
-                                        ServerLimits());
+  frontend::ServerConfig config = FreshConfig(SharedMariaDb().socket(), 2);
+  config.policies = ServerPolicies();
+  auto server = frontend::Server::Start(config, clock_, ServerLimits());
   ASSERT_TRUE(server.ok()) << server.status().ToString();
   server_ = std::move(*server);
   ASSERT_TRUE(server_->engine().AwaitShardsOpen(std::chrono::seconds(30)));

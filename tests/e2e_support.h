@@ -99,8 +99,10 @@ bool Eventually(Pred pred, std::chrono::seconds limit = std::chrono::seconds(30)
 class LiveServerTest : public ::testing::Test {
  protected:
   void SetUp() override;
-  // The server's limits; a fixture overrides this to test one of them.
+  // The server's limits and namespace policies; a fixture overrides these to test
+  // one of them.
   virtual frontend::Limits ServerLimits() const { return {}; }
+  virtual NamespacePolicies ServerPolicies() const { return {}; }
 
   FakeClock clock_;
   std::unique_ptr<frontend::Server> server_;

@@ -738,7 +738,7 @@ TEST_F(ShardqctlTest, TopicsListsEachTopicWithItsCounts) {
   ASSERT_EQ(Ctl({"enqueue", "alpha", "x", "--count", "3"}).exit_code, 0);
   EnqueueId({"alpha", "later", "--delay-ms", "60000"});
   EnqueueId({"beta", "x"});
-  const auto [leased, token] = DequeueOne("beta");
+  DequeueOne("beta");  // stays LEASED
   EnqueueId({"beta", "y"});
   auto [acked, ack_token] = DequeueOne("beta");
   ASSERT_EQ(Ctl({"ack", acked, ack_token}).exit_code, 0);
@@ -781,6 +781,14 @@ TEST_F(ShardqctlTest, CancelOfAReadyTaskPrintsCancelled) {
   EXPECT_EQ(r.out, id + " CANCELLED\n");
   EXPECT_EQ(client_->GetTask(id).state(), v1::CANCELLED);
   EXPECT_TRUE(client_->Dequeue(kNs, "cx", 1).empty()) << "it never runs";
+
+  const std::string other = EnqueueId({"cx", "q"});
+  const CtlResult json = Ctl({"--json", "cancel", other});
+  ASSERT_EQ(json.exit_code, 0) << json.err;
+  const auto doc = nlohmann::json::parse(json.out, nullptr, false);
+  EXPECT_EQ(doc["state"], "CANCELLED") << json.out;
+  ASSERT_TRUE(doc.contains("history")) << json.out;
+  EXPECT_TRUE(doc["history"].is_array());
 }
 
 TEST_F(ShardqctlTest, CancelOfARunningTaskAsksItsWorkerAndOfAFinishedOneFails) {
@@ -969,6 +977,32 @@ TEST_F(ShardqctlTest, ShardsPrintsOneUpLinePerShard) {
                             "shard 0: up \\(breaker CLOSED, release lead [0-9]+ ms\\)"));
   EXPECT_THAT(lines[1], ::testing::MatchesRegex(
                             "shard 1: up \\(breaker CLOSED, release lead [0-9]+ ms\\)"));
+}
+
+// A server none of whose shards can be opened (no MariaDB at its socket): the
+// operator's checks say so with exit code 4.
+TEST(ShardqctlDownTest, HealthAndShardsExitFourWhenNoShardTakesCalls) {
+  FakeClock clock;  // never advanced: the breakers' probes do not come round
+  auto server = frontend::Server::Start(FreshConfig("/nonexistent/mysql.sock", 2), clock);
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  ASSERT_TRUE(Eventually([&] {
+    for (const auto& h : (*server)->engine().Health()) {
+      if (h.starting) return false;
+    }
+    return true;
+  }));
+  const std::string address = "127.0.0.1:" + std::to_string((*server)->port());
+  const CtlResult health = RunShardqctl({"--server", address, "health"}, "");
+  EXPECT_EQ(health.exit_code, 4) << health.err;
+  EXPECT_EQ(health.out, "NOT_SERVING\n");
+  const CtlResult shards = RunShardqctl({"--server", address, "shards"}, "");
+  EXPECT_EQ(shards.exit_code, 4) << shards.err;
+  const auto lines = Lines(shards.out);
+  ASSERT_EQ(lines.size(), 2u) << shards.out;
+  for (const std::string& line : lines) {
+    EXPECT_THAT(line, ::testing::MatchesRegex("shard [01]: down \\(breaker OPEN.*"))
+        << line;
+  }
 }
 
 // ---- bad arguments / no server ----

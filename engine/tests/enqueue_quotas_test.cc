@@ -61,6 +61,19 @@ TEST(EnqueueQuotasTest, AClockThatStepsBackAddsNothing) {
   EXPECT_EQ(quotas.Take("metered", 1), 1u);
 }
 
+TEST(EnqueueQuotasTest, ARefundGoesBackUpToTheBurst) {
+  FakeClock clock;
+  const NamespacePolicies policies({}, {{"metered", Quota(10, 5)}});
+  EnqueueQuotas quotas(policies, clock);
+  EXPECT_EQ(quotas.Take("metered", 5), 5u);
+  quotas.Refund("metered", 2);  // two of them were refused without being tried
+  EXPECT_EQ(quotas.Take("metered", 5), 2u);
+  quotas.Refund("metered", 100);
+  EXPECT_EQ(quotas.Take("metered", 100), 5u) << "never past the burst";
+  quotas.Refund("free", 3);  // no quota: nothing to give back, no bucket made
+  EXPECT_EQ(quotas.buckets(), 1u);
+}
+
 TEST(EnqueueQuotasTest, FullBucketsAreSweptSoMadeUpNamespacesCannotGrowTheMap) {
   FakeClock clock;
   const NamespacePolicies policies(Quota(1000), {});

@@ -288,8 +288,16 @@ TEST(ParseConfigTest, NamespaceEnqueueQuotas) {
   auto none = ParseConfig(with(R"("namespaces": {})"));
   ASSERT_TRUE(none.ok()) << none.status().ToString();
   EXPECT_EQ(none->policies.For("x").enqueue_rate, 0u) << "no quota by default";
+  // A namespace's own rate comes with a second's worth of burst, not the default's.
+  auto own = ParseConfig(with(R"("namespace_defaults": {"enqueue_rate": 10,
+                                                        "enqueue_burst": 50},
+                                 "namespaces": {"fast": {"enqueue_rate": 1000},
+                                                "same": {"max_attempts": 3}})"));
+  ASSERT_TRUE(own.ok()) << own.status().ToString();
+  EXPECT_EQ(own->policies.For("fast").burst(), 1000u);
+  EXPECT_EQ(own->policies.For("same").burst(), 50u);
   for (const char* bad :
-       {R"({"enqueue_rate": -1})", R"({"enqueue_rate": 1.5})",
+       {R"({"enqueue_burst": 10})", R"({"enqueue_rate": -1})", R"({"enqueue_rate": 1.5})",
         R"({"enqueue_rate": 1000000001})", R"({"enqueue_burst": "10"})"}) {
     EXPECT_EQ(ParseCode(with(std::string(R"("namespace_defaults": )") + bad)),
               Code::kInvalidArgument)
