@@ -14,14 +14,12 @@
 
 #include <atomic>
 #include <condition_variable>
-#include <fstream>
 #include <functional>
 #include <future>
 #include <map>
 #include <mutex>
 #include <optional>
 #include <set>
-#include <sstream>
 #include <stdexcept>
 #include <thread>
 
@@ -31,6 +29,7 @@
 #include "consumer_sdk/src/utf8.h"
 #include "frontend/validation.h"
 #include "tests/e2e_support.h"
+#include "tests/support/child_process.h"
 #include "tests/support/mariadb_instance.h"
 
 namespace shardq::testing {
@@ -1579,44 +1578,18 @@ TEST_F(SdkTest, LifecycleResultErrorWorkerIdAndCancellationReachTheServer) {
 
 // ---- the examples, as child processes ----
 
-// Runs `argv` with stdout to a file; its exit code and output (-1: no exit in 60 s).
-std::pair<int, std::string> RunChild(std::vector<std::string> args) {
-  char path[] = "/tmp/shardq_sdk_example_XXXXXX";
-  int fd = mkstemp(path);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_adddup2(&actions, fd, 1);
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  pid_t pid = -1;
-  int rc = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  close(fd);
-  if (rc != 0) return {-2, "spawn failed"};
-  int status = 0;
-  bool exited = Eventually([&] { return waitpid(pid, &status, WNOHANG) == pid; }, 60s);
-  if (!exited) {
-    kill(pid, SIGKILL);
-    waitpid(pid, &status, 0);
-  }
-  std::ifstream in(path);
-  std::stringstream out;
-  out << in.rdbuf();
-  unlink(path);
-  return {exited && WIFEXITED(status) ? WEXITSTATUS(status) : -1, out.str()};
-}
-
 TEST_F(SdkTest, ExamplesProduceAndConsume) {
-  auto [produced, pout] =
+  const ChildResult produced =
       RunChild({EXAMPLE_PRODUCER_PATH, "--server", Address(), "--namespace", kNs,
                 "--topic", "hello", "--count", "5"});
-  ASSERT_EQ(produced, 0) << pout;
+  ASSERT_EQ(produced.exit_code, 0) << produced.failure << produced.err;
+  const std::string& pout = produced.out;
   EXPECT_EQ(std::count(pout.begin(), pout.end(), '\n'), 5) << pout;
-  auto [consumed, wout] =
+  const ChildResult consumed =
       RunChild({EXAMPLE_WORKER_PATH, "--server", Address(), "--namespace", kNs, "--topic",
                 "hello", "--count", "5", "--concurrency", "2"});
-  ASSERT_EQ(consumed, 0) << wout;
+  ASSERT_EQ(consumed.exit_code, 0) << consumed.failure << consumed.err;
+  const std::string& wout = consumed.out;
   EXPECT_NE(wout.find("done: 5 tasks"), std::string::npos) << wout;
   for (int i = 0; i < 5; ++i) {
     EXPECT_NE(wout.find("world #" + std::to_string(i)), std::string::npos) << wout;
