@@ -28,12 +28,7 @@ TEST(E2EHealthTest, NotServingWhileNoShardCanBeOpened) {
   FakeClock clock;  // never advanced: the breakers' probes do not come round
   auto server = frontend::Server::Start(FreshConfig("/nonexistent/mysql.sock", 2), clock);
   ASSERT_TRUE(server.ok()) << server.status().ToString();
-  ASSERT_TRUE(Eventually([&] {
-    for (const auto& h : (*server)->engine().Health()) {
-      if (h.starting) return false;
-    }
-    return true;
-  }));
+  ASSERT_TRUE(AwaitFirstOpenAttempts((*server)->engine()));
   EXPECT_EQ(HealthCheck((*server)->port(), ""), HealthCheckResponse::NOT_SERVING);
   EXPECT_EQ(HealthCheck((*server)->port(), "shardq.v1.Queue"),
             HealthCheckResponse::NOT_SERVING);
@@ -83,12 +78,7 @@ TEST(E2EHealthTest, ASecondServerOnTheSameShardsTakesThemOverWhenTheFirstStops) 
   auto second = frontend::Server::Start(config, second_clock);
   ASSERT_TRUE(second.ok()) << second.status().ToString();
   auto& engine = (*second)->engine();
-  ASSERT_TRUE(Eventually([&] {
-    for (const auto& h : engine.Health()) {
-      if (h.starting) return false;
-    }
-    return true;
-  }));
+  ASSERT_TRUE(AwaitFirstOpenAttempts(engine));
   for (const auto& h : engine.Health()) {
     EXPECT_FALSE(h.open);
     EXPECT_NE(h.last_error.find("owned by another shardq server"), std::string::npos)

@@ -23,6 +23,15 @@ void LiveServerTest::SetUp() {
   client_ = std::make_unique<QueueClient>(server_->port());
 }
 
+bool AwaitFirstOpenAttempts(const engine::Engine& engine) {
+  return Eventually([&] {
+    for (const auto& h : engine.Health()) {
+      if (h.starting) return false;
+    }
+    return true;
+  });
+}
+
 frontend::ServerConfig FreshConfig(const std::string& socket, size_t shards) {
   static std::atomic<int> counter{0};
   int n = counter.fetch_add(1);

@@ -83,6 +83,10 @@ grpc::health::v1::HealthCheckResponse::ServingStatus HealthCheck(
 void AdvanceToSlotOf(FakeClock& clock, const std::string& ns, size_t position,
                      size_t shards);
 
+// Waits (real time, bounded) until every shard of `engine` has finished its first
+// open attempt, whether it opened or not; false on timeout.
+bool AwaitFirstOpenAttempts(const engine::Engine& engine);
+
 // Polls (real time, bounded) for something the server does asynchronously.
 template <typename Pred>
 bool Eventually(Pred pred, std::chrono::seconds limit = std::chrono::seconds(30)) {

@@ -836,12 +836,7 @@ TEST(ShardqctlDownTest, HealthAndShardsExitFourWhenNoShardTakesCalls) {
   FakeClock clock;  // never advanced: the breakers' probes do not come round
   auto server = frontend::Server::Start(FreshConfig("/nonexistent/mysql.sock", 2), clock);
   ASSERT_TRUE(server.ok()) << server.status().ToString();
-  ASSERT_TRUE(Eventually([&] {
-    for (const auto& h : (*server)->engine().Health()) {
-      if (h.starting) return false;
-    }
-    return true;
-  }));
+  ASSERT_TRUE(AwaitFirstOpenAttempts((*server)->engine()));
   const std::string address = "127.0.0.1:" + std::to_string((*server)->port());
   const CtlResult health = RunShardqctl({"--server", address, "health"}, "");
   EXPECT_EQ(health.exit_code, 4) << health.err;

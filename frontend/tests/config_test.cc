@@ -251,12 +251,15 @@ TEST(ParseConfigTest, RejectsNonIntegerOrOutOfRangeNumbers) {
             Code::kInvalidArgument);
 }
 
+// A one-shard config with `policies` ("namespace_defaults": ..., "namespaces": ...).
+std::string WithPolicies(const std::string& policies) {
+  return R"({"mysql_servers": [{"name": "a", "socket": "/s"}],
+            "shards": [{"id": 0, "server": "a", "database": "d"}], )" +
+         policies + "}";
+}
+
 TEST(ParseConfigTest, NamespaceRetentionMayBeZeroButNotNegative) {
-  auto with = [](const std::string& policies) {
-    return R"({"mysql_servers": [{"name": "a", "socket": "/s"}],
-              "shards": [{"id": 0, "server": "a", "database": "d"}], )" +
-           policies + "}";
-  };
+  const auto with = WithPolicies;
   auto r = ParseConfig(with(R"("namespace_defaults": {"retention_ms": 0},
                                "namespaces": {"keep": {"retention_ms": 60000}})"));
   ASSERT_TRUE(r.ok()) << r.status().ToString();
@@ -270,11 +273,7 @@ TEST(ParseConfigTest, NamespaceRetentionMayBeZeroButNotNegative) {
 }
 
 TEST(ParseConfigTest, NamespaceEnqueueQuotas) {
-  auto with = [](const std::string& policies) {
-    return R"({"mysql_servers": [{"name": "a", "socket": "/s"}],
-              "shards": [{"id": 0, "server": "a", "database": "d"}], )" +
-           policies + "}";
-  };
+  const auto with = WithPolicies;
   auto r = ParseConfig(with(R"("namespace_defaults": {"enqueue_rate": 100},
                                "namespaces": {"bulk": {"enqueue_rate": 5000,
                                                        "enqueue_burst": 20000},
