@@ -36,8 +36,8 @@ class EnqueueQuotas {
   void Refund(const std::string& ns, size_t n);
 
   // Past this many buckets the full ones are swept (a full bucket is the same as
-  // none), so the map holds only the namespaces that used their quota within the
-  // last burst/rate seconds; the next sweep waits until the map has doubled again,
+  // none), so after a sweep the map holds only the namespaces that used their quota
+  // within the last burst/rate seconds; the next sweep waits until the map has doubled again,
   // so sweeps cost O(1) a Take on average.
   static constexpr size_t kSweepAbove = 10'000;
   size_t buckets() const {

@@ -49,7 +49,8 @@ NamespacePolicy ParsePolicy(const nlohmann::json& j, NamespacePolicy p) {
     p.enqueue_burst = 0;  // a rate of its own: a second of it, not the default's burst
   }
   if (p.enqueue_rate == 0 && p.enqueue_burst > 0) {
-    throw std::invalid_argument("enqueue_burst needs an enqueue_rate");
+    throw std::invalid_argument("enqueue_burst " + std::to_string(p.enqueue_burst) +
+                                " needs an enqueue_rate");
   }
   return p;
 }
@@ -70,7 +71,11 @@ NamespacePolicies ParsePolicies(const nlohmann::json& j) {
     if (!policy.is_object()) {
       throw std::invalid_argument("namespaces." + ns + " must be an object");
     }
-    by_ns[ns] = ParsePolicy(policy, defaults);
+    try {
+      by_ns[ns] = ParsePolicy(policy, defaults);
+    } catch (const std::invalid_argument& e) {
+      throw std::invalid_argument("namespaces." + ns + ": " + e.what());
+    }
   }
   return NamespacePolicies(defaults, std::move(by_ns));
 }

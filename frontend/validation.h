@@ -30,10 +30,10 @@ struct Limits {
   // the largest Dequeue answers: 1,000 items of 10 KiB payload and 2 KiB metadata.
   size_t max_unread_stream_bytes = 64 << 20;
   // Dequeues parked at once (waiting for items), over all clients: past it a Dequeue
-  // that asks to wait does not park; it answers what is ready, or RESOURCE_EXHAUSTED
-  // when nothing is (load shedding; the SDK backs off and asks again). A parked call
-  // holds its gRPC call and its waiter entries (a few KiB) for up to max_wait; 10,000 is
-  // 5,000 SDK workers (two parked calls each).
+  // that asks to wait runs as one with no wait; it answers what is ready, or
+  // RESOURCE_EXHAUSTED when nothing is (load shedding; the SDK backs off and asks again).
+  // A parked call holds its gRPC call and its waiter entries (a few KiB) for up to
+  // max_wait; 10,000 is 5,000 SDK workers (two parked calls each).
   size_t max_parked_dequeues = 10'000;
   // GetActiveTopics' page: its default and largest size (10,000 topics with the
   // longest names and counts are about 1.4 MB).

@@ -17,7 +17,8 @@ flock 9
 if scripts/mariadb.sh status "$DATA/mariadb" 9>&-; then
   echo "MariaDB in $DATA/mariadb is already running: it stays up when shardqd stops"
 else
-  trap 'scripts/mariadb.sh stop "$DATA/mariadb"' EXIT
+  # Stopped under the lock too: a run that starts meanwhile must not find it still up.
+  trap 'flock "$DATA/mariadb/run.lock" scripts/mariadb.sh stop "$DATA/mariadb"' EXIT
 fi
 sock=$(scripts/mariadb.sh start "$DATA/mariadb" 9>&-)
 flock -u 9

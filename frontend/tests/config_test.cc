@@ -295,6 +295,13 @@ TEST(ParseConfigTest, NamespaceEnqueueQuotas) {
   ASSERT_TRUE(own.ok()) << own.status().ToString();
   EXPECT_EQ(own->policies.For("fast").burst(), 1000u);
   EXPECT_EQ(own->policies.For("same").burst(), 50u);
+  // An error names the namespace it is in.
+  auto named = ParseConfig(with(R"("namespaces": {"bulk": {"enqueue_burst": 10}})"));
+  ASSERT_FALSE(named.ok());
+  EXPECT_NE(named.status().message().find("namespaces.bulk: enqueue_burst 10 needs an "
+                                          "enqueue_rate"),
+            std::string::npos)
+      << named.status().message();
   for (const char* bad :
        {R"({"enqueue_burst": 10})", R"({"enqueue_rate": -1})", R"({"enqueue_rate": 1.5})",
         R"({"enqueue_rate": 1000000001})", R"({"enqueue_burst": "10"})"}) {

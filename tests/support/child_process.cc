@@ -29,10 +29,13 @@ ChildResult RunChild(const std::vector<std::string>& args, const std::string& in
     result.failure = "no program to run";
     return result;
   }
-  int in[2], out[2], err[2];
+  int in[2] = {-1, -1}, out[2] = {-1, -1}, err[2] = {-1, -1};
   if (pipe2(in, O_CLOEXEC) != 0 || pipe2(out, O_CLOEXEC) != 0 ||
       pipe2(err, O_CLOEXEC) != 0) {
     result.failure = std::string("pipe2: ") + std::strerror(errno);
+    for (int fd : {in[0], in[1], out[0], out[1], err[0], err[1]}) {
+      if (fd >= 0) close(fd);
+    }
     return result;
   }
   posix_spawn_file_actions_t actions;
@@ -110,6 +113,9 @@ ChildResult RunChild(const std::vector<std::string>& args, const std::string& in
       const pid_t done = waitpid(pid, &wait_status, WNOHANG);
       if (done == pid) {
         exited = true;
+      } else if (done < 0 && errno != EINTR) {
+        result.failure = std::string("waitpid: ") + std::strerror(errno);
+        return result;
       } else {
         poll(nullptr, 0, 1);
       }
