@@ -37,8 +37,8 @@ class EnqueueQuotas {
 
   // Past this many buckets the full ones are swept (a full bucket is the same as
   // none), so after a sweep the map holds only the namespaces that used their quota
-  // within the last burst/rate seconds; the next sweep waits until the map has doubled again,
-  // so sweeps cost O(1) a Take on average.
+  // within the last burst/rate seconds; the next sweep waits until the map has
+  // doubled again, so sweeps cost O(1) a Take on average.
   static constexpr size_t kSweepAbove = 10'000;
   size_t buckets() const {
     std::lock_guard lock(mu_);

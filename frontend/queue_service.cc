@@ -260,9 +260,9 @@ void QueueService::RunDequeue(const v1::DequeueRequest& req, v1::DequeueResponse
   st = ValidateLength("worker_id", req.worker_id(), kMaxWorkerIdLen);
   if (!st.ok()) return done(st);
   // Load shedding: while max_parked_dequeues calls are parked, a call that asks to
-  // wait does not park. It takes what is ready now, and is refused if that is
-  // nothing, so that its client backs off instead of asking again at once. (Checked
-  // before the call: calls that arrive together may pass the cap by a few.)
+  // wait runs as one with no wait. It takes what is ready now, and is refused if that
+  // is nothing, so that its client backs off instead of asking again at once.
+  // (Checked before the call: calls that arrive together may pass the cap by a few.)
   const bool shed = *wait > Duration(0) && static_cast<size_t>(engine_.ParkedCalls()) >=
                                                limits_.max_parked_dequeues;
   // The server's time goes with the leases, so a worker can tell their ends on its
