@@ -364,6 +364,13 @@ std::vector<TopicInfo> Engine::ActiveTopics(const std::string& ns,
   return out;
 }
 
+std::vector<std::pair<std::string, prefetch::StateCounts>> Engine::NamespaceTotals()
+    const {
+  std::map<std::string, prefetch::StateCounts> totals;
+  for (const auto& buffer : index_.All()) totals[buffer->ns()] += buffer->Counts();
+  return {totals.begin(), totals.end()};
+}
+
 size_t Engine::WindowedKeys(const std::string& ns, const std::string& topic) const {
   auto buffer = index_.Find(ns, topic);
   size_t n = 0;

@@ -207,6 +207,9 @@ class Engine {
   std::vector<TopicInfo> ActiveTopics(
       const std::string& ns, const std::string& after = "",
       size_t limit = std::numeric_limits<size_t>::max()) const;
+  // Item counts by state, summed over each namespace's topics in the index, sorted by
+  // namespace (for metrics: one line per namespace, not per topic).
+  std::vector<std::pair<std::string, prefetch::StateCounts>> NamespaceTotals() const;
   // Waits (real time, at most `timeout`) until every shard has opened and recovered;
   // false on timeout. For start-up readiness checks and tests.
   bool AwaitShardsOpen(std::chrono::milliseconds timeout) const;

@@ -91,6 +91,7 @@ Result<ServerConfig> ParseConfig(const std::string& json_text) {
   ServerConfig c;
   try {
     c.listen = j.value("listen", c.listen);
+    c.metrics_listen = j.value("metrics_listen", c.metrics_listen);
     if (j.contains("io_threads")) {
       c.io_threads = GetUnsigned<size_t>(j.at("io_threads"), "io_threads", 1, 256);
     }

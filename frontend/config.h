@@ -3,7 +3,8 @@
 // each. Shard ids are stable: an id names one database for ever (item ids carry it).
 //
 // JSON form (see docs/config.example.json):
-//   {"listen": "127.0.0.1:50051", "io_threads": 8, "window_capacity": 512,
+//   {"listen": "127.0.0.1:50051", "metrics_listen": "127.0.0.1:9464",
+//    "io_threads": 8, "window_capacity": 512,
 //    "delay_lookahead_ms": 100, "delay_release_gap_ms": 5,
 //    "delay_release_max_lead_ms": 10, "max_buffered_enqueue_mb": 256,
 //    "mysql_servers": [{"name": "a", "socket": "/run/a.sock"},
@@ -47,6 +48,9 @@ inline const engine::EngineOptions& EngineDefaults() {
 
 struct ServerConfig {
   std::string listen = "127.0.0.1:50051";
+  // Prometheus metrics (frontend/metrics.h): "host:port" of their HTTP listener;
+  // empty = none. Bind it to a private address: it is not authenticated.
+  std::string metrics_listen;
   size_t io_threads = detail::EngineDefaults().io_threads;
   size_t window_capacity = detail::EngineDefaults().window_capacity;
   // How far ahead each shard reads delayed items, to release them into the index at

@@ -32,6 +32,10 @@ int main(int argc, char** argv) {
   app.add_option("--mysql-socket", socket, "embedded default: one MariaDB socket");
   app.add_option("--shards", shards, "embedded default: shard databases on that socket");
   app.add_option("--listen", listen, "gRPC address (overrides the config)");
+  std::string metrics_listen;
+  app.add_option("--metrics-listen", metrics_listen,
+                 "Prometheus metrics at http://ADDRESS/metrics, e.g. 127.0.0.1:9464 "
+                 "(overrides the config; empty = off)");
   app.add_option("--io-threads", io_threads,
                  "threads for MySQL I/O (all shards share them)");
   int64_t retention_ms = -1;
@@ -70,6 +74,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (app.count("--listen") || config_path.empty()) config->listen = listen;
+  if (app.count("--metrics-listen")) config->metrics_listen = metrics_listen;
   if (app.count("--io-threads") || config_path.empty()) config->io_threads = io_threads;
   if (lookahead_ms >= 0) config->delay_lookahead_ms = lookahead_ms;
   if (release_gap_ms >= 0) config->delay_release_gap_ms = release_gap_ms;

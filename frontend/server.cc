@@ -71,6 +71,14 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerConfig& config, Clock&
   if (!server->grpc_ || server->port_ == 0) {
     return Status::Unavailable("cannot listen on " + config.listen);
   }
+  if (!config.metrics_listen.empty()) {
+    Server* raw_server = server.get();
+    auto metrics = MetricsServer::Start(config.metrics_listen, [raw_server] {
+      return RenderMetrics(*raw_server->engine_, *raw_server->service_);
+    });
+    if (!metrics.ok()) return metrics.status();
+    server->metrics_ = std::move(*metrics);
+  }
   {
     // What the engine reported so far (it reports each change, from "not ready").
     std::lock_guard lock(server->health_mu_);
@@ -107,6 +115,7 @@ Server::~Server() { Shutdown(); }
 void Server::Shutdown() {
   if (shut_down_) return;
   shut_down_ = true;
+  metrics_.reset();  // its scrapes read the engine
   // Parked long polls answer now, so the gRPC shutdown below does not wait on them.
   engine_->Shutdown();
   // Null when Start failed to listen.

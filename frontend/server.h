@@ -12,6 +12,7 @@
 #include "common/clock.h"
 #include "engine/engine.h"
 #include "frontend/config.h"
+#include "frontend/metrics.h"
 #include "frontend/queue_service.h"
 
 namespace shardq::frontend {
@@ -29,6 +30,8 @@ class Server {
   static constexpr int kMaxSyncServerThreads = 4;
 
   int port() const { return port_; }
+  // The metrics listener's port; 0 when config.metrics_listen is empty.
+  int metrics_port() const { return metrics_ ? metrics_->port() : 0; }
   engine::Engine& engine() { return *engine_; }
   QueueService& service() { return *service_; }
   // Stops taking calls, answers parked long polls, stops the engine.
@@ -50,6 +53,7 @@ class Server {
 
   std::unique_ptr<grpc::Server> grpc_;
   int port_ = 0;
+  std::unique_ptr<MetricsServer> metrics_;
   bool shut_down_ = false;
 };
 

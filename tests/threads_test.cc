@@ -70,10 +70,12 @@ struct ServerThreads {
 
 // The server's threads as it starts and after RunLoad.
 ServerThreads ThreadsOfAServer(const std::string& socket, int shards) {
+  // With the metrics listener on, as in production: its two threads count too.
   auto server = ServerProcess::Start({.binary = SHARDQD_PATH,
                                       .socket = socket,
                                       .shards = shards,
-                                      .io_threads = kIoThreads});
+                                      .io_threads = kIoThreads,
+                                      .extra_args = {"--metrics-listen", "127.0.0.1:0"}});
   EXPECT_TRUE(server.ok()) << server.status().ToString();
   if (!server.ok()) return {};
   ServerThreads threads;
@@ -128,9 +130,10 @@ TEST(ServerThreadsTest, ThreadsDoNotGrowWithTheShards) {
   const Threads& four = four_shards.after_load;
   const Threads& thirty_two = thirty_two_shards.after_load;
 
-  // shardq's own: the I/O pool, the ticker and main, with 4 shards and with 32.
-  EXPECT_EQ(ServerProcess::ShardqThreads(four), kIoThreads + 2) << Describe(four);
-  EXPECT_EQ(ServerProcess::ShardqThreads(thirty_two), kIoThreads + 2)
+  // shardq's own: the I/O pool, the ticker, main and the metrics listener's two, with
+  // 4 shards and with 32.
+  EXPECT_EQ(ServerProcess::ShardqThreads(four), kIoThreads + 4) << Describe(four);
+  EXPECT_EQ(ServerProcess::ShardqThreads(thirty_two), kIoThreads + 4)
       << Describe(thirty_two);
   // gRPC's default executor is at its bound as soon as the server listens
   // (frontend/executor_warmup.h) and stays there, whatever the load.

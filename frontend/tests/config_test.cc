@@ -316,6 +316,7 @@ TEST(LoadConfigTest, TheDocumentedExampleIsAValidConfig) {
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   EXPECT_EQ(r->shards.size(), 4u);
   EXPECT_EQ(r->policies.For("billing").max_attempts, 20u);
+  EXPECT_EQ(r->metrics_listen, "127.0.0.1:9464");
   EXPECT_EQ(r->policies.For("crawler").enqueue_rate, 2000u);
   EXPECT_EQ(r->policies.For("crawler").burst(), 10000u);
   EXPECT_EQ(r->policies.For("other").enqueue_rate, 0u);
