@@ -10,6 +10,8 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "frontend/metrics.h"
+
 namespace shardq::frontend {
 namespace {
 
@@ -168,6 +170,12 @@ Status ValidateConfig(const ServerConfig& config) {
   }
   if (config.window_capacity < 2)
     return Status::InvalidArgument("window_capacity must be >= 2");
+  if (!config.metrics_listen.empty()) {
+    auto address = ParseHostPort(config.metrics_listen);
+    if (!address.ok()) {
+      return Status::InvalidArgument("metrics_listen: " + address.status().message());
+    }
+  }
   std::set<std::string> servers;
   for (const auto& s : config.mysql_servers) {
     if (!servers.insert(s.name).second) {

@@ -1,11 +1,20 @@
 #include "frontend/metrics.h"
 
+#include <arpa/inet.h>
+#include <fcntl.h>
 #include <fmt/format.h>
-#include <httplib.h>
+#include <netdb.h>
+#include <poll.h>
 #include <pthread.h>
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
-#include <atomic>
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
 #include <chrono>
+#include <cstring>
 #include <memory>
 
 #include "frontend/queue_service.h"
@@ -51,9 +60,9 @@ std::string RenderMetrics(const engine::Engine& engine, const QueueService& serv
 
   const auto health = engine.Health();
   Header(out, "shardq_shard_up", "gauge",
-         "1 while the shard is open and its breaker lets calls through.");
+         "1 while the shard is open and its breaker closed (as shardqctl shards).");
   for (const auto& h : health) {
-    const bool up = h.open && h.breaker != shard_worker::BreakerState::kOpen;
+    const bool up = h.open && h.breaker == shard_worker::BreakerState::kClosed;
     line("shardq_shard_up", fmt::format("shard=\"{}\"", h.id.value()), up ? 1 : 0);
   }
   Header(out, "shardq_shard_breaker", "gauge",
@@ -105,54 +114,181 @@ std::string RenderMetrics(const engine::Engine& engine, const QueueService& serv
   return out;
 }
 
-Result<std::unique_ptr<MetricsServer>> MetricsServer::Start(
-    const std::string& listen, std::function<std::string()> render) {
-  const size_t colon = listen.rfind(':');
-  if (colon == std::string::npos || colon == 0) {
-    return Status::InvalidArgument("metrics address is not host:port: " + listen);
+Result<std::pair<std::string, int>> ParseHostPort(const std::string& address) {
+  const size_t colon = address.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == address.size()) {
+    return Status::InvalidArgument("not host:port: " + address);
   }
-  std::string host = listen.substr(0, colon);
-  if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
+  std::string host = address.substr(0, colon);
+  if (host.front() == '[') {
+    if (host.size() < 3 || host.back() != ']') {
+      return Status::InvalidArgument("not [IPv6 host]:port: " + address);
+    }
     host = host.substr(1, host.size() - 2);
+  } else if (host.find(':') != std::string::npos) {
+    return Status::InvalidArgument("an IPv6 host goes in brackets, [::1]:9464: " +
+                                   address);
   }
-  int port = 0;
-  try {
-    port = std::stoi(listen.substr(colon + 1));
-  } catch (const std::exception&) {
-    return Status::InvalidArgument("metrics address has no port: " + listen);
+  int port = -1;
+  const char* first = address.data() + colon + 1;
+  const char* last = address.data() + address.size();
+  const auto [end, error] = std::from_chars(first, last, port);
+  if (error != std::errc() || end != last || port < 0 || port > 65535) {
+    return Status::InvalidArgument("the port is not 0..65535: " + address);
   }
+  return std::make_pair(host, port);
+}
+
+namespace {
+
+// A listening TCP socket at host:port, non-blocking; its fd and bound port.
+Result<std::pair<int, int>> Listen(const std::string& host, int port) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* found = nullptr;
+  const std::string service = std::to_string(port);
+  if (getaddrinfo(host.c_str(), service.c_str(), &hints, &found) != 0 || !found) {
+    return Status::InvalidArgument("cannot resolve metrics host " + host);
+  }
+  std::unique_ptr<addrinfo, decltype(&freeaddrinfo)> addresses(found, freeaddrinfo);
+  const int fd =
+      socket(found->ai_family, found->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return Status::Unavailable(std::string("socket: ") + std::strerror(errno));
+  const int on = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+  // A short backlog: clients past it wait in their connect, not in our memory.
+  if (bind(fd, found->ai_addr, found->ai_addrlen) != 0 || listen(fd, 16) != 0) {
+    const std::string why = std::strerror(errno);
+    close(fd);
+    return Status::Unavailable("cannot listen for metrics on " + host + ":" + service +
+                               ": " + why);
+  }
+  sockaddr_storage bound{};
+  socklen_t length = sizeof bound;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &length);
+  const int bound_port = ntohs(bound.ss_family == AF_INET6
+                                   ? reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port
+                                   : reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
+  return std::make_pair(fd, bound_port);
+}
+
+std::string Response(const char* status, const std::string& type,
+                     const std::string& body) {
+  return fmt::format(
+      "HTTP/1.0 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: "
+      "close\r\n\r\n{}",
+      status, type, body.size(), body);
+}
+
+}  // namespace
+
+Result<std::unique_ptr<MetricsServer>> MetricsServer::Start(
+    const std::string& listen, std::function<std::string()> render,
+    std::chrono::milliseconds deadline) {
+  auto address = ParseHostPort(listen);
+  if (!address.ok()) return address.status();
+  auto listening = Listen(address->first, address->second);
+  if (!listening.ok()) return listening.status();
   std::unique_ptr<MetricsServer> server(new MetricsServer());
-  server->http_ = std::make_unique<httplib::Server>();
-  httplib::Server& http = *server->http_;
-  // One request at a time, each short: a scrape reads memory only.
-  http.new_task_queue = [] { return new httplib::ThreadPool(1); };
-  http.set_keep_alive_max_count(1);
-  http.set_read_timeout(std::chrono::seconds(2));
-  http.set_write_timeout(std::chrono::seconds(2));
-  http.Get("/metrics", [render = std::move(render)](const httplib::Request&,
-                                                    httplib::Response& response) {
-    response.set_content(render(), "text/plain; version=0.0.4; charset=utf-8");
-  });
-  server->port_ = port == 0 ? http.bind_to_any_port(host)
-                            : (http.bind_to_port(host, port) ? port : -1);
-  if (server->port_ <= 0) {
-    return Status::Unavailable("cannot listen for metrics on " + listen);
+  server->listen_fd_ = listening->first;
+  server->port_ = listening->second;
+  server->render_ = std::move(render);
+  server->deadline_ = deadline;
+  if (pipe2(server->wake_, O_CLOEXEC | O_NONBLOCK) != 0) {
+    return Status::Unavailable(std::string("pipe2: ") + std::strerror(errno));
   }
-  auto ended = std::make_shared<std::atomic<bool>>(false);
-  server->listener_ = std::thread([&http, ended] {
-    // The request thread, started from here, takes the same name.
-    pthread_setname_np(pthread_self(), "shardq-metrics");
-    http.listen_after_bind();
-    ended->store(true);
-  });
-  // Until it runs, a stop() would be lost and the destructor would wait for ever.
-  while (!http.is_running() && !ended->load()) std::this_thread::yield();
+  server->thread_ = std::thread([raw = server.get()] { raw->Run(); });
   return server;
 }
 
 MetricsServer::~MetricsServer() {
-  if (http_) http_->stop();
-  if (listener_.joinable()) listener_.join();
+  if (wake_[1] >= 0) {
+    const char byte = 1;
+    [[maybe_unused]] ssize_t n = write(wake_[1], &byte, 1);
+  }
+  if (thread_.joinable()) thread_.join();
+  for (int fd : {listen_fd_, wake_[0], wake_[1]}) {
+    if (fd >= 0) close(fd);
+  }
+}
+
+void MetricsServer::Run() {
+  pthread_setname_np(pthread_self(), "shardq-metrics");
+  for (;;) {
+    pollfd fds[2] = {{listen_fd_, POLLIN, 0}, {wake_[0], POLLIN, 0}};
+    if (poll(fds, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      spdlog::error("metrics listener stopped: poll: {}", std::strerror(errno));
+      return;
+    }
+    if (fds[1].revents != 0) return;
+    const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) continue;  // gone already, or out of descriptors: try the next one
+    Serve(fd);
+    close(fd);
+  }
+}
+
+void MetricsServer::Serve(int fd) {
+  const auto until = std::chrono::steady_clock::now() + deadline_;
+  // Waits for `events` on fd until the deadline; false on timeout, error or stop.
+  auto await = [&](short events) {
+    for (;;) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          until - std::chrono::steady_clock::now());
+      if (left.count() <= 0) return false;
+      pollfd fds[2] = {{fd, events, 0}, {wake_[0], POLLIN, 0}};
+      const int ready = poll(fds, 2, static_cast<int>(left.count()));
+      if (ready < 0 && errno == EINTR) continue;
+      if (ready <= 0 || fds[1].revents != 0) return false;
+      return (fds[0].revents & (events | POLLHUP | POLLERR)) != 0;
+    }
+  };
+  std::string request;
+  while (request.find("\r\n\r\n") == std::string::npos &&
+         request.find("\n\n") == std::string::npos) {
+    if (request.size() >= kMaxRequestBytes) {
+      request.clear();  // answered 431 below
+      break;
+    }
+    if (!await(POLLIN)) return;
+    char buf[1024];
+    const ssize_t n =
+        recv(fd, buf, std::min(sizeof buf, kMaxRequestBytes - request.size()), 0);
+    if (n == 0) return;  // closed before a whole request
+    if (n < 0) {
+      if (errno == EAGAIN || errno == EINTR) continue;
+      return;
+    }
+    request.append(buf, static_cast<size_t>(n));
+  }
+  std::string response;
+  if (request.empty()) {
+    response = Response("431 Request Header Fields Too Large", "text/plain", "");
+  } else if (request.rfind("GET ", 0) != 0) {
+    response = Response("405 Method Not Allowed", "text/plain", "GET only\n");
+  } else {
+    const size_t end = request.find_first_of(" \r\n", 4);
+    const std::string path = request.substr(4, end - 4);
+    response =
+        path == "/metrics"
+            ? Response("200 OK", "text/plain; version=0.0.4; charset=utf-8", render_())
+            : Response("404 Not Found", "text/plain", "GET /metrics\n");
+  }
+  size_t sent = 0;
+  while (sent < response.size()) {
+    const ssize_t n =
+        send(fd, response.data() + sent, response.size() - sent, MSG_NOSIGNAL);
+    if (n > 0) {
+      sent += static_cast<size_t>(n);
+    } else if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+      if (!await(POLLOUT)) return;
+    } else {
+      return;
+    }
+  }
 }
 
 }  // namespace shardq::frontend

@@ -2,7 +2,6 @@
 // readiness: NOT_SERVING while no shard can take calls, SERVING once one can.
 
 #include <gtest/gtest.h>
-#include <httplib.h>
 
 #include <algorithm>
 #include <chrono>
@@ -125,58 +124,6 @@ TEST(E2EHealthTest, ASecondServerOnTheSameShardsTakesThemOverWhenTheFirstStops) 
   std::sort(got_ids.begin(), got_ids.end());
   std::sort(ids.begin(), ids.end());
   EXPECT_EQ(got_ids, ids);
-}
-
-// The Prometheus page (frontend/metrics.h): readiness, each shard, items by namespace
-// and state, and the counters, read from memory.
-TEST(E2EMetricsTest, TheMetricsPageShowsShardsItemsAndCounters) {
-  FakeClock clock;
-  frontend::ServerConfig config = FreshConfig(SharedMariaDb().socket(), 2);
-  config.metrics_listen = "127.0.0.1:0";
-  auto server = frontend::Server::Start(config, clock);
-  ASSERT_TRUE(server.ok()) << server.status().ToString();
-  ASSERT_TRUE((*server)->engine().AwaitShardsOpen(std::chrono::seconds(30)));
-  ASSERT_GT((*server)->metrics_port(), 0);
-  QueueClient client((*server)->port());
-  for (int i = 0; i < 3; ++i) ASSERT_TRUE(client.EnqueueOne("metered", "t", i).ok());
-  ASSERT_EQ(client.Dequeue("metered", "t", 1).size(), 1u);
-
-  httplib::Client http("127.0.0.1", (*server)->metrics_port());
-  http.set_read_timeout(std::chrono::seconds(10));
-  const auto page = http.Get("/metrics");
-  ASSERT_TRUE(page) << httplib::to_string(page.error());
-  EXPECT_EQ(page->status, 200);
-  EXPECT_NE(page->get_header_value("Content-Type").find("text/plain; version=0.0.4"),
-            std::string::npos);
-  const std::string& body = page->body;
-  for (const char* expected :
-       {"# TYPE shardq_ready gauge\nshardq_ready 1\n", "shardq_shard_up{shard=\"0\"} 1\n",
-        "shardq_shard_up{shard=\"1\"} 1\n",
-        "shardq_shard_breaker{shard=\"0\",state=\"closed\"} 1\n",
-        "shardq_shard_breaker{shard=\"0\",state=\"open\"} 0\n",
-        "shardq_items{namespace=\"metered\",state=\"ready\"} 2\n",
-        "shardq_items{namespace=\"metered\",state=\"leased\"} 1\n",
-        "shardq_items{namespace=\"metered\",state=\"dead\"} 0\n",
-        "shardq_parked_dequeues 0\n", "# TYPE shardq_leases_given_back_total counter\n",
-        "shardq_leases_given_back_total 0\n"}) {
-    EXPECT_NE(body.find(expected), std::string::npos) << expected << "\nin:\n" << body;
-  }
-  const auto other = http.Get("/other");
-  ASSERT_TRUE(other);
-  EXPECT_EQ(other->status, 404);
-}
-
-TEST(E2EMetricsTest, NoListenerUnlessConfiguredAndABadAddressIsAnError) {
-  FakeClock clock;
-  frontend::ServerConfig config = FreshConfig(SharedMariaDb().socket(), 1);
-  auto plain = frontend::Server::Start(config, clock);
-  ASSERT_TRUE(plain.ok()) << plain.status().ToString();
-  EXPECT_EQ((*plain)->metrics_port(), 0);
-  plain->reset();
-
-  config.metrics_listen = "no-port-here";
-  auto bad = frontend::Server::Start(config, clock);
-  EXPECT_EQ(bad.status().code(), Code::kInvalidArgument) << bad.status().ToString();
 }
 
 // Not health, but the same start-up path: a listen address gRPC cannot bind is an

@@ -1,0 +1,156 @@
+// The Prometheus page (frontend/metrics.h) over a real socket: what it shows, and that
+// clients who misbehave on its port (idle, trickling, oversized, other methods) hold
+// it for one deadline at most and never stop the server from shutting down.
+
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <future>
+#include <string>
+
+#include "frontend/metrics.h"
+#include "tests/e2e_support.h"
+#include "tests/support/mariadb_instance.h"
+
+namespace shardq::testing {
+namespace {
+
+// A TCP connection to 127.0.0.1:port (-1 if refused).
+int Connect(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// Sends `request` on a new connection and reads the whole answer (to the server's
+// close, at most 20 s of real time).
+std::string Exchange(int port, const std::string& request) {
+  const int fd = Connect(port);
+  if (fd < 0) return "";
+  send(fd, request.data(), request.size(), MSG_NOSIGNAL);
+  std::string answer;
+  char buf[4096];
+  for (;;) {
+    pollfd p{fd, POLLIN, 0};
+    if (poll(&p, 1, 20'000) <= 0) break;
+    const ssize_t n = recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) break;
+    answer.append(buf, static_cast<size_t>(n));
+  }
+  close(fd);
+  return answer;
+}
+
+TEST(E2EMetricsTest, TheMetricsPageShowsShardsItemsAndCounters) {
+  FakeClock clock;
+  frontend::ServerConfig config = FreshConfig(SharedMariaDb().socket(), 2);
+  config.metrics_listen = "127.0.0.1:0";
+  auto server = frontend::Server::Start(config, clock);
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  ASSERT_TRUE((*server)->engine().AwaitShardsOpen(std::chrono::seconds(30)));
+  ASSERT_GT((*server)->metrics_port(), 0);
+  QueueClient client((*server)->port());
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(client.EnqueueOne("metered", "t", i).ok());
+  ASSERT_EQ(client.Dequeue("metered", "t", 1).size(), 1u);
+
+  const std::string page =
+      Exchange((*server)->metrics_port(), "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+  EXPECT_EQ(page.rfind("HTTP/1.0 200 OK\r\n", 0), 0u) << page;
+  EXPECT_NE(page.find("Content-Type: text/plain; version=0.0.4"), std::string::npos);
+  for (const char* expected :
+       {"# TYPE shardq_ready gauge\nshardq_ready 1\n", "shardq_shard_up{shard=\"0\"} 1\n",
+        "shardq_shard_up{shard=\"1\"} 1\n",
+        "shardq_shard_breaker{shard=\"0\",state=\"closed\"} 1\n",
+        "shardq_shard_breaker{shard=\"0\",state=\"open\"} 0\n",
+        "shardq_items{namespace=\"metered\",state=\"ready\"} 2\n",
+        "shardq_items{namespace=\"metered\",state=\"leased\"} 1\n",
+        "shardq_items{namespace=\"metered\",state=\"dead\"} 0\n",
+        "shardq_parked_dequeues 0\n", "# TYPE shardq_leases_given_back_total counter\n",
+        "shardq_leases_given_back_total 0\n"}) {
+    EXPECT_NE(page.find(expected), std::string::npos) << expected << "\nin:\n" << page;
+  }
+}
+
+TEST(E2EMetricsTest, NoListenerUnlessConfiguredAndABadAddressIsRefusedByTheConfig) {
+  FakeClock clock;
+  frontend::ServerConfig config = FreshConfig(SharedMariaDb().socket(), 1);
+  auto plain = frontend::Server::Start(config, clock);
+  ASSERT_TRUE(plain.ok()) << plain.status().ToString();
+  EXPECT_EQ((*plain)->metrics_port(), 0);
+  plain->reset();
+
+  for (const char* bad :
+       {"no-port-here", "h:12abc", "h:70000", "h:-5", "::1", "[::1", ":9464", "h:"}) {
+    config.metrics_listen = bad;
+    EXPECT_EQ(frontend::ValidateConfig(config).code(), Code::kInvalidArgument) << bad;
+  }
+  auto parsed = frontend::ParseHostPort("[::1]:9464");
+  ASSERT_TRUE(parsed.ok()) << parsed.status().ToString();
+  EXPECT_EQ(parsed->first, "::1");
+  EXPECT_EQ(parsed->second, 9464);
+}
+
+// Against the listener alone: a page that counts its scrapes.
+class MetricsListenerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto started = frontend::MetricsServer::Start(
+        "127.0.0.1:0", [this] { return "scrapes " + std::to_string(++scrapes_) + "\n"; },
+        std::chrono::milliseconds(300));
+    ASSERT_TRUE(started.ok()) << started.status().ToString();
+    metrics_ = std::move(*started);
+  }
+  std::unique_ptr<frontend::MetricsServer> metrics_;
+  int scrapes_ = 0;  // the listener's thread only
+};
+
+TEST_F(MetricsListenerTest, OtherPathsMethodsAndOversizedRequestsAreRefused) {
+  const int port = metrics_->port();
+  EXPECT_EQ(Exchange(port, "GET /other HTTP/1.0\r\n\r\n").rfind("HTTP/1.0 404", 0), 0u);
+  EXPECT_EQ(Exchange(port, "POST /metrics HTTP/1.0\r\nContent-Length: 5\r\n\r\nhello")
+                .rfind("HTTP/1.0 405", 0),
+            0u);
+  const std::string huge = "GET /metrics HTTP/1.0\r\nX: " +
+                           std::string(frontend::MetricsServer::kMaxRequestBytes, 'x');
+  EXPECT_EQ(Exchange(port, huge).rfind("HTTP/1.0 431", 0), 0u);
+  EXPECT_EQ(scrapes_, 0) << "none of them rendered the page";
+  const std::string page = Exchange(port, "GET /metrics HTTP/1.0\r\n\r\n");
+  EXPECT_NE(page.find("\r\n\r\nscrapes 1\n"), std::string::npos) << page;
+}
+
+TEST_F(MetricsListenerTest, AnIdleClientHoldsTheListenerForOneDeadlineAtMost) {
+  const int idle = Connect(metrics_->port());  // connects, and sends nothing
+  ASSERT_GE(idle, 0);
+  // Served after the idle one's deadline (300 ms here), not never.
+  const std::string page = Exchange(metrics_->port(), "GET /metrics HTTP/1.0\r\n\r\n");
+  EXPECT_NE(page.find("scrapes 1\n"), std::string::npos) << page;
+  close(idle);
+}
+
+TEST(MetricsListenerStopTest, StoppingEndsAtOnceWithAClientConnected) {
+  // A deadline far beyond the test's bound: only the stop can end the idle exchange.
+  auto started = frontend::MetricsServer::Start(
+      "127.0.0.1:0", [] { return std::string(); }, std::chrono::hours(1));
+  ASSERT_TRUE(started.ok()) << started.status().ToString();
+  const int idle = Connect((*started)->port());
+  ASSERT_GE(idle, 0);
+  auto stopped = std::async(std::launch::async, [&] { started->reset(); });
+  EXPECT_EQ(stopped.wait_for(std::chrono::seconds(20)), std::future_status::ready);
+  stopped.wait();
+  close(idle);
+}
+
+}  // namespace
+}  // namespace shardq::testing
