@@ -225,7 +225,15 @@ void MetricsServer::Run() {
     }
     if (fds[1].revents != 0) return;
     const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0) continue;  // gone already, or out of descriptors: try the next one
+    if (fd < 0) {
+      // Out of descriptors or memory, the connection stays queued and the listening
+      // socket readable: wait a little (or for the stop) rather than spin.
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        pollfd wake{wake_[0], POLLIN, 0};
+        if (poll(&wake, 1, 100) > 0) return;
+      }
+      continue;  // otherwise it went away before it was taken
+    }
     Serve(fd);
     close(fd);
   }
