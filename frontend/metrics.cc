@@ -278,7 +278,7 @@ void MetricsServer::Serve(int fd) {
   } else if (request.rfind("GET ", 0) != 0) {
     response = Response("405 Method Not Allowed", "text/plain", "GET only\n");
   } else {
-    const size_t end = request.find_first_of(" \r\n", 4);
+    const size_t end = request.find_first_of(" ?\r\n", 4);  // a query is ignored
     const std::string path = request.substr(4, end - 4);
     response =
         path == "/metrics"

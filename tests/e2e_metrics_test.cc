@@ -128,6 +128,8 @@ TEST_F(MetricsListenerTest, OtherPathsMethodsAndOversizedRequestsAreRefused) {
   EXPECT_EQ(scrapes_, 0) << "none of them rendered the page";
   const std::string page = Exchange(port, "GET /metrics HTTP/1.0\r\n\r\n");
   EXPECT_NE(page.find("\r\n\r\nscrapes 1\n"), std::string::npos) << page;
+  const std::string query = Exchange(port, "GET /metrics?x=1 HTTP/1.0\r\n\r\n");
+  EXPECT_NE(query.find("\r\n\r\nscrapes 2\n"), std::string::npos) << query;
 }
 
 TEST_F(MetricsListenerTest, AnIdleClientHoldsTheListenerForOneDeadlineAtMost) {
