@@ -14,6 +14,7 @@
 #include <cerrno>
 #include <charconv>
 #include <chrono>
+#include <climits>
 #include <cstring>
 #include <memory>
 
@@ -149,37 +150,71 @@ Result<std::pair<int, int>> Listen(const std::string& host, int port) {
   hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
   addrinfo* found = nullptr;
   const std::string service = std::to_string(port);
-  if (getaddrinfo(host.c_str(), service.c_str(), &hints, &found) != 0 || !found) {
-    return Status::InvalidArgument("cannot resolve metrics host " + host);
+  if (const int error = getaddrinfo(host.c_str(), service.c_str(), &hints, &found);
+      error != 0 || !found) {
+    return Status::InvalidArgument("cannot resolve metrics host " + host + ": " +
+                                   gai_strerror(error));
   }
   std::unique_ptr<addrinfo, decltype(&freeaddrinfo)> addresses(found, freeaddrinfo);
-  const int fd =
-      socket(found->ai_family, found->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) return Status::Unavailable(std::string("socket: ") + std::strerror(errno));
-  const int on = 1;
-  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
-  // A short backlog: clients past it wait in their connect, not in our memory.
-  if (bind(fd, found->ai_addr, found->ai_addrlen) != 0 || listen(fd, 16) != 0) {
-    const std::string why = std::strerror(errno);
-    close(fd);
+  // The first address that binds ("localhost" may resolve to ::1 on a host without
+  // IPv6, or to both families).
+  int fd = -1;
+  std::string why = "no address";
+  for (const addrinfo* a = found; a != nullptr && fd < 0; a = a->ai_next) {
+    fd = socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+      why = std::strerror(errno);
+      continue;
+    }
+    const int on = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+    // A short backlog: clients past it wait in their connect, not in our memory.
+    if (bind(fd, a->ai_addr, a->ai_addrlen) != 0 || listen(fd, 16) != 0) {
+      why = std::strerror(errno);
+      close(fd);
+      fd = -1;
+    }
+  }
+  if (fd < 0) {
     return Status::Unavailable("cannot listen for metrics on " + host + ":" + service +
                                ": " + why);
   }
   sockaddr_storage bound{};
   socklen_t length = sizeof bound;
-  getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &length);
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &length) != 0) {
+    close(fd);
+    return Status::Unavailable(std::string("getsockname: ") + std::strerror(errno));
+  }
   const int bound_port = ntohs(bound.ss_family == AF_INET6
                                    ? reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port
                                    : reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
   return std::make_pair(fd, bound_port);
 }
 
-std::string Response(const char* status, const std::string& type,
-                     const std::string& body) {
+std::string Response(const char* status, const std::string& type, const std::string& body,
+                     const char* extra_header = "") {
   return fmt::format(
-      "HTTP/1.0 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: "
+      "HTTP/1.0 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{}Connection: "
       "close\r\n\r\n{}",
-      status, type, body.size(), body);
+      status, type, body.size(), extra_header, body);
+}
+
+// The path of a request's first line ("GET /metrics?x HTTP/1.0" -> "/metrics"; an
+// absolute URI's scheme and authority dropped), or "" if the line is malformed.
+std::string RequestPath(const std::string& request) {
+  const size_t line_end = request.find_first_of("\r\n");
+  const std::string line = request.substr(0, line_end);
+  const size_t first = line.find(' ');
+  if (first == std::string::npos) return "";
+  const size_t start = line.find_first_not_of(' ', first);
+  if (start == std::string::npos) return "";
+  std::string target = line.substr(start, line.find(' ', start) - start);
+  if (const size_t scheme = target.find("://"); scheme != std::string::npos) {
+    const size_t path = target.find('/', scheme + 3);
+    target = path == std::string::npos ? "/" : target.substr(path);
+  }
+  if (target.empty() || target.front() != '/') return "";
+  return target.substr(0, target.find('?'));  // a query is ignored
 }
 
 }  // namespace
@@ -248,15 +283,22 @@ void MetricsServer::Serve(int fd) {
           until - std::chrono::steady_clock::now());
       if (left.count() <= 0) return false;
       pollfd fds[2] = {{fd, events, 0}, {wake_[0], POLLIN, 0}};
-      const int ready = poll(fds, 2, static_cast<int>(left.count()));
+      const int ready =
+          poll(fds, 2, static_cast<int>(std::min<int64_t>(left.count(), INT32_MAX)));
       if (ready < 0 && errno == EINTR) continue;
       if (ready <= 0 || fds[1].revents != 0) return false;
       return (fds[0].revents & (events | POLLHUP | POLLERR)) != 0;
     }
   };
   std::string request;
-  while (request.find("\r\n\r\n") == std::string::npos &&
-         request.find("\n\n") == std::string::npos) {
+  size_t scanned = 0;  // the end of the headers is not before this
+  auto complete = [&] {
+    const bool found = request.find("\r\n\r\n", scanned) != std::string::npos ||
+                       request.find("\n\n", scanned) != std::string::npos;
+    scanned = request.size() < 3 ? 0 : request.size() - 3;
+    return found;
+  };
+  while (!complete()) {
     if (request.size() >= kMaxRequestBytes) {
       request.clear();  // answered 431 below
       break;
@@ -273,17 +315,18 @@ void MetricsServer::Serve(int fd) {
     request.append(buf, static_cast<size_t>(n));
   }
   std::string response;
+  const std::string path = request.empty() ? "" : RequestPath(request);
   if (request.empty()) {
     response = Response("431 Request Header Fields Too Large", "text/plain", "");
+  } else if (path.empty()) {
+    response = Response("400 Bad Request", "text/plain", "GET /metrics\n");
   } else if (request.rfind("GET ", 0) != 0) {
-    response = Response("405 Method Not Allowed", "text/plain", "GET only\n");
-  } else {
-    const size_t end = request.find_first_of(" ?\r\n", 4);  // a query is ignored
-    const std::string path = request.substr(4, end - 4);
     response =
-        path == "/metrics"
-            ? Response("200 OK", "text/plain; version=0.0.4; charset=utf-8", render_())
-            : Response("404 Not Found", "text/plain", "GET /metrics\n");
+        Response("405 Method Not Allowed", "text/plain", "GET only\n", "Allow: GET\r\n");
+  } else if (path != "/metrics") {
+    response = Response("404 Not Found", "text/plain", "GET /metrics\n");
+  } else {
+    response = Response("200 OK", "text/plain; version=0.0.4; charset=utf-8", render_());
   }
   size_t sent = 0;
   while (sent < response.size()) {
@@ -296,6 +339,12 @@ void MetricsServer::Serve(int fd) {
     } else {
       return;
     }
+  }
+  // Close gently: with unread bytes left (a body, a refused request) a plain close
+  // would reset the connection, and the client might lose the answer.
+  shutdown(fd, SHUT_WR);
+  char drain[1024];
+  while (await(POLLIN) && recv(fd, drain, sizeof drain, 0) > 0) {
   }
 }
 

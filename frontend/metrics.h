@@ -7,8 +7,9 @@
 // engine's index and counters), never MySQL; per-topic counts are GetActiveTopics'.
 //
 // The listener is a small HTTP/1.0 responder of its own, not a web server: one
-// connection at a time, each with one deadline for the whole exchange and a bounded
-// request, then closed. So a client that connects and sends nothing, or trickles
+// connection at a time, each with one deadline for the whole exchange (rendering and
+// sending the page included: a page too large to send in time is cut short) and a
+// bounded request, then closed. So a client that connects and sends nothing, or trickles
 // its request, holds it for one deadline at most, others wait in the kernel's
 // bounded accept backlog, and neither memory nor descriptors grow with clients.
 // Not authenticated: bind it to a private address.

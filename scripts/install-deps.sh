@@ -8,7 +8,7 @@ PACKAGES=(
   mariadb-server libmariadb-dev libmysqlcppconn-dev  # the latter for bench/ only
   libgrpc++-dev protobuf-compiler-grpc protobuf-compiler libprotobuf-dev
   libboost-all-dev libgtest-dev libgmock-dev libbenchmark-dev
-  libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev libcpp-httplib-dev
+  libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev
   libjemalloc-dev
 )
 

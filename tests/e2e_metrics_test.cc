@@ -1,6 +1,7 @@
 // The Prometheus page (frontend/metrics.h) over a real socket: what it shows, and that
-// clients who misbehave on its port (idle, trickling, oversized, other methods) hold
-// it for one deadline at most and never stop the server from shutting down.
+// clients who misbehave on its port (idle, an unfinished request, oversized or
+// malformed requests, other methods) hold it for one deadline at most and never stop
+// the server from shutting down.
 
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
@@ -9,6 +10,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <future>
 #include <string>
@@ -113,7 +115,7 @@ class MetricsListenerTest : public ::testing::Test {
     metrics_ = std::move(*started);
   }
   std::unique_ptr<frontend::MetricsServer> metrics_;
-  int scrapes_ = 0;  // the listener's thread only
+  std::atomic<int> scrapes_{0};
 };
 
 TEST_F(MetricsListenerTest, OtherPathsMethodsAndOversizedRequestsAreRefused) {
@@ -122,6 +124,10 @@ TEST_F(MetricsListenerTest, OtherPathsMethodsAndOversizedRequestsAreRefused) {
   EXPECT_EQ(Exchange(port, "POST /metrics HTTP/1.0\r\nContent-Length: 5\r\n\r\nhello")
                 .rfind("HTTP/1.0 405", 0),
             0u);
+  const std::string refused = Exchange(port, "PUT /metrics HTTP/1.0\r\n\r\n");
+  EXPECT_NE(refused.find("\r\nAllow: GET\r\n"), std::string::npos) << refused;
+  EXPECT_EQ(Exchange(port, "GET\r\n\r\n").rfind("HTTP/1.0 400", 0), 0u);
+  EXPECT_EQ(Exchange(port, "GET metrics HTTP/1.0\r\n\r\n").rfind("HTTP/1.0 400", 0), 0u);
   const std::string huge = "GET /metrics HTTP/1.0\r\nX: " +
                            std::string(frontend::MetricsServer::kMaxRequestBytes, 'x');
   EXPECT_EQ(Exchange(port, huge).rfind("HTTP/1.0 431", 0), 0u);
@@ -130,6 +136,9 @@ TEST_F(MetricsListenerTest, OtherPathsMethodsAndOversizedRequestsAreRefused) {
   EXPECT_NE(page.find("\r\n\r\nscrapes 1\n"), std::string::npos) << page;
   const std::string query = Exchange(port, "GET /metrics?x=1 HTTP/1.0\r\n\r\n");
   EXPECT_NE(query.find("\r\n\r\nscrapes 2\n"), std::string::npos) << query;
+  const std::string absolute =
+      Exchange(port, "GET http://localhost:9464/metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+  EXPECT_NE(absolute.find("\r\n\r\nscrapes 3\n"), std::string::npos) << absolute;
 }
 
 TEST_F(MetricsListenerTest, AnIdleClientHoldsTheListenerForOneDeadlineAtMost) {
@@ -141,17 +150,38 @@ TEST_F(MetricsListenerTest, AnIdleClientHoldsTheListenerForOneDeadlineAtMost) {
   close(idle);
 }
 
-TEST(MetricsListenerStopTest, StoppingEndsAtOnceWithAClientConnected) {
-  // A deadline far beyond the test's bound: only the stop can end the idle exchange.
+TEST_F(MetricsListenerTest, AnUnfinishedRequestIsClosedUnansweredAtTheDeadline) {
+  // The request line, and never the blank line that ends the request.
+  EXPECT_EQ(Exchange(metrics_->port(), "GET /metrics HTTP/1.0\r\nX: 1\r\n"), "");
+  EXPECT_EQ(scrapes_, 0);
+  EXPECT_NE(Exchange(metrics_->port(), "GET /metrics HTTP/1.0\r\n\r\n").find("scrapes 1"),
+            std::string::npos);
+}
+
+TEST(MetricsListenerStopTest, StoppingEndsTheExchangeInProgress) {
+  // A page far larger than the socket's buffers, to a client that never reads it,
+  // with a deadline far beyond the test's bound: the listener is certainly waiting
+  // to send when it is stopped, and only the stop can end that wait.
+  std::promise<void> rendering;
   auto started = frontend::MetricsServer::Start(
-      "127.0.0.1:0", [] { return std::string(); }, std::chrono::hours(1));
+      "127.0.0.1:0",
+      [&rendering] {
+        rendering.set_value();
+        return std::string(64 << 20, 'x');
+      },
+      std::chrono::hours(1));
   ASSERT_TRUE(started.ok()) << started.status().ToString();
-  const int idle = Connect((*started)->port());
-  ASSERT_GE(idle, 0);
+  const int reader = Connect((*started)->port());
+  ASSERT_GE(reader, 0);
+  const std::string request = "GET /metrics HTTP/1.0\r\n\r\n";
+  ASSERT_EQ(send(reader, request.data(), request.size(), MSG_NOSIGNAL),
+            static_cast<ssize_t>(request.size()));
+  ASSERT_EQ(rendering.get_future().wait_for(std::chrono::seconds(20)),
+            std::future_status::ready);
   auto stopped = std::async(std::launch::async, [&] { started->reset(); });
   EXPECT_EQ(stopped.wait_for(std::chrono::seconds(20)), std::future_status::ready);
   stopped.wait();
-  close(idle);
+  close(reader);
 }
 
 }  // namespace
