@@ -254,9 +254,13 @@ void MetricsServer::Run() {
   for (;;) {
     pollfd fds[2] = {{listen_fd_, POLLIN, 0}, {wake_[0], POLLIN, 0}};
     if (poll(fds, 2, -1) < 0) {
-      if (errno == EINTR) continue;
-      spdlog::error("metrics listener stopped: poll: {}", std::strerror(errno));
-      return;
+      // Out of memory for the poll, say: try again shortly rather than stop for good.
+      if (errno != EINTR) {
+        spdlog::warn("metrics listener: poll: {}", std::strerror(errno));
+        pollfd wake{wake_[0], POLLIN, 0};
+        if (poll(&wake, 1, 100) > 0) return;
+      }
+      continue;
     }
     if (fds[1].revents != 0) return;
     const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
