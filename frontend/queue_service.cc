@@ -137,8 +137,10 @@ void QueueService::RunEnqueue(const v1::EnqueueRequest& req, v1::EnqueueResponse
     if (parsed.back().ok()) ++valid;
   }
   // The namespace's enqueue quota: the valid items past what it allows now are
-  // refused, in the call's order; the others go ahead.
-  size_t allowed = engine_.TakeEnqueueQuota(req.namespace_(), valid);
+  // refused, in the call's order; the others go ahead. (Asked only of a namespace
+  // that has one: the policy is at hand, and the common case pays nothing more.)
+  const bool metered = policy.enqueue_rate > 0;
+  size_t allowed = metered ? engine_.TakeEnqueueQuota(req.namespace_(), valid) : valid;
   const size_t over_quota = valid - allowed;
   if (allowed < valid) {
     const Status over = Status::ResourceExhausted(
@@ -159,8 +161,7 @@ void QueueService::RunEnqueue(const v1::EnqueueRequest& req, v1::EnqueueResponse
       [this](std::vector<NewItem> items, auto done) {
         engine_.Enqueue(std::move(items), std::move(done));
       },
-      [this, out, over_quota,
-       metered_ns = policy.enqueue_rate > 0 ? req.namespace_() : std::string(),
+      [this, out, over_quota, metered_ns = metered ? req.namespace_() : std::string(),
        done = std::move(done)](std::vector<Result<engine::EnqueueOutcome>> results) {
         if (!metered_ns.empty()) {
           // Past the items over the quota, a RESOURCE_EXHAUSTED is the engine's (its
