@@ -35,6 +35,8 @@ struct Options {
   bool threads = true;
   std::string json;
   int fetch = 50;
+  int worker_buffer = 32;
+  int worker_max_buffer = 0;
   // The private MariaDB's InnoDB sizes: MariaDB's own defaults (as in the peer
   // harness), not the small ones the tests start with.
   std::string buffer_pool = "128M";
@@ -171,6 +173,10 @@ int Main(int argc, char** argv) {
   app.add_option("--phases", o.phases, "phases to run (default: all)")->delimiter(',');
   app.add_flag("!--no-threads", o.threads, "skip the 4 vs 64 shards thread count");
   app.add_option("--fetch", o.fetch, "items per Dequeue in B2 and D (10..100)");
+  app.add_option("--worker-buffer", o.worker_buffer,
+                 "tasks each SDK worker fetches ahead in B1, C and E, at first");
+  app.add_option("--worker-max-buffer", o.worker_max_buffer,
+                 "... and at most (0: the SDK's default)");
   app.add_option("--buffer-pool", o.buffer_pool,
                  "innodb-buffer-pool-size of the private MariaDB (default 128M)");
   app.add_option("--log-file-size", o.log_file_size,
@@ -180,6 +186,8 @@ int Main(int argc, char** argv) {
 
   W1 w = W1().Scaled(o.scale);
   w.fetch = o.fetch;
+  w.worker_buffer = o.worker_buffer;
+  w.worker_max_buffer = o.worker_max_buffer;
   std::unique_ptr<testing::MariaDbInstance> db;
   if (socket.empty()) {
     std::vector<std::string> args = {"--innodb-buffer-pool-size=" + o.buffer_pool,

@@ -180,7 +180,8 @@ namespace {
 
 // SDK workers on `topic`, each on its own channel, all running `handler`.
 std::vector<std::unique_ptr<sdk::Worker>> StartWorkers(
-    int count, int concurrency, const std::string& ns, const std::string& topic,
+    int count, int concurrency, int buffer, int max_buffer, const std::string& ns,
+    const std::string& topic,
     const std::function<std::shared_ptr<grpc::Channel>()>& channel,
     const sdk::Handler& handler) {
   std::vector<std::unique_ptr<sdk::Worker>> workers;
@@ -190,7 +191,8 @@ std::vector<std::unique_ptr<sdk::Worker>> StartWorkers(
     options.ns = ns;
     options.topics = {topic};
     options.concurrency = concurrency;
-    options.buffer_size = concurrency * 2;
+    options.buffer_size = buffer;
+    options.max_buffer_size = max_buffer;
     options.poll_wait = sdk::Millis(500);
     auto worker = std::make_unique<sdk::Worker>(std::move(options));
     worker->HandleOther(handler);
@@ -206,7 +208,8 @@ std::vector<std::unique_ptr<sdk::Worker>> StartRecorders(
     const W1& w1, const std::string& ns, const std::string& topic,
     const std::function<std::shared_ptr<grpc::Channel>()>& channel,
     std::function<void(const sdk::TaskContext&, const PayloadHeader&)> record) {
-  return StartWorkers(w1.consumers, w1.worker_concurrency, ns, topic, channel,
+  return StartWorkers(w1.consumers, w1.worker_concurrency, w1.worker_buffer,
+                      w1.worker_max_buffer, ns, topic, channel,
                       [record = std::move(record)](sdk::TaskContext& t) {
                         PayloadHeader h;
                         if (ParsePayload(t.payload(), &h)) record(t, h);
@@ -258,7 +261,8 @@ uint64_t Succeeded(const std::vector<std::unique_ptr<sdk::Worker>>& workers) {
 double ShardqClient::DrainWithWorkers(const std::string& topic, int items) {
   int64_t t0 = NowUs();
   auto workers = StartWorkers(
-      w1_.consumers, w1_.worker_concurrency, ns_, topic, [this] { return NewChannel(); },
+      w1_.consumers, w1_.worker_concurrency, w1_.worker_buffer, w1_.worker_max_buffer,
+      ns_, topic, [this] { return NewChannel(); },
       [](sdk::TaskContext&) { return sdk::Outcome::Success(); });
   // Acks are counted by the workers; poll their counters (a benchmark may poll).
   auto deadline = Clock::now() + std::chrono::seconds(600);

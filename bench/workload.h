@@ -15,6 +15,8 @@ struct W1 {
   int batch = 100;              // A2
   int fetch = 50;               // B2, D: items per Dequeue
   int worker_concurrency = 16;  // B1, C, E: handlers per SDK worker
+  int worker_buffer = 32;       // B1, C, E: tasks each SDK worker fetches ahead, at first
+  int worker_max_buffer = 0;    // ... and at most (0: the SDK's default, 8x)
   int c_rate = 1'000;           // C: items/s, all producers together
   int c_seconds = 20;
   int c_max_outstanding = 256;  // per producer

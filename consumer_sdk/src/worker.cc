@@ -16,6 +16,7 @@
 #include <utility>
 
 #include "consume_calls.h"
+#include "fetch_window.h"
 #include "server_limits.h"
 #include "shardq/v1/queue.grpc.pb.h"
 #include "utf8.h"
@@ -129,6 +130,10 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
         jitter_(options_.seed) {
     options_.concurrency = std::max(1, options_.concurrency);
     if (options_.buffer_size <= 0) options_.buffer_size = options_.concurrency;
+    const auto buffer = static_cast<size_t>(options_.buffer_size);
+    window_ = FetchWindow(buffer, options_.max_buffer_size <= 0
+                                      ? kDefaultWindowGrowth * buffer
+                                      : static_cast<size_t>(options_.max_buffer_size));
     // Durations within what the server takes (an extension it refuses would let
     // every lease run out) and what the clocks can add without overflow (Bounded).
     options_.lease_extension =
@@ -298,6 +303,7 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
     std::lock_guard lock(mu_);
     WorkerStats s = stats_;
     s.buffered = buffer_.size();
+    s.window = window_.size();
     s.running = running_.size();
     return s;
   }
@@ -351,15 +357,9 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
 
   // ---- controller: fetches into the buffer ----
 
-  // Under mu_: the buffer's slots that are neither filled nor asked for.
-  size_t FreeSlots() const {
-    return static_cast<size_t>(options_.buffer_size) - buffer_.size() - asked_;
-  }
-  // Free slots that make a controller ask: half the buffer, rounded up.
-  size_t RefillAt() const {
-    const size_t capacity = static_cast<size_t>(options_.buffer_size);
-    return std::max<size_t>(1, capacity - capacity / 2);
-  }
+  // Under mu_: the window's slots that are neither filled nor asked for.
+  size_t FreeSlots() const { return window_.Free(buffer_.size() + asked_); }
+  size_t RefillAt() const { return window_.RefillAt(); }
 
   // Each controller asks for every free slot once at least half the buffer is free
   // (not at every free slot: one Dequeue, one lease transaction per shard, then brings
@@ -367,15 +367,15 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
   // way, so a fast handler's executors do not run dry while they wait for a refill.
   void ControllerLoop() {
     uint32_t failures = 0;
-    const size_t refill = RefillAt();
     std::unique_lock lock(mu_);
     while (!stopping_) {
-      if (FreeSlots() < refill) {
-        controller_cv_.wait(lock, [&] { return stopping_ || FreeSlots() >= refill; });
+      if (FreeSlots() < RefillAt()) {
+        controller_cv_.wait(lock, [&] { return stopping_ || FreeSlots() >= RefillAt(); });
         continue;
       }
-      const size_t ask = FreeSlots();
-      v1::DequeueRequest request = BuildDequeue(ask);
+      v1::DequeueRequest request = BuildDequeue(FreeSlots());
+      size_t ask = 0;
+      for (const auto& t : request.topics()) ask += static_cast<size_t>(t.count());
       asked_ += ask;
       v1::DequeueResponse response;
       lock.unlock();
@@ -387,6 +387,8 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
       controller_cv_.notify_one();  // slots asked for and not filled are free again
       if (status.ok()) {
         failures = 0;
+        window_.OnAnswer(ask > 0 && static_cast<size_t>(response.items_size()) >= ask,
+                         buffer_.size());
         for (auto& item : *response.mutable_items()) {
           // A new lease of an item we still hold: the old lease ran out.
           MarkSupersededLost(item.id());
@@ -472,7 +474,12 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
   void ExecutorLoop() {
     tl_executor_of = this;
     std::unique_lock lock(mu_);
+    bool ran = false;  // this executor has just run a task
     for (;;) {
+      // Done with a task and nothing fetched to take: the executors outrun the
+      // fetches, and the window may grow (FetchWindow).
+      if (ran && buffer_.empty()) window_.ExecutorIdled();
+      ran = false;
       // A reporter far behind (server slow or down) holds the executors back, so
       // outcomes waiting to be sent stay bounded.
       executor_cv_.wait(lock, [&] {
@@ -493,6 +500,7 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
       }
       running_.insert(st);
       ++stats_.started;
+      ran = true;
       lock.unlock();
       Outcome outcome = Run(st);
       PendingReport report = ToReport(st, outcome);
@@ -886,7 +894,8 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
   std::set<std::shared_ptr<State>> running_;  // started, outcome not yet sent
   std::deque<PendingReport> reports_;         // outcomes for the reporter
   size_t topic_offset_ = 0;
-  size_t asked_ = 0;  // slots asked for by the dequeues in flight
+  size_t asked_ = 0;          // slots asked for by the dequeues in flight
+  FetchWindow window_{1, 1};  // tasks kept ahead of the executors (set by the ctor)
   bool started_ = false;
   bool stopping_ = false;
   bool abort_reports_ = false;
@@ -897,6 +906,8 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
   WorkerStats stats_;
 
   static constexpr int kControllers = 2;
+  // max_buffer_size 0: the window grows up to this many times buffer_size.
+  static constexpr size_t kDefaultWindowGrowth = 8;
   std::vector<std::thread> controllers_;
   std::thread heartbeat_;
   std::thread reporter_;

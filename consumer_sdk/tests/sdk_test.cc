@@ -1131,6 +1131,59 @@ TEST_F(SdkTest, WorkerAsksAgainWhileItsFirstAskIsStillOpen) {
   worker.Stop();
 }
 
+// Handlers that finish before a fetch comes back: the worker fetches further ahead,
+// up to max_buffer_size (FetchWindow; its steps are in fetch_window_test.cc).
+TEST_F(SdkTest, FastHandlersGrowTheFetchWindowUpToItsMaximum) {
+  constexpr int kItems = 1000;
+  sdk::Producer producer(ProducerOptions());
+  std::vector<sdk::NewTask> tasks(kItems, sdk::NewTask{.topic = "fast", .payload = "p"});
+  for (const auto& r : producer.EnqueueBatch(tasks)) ASSERT_TRUE(r.ok());
+  auto options = WorkerOptions({"fast"});
+  options.concurrency = 2;
+  options.buffer_size = 2;
+  options.max_buffer_size = 16;
+  sdk::Worker worker(options);
+  std::atomic<size_t> widest{0};
+  worker.Handle("", [&](TaskContext&) {
+    const size_t window = worker.stats().window;
+    size_t seen = widest.load();
+    while (window > seen && !widest.compare_exchange_weak(seen, window)) {
+    }
+    return Outcome::Success();
+  });
+  worker.Start();
+  ASSERT_TRUE(Eventually([&] { return worker.stats().succeeded == kItems; }))
+      << worker.stats().succeeded << " of " << kItems;
+  worker.Stop();
+  EXPECT_GT(widest.load(), 2u) << "the window grew past buffer_size";
+  EXPECT_LE(widest.load(), 16u) << "and not past max_buffer_size";
+}
+
+// Handlers slower than the fetches never leave an executor idle: the window stays at
+// buffer_size, so a worker holds no more unstarted tasks than asked.
+TEST_F(SdkTest, SlowHandlersKeepTheFetchWindowAtBufferSize) {
+  for (int i = 0; i < 20; ++i) ASSERT_TRUE(client_->EnqueueOne(kNs, "held", i).ok());
+  auto options = WorkerOptions({"held"});
+  options.concurrency = 2;
+  options.buffer_size = 4;  // max_buffer_size 0: it could grow to 32
+  sdk::Worker worker(options);
+  Gate release;
+  worker.Handle("", [&](TaskContext&) {
+    EXPECT_TRUE(release.Pass());
+    return Outcome::Success();
+  });
+  worker.Start();
+  // The first answer (4, before any executor ran) and the refill of the 2 taken.
+  ASSERT_TRUE(Eventually([&] {
+    auto s = worker.stats();
+    return s.running == 2 && s.buffered == 4 && s.fetched == 6;
+  }));
+  EXPECT_EQ(worker.stats().window, 4u);
+  release.Open();
+  ASSERT_TRUE(Eventually([&] { return worker.stats().succeeded == 20; }));
+  worker.Stop();
+}
+
 TEST_F(SdkTest, GracefulStopHandsBackBufferedTasksAtOnce) {
   for (int i = 0; i < 4; ++i) ASSERT_TRUE(client_->EnqueueOne(kNs, "stop", i).ok());
   auto options = WorkerOptions({"stop"});

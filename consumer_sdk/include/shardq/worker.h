@@ -6,7 +6,9 @@
 //                      free (slots asked for count as taken), so while one ask is on
 //                      its way the other can already ask for the slots freed since;
 //                      each backs off (capped, jittered) while the server is
-//                      unreachable, and resumes by itself.
+//                      unreachable, and resumes by itself. The buffer grows (up to
+//                      max_buffer_size) while fast handlers wait on the fetches,
+//                      and shrinks back when tasks wait on the handlers.
 //   executor threads (concurrency): take buffered tasks, run the handler of their
 //                      task_type, hand the outcome to the reporter and take the next
 //                      task at once (held back only while 1,000 outcomes wait).
@@ -170,6 +172,7 @@ struct WorkerStats {
   uint64_t dequeue_errors = 0;    // failed Dequeue calls
   uint64_t report_errors = 0;     // Ack/Nack that failed for good
   size_t buffered = 0;            // tasks fetched, not started
+  size_t window = 0;              // tasks it fetches ahead now (see buffer_size)
   size_t running = 0;             // handlers running (or reporting their outcome)
   bool backing_off = false;       // the controller is waiting to retry the server
 };
@@ -188,9 +191,16 @@ struct WorkerOptions {
   std::string worker_id{};
   // Handlers running at once (executor threads).
   int concurrency = 4;
-  // Tasks fetched ahead of the executors; 0 = concurrency. Keep it >= the number of
-  // topics (a fetch asks at most this many topics at once, rotating).
+  // Tasks fetched ahead of the executors (fetched and not started, or asked for), at
+  // first and whenever the handlers keep up; 0 = concurrency. Keep it >= the number
+  // of topics (a fetch asks at most this many topics at once, rotating).
   int buffer_size = 0;
+  // How far that window may grow while handlers finish faster than a fetch comes
+  // back (it doubles when the server had all that was asked and an executor went
+  // idle, and shrinks back by the tasks left waiting when the next answer comes);
+  // 0 = 8 x buffer_size; buffer_size or less = a fixed window. Slow handlers keep it
+  // at buffer_size.
+  int max_buffer_size = 0;
   // Long-poll wait of a Dequeue (server time), at most 60 s.
   Millis poll_wait{20'000};
   // Each heartbeat extends leases to now + this (server time), 1 ms .. 12 h (what
