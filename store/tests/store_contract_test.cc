@@ -2314,6 +2314,24 @@ TEST(MySqlShardStoreTest, OneStoreAtATimeOwnsAShardDatabase) {
   EXPECT_EQ(Must(first->CountByTopic())[0].ready, 1u);
 }
 
+// A store that closes (a graceful stop) frees its shard at once: MariaDB frees a
+// closed session's locks only when it gets to the close, which a successor's
+// GET_LOCK(..., 0) could overtake (and be refused until its next probe).
+TEST(MySqlShardStoreTest, AStoreThatClosesHandsItsShardOverAtOnce) {
+  const std::string db = FreshDbName("handover");
+  const MysqlEndpoint ep = testing::SharedMariaDb().endpoint();
+  std::unique_ptr<DbConnection> conn = RawConnection();
+  const std::string held =
+      "SELECT IS_USED_LOCK('" + OwnershipLockName(db) + "') IS NOT NULL";
+  for (int round = 0; round < 200; ++round) {
+    auto owner = std::make_unique<MySqlShardStore>(ep, db);
+    ASSERT_TRUE(owner->Open().ok()) << "round " << round;
+    ASSERT_EQ(QueryInt(*conn, held), 1);
+    owner.reset();
+    ASSERT_EQ(QueryInt(*conn, held), 0) << "round " << round;
+  }
+}
+
 TEST(MySqlShardStoreTest, OpenMovesLesseeNamesIntoWorkers) {
   const std::string db = FreshDbName("workers");
   {
