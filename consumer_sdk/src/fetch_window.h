@@ -7,11 +7,14 @@
 // worker runs at most one window per round trip (docs/BENCHMARKS.md, twenty-ninth
 // round: B1 28.8k items/s with a window of 32, 40.0k adapting from 32 up to 256). So
 // the window starts at `min` and doubles, up to `max`, when an answer brings all it
-// asked for (the server had more) and an executor went idle after a task since the
-// previous answer. Tasks still waiting from earlier answers when one arrives say it
-// fetches more than the handlers take: it shrinks by as many, down to `min`. Slow
-// handlers never go idle, so they keep it at `min`, and a worker never holds more
-// than `max` tasks it does not run.
+// asked for and an executor went idle after a task, since the previous answer, while
+// the server had more (that answer was full too): the executors waited on the round
+// trip. An executor idle because the topic ran dry does not count. Tasks still
+// waiting from earlier answers when one arrives say it fetches more than the handlers
+// take: it shrinks by as many, down to `min`. Handlers slower than a round trip find
+// tasks waiting when they finish, so they keep it at `min`. A worker never holds
+// more than `max` tasks it does not run, and while the handlers keep up it may hold
+// up to about twice what they need (a doubling after a shrink to the need).
 
 #include <algorithm>
 #include <cstddef>
@@ -33,7 +36,9 @@ class FetchWindow {
   size_t RefillAt() const { return size_ - size_ / 2; }
 
   // An executor finished a task and found nothing fetched to take.
-  void ExecutorIdled() { starved_ = true; }
+  void ExecutorIdled() {
+    if (last_full_) starved_ = true;
+  }
 
   // An answer arrived, before its tasks are buffered. `full`: it brought all that was
   // asked for. `waiting`: tasks of earlier answers not started yet.
@@ -44,13 +49,15 @@ class FetchWindow {
       size_ = std::min(max_, size_ * 2);
     }
     starved_ = false;
+    last_full_ = full;
   }
 
  private:
   size_t min_;
   size_t max_;
   size_t size_;
-  bool starved_ = false;  // an executor went idle after a task since the last answer
+  bool starved_ = false;    // an executor waited on a round trip since the last answer
+  bool last_full_ = false;  // the last answer brought all it asked for
 };
 
 }  // namespace shardq::sdk

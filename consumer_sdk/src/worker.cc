@@ -450,8 +450,11 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
     }
   }
 
-  // Asks for `free` items in all, spread over at most `free` topics (rotating).
+  // Asks for `free` items in all, at most kMaxItemsPerCall (a grown window could
+  // otherwise ask for more than one answer should carry), spread over at most that
+  // many topics (rotating).
   v1::DequeueRequest BuildDequeue(size_t free) {
+    free = std::min(free, server_limits::kMaxItemsPerCall);
     v1::DequeueRequest request;
     request.set_namespace_(options_.ns);
     request.set_wait_ms(options_.poll_wait.count());

@@ -18,6 +18,8 @@ TEST(FetchWindowTest, StartsAtItsMinimumAndAsksWhenHalfIsFree) {
 
 TEST(FetchWindowTest, DoublesUpToItsMaximumWhileIdleExecutorsMeetFullAnswers) {
   FetchWindow w(4, 20);
+  w.OnAnswer(/*full=*/true, /*waiting=*/0);  // the first answer: nothing ran before it
+  EXPECT_EQ(w.size(), 4u);
   for (size_t expected : {8u, 16u, 20u, 20u}) {
     w.ExecutorIdled();
     w.OnAnswer(/*full=*/true, /*waiting=*/0);
@@ -36,8 +38,20 @@ TEST(FetchWindowTest, DoesNotGrowWithoutBothAnIdleExecutorAndAFullAnswer) {
   EXPECT_EQ(w.size(), 4u);
 }
 
+TEST(FetchWindowTest, AnExecutorIdleWhileTheTopicRanDryDoesNotCount) {
+  FetchWindow w(4, 64);
+  w.OnAnswer(/*full=*/false, 0);  // the topic ran dry
+  w.ExecutorIdled();              // so this executor waits on the producers
+  w.OnAnswer(/*full=*/true, 0);   // a burst comes: the handlers may well be slow
+  EXPECT_EQ(w.size(), 4u);
+  w.ExecutorIdled();  // now the server had more: the executor waited on the fetch
+  w.OnAnswer(/*full=*/true, 0);
+  EXPECT_EQ(w.size(), 8u);
+}
+
 TEST(FetchWindowTest, TasksLeftWaitingShrinkItByAsManyDownToItsMinimum) {
   FetchWindow w(4, 64);
+  w.OnAnswer(true, 0);
   for (int i = 0; i < 4; ++i) {
     w.ExecutorIdled();
     w.OnAnswer(true, 0);
@@ -54,6 +68,7 @@ TEST(FetchWindowTest, TasksLeftWaitingShrinkItByAsManyDownToItsMinimum) {
 
 TEST(FetchWindowTest, AMaximumBelowTheMinimumIsAFixedWindow) {
   FetchWindow w(8, 2);
+  w.OnAnswer(true, 0);
   w.ExecutorIdled();
   w.OnAnswer(true, 0);
   EXPECT_EQ(w.size(), 8u);

@@ -191,15 +191,17 @@ struct WorkerOptions {
   std::string worker_id{};
   // Handlers running at once (executor threads).
   int concurrency = 4;
-  // Tasks fetched ahead of the executors (fetched and not started, or asked for), at
-  // first and whenever the handlers keep up; 0 = concurrency. Keep it >= the number
-  // of topics (a fetch asks at most this many topics at once, rotating).
+  // Tasks kept ahead of the executors (fetched and not started, or asked for) at
+  // first, and while the handlers are slower than a fetch's round trip; 0 =
+  // concurrency. Keep it >= the number of topics (a fetch asks at most this many
+  // topics at once, rotating, when the window is at this size).
   int buffer_size = 0;
-  // How far that window may grow while handlers finish faster than a fetch comes
-  // back (it doubles when the server had all that was asked and an executor went
-  // idle, and shrinks back by the tasks left waiting when the next answer comes);
-  // 0 = 8 x buffer_size; buffer_size or less = a fixed window. Slow handlers keep it
-  // at buffer_size.
+  // How far that window may grow while the handlers finish faster than a fetch comes
+  // back: it doubles when an answer brought all it asked for and an executor waited
+  // for tasks the server had, and shrinks by the tasks left waiting when an answer
+  // comes, down to buffer_size (src/fetch_window.h). 0 = 8 x buffer_size;
+  // buffer_size or less = a fixed window of buffer_size (as before this option).
+  // A fetch asks for at most 1,000 tasks.
   int max_buffer_size = 0;
   // Long-poll wait of a Dequeue (server time), at most 60 s.
   Millis poll_wait{20'000};
