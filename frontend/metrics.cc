@@ -17,6 +17,7 @@
 #include <climits>
 #include <cstring>
 #include <memory>
+#include <tuple>
 
 #include "frontend/queue_service.h"
 
@@ -83,6 +84,34 @@ std::string RenderMetrics(const engine::Engine& engine, const QueueService& serv
   for (const auto& h : health) {
     line("shardq_shard_release_lead_seconds", fmt::format("shard=\"{}\"", h.id.value()),
          std::chrono::duration<double>(h.release_lead).count());
+  }
+  // Each shard's counters: rates, and the mean store call (seconds / calls), are
+  // the scraper's to compute.
+  using Counters = shard_worker::ShardCounters;
+  const std::tuple<const char*, const char*, uint64_t Counters::*> counters[] = {
+      {"shardq_shard_enqueued_total",
+       "Items stored by enqueues (a deduplicated retry stores nothing).",
+       &Counters::enqueued},
+      {"shardq_shard_leased_total",
+       "Leases given: claims by dequeues, and handoffs to waiting dequeues.",
+       &Counters::leased},
+      {"shardq_shard_acked_total", "Acks that finished their lease.", &Counters::acked},
+      {"shardq_shard_nacked_total", "Nacks that ended their lease.", &Counters::nacked},
+      {"shardq_shard_store_calls_total", "Calls to the shard's store (MySQL).",
+       &Counters::store_calls},
+      {"shardq_shard_store_failures_total",
+       "Store calls that failed for the shard (connection lost, server error).",
+       &Counters::store_failures}};
+  for (const auto& [name, help, field] : counters) {
+    Header(out, name, "counter", help);
+    for (const auto& h : health)
+      line(name, fmt::format("shard=\"{}\"", h.id.value()), h.counters.*field);
+  }
+  Header(out, "shardq_shard_store_seconds_total", "counter",
+         "Time spent in the shard's store calls.");
+  for (const auto& h : health) {
+    line("shardq_shard_store_seconds_total", fmt::format("shard=\"{}\"", h.id.value()),
+         std::chrono::duration<double>(h.counters.store_time).count());
   }
 
   Header(out, "shardq_items", "gauge",

@@ -42,14 +42,23 @@ std::span<T> RunAt(const std::vector<std::span<T>>& runs, size_t i) {
   return i < runs.size() ? runs[i] : std::span<T>{};
 }
 
-// Calls fn and measures it with a steady clock (latency is for the breaker only).
+// Calls fn and measures it with a steady clock (for the breaker and the counters).
 template <typename Fn>
-auto Timed(Fn fn, Duration* latency) {
+auto Timed(Fn fn, StoreTime* latency) {
   auto start = std::chrono::steady_clock::now();
   auto result = fn();
   *latency =
-      std::chrono::duration_cast<Duration>(std::chrono::steady_clock::now() - start);
+      std::chrono::duration_cast<StoreTime>(std::chrono::steady_clock::now() - start);
   return result;
+}
+
+// How many of the calls' outcomes succeeded.
+uint64_t Succeeded(const std::vector<std::vector<store::ItemOutcome>>& outs) {
+  uint64_t n = 0;
+  for (const auto& call : outs) {
+    for (const auto& o : call) n += o.status.ok() ? 1 : 0;
+  }
+  return n;
 }
 
 }  // namespace
@@ -134,6 +143,17 @@ ShardHealth ShardWorker::Health() const {
   std::lock_guard lock(mu_);
   ShardHealth health{id_, breaker_.state(), recovered_, starting_, last_error_};
   health.release_lead = releases_.lead(clock_.Now());
+  auto get = [](const std::atomic<uint64_t>& c) {
+    return c.load(std::memory_order_relaxed);
+  };
+  health.counters = {
+      .enqueued = get(counters_.enqueued),
+      .leased = get(counters_.leased),
+      .acked = get(counters_.acked),
+      .nacked = get(counters_.nacked),
+      .store_calls = get(counters_.store_calls),
+      .store_failures = get(counters_.store_failures),
+      .store_time = StoreTime(counters_.store_time_us.load(std::memory_order_relaxed))};
   return health;
 }
 
@@ -338,7 +358,7 @@ void ShardWorker::RunWork(Work& work) {
     Exclusive done = fn(store_.get());
     // Failures count, and an unknown outcome resyncs; slowness does not: a redrive
     // of 10,000 rows may well take the breaker's "slow" 2 s.
-    Observe(done.status, Duration(0));
+    Observe(done.status, StoreTime(0));
     ReadyBatch ready_keys;
     for (const ItemTransition& t : done.transitions) ApplyTransition(t, ready_keys);
     ready_keys.Flush(position_);
@@ -451,7 +471,7 @@ bool ShardWorker::Resync() {
   // claim then skips it), a lease whose deadline was never noted (a claim that did
   // commit), and the counts. Without this, a complete window would never look
   // again, and nothing might promote that lease when it expires.
-  Duration latency;
+  StoreTime latency;
   auto counts = Timed([&] { return store_->CountByTopic(); }, &latency);
   Observe(counts.status(), latency);
   if (!counts.ok()) return false;
@@ -549,7 +569,7 @@ void ShardWorker::RunWrites(std::span<PendingEnqueue> enqueues,
         return n.unstarted_until ? *n.unstarted_until <= now : n.delay <= Duration(0);
       });
   HandoffPlan handoffs(nack_readies ? std::span<const NewItem>() : rows, now, index_);
-  Duration latency;
+  StoreTime latency;
   auto written = Timed(
       [&] {
         return store_->Write({.acks = ack_reqs,
@@ -573,6 +593,8 @@ void ShardWorker::RunWrites(std::span<PendingEnqueue> enqueues,
   auto nack_outs = TakeOutcomes(nacks, written, &store::Written::nacked, ready_keys);
   auto extend_outs =
       TakeOutcomes(extends, written, &store::Written::extended, ready_keys);
+  Count(counters_.acked, Succeeded(ack_outs));
+  Count(counters_.nacked, Succeeded(nack_outs));
   Result<std::vector<store::Inserted>> ids =
       written.ok() ? Result<std::vector<store::Inserted>>(std::move(written->inserted))
                    : Result<std::vector<store::Inserted>>(written.status());
@@ -581,6 +603,8 @@ void ShardWorker::RunWrites(std::span<PendingEnqueue> enqueues,
       const NewItem& item = rows[k];
       const store::Inserted& got = (*ids)[k];
       if (got.deduplicated) continue;  // nothing new was stored
+      Count(counters_.enqueued);
+      if (got.leased) Count(counters_.leased);
       const ItemState state = got.leased                  ? ItemState::kLeased
                               : item.deliver_after <= now ? ItemState::kReady
                                                           : ItemState::kDelayed;
@@ -625,7 +649,7 @@ void ShardWorker::RunClaims(std::span<PendingClaim> pending) {
       rows.push_back({k.row, c.worker_id, NewLeaseToken(), k.deliver_after});
   }
   Time now = clock_.Now();
-  Duration latency;
+  StoreTime latency;
   auto leased =
       Timed([&] { return store_->Claim(rows, NewLeaseToken(), now); }, &latency);
   Observe(leased.status(), latency);
@@ -648,6 +672,7 @@ void ShardWorker::RunClaims(std::span<PendingClaim> pending) {
         it->second->deliver_after = k.deliver_after;
         NoteDeadline(it->second->lease_deadline);
         c.buffer->CountTransition(position_, ItemState::kReady, ItemState::kLeased);
+        Count(counters_.leased);
         out.push_back(std::move(*it->second));
         // Leased once, to one caller: another key of the same row in this batch (a
         // stale one, left in a window by a claim whose outcome was unknown) gets
@@ -682,7 +707,7 @@ void ShardWorker::TakeOwedGiveBacks(Work& work) {
   if (!owed_by_token_.empty()) {
     std::vector<LeaseToken> tokens;
     for (const auto& [token, due] : owed_by_token_) tokens.push_back(token);
-    Duration latency;
+    StoreTime latency;
     auto found = Timed([&] { return store_->LeasedRowsOf(tokens); }, &latency);
     Observe(found.status(), latency);
     if (found.ok()) {
@@ -736,7 +761,7 @@ std::vector<std::vector<store::ItemOutcome>> ShardWorker::TakeOutcomes(
 }
 
 void ShardWorker::RunRefill(const std::shared_ptr<prefetch::TopicBuffer>& buffer) {
-  Duration latency;
+  StoreTime latency;
   size_t capacity = index_.window_capacity();
   auto keys =
       Timed([&] { return store_->FetchReady(buffer->ns(), buffer->topic(), capacity); },
@@ -768,7 +793,7 @@ void ShardWorker::RunPromote() {
                                            handoffs->leases().end());
   };
   const store::Lookahead look = releases_.Window(now);
-  Duration latency;
+  StoreTime latency;
   auto promoted = Timed(
       [&] { return store_->PromoteDue(now, options_.promote_batch, handoff, look); },
       &latency);
@@ -794,8 +819,11 @@ void ShardWorker::RunPromote() {
 }
 
 void ShardWorker::RunPurge() {
-  auto purged = store_->PurgeExpired(clock_.Now(), options_.promote_batch);
-  Observe(purged.status(), {});
+  StoreTime latency;
+  auto purged =
+      Timed([&] { return store_->PurgeExpired(clock_.Now(), options_.promote_batch); },
+            &latency);
+  Observe(purged.status(), latency);
   if (!purged.ok()) return;
   ReadyBatch none;
   for (const ItemTransition& t : *purged) ApplyTransition(t, none);
@@ -814,6 +842,7 @@ void ShardWorker::ApplyTransition(const ItemTransition& t, ReadyBatch& ready_key
     // Offered again if released: a refill since may have left it out of the window.
     ready_keys.Add(buffer, {t.priority, t.deliver_after, t.row});
   } else if (t.to == ItemState::kLeased) {
+    if (from != ItemState::kLeased) Count(counters_.leased);  // a promotion's handoff
     NoteDeadline(t.deliver_after);
   } else if (t.to == ItemState::kDelayed) {
     ScheduleRelease(t);
@@ -847,12 +876,15 @@ void ShardWorker::FailAll(Work& work, const Status& status) {
   }
 }
 
-void ShardWorker::Observe(const Status& status, Duration latency) {
+void ShardWorker::Observe(const Status& status, StoreTime latency) {
   // Only infrastructure failures count against the shard; a per-item refusal is an
   // answer, not a failure.
   bool failed = status.code() == Code::kUnavailable || status.code() == Code::kInternal;
+  Count(counters_.store_calls);
+  if (failed) Count(counters_.store_failures);
+  counters_.store_time_us.fetch_add(latency.count(), std::memory_order_relaxed);
   bool was_open = !breaker_.AllowsTraffic();
-  breaker_.Record(!failed, latency);
+  breaker_.Record(!failed, std::chrono::duration_cast<Duration>(latency));
   // UNAVAILABLE is the store's "outcome unknown" (store_api.h): the connection was
   // lost, maybe after the COMMIT. (A deadlock answers it too, after a rollback: then
   // the resync is only wasted work.)

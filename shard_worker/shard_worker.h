@@ -13,6 +13,7 @@
 // Threads: public methods are thread-safe and never block on I/O. Store calls run on
 // at most one pool thread at a time per shard (the strand).
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <functional>
@@ -67,6 +68,21 @@ using EnqueueDone = std::function<void(Result<std::vector<store::Inserted>> rows
 using ClaimDone = std::function<void(std::vector<LeasedItem>)>;
 using OutcomesDone = std::function<void(std::vector<store::ItemOutcome>)>;
 
+// How long store calls take: finer than Duration, since most take well under 1 ms.
+using StoreTime = std::chrono::microseconds;
+
+// What a shard's worker has done since it started, for the metrics page (rates and
+// mean latencies are the scraper's to compute).
+struct ShardCounters {
+  uint64_t enqueued = 0;     // items stored (a deduplicated retry stores nothing)
+  uint64_t leased = 0;       // leases given: claims, and handoffs at insert and promotion
+  uint64_t acked = 0;        // acks that finished their lease
+  uint64_t nacked = 0;       // nacks that ended their lease
+  uint64_t store_calls = 0;  // store calls (transactions and reads)
+  uint64_t store_failures = 0;  // of which failed for the shard (UNAVAILABLE, INTERNAL)
+  StoreTime store_time{0};      // their time, summed
+};
+
 struct ShardHealth {
   ShardId id;
   BreakerState breaker = BreakerState::kClosed;
@@ -76,6 +92,7 @@ struct ShardHealth {
   // How long before their due time delayed items are released now: the recent claim
   // latency's bound (LatencyEstimate), at most WorkerOptions::max_release_lead.
   Duration release_lead{0};
+  ShardCounters counters;
 };
 
 class ShardWorker final : public Tickable {
@@ -253,7 +270,7 @@ class ShardWorker final : public Tickable {
   void OnShardUp();
   // Records an outcome in the breaker; on a trip, marks the shard's windows down. An
   // UNAVAILABLE (its outcome unknown) also owes a Resync.
-  void Observe(const Status& status, Duration latency);
+  void Observe(const Status& status, StoreTime latency);
   void NoteDeadline(Time t);
 
   const size_t position_;
@@ -295,6 +312,19 @@ class ShardWorker final : public Tickable {
   // The pause before a promotion after a failed one, or after a resync.
   static constexpr Duration kRetryAfterFailure{100};
   std::string last_error_;
+  // ShardCounters, written on the strand only and read by Health() from any thread.
+  struct {
+    std::atomic<uint64_t> enqueued{0};
+    std::atomic<uint64_t> leased{0};
+    std::atomic<uint64_t> acked{0};
+    std::atomic<uint64_t> nacked{0};
+    std::atomic<uint64_t> store_calls{0};
+    std::atomic<uint64_t> store_failures{0};
+    std::atomic<int64_t> store_time_us{0};
+  } counters_;
+  static void Count(std::atomic<uint64_t>& c, uint64_t n = 1) {
+    c.fetch_add(n, std::memory_order_relaxed);
+  }
 };
 
 }  // namespace shardq::shard_worker

@@ -85,6 +85,53 @@ TEST(E2EMetricsTest, TheMetricsPageShowsShardsItemsAndCounters) {
   }
 }
 
+// The sum over the page's lines of `metric` (one per shard).
+double SumOf(const std::string& page, const std::string& metric) {
+  double sum = 0;
+  size_t at = 0;
+  const std::string start = metric + "{shard=\"";
+  while ((at = page.find("\n" + start, at)) != std::string::npos) {
+    at += 1;
+    const size_t space = page.find(' ', at);
+    const size_t end = page.find('\n', space);
+    sum += std::stod(page.substr(space + 1, end - space - 1));
+    at = end;
+  }
+  return sum;
+}
+
+TEST(E2EMetricsTest, EachShardCountsWhatItStoredLeasedAckedAndNacked) {
+  FakeClock clock;
+  frontend::ServerConfig config = FreshConfig(SharedMariaDb().socket(), 2);
+  config.metrics_listen = "127.0.0.1:0";
+  auto server = frontend::Server::Start(config, clock);
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  ASSERT_TRUE((*server)->engine().AwaitShardsOpen(std::chrono::seconds(30)));
+  QueueClient client((*server)->port());
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(client.EnqueueOne("counted", "t", i).ok());
+  // A retry with the same dedup key stores nothing, so it is not counted.
+  ASSERT_TRUE(client.EnqueueOne("counted", "t", {.dedup_key = "k"}).ok());
+  ASSERT_TRUE(client.EnqueueOne("counted", "t", {.dedup_key = "k"}).ok());
+  auto got = client.Dequeue("counted", "t", 2);
+  ASSERT_EQ(got.size(), 2u);
+  ASSERT_EQ(client.Ack(got[0].id(), got[0].lease_token()), grpc::StatusCode::OK);
+  ASSERT_EQ(client.Nack(got[1].id(), got[1].lease_token(), 60'000), grpc::StatusCode::OK);
+  // A stale token is refused: it ends no lease and is not counted.
+  ASSERT_NE(client.Ack(got[1].id(), got[1].lease_token()), grpc::StatusCode::OK);
+
+  const std::string page =
+      Exchange((*server)->metrics_port(), "GET /metrics HTTP/1.0\r\n\r\n");
+  EXPECT_EQ(SumOf(page, "shardq_shard_enqueued_total"), 4) << page;
+  EXPECT_EQ(SumOf(page, "shardq_shard_leased_total"), 2) << page;
+  EXPECT_EQ(SumOf(page, "shardq_shard_acked_total"), 1) << page;
+  EXPECT_EQ(SumOf(page, "shardq_shard_nacked_total"), 1) << page;
+  EXPECT_EQ(SumOf(page, "shardq_shard_store_failures_total"), 0) << page;
+  // At least the 5 enqueues' writes, the claim, the ack and the nack.
+  EXPECT_GE(SumOf(page, "shardq_shard_store_calls_total"), 5) << page;
+  EXPECT_GT(SumOf(page, "shardq_shard_store_seconds_total"), 0) << page;
+  EXPECT_NE(page.find("# TYPE shardq_shard_acked_total counter\n"), std::string::npos);
+}
+
 TEST(E2EMetricsTest, NoListenerUnlessConfiguredAndABadAddressIsRefusedByTheConfig) {
   FakeClock clock;
   frontend::ServerConfig config = FreshConfig(SharedMariaDb().socket(), 1);

@@ -136,6 +136,7 @@ Result<std::string> QueueClient::EnqueueOne(const std::string& ns,
   item->set_payload(options.payload);
   if (options.delay_ms) item->set_delay_ms(options.delay_ms);
   item->set_lease_ms(options.lease_ms);
+  if (!options.dedup_key.empty()) item->set_dedup_key(options.dedup_key);
   v1::EnqueueResponse resp;
   grpc::ClientContext ctx;
   SetDeadline(ctx);

@@ -33,6 +33,7 @@ class QueueClient {
     int64_t delay_ms = 0;
     int64_t lease_ms = 0;
     std::string payload = "x";
+    std::string dedup_key;  // none if empty
   };
   // Enqueues one item; the id, or the per-item / RPC error as a Status.
   Result<std::string> EnqueueOne(const std::string& ns, const std::string& topic,
