@@ -2,9 +2,11 @@
 // Prometheus metrics: GET /metrics on an HTTP port of their own (config
 // `metrics_listen`, flag --metrics-listen; off when empty), in the text exposition
 // format. What an operator alerts on: readiness, each shard's state and breaker,
-// items by namespace and state, parked long polls, enqueue bytes held, and the
-// counters of cut streams and leases given back. A scrape reads memory only (the
-// engine's index and counters), never MySQL; per-topic counts are GetActiveTopics'.
+// items by namespace and state, parked long polls, enqueue bytes held, the
+// counters of cut streams and leases given back, and each shard's counters (items
+// stored, leased, acked, nacked; store calls, failures and time). A scrape reads
+// memory only (the engine's index and counters), never MySQL; per-topic counts are
+// GetActiveTopics'.
 //
 // The listener is a small HTTP/1.0 responder of its own, not a web server: one
 // connection at a time, each with one deadline for the whole exchange (rendering and
