@@ -158,25 +158,7 @@ ItemTransition TransitionFromRow(const DbRows& rs, ItemState to) {
 MySqlShardStore::MySqlShardStore(MysqlEndpoint ep, std::string database)
     : ep_(std::move(ep)), database_(std::move(database)) {}
 
-MySqlShardStore::~MySqlShardStore() {
-  // A graceful close hands the shard over at once. Closing the connection alone frees
-  // its ownership lock only once MariaDB gets to the close, and a successor's
-  // GET_LOCK(..., 0) (this process reopening, or another server) could overtake that
-  // and be refused until its next probe. A connection still here answered its last
-  // call; should MariaDB have stopped answering since, this waits its read timeout.
-  if (conn_) {
-    try {
-      auto st = conn_->Prepare("SELECT RELEASE_LOCK(?)");
-      st->SetString(1, OwnershipLockName(database_));
-      DbRows& rs = st->ExecuteQuery();
-      while (rs.Next()) {
-      }
-    } catch (const std::exception&) {
-      // Then MariaDB frees it when it ends the session.
-    }
-  }
-  Disconnect();
-}
+MySqlShardStore::~MySqlShardStore() { Disconnect(); }
 
 template <typename R, typename F>
 R MySqlShardStore::Run(const char* op, F&& body) {
