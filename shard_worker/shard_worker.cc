@@ -52,11 +52,19 @@ auto Timed(Fn fn, StoreTime* latency) {
   return result;
 }
 
-// How many of the calls' outcomes succeeded.
-uint64_t Succeeded(const std::vector<std::vector<store::ItemOutcome>>& outs) {
+// How many of the calls' outcomes ended a lease (a repeated ack succeeds without
+// one). With `nacks` (in the same order), only the consumers' own: not the server's
+// give-backs of leases whose answer was never sent ("undelivered").
+uint64_t LeasesEnded(const std::vector<std::vector<store::ItemOutcome>>& outs,
+                     const std::vector<store::NackRequest>* nacks = nullptr) {
   uint64_t n = 0;
+  size_t k = 0;
   for (const auto& call : outs) {
-    for (const auto& o : call) n += o.status.ok() ? 1 : 0;
+    for (const auto& o : call) {
+      const bool given_back = nacks != nullptr && (*nacks)[k].undelivered;
+      ++k;
+      n += o.status.ok() && o.transition && !given_back ? 1 : 0;
+    }
   }
   return n;
 }
@@ -355,10 +363,11 @@ void ShardWorker::RunWork(Work& work) {
   }
   for (StoreFn& fn : work.exclusive) {
     RunNewClaims();
-    Exclusive done = fn(store_.get());
+    StoreTime latency;
+    Exclusive done = Timed([&] { return fn(store_.get()); }, &latency);
     // Failures count, and an unknown outcome resyncs; slowness does not: a redrive
     // of 10,000 rows may well take the breaker's "slow" 2 s.
-    Observe(done.status, StoreTime(0));
+    Observe(done.status, latency, /*breaker_times=*/false);
     ReadyBatch ready_keys;
     for (const ItemTransition& t : done.transitions) ApplyTransition(t, ready_keys);
     ready_keys.Flush(position_);
@@ -505,7 +514,10 @@ void ShardWorker::RunProbe() {
     std::lock_guard lock(mu_);
     was_recovered = recovered_;
   }
-  const bool ok = was_recovered ? Reopen() : Recover();
+  StoreTime latency;
+  const bool ok = Timed([&] { return was_recovered ? Reopen() : Recover(); }, &latency);
+  // Counted, not Observed: the probe's outcome goes to the breaker below.
+  CountCall(!ok, latency);
   if (breaker_.state() == BreakerState::kHalfOpen) {
     breaker_.ProbeResult(ok);
   } else if (!ok) {
@@ -593,8 +605,8 @@ void ShardWorker::RunWrites(std::span<PendingEnqueue> enqueues,
   auto nack_outs = TakeOutcomes(nacks, written, &store::Written::nacked, ready_keys);
   auto extend_outs =
       TakeOutcomes(extends, written, &store::Written::extended, ready_keys);
-  Count(counters_.acked, Succeeded(ack_outs));
-  Count(counters_.nacked, Succeeded(nack_outs));
+  Count(counters_.acked, LeasesEnded(ack_outs));
+  Count(counters_.nacked, LeasesEnded(nack_outs, &nack_reqs));
   Result<std::vector<store::Inserted>> ids =
       written.ok() ? Result<std::vector<store::Inserted>>(std::move(written->inserted))
                    : Result<std::vector<store::Inserted>>(written.status());
@@ -823,7 +835,7 @@ void ShardWorker::RunPurge() {
   auto purged =
       Timed([&] { return store_->PurgeExpired(clock_.Now(), options_.promote_batch); },
             &latency);
-  Observe(purged.status(), latency);
+  Observe(purged.status(), latency, /*breaker_times=*/false);  // 1,000 rows may be slow
   if (!purged.ok()) return;
   ReadyBatch none;
   for (const ItemTransition& t : *purged) ApplyTransition(t, none);
@@ -876,15 +888,20 @@ void ShardWorker::FailAll(Work& work, const Status& status) {
   }
 }
 
-void ShardWorker::Observe(const Status& status, StoreTime latency) {
-  // Only infrastructure failures count against the shard; a per-item refusal is an
-  // answer, not a failure.
-  bool failed = status.code() == Code::kUnavailable || status.code() == Code::kInternal;
+void ShardWorker::CountCall(bool failed, StoreTime latency) {
   Count(counters_.store_calls);
   if (failed) Count(counters_.store_failures);
   counters_.store_time_us.fetch_add(latency.count(), std::memory_order_relaxed);
+}
+
+void ShardWorker::Observe(const Status& status, StoreTime latency, bool breaker_times) {
+  // Only infrastructure failures count against the shard; a per-item refusal is an
+  // answer, not a failure.
+  bool failed = status.code() == Code::kUnavailable || status.code() == Code::kInternal;
+  CountCall(failed, latency);
   bool was_open = !breaker_.AllowsTraffic();
-  breaker_.Record(!failed, std::chrono::duration_cast<Duration>(latency));
+  breaker_.Record(!failed, breaker_times ? std::chrono::duration_cast<Duration>(latency)
+                                         : Duration(0));
   // UNAVAILABLE is the store's "outcome unknown" (store_api.h): the connection was
   // lost, maybe after the COMMIT. (A deadlock answers it too, after a rollback: then
   // the resync is only wasted work.)

@@ -77,8 +77,8 @@ struct ShardCounters {
   uint64_t enqueued = 0;     // items stored (a deduplicated retry stores nothing)
   uint64_t leased = 0;       // leases given: claims, and handoffs at insert and promotion
   uint64_t acked = 0;        // acks that finished their lease
-  uint64_t nacked = 0;       // nacks that ended their lease
-  uint64_t store_calls = 0;  // store calls (transactions and reads)
+  uint64_t nacked = 0;       // consumers' nacks that ended their lease (not give-backs)
+  uint64_t store_calls = 0;  // store calls (transactions, reads, probes)
   uint64_t store_failures = 0;  // of which failed for the shard (UNAVAILABLE, INTERNAL)
   StoreTime store_time{0};      // their time, summed
 };
@@ -270,7 +270,12 @@ class ShardWorker final : public Tickable {
   void OnShardUp();
   // Records an outcome in the breaker; on a trip, marks the shard's windows down. An
   // UNAVAILABLE (its outcome unknown) also owes a Resync.
-  void Observe(const Status& status, StoreTime latency);
+  // A store call's outcome and time: for the counters, and for the breaker (its
+  // time too, unless `breaker_times` is false: calls that may be slow by nature).
+  void Observe(const Status& status, StoreTime latency, bool breaker_times = true);
+  // The counters' part of Observe (also for probes, whose outcome the breaker gets
+  // as a probe result).
+  void CountCall(bool failed, StoreTime latency);
   void NoteDeadline(Time t);
 
   const size_t position_;
