@@ -13,6 +13,7 @@
 #include <atomic>
 #include <chrono>
 #include <future>
+#include <memory>
 #include <string>
 
 #include "frontend/metrics.h"
@@ -55,20 +56,29 @@ std::string Exchange(int port, const std::string& request) {
   return answer;
 }
 
-TEST(E2EMetricsTest, TheMetricsPageShowsShardsItemsAndCounters) {
-  FakeClock clock;
-  frontend::ServerConfig config = FreshConfig(SharedMariaDb().socket(), 2);
-  config.metrics_listen = "127.0.0.1:0";
-  auto server = frontend::Server::Start(config, clock);
-  ASSERT_TRUE(server.ok()) << server.status().ToString();
-  ASSERT_TRUE((*server)->engine().AwaitShardsOpen(std::chrono::seconds(30)));
-  ASSERT_GT((*server)->metrics_port(), 0);
-  QueueClient client((*server)->port());
+// A server of 2 shards with its metrics page on a free port.
+class MetricsPageTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    frontend::ServerConfig config = FreshConfig(SharedMariaDb().socket(), 2);
+    config.metrics_listen = "127.0.0.1:0";
+    auto server = frontend::Server::Start(config, clock_);
+    ASSERT_TRUE(server.ok()) << server.status().ToString();
+    server_ = std::move(*server);
+    ASSERT_TRUE(server_->engine().AwaitShardsOpen(std::chrono::seconds(30)));
+    ASSERT_GT(server_->metrics_port(), 0);
+  }
+  FakeClock clock_;
+  std::unique_ptr<frontend::Server> server_;
+};
+
+TEST_F(MetricsPageTest, TheMetricsPageShowsShardsItemsAndCounters) {
+  QueueClient client(server_->port());
   for (int i = 0; i < 3; ++i) ASSERT_TRUE(client.EnqueueOne("metered", "t", i).ok());
   ASSERT_EQ(client.Dequeue("metered", "t", 1).size(), 1u);
 
   const std::string page =
-      Exchange((*server)->metrics_port(), "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+      Exchange(server_->metrics_port(), "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
   EXPECT_EQ(page.rfind("HTTP/1.0 200 OK\r\n", 0), 0u) << page;
   EXPECT_NE(page.find("Content-Type: text/plain; version=0.0.4"), std::string::npos);
   for (const char* expected :
@@ -100,14 +110,8 @@ double SumOf(const std::string& page, const std::string& metric) {
   return sum;
 }
 
-TEST(E2EMetricsTest, EachShardCountsWhatItStoredLeasedAckedAndNacked) {
-  FakeClock clock;
-  frontend::ServerConfig config = FreshConfig(SharedMariaDb().socket(), 2);
-  config.metrics_listen = "127.0.0.1:0";
-  auto server = frontend::Server::Start(config, clock);
-  ASSERT_TRUE(server.ok()) << server.status().ToString();
-  ASSERT_TRUE((*server)->engine().AwaitShardsOpen(std::chrono::seconds(30)));
-  QueueClient client((*server)->port());
+TEST_F(MetricsPageTest, EachShardCountsWhatItStoredLeasedAckedAndNacked) {
+  QueueClient client(server_->port());
   for (int i = 0; i < 3; ++i) ASSERT_TRUE(client.EnqueueOne("counted", "t", i).ok());
   // A retry with the same dedup key stores nothing, so it is not counted.
   ASSERT_TRUE(client.EnqueueOne("counted", "t", {.dedup_key = "k"}).ok());
@@ -122,7 +126,7 @@ TEST(E2EMetricsTest, EachShardCountsWhatItStoredLeasedAckedAndNacked) {
   ASSERT_EQ(client.Ack(got[0].id(), got[0].lease_token()), grpc::StatusCode::OK);
 
   const std::string page =
-      Exchange((*server)->metrics_port(), "GET /metrics HTTP/1.0\r\n\r\n");
+      Exchange(server_->metrics_port(), "GET /metrics HTTP/1.0\r\n\r\n");
   EXPECT_EQ(SumOf(page, "shardq_shard_enqueued_total"), 4) << page;
   EXPECT_EQ(SumOf(page, "shardq_shard_leased_total"), 2) << page;
   EXPECT_EQ(SumOf(page, "shardq_shard_acked_total"), 1) << page;
