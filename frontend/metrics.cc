@@ -85,8 +85,8 @@ std::string RenderMetrics(const engine::Engine& engine, const QueueService& serv
     line("shardq_shard_release_lead_seconds", fmt::format("shard=\"{}\"", h.id.value()),
          std::chrono::duration<double>(h.release_lead).count());
   }
-  // Each shard's counters: rates, and the mean store call (seconds / calls), are
-  // the scraper's to compute.
+  // Each shard's counters: rates, and the store calls' mean and percentiles, are the
+  // scraper's to compute.
   using Counters = shard_worker::ShardCounters;
   const std::tuple<const char*, const char*, uint64_t Counters::*> counters[] = {
       {"shardq_shard_enqueued_total",
@@ -99,9 +99,6 @@ std::string RenderMetrics(const engine::Engine& engine, const QueueService& serv
       {"shardq_shard_nacked_total",
        "Consumers' nacks that ended their lease (not the server's give-backs).",
        &Counters::nacked},
-      {"shardq_shard_store_calls_total",
-       "Calls to the shard's store (MySQL), its probes while it is down included.",
-       &Counters::store_calls},
       {"shardq_shard_store_failures_total",
        "Store calls that failed for the shard (connection lost, server error).",
        &Counters::store_failures}};
@@ -110,11 +107,25 @@ std::string RenderMetrics(const engine::Engine& engine, const QueueService& serv
     for (const auto& h : health)
       line(name, fmt::format("shard=\"{}\"", h.id.value()), h.counters.*field);
   }
-  Header(out, "shardq_shard_store_seconds_total", "counter",
-         "Time spent in the shard's store calls.");
+  Header(out, "shardq_shard_store_call_seconds", "histogram",
+         "Calls to the shard's store (MySQL; its probes while it is down included), "
+         "by how long they took.");
   for (const auto& h : health) {
-    line("shardq_shard_store_seconds_total", fmt::format("shard=\"{}\"", h.id.value()),
+    const std::string shard = fmt::format("shard=\"{}\"", h.id.value());
+    uint64_t calls = 0;  // the buckets are cumulative in the exposition format
+    for (size_t i = 0; i < shard_worker::kStoreTimeBounds.size(); ++i) {
+      calls += h.counters.store_time_buckets[i];
+      line("shardq_shard_store_call_seconds_bucket",
+           fmt::format(
+               "{},le=\"{}\"", shard,
+               std::chrono::duration<double>(shard_worker::kStoreTimeBounds[i]).count()),
+           calls);
+    }
+    calls += h.counters.store_time_buckets.back();
+    line("shardq_shard_store_call_seconds_bucket", shard + ",le=\"+Inf\"", calls);
+    line("shardq_shard_store_call_seconds_sum", shard,
          std::chrono::duration<double>(h.counters.store_time).count());
+    line("shardq_shard_store_call_seconds_count", shard, calls);
   }
 
   Header(out, "shardq_items", "gauge",

@@ -4,9 +4,9 @@
 // format. What an operator alerts on: readiness, each shard's state and breaker,
 // items by namespace and state, parked long polls, enqueue bytes held, the
 // counters of cut streams and leases given back, and each shard's counters (items
-// stored, leased, acked, nacked; store calls, failures and time). A scrape reads
-// memory only (the engine's index and counters), never MySQL; per-topic counts are
-// GetActiveTopics'.
+// stored, leased, acked, nacked; failed store calls; store call times, as a
+// histogram). A scrape reads memory only (the engine's index and counters), never
+// MySQL; per-topic counts are GetActiveTopics'.
 //
 // The listener is a small HTTP/1.0 responder of its own, not a web server: one
 // connection at a time, each with one deadline for the whole exchange (rendering and

@@ -162,6 +162,8 @@ ShardHealth ShardWorker::Health() const {
       .store_calls = get(counters_.store_calls),
       .store_failures = get(counters_.store_failures),
       .store_time = StoreTime(counters_.store_time_us.load(std::memory_order_relaxed))};
+  for (size_t i = 0; i < health.counters.store_time_buckets.size(); ++i)
+    health.counters.store_time_buckets[i] = get(counters_.store_time_buckets[i]);
   return health;
 }
 
@@ -892,6 +894,10 @@ void ShardWorker::CountCall(bool failed, StoreTime latency) {
   Count(counters_.store_calls);
   if (failed) Count(counters_.store_failures);
   counters_.store_time_us.fetch_add(latency.count(), std::memory_order_relaxed);
+  const size_t bucket =
+      std::lower_bound(kStoreTimeBounds.begin(), kStoreTimeBounds.end(), latency) -
+      kStoreTimeBounds.begin();
+  Count(counters_.store_time_buckets[bucket]);
 }
 
 void ShardWorker::Observe(const Status& status, StoreTime latency, bool breaker_times) {

@@ -13,6 +13,7 @@
 // Threads: public methods are thread-safe and never block on I/O. Store calls run on
 // at most one pool thread at a time per shard (the strand).
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -71,8 +72,15 @@ using OutcomesDone = std::function<void(std::vector<store::ItemOutcome>)>;
 // How long store calls take: finer than Duration, since most take well under 1 ms.
 using StoreTime = std::chrono::microseconds;
 
-// What a shard's worker has done since it started, for the metrics page (rates and
-// mean latencies are the scraper's to compute).
+// The upper bounds of the store-call time histogram's buckets (Prometheus' `le`);
+// one more bucket holds the calls slower than the last.
+inline constexpr std::array<StoreTime, 12> kStoreTimeBounds = {
+    StoreTime(500),     StoreTime(1'000),   StoreTime(2'000),     StoreTime(5'000),
+    StoreTime(10'000),  StoreTime(25'000),  StoreTime(50'000),    StoreTime(100'000),
+    StoreTime(250'000), StoreTime(500'000), StoreTime(1'000'000), StoreTime(2'500'000)};
+
+// What a shard's worker has done since it started, for the metrics page (rates,
+// mean latencies and percentiles are the scraper's to compute).
 struct ShardCounters {
   uint64_t enqueued = 0;     // items stored (a deduplicated retry stores nothing)
   uint64_t leased = 0;       // leases given: claims, and handoffs at insert and promotion
@@ -81,6 +89,9 @@ struct ShardCounters {
   uint64_t store_calls = 0;  // store calls (transactions, reads, probes)
   uint64_t store_failures = 0;  // of which failed for the shard (UNAVAILABLE, INTERNAL)
   StoreTime store_time{0};      // their time, summed
+  // How many calls took at most kStoreTimeBounds[i] and more than the bound before
+  // it (not cumulative); the last entry: slower than every bound.
+  std::array<uint64_t, kStoreTimeBounds.size() + 1> store_time_buckets{};
 };
 
 struct ShardHealth {
@@ -326,6 +337,7 @@ class ShardWorker final : public Tickable {
     std::atomic<uint64_t> store_calls{0};
     std::atomic<uint64_t> store_failures{0};
     std::atomic<int64_t> store_time_us{0};
+    std::array<std::atomic<uint64_t>, kStoreTimeBounds.size() + 1> store_time_buckets{};
   } counters_;
   static void Count(std::atomic<uint64_t>& c, uint64_t n = 1) {
     c.fetch_add(n, std::memory_order_relaxed);

@@ -95,8 +95,10 @@ TEST_F(MetricsPageTest, TheMetricsPageShowsShardsItemsAndCounters) {
   }
 }
 
-// The sum over the page's lines of `metric` (one per shard).
-double SumOf(const std::string& page, const std::string& metric) {
+// The sum over the page's lines of `metric` (one per shard), of those whose labels
+// hold `label` if given.
+double SumOf(const std::string& page, const std::string& metric,
+             const std::string& label = "") {
   double sum = 0;
   size_t at = 0;
   const std::string start = metric + "{shard=\"";
@@ -104,7 +106,8 @@ double SumOf(const std::string& page, const std::string& metric) {
     at += 1;
     const size_t space = page.find(' ', at);
     const size_t end = page.find('\n', space);
-    sum += std::stod(page.substr(space + 1, end - space - 1));
+    if (label.empty() || page.substr(at, space - at).find(label) != std::string::npos)
+      sum += std::stod(page.substr(space + 1, end - space - 1));
     at = end;
   }
   return sum;
@@ -132,9 +135,21 @@ TEST_F(MetricsPageTest, EachShardCountsWhatItStoredLeasedAckedAndNacked) {
   EXPECT_EQ(SumOf(page, "shardq_shard_acked_total"), 1) << page;
   EXPECT_EQ(SumOf(page, "shardq_shard_nacked_total"), 1) << page;
   EXPECT_EQ(SumOf(page, "shardq_shard_store_failures_total"), 0) << page;
-  // At least the 5 enqueues' writes, the claim, the ack and the nack.
-  EXPECT_GE(SumOf(page, "shardq_shard_store_calls_total"), 5) << page;
-  EXPECT_GT(SumOf(page, "shardq_shard_store_seconds_total"), 0) << page;
+  // At least the 5 enqueues' writes, the claim, the ack and the nack; the +Inf
+  // bucket holds every call, and the buckets only grow.
+  const double calls = SumOf(page, "shardq_shard_store_call_seconds_count");
+  EXPECT_GE(calls, 5) << page;
+  EXPECT_EQ(SumOf(page, "shardq_shard_store_call_seconds_bucket", "le=\"+Inf\""), calls);
+  double below = 0;
+  for (const char* le : {"0.0005", "0.001", "0.01", "0.1", "1", "2.5"}) {
+    const double n = SumOf(page, "shardq_shard_store_call_seconds_bucket",
+                           std::string("le=\"") + le + "\"");
+    EXPECT_GE(n, below) << le;
+    below = n;
+  }
+  EXPECT_GT(SumOf(page, "shardq_shard_store_call_seconds_sum"), 0) << page;
+  EXPECT_NE(page.find("# TYPE shardq_shard_store_call_seconds histogram\n"),
+            std::string::npos);
   EXPECT_NE(page.find("# TYPE shardq_shard_acked_total counter\n"), std::string::npos);
 }
 
