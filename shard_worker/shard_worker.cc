@@ -159,7 +159,6 @@ ShardHealth ShardWorker::Health() const {
       .leased = get(counters_.leased),
       .acked = get(counters_.acked),
       .nacked = get(counters_.nacked),
-      .store_calls = get(counters_.store_calls),
       .store_failures = get(counters_.store_failures),
       .store_time = StoreTime(counters_.store_time_us.load(std::memory_order_relaxed))};
   for (size_t i = 0; i < health.counters.store_time_buckets.size(); ++i)
@@ -891,7 +890,6 @@ void ShardWorker::FailAll(Work& work, const Status& status) {
 }
 
 void ShardWorker::CountCall(bool failed, StoreTime latency) {
-  Count(counters_.store_calls);
   if (failed) Count(counters_.store_failures);
   counters_.store_time_us.fetch_add(latency.count(), std::memory_order_relaxed);
   const size_t bucket =

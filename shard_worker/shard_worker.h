@@ -82,15 +82,17 @@ inline constexpr std::array<StoreTime, 12> kStoreTimeBounds = {
 // What a shard's worker has done since it started, for the metrics page (rates,
 // mean latencies and percentiles are the scraper's to compute).
 struct ShardCounters {
-  uint64_t enqueued = 0;     // items stored (a deduplicated retry stores nothing)
-  uint64_t leased = 0;       // leases given: claims, and handoffs at insert and promotion
-  uint64_t acked = 0;        // acks that finished their lease
-  uint64_t nacked = 0;       // consumers' nacks that ended their lease (not give-backs)
-  uint64_t store_calls = 0;  // store calls (transactions, reads, probes)
-  uint64_t store_failures = 0;  // of which failed for the shard (UNAVAILABLE, INTERNAL)
-  StoreTime store_time{0};      // their time, summed
-  // How many calls took at most kStoreTimeBounds[i] and more than the bound before
-  // it (not cumulative); the last entry: slower than every bound.
+  uint64_t enqueued = 0;  // items stored (a deduplicated retry stores nothing)
+  uint64_t leased = 0;    // leases given: claims, and handoffs at insert and promotion
+  uint64_t acked = 0;     // acks that finished their lease
+  uint64_t nacked = 0;    // consumers' nacks that ended their lease (not give-backs)
+  // Store calls (transactions, reads, probes) that failed for the shard
+  // (UNAVAILABLE, INTERNAL).
+  uint64_t store_failures = 0;
+  StoreTime store_time{0};  // the store calls' time, summed
+  // How many store calls took at most kStoreTimeBounds[i] and more than the bound
+  // before it (not cumulative); the last entry: slower than every bound. Their sum
+  // is the number of calls.
   std::array<uint64_t, kStoreTimeBounds.size() + 1> store_time_buckets{};
 };
 
@@ -334,7 +336,6 @@ class ShardWorker final : public Tickable {
     std::atomic<uint64_t> leased{0};
     std::atomic<uint64_t> acked{0};
     std::atomic<uint64_t> nacked{0};
-    std::atomic<uint64_t> store_calls{0};
     std::atomic<uint64_t> store_failures{0};
     std::atomic<int64_t> store_time_us{0};
     std::array<std::atomic<uint64_t>, kStoreTimeBounds.size() + 1> store_time_buckets{};

@@ -142,9 +142,14 @@ TEST_F(MetricsPageTest, EachShardCountsWhatItStoredLeasedAckedAndNacked) {
   EXPECT_EQ(SumOf(page, "shardq_shard_store_call_seconds_bucket", "le=\"+Inf\""), calls);
   double below = 0;
   for (const char* le : {"0.0005", "0.001", "0.01", "0.1", "1", "2.5"}) {
-    const double n = SumOf(page, "shardq_shard_store_call_seconds_bucket",
-                           std::string("le=\"") + le + "\"");
+    const std::string label = std::string("le=\"") + le + "\"";
+    EXPECT_NE(
+        page.find("shardq_shard_store_call_seconds_bucket{shard=\"0\"," + label + "} "),
+        std::string::npos)
+        << label;
+    const double n = SumOf(page, "shardq_shard_store_call_seconds_bucket", label);
     EXPECT_GE(n, below) << le;
+    EXPECT_LE(n, calls) << le;
     below = n;
   }
   EXPECT_GT(SumOf(page, "shardq_shard_store_call_seconds_sum"), 0) << page;
