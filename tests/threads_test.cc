@@ -219,7 +219,7 @@ TEST(ServerThreadsTest, ThreadsDoNotGrowWithReflectionStreams) {
   int answered = 0;
   Threads during;
   {
-    auto channel = grpc::CreateChannel("localhost:" + std::to_string(port),
+    auto channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(port),
                                        grpc::InsecureChannelCredentials());
     std::vector<std::unique_ptr<ReflectionStream>> streams;
     for (int i = 0; i < kStreams; ++i) {
