@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <future>
 #include <memory>
 #include <set>
 #include <string>
@@ -12,6 +13,7 @@
 
 #include "common/item.h"
 #include "common/namespace_policy.h"
+#include "store/db_client.h"
 #include "tests/e2e_support.h"
 #include "tests/support/mariadb_instance.h"
 
@@ -134,6 +136,60 @@ TEST_F(EnqueueQuotaTest, ItemsPastTheQuotaAreRefusedOneByOneAndStoreNothing) {
     payloads.insert(item.payload());
   }
   EXPECT_EQ(payloads, (std::multiset<std::string>{"a", "b", "c", "f"}));
+}
+
+// A server that holds at most 1 MiB of enqueues not yet committed. The engine lets
+// one call of any size through while it holds nothing, and refuses a call that would
+// pass the bound while another is still being committed.
+class EnqueueQuotaRefundTest : public EnqueueQuotaTest {
+ protected:
+  NamespacePolicies ServerPolicies() const override {
+    NamespacePolicy metered;
+    metered.enqueue_rate = 1;
+    metered.enqueue_burst = 200;
+    return NamespacePolicies({}, {{"metered", metered}});
+  }
+  void Configure(frontend::ServerConfig& config) const override {
+    config.max_buffered_enqueue_mb = 1;
+    for (const auto& shard : config.shards) databases_.push_back(shard.database);
+  }
+  mutable std::vector<std::string> databases_;
+};
+
+TEST_F(EnqueueQuotaRefundTest, ItemsTheEngineRefusesGiveTheirQuotaBack) {
+  // Every shard's items table locked: an enqueue's bytes stay held while its insert
+  // waits.
+  store::DbConnection locker(SharedMariaDb().endpoint());
+  std::string tables;
+  for (const std::string& db : databases_) {
+    tables += (tables.empty() ? "`" : ", `") + db + "`.items WRITE";
+  }
+  locker.Execute("LOCK TABLES " + tables);
+  auto waiting = std::async(std::launch::async, [&] { return Enqueue("free", {"w"}); });
+  ASSERT_TRUE(Eventually([&] { return server_->engine().BufferedEnqueueBytes() > 0; }));
+
+  // 150 items of 10 KiB, 1.5 MiB: within the quota's 200, past the engine's budget.
+  const auto big = Enqueue(
+      "metered", std::vector<std::string>(150, std::string(kMaxPayloadBytes, 'x')));
+  locker.Execute("UNLOCK TABLES");
+  ASSERT_EQ(waiting.get().at(0).status().code(), grpc::StatusCode::OK);
+  ASSERT_EQ(big.size(), 150u);
+  for (const auto& r : big) {
+    ASSERT_EQ(r.status().code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+    ASSERT_NE(r.status().message().find("not yet committed"), std::string::npos)
+        << "refused by the engine's budget, not the quota: " << r.status().message();
+  }
+  // The clock has not moved, so nothing refilled: all 200 are back in the bucket.
+  const auto small = Enqueue("metered", std::vector<std::string>(200, "s"));
+  ASSERT_EQ(small.size(), 200u);
+  for (const auto& r : small) {
+    EXPECT_EQ(r.status().code(), grpc::StatusCode::OK) << r.status().message();
+  }
+  // And then the quota is spent.
+  const auto more = Enqueue("metered", {"one more"});
+  ASSERT_EQ(more.size(), 1u);
+  EXPECT_NE(more[0].status().message().find("enqueue quota"), std::string::npos)
+      << more[0].status().message();
 }
 
 }  // namespace

@@ -108,6 +108,8 @@ class LiveServerTest : public ::testing::Test {
   // one of them.
   virtual frontend::Limits ServerLimits() const { return {}; }
   virtual NamespacePolicies ServerPolicies() const { return {}; }
+  // Any other change to the server's config (its policies are set already).
+  virtual void Configure(frontend::ServerConfig&) const {}
 
   FakeClock clock_;
   std::unique_ptr<frontend::Server> server_;
