@@ -72,15 +72,19 @@ TEST_F(ParkedCapTest, PastTheCapAWaitingDequeueTakesWhatIsReadyOrIsRefused) {
   for (const auto& items : got) EXPECT_EQ(items.size(), 1u);
 }
 
+// Policies where namespace "metered" may enqueue `rate` items a second, `burst` at
+// once, and the others have no quota.
+NamespacePolicies Metered(uint64_t rate, uint64_t burst) {
+  NamespacePolicy metered;
+  metered.enqueue_rate = rate;
+  metered.enqueue_burst = burst;
+  return NamespacePolicies({}, {{"metered", metered}});
+}
+
 // A server whose namespace "metered" may enqueue 10 items a second, 3 at once.
 class EnqueueQuotaTest : public LiveServerTest {
  protected:
-  NamespacePolicies ServerPolicies() const override {
-    NamespacePolicy metered;
-    metered.enqueue_rate = 10;
-    metered.enqueue_burst = 3;
-    return NamespacePolicies({}, {{"metered", metered}});
-  }
+  NamespacePolicies ServerPolicies() const override { return Metered(10, 3); }
 
   // One Enqueue call of `payloads` (one item each) in `ns`; its per-item results.
   std::vector<v1::EnqueueResult> Enqueue(const std::string& ns,
@@ -143,12 +147,7 @@ TEST_F(EnqueueQuotaTest, ItemsPastTheQuotaAreRefusedOneByOneAndStoreNothing) {
 // pass the bound while another is still being committed.
 class EnqueueQuotaRefundTest : public EnqueueQuotaTest {
  protected:
-  NamespacePolicies ServerPolicies() const override {
-    NamespacePolicy metered;
-    metered.enqueue_rate = 1;
-    metered.enqueue_burst = 200;
-    return NamespacePolicies({}, {{"metered", metered}});
-  }
+  NamespacePolicies ServerPolicies() const override { return Metered(1, 200); }
   void Configure(frontend::ServerConfig& config) const override {
     config.max_buffered_enqueue_mb = 1;
     for (const auto& shard : config.shards) databases_.push_back(shard.database);
