@@ -84,7 +84,9 @@ NamespacePolicies Metered(uint64_t rate, uint64_t burst) {
 // A server whose namespace "metered" may enqueue 10 items a second, 3 at once.
 class EnqueueQuotaTest : public LiveServerTest {
  protected:
-  NamespacePolicies ServerPolicies() const override { return Metered(10, 3); }
+  void Configure(frontend::ServerConfig& config) override {
+    config.policies = Metered(10, 3);
+  }
 
   // One Enqueue call of `payloads` (one item each) in `ns`; its per-item results.
   std::vector<v1::EnqueueResult> Enqueue(const std::string& ns,
@@ -147,12 +149,12 @@ TEST_F(EnqueueQuotaTest, ItemsPastTheQuotaAreRefusedOneByOneAndStoreNothing) {
 // pass the bound while another is still being committed.
 class EnqueueQuotaRefundTest : public EnqueueQuotaTest {
  protected:
-  NamespacePolicies ServerPolicies() const override { return Metered(1, 200); }
-  void Configure(frontend::ServerConfig& config) const override {
+  void Configure(frontend::ServerConfig& config) override {
+    config.policies = Metered(1, 200);
     config.max_buffered_enqueue_mb = 1;
     for (const auto& shard : config.shards) databases_.push_back(shard.database);
   }
-  mutable std::vector<std::string> databases_;
+  std::vector<std::string> databases_;
 };
 
 TEST_F(EnqueueQuotaRefundTest, ItemsTheEngineRefusesGiveTheirQuotaBack) {

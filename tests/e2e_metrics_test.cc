@@ -56,26 +56,21 @@ std::string Exchange(int port, const std::string& request) {
   return answer;
 }
 
-// A server of 2 shards with its metrics page on a free port.
-class MetricsPageTest : public ::testing::Test {
+// A server (LiveServerTest's) with its metrics page on a free port.
+class MetricsPageTest : public LiveServerTest {
  protected:
-  void SetUp() override {
-    frontend::ServerConfig config = FreshConfig(SharedMariaDb().socket(), 2);
+  void Configure(frontend::ServerConfig& config) override {
     config.metrics_listen = "127.0.0.1:0";
-    auto server = frontend::Server::Start(config, clock_);
-    ASSERT_TRUE(server.ok()) << server.status().ToString();
-    server_ = std::move(*server);
-    ASSERT_TRUE(server_->engine().AwaitShardsOpen(std::chrono::seconds(30)));
+  }
+  void SetUp() override {
+    LiveServerTest::SetUp();
     ASSERT_GT(server_->metrics_port(), 0);
   }
-  FakeClock clock_;
-  std::unique_ptr<frontend::Server> server_;
 };
 
 TEST_F(MetricsPageTest, TheMetricsPageShowsShardsItemsAndCounters) {
-  QueueClient client(server_->port());
-  for (int i = 0; i < 3; ++i) ASSERT_TRUE(client.EnqueueOne("metered", "t", i).ok());
-  ASSERT_EQ(client.Dequeue("metered", "t", 1).size(), 1u);
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(client_->EnqueueOne("metered", "t", i).ok());
+  ASSERT_EQ(client_->Dequeue("metered", "t", 1).size(), 1u);
 
   const std::string page =
       Exchange(server_->metrics_port(), "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -114,19 +109,19 @@ double SumOf(const std::string& page, const std::string& metric,
 }
 
 TEST_F(MetricsPageTest, EachShardCountsWhatItStoredLeasedAckedAndNacked) {
-  QueueClient client(server_->port());
-  for (int i = 0; i < 3; ++i) ASSERT_TRUE(client.EnqueueOne("counted", "t", i).ok());
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(client_->EnqueueOne("counted", "t", i).ok());
   // A retry with the same dedup key stores nothing, so it is not counted.
-  ASSERT_TRUE(client.EnqueueOne("counted", "t", {.dedup_key = "k"}).ok());
-  ASSERT_TRUE(client.EnqueueOne("counted", "t", {.dedup_key = "k"}).ok());
-  auto got = client.Dequeue("counted", "t", 2);
+  ASSERT_TRUE(client_->EnqueueOne("counted", "t", {.dedup_key = "k"}).ok());
+  ASSERT_TRUE(client_->EnqueueOne("counted", "t", {.dedup_key = "k"}).ok());
+  auto got = client_->Dequeue("counted", "t", 2);
   ASSERT_EQ(got.size(), 2u);
-  ASSERT_EQ(client.Ack(got[0].id(), got[0].lease_token()), grpc::StatusCode::OK);
-  ASSERT_EQ(client.Nack(got[1].id(), got[1].lease_token(), 60'000), grpc::StatusCode::OK);
+  ASSERT_EQ(client_->Ack(got[0].id(), got[0].lease_token()), grpc::StatusCode::OK);
+  ASSERT_EQ(client_->Nack(got[1].id(), got[1].lease_token(), 60'000),
+            grpc::StatusCode::OK);
   // A stale token is refused, and a repeated ack succeeds: neither ends a lease, so
   // neither is counted.
-  ASSERT_NE(client.Ack(got[1].id(), got[1].lease_token()), grpc::StatusCode::OK);
-  ASSERT_EQ(client.Ack(got[0].id(), got[0].lease_token()), grpc::StatusCode::OK);
+  ASSERT_NE(client_->Ack(got[1].id(), got[1].lease_token()), grpc::StatusCode::OK);
+  ASSERT_EQ(client_->Ack(got[0].id(), got[0].lease_token()), grpc::StatusCode::OK);
 
   const std::string page =
       Exchange(server_->metrics_port(), "GET /metrics HTTP/1.0\r\n\r\n");

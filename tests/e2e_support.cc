@@ -15,7 +15,6 @@ namespace shardq::testing {
 
 void LiveServerTest::SetUp() {
   frontend::ServerConfig config = FreshConfig(SharedMariaDb().socket(), 2);
-  config.policies = ServerPolicies();
   Configure(config);
   auto server = frontend::Server::Start(config, clock_, ServerLimits());
   ASSERT_TRUE(server.ok()) << server.status().ToString();

@@ -104,12 +104,10 @@ bool Eventually(Pred pred, std::chrono::seconds limit = std::chrono::seconds(30)
 class LiveServerTest : public ::testing::Test {
  protected:
   void SetUp() override;
-  // The server's limits and namespace policies; a fixture overrides these to test
-  // one of them.
+  // The server's limits, and changes to its config (policies, a metrics listener):
+  // a fixture overrides these to test one of them.
   virtual frontend::Limits ServerLimits() const { return {}; }
-  virtual NamespacePolicies ServerPolicies() const { return {}; }
-  // Any other change to the server's config (its policies are set already).
-  virtual void Configure(frontend::ServerConfig&) const {}
+  virtual void Configure(frontend::ServerConfig&) {}
 
   FakeClock clock_;
   std::unique_ptr<frontend::Server> server_;
