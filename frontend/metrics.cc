@@ -48,6 +48,11 @@ std::string Escaped(const std::string& value) {
   return out;
 }
 
+// The label of one shard's lines.
+std::string ShardLabel(const shard_worker::ShardHealth& h) {
+  return fmt::format("shard=\"{}\"", h.id.value());
+}
+
 }  // namespace
 
 std::string RenderMetrics(const engine::Engine& engine, const QueueService& service) {
@@ -65,7 +70,7 @@ std::string RenderMetrics(const engine::Engine& engine, const QueueService& serv
          "1 while the shard is open and its breaker closed (as shardqctl shards).");
   for (const auto& h : health) {
     const bool up = h.open && h.breaker == shard_worker::BreakerState::kClosed;
-    line("shardq_shard_up", fmt::format("shard=\"{}\"", h.id.value()), up ? 1 : 0);
+    line("shardq_shard_up", ShardLabel(h), up ? 1 : 0);
   }
   Header(out, "shardq_shard_breaker", "gauge",
          "The shard's circuit breaker: 1 for its current state.");
@@ -74,7 +79,7 @@ std::string RenderMetrics(const engine::Engine& engine, const QueueService& serv
          {shard_worker::BreakerState::kClosed, shard_worker::BreakerState::kOpen,
           shard_worker::BreakerState::kHalfOpen}) {
       line("shardq_shard_breaker",
-           fmt::format("shard=\"{}\",state=\"{}\"", h.id.value(),
+           fmt::format("{},state=\"{}\"", ShardLabel(h),
                        shard_worker::BreakerStateName(state)),
            h.breaker == state ? 1 : 0);
     }
@@ -82,7 +87,7 @@ std::string RenderMetrics(const engine::Engine& engine, const QueueService& serv
   Header(out, "shardq_shard_release_lead_seconds", "gauge",
          "How long before their due time the shard releases delayed items now.");
   for (const auto& h : health) {
-    line("shardq_shard_release_lead_seconds", fmt::format("shard=\"{}\"", h.id.value()),
+    line("shardq_shard_release_lead_seconds", ShardLabel(h),
          std::chrono::duration<double>(h.release_lead).count());
   }
   // Each shard's counters: rates, and the store calls' mean and percentiles, are the
@@ -104,14 +109,13 @@ std::string RenderMetrics(const engine::Engine& engine, const QueueService& serv
        &Counters::store_failures}};
   for (const auto& [name, help, field] : counters) {
     Header(out, name, "counter", help);
-    for (const auto& h : health)
-      line(name, fmt::format("shard=\"{}\"", h.id.value()), h.counters.*field);
+    for (const auto& h : health) line(name, ShardLabel(h), h.counters.*field);
   }
   Header(out, "shardq_shard_store_call_seconds", "histogram",
          "Calls to the shard's store (MySQL; its probes while it is down included), "
          "by how long they took.");
   for (const auto& h : health) {
-    const std::string shard = fmt::format("shard=\"{}\"", h.id.value());
+    const std::string shard = ShardLabel(h);
     uint64_t calls = 0;  // the buckets are cumulative in the exposition format
     for (size_t i = 0; i < shard_worker::kStoreTimeBounds.size(); ++i) {
       calls += h.counters.store_time_buckets[i];
@@ -300,8 +304,7 @@ void MetricsServer::Run() {
       // Out of memory for the poll, say: try again shortly rather than stop for good.
       if (errno != EINTR) {
         spdlog::warn("metrics listener: poll: {}", std::strerror(errno));
-        pollfd wake{wake_[0], POLLIN, 0};
-        if (poll(&wake, 1, 100) > 0) return;
+        if (StopWithin(100)) return;
       }
       continue;
     }
@@ -310,15 +313,20 @@ void MetricsServer::Run() {
     if (fd < 0) {
       // Out of descriptors or memory, the connection stays queued and the listening
       // socket readable: wait a little (or for the stop) rather than spin.
-      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-        pollfd wake{wake_[0], POLLIN, 0};
-        if (poll(&wake, 1, 100) > 0) return;
+      if ((errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) &&
+          StopWithin(100)) {
+        return;
       }
       continue;  // otherwise it went away before it was taken
     }
     Serve(fd);
     close(fd);
   }
+}
+
+bool MetricsServer::StopWithin(int ms) const {
+  pollfd wake{wake_[0], POLLIN, 0};
+  return poll(&wake, 1, ms) > 0;
 }
 
 void MetricsServer::Serve(int fd) {

@@ -60,6 +60,8 @@ class MetricsServer {
   MetricsServer() = default;
   void Run();
   void Serve(int fd);
+  // Waits up to `ms` for the stop; true if it came (a pause that ends at the stop).
+  bool StopWithin(int ms) const;
   std::function<std::string()> render_;
   std::chrono::milliseconds deadline_{};
   int listen_fd_ = -1;
