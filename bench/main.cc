@@ -34,9 +34,10 @@ struct Options {
   bool references = true;
   bool threads = true;
   std::string json;
-  int fetch = 50;
-  int worker_buffer = 32;
-  int worker_max_buffer = 0;
+  // W1's own values unless given.
+  int fetch = W1().fetch;
+  int worker_buffer = W1().worker_buffer;
+  int worker_max_buffer = W1().worker_max_buffer;
   // The private MariaDB's InnoDB sizes: MariaDB's own defaults (as in the peer
   // harness), not the small ones the tests start with.
   std::string buffer_pool = "128M";
