@@ -12,6 +12,8 @@ namespace shardq::sdk::server_limits {
 
 // Items in one Enqueue, Ack, Nack or ExtendLease call.
 inline constexpr size_t kMaxItemsPerCall = 1000;
+// TopicRequest.count of a Dequeue.
+inline constexpr size_t kMaxCountPerTopic = 1000;
 // AckItem.result.
 inline constexpr size_t kMaxResultBytes = 4096;
 // NackItem.error: longer is cut by the server, but must first fit the message.

@@ -466,7 +466,8 @@ class Worker::Impl : public std::enable_shared_from_this<Impl> {
       auto* t = request.add_topics();
       t->set_topic(options_.topics[(topic_offset_ + j) % n]);
       size_t count = free / k + (j < free % k ? 1 : 0);
-      t->set_count(static_cast<int32_t>(std::min<size_t>(count, 1000)));
+      t->set_count(
+          static_cast<int32_t>(std::min(count, server_limits::kMaxCountPerTopic)));
     }
     topic_offset_ = (topic_offset_ + k) % n;
     return request;

@@ -248,6 +248,7 @@ TEST(ServerLimitsTest, TheSdksCopiesAreTheServersValues) {
   namespace sdk_limits = sdk::server_limits;
   const frontend::Limits server;
   EXPECT_EQ(sdk_limits::kMaxItemsPerCall, server.max_items_per_call);
+  EXPECT_EQ(sdk_limits::kMaxCountPerTopic, server.max_count_per_topic);
   EXPECT_EQ(sdk_limits::kMaxResultBytes, kMaxResultBytes);
   EXPECT_EQ(sdk_limits::kMaxErrorBytes, kMaxErrorBytes);
   EXPECT_EQ(sdk_limits::kMaxWorkerIdBytes, kMaxWorkerIdLen);
