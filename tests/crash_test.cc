@@ -1,6 +1,7 @@
 // Crash-only: kill -9 the server, or MariaDB, in the middle of a load. Every
 // acknowledged enqueue must survive and be delivered; every acknowledged ack must
-// stay acked; items leased before the crash come back only after their lease.
+// stay acked and every acknowledged nack stay a retry; items leased before the crash
+// come back only after their lease.
 //
 // The server runs as a child process with the real clock (it is killed, so it cannot
 // share our fake clock); waiting for leases uses the product's long poll.
@@ -8,13 +9,18 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <iostream>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <set>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "store/mysql_store.h"
 #include "tests/e2e_support.h"
@@ -220,6 +226,230 @@ TEST(CrashTest, KillDashNineOfMariaDbLosesNothingAcknowledged) {
   std::cout << "acknowledged: " << want.size()
             << ", failed calls during the outage: " << producers.failures() << "\n";
 }
+
+// One consumer that acks each delivery, except the first delivery of about half the
+// items, which it nacks (retry at once). It goes on through crashes (calls fail while
+// the server or MariaDB is down; their leases run out and the items come back) and
+// checks every delivery against what the server acknowledged before it: an item
+// whose ack was acknowledged must never come back, and one whose nack was must come
+// back only as a later attempt.
+class CheckingConsumer {
+ public:
+  explicit CheckingConsumer(int port) : port_(port), thread_([this] { Run(); }) {}
+  ~CheckingConsumer() { Stop(); }
+  void Stop() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+  // The server was restarted on another port.
+  void UsePort(int port) { port_ = port; }
+  size_t acked() {
+    std::lock_guard lock(mu_);
+    return acked_.size();
+  }
+  // Waits for the consumer's progress (bounded), not for time.
+  bool AwaitAcked(size_t n) {
+    auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (acked() < n && std::chrono::steady_clock::now() < until)
+      std::this_thread::yield();
+    return acked() >= n;
+  }
+  std::set<std::string> acked_ids() {
+    std::lock_guard lock(mu_);
+    return acked_;
+  }
+  // Runs `kill` on the consumer's thread right after its next acknowledged nack
+  // (or ack), before it sends anything else, so that nothing the server did after
+  // answering can have finished first; returns once `kill` has run (bounded).
+  bool KillRightAfterNext(bool nack, std::function<void()> kill) {
+    {
+      std::lock_guard lock(mu_);
+      kill_after_nack_ = nack;
+      kill_ = std::move(kill);
+    }
+    auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (!killed_ && std::chrono::steady_clock::now() < until)
+      std::this_thread::yield();
+    return killed_;
+  }
+  // Each item whose nack was acknowledged, and the attempt it nacked.
+  std::map<std::string, uint32_t> nacked() {
+    std::lock_guard lock(mu_);
+    return nacked_;
+  }
+  std::vector<std::string> violations() {
+    std::lock_guard lock(mu_);
+    return violations_;
+  }
+  int failed_calls() const { return failed_calls_.load(); }
+
+ private:
+  void Run() {
+    std::unique_ptr<QueueClient> client;
+    int connected_to = 0;
+    while (!stop_) {
+      if (const int port = port_.load(); port != connected_to) {
+        client = std::make_unique<QueueClient>(port);
+        connected_to = port;
+      }
+      grpc::Status status;
+      for (const auto& item : client->Dequeue(kNs, kTopic, 20, 200, &status)) {
+        Handle(*client, item);
+      }
+      if (!status.ok()) failed_calls_.fetch_add(1);
+    }
+  }
+
+  void Handle(QueueClient& client, const v1::DequeuedItem& item) {
+    const std::string& id = item.id();
+    {
+      std::lock_guard lock(mu_);
+      if (acked_.contains(id)) {
+        violations_.push_back(id + " was delivered again after its ack was acknowledged");
+      }
+      if (auto n = nacked_.find(id); n != nacked_.end() && item.attempts() <= n->second) {
+        violations_.push_back(
+            fmt::format("{} came back as attempt {} after attempt {} was nacked", id,
+                        item.attempts(), n->second));
+      }
+    }
+    const bool nack = item.attempts() == 1 && std::hash<std::string>{}(id) % 2 == 1;
+    const grpc::StatusCode code = nack ? client.Nack(id, item.lease_token(), 0)
+                                       : client.Ack(id, item.lease_token());
+    if (code != grpc::StatusCode::OK) {
+      failed_calls_.fetch_add(1);  // not done: the lease runs out, and it comes back
+      return;
+    }
+    std::function<void()> kill;
+    {
+      std::lock_guard lock(mu_);
+      if (nack) {
+        nacked_[id] = item.attempts();
+      } else {
+        acked_.insert(id);
+      }
+      if (kill_ && kill_after_nack_ == nack) std::swap(kill, kill_);
+    }
+    if (kill) {
+      kill();
+      killed_ = true;
+    }
+  }
+
+  std::atomic<int> port_;
+  std::atomic<bool> stop_{false};
+  std::atomic<int> failed_calls_{0};
+  std::mutex mu_;
+  std::set<std::string> acked_;
+  std::map<std::string, uint32_t> nacked_;
+  std::vector<std::string> violations_;
+  std::function<void()> kill_;  // armed by KillRightAfterNext
+  bool kill_after_nack_ = false;
+  std::atomic<bool> killed_{false};
+  std::thread thread_;  // last: it starts once the members above exist
+};
+
+constexpr size_t kCheckedItems = 1500;
+
+// Enqueues n items with a short lease (so that leases cut by a crash come back
+// soon), retrying while the server is still opening its shards.
+std::set<std::string> EnqueueShortLeased(int port, size_t n) {
+  QueueClient client(port);
+  std::set<std::string> ids;
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (ids.size() < n && std::chrono::steady_clock::now() < until) {
+    auto id = client.EnqueueOne(kNs, kTopic, {.lease_ms = 1500});
+    if (id.ok()) ids.insert(*id);
+  }
+  return ids;
+}
+
+// After the load: every item was acked exactly once and is SUCCEEDED, and each nack
+// that was acknowledged is in its item's history, as a retry of the attempt it
+// nacked (a lost nack would show as that attempt's lease running out instead).
+void ExpectEveryAckAndNackKept(int port, const std::set<std::string>& ids,
+                               CheckingConsumer& consumer) {
+  for (const std::string& v : consumer.violations()) ADD_FAILURE() << v;
+  EXPECT_EQ(consumer.acked_ids(), ids) << "not every item was acked once";
+  QueueClient client(port);
+  for (const std::string& id : ids) {
+    grpc::Status status;
+    const v1::Task task = client.GetTask(id, &status);
+    ASSERT_TRUE(status.ok()) << id << ": " << status.error_message();
+    EXPECT_EQ(task.state(), v1::SUCCEEDED) << id;
+  }
+  const auto nacked = consumer.nacked();
+  EXPECT_FALSE(nacked.empty()) << "the load nacked nothing";
+  for (const auto& [id, attempt] : nacked) {
+    const v1::Task task = client.GetTask(id);
+    const bool kept = std::any_of(task.history().begin(), task.history().end(),
+                                  [&](const v1::TaskEvent& e) {
+                                    return e.kind() == "retry" && e.attempt() == attempt;
+                                  });
+    EXPECT_TRUE(kept) << id << ": the acknowledged nack of attempt " << attempt
+                      << " is not in its history";
+  }
+}
+
+TEST(CrashTest, KillDashNineOfMariaDbLosesNoAcknowledgedAckOrNack) {
+  auto db = MariaDbInstance::Start();
+  ASSERT_TRUE(db.ok()) << db.status().ToString();
+  auto server = StartShardqd((*db)->socket(), 4);
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  // Enough that the consumer is still busy when the kill comes (after 100 acks).
+  const std::set<std::string> ids = EnqueueShortLeased(server->port(), kCheckedItems);
+  ASSERT_EQ(ids.size(), kCheckedItems);
+
+  std::atomic<bool> killed{false};  // set on the consumer's thread: declared before it
+  CheckingConsumer consumer(server->port());
+  ASSERT_TRUE(consumer.AwaitAcked(100)) << "the consumer made no progress";
+  // Right after a nack was acknowledged, while the consumer goes on: what that nack
+  // changed must be committed already. (The consumer may see no call fail: a
+  // Dequeue whose claim fails answers what it has, maybe nothing.)
+  ASSERT_TRUE(
+      consumer.KillRightAfterNext(/*nack=*/true, [&] { killed = (*db)->Kill().ok(); }));
+  ASSERT_TRUE(killed);
+  const size_t acked_at_kill = consumer.acked();
+  ASSERT_TRUE((*db)->StartAgain().ok());
+  // The server reconnects by itself (breaker probes); the consumer finishes the rest.
+  ASSERT_TRUE(consumer.AwaitAcked(ids.size()))
+      << consumer.acked() << " of " << ids.size() << " acked";
+  consumer.Stop();
+  EXPECT_LT(acked_at_kill, ids.size()) << "the load was over before the kill";
+  ExpectEveryAckAndNackKept(server->port(), ids, consumer);
+}
+
+// The kill comes right after an ack or a nack (the parameter) was acknowledged, while
+// the consumer goes on: what that call changed must be committed already.
+class ServerKillTest : public ::testing::TestWithParam<bool /*right after a nack*/> {};
+
+TEST_P(ServerKillTest, KillDashNineLosesNoAcknowledgedAckOrNack) {
+  auto db = MariaDbInstance::Start();
+  ASSERT_TRUE(db.ok()) << db.status().ToString();
+  auto server = StartShardqd((*db)->socket(), 4);
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  // Enough that the consumer is still busy when the kill comes (after 100 acks).
+  const std::set<std::string> ids = EnqueueShortLeased(server->port(), kCheckedItems);
+  ASSERT_EQ(ids.size(), kCheckedItems);
+
+  CheckingConsumer consumer(server->port());
+  ASSERT_TRUE(consumer.AwaitAcked(100)) << "the consumer made no progress";
+  const int failed_before = consumer.failed_calls();
+  ASSERT_TRUE(consumer.KillRightAfterNext(GetParam(), [&] { server->Kill(); }));
+  auto restarted = StartShardqd((*db)->socket(), 4);
+  ASSERT_TRUE(restarted.ok()) << restarted.status().ToString();
+  consumer.UsePort(restarted->port());
+  ASSERT_TRUE(consumer.AwaitAcked(ids.size()))
+      << consumer.acked() << " of " << ids.size() << " acked";
+  consumer.Stop();
+  EXPECT_GT(consumer.failed_calls(), failed_before) << "the kill was not noticed";
+  ExpectEveryAckAndNackKept(restarted->port(), ids, consumer);
+}
+
+INSTANTIATE_TEST_SUITE_P(RightAfter, ServerKillTest, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& info) {
+                           return info.param ? "ANack" : "AnAck";
+                         });
 
 }  // namespace
 }  // namespace shardq::testing
