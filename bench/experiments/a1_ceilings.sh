@@ -13,11 +13,6 @@ ROUNDS=${1:-3}
 MODES=${MODES:-real memstore echo}
 WORK=${WORK:-/tmp/shardq-a1-ceilings}
 rm -rf "$WORK" && mkdir -p "$WORK"
-git worktree add -f --detach "$WORK/src" HEAD >/dev/null
-trap 'git worktree remove --force "$WORK/src"' EXIT
-git -C "$WORK/src" apply "$PWD/bench/experiments/a1_ceilings.patch"
-cmake -S "$WORK/src" -B "$WORK/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build "$WORK/build" -j2 --target shardqd shardq_bench write_latency >/dev/null
 switches() {
   case "$1" in
     real) echo "" ;;
@@ -32,14 +27,22 @@ switches() {
   esac
 }
 for mode in $MODES; do
-  printf '#!/bin/sh\n%s SHARDQ_TIMING=%s exec %s "$@"\n' "$(switches "$mode")" \
+  sw=$(switches "$mode")  # an unknown mode stops the script here
+  printf '#!/bin/sh\n%s SHARDQ_TIMING=%s exec %s "$@"\n' "$sw" \
     "$WORK/$mode.timing" "$WORK/build/frontend/shardqd" >"$WORK/$mode"
   chmod +x "$WORK/$mode"
 done
+git worktree add -f --detach "$WORK/src" HEAD >/dev/null
+trap 'git worktree remove --force "$WORK/src"' EXIT
+git -C "$WORK/src" apply "$PWD/bench/experiments/a1_ceilings.patch"
+cmake -S "$WORK/src" -B "$WORK/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build "$WORK/build" -j2 --target shardqd shardq_bench write_latency >/dev/null
 for round in $(seq "$ROUNDS"); do
   for mode in $MODES; do
+    : >"$WORK/$mode.timing"  # this run's lines only
     rate=$("$WORK/build/bench/shardq_bench" --runs 1 --phases A1 --no-threads \
-      --no-references --shardqd "$WORK/$mode" 2>/dev/null | grep 'A1 enqueue' | cut -d'|' -f3)
+      --no-references --shardqd "$WORK/$mode" 2>"$WORK/$mode.log" |
+      grep 'A1 enqueue' | cut -d'|' -f3) || rate="failed (see $WORK/$mode.log)"
     echo "round $round  $mode  A1 $rate items/s  $(grep calls "$WORK/$mode.timing" 2>/dev/null | tail -n 1)"
   done
 done
