@@ -433,52 +433,58 @@ void ExpectEveryAckAndNackKept(int port, const std::set<std::string>& ids,
   }
 }
 
-TEST(CrashTest, KillDashNineOfMariaDbLosesNoAcknowledgedAckOrNack) {
-  auto db = MariaDbInstance::Start();
-  ASSERT_TRUE(db.ok()) << db.status().ToString();
-  auto server = StartShardqd((*db)->socket(), 4);
-  ASSERT_TRUE(server.ok()) << server.status().ToString();
-  // Enough that the consumer is still busy when the kill comes (after 100 acks).
-  const std::set<std::string> ids = EnqueueShortLeased(server->port(), kCheckedItems);
-  ASSERT_EQ(ids.size(), kCheckedItems);
+// A server on a fresh MariaDB, holding kCheckedItems short-leased items for a
+// CheckingConsumer to work through while one of the two is killed.
+class AckNackCrashTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto db = MariaDbInstance::Start();
+    ASSERT_TRUE(db.ok()) << db.status().ToString();
+    db_ = std::move(*db);
+    auto server = StartShardqd(db_->socket(), 4);
+    ASSERT_TRUE(server.ok()) << server.status().ToString();
+    server_ = std::make_unique<ServerProcess>(std::move(*server));
+    // Enough that the consumer is still busy when the kill comes (after 100 acks).
+    ids_ = EnqueueShortLeased(server_->port(), kCheckedItems);
+    ASSERT_EQ(ids_.size(), kCheckedItems);
+  }
 
+  std::unique_ptr<MariaDbInstance> db_;
+  std::unique_ptr<ServerProcess> server_;
+  std::set<std::string> ids_;
+};
+
+TEST_F(AckNackCrashTest, KillDashNineOfMariaDbLosesNoAcknowledgedAckOrNack) {
   bool killed = false;  // set on the consumer's thread: declared before it
-  CheckingConsumer consumer(server->port());
+  CheckingConsumer consumer(server_->port());
   ASSERT_TRUE(consumer.AwaitAcked(100)) << "the consumer made no progress";
   // Right after a nack was acknowledged, while the consumer goes on: what that nack
   // changed must be committed already.
   ASSERT_TRUE(consumer.KillRightAfterNext(CheckingConsumer::Call::kNack,
-                                          [&] { killed = (*db)->Kill().ok(); }));
+                                          [&] { killed = db_->Kill().ok(); }));
   ASSERT_TRUE(killed);
-  ASSERT_TRUE((*db)->StartAgain().ok());
+  ASSERT_TRUE(db_->StartAgain().ok());
   // The server reconnects by itself (breaker probes); the consumer finishes the rest.
-  ASSERT_TRUE(consumer.AwaitAcked(ids)) << "the consumer stopped making progress";
+  ASSERT_TRUE(consumer.AwaitAcked(ids_)) << "the consumer stopped making progress";
   consumer.Stop();
-  ExpectEveryAckAndNackKept(server->port(), ids, consumer);
+  ExpectEveryAckAndNackKept(server_->port(), ids_, consumer);
 }
 
 // The kill comes right after an ack or a nack (the parameter) was acknowledged, while
 // the consumer goes on: what that call changed must be committed already.
-class ServerKillTest : public ::testing::TestWithParam<CheckingConsumer::Call> {};
+class ServerKillTest : public AckNackCrashTest,
+                       public ::testing::WithParamInterface<CheckingConsumer::Call> {};
 
 TEST_P(ServerKillTest, KillDashNineLosesNoAcknowledgedAckOrNack) {
-  auto db = MariaDbInstance::Start();
-  ASSERT_TRUE(db.ok()) << db.status().ToString();
-  auto server = StartShardqd((*db)->socket(), 4);
-  ASSERT_TRUE(server.ok()) << server.status().ToString();
-  // Enough that the consumer is still busy when the kill comes (after 100 acks).
-  const std::set<std::string> ids = EnqueueShortLeased(server->port(), kCheckedItems);
-  ASSERT_EQ(ids.size(), kCheckedItems);
-
-  CheckingConsumer consumer(server->port());
+  CheckingConsumer consumer(server_->port());
   ASSERT_TRUE(consumer.AwaitAcked(100)) << "the consumer made no progress";
-  ASSERT_TRUE(consumer.KillRightAfterNext(GetParam(), [&] { server->Kill(); }));
-  auto restarted = StartShardqd((*db)->socket(), 4);
+  ASSERT_TRUE(consumer.KillRightAfterNext(GetParam(), [&] { server_->Kill(); }));
+  auto restarted = StartShardqd(db_->socket(), 4);
   ASSERT_TRUE(restarted.ok()) << restarted.status().ToString();
   consumer.UsePort(restarted->port());
-  ASSERT_TRUE(consumer.AwaitAcked(ids)) << "the consumer stopped making progress";
+  ASSERT_TRUE(consumer.AwaitAcked(ids_)) << "the consumer stopped making progress";
   consumer.Stop();
-  ExpectEveryAckAndNackKept(restarted->port(), ids, consumer);
+  ExpectEveryAckAndNackKept(restarted->port(), ids_, consumer);
 }
 
 INSTANTIATE_TEST_SUITE_P(
