@@ -92,6 +92,9 @@ class MySqlShardStore final : public ShardStore {
   // Nothing once this connection owns the shard database, else why not (throws
   // DbError).
   std::optional<Status> TakeOwnership();
+  // Nothing if the MariaDB server's settings suit shardq, else why not (throws
+  // DbError).
+  std::optional<Status> CheckServerSettings();
   void ApplyMigrations();  // throws DbError
   void Disconnect();
   Status ErrorToStatus(const char* op, const DbError& e);

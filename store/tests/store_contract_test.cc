@@ -2196,6 +2196,17 @@ TEST(MySqlShardStoreTest, RefusesInterleavedAutoincLockMode) {
   EXPECT_FALSE(store.connected());
 }
 
+// Guarantee 1: what shardq acknowledges must survive a crash of MariaDB or its host.
+TEST(MySqlShardStoreTest, RefusesAServerThatDoesNotFlushItsLogAtEachCommit) {
+  auto db = Must(testing::MariaDbInstance::Start({"--innodb-flush-log-at-trx-commit=2"}));
+  MySqlShardStore store(db->endpoint(), "unflushed");
+  Status s = store.Open();
+  EXPECT_EQ(s.code(), Code::kInternal);
+  EXPECT_NE(s.message().find("innodb_flush_log_at_trx_commit=2"), std::string::npos)
+      << s.message();
+  EXPECT_FALSE(store.connected());
+}
+
 // A plain connection to the shared server, for what the store does not expose.
 std::unique_ptr<DbConnection> RawConnection() {
   return std::make_unique<DbConnection>(testing::SharedMariaDb().endpoint());
