@@ -178,21 +178,20 @@ double ShardqClient::Enqueue(const std::string& topic, int items, int batch,
 
 namespace {
 
-// SDK workers on `topic`, each on its own channel, all running `handler`.
+// W1's SDK workers on `topic`, each on its own channel, all running `handler`.
 std::vector<std::unique_ptr<sdk::Worker>> StartWorkers(
-    int count, int concurrency, int buffer, int max_buffer, const std::string& ns,
-    const std::string& topic,
+    const W1& w1, const std::string& ns, const std::string& topic,
     const std::function<std::shared_ptr<grpc::Channel>()>& channel,
     const sdk::Handler& handler) {
   std::vector<std::unique_ptr<sdk::Worker>> workers;
-  for (int i = 0; i < count; ++i) {
+  for (int i = 0; i < w1.consumers; ++i) {
     sdk::WorkerOptions options;
     options.connection.channel = channel();
     options.ns = ns;
     options.topics = {topic};
-    options.concurrency = concurrency;
-    options.buffer_size = buffer;
-    options.max_buffer_size = max_buffer;
+    options.concurrency = w1.worker_concurrency;
+    options.buffer_size = w1.worker_buffer;
+    options.max_buffer_size = w1.worker_max_buffer;
     options.poll_wait = sdk::Millis(500);
     auto worker = std::make_unique<sdk::Worker>(std::move(options));
     worker->HandleOther(handler);
@@ -208,8 +207,7 @@ std::vector<std::unique_ptr<sdk::Worker>> StartRecorders(
     const W1& w1, const std::string& ns, const std::string& topic,
     const std::function<std::shared_ptr<grpc::Channel>()>& channel,
     std::function<void(const sdk::TaskContext&, const PayloadHeader&)> record) {
-  return StartWorkers(w1.consumers, w1.worker_concurrency, w1.worker_buffer,
-                      w1.worker_max_buffer, ns, topic, channel,
+  return StartWorkers(w1, ns, topic, channel,
                       [record = std::move(record)](sdk::TaskContext& t) {
                         PayloadHeader h;
                         if (ParsePayload(t.payload(), &h)) record(t, h);
@@ -261,8 +259,7 @@ uint64_t Succeeded(const std::vector<std::unique_ptr<sdk::Worker>>& workers) {
 double ShardqClient::DrainWithWorkers(const std::string& topic, int items) {
   int64_t t0 = NowUs();
   auto workers = StartWorkers(
-      w1_.consumers, w1_.worker_concurrency, w1_.worker_buffer, w1_.worker_max_buffer,
-      ns_, topic, [this] { return NewChannel(); },
+      w1_, ns_, topic, [this] { return NewChannel(); },
       [](sdk::TaskContext&) { return sdk::Outcome::Success(); });
   // Acks are counted by the workers; poll their counters (a benchmark may poll).
   auto deadline = Clock::now() + std::chrono::seconds(600);
