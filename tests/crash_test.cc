@@ -40,6 +40,11 @@ Result<ServerProcess> StartShardqd(const std::string& socket, int shards) {
 constexpr char kNs[] = "crash";
 constexpr char kTopic[] = "load";
 
+// A client's pause before it retries a failed call while the server is down or
+// starting, so that its retries do not take the cores the restart needs. (A retry
+// backoff, not a wait for time to pass.)
+void RetryBackoff() { std::this_thread::sleep_for(std::chrono::milliseconds(5)); }
+
 // Producers that enqueue until stopped, remembering what was acknowledged. Items get
 // the server's default lease, or `lease_ms`.
 class Producers {
@@ -61,8 +66,7 @@ class Producers {
             acked_.insert(*id);
           } else {
             failures_.fetch_add(1);
-            // A client's retry backoff while the server is down or starting.
-            std::this_thread::sleep_for(std::chrono::milliseconds(5));
+            RetryBackoff();
           }
         }
       });
@@ -322,9 +326,7 @@ class CheckingConsumer {
       for (const auto& item : client->Dequeue(kNs, kTopic, 20, 200, &status)) {
         Handle(*client, item);
       }
-      // A client's retry backoff while the server is down or starting, so that the
-      // retries do not take the cores its restart needs.
-      if (!status.ok()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      if (!status.ok()) RetryBackoff();
     }
   }
 
@@ -394,7 +396,7 @@ std::set<std::string> EnqueueShortLeased(int port, size_t n) {
     if (id.ok()) {
       ids.insert(*id);
     } else {
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));  // a retry backoff
+      RetryBackoff();
     }
   }
   return ids;
